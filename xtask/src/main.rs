@@ -1,1 +1,110 @@
-fn main(){}
+//! `cargo xtask`: orchestration for the scaler workspace (not the build path: the agent's
+//! build.rs builds and embeds the eBPF object).
+//!
+//! - `setup [--vm] [--check]`: install the eBPF toolchain (and the VM tools) idempotently;
+//! - `build`: the agent with its real eBPF object (release profile);
+//! - `run [-- ARGS]`: setup check, build, `scaler agent ARGS`;
+//! - `test [--no-vm|--host-only] [--kernel K] [-- FILTER]`: the whole suite;
+//! - `vm-test [--kernel 6.1|6.12|6.18|all] [-- FILTER]`: integration tests on cgroup v2 kernels;
+//! - `lint`: rustfmt and clippy on the userspace crates.
+
+mod cargo;
+mod setup;
+mod test;
+mod util;
+mod vm;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Setup, build, run and test scaler")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install what the eBPF build (and with --vm, the VM tests) needs; idempotent.
+    Setup(setup::Options),
+    /// Build the agent with its eBPF programs (release profile).
+    Build(cargo::BuildOptions),
+    /// Build and run the agent (`scaler agent`, built-in default configuration) as root.
+    Run {
+        /// Arguments passed to `scaler agent`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The whole test suite: unit tests, integration tests on the host and in a VM, bench smoke.
+    Test(test::Options),
+    /// Run the integration tests in VMs on cgroup v2 kernels.
+    VmTest(vm::Options),
+    /// rustfmt --check and clippy on the userspace crates.
+    Lint,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Setup(opts) => setup::setup(&opts),
+        Cmd::Build(_) => {
+            setup::ensure(false)?;
+            let agent = cargo::build_agent()?;
+            println!("built {}", agent.display());
+            Ok(())
+        }
+        Cmd::Run { args } => run(&args),
+        Cmd::Test(opts) => test::test(&opts),
+        Cmd::VmTest(opts) => vm::vm_test(&opts),
+        Cmd::Lint => lint(),
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    setup::ensure(false)?;
+    let agent = cargo::build_agent()?;
+    if !util::is_root() {
+        eprintln!("xtask: warning: the agent needs root (CAP_BPF, CAP_PERFMON, cgroupfs writes)");
+    }
+    let mut cmd = Command::new(&agent);
+    cmd.arg("agent").args(args);
+    eprintln!("+ {}", util::display(&cmd));
+    use std::os::unix::process::CommandExt as _;
+    let err = cmd.exec();
+    Err(err).with_context(|| format!("executing {}", agent.display()))
+}
+
+fn lint() -> Result<()> {
+    util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
+    // The eBPF crate only builds for the BPF target; the default members are the userspace
+    // crates. The tests crate is linted too (it is host code).
+    util::run(
+        util::cargo()
+            .env("SCALER_SKIP_EBPF", "1")
+            .args([
+                "clippy",
+                "-p",
+                "scaler",
+                "-p",
+                "scaler-common",
+                "-p",
+                "xtask",
+                "-p",
+                "scaler-tests",
+            ])
+            .args(["--all-targets", "--", "-D", "warnings"]),
+    )
+}

@@ -1,0 +1,343 @@
+//! `cargo xtask setup`: installs, idempotently, what the eBPF build (and, with `--vm`, the VM
+//! tests) need on a Debian machine, checking each piece first and saying what it did.
+//!
+//! The pieces (see shared FACTS): Debian's `rustc-web` (Rust with LLVM 22, sysroot `/usr`) with
+//! its `rust-web-src` and `cargo-web`, `llvm-22-dev`, and `bpf-linker` 0.13.0 built against that
+//! LLVM. The agent's build.rs runs the nested eBPF build with `rustup run /usr cargo`.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::util;
+
+/// Debian packages of the eBPF toolchain.
+pub const EBPF_PACKAGES: &[&str] = &["rustc-web", "rust-web-src", "cargo-web", "llvm-22-dev"];
+/// Debian packages the VM tests need (qemu, the initramfs tools, module decompressors).
+pub const VM_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "zstd",
+    "xz-utils",
+];
+/// The bpf-linker version the build needs; its LLVM major must match Debian rustc's.
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+/// LLVM major of Debian's rustc-web and of the bpf-linker build.
+pub const LLVM_MAJOR: u32 = 22;
+/// The Rust toolchain (sysroot) that builds the BPF target.
+pub const EBPF_SYSROOT: &str = "/usr";
+
+/// Options of `cargo xtask setup`.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Also install what `cargo xtask vm-test` needs (qemu, busybox-static, cpio, ...).
+    #[arg(long)]
+    pub vm: bool,
+    /// Only report what is missing; exit non-zero if anything is.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// One thing the build needs, and whether it is there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Missing {
+    /// Debian packages that are not installed.
+    Packages(Vec<String>),
+    /// Debian's rustc is installed but is not the LLVM 22 one (or is broken).
+    DebianRustc(String),
+    /// The rust-src of Debian's rustc is missing.
+    RustSrc,
+    /// bpf-linker is missing or another version (the version it reported).
+    BpfLinker(Option<String>),
+    /// rustup (which the agent's build.rs uses to run `/usr`'s cargo) is missing.
+    Rustup,
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Packages(p) => write!(f, "Debian packages not installed: {}", p.join(" ")),
+            Self::DebianRustc(why) => write!(f, "Debian rustc at /usr/bin/rustc: {why}"),
+            Self::RustSrc => write!(
+                f,
+                "rust-src for /usr/bin/rustc missing (/usr/lib/rustlib/src)"
+            ),
+            Self::BpfLinker(None) => write!(f, "bpf-linker not installed"),
+            Self::BpfLinker(Some(v)) => {
+                write!(
+                    f,
+                    "bpf-linker is {v}, need {BPF_LINKER_VERSION} (LLVM {LLVM_MAJOR})"
+                )
+            }
+            Self::Rustup => write!(f, "rustup not found on PATH"),
+        }
+    }
+}
+
+/// Whether the Debian package `name` is installed (`dpkg-query` says "install ok installed").
+pub fn package_installed(name: &str) -> bool {
+    util::probe_output(Command::new("dpkg-query").args(["-W", "-f=${Status}", name]))
+        .is_some_and(|s| s.trim() == "install ok installed")
+}
+
+/// The packages of `names` that are not installed.
+pub fn missing_packages(names: &[&str]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| !package_installed(n))
+        .map(|n| n.to_string())
+        .collect()
+}
+
+/// Parses `rustc --version --verbose` and returns the LLVM major version.
+pub fn llvm_major_of(verbose_version: &str) -> Option<u32> {
+    verbose_version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version:"))
+        .and_then(|v| v.trim().split('.').next())
+        .and_then(|major| major.parse().ok())
+}
+
+/// Parses `bpf-linker --version` ("bpf-linker 0.13.0") into the version.
+pub fn bpf_linker_version_of(output: &str) -> Option<&str> {
+    output.split_whitespace().nth(1)
+}
+
+fn bpf_linker_command() -> Command {
+    // Look on PATH first, then in $CARGO_HOME/bin where `cargo install` puts it.
+    let mut cmd = Command::new("bpf-linker");
+    cmd.env("PATH", util::path_with_cargo_bin());
+    cmd
+}
+
+/// Checks everything; `vm` adds the VM packages. Returns what is missing, in install order.
+pub fn check(vm: bool) -> Vec<Missing> {
+    let mut missing = Vec::new();
+    let mut wanted: Vec<&str> = EBPF_PACKAGES.to_vec();
+    if vm {
+        wanted.extend(VM_PACKAGES);
+    }
+    let packages = missing_packages(&wanted);
+    let rustc_pkg_missing = packages.iter().any(|p| p == "rustc-web");
+    let src_pkg_missing = packages.iter().any(|p| p == "rust-web-src");
+    if !packages.is_empty() {
+        missing.push(Missing::Packages(packages));
+    }
+    if !rustc_pkg_missing {
+        match util::probe_output(Command::new("/usr/bin/rustc").args(["--version", "--verbose"])) {
+            None => missing.push(Missing::DebianRustc("does not run".into())),
+            Some(v) => match llvm_major_of(&v) {
+                Some(LLVM_MAJOR) => {}
+                other => missing.push(Missing::DebianRustc(format!(
+                    "LLVM major is {other:?}, need {LLVM_MAJOR}"
+                ))),
+            },
+        }
+    }
+    if !src_pkg_missing && !Path::new("/usr/lib/rustlib/src/rust/library/core").is_dir() {
+        missing.push(Missing::RustSrc);
+    }
+    if util::on_path("rustup").is_none() {
+        missing.push(Missing::Rustup);
+    }
+    match util::probe_output(bpf_linker_command().arg("--version")) {
+        None => missing.push(Missing::BpfLinker(None)),
+        Some(out) => {
+            if bpf_linker_version_of(&out) != Some(BPF_LINKER_VERSION) {
+                missing.push(Missing::BpfLinker(Some(out.trim().to_string())));
+            }
+        }
+    }
+    missing
+}
+
+fn apt_get() -> Command {
+    let mut cmd = if util::is_root() {
+        Command::new("apt-get")
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("apt-get");
+        c
+    };
+    cmd.env("DEBIAN_FRONTEND", "noninteractive");
+    cmd
+}
+
+/// Installs Debian packages (after one `apt-get update`).
+pub fn install_packages(packages: &[String]) -> Result<()> {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    if !util::is_root() && util::on_path("sudo").is_none() {
+        bail!("installing {} needs root (or sudo)", packages.join(" "));
+    }
+    println!("setup: installing Debian packages: {}", packages.join(" "));
+    util::run(apt_get().args(["update", "-q"])).context("apt-get update")?;
+    util::run(
+        apt_get()
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages),
+    )
+    .context("apt-get install")
+}
+
+fn install_bpf_linker() -> Result<()> {
+    println!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (about 1.5 min)"
+    );
+    let mut cmd = util::cargo();
+    cmd.current_dir(std::env::temp_dir())
+        .env("LLVM_PREFIX", format!("/usr/lib/llvm-{LLVM_MAJOR}"))
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--force",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{LLVM_MAJOR}"),
+        ]);
+    util::run(&mut cmd).context("cargo install bpf-linker")
+}
+
+/// Installs whatever `missing` lists, in order, then re-checks.
+fn install(missing: &[Missing], vm: bool) -> Result<()> {
+    for m in missing {
+        match m {
+            Missing::Packages(p) => install_packages(p)?,
+            Missing::DebianRustc(_) | Missing::RustSrc => {
+                // Reinstalling the packages is the fix; installing them happened above if needed.
+                install_packages(&[
+                    "rustc-web".into(),
+                    "rust-web-src".into(),
+                    "cargo-web".into(),
+                ])?
+            }
+            Missing::Rustup => bail!(
+                "rustup is required (the agent's build.rs runs `rustup run {EBPF_SYSROOT} cargo` \
+                 for the eBPF build); install it from https://rustup.rs"
+            ),
+            Missing::BpfLinker(_) => install_bpf_linker()?,
+        }
+    }
+    let still = check(vm);
+    if !still.is_empty() {
+        let list: Vec<String> = still.iter().map(ToString::to_string).collect();
+        bail!(
+            "setup finished but these are still missing:\n  {}",
+            list.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// `cargo xtask setup`.
+pub fn setup(opts: &Options) -> Result<()> {
+    let missing = check(opts.vm);
+    report(&missing, opts.vm);
+    if missing.is_empty() {
+        println!("setup: nothing to do");
+        return Ok(());
+    }
+    if opts.check {
+        bail!(
+            "setup: {} item(s) missing; run `cargo xtask setup`",
+            missing.len()
+        );
+    }
+    install(&missing, opts.vm)?;
+    println!("setup: done");
+    Ok(())
+}
+
+fn report(missing: &[Missing], vm: bool) {
+    let pkgs: Vec<&str> = EBPF_PACKAGES
+        .iter()
+        .chain(if vm { VM_PACKAGES } else { &[] })
+        .copied()
+        .collect();
+    let missing_pkgs: Vec<&str> = missing
+        .iter()
+        .filter_map(|m| match m {
+            Missing::Packages(p) => Some(p.iter().map(String::as_str).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    for p in pkgs {
+        if missing_pkgs.contains(&p) {
+            println!("setup: [missing] Debian package {p}");
+        } else {
+            println!("setup: [ok]      Debian package {p}");
+        }
+    }
+    for m in missing
+        .iter()
+        .filter(|m| !matches!(m, Missing::Packages(_)))
+    {
+        println!("setup: [missing] {m}");
+    }
+    let has = |f: fn(&Missing) -> bool| missing.iter().any(f);
+    if !has(|m| matches!(m, Missing::DebianRustc(_))) && !missing_pkgs.contains(&"rustc-web") {
+        println!("setup: [ok]      /usr/bin/rustc uses LLVM {LLVM_MAJOR}");
+    }
+    if !has(|m| matches!(m, Missing::RustSrc)) && !missing_pkgs.contains(&"rust-web-src") {
+        println!("setup: [ok]      rust-src in /usr/lib/rustlib/src");
+    }
+    if !has(|m| matches!(m, Missing::Rustup)) {
+        println!("setup: [ok]      rustup (runs the {EBPF_SYSROOT} toolchain for the eBPF build)");
+    }
+    if !has(|m| matches!(m, Missing::BpfLinker(_))) {
+        println!("setup: [ok]      bpf-linker {BPF_LINKER_VERSION}");
+    }
+}
+
+/// Makes sure the eBPF toolchain (and with `vm`, the VM tools) is installed, installing what is
+/// missing; silent apart from one line when everything is there. Called by build/run/test.
+pub fn ensure(vm: bool) -> Result<()> {
+    let missing = check(vm);
+    if missing.is_empty() {
+        println!("setup: toolchain present (rustc-web/LLVM {LLVM_MAJOR}, bpf-linker {BPF_LINKER_VERSION}{})",
+            if vm { ", VM tools" } else { "" });
+        return Ok(());
+    }
+    report(&missing, vm);
+    install(&missing, vm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_llvm_major() {
+        let v =
+            "rustc 1.96.0 (ac68faa20 2026-05-25)\nbinary: rustc\nhost: x86_64-unknown-linux-gnu\n\
+                 release: 1.96.0\nLLVM version: 22.1.8\n";
+        assert_eq!(llvm_major_of(v), Some(22));
+        assert_eq!(llvm_major_of("rustc 1.95.0\nrelease: 1.95.0\n"), None);
+        assert_eq!(llvm_major_of("LLVM version: 20.1.1"), Some(20));
+    }
+
+    #[test]
+    fn parses_bpf_linker_version() {
+        assert_eq!(bpf_linker_version_of("bpf-linker 0.13.0\n"), Some("0.13.0"));
+        assert_eq!(bpf_linker_version_of("bpf-linker 0.9.13"), Some("0.9.13"));
+        assert_eq!(bpf_linker_version_of(""), None);
+    }
+
+    #[test]
+    fn unknown_package_is_missing() {
+        // dpkg-query exists on Debian; a package that cannot exist is reported missing either way.
+        assert_eq!(
+            missing_packages(&["scaler-no-such-package-xyz"]),
+            vec!["scaler-no-such-package-xyz".to_string()]
+        );
+    }
+}

@@ -1,0 +1,306 @@
+//! Booting a prepared kernel under qemu (TCG) with the initramfs and the two 9p shares, with a
+//! timeout, streaming the console and collecting the guest command's status and output.
+
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc::RecvTimeoutError,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use super::{initramfs, kernel::Prepared, GuestCommand, VmConfig, VmResult};
+use crate::{test::Counts, util};
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The chroot-side script: runs the guest command, tees each test binary's output into the work
+/// dir, and writes the overall status to `exit-status`.
+pub fn run_script(command: &GuestCommand, work: &Path, kernel: &str) -> String {
+    let w = quote(&work.to_string_lossy());
+    let mut s = format!(
+        "#!/bin/sh\n\
+         export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+         export HOME=/tmp RUST_BACKTRACE=1 SCALER_VM_KERNEL={kernel}\n\
+         export W={w}\nstatus=0\n"
+    );
+    match command {
+        GuestCommand::Shell(cmd) => {
+            s.push_str(&format!(
+                "{{ /bin/sh -c {}; echo $? > \"$W/rc.0\"; }} 2>&1 | tee \"$W/output.0\"\n\
+                 status=$(cat \"$W/rc.0\" 2>/dev/null || echo 125)\n",
+                quote(cmd)
+            ));
+        }
+        GuestCommand::Tests {
+            executables,
+            agent,
+            filter,
+        } => {
+            let root = util::workspace_root().join("tests");
+            s.push_str(&format!(
+                "export SCALER_BIN={}\ncd {} || cd /\n",
+                quote(&agent.to_string_lossy()),
+                quote(&root.to_string_lossy())
+            ));
+            let filter: Vec<String> = filter.iter().map(|f| quote(f)).collect();
+            for (i, exe) in executables.iter().enumerate() {
+                let exe = quote(&exe.to_string_lossy());
+                s.push_str(&format!(
+                    "echo \"==== {exe}\"\n\
+                     {{ {exe} --test-threads=1 {f}; echo $? > \"$W/rc.{i}\"; }} 2>&1 | tee \"$W/output.{i}\"\n\
+                     rc=$(cat \"$W/rc.{i}\" 2>/dev/null || echo 125)\n\
+                     [ \"$rc\" = 0 ] || {{ echo \"==== {exe} exited with $rc\"; status=1; }}\n",
+                    f = filter.join(" ")
+                ));
+            }
+        }
+    }
+    s.push_str("echo \"$status\" > \"$W/exit-status\"\nsync\n");
+    s
+}
+
+/// Paths under /tmp that the guest must see (the tmpfs on /tmp hides the host's /tmp).
+fn under_tmp(command: &GuestCommand, work: &Path) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    if let GuestCommand::Tests {
+        executables, agent, ..
+    } = command
+    {
+        for p in executables.iter().chain(std::iter::once(agent)) {
+            if let Some(dir) = p.parent() {
+                paths.push(dir.to_path_buf());
+            }
+        }
+    }
+    let root = util::workspace_root();
+    paths.push(root);
+    paths.retain(|p| p.starts_with("/tmp") && !work.starts_with(p));
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// Boots `kernel` with `command` and waits for it (at most `config.timeout`).
+pub fn run(
+    kernel: &Prepared,
+    command: &GuestCommand,
+    cache: &Path,
+    config: &VmConfig,
+) -> Result<VmResult> {
+    let runs = cache.join("runs");
+    let work = runs.join(format!("{}-{}", kernel.name, std::process::id()));
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let work = work.canonicalize()?;
+    fs::write(
+        work.join("run.sh"),
+        run_script(command, &work, &kernel.name),
+    )?;
+
+    let boot = runs.join(format!("{}-{}-boot", kernel.name, std::process::id()));
+    fs::create_dir_all(&boot)?;
+    let initrd = boot.join("initramfs.cpio");
+    let init = initramfs::init_script(&work, &under_tmp(command, &work));
+    initramfs::build(&boot.join("stage"), &initrd, &kernel.modules, &init)?;
+
+    let logs = cache.join("logs");
+    fs::create_dir_all(&logs)?;
+    let console_log = logs.join(format!("console-{}.log", kernel.name));
+    let mut log = fs::File::create(&console_log)?;
+
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ])
+    .args([
+        "-m",
+        &config.memory_mib.to_string(),
+        "-smp",
+        &config.cpus.to_string(),
+    ])
+    .arg("-kernel")
+    .arg(&kernel.vmlinux)
+    .arg("-initrd")
+    .arg(&initrd)
+    .args(["-append", "console=ttyS0 panic=-1 cgroup_no_v1=all quiet"])
+    .args([
+        "-fsdev",
+        "local,readonly=on,id=root,path=/,security_model=none,multidevs=remap",
+    ])
+    .args([
+        "-device",
+        &format!("virtio-9p-pci,fsdev=root,mount_tag={}", initramfs::ROOT_TAG),
+    ])
+    .args([
+        "-fsdev",
+        &format!("local,id=work,path={},security_model=none", work.display()),
+    ])
+    .args([
+        "-device",
+        &format!("virtio-9p-pci,fsdev=work,mount_tag={}", initramfs::WORK_TAG),
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    println!(
+        "vm: booting {} ({}), timeout {}s; console log {}",
+        kernel.name,
+        kernel.package,
+        config.timeout.as_secs(),
+        console_log.display()
+    );
+    eprintln!("+ {}", util::display(&cmd));
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .context("starting qemu-system-x86_64 (package qemu-system-x86)")?;
+    let lines = util::line_reader(child.stdout.take().context("qemu stdout")?);
+    let errs = util::line_reader(child.stderr.take().context("qemu stderr")?);
+    let mut problem = None;
+    loop {
+        let left = config.timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            problem = Some(format!(
+                "timed out after {}s; killed qemu (pid {})",
+                config.timeout.as_secs(),
+                child.id()
+            ));
+            let _ = child.kill();
+            break;
+        }
+        match lines.recv_timeout(left.min(Duration::from_millis(500))) {
+            Ok(line) => {
+                println!("[{}] {line}", kernel.name);
+                let _ = writeln!(log, "{line}");
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        while let Ok(line) = errs.try_recv() {
+            eprintln!("[{} qemu] {line}", kernel.name);
+            let _ = writeln!(log, "qemu: {line}");
+        }
+    }
+    let status = child.wait()?;
+    while let Ok(line) = errs.try_recv() {
+        eprintln!("[{} qemu] {line}", kernel.name);
+        let _ = writeln!(log, "qemu: {line}");
+    }
+    let elapsed = start.elapsed();
+    if problem.is_none() && !status.success() {
+        problem = Some(format!("qemu exited with {status}"));
+    }
+
+    let guest_status = fs::read_to_string(work.join("exit-status"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let mut counts = Counts::default();
+    let mut outputs: Vec<PathBuf> = fs::read_dir(&work)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("output."))
+        })
+        .collect();
+    outputs.sort();
+    for out in &outputs {
+        let text = fs::read_to_string(out).unwrap_or_default();
+        for line in text.lines() {
+            counts.add_line(line);
+        }
+        fs::copy(
+            out,
+            logs.join(format!(
+                "{}-{}",
+                kernel.name,
+                out.file_name().unwrap().to_string_lossy()
+            )),
+        )?;
+    }
+    if guest_status.is_none() && problem.is_none() {
+        problem = Some(
+            "the guest wrote no exit status (it crashed or the command could not start)".into(),
+        );
+    }
+    let _ = fs::remove_dir_all(&boot);
+    let _ = fs::remove_dir_all(&work);
+    Ok(VmResult {
+        status: guest_status,
+        counts,
+        console_log,
+        elapsed,
+        problem,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_script_reports_the_command_status() {
+        let s = run_script(
+            &GuestCommand::Shell("exit 3".into()),
+            Path::new("/w d"),
+            "6.12",
+        );
+        assert!(s.contains("export W='/w d'"), "{s}");
+        assert!(
+            s.contains("{ /bin/sh -c 'exit 3'; echo $? > \"$W/rc.0\"; }"),
+            "{s}"
+        );
+        assert!(
+            s.ends_with("echo \"$status\" > \"$W/exit-status\"\nsync\n"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn test_script_runs_each_binary_with_the_agent() {
+        let cmd = GuestCommand::Tests {
+            executables: vec!["/t/a".into(), "/t/b".into()],
+            agent: "/t/scaler".into(),
+            filter: vec!["memory".into()],
+        };
+        let s = run_script(&cmd, Path::new("/w"), "6.1");
+        assert!(s.contains("export SCALER_BIN='/t/scaler'"), "{s}");
+        assert!(s.contains("SCALER_VM_KERNEL=6.1"), "{s}");
+        assert!(
+            s.contains("{ '/t/a' --test-threads=1 'memory'; echo $? > \"$W/rc.0\"; }"),
+            "{s}"
+        );
+        assert!(
+            s.contains("{ '/t/b' --test-threads=1 'memory'; echo $? > \"$W/rc.1\"; }"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn exposes_binaries_under_tmp_only() {
+        let cmd = GuestCommand::Tests {
+            executables: vec!["/tmp/tgt/release/deps/a".into()],
+            agent: "/tmp/tgt/release/scaler".into(),
+            filter: vec![],
+        };
+        let paths = under_tmp(&cmd, Path::new("/root/.cache/scaler-vm/runs/x"));
+        assert!(paths.contains(&PathBuf::from("/tmp/tgt/release/deps")));
+        assert!(paths.contains(&PathBuf::from("/tmp/tgt/release")));
+        assert!(paths.iter().all(|p| p.starts_with("/tmp")));
+    }
+}
