@@ -1,1 +1,382 @@
-//! (in progress)
+//! The decider: pure state + signal -> decision.
+//!
+//! No I/O, no clocks (every time is a `CLOCK_MONOTONIC` nanosecond argument, the clock of
+//! `bpf_ktime_get_ns()`), and no allocation on the event path: cgroups are registered ahead of
+//! time ([`MemoryDecider::manage`], [`CpuDecider::manage`], which may allocate), and each signal
+//! writes its outcome into a caller-provided, fixed-capacity [`Decision`].
+//!
+//! The loop it is one step of: the engine turns a kernel event or a periodic sample into a
+//! signal ([`MemorySignal`], [`CpuSignal`]), asks the decider, performs the [`Action`]s in order
+//! (ancestors first), and reports each completed write back through `applied(...)`. That
+//! completion time is what separates one reclaim storm from the next (see
+//! [`memory`](self::memory) for the rules).
+//!
+//! Values in an [`Action`]: for [`Resource::Memory`], `old`/`new` are hard limits in **bytes**
+//! (v2 `memory.max`, v1 `memory.limit_in_bytes`); for [`Resource::Cpu`], they are the CFS quota in
+//! **microseconds per period** (v2 the first field of `cpu.max`, v1 `cpu.cfs_quota_us`), the
+//! period being the one the cgroup was registered with, which the decider never changes.
+//! The decision is always a new limit; the engine picks the mechanism per backend (on v2 it may
+//! precede a lowered `memory.max` with `memory.reclaim`, on v1 it writes the limit itself).
+
+// CPU_PENDING pub mod cpu;
+pub mod memory;
+
+// CPU_PENDING pub use cpu::{CpuDecider, CpuPolicy, CpuSignal};
+pub use memory::{MemoryDecider, MemoryPolicy, MemorySignal};
+
+/// A cgroup, by its kernfs id (the inode number of its directory; what the kernel programs
+/// report as `cgroup_id`/`target_id`).
+pub type CgId = u64;
+
+/// Most actions one decision can hold: the target and up to 7 managed ancestors.
+pub const MAX_ACTIONS: usize = 8;
+
+/// Which controller an [`Action`] changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Resource {
+    /// The memory hard limit, in bytes.
+    #[default]
+    Memory,
+    /// The CFS quota, in microseconds per period.
+    Cpu,
+}
+
+impl Resource {
+    /// Name used in logs and JSON (`"memory"`, `"cpu"`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Cpu => "cpu",
+        }
+    }
+}
+
+/// Why an [`Action`] was taken.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Memory reclaim began at the cgroup's limit (the last-chance signal).
+    #[default]
+    Pressure,
+    /// Memory usage crossed the early-warning mark (limit minus headroom).
+    EarlyWarning,
+    /// The OOM killer fired in the cgroup anyway.
+    OomRecovery,
+    /// Pressure has been gone for the cooldown: memory is given back.
+    ScaleDown,
+    /// A managed ancestor is raised so that its descendant's raise can take effect.
+    Ancestor,
+    /// The cgroup used most of its CPU quota within a period.
+    CpuQuotaNear,
+    /// The cgroup was throttled (seen in `cpu.stat` samples).
+    CpuThrottled,
+    /// Run-queue latency above the target while the cgroup was quota-bound.
+    CpuRunqLatency,
+    /// CPU quota given back after the cooldown.
+    CpuScaleDown,
+}
+
+impl Reason {
+    /// Name used in logs and JSON summaries.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pressure => "pressure",
+            Self::EarlyWarning => "early_warning",
+            Self::OomRecovery => "oom_recovery",
+            Self::ScaleDown => "scale_down",
+            Self::Ancestor => "ancestor",
+            Self::CpuQuotaNear => "cpu_quota_near",
+            Self::CpuThrottled => "cpu_throttled",
+            Self::CpuRunqLatency => "cpu_runq_latency",
+            Self::CpuScaleDown => "cpu_scale_down",
+        }
+    }
+}
+
+/// One limit change for the engine to write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Action {
+    /// The cgroup whose limit changes.
+    pub cgroup: CgId,
+    /// Which limit.
+    pub resource: Resource,
+    /// The limit the decider believed was in force (bytes, or quota µs per period).
+    pub old: u64,
+    /// The limit to write (same unit as `old`).
+    pub new: u64,
+    /// Why.
+    pub reason: Reason,
+    /// Kernel timestamp (ns) of the signal that triggered it: reaction latency is measured
+    /// from here to the completion of the write.
+    pub trigger_ts_ns: u64,
+}
+
+impl Action {
+    /// True if the action raises the limit.
+    pub const fn is_raise(&self) -> bool {
+        self.new > self.old
+    }
+}
+
+/// Which bound stopped a raise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cap {
+    /// The cgroup's policy maximum.
+    AtMax,
+    /// The node budget (sum of top-level managed limits).
+    Budget,
+}
+
+impl Cap {
+    /// Name used in logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::AtMax => "at_max",
+            Self::Budget => "budget",
+        }
+    }
+}
+
+/// Why a signal produced no action. Each is worth a counter; [`Skip::Capped`] is worth a log
+/// line, and is reported once per storm (later signals of the same storm say `Coalesced`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Skip {
+    /// The cgroup is not managed (observed only, or unknown).
+    Unmanaged,
+    /// Part of a storm that was already answered (or is being answered) by a raise.
+    Coalesced,
+    /// The per-cgroup rate limit refused another raise.
+    RateLimited,
+    /// The raise is bounded to (almost) nothing by the policy maximum or the node budget.
+    Capped(Cap),
+    /// The change would be smaller than the policy's hysteresis (`min_change`).
+    BelowHysteresis,
+    /// CPU: run-queue latency is high, but the cgroup is not quota-bound (raising its quota
+    /// would not help: the node is busy).
+    NotQuotaBound,
+}
+
+impl Skip {
+    /// Name used in logs and metrics labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Unmanaged => "unmanaged",
+            Self::Coalesced => "coalesced",
+            Self::RateLimited => "rate_limited",
+            Self::Capped(Cap::AtMax) => "capped_at_max",
+            Self::Capped(Cap::Budget) => "capped_budget",
+            Self::BelowHysteresis => "below_hysteresis",
+            Self::NotQuotaBound => "not_quota_bound",
+        }
+    }
+}
+
+/// The outcome of one signal: up to [`MAX_ACTIONS`] actions, in the order they must be
+/// written (ancestors first), or the reason there are none. Reused by the caller across
+/// signals: the decider clears it first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    actions: [Action; MAX_ACTIONS],
+    len: usize,
+    /// Set when the signal produced no action for a reason worth counting; `None` with no
+    /// actions means there was simply nothing to do (for example a sample in the cooldown).
+    pub skip: Option<Skip>,
+}
+
+impl Decision {
+    /// An empty decision buffer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The actions to perform, in order.
+    pub fn actions(&self) -> &[Action] {
+        &self.actions[..self.len]
+    }
+
+    /// True if there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Empties the buffer (the decider calls this at the start of every signal).
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.skip = None;
+    }
+
+    /// Appends an action; returns false (and drops it) when the buffer is full.
+    fn push(&mut self, a: Action) -> bool {
+        if self.len == MAX_ACTIONS {
+            return false;
+        }
+        self.actions[self.len] = a;
+        self.len += 1;
+        true
+    }
+
+    fn skip(&mut self, s: Skip) {
+        self.skip = Some(s);
+    }
+}
+
+/// What happened to an action the engine tried to perform (`applied(...)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The kernel accepted the new value.
+    Written,
+    /// `--dry-run`: nothing was written. Treated like `Written` for storm bookkeeping (so a
+    /// dry run does not re-decide every event of a storm); the next sample brings the decider
+    /// back to the real limit.
+    DryRun,
+    /// The write failed (EBUSY, EINVAL, cgroup gone...): the decider reverts to the old value.
+    Failed,
+}
+
+/// Per-cgroup rate limit on raises, as a generic cell rate algorithm (a token bucket in
+/// integer nanoseconds, no allocation): `rate` raises per second on average, with bursts of
+/// up to `rate` raises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RateLimiter {
+    /// Nanoseconds per raise (1e9 / rate).
+    interval_ns: u64,
+    /// Burst tolerance: (burst - 1) * interval.
+    tolerance_ns: u64,
+    /// Theoretical arrival time of the next raise.
+    tat_ns: u64,
+}
+
+impl RateLimiter {
+    fn new(per_sec: u32) -> Self {
+        let per_sec = u64::from(per_sec.max(1));
+        let interval_ns = 1_000_000_000 / per_sec;
+        Self {
+            interval_ns,
+            tolerance_ns: interval_ns * (per_sec - 1),
+            tat_ns: 0,
+        }
+    }
+
+    fn allows(&self, now_ns: u64) -> bool {
+        now_ns.saturating_add(self.tolerance_ns) >= self.tat_ns
+    }
+
+    fn commit(&mut self, now_ns: u64) {
+        self.tat_ns = self.tat_ns.max(now_ns) + self.interval_ns;
+    }
+}
+
+/// Allocation-rate / usage-rate estimator over successive (time, value) observations:
+/// jumps up at once to a higher instantaneous rate (a scaler should over- rather than
+/// under-estimate how fast a workload grows) and decays by halves toward lower ones.
+/// Observations closer than `MIN_INTERVAL_NS` to the anchor are folded into the next interval,
+/// so a burst of events microseconds apart does not produce absurd rates.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct RateEstimator {
+    anchor_ts_ns: u64,
+    anchor_value: u64,
+    has_anchor: bool,
+    /// Units per second.
+    rate: f64,
+}
+
+impl RateEstimator {
+    const MIN_INTERVAL_NS: u64 = 1_000_000;
+
+    fn observe(&mut self, ts_ns: u64, value: u64) {
+        if !self.has_anchor || ts_ns < self.anchor_ts_ns {
+            // First observation, or out of order (an older event drained late): re-anchor
+            // only if it is newer.
+            if !self.has_anchor {
+                self.anchor_ts_ns = ts_ns;
+                self.anchor_value = value;
+                self.has_anchor = true;
+            }
+            return;
+        }
+        let dt = ts_ns - self.anchor_ts_ns;
+        if dt < Self::MIN_INTERVAL_NS {
+            return;
+        }
+        let inst = value.saturating_sub(self.anchor_value) as f64 * 1e9 / dt as f64;
+        self.rate = if inst >= self.rate {
+            inst
+        } else {
+            0.5 * (self.rate + inst)
+        };
+        self.anchor_ts_ns = ts_ns;
+        self.anchor_value = value;
+    }
+
+    fn rate(&self) -> f64 {
+        self.rate
+    }
+}
+
+/// `f * x` for a non-negative fraction, saturating, rounded down.
+fn mul_frac(x: u64, f: f64) -> u64 {
+    let v = x as f64 * f;
+    if v >= u64::MAX as f64 {
+        u64::MAX
+    } else if v > 0.0 {
+        v as u64
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_allows_bursts_then_the_rate() {
+        let mut rl = RateLimiter::new(4);
+        let t0 = 10_000_000_000;
+        for i in 0..4 {
+            assert!(rl.allows(t0), "burst raise {i}");
+            rl.commit(t0);
+        }
+        assert!(!rl.allows(t0), "fifth raise in the same instant is refused");
+        assert!(!rl.allows(t0 + 200_000_000));
+        assert!(rl.allows(t0 + 250_000_000), "one more after 1/rate");
+    }
+
+    #[test]
+    fn rate_estimator_tracks_growth_and_ignores_microsecond_jitter() {
+        let mut r = RateEstimator::default();
+        r.observe(1_000_000_000, 0);
+        r.observe(1_000_000_500, 4096); // 0.5 us later: folded
+        assert_eq!(r.rate(), 0.0);
+        r.observe(1_010_000_000, 8 << 20); // 8 MiB in 10 ms
+        assert!((r.rate() - 800.0 * (1 << 20) as f64).abs() < 1.0);
+        r.observe(1_020_000_000, 8 << 20); // flat: decays by half
+        assert!((r.rate() - 400.0 * (1 << 20) as f64).abs() < 1.0);
+        r.observe(1_000_000_000, 0); // out of order: ignored
+        assert!((r.rate() - 400.0 * (1 << 20) as f64).abs() < 1.0);
+    }
+
+    #[test]
+    fn decision_buffer_is_bounded_and_ordered() {
+        let mut d = Decision::new();
+        for i in 0..MAX_ACTIONS as u64 {
+            assert!(d.push(Action {
+                cgroup: i,
+                ..Action::default()
+            }));
+        }
+        assert!(!d.push(Action::default()));
+        assert_eq!(d.actions().len(), MAX_ACTIONS);
+        assert_eq!(d.actions()[3].cgroup, 3);
+        d.clear();
+        assert!(d.is_empty());
+        assert_eq!(d.skip, None);
+    }
+
+    #[test]
+    fn names_are_stable() {
+        assert_eq!(Reason::Pressure.as_str(), "pressure");
+        assert_eq!(Reason::CpuRunqLatency.as_str(), "cpu_runq_latency");
+        assert_eq!(Skip::Capped(Cap::Budget).as_str(), "capped_budget");
+        assert_eq!(Resource::Cpu.as_str(), "cpu");
+    }
+}

@@ -1,0 +1,832 @@
+//! Sequences of signals in, decisions out.
+
+use super::*;
+use crate::decider::Decision;
+
+const MS: u64 = 1_000_000;
+const US: u64 = 1_000;
+const S: u64 = 1_000_000_000;
+const GIB: u64 = 1 << 30;
+const T0: u64 = 100 * S;
+/// What a limit write costs the engine in these tests.
+const WRITE_NS: u64 = 100 * US;
+
+fn policy() -> MemoryPolicy {
+    MemoryPolicy {
+        max: 2 * GIB,
+        ..MemoryPolicy::default()
+    }
+}
+
+/// The decider plus the engine's side of the loop: perform every action, report completion.
+struct Loop {
+    d: MemoryDecider,
+    out: Decision,
+    actions: Vec<Action>,
+}
+
+impl Loop {
+    fn new(budget: u64) -> Self {
+        Self {
+            d: MemoryDecider::new(budget),
+            out: Decision::new(),
+            actions: Vec::new(),
+        }
+    }
+
+    /// Signal, then apply every action `WRITE_NS` after the signal. Returns the decision.
+    fn signal(&mut self, id: CgId, s: MemorySignal) -> Decision {
+        self.d.on_signal(id, s, &mut self.out);
+        let done = s.ts_ns() + WRITE_NS;
+        for a in self.out.actions() {
+            self.d.applied(a, done, WriteOutcome::Written);
+            self.actions.push(*a);
+        }
+        self.out.clone()
+    }
+
+    /// Signal without applying (a write still in flight).
+    fn signal_only(&mut self, id: CgId, s: MemorySignal) -> Decision {
+        self.d.on_signal(id, s, &mut self.out);
+        self.out.clone()
+    }
+
+    fn reclaim(&mut self, id: CgId, ts_ns: u64, usage: u64, limit: u64) -> Decision {
+        self.signal(
+            id,
+            MemorySignal::Reclaim {
+                ts_ns,
+                usage,
+                limit,
+            },
+        )
+    }
+
+    fn sample(&mut self, id: CgId, ts_ns: u64, usage: u64, working_set: u64) -> Decision {
+        let limit = self.d.limit(id).unwrap();
+        self.signal(
+            id,
+            MemorySignal::Sample {
+                ts_ns,
+                usage,
+                limit,
+                working_set,
+                psi_some_total_us: None,
+            },
+        )
+    }
+}
+
+fn only(d: &Decision) -> Action {
+    assert_eq!(d.actions().len(), 1, "{d:?}");
+    d.actions()[0]
+}
+
+#[test]
+fn a_35_event_reclaim_storm_is_one_decision() {
+    let mut l = Loop::new(16 * GIB);
+    l.d.manage(1, None, policy(), 64 * MIB, 60 * MIB, T0);
+    // The kernel's 35 reclaim rounds over 0.76 ms, all at the old limit. The first is
+    // answered; the write completes 100 us later.
+    let first = l.reclaim(1, T0 + S, 64 * MIB, 64 * MIB);
+    let a = only(&first);
+    assert_eq!(
+        (a.old, a.reason, a.trigger_ts_ns),
+        (64 * MIB, Reason::Pressure, T0 + S)
+    );
+    assert!(a.new >= 128 * MIB);
+    for i in 1..35 {
+        let d = l.reclaim(1, T0 + S + i * 21 * US, 64 * MIB, 64 * MIB);
+        assert!(d.is_empty());
+        assert_eq!(d.skip, Some(Skip::Coalesced), "event {i}");
+    }
+    assert_eq!(l.actions.len(), 1);
+    assert_eq!(l.d.cgroup_stats(1).unwrap().coalesced, 34);
+    assert_eq!(l.d.stats().raises, 1);
+}
+
+#[test]
+fn storm_events_are_coalesced_while_the_write_is_in_flight() {
+    let mut l = Loop::new(16 * GIB);
+    l.d.manage(1, None, policy(), 64 * MIB, 60 * MIB, T0);
+    let d = l.signal_only(
+        1,
+        MemorySignal::Reclaim {
+            ts_ns: T0 + S,
+            usage: 64 * MIB,
+            limit: 64 * MIB,
+        },
+    );
+    let a = only(&d);
+    // Before `applied`: even an event carrying the new limit is part of this storm.
+    for ts in [T0 + S + 10 * US, T0 + S + 20 * US] {
+        let d = l.signal_only(
+            1,
+            MemorySignal::UsageHigh {
+                ts_ns: ts,
+                usage: 64 * MIB,
+                limit: a.new,
+            },
+        );
+        assert_eq!(d.skip, Some(Skip::Coalesced));
+    }
+    l.d.applied(&a, T0 + S + 50 * US, WriteOutcome::Written);
+    // Queued before the completion: same storm. After it, at the new limit: new pressure.
+    let d = l.reclaim(1, T0 + S + 40 * US, a.new, a.new);
+    assert_eq!(d.skip, Some(Skip::Coalesced));
+    let d = l.reclaim(1, T0 + S + 60 * US, a.new, a.new);
+    assert_eq!(only(&d).old, a.new);
+}
+
+#[test]
+fn repeated_pressure_escalates_the_step_and_a_quiet_window_resets_it() {
+    let mut l = Loop::new(64 * GIB);
+    let p = MemoryPolicy {
+        max: 32 * GIB,
+        step_fraction: 0.0,
+        lookahead_ns: 0, // isolate escalation from the rate estimate
+        ..policy()
+    };
+    l.d.manage(1, None, p, 64 * MIB, 64 * MIB, T0);
+    let mut limit = 64 * MIB;
+    let mut steps = Vec::new();
+    for i in 0..6 {
+        let a = only(&l.reclaim(1, T0 + S + i * 500 * MS, limit, limit));
+        steps.push((a.new - a.old) / MIB);
+        limit = a.new;
+    }
+    // Doubling per consecutive round, up to 2^max_escalation (16x).
+    assert_eq!(steps, [64, 128, 256, 512, 1024, 1024]);
+    // After more than the escalation window without pressure, back to the base step.
+    let a = only(&l.reclaim(1, T0 + 10 * S, limit, limit));
+    assert_eq!(a.new - a.old, 64 * MIB);
+}
+
+#[test]
+fn the_step_grows_with_the_allocation_rate() {
+    let mut l = Loop::new(64 * GIB);
+    l.d.manage(1, None, policy(), 64 * MIB, 0, T0);
+    l.d.manage(2, None, policy(), 64 * MIB, 0, T0);
+    // Cgroup 1 filled 64 MiB in 80 ms (800 MiB/s); cgroup 2 in 8 s (8 MiB/s).
+    let fast = only(&l.reclaim(1, T0 + 80 * MS, 64 * MIB, 64 * MIB));
+    let slow = only(&l.reclaim(2, T0 + 8 * S, 64 * MIB, 64 * MIB));
+    assert_eq!(slow.new - slow.old, 64 * MIB, "step_min");
+    // 800 MiB/s * 200 ms lookahead = 160 MiB.
+    let step = fast.new - fast.old;
+    assert!((159 * MIB..=161 * MIB).contains(&step), "{}", step / MIB);
+    assert!(l.d.allocation_rate(1).unwrap() > 700.0 * MIB as f64);
+}
+
+#[test]
+fn the_step_is_at_least_a_fraction_of_the_limit() {
+    let mut l = Loop::new(64 * GIB);
+    l.d.manage(1, None, policy(), GIB, GIB, T0);
+    let a = only(&l.reclaim(1, T0 + 10 * S, GIB, GIB));
+    assert_eq!(a.new - a.old, GIB / 4);
+}
+
+/// The workload: 8 MiB touched every 10 ms from a 64 MiB limit, 256 MiB in all.
+/// The kernel OOM-kills 0.76 ms after reclaim starts unless the limit has been raised.
+fn run_race(early_warning: bool) -> (bool, Vec<Action>) {
+    let mut l = Loop::new(16 * GIB);
+    let p = policy();
+    l.d.manage(1, None, p, 64 * MIB, 0, T0);
+    let mut kernel_limit = 64 * MIB;
+    let mut warned_at = 0;
+    let mut pending: Option<(u64, u64)> = None; // (done_ns, new limit)
+    let mut usage = 0;
+    for i in 1..=32u64 {
+        let t = T0 + i * 10 * MS;
+        if let Some((done, new)) = pending.take() {
+            assert!(done <= t);
+            kernel_limit = new;
+        }
+        let want = usage + 8 * MIB;
+        if early_warning && want + p.headroom >= kernel_limit && warned_at != kernel_limit {
+            warned_at = kernel_limit;
+            let d = l.signal(
+                1,
+                MemorySignal::UsageHigh {
+                    ts_ns: t,
+                    usage: kernel_limit.saturating_sub(p.headroom),
+                    limit: kernel_limit,
+                },
+            );
+            if let Some(a) = d.actions().first() {
+                pending = Some((t + WRITE_NS, a.new));
+            }
+        }
+        if want > kernel_limit {
+            // Reclaim: 35 rounds over 0.76 ms, then OOM unless a raise landed.
+            let mut rescued = false;
+            for r in 0..35u64 {
+                let ts = t + r * 21 * US;
+                if let Some((done, new)) = pending {
+                    if done <= ts {
+                        kernel_limit = new;
+                        pending = None;
+                    }
+                }
+                if want <= kernel_limit {
+                    rescued = true;
+                    break;
+                }
+                let d = l.reclaim(1, ts, kernel_limit, kernel_limit);
+                if let Some(a) = d.actions().first() {
+                    pending = Some((ts + WRITE_NS, a.new));
+                }
+            }
+            if !rescued {
+                return (false, l.actions);
+            }
+        }
+        usage = want;
+    }
+    (true, l.actions)
+}
+
+#[test]
+fn the_800_mib_per_s_workload_wins_the_race_with_reclaim_alone() {
+    let (survived, actions) = run_race(false);
+    assert!(survived, "{actions:?}");
+    assert!(actions.len() <= 4, "few, growing steps: {actions:?}");
+}
+
+#[test]
+fn the_800_mib_per_s_workload_wins_the_race_with_early_warnings() {
+    let (survived, actions) = run_race(true);
+    assert!(survived, "{actions:?}");
+    assert!(actions.iter().all(|a| a.reason == Reason::EarlyWarning));
+}
+
+#[test]
+fn a_workload_beyond_max_gets_nothing_past_max_and_is_reported_once() {
+    let mut l = Loop::new(64 * GIB);
+    let p = MemoryPolicy {
+        max: 256 * MIB,
+        ..policy()
+    };
+    l.d.manage(1, None, p, 64 * MIB, 64 * MIB, T0);
+    let mut limit = 64 * MIB;
+    let mut t = T0 + S;
+    let mut skips = Vec::new();
+    for _ in 0..20 {
+        let d = l.reclaim(1, t, limit, limit);
+        if let Some(a) = d.actions().first() {
+            assert!(a.new <= 256 * MIB);
+            limit = a.new;
+        } else {
+            skips.push(d.skip.unwrap());
+        }
+        t += 100 * MS;
+    }
+    assert_eq!(limit, 256 * MIB);
+    assert_eq!(skips[0], Skip::Capped(Cap::AtMax));
+    assert!(
+        skips[1..].iter().all(|s| *s == Skip::Coalesced),
+        "{skips:?}"
+    );
+    // A new storm (after a quiet window) is reported again.
+    let d = l.reclaim(1, t + 10 * S, limit, limit);
+    assert_eq!(d.skip, Some(Skip::Capped(Cap::AtMax)));
+}
+
+#[test]
+fn usage_above_max_gets_no_raise() {
+    let mut l = Loop::new(64 * GIB);
+    let p = MemoryPolicy {
+        max: 256 * MIB,
+        ..policy()
+    };
+    l.d.manage(1, None, p, 200 * MIB, 200 * MIB, T0);
+    let d = l.reclaim(1, T0 + S, 300 * MIB, 200 * MIB);
+    assert_eq!(d.skip, Some(Skip::Capped(Cap::AtMax)));
+}
+
+#[test]
+fn the_budget_holds_across_cgroups() {
+    let mut l = Loop::new(900 * MIB);
+    for id in 1..=3 {
+        l.d.manage(id, None, policy(), 256 * MIB, 256 * MIB, T0);
+    }
+    // A nested cgroup does not count against the budget.
+    l.d.manage(10, Some(1), policy(), 128 * MIB, 0, T0);
+    assert_eq!(l.d.committed(), 768 * MIB as u128);
+    let a = only(&l.reclaim(1, T0 + S, 256 * MIB, 256 * MIB));
+    assert_eq!(a.new, 256 * MIB + 64 * MIB);
+    let a = only(&l.reclaim(2, T0 + S, 256 * MIB, 256 * MIB));
+    assert_eq!(a.new, 256 * MIB + 64 * MIB);
+    // 4 MiB left: cgroup 3 gets only that.
+    let a = only(&l.reclaim(3, T0 + S, 256 * MIB, 256 * MIB));
+    assert_eq!(a.new, 260 * MIB);
+    assert_eq!(l.d.committed(), 900 * MIB as u128);
+    let d = l.reclaim(1, T0 + 2 * S, 320 * MIB, 320 * MIB);
+    assert_eq!(d.skip, Some(Skip::Capped(Cap::Budget)));
+    // Raising the nested cgroup does not touch the budget (its parent has room).
+    let a = only(&l.reclaim(10, T0 + 2 * S, 128 * MIB, 128 * MIB));
+    assert_eq!(a.cgroup, 10);
+    assert_eq!(l.d.committed(), 900 * MIB as u128);
+}
+
+#[test]
+fn a_binding_parent_is_raised_first_within_its_own_max() {
+    let mut l = Loop::new(64 * GIB);
+    let parent = MemoryPolicy {
+        max: 700 * MIB,
+        ..policy()
+    };
+    l.d.manage(1, None, parent, 512 * MIB, 480 * MIB, T0);
+    l.d.manage(2, Some(1), policy(), 256 * MIB, 256 * MIB, T0);
+    let d = l.reclaim(2, T0 + S, 256 * MIB, 256 * MIB);
+    let [p, c] = d.actions() else { panic!("{d:?}") };
+    assert_eq!(
+        (p.cgroup, p.reason, p.old),
+        (1, Reason::Ancestor, 512 * MIB)
+    );
+    assert_eq!(
+        (c.cgroup, c.reason, c.old),
+        (2, Reason::Pressure, 256 * MIB)
+    );
+    // Parent: usage 480 + child's 64 MiB raise + 64 MiB headroom = 608 MiB.
+    assert_eq!(p.new, 608 * MIB);
+    assert_eq!(c.new, 320 * MIB);
+    // Next round: the parent would need 480+128+64 = 672... its known usage grew, too.
+    l.sample(1, T0 + S + 500 * MS, 600 * MIB, 600 * MIB);
+    let d = l.reclaim(2, T0 + 2 * S, 320 * MIB, 320 * MIB);
+    let [p, c] = d.actions() else { panic!("{d:?}") };
+    assert_eq!(p.new, 700 * MIB, "clamped to the parent's max");
+    assert_eq!(c.cgroup, 2);
+    // The parent is at its max: the child is still raised, alone.
+    l.sample(1, T0 + 2 * S + 500 * MS, 690 * MIB, 690 * MIB);
+    let d = l.reclaim(2, T0 + 3 * S, c.new, c.new);
+    assert_eq!(only(&d).cgroup, 2);
+}
+
+#[test]
+fn a_parent_with_room_is_left_alone() {
+    let mut l = Loop::new(64 * GIB);
+    l.d.manage(1, None, policy(), 2 * GIB, 300 * MIB, T0);
+    l.d.manage(2, Some(1), policy(), 256 * MIB, 256 * MIB, T0);
+    let d = l.reclaim(2, T0 + S, 256 * MIB, 256 * MIB);
+    assert_eq!(only(&d).cgroup, 2);
+}
+
+#[test]
+fn grandparents_are_raised_top_down_and_the_top_within_budget() {
+    let mut l = Loop::new(1100 * MIB);
+    l.d.manage(1, None, policy(), GIB, GIB - 10 * MIB, T0);
+    l.d.manage(2, Some(1), policy(), 512 * MIB, 500 * MIB, T0);
+    l.d.manage(3, Some(2), policy(), 256 * MIB, 256 * MIB, T0);
+    let d = l.reclaim(3, T0 + S, 256 * MIB, 256 * MIB);
+    let ids: Vec<_> = d.actions().iter().map(|a| a.cgroup).collect();
+    assert_eq!(ids, [1, 2, 3]);
+    assert_eq!(
+        d.actions()[0].new,
+        1100 * MIB,
+        "top-level capped by the budget"
+    );
+    assert!(l.d.committed() <= 1100 * MIB as u128);
+}
+
+#[test]
+fn pressure_on_an_ancestor_is_decided_for_the_ancestor() {
+    let mut l = Loop::new(64 * GIB);
+    l.d.manage(1, None, policy(), 512 * MIB, 512 * MIB, T0);
+    l.d.manage(2, Some(1), policy(), GIB, 300 * MIB, T0);
+    let a = only(&l.reclaim(1, T0 + S, 512 * MIB, 512 * MIB));
+    assert_eq!((a.cgroup, a.reason), (1, Reason::Pressure));
+}
+
+#[test]
+fn scale_down_waits_for_the_cooldown_then_goes_gradually_and_never_below_usage() {
+    let mut l = Loop::new(64 * GIB);
+    let p = MemoryPolicy {
+        cooldown_ns: 10 * S,
+        down_interval_ns: S,
+        ..policy()
+    };
+    l.d.manage(1, None, p, GIB, 100 * MIB, T0);
+    // Inside the cooldown: nothing.
+    for i in 1..10 {
+        assert!(l.sample(1, T0 + i * S, 100 * MIB, 80 * MIB).is_empty());
+    }
+    // Goal = working set 80 + headroom 64 = 144 MiB; floor = usage 100 + 16 = 116 MiB.
+    let mut limits = vec![GIB];
+    for i in 10..40 {
+        let d = l.sample(1, T0 + i * S, 100 * MIB, 80 * MIB);
+        if let Some(a) = d.actions().first() {
+            assert_eq!(a.reason, Reason::ScaleDown);
+            assert!(a.new >= 116 * MIB && a.new < a.old);
+            limits.push(a.new);
+        }
+    }
+    // A quarter of the gap per step: 1024 -> 804 -> 639 -> ...
+    assert_eq!(limits[1], GIB - (GIB - 144 * MIB) / 4);
+    assert!(limits.len() > 5, "gradual: {limits:?}");
+    // Converges to the goal, to within the hysteresis (min_change, 4 MiB).
+    let last = *limits.last().unwrap();
+    assert!(last >= 144 * MIB && last - 144 * MIB < 4 * MIB, "{last}");
+}
+
+#[test]
+fn scale_down_respects_the_interval_and_usage_floor_and_min() {
+    let mut l = Loop::new(64 * GIB);
+    let p = MemoryPolicy {
+        cooldown_ns: S,
+        down_interval_ns: 5 * S,
+        min: 300 * MIB,
+        ..policy()
+    };
+    l.d.manage(1, None, p, GIB, 100 * MIB, T0);
+    assert!(!l.sample(1, T0 + 2 * S, 100 * MIB, 10 * MIB).is_empty());
+    assert!(l.sample(1, T0 + 3 * S, 100 * MIB, 10 * MIB).is_empty());
+    assert!(l.sample(1, T0 + 6 * S, 100 * MIB, 10 * MIB).is_empty());
+    assert!(!l.sample(1, T0 + 7 * S, 100 * MIB, 10 * MIB).is_empty());
+    for i in 3..30 {
+        l.sample(1, T0 + i * 5 * S, 100 * MIB, 10 * MIB);
+    }
+    let last = l.d.limit(1).unwrap();
+    assert!(
+        last >= 300 * MIB && last < 304 * MIB,
+        "stops at min: {last}"
+    );
+    // Usage grew near the limit: the floor is usage + safety margin, never below.
+    let mut l = Loop::new(64 * GIB);
+    l.d.manage(
+        2,
+        None,
+        MemoryPolicy {
+            cooldown_ns: S,
+            down_interval_ns: S,
+            ..policy()
+        },
+        GIB,
+        0,
+        T0,
+    );
+    for i in 2..40 {
+        l.sample(2, T0 + i * S, 900 * MIB, 10 * MIB);
+    }
+    let last = l.d.limit(2).unwrap();
+    assert!(last >= 916 * MIB && last < 920 * MIB, "{last}");
+}
+
+#[test]
+fn scale_down_stops_at_the_first_sign_of_pressure_and_the_cooldown_restarts() {
+    let mut l = Loop::new(64 * GIB);
+    let p = MemoryPolicy {
+        cooldown_ns: 10 * S,
+        down_interval_ns: S,
+        ..policy()
+    };
+    l.d.manage(1, None, p, GIB, 100 * MIB, T0);
+    let a = only(&l.sample(1, T0 + 11 * S, 100 * MIB, 80 * MIB));
+    // Early warning at the lowered limit: a raise, and the cooldown starts over.
+    let w = l.signal(
+        1,
+        MemorySignal::UsageHigh {
+            ts_ns: T0 + 11 * S + 500 * MS,
+            usage: a.new - 64 * MIB,
+            limit: a.new,
+        },
+    );
+    assert_eq!(only(&w).reason, Reason::EarlyWarning);
+    for i in 12..21 {
+        assert!(
+            l.sample(1, T0 + i * S, 100 * MIB, 80 * MIB).is_empty(),
+            "{i}"
+        );
+    }
+    assert!(!l.sample(1, T0 + 22 * S, 100 * MIB, 80 * MIB).is_empty());
+}
+
+#[test]
+fn psi_stall_counts_as_pressure_for_the_cooldown() {
+    let mut l = Loop::new(64 * GIB);
+    let p = MemoryPolicy {
+        cooldown_ns: 5 * S,
+        down_interval_ns: S,
+        ..policy()
+    };
+    l.d.manage(1, None, p, GIB, 100 * MIB, T0);
+    let mut psi = 0;
+    for i in 1..20 {
+        psi += 50_000; // 5% of each second stalled
+        let d = l.signal(
+            1,
+            MemorySignal::Sample {
+                ts_ns: T0 + i * S,
+                usage: 100 * MIB,
+                limit: GIB,
+                working_set: 80 * MIB,
+                psi_some_total_us: Some(psi),
+            },
+        );
+        assert!(d.is_empty(), "stalling: no scale-down at {i}s");
+    }
+    let d = l.signal(
+        1,
+        MemorySignal::Sample {
+            ts_ns: T0 + 30 * S,
+            usage: 100 * MIB,
+            limit: GIB,
+            working_set: 80 * MIB,
+            psi_some_total_us: Some(psi),
+        },
+    );
+    assert_eq!(only(&d).reason, Reason::ScaleDown);
+}
+
+#[test]
+fn raises_are_rate_limited() {
+    let mut l = Loop::new(64 * GIB);
+    let p = MemoryPolicy {
+        max_raises_per_sec: 2,
+        max: 32 * GIB,
+        ..policy()
+    };
+    l.d.manage(1, None, p, 64 * MIB, 64 * MIB, T0);
+    let mut limit = 64 * MIB;
+    let mut results = Vec::new();
+    for i in 0..4 {
+        let d = l.reclaim(1, T0 + S + i * 10 * MS, limit, limit);
+        match d.actions().first() {
+            Some(a) => {
+                limit = a.new;
+                results.push("raise");
+            }
+            None => results.push(d.skip.unwrap().as_str()),
+        }
+    }
+    assert_eq!(results, ["raise", "raise", "rate_limited", "rate_limited"]);
+    assert_eq!(l.d.cgroup_stats(1).unwrap().rate_limited, 2);
+    // Half a second later a token is back.
+    assert!(!l.reclaim(1, T0 + S + 520 * MS, limit, limit).is_empty());
+}
+
+#[test]
+fn hysteresis_suppresses_tiny_changes() {
+    let mut l = Loop::new(64 * GIB);
+    let p = MemoryPolicy {
+        cooldown_ns: S,
+        down_interval_ns: S,
+        min_change: 32 * MIB,
+        ..policy()
+    };
+    // Goal 80 + 64 = 144 MiB, 20 MiB below the limit: not worth a write.
+    l.d.manage(1, None, p, 164 * MIB, 80 * MIB, T0);
+    for i in 2..10 {
+        assert!(l.sample(1, T0 + i * S, 80 * MIB, 80 * MIB).is_empty());
+    }
+    // A raise that the max bounds to less than min_change is reported as capped.
+    let p = MemoryPolicy {
+        max: 64 * MIB + 8 * MIB,
+        min_change: 16 * MIB,
+        ..policy()
+    };
+    l.d.manage(2, None, p, 64 * MIB, 64 * MIB, T0);
+    let d = l.reclaim(2, T0 + S, 64 * MIB, 64 * MIB);
+    assert_eq!(d.skip, Some(Skip::Capped(Cap::AtMax)));
+}
+
+#[test]
+fn oom_kill_raises_with_a_doubled_step() {
+    let mut l = Loop::new(64 * GIB);
+    l.d.manage(1, None, policy(), 64 * MIB, 64 * MIB, T0);
+    let d = l.signal(1, MemorySignal::OomKill { ts_ns: T0 + 10 * S });
+    let a = only(&d);
+    assert_eq!(
+        (a.reason, a.new),
+        (Reason::OomRecovery, 64 * MIB + 128 * MIB)
+    );
+    assert_eq!(l.d.cgroup_stats(1).unwrap().oom_kills, 1);
+    // An OOM kill queued before that raise completed is part of the same storm.
+    let d = l.signal(
+        1,
+        MemorySignal::OomKill {
+            ts_ns: T0 + 10 * S + 50 * US,
+        },
+    );
+    assert_eq!(d.skip, Some(Skip::Coalesced));
+}
+
+#[test]
+fn a_failed_write_is_reverted_and_the_next_pressure_retries() {
+    let mut l = Loop::new(GIB);
+    l.d.manage(1, None, policy(), 256 * MIB, 256 * MIB, T0);
+    let mut out = Decision::new();
+    l.d.on_signal(
+        1,
+        MemorySignal::Reclaim {
+            ts_ns: T0 + S,
+            usage: 256 * MIB,
+            limit: 256 * MIB,
+        },
+        &mut out,
+    );
+    let a = out.actions()[0];
+    l.d.applied(&a, T0 + S + WRITE_NS, WriteOutcome::Failed);
+    assert_eq!(l.d.limit(1), Some(256 * MIB));
+    assert_eq!(l.d.committed(), 256 * MIB as u128);
+    assert_eq!(l.d.stats().failed_writes, 1);
+    let d = l.reclaim(1, T0 + S + 200 * US, 256 * MIB, 256 * MIB);
+    assert_eq!(only(&d).old, 256 * MIB);
+}
+
+#[test]
+fn samples_adopt_a_limit_changed_behind_the_deciders_back() {
+    let mut l = Loop::new(64 * GIB);
+    l.d.manage(1, None, policy(), 256 * MIB, 100 * MIB, T0);
+    l.signal(
+        1,
+        MemorySignal::Sample {
+            ts_ns: T0 + S,
+            usage: 100 * MIB,
+            limit: 512 * MIB,
+            working_set: 100 * MIB,
+            psi_some_total_us: None,
+        },
+    );
+    assert_eq!(l.d.limit(1), Some(512 * MIB));
+    assert_eq!(l.d.committed(), 512 * MIB as u128);
+    assert!((l.d.utilization(1).unwrap() - 100.0 / 512.0).abs() < 1e-9);
+}
+
+#[test]
+fn an_unlimited_cgroup_is_brought_to_max_by_the_first_sample() {
+    let mut l = Loop::new(64 * GIB);
+    let p = MemoryPolicy {
+        max: 4 * GIB,
+        ..policy()
+    };
+    l.d.manage(1, None, p, u64::MAX, 100 * MIB, T0);
+    let a = only(&l.sample(1, T0 + S, 100 * MIB, 100 * MIB));
+    assert_eq!((a.old, a.new), (u64::MAX, 4 * GIB));
+    assert_eq!(l.d.committed(), 4 * GIB as u128);
+}
+
+#[test]
+fn unmanaged_and_forgotten_cgroups() {
+    let mut l = Loop::new(64 * GIB);
+    let d = l.reclaim(9, T0, 1, 1);
+    assert_eq!(d.skip, Some(Skip::Unmanaged));
+    l.d.manage(1, None, policy(), GIB, 0, T0);
+    l.d.manage(2, Some(1), policy(), 256 * MIB, 0, T0);
+    assert_eq!(l.d.committed(), GIB as u128);
+    assert!(l.d.forget(1));
+    assert!(!l.d.forget(1));
+    // The child is now top-level and counts against the budget.
+    assert_eq!(l.d.committed(), 256 * MIB as u128);
+    assert_eq!(l.reclaim(1, T0 + S, 1, 1).skip, Some(Skip::Unmanaged));
+    assert_eq!(l.d.len(), 1);
+}
+
+mod invariants {
+    //! Property tests: whatever the signals, no emitted limit is below the latest known usage
+    //! of its cgroup or above its max, and no raise pushes the top-level sum over the budget.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Workload on cgroup `i` changes its usage by this many MiB (clamped to the limit).
+        Grow(usize, i64),
+        Reclaim(usize),
+        UsageHigh(usize),
+        Oom(usize),
+        Sample(usize, u64 /* working set % */, u64 /* psi µs */),
+        /// An event that saw an old limit (drained late).
+        Stale(usize),
+        Advance(u64 /* ms */),
+        /// Apply the oldest pending write, with this outcome.
+        Apply(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..5usize, -300i64..300).prop_map(|(i, d)| Op::Grow(i, d)),
+            (0..5usize).prop_map(Op::Reclaim),
+            (0..5usize).prop_map(Op::UsageHigh),
+            (0..5usize).prop_map(Op::Oom),
+            (0..5usize, 0..100u64, 0..200_000u64).prop_map(|(i, w, p)| Op::Sample(i, w, p)),
+            (0..5usize).prop_map(Op::Stale),
+            (0..3000u64).prop_map(Op::Advance),
+            (0..3u8).prop_map(Op::Apply),
+        ]
+    }
+
+    struct Cg {
+        id: CgId,
+        max: u64,
+        top: bool,
+        kernel_limit: u64,
+        old_limit: u64,
+        usage: u64,
+        /// The latest usage the decider was told about.
+        known_usage: u64,
+        /// When the last write to it completed.
+        applied_ts: u64,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        #[test]
+        fn limits_stay_within_usage_max_and_budget(
+            budget_mib in 256u64..4096,
+            maxes in proptest::collection::vec(64u64..3000, 5),
+            step_min in 1u64..256,
+            fraction in 0.0f64..1.0,
+            cooldown_s in 0u64..5,
+            ops in proptest::collection::vec(op(), 1..200),
+        ) {
+            let budget = budget_mib * MIB;
+            let mut d = MemoryDecider::new(budget);
+            // Cgroups 0..3 top-level; 3 is a child of 0 and 4 a child of 3.
+            let parents = [None, None, None, Some(0usize), Some(3usize)];
+            let mut cgs: Vec<Cg> = Vec::new();
+            let mut t = T0;
+            let start = 32 * MIB;
+            for (i, parent) in parents.iter().enumerate() {
+                let max = maxes[i] * MIB;
+                let p = MemoryPolicy {
+                    min: 16 * MIB,
+                    max,
+                    step_min: step_min * MIB,
+                    step_fraction: fraction,
+                    min_change: MIB,
+                    cooldown_ns: cooldown_s * S,
+                    down_interval_ns: S / 2,
+                    ..MemoryPolicy::default()
+                };
+                let limit = start.min(max);
+                d.manage(i as u64 + 1, parent.map(|p| p as u64 + 1), p, limit, 0, t);
+                cgs.push(Cg { id: i as u64 + 1, max, top: parent.is_none(), kernel_limit: limit,
+                              old_limit: limit, usage: 0, known_usage: 0, applied_ts: t });
+            }
+            prop_assume!(3 * start <= budget);
+            let mut out = Decision::new();
+            let mut pending: std::collections::VecDeque<Action> = Default::default();
+            for op in ops {
+                t += 10 * US;
+                let (i, sig) = match op {
+                    Op::Grow(i, delta) => {
+                        let c = &mut cgs[i];
+                        let u = (c.usage as i64 + delta * MIB as i64).max(0) as u64;
+                        c.usage = u.min(c.kernel_limit);
+                        continue;
+                    }
+                    Op::Reclaim(i) => (i, MemorySignal::Reclaim { ts_ns: t, usage: cgs[i].usage, limit: cgs[i].kernel_limit }),
+                    Op::UsageHigh(i) => (i, MemorySignal::UsageHigh { ts_ns: t, usage: cgs[i].usage, limit: cgs[i].kernel_limit }),
+                    Op::Oom(i) => (i, MemorySignal::OomKill { ts_ns: t }),
+                    Op::Sample(i, ws, psi) => (i, MemorySignal::Sample {
+                        ts_ns: t, usage: cgs[i].usage, limit: cgs[i].kernel_limit,
+                        working_set: cgs[i].usage * ws / 100, psi_some_total_us: Some(psi * (t / S)),
+                    }),
+                    // Kernel timestamps before the last write completed: it saw the old limit.
+                    Op::Stale(i) => (i, MemorySignal::Reclaim {
+                        ts_ns: cgs[i].applied_ts.saturating_sub(1),
+                        usage: cgs[i].usage.min(cgs[i].old_limit),
+                        limit: cgs[i].old_limit,
+                    }),
+                    Op::Advance(ms) => { t += ms * MS; continue; }
+                    Op::Apply(o) => {
+                        if let Some(a) = pending.pop_front() {
+                            let c = cgs.iter_mut().find(|c| c.id == a.cgroup).unwrap();
+                            // (DryRun is a whole-agent mode, not mixed with real writes.)
+                            let outcome = if o == 0 { WriteOutcome::Failed } else { WriteOutcome::Written };
+                            if outcome == WriteOutcome::Written {
+                                c.old_limit = c.kernel_limit;
+                                c.kernel_limit = a.new;
+                                c.applied_ts = t;
+                            }
+                            d.applied(&a, t, outcome);
+                            let kernel_sum: u64 = cgs.iter().filter(|c| c.top).map(|c| c.kernel_limit).sum();
+                            prop_assert!(kernel_sum <= budget, "limits in force {kernel_sum} over budget {budget}");
+                        }
+                        continue;
+                    }
+                };
+                if let MemorySignal::Reclaim { usage, .. } | MemorySignal::UsageHigh { usage, .. }
+                    | MemorySignal::Sample { usage, .. } = sig {
+                    cgs[i].known_usage = usage;
+                }
+                d.on_signal(cgs[i].id, sig, &mut out);
+                for a in out.actions() {
+                    let c = cgs.iter().find(|c| c.id == a.cgroup).unwrap();
+                    prop_assert!(a.new <= c.max, "{a:?} above max {}", c.max);
+                    prop_assert!(a.new >= c.known_usage, "{a:?} below usage {}", c.known_usage);
+                    pending.push_back(*a);
+                }
+                if out.actions().iter().any(|a| a.is_raise()) {
+                    let sum: u64 = cgs.iter().filter(|c| c.top).map(|c| d.limit(c.id).unwrap()).sum();
+                    prop_assert!(sum <= budget, "sum {sum} over budget {budget}");
+                    prop_assert!(d.committed() <= u128::from(budget));
+                }
+            }
+            let sum: u128 = cgs.iter().filter(|c| c.top).map(|c| u128::from(d.limit(c.id).unwrap())).sum();
+            prop_assert!(sum <= d.committed());
+            prop_assert!(d.committed() <= u128::from(budget));
+        }
+    }
+}
