@@ -1,2 +1,57 @@
-//! (in progress)
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! Command-line interface.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "scaler", version, about = "eBPF-backed, low-latency cgroup scaler")]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `scaler=debug`. Also RUST_LOG.
+    #[arg(long, global = true, env = "SCALER_LOG", default_value = "info")]
+    pub log: String,
+    /// Log as JSON lines (for log shippers).
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream memory-pressure events as they happen.
+    Watch(crate::cmd::watch::WatchArgs),
+    /// Run a synthetic workload (used by the tests and the benchmark).
+    #[command(hide = true)]
+    Workload(crate::workload::WorkloadArgs),
+}
+
+fn init_tracing(filter: &str, json: bool) {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = std::env::var("RUST_LOG").ok().unwrap_or_else(|| filter.to_string());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+    // aya-log records (from the kernel programs) arrive through the `log` facade.
+    let _ = tracing_log::LogTracer::init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log, cli.log_json);
+    let res = match cli.command {
+        Command::Watch(a) => crate::cmd::watch::run(a),
+        Command::Workload(a) => crate::workload::run(a),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("scaler: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,1 +1,310 @@
-//! (in progress)
+//! Loading and attaching the kernel programs, and the maps userspace talks to them through.
+
+use std::{collections::BTreeMap, os::fd::OwnedFd, time::Duration};
+
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::BtfTracePoint,
+    Btf, Ebpf, EbpfLoader,
+};
+use scaler_common::{names, stat, KernelOffsets, Settings, WatchConfig};
+
+use crate::btf::{Features, KernelBtf};
+
+/// The eBPF object built by `build.rs` (empty when built without bpf-linker).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/scaler"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error(
+        "this scaler binary was built without its eBPF programs (bpf-linker was missing or \
+         SCALER_SKIP_EBPF was set); build it with `cargo xtask build` (which runs \
+         `cargo xtask setup` to install the eBPF toolchain)"
+    )]
+    NoObject,
+    #[error(transparent)]
+    Btf(#[from] crate::btf::BtfError),
+    #[error(
+        "loading the eBPF object failed: {0}; scaler needs root (CAP_BPF, CAP_PERFMON, \
+         CAP_SYS_ADMIN on older kernels) and a kernel with BPF ring buffers (5.8+)"
+    )]
+    Load(#[source] aya::EbpfError),
+    #[error("the eBPF object has no {what} `{name}` (a build mismatch; rebuild scaler)")]
+    Missing { what: &'static str, name: &'static str },
+    #[error(
+        "loading or attaching program `{program}` (tracepoint {tracepoint}) failed: {source}; \
+         the kernel needs BTF-enabled tracepoints (tp_btf, 5.5+)"
+    )]
+    Program {
+        program: &'static str,
+        tracepoint: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map `{map}`: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// What to attach.
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    /// Report every cgroup, not only watched ones.
+    pub watch_all: bool,
+    /// Early-warning headroom for cgroups seen through `watch_all` (0: none).
+    pub default_headroom_bytes: u64,
+    /// Attach the early-warning program (count_memcg_events) where the kernel has it.
+    pub early_warning: bool,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self { watch_all: false, default_headroom_bytes: 0, early_warning: true }
+    }
+}
+
+/// Counters the kernel programs keep (summed over CPUs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelStats {
+    pub ringbuf_dropped: u64,
+    pub submitted: u64,
+    pub woken: u64,
+    pub filtered: u64,
+    pub read_errors: u64,
+    pub unmatched_end: u64,
+    pub usage_checks: u64,
+}
+
+/// A program that was attached, or why it was not.
+#[derive(Clone, Debug)]
+pub struct ProgramStatus {
+    pub program: &'static str,
+    pub tracepoint: &'static str,
+    pub attached: bool,
+    pub note: Option<String>,
+}
+
+/// The loaded programs and the maps userspace uses. Dropping it detaches everything.
+pub struct Pipeline {
+    ebpf: Ebpf,
+    watched: HashMap<MapData, u64, WatchConfig>,
+    settings: Array<MapData, Settings>,
+    stats: PerCpuArray<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+    features: Features,
+    offsets: KernelOffsets,
+    programs: Vec<ProgramStatus>,
+    _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    _stats_fd: Option<OwnedFd>,
+}
+
+/// (program fn name, tracepoint, required?)
+const MEMORY_PROGRAMS: &[(&str, &str, bool)] = &[
+    (names::PROG_MEMCG_RECLAIM_BEGIN, "mm_vmscan_memcg_reclaim_begin", true),
+    (names::PROG_MEMCG_RECLAIM_END, "mm_vmscan_memcg_reclaim_end", true),
+    (names::PROG_DIRECT_RECLAIM_BEGIN, "mm_vmscan_direct_reclaim_begin", false),
+    (names::PROG_DIRECT_RECLAIM_END, "mm_vmscan_direct_reclaim_end", false),
+    (names::PROG_MARK_VICTIM, "mark_victim", false),
+    (names::PROG_COUNT_MEMCG_EVENTS, "count_memcg_events", false),
+];
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if v > 0 { v as u64 } else { 4096 }
+}
+
+impl Pipeline {
+    /// Loads the programs with offsets from the running kernel's BTF and attaches them.
+    pub fn load(opts: &PipelineOptions) -> Result<Self, EbpfError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(EbpfError::NoObject);
+        }
+        let kbtf = KernelBtf::from_sys()?;
+        let features = kbtf.features();
+        let offsets = kbtf.kernel_offsets(page_size())?;
+        let btf = Btf::from_sys_fs().ok();
+        // Kernel BPF stats (run time and count per program), for overhead figures; best effort.
+        let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+        let mut ebpf = EbpfLoader::new()
+            .btf(btf.as_ref())
+            .override_global(names::OFFSETS, &offsets, true)
+            .load(EBPF_OBJECT)
+            .map_err(EbpfError::Load)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::debug!("no eBPF log records will be forwarded: {e}");
+                None
+            }
+        };
+        let btf = btf.ok_or(EbpfError::Btf(crate::btf::BtfError::MissingType {
+            kind: "file",
+            name: crate::btf::VMLINUX_BTF.into(),
+        }))?;
+        let mut programs = Vec::new();
+        for &(prog, tp, required) in MEMORY_PROGRAMS {
+            let available = match tp {
+                "count_memcg_events" => features.count_memcg_events && opts.early_warning,
+                "mark_victim" => features.mark_victim,
+                "mm_vmscan_direct_reclaim_begin" | "mm_vmscan_direct_reclaim_end" => {
+                    features.direct_reclaim
+                }
+                _ => kbtf.has_tracepoint(tp),
+            };
+            if !available {
+                let note = if tp == "count_memcg_events" && !opts.early_warning {
+                    "early warnings disabled".to_string()
+                } else {
+                    format!("the running kernel has no tracepoint {tp}")
+                };
+                if required {
+                    return Err(EbpfError::Program {
+                        program: prog,
+                        tracepoint: tp,
+                        source: aya::programs::ProgramError::UnexpectedProgramType,
+                    });
+                }
+                tracing::warn!(program = prog, "{note}; continuing without it");
+                programs.push(ProgramStatus { program: prog, tracepoint: tp, attached: false, note: Some(note) });
+                continue;
+            }
+            let p: &mut BtfTracePoint = ebpf
+                .program_mut(prog)
+                .ok_or(EbpfError::Missing { what: "program", name: prog })?
+                .try_into()
+                .map_err(|source| EbpfError::Program { program: prog, tracepoint: tp, source })?;
+            let res = p.load(tp, &btf).and_then(|()| p.attach().map(|_| ()));
+            match res {
+                Ok(()) => programs.push(ProgramStatus { program: prog, tracepoint: tp, attached: true, note: None }),
+                Err(source) if !required => {
+                    let note = format!("failed to attach: {source}");
+                    tracing::warn!(program = prog, tracepoint = tp, "{note}; continuing without it");
+                    programs.push(ProgramStatus { program: prog, tracepoint: tp, attached: false, note: Some(note) });
+                }
+                Err(source) => return Err(EbpfError::Program { program: prog, tracepoint: tp, source }),
+            }
+        }
+        let watched = take_map(&mut ebpf, names::WATCHED)?;
+        let settings = take_map(&mut ebpf, names::SETTINGS)?;
+        let stats = take_map(&mut ebpf, names::STATS)?;
+        let events = take_map(&mut ebpf, names::EVENTS)?;
+        let mut p = Self {
+            ebpf,
+            watched,
+            settings,
+            stats,
+            events: Some(events),
+            features,
+            offsets,
+            programs,
+            _logger: logger,
+            _stats_fd: stats_fd,
+        };
+        p.set_settings(Settings {
+            watch_all: u32::from(opts.watch_all),
+            _pad: 0,
+            default_headroom_bytes: opts.default_headroom_bytes,
+        })?;
+        Ok(p)
+    }
+
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    pub fn offsets(&self) -> KernelOffsets {
+        self.offsets
+    }
+
+    pub fn programs(&self) -> &[ProgramStatus] {
+        &self.programs
+    }
+
+    /// Takes the event ring buffer (once), for the consumer thread.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    pub fn set_settings(&mut self, s: Settings) -> Result<(), EbpfError> {
+        self.settings
+            .set(0, s, 0)
+            .map_err(|source| EbpfError::Map { map: names::SETTINGS, source })
+    }
+
+    /// Starts (or updates) watching a cgroup by kernfs id.
+    pub fn watch(&mut self, cgroup_id: u64, cfg: WatchConfig) -> Result<(), EbpfError> {
+        self.watched
+            .insert(cgroup_id, cfg, 0)
+            .map_err(|source| EbpfError::Map { map: names::WATCHED, source })
+    }
+
+    /// Stops watching a cgroup; unknown ids are fine.
+    pub fn unwatch(&mut self, cgroup_id: u64) -> Result<(), EbpfError> {
+        match self.watched.remove(&cgroup_id) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) if matches!(&e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT)) => Ok(()),
+            Err(source) => Err(EbpfError::Map { map: names::WATCHED, source }),
+        }
+    }
+
+    /// The kernel-side counters, summed over CPUs.
+    pub fn kernel_stats(&self) -> KernelStats {
+        let get = |i: u32| -> u64 {
+            self.stats.get(&i, 0).map(|v| v.iter().copied().sum()).unwrap_or(0)
+        };
+        KernelStats {
+            ringbuf_dropped: get(stat::RINGBUF_DROPPED),
+            submitted: get(stat::SUBMITTED),
+            woken: get(stat::WOKEN),
+            filtered: get(stat::FILTERED),
+            read_errors: get(stat::READ_ERRORS),
+            unmatched_end: get(stat::UNMATCHED_END),
+            usage_checks: get(stat::USAGE_CHECKS),
+        }
+    }
+
+    /// Run time and run count per attached program (kernel BPF stats; zero when the kernel
+    /// does not keep them).
+    pub fn program_stats(&self) -> BTreeMap<&'static str, (Duration, u64)> {
+        let mut out = BTreeMap::new();
+        for s in &self.programs {
+            if !s.attached {
+                continue;
+            }
+            if let Some(p) = self.ebpf.program(s.program) {
+                if let Ok(info) = p.info() {
+                    out.insert(s.program, (info.run_time(), info.run_count()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Drains pending eBPF log records into `log` (and from there into tracing).
+    pub fn flush_logs(&mut self) {
+        if let Some(l) = self._logger.as_mut() {
+            l.flush();
+        }
+    }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(EbpfError::Missing { what: "map", name })?;
+    T::try_from(map).map_err(|source| EbpfError::Map { map: name, source })
+}
+
+/// CLOCK_MONOTONIC now, in ns: the clock of `bpf_ktime_get_ns()`.
+#[inline]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

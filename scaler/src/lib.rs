@@ -8,6 +8,7 @@ pub mod actuator;
 pub mod btf;
 pub mod cgroupfs;
 pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod decider;
 pub mod ebpf;
