@@ -1,1 +1,785 @@
-//! (in progress)
+//! The node agent's configuration: TOML, documented key by key in
+//! `config/scaler.example.toml`.
+//!
+//! The built-in default ([`Config::default`], also what `scaler agent` runs with when given no
+//! file) observes every cgroup and **acts on none**: only a `[[policy]]` selects cgroups to
+//! manage, so running the agent with no configuration is safe on any host.
+//!
+//! Every section and key is optional (`#[serde(default)]`, with explicit `Default` impls);
+//! unknown keys are rejected (`deny_unknown_fields`). Sizes are `"64M"`-style strings or
+//! plain byte counts, CPU amounts `1.5`, `"0.2"` or `"200m"`, durations `"500ms"`, `"30s"`,
+//! `"2m"` (see [`crate::units`]).
+//!
+//! Policies: the first `[[policy]]` whose `match` globs select a cgroup's path (relative to
+//! the hierarchy root, with a leading `/`) wins. `*` matches within one path component, `**`
+//! any number of components. With `require_xattr = true`, the cgroup must also carry the
+//! extended attribute named by `agent.opt_in_xattr` with the value `1` or the policy's name.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use glob::{MatchOptions, Pattern};
+use serde::{Deserialize, Serialize};
+
+use crate::decider::{CpuPolicy, MemoryPolicy};
+use crate::units::{ByteSize, Cores, HumanDuration, GIB, MIB};
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[agent]`: how the agent runs.
+    pub agent: AgentConfig,
+    /// `[node]`: node-wide budgets.
+    pub node: NodeConfig,
+    /// `[[policy]]`: which cgroups are managed, and how. First match wins.
+    #[serde(rename = "policy")]
+    pub policies: Vec<PolicyConfig>,
+}
+
+/// `[agent]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Serve Prometheus metrics.
+    pub metrics: bool,
+    /// Where metrics are served (loopback unless configured).
+    pub metrics_addr: SocketAddr,
+    /// Unix socket for `scaler status`.
+    pub status_socket: PathBuf,
+    /// Where the agent records the limits it changed (to restore them).
+    pub state_file: PathBuf,
+    /// On exit, put back the limits managed cgroups had before the agent changed them.
+    pub restore_on_exit: bool,
+    /// Log each decision without writing anything.
+    pub dry_run: bool,
+    /// Period of the slow path (samples of usage, working set, PSI, cpu.stat).
+    pub sample_interval: HumanDuration,
+    /// Report events of every cgroup (observe-all); only policy-selected ones are managed.
+    pub observe_all: bool,
+    /// Name of the cgroup extended attribute that opts a cgroup in (see `require_xattr`).
+    pub opt_in_xattr: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            metrics: true,
+            metrics_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 9477)),
+            status_socket: PathBuf::from("/run/scaler/status.sock"),
+            state_file: PathBuf::from("/var/lib/scaler/state.json"),
+            restore_on_exit: false,
+            dry_run: false,
+            sample_interval: HumanDuration::secs(1),
+            observe_all: true,
+            opt_in_xattr: "user.scaler".to_owned(),
+        }
+    }
+}
+
+/// `[node]`: the budgets that the sum of top-level managed limits never exceeds. Give either
+/// a reserve (budget = physical amount minus reserve) or an absolute budget, not both.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Memory kept out of the budget (default 1 GiB).
+    pub memory_reserve: Option<ByteSize>,
+    /// Absolute memory budget (instead of a reserve).
+    pub memory_budget: Option<ByteSize>,
+    /// CPU kept out of the budget, in cores (default 0.5).
+    pub cpu_reserve: Option<Cores>,
+    /// Absolute CPU budget in cores (instead of a reserve).
+    pub cpu_budget: Option<Cores>,
+}
+
+/// Default `node.memory_reserve`.
+pub const DEFAULT_MEMORY_RESERVE: u64 = GIB;
+/// Default `node.cpu_reserve` (cores).
+pub const DEFAULT_CPU_RESERVE: f64 = 0.5;
+
+/// One `[[policy]]`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Unique name (also the xattr value that selects this policy).
+    pub name: String,
+    /// Globs on the cgroup path relative to the hierarchy root (`/batch/*`, `/jobs/**`).
+    #[serde(rename = "match")]
+    pub matches: Vec<String>,
+    /// Select only cgroups carrying `agent.opt_in_xattr` = `1` or this policy's name.
+    pub require_xattr: bool,
+    /// `[policy.memory]`: manage the memory limit (absent: memory is only observed).
+    pub memory: Option<MemoryPolicyConfig>,
+    /// `[policy.cpu]`: manage the CPU quota (absent: CPU is only observed).
+    pub cpu: Option<CpuPolicyConfig>,
+    /// `matches`, compiled when the configuration is parsed.
+    #[serde(skip)]
+    patterns: Vec<Pattern>,
+}
+
+/// `[policy.memory]`: see [`MemoryPolicy`] for the rules each key feeds.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryPolicyConfig {
+    pub min: ByteSize,
+    /// None: no per-cgroup maximum (the node budget still bounds top-level cgroups).
+    pub max: Option<ByteSize>,
+    pub step_min: ByteSize,
+    pub step_fraction: f64,
+    pub lookahead: HumanDuration,
+    pub headroom: ByteSize,
+    pub safety_margin: ByteSize,
+    pub escalation_window: HumanDuration,
+    pub max_escalation: u32,
+    pub cooldown: HumanDuration,
+    pub down_interval: HumanDuration,
+    pub down_fraction: f64,
+    pub min_change: ByteSize,
+    pub max_raises_per_sec: u32,
+    pub psi_threshold: f64,
+}
+
+impl Default for MemoryPolicyConfig {
+    /// The decider's defaults ([`MemoryPolicy::default`]).
+    fn default() -> Self {
+        let d = MemoryPolicy::default();
+        Self {
+            min: ByteSize(d.min),
+            max: None,
+            step_min: ByteSize(d.step_min),
+            step_fraction: d.step_fraction,
+            lookahead: HumanDuration(std::time::Duration::from_nanos(d.lookahead_ns)),
+            headroom: ByteSize(d.headroom),
+            safety_margin: ByteSize(d.safety_margin),
+            escalation_window: HumanDuration(std::time::Duration::from_nanos(
+                d.escalation_window_ns,
+            )),
+            max_escalation: d.max_escalation,
+            cooldown: HumanDuration(std::time::Duration::from_nanos(d.cooldown_ns)),
+            down_interval: HumanDuration(std::time::Duration::from_nanos(d.down_interval_ns)),
+            down_fraction: d.down_fraction,
+            min_change: ByteSize(d.min_change),
+            max_raises_per_sec: d.max_raises_per_sec,
+            psi_threshold: d.psi_threshold,
+        }
+    }
+}
+
+impl MemoryPolicyConfig {
+    /// The decider's policy.
+    pub fn to_policy(&self) -> MemoryPolicy {
+        MemoryPolicy {
+            min: self.min.0,
+            max: self.max.map_or(u64::MAX, |m| m.0),
+            step_min: self.step_min.0,
+            step_fraction: self.step_fraction,
+            lookahead_ns: self.lookahead.as_nanos_u64(),
+            headroom: self.headroom.0,
+            safety_margin: self.safety_margin.0,
+            escalation_window_ns: self.escalation_window.as_nanos_u64(),
+            max_escalation: self.max_escalation,
+            cooldown_ns: self.cooldown.as_nanos_u64(),
+            down_interval_ns: self.down_interval.as_nanos_u64(),
+            down_fraction: self.down_fraction,
+            min_change: self.min_change.0,
+            max_raises_per_sec: self.max_raises_per_sec,
+            psi_threshold: self.psi_threshold,
+        }
+    }
+}
+
+/// `[policy.cpu]`: see [`CpuPolicy`] for the rules each key feeds.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CpuPolicyConfig {
+    pub min: Cores,
+    /// None: no per-cgroup maximum (the node's CPU count and budget still bound it).
+    pub max: Option<Cores>,
+    pub step: Cores,
+    pub step_fraction: f64,
+    pub quota_near: f64,
+    pub runq_latency_target: HumanDuration,
+    pub headroom: f64,
+    pub escalation_window: HumanDuration,
+    pub max_escalation: u32,
+    pub cooldown: HumanDuration,
+    pub down_interval: HumanDuration,
+    pub down_fraction: f64,
+    pub min_change: Cores,
+    pub max_raises_per_sec: u32,
+}
+
+impl Default for CpuPolicyConfig {
+    /// The decider's defaults ([`CpuPolicy::default`]).
+    fn default() -> Self {
+        let d = CpuPolicy::default();
+        let dur = |ns| HumanDuration(std::time::Duration::from_nanos(ns));
+        Self {
+            min: Cores(d.min_cores),
+            max: None,
+            step: Cores(d.step_cores),
+            step_fraction: d.step_fraction,
+            quota_near: d.quota_near_fraction,
+            runq_latency_target: dur(d.runq_latency_target_us * 1_000),
+            headroom: d.headroom_fraction,
+            escalation_window: dur(d.escalation_window_ns),
+            max_escalation: d.max_escalation,
+            cooldown: dur(d.cooldown_ns),
+            down_interval: dur(d.down_interval_ns),
+            down_fraction: d.down_fraction,
+            min_change: Cores(d.min_change_cores),
+            max_raises_per_sec: d.max_raises_per_sec,
+        }
+    }
+}
+
+impl CpuPolicyConfig {
+    /// The decider's policy; without a `max`, the node's CPU count is the maximum.
+    pub fn to_policy(&self, node: &NodeInfo) -> CpuPolicy {
+        CpuPolicy {
+            min_cores: self.min.0,
+            max_cores: self.max.map_or(f64::from(node.nproc), |m| m.0),
+            step_cores: self.step.0,
+            step_fraction: self.step_fraction,
+            quota_near_fraction: self.quota_near,
+            runq_latency_target_us: u64::try_from(self.runq_latency_target.0.as_micros())
+                .unwrap_or(u64::MAX),
+            headroom_fraction: self.headroom,
+            escalation_window_ns: self.escalation_window.as_nanos_u64(),
+            max_escalation: self.max_escalation,
+            cooldown_ns: self.cooldown.as_nanos_u64(),
+            down_interval_ns: self.down_interval.as_nanos_u64(),
+            down_fraction: self.down_fraction,
+            min_change_cores: self.min_change.0,
+            max_raises_per_sec: self.max_raises_per_sec,
+        }
+    }
+}
+
+/// What validation needs to know about the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Physical memory (`MemTotal` of /proc/meminfo), bytes.
+    pub mem_total: u64,
+    /// Online CPUs.
+    pub nproc: u32,
+}
+
+impl NodeInfo {
+    /// Reads `/proc/meminfo` and the CPU count of this machine.
+    pub fn detect() -> std::io::Result<Self> {
+        let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+        let mem_total = parse_meminfo_total(&meminfo).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "/proc/meminfo has no parsable MemTotal line",
+            )
+        })?;
+        let nproc = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        Ok(Self { mem_total, nproc })
+    }
+}
+
+/// `MemTotal:       24608332 kB` -> bytes.
+fn parse_meminfo_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut it = line["MemTotal:".len()..].split_whitespace();
+    let kib: u64 = it.next()?.parse().ok()?;
+    match it.next() {
+        Some("kB") | None => kib.checked_mul(1024),
+        Some(_) => None,
+    }
+}
+
+/// One validation failure: the key at fault and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key, e.g. `policy[0].memory.min`.
+    pub key: String,
+    /// What is wrong, and what would be right.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: {}", self.key, self.message)
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key, or a value of the wrong form (the message names the
+    /// line, the key and the problem).
+    #[error("invalid configuration {origin}: {source}")]
+    Parse {
+        origin: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// Well-formed but contradictory or out of range; every problem found is listed.
+    #[error("invalid configuration {origin}:{}", list(problems))]
+    Invalid {
+        origin: String,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("\n  {p}")).collect()
+}
+
+impl ConfigError {
+    /// The validation problems (empty for read and parse errors).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            Self::Invalid { problems, .. } => problems,
+            _ => &[],
+        }
+    }
+}
+
+const INLINE: &str = "(inline)";
+
+impl Config {
+    /// Parses and checks a configuration (everything that does not depend on the machine;
+    /// see [`Config::validate`] for the rest).
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(text, INLINE)
+    }
+
+    fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            origin: origin.to_owned(),
+            source,
+        })?;
+        let mut problems = Vec::new();
+        config.compile(&mut problems);
+        config.check(None, &mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                origin: origin.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Loads `path`, or gives the built-in defaults when `path` is `None`. A path that was
+    /// given but does not exist is an error.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &format!("in {}", path.display()))
+    }
+
+    /// Checks the configuration against the machine: budgets and maxima within physical
+    /// memory and CPUs, reserves below them.
+    pub fn validate(&self, node: &NodeInfo) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        self.check(Some(node), &mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                origin: "for this node".to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// The memory budget (bytes): `node.memory_budget`, or physical memory minus the reserve.
+    pub fn memory_budget(&self, node: &NodeInfo) -> u64 {
+        match (self.node.memory_budget, self.node.memory_reserve) {
+            (Some(b), _) => b.0,
+            (None, r) => node
+                .mem_total
+                .saturating_sub(r.map_or(DEFAULT_MEMORY_RESERVE, |r| r.0)),
+        }
+    }
+
+    /// The CPU budget (cores): `node.cpu_budget`, or the CPU count minus the reserve.
+    pub fn cpu_budget(&self, node: &NodeInfo) -> f64 {
+        match (self.node.cpu_budget, self.node.cpu_reserve) {
+            (Some(b), _) => b.0,
+            (None, r) => (f64::from(node.nproc) - r.map_or(DEFAULT_CPU_RESERVE, |r| r.0)).max(0.0),
+        }
+    }
+
+    /// The policy that manages the cgroup at `path` (relative to the hierarchy root, e.g.
+    /// `/batch/job1`), given the value of its `agent.opt_in_xattr` attribute if it has one.
+    /// `None`: observe only.
+    pub fn policy_for(&self, path: &str, xattr: Option<&str>) -> Option<&PolicyConfig> {
+        let trimmed = path.trim_end_matches('/');
+        let normalized;
+        let path = if trimmed.starts_with('/') {
+            if trimmed.is_empty() {
+                "/"
+            } else {
+                trimmed
+            }
+        } else {
+            normalized = format!("/{trimmed}");
+            &normalized
+        };
+        self.policies.iter().find(|p| p.selects(path, xattr))
+    }
+
+    fn compile(&mut self, problems: &mut Vec<Problem>) {
+        for (i, p) in self.policies.iter_mut().enumerate() {
+            p.patterns.clear();
+            for (j, m) in p.matches.iter().enumerate() {
+                let key = format!("policy[{i}].match[{j}]");
+                if !m.starts_with('/') {
+                    problems.push(Problem {
+                        key,
+                        message: format!(
+                            "{m:?} must start with '/' (paths are relative to the cgroup \
+                             hierarchy root, e.g. \"/batch/*\")"
+                        ),
+                    });
+                    continue;
+                }
+                match Pattern::new(m) {
+                    Ok(pat) => p.patterns.push(pat),
+                    Err(e) => problems.push(Problem {
+                        key,
+                        message: format!("{m:?} is not a valid glob: {}", e.msg),
+                    }),
+                }
+            }
+        }
+    }
+
+    fn check(&self, node: Option<&NodeInfo>, problems: &mut Vec<Problem>) {
+        let mut bad = |key: String, message: String| problems.push(Problem { key, message });
+        let a = &self.agent;
+        if a.sample_interval.0.is_zero() {
+            bad("agent.sample_interval".into(), "must be above zero".into());
+        }
+        if !["user.", "trusted.", "security."]
+            .iter()
+            .any(|ns| a.opt_in_xattr.starts_with(ns) && a.opt_in_xattr.len() > ns.len())
+        {
+            bad(
+                "agent.opt_in_xattr".into(),
+                format!(
+                    "{:?} is not an extended attribute name; use e.g. \"user.scaler\"",
+                    a.opt_in_xattr
+                ),
+            );
+        }
+
+        let n = &self.node;
+        if n.memory_budget.is_some() && n.memory_reserve.is_some() {
+            bad(
+                "node.memory_budget".into(),
+                "give either memory_budget or memory_reserve, not both".into(),
+            );
+        }
+        if n.cpu_budget.is_some() && n.cpu_reserve.is_some() {
+            bad(
+                "node.cpu_budget".into(),
+                "give either cpu_budget or cpu_reserve, not both".into(),
+            );
+        }
+        if let Some(node) = node {
+            if let Some(b) = n.memory_budget {
+                if b.0 > node.mem_total {
+                    bad(
+                        "node.memory_budget".into(),
+                        format!(
+                            "{b} is above this node's physical memory ({})",
+                            ByteSize(node.mem_total)
+                        ),
+                    );
+                }
+            }
+            if let Some(r) = n.memory_reserve {
+                if r.0 >= node.mem_total {
+                    bad(
+                        "node.memory_reserve".into(),
+                        format!(
+                            "{r} leaves no budget: this node has {} of memory",
+                            ByteSize(node.mem_total)
+                        ),
+                    );
+                }
+            }
+            let cpus = f64::from(node.nproc);
+            if let Some(b) = n.cpu_budget {
+                if b.0 > cpus {
+                    bad(
+                        "node.cpu_budget".into(),
+                        format!("{b} cores is above this node's {} CPUs", node.nproc),
+                    );
+                }
+            }
+            if let Some(r) = n.cpu_reserve {
+                if r.0 >= cpus {
+                    bad(
+                        "node.cpu_reserve".into(),
+                        format!(
+                            "{r} cores leaves no budget: this node has {} CPUs",
+                            node.nproc
+                        ),
+                    );
+                }
+            }
+        }
+
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.policies.iter().enumerate() {
+            let key = |k: &str| format!("policy[{i}].{k}");
+            if p.name.is_empty() {
+                bad(key("name"), "every policy needs a name".into());
+            } else if !p
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                bad(
+                    key("name"),
+                    format!("{:?}: use letters, digits, '-', '_' and '.'", p.name),
+                );
+            } else if !names.insert(p.name.as_str()) {
+                bad(
+                    key("name"),
+                    format!("{:?} is used by an earlier policy", p.name),
+                );
+            }
+            if p.matches.is_empty() {
+                bad(
+                    key("match"),
+                    "empty: list the cgroup paths (globs) this policy selects, e.g. [\"/batch/*\"]"
+                        .into(),
+                );
+            }
+            if p.memory.is_none() && p.cpu.is_none() {
+                bad(
+                    key("memory"),
+                    "the policy manages nothing: add [policy.memory] and/or [policy.cpu]".into(),
+                );
+            }
+            if let Some(m) = &p.memory {
+                check_memory(m, &|k| key(&format!("memory.{k}")), node, &mut bad);
+            }
+            if let Some(c) = &p.cpu {
+                check_cpu(c, &|k| key(&format!("cpu.{k}")), node, &mut bad);
+            }
+        }
+    }
+}
+
+fn fraction_in(v: f64, lo: f64, hi: f64) -> bool {
+    v.is_finite() && v >= lo && v <= hi
+}
+
+fn check_memory(
+    m: &MemoryPolicyConfig,
+    key: &dyn Fn(&str) -> String,
+    node: Option<&NodeInfo>,
+    bad: &mut dyn FnMut(String, String),
+) {
+    if m.min.0 == 0 {
+        bad(key("min"), "must be above zero (e.g. \"16M\")".into());
+    }
+    if let Some(max) = m.max {
+        if max < m.min {
+            bad(key("max"), format!("{max} is below min {}", m.min));
+        }
+        if let Some(node) = node {
+            if max.0 > node.mem_total {
+                bad(
+                    key("max"),
+                    format!(
+                        "{max} is above this node's physical memory ({})",
+                        ByteSize(node.mem_total)
+                    ),
+                );
+            }
+        }
+    }
+    if m.step_min.0 == 0 {
+        bad(key("step_min"), "must be above zero (e.g. \"64M\")".into());
+    } else if m.step_min < m.min_change {
+        bad(
+            key("step_min"),
+            format!(
+                "{} is below min_change {}: no raise could ever be made",
+                m.step_min, m.min_change
+            ),
+        );
+    }
+    if m.min_change.0 > 0 && m.min_change.0 < MIB / 16 {
+        bad(
+            key("min_change"),
+            format!(
+                "{} is below 64KiB: limits are page-granular and tiny changes only add writes",
+                m.min_change
+            ),
+        );
+    }
+    if !fraction_in(m.step_fraction, 0.0, 4.0) {
+        bad(
+            key("step_fraction"),
+            format!("{} is outside 0..=4", m.step_fraction),
+        );
+    }
+    if !fraction_in(m.down_fraction, f64::MIN_POSITIVE, 1.0) {
+        bad(
+            key("down_fraction"),
+            format!("{} is outside (0, 1]", m.down_fraction),
+        );
+    }
+    if !fraction_in(m.psi_threshold, 0.0, 1.0) {
+        bad(
+            key("psi_threshold"),
+            format!("{} is outside 0..=1", m.psi_threshold),
+        );
+    }
+    if m.max_raises_per_sec == 0 {
+        bad(key("max_raises_per_sec"), "must be at least 1".into());
+    }
+    if m.max_escalation > 16 {
+        bad(
+            key("max_escalation"),
+            format!("{} doublings is absurd; use at most 16", m.max_escalation),
+        );
+    }
+    if m.down_interval.0.is_zero() {
+        bad(key("down_interval"), "must be above zero".into());
+    }
+}
+
+fn check_cpu(
+    c: &CpuPolicyConfig,
+    key: &dyn Fn(&str) -> String,
+    node: Option<&NodeInfo>,
+    bad: &mut dyn FnMut(String, String),
+) {
+    // The kernel's smallest quota is 1 ms per period: 0.01 cores at the default 100 ms period.
+    if c.min.0 < 0.01 {
+        bad(
+            key("min"),
+            format!("{} cores is below the smallest quota, 0.01", c.min),
+        );
+    }
+    if let Some(max) = c.max {
+        if max.0 < c.min.0 {
+            bad(key("max"), format!("{max} cores is below min {}", c.min));
+        }
+        if let Some(node) = node {
+            if max.0 > f64::from(node.nproc) {
+                bad(
+                    key("max"),
+                    format!("{max} cores is above this node's {} CPUs", node.nproc),
+                );
+            }
+        }
+    }
+    if c.step.0 <= 0.0 {
+        bad(key("step"), "must be above zero (e.g. 0.2)".into());
+    } else if c.step.0 < c.min_change.0 {
+        bad(
+            key("step"),
+            format!(
+                "{} is below min_change {}: no raise could ever be made",
+                c.step, c.min_change
+            ),
+        );
+    }
+    if !fraction_in(c.step_fraction, 0.0, 4.0) {
+        bad(
+            key("step_fraction"),
+            format!("{} is outside 0..=4", c.step_fraction),
+        );
+    }
+    if !(c.quota_near.is_finite() && c.quota_near > 0.0 && c.quota_near < 1.0) {
+        bad(
+            key("quota_near"),
+            format!(
+                "{} is outside (0, 1): it is the fraction of the quota used within a period",
+                c.quota_near
+            ),
+        );
+    }
+    if c.runq_latency_target.0.is_zero() {
+        bad(
+            key("runq_latency_target"),
+            "must be above zero (e.g. \"5ms\")".into(),
+        );
+    }
+    if !fraction_in(c.headroom, 0.0, 10.0) {
+        bad(
+            key("headroom"),
+            format!(
+                "{} is outside 0..=10 (a fraction of observed usage)",
+                c.headroom
+            ),
+        );
+    }
+    if !fraction_in(c.down_fraction, f64::MIN_POSITIVE, 1.0) {
+        bad(
+            key("down_fraction"),
+            format!("{} is outside (0, 1]", c.down_fraction),
+        );
+    }
+    if c.max_raises_per_sec == 0 {
+        bad(key("max_raises_per_sec"), "must be at least 1".into());
+    }
+    if c.max_escalation > 16 {
+        bad(
+            key("max_escalation"),
+            format!("{} doublings is absurd; use at most 16", c.max_escalation),
+        );
+    }
+    if c.down_interval.0.is_zero() {
+        bad(key("down_interval"), "must be above zero".into());
+    }
+}
+
+impl PolicyConfig {
+    /// Whether this policy selects the cgroup at `path` (normalized, leading `/`).
+    fn selects(&self, path: &str, xattr: Option<&str>) -> bool {
+        const OPTS: MatchOptions = MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: false,
+        };
+        if self.require_xattr {
+            match xattr.map(str::trim) {
+                Some(v) if v == "1" || v == self.name => {}
+                _ => return false,
+            }
+        }
+        self.patterns.iter().any(|p| p.matches_with(path, OPTS))
+    }
+
+    /// The memory policy, if this policy manages memory.
+    pub fn memory_policy(&self) -> Option<MemoryPolicy> {
+        self.memory.as_ref().map(MemoryPolicyConfig::to_policy)
+    }
+
+    /// The CPU policy, if this policy manages CPU.
+    pub fn cpu_policy(&self, node: &NodeInfo) -> Option<CpuPolicy> {
+        self.cpu.as_ref().map(|c| c.to_policy(node))
+    }
+}
+
+#[cfg(test)]
+mod tests;

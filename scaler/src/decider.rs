@@ -18,10 +18,10 @@
 //! The decision is always a new limit; the engine picks the mechanism per backend (on v2 it may
 //! precede a lowered `memory.max` with `memory.reclaim`, on v1 it writes the limit itself).
 
-// CPU_PENDING pub mod cpu;
+pub mod cpu;
 pub mod memory;
 
-// CPU_PENDING pub use cpu::{CpuDecider, CpuPolicy, CpuSignal};
+pub use cpu::CpuPolicy;
 pub use memory::{MemoryDecider, MemoryPolicy, MemorySignal};
 
 /// A cgroup, by its kernfs id (the inode number of its directory; what the kernel programs

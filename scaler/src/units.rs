@@ -168,7 +168,7 @@ pub fn format_bytes(b: u64) -> String {
     const UNITS: [(u64, &str); 4] = [(TIB, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")];
     for (mult, name) in UNITS {
         if b >= mult {
-            if b % mult == 0 {
+            if b.is_multiple_of(mult) {
                 return format!("{}{name}", b / mult);
             }
             let v = b as f64 / mult as f64;
@@ -290,7 +290,7 @@ pub fn format_duration(d: Duration) -> String {
         return "0s".to_owned();
     }
     for (mult, name) in UNITS {
-        if ns % mult == 0 {
+        if ns.is_multiple_of(mult) {
             return format!("{}{name}", ns / mult);
         }
     }
@@ -331,7 +331,7 @@ impl std::str::FromStr for ByteSize {
 
 impl Serialize for ByteSize {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.0 % KIB == 0 {
+        if self.0.is_multiple_of(KIB) {
             s.serialize_str(&format_bytes(self.0))
         } else {
             s.serialize_u64(self.0)

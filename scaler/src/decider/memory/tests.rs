@@ -447,7 +447,7 @@ fn scale_down_respects_the_interval_and_usage_floor_and_min() {
     }
     let last = l.d.limit(1).unwrap();
     assert!(
-        last >= 300 * MIB && last < 304 * MIB,
+        (300 * MIB..304 * MIB).contains(&last),
         "stops at min: {last}"
     );
     // Usage grew near the limit: the floor is usage + safety margin, never below.
@@ -468,7 +468,7 @@ fn scale_down_respects_the_interval_and_usage_floor_and_min() {
         l.sample(2, T0 + i * S, 900 * MIB, 10 * MIB);
     }
     let last = l.d.limit(2).unwrap();
-    assert!(last >= 916 * MIB && last < 920 * MIB, "{last}");
+    assert!((916 * MIB..920 * MIB).contains(&last), "{last}");
 }
 
 #[test]

@@ -1,0 +1,604 @@
+use super::*;
+use std::time::Duration;
+
+const EXAMPLE: &str = include_str!("../../../config/scaler.example.toml");
+
+const NODE: NodeInfo = NodeInfo {
+    mem_total: 24 * GIB,
+    nproc: 2,
+};
+
+fn invalid(text: &str) -> Vec<Problem> {
+    match Config::from_toml_str(text) {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        other => panic!("expected validation problems, got {other:?}"),
+    }
+}
+
+fn parse_error(text: &str) -> String {
+    match Config::from_toml_str(text) {
+        Err(e @ ConfigError::Parse { .. }) => e.to_string(),
+        other => panic!("expected a parse error, got {other:?}"),
+    }
+}
+
+/// Asserts that exactly one problem is reported, at `key`, mentioning `what`.
+fn one_problem(text: &str, key: &str, what: &str) {
+    let problems = invalid(text);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key, key, "{problems:?}");
+    assert!(problems[0].message.contains(what), "{problems:?}");
+}
+
+const MINIMAL: &str = r#"
+[[policy]]
+name = "batch"
+match = ["/batch/*"]
+[policy.memory]
+"#;
+
+#[test]
+fn the_built_in_default_observes_everything_and_manages_nothing() {
+    let c = Config::load(None).unwrap();
+    assert_eq!(c, Config::default());
+    assert!(c.policies.is_empty());
+    assert!(c.agent.observe_all);
+    assert_eq!(c.policy_for("/anything", Some("1")), None);
+    assert_eq!(c.agent.metrics_addr.to_string(), "127.0.0.1:9477");
+    assert!(c.agent.metrics_addr.ip().is_loopback());
+    assert_eq!(c.agent.sample_interval, HumanDuration::secs(1));
+    assert!(!c.agent.dry_run && !c.agent.restore_on_exit);
+    c.validate(&NODE).unwrap();
+    // Budgets: MemTotal - 1 GiB, CPUs - 0.5.
+    assert_eq!(c.memory_budget(&NODE), 23 * GIB);
+    assert_eq!(c.cpu_budget(&NODE), 1.5);
+    // An empty file is the same as no file.
+    assert_eq!(Config::from_toml_str("").unwrap(), c);
+}
+
+#[test]
+fn the_example_file_parses_validates_and_means_what_it_says() {
+    let c = Config::from_toml_str(EXAMPLE).unwrap();
+    c.validate(&NODE).unwrap();
+    assert_eq!(c.policies.len(), 2);
+    let batch = &c.policies[0];
+    assert_eq!(batch.name, "batch");
+    let m = batch.memory_policy().unwrap();
+    assert_eq!((m.min, m.max), (64 * MIB, 4 * GIB));
+    // The example documents the defaults: apart from min/max they are MemoryPolicy's.
+    assert_eq!(
+        m,
+        MemoryPolicy {
+            min: 64 * MIB,
+            max: 4 * GIB,
+            ..MemoryPolicy::default()
+        }
+    );
+    let cpu = batch.cpu_policy(&NODE).unwrap();
+    assert_eq!(
+        cpu,
+        CpuPolicy {
+            min_cores: 0.2,
+            max_cores: 2.0,
+            ..CpuPolicy::default()
+        }
+    );
+    assert_eq!(c.agent, AgentConfig::default());
+    assert_eq!(c.node.memory_reserve, Some(ByteSize::gib(1)));
+    let opt_in = &c.policies[1];
+    assert_eq!(opt_in.memory_policy().unwrap().max, 2 * GIB);
+    assert_eq!(opt_in.cpu_policy(&NODE), None);
+}
+
+#[test]
+fn the_example_documents_every_key() {
+    // Every field of every section appears in the example (commented or not).
+    let full = Config {
+        policies: vec![PolicyConfig {
+            memory: Some(MemoryPolicyConfig {
+                max: Some(ByteSize::gib(1)),
+                ..Default::default()
+            }),
+            cpu: Some(CpuPolicyConfig {
+                max: Some(Cores(1.0)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        node: NodeConfig {
+            memory_reserve: Some(ByteSize::gib(1)),
+            memory_budget: Some(ByteSize::gib(1)),
+            cpu_reserve: Some(Cores(1.0)),
+            cpu_budget: Some(Cores(1.0)),
+        },
+        ..Default::default()
+    };
+    let value = toml::Value::try_from(&full).unwrap();
+    let mut missing = Vec::new();
+    fn walk(v: &toml::Value, example: &str, missing: &mut Vec<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let documented = example.lines().any(|l| {
+                        l.trim_start_matches(['#', ' '])
+                            .starts_with(&format!("{k} ="))
+                    });
+                    if !documented && !matches!(v, toml::Value::Table(_) | toml::Value::Array(_)) {
+                        missing.push(k.clone());
+                    }
+                    walk(v, example, missing);
+                }
+            }
+            toml::Value::Array(a) => a.iter().for_each(|v| walk(v, example, missing)),
+            _ => {}
+        }
+    }
+    walk(&value, EXAMPLE, &mut missing);
+    assert!(missing.is_empty(), "undocumented keys: {missing:?}");
+}
+
+#[test]
+fn sizes_durations_and_cores_in_every_form() {
+    let c = Config::from_toml_str(
+        r#"
+        [agent]
+        sample_interval = "500ms"
+        [node]
+        memory_budget = 17179869184
+        cpu_budget = "1500m"
+        [[policy]]
+        name = "a"
+        match = ["/a"]
+        [policy.memory]
+        min = 67108864
+        max = "1.5G"
+        cooldown = "2m"
+        [policy.cpu]
+        min = "200m"
+        max = 1
+        runq_latency_target = "250us"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.agent.sample_interval.0, Duration::from_millis(500));
+    assert_eq!(c.memory_budget(&NODE), 16 * GIB);
+    assert_eq!(c.cpu_budget(&NODE), 1.5);
+    let m = c.policies[0].memory_policy().unwrap();
+    assert_eq!(
+        (m.min, m.max, m.cooldown_ns),
+        (64 * MIB, 3 * GIB / 2, 120_000_000_000)
+    );
+    let p = c.policies[0].cpu_policy(&NODE).unwrap();
+    assert_eq!(
+        (p.min_cores, p.max_cores, p.runq_latency_target_us),
+        (0.2, 1.0, 250)
+    );
+}
+
+#[test]
+fn without_max_memory_is_bounded_by_the_budget_only_and_cpu_by_the_cpus() {
+    let c = Config::from_toml_str(
+        r#"
+        [[policy]]
+        name = "a"
+        match = ["/a"]
+        [policy.memory]
+        [policy.cpu]
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.policies[0].memory_policy().unwrap().max, u64::MAX);
+    assert_eq!(c.policies[0].cpu_policy(&NODE).unwrap().max_cores, 2.0);
+}
+
+#[test]
+fn first_matching_policy_wins_and_globs_respect_path_components() {
+    let c = Config::from_toml_str(
+        r#"
+        [[policy]]
+        name = "one"
+        match = ["/batch/*"]
+        [policy.memory]
+        [[policy]]
+        name = "deep"
+        match = ["/kubepods/besteffort/**", "/batch/**"]
+        [policy.memory]
+        "#,
+    )
+    .unwrap();
+    let name = |path: &str| c.policy_for(path, None).map(|p| p.name.as_str());
+    assert_eq!(name("/batch/job1"), Some("one"));
+    assert_eq!(name("batch/job1/"), Some("one"), "normalized");
+    assert_eq!(
+        name("/batch/job1/step"),
+        Some("deep"),
+        "`*` stays in one component"
+    );
+    assert_eq!(name("/kubepods/besteffort/pod1/ctr"), Some("deep"));
+    assert_eq!(name("/kubepods/burstable/pod1"), None);
+    assert_eq!(name("/batchy/job1"), None);
+    assert_eq!(name("/"), None);
+}
+
+#[test]
+fn xattr_opt_in_selects_by_value() {
+    let c = Config::from_toml_str(
+        r#"
+        [[policy]]
+        name = "batch"
+        match = ["/**"]
+        require_xattr = true
+        [policy.memory]
+        [[policy]]
+        name = "web"
+        match = ["/**"]
+        require_xattr = true
+        [policy.cpu]
+        "#,
+    )
+    .unwrap();
+    let name = |x: Option<&str>| c.policy_for("/svc/a", x).map(|p| p.name.as_str());
+    assert_eq!(name(None), None, "no xattr: observed only");
+    assert_eq!(name(Some("1")), Some("batch"));
+    assert_eq!(name(Some("web")), Some("web"));
+    assert_eq!(name(Some("web\n")), Some("web"));
+    assert_eq!(name(Some("0")), None);
+    assert_eq!(name(Some("other")), None);
+}
+
+#[test]
+fn unknown_keys_are_rejected_naming_the_key() {
+    for (text, key) in [
+        ("[agent]\nmetric_addr = \"127.0.0.1:1\"", "metric_addr"),
+        ("[nodes]\n", "nodes"),
+        ("[node]\nmemory_reservation = \"1G\"", "memory_reservation"),
+        (
+            "[[policy]]\nname = \"a\"\nmatch = [\"/a\"]\n[policy.memory]\nmaxx = \"1G\"",
+            "maxx",
+        ),
+        (
+            "[[policy]]\nname = \"a\"\nmatch = [\"/a\"]\n[policy.cpu]\nquota = 1",
+            "quota",
+        ),
+    ] {
+        let msg = parse_error(text);
+        assert!(msg.contains(&format!("unknown field `{key}`")), "{msg}");
+    }
+}
+
+#[test]
+fn malformed_values_are_rejected_naming_the_value() {
+    for (text, what) in [
+        ("[node]\nmemory_reserve = \"1Q\"", "invalid size \"1Q\""),
+        ("[node]\nmemory_reserve = -5", "cannot be negative"),
+        (
+            "[node]\ncpu_reserve = \"half\"",
+            "invalid CPU amount \"half\"",
+        ),
+        ("[agent]\nsample_interval = 5", "missing unit"),
+        (
+            "[agent]\nsample_interval = \"5 fortnights\"",
+            "unknown unit",
+        ),
+        (
+            "[agent]\nmetrics_addr = \"localhost\"",
+            "invalid socket address",
+        ),
+        ("[agent]\ndry_run = \"yes\"", "invalid type"),
+        ("[[policy]]\nname = \"a\"\nmatch = \"/a\"", "invalid type"),
+        ("not toml at all", "expected"),
+    ] {
+        let msg = parse_error(text);
+        assert!(msg.contains(what), "{text:?}: {msg}");
+    }
+}
+
+#[test]
+fn contradictions_and_out_of_range_values_are_rejected_naming_the_key() {
+    let policy = |section: &str, body: &str| {
+        format!("[[policy]]\nname = \"p\"\nmatch = [\"/p\"]\n[policy.{section}]\n{body}\n")
+    };
+    for (text, key, what) in [
+        (
+            policy("memory", "min = \"2G\"\nmax = \"1G\""),
+            "policy[0].memory.max",
+            "below min",
+        ),
+        (
+            policy("memory", "min = 0"),
+            "policy[0].memory.min",
+            "above zero",
+        ),
+        (
+            policy("memory", "step_min = 0"),
+            "policy[0].memory.step_min",
+            "above zero",
+        ),
+        (
+            policy("memory", "step_min = \"1M\"\nmin_change = \"2M\""),
+            "policy[0].memory.step_min",
+            "below min_change",
+        ),
+        (
+            policy("memory", "min_change = 100"),
+            "policy[0].memory.min_change",
+            "64KiB",
+        ),
+        (
+            policy("memory", "down_fraction = 0.0"),
+            "policy[0].memory.down_fraction",
+            "(0, 1]",
+        ),
+        (
+            policy("memory", "down_fraction = 1.5"),
+            "policy[0].memory.down_fraction",
+            "(0, 1]",
+        ),
+        (
+            policy("memory", "step_fraction = -1.0"),
+            "policy[0].memory.step_fraction",
+            "0..=4",
+        ),
+        (
+            policy("memory", "psi_threshold = 2.0"),
+            "policy[0].memory.psi_threshold",
+            "0..=1",
+        ),
+        (
+            policy("memory", "max_raises_per_sec = 0"),
+            "policy[0].memory.max_raises_per_sec",
+            "at least 1",
+        ),
+        (
+            policy("memory", "max_escalation = 40"),
+            "policy[0].memory.max_escalation",
+            "at most 16",
+        ),
+        (
+            policy("memory", "down_interval = \"0s\""),
+            "policy[0].memory.down_interval",
+            "above zero",
+        ),
+        (
+            policy("cpu", "min = 2.0\nmax = 1.0"),
+            "policy[0].cpu.max",
+            "below min",
+        ),
+        (
+            policy("cpu", "min = 0.001"),
+            "policy[0].cpu.min",
+            "smallest quota",
+        ),
+        (
+            policy("cpu", "quota_near = 1.0"),
+            "policy[0].cpu.quota_near",
+            "(0, 1)",
+        ),
+        (
+            policy("cpu", "quota_near = 0"),
+            "policy[0].cpu.quota_near",
+            "(0, 1)",
+        ),
+        (
+            policy("cpu", "step = 0"),
+            "policy[0].cpu.step",
+            "above zero",
+        ),
+        (
+            policy("cpu", "step = 0.01"),
+            "policy[0].cpu.step",
+            "below min_change",
+        ),
+        (
+            policy("cpu", "runq_latency_target = \"0ms\""),
+            "policy[0].cpu.runq_latency_target",
+            "above zero",
+        ),
+        (
+            policy("cpu", "headroom = -0.5"),
+            "policy[0].cpu.headroom",
+            "0..=10",
+        ),
+        (
+            policy("cpu", "down_fraction = 0"),
+            "policy[0].cpu.down_fraction",
+            "(0, 1]",
+        ),
+        (
+            policy("cpu", "max_raises_per_sec = 0"),
+            "policy[0].cpu.max_raises_per_sec",
+            "at least 1",
+        ),
+        (
+            policy("cpu", "max_escalation = 17"),
+            "policy[0].cpu.max_escalation",
+            "at most 16",
+        ),
+        (
+            policy("cpu", "down_interval = \"0s\""),
+            "policy[0].cpu.down_interval",
+            "above zero",
+        ),
+        (
+            "[agent]\nsample_interval = \"0s\"".into(),
+            "agent.sample_interval",
+            "above zero",
+        ),
+        (
+            "[agent]\nopt_in_xattr = \"scaler\"".into(),
+            "agent.opt_in_xattr",
+            "extended attribute",
+        ),
+        (
+            "[agent]\nopt_in_xattr = \"user.\"".into(),
+            "agent.opt_in_xattr",
+            "extended attribute",
+        ),
+        (
+            "[node]\nmemory_reserve = \"1G\"\nmemory_budget = \"8G\"".into(),
+            "node.memory_budget",
+            "not both",
+        ),
+        (
+            "[node]\ncpu_reserve = 1\ncpu_budget = 1".into(),
+            "node.cpu_budget",
+            "not both",
+        ),
+        (
+            "[[policy]]\nname = \"p\"\nmatch = []\n[policy.memory]".into(),
+            "policy[0].match",
+            "empty",
+        ),
+        (
+            "[[policy]]\nname = \"p\"\n[policy.memory]".into(),
+            "policy[0].match",
+            "empty",
+        ),
+        (
+            "[[policy]]\nname = \"p\"\nmatch = [\"batch/*\"]\n[policy.memory]".into(),
+            "policy[0].match[0]",
+            "start with '/'",
+        ),
+        (
+            "[[policy]]\nname = \"p\"\nmatch = [\"/a/***\"]\n[policy.memory]".into(),
+            "policy[0].match[0]",
+            "not a valid glob",
+        ),
+        (
+            "[[policy]]\nmatch = [\"/a\"]\n[policy.memory]".into(),
+            "policy[0].name",
+            "needs a name",
+        ),
+        (
+            "[[policy]]\nname = \"a b\"\nmatch = [\"/a\"]\n[policy.memory]".into(),
+            "policy[0].name",
+            "letters, digits",
+        ),
+        (
+            "[[policy]]\nname = \"p\"\nmatch = [\"/a\"]".into(),
+            "policy[0].memory",
+            "manages nothing",
+        ),
+    ] {
+        one_problem(&text, key, what);
+    }
+    // Duplicate names: the later policy is at fault.
+    let dup = format!("{MINIMAL}\n{MINIMAL}");
+    one_problem(&dup, "policy[1].name", "earlier policy");
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let problems = invalid(
+        r#"
+        [agent]
+        sample_interval = "0s"
+        [[policy]]
+        name = ""
+        match = []
+        [policy.memory]
+        min = "2G"
+        max = "1G"
+        "#,
+    );
+    let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "agent.sample_interval",
+            "policy[0].name",
+            "policy[0].match",
+            "policy[0].memory.max"
+        ]
+    );
+    let msg = ConfigError::Invalid {
+        origin: "(inline)".into(),
+        problems,
+    }
+    .to_string();
+    assert!(
+        msg.contains("`policy[0].memory.max`: 1GiB is below min 2GiB"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn node_checks_budgets_and_maxima_against_the_machine() {
+    let small = NodeInfo {
+        mem_total: 4 * GIB,
+        nproc: 2,
+    };
+    let check = |text: &str| match Config::from_toml_str(text).unwrap().validate(&small) {
+        Err(e) => e.problems().to_vec(),
+        Ok(()) => Vec::new(),
+    };
+    for (text, key, what) in [
+        (
+            "[node]\nmemory_budget = \"8G\"",
+            "node.memory_budget",
+            "above this node's physical memory",
+        ),
+        (
+            "[node]\nmemory_reserve = \"4G\"",
+            "node.memory_reserve",
+            "leaves no budget",
+        ),
+        (
+            "[node]\ncpu_budget = 3",
+            "node.cpu_budget",
+            "above this node's 2 CPUs",
+        ),
+        (
+            "[node]\ncpu_reserve = 2",
+            "node.cpu_reserve",
+            "leaves no budget",
+        ),
+        (
+            "[[policy]]\nname = \"p\"\nmatch = [\"/p\"]\n[policy.memory]\nmax = \"5G\"",
+            "policy[0].memory.max",
+            "physical memory",
+        ),
+        (
+            "[[policy]]\nname = \"p\"\nmatch = [\"/p\"]\n[policy.cpu]\nmax = 4",
+            "policy[0].cpu.max",
+            "2 CPUs",
+        ),
+    ] {
+        let problems = check(text);
+        assert_eq!(problems.len(), 1, "{text}: {problems:?}");
+        assert_eq!(problems[0].key, key);
+        assert!(problems[0].message.contains(what), "{problems:?}");
+    }
+    assert!(check("[node]\nmemory_budget = \"3G\"\n").is_empty());
+}
+
+#[test]
+fn load_reads_files_and_an_explicit_missing_path_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scaler.toml");
+    std::fs::write(&path, MINIMAL).unwrap();
+    let c = Config::load(Some(&path)).unwrap();
+    assert_eq!(c.policies[0].name, "batch");
+
+    let missing = dir.path().join("nope.toml");
+    let err = Config::load(Some(&missing)).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(err.to_string().contains("nope.toml"), "{err}");
+
+    std::fs::write(&path, "[agent]\nbogus = 1\n").unwrap();
+    let err = Config::load(Some(&path)).unwrap_err().to_string();
+    assert!(
+        err.contains("scaler.toml") && err.contains("bogus"),
+        "{err}"
+    );
+}
+
+#[test]
+fn meminfo_parsing() {
+    let meminfo = "MemTotal:       24608332 kB\nMemFree:        1 kB\n";
+    assert_eq!(parse_meminfo_total(meminfo), Some(24_608_332 * 1024));
+    assert_eq!(parse_meminfo_total("MemFree: 1 kB\n"), None);
+    assert_eq!(parse_meminfo_total("MemTotal: lots\n"), None);
+    let node = NodeInfo::detect().unwrap();
+    assert!(node.mem_total > 0 && node.nproc > 0);
+}
