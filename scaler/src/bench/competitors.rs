@@ -1,0 +1,732 @@
+//! The competitors: each a real implementation of one way to learn of pressure, all acting
+//! through the same [`ScaleRule`] and the same pre-opened limit file ([`Actuator`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::cgroups::{keyed, PreOpened, Version};
+use super::rule::ScaleRule;
+use super::sys::{monotonic_ns, poll, thread_cpu_ns, EventFd};
+use super::BenchError;
+
+/// Which competitor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompetitorId {
+    /// A static limit: no scaler.
+    Static,
+    /// Polling usage (memory) or `cpu.stat` (CPU) every second.
+    #[serde(rename = "poll-1s")]
+    Poll1s,
+    /// Polling every 100 ms.
+    #[serde(rename = "poll-100ms")]
+    Poll100ms,
+    /// PSI triggers on the cgroup's `memory.pressure` / `cpu.pressure`.
+    Psi,
+    /// cgroup v1 `memory.usage_in_bytes` threshold eventfd (`cgroup.event_control`).
+    #[serde(rename = "v1-threshold")]
+    V1Threshold,
+    /// cgroup v2 `memory.events` change notification (`high` / `max` counters).
+    #[serde(rename = "v2-memory-events")]
+    V2MemoryEvents,
+    /// The eBPF scaler (`scaler exec`, or the engine in-process).
+    Ebpf,
+}
+
+impl CompetitorId {
+    /// Every competitor, in table order.
+    pub const ALL: [CompetitorId; 7] = [
+        Self::Static,
+        Self::Poll1s,
+        Self::Poll100ms,
+        Self::Psi,
+        Self::V1Threshold,
+        Self::V2MemoryEvents,
+        Self::Ebpf,
+    ];
+
+    /// Short name (CLI, JSON, tables).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Static => "static",
+            Self::Poll1s => "poll-1s",
+            Self::Poll100ms => "poll-100ms",
+            Self::Psi => "psi",
+            Self::V1Threshold => "v1-threshold",
+            Self::V2MemoryEvents => "v2-memory-events",
+            Self::Ebpf => "ebpf",
+        }
+    }
+
+    /// One-line description for the report.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Self::Static => "static limit, no scaler",
+            Self::Poll1s => "polls usage (memory) or cpu.stat nr_throttled (CPU) every 1 s",
+            Self::Poll100ms => "polls usage (memory) or cpu.stat nr_throttled (CPU) every 100 ms",
+            Self::Psi => "PSI trigger on the cgroup's memory.pressure / cpu.pressure, smallest window accepted",
+            Self::V1Threshold => "cgroup v1 memory.usage_in_bytes threshold eventfd, armed headroom below the limit",
+            Self::V2MemoryEvents => "cgroup v2 memory.events notification (memory.high set headroom below memory.max)",
+            Self::Ebpf => "the eBPF scaler (scaler exec: kernel events -> decider -> pre-opened write)",
+        }
+    }
+
+    /// Parses a name as printed by [`name`](Self::name).
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == s)
+    }
+
+    /// Whether the mechanism applies to CPU workloads at all.
+    pub const fn does_cpu(self) -> bool {
+        !matches!(self, Self::V1Threshold | Self::V2MemoryEvents)
+    }
+}
+
+/// Which limit an [`Actuator`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resource {
+    /// Memory hard limit, bytes.
+    Memory,
+    /// CFS quota, microseconds per period.
+    Cpu,
+}
+
+/// One limit write performed during a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ActionRecord {
+    /// CLOCK_MONOTONIC right after the write returned.
+    pub written_ns: u64,
+    /// Limit before.
+    pub old: u64,
+    /// Limit written.
+    pub new: u64,
+    /// What the competitor reacted to.
+    pub trigger: &'static str,
+}
+
+/// The limit file of a run, pre-opened, with the log of every write. Every in-process
+/// competitor writes through it, so the write path and its timestamp are identical for all.
+#[derive(Debug)]
+pub struct Actuator {
+    file: PreOpened,
+    /// v2 `memory.high`, also written (to `new - headroom`) by the memory.events competitor.
+    high: Option<(PreOpened, u64)>,
+    resource: Resource,
+    version: Version,
+    /// CPU period (µs), for v2 `cpu.max`.
+    period_us: u64,
+    current: AtomicU64,
+    log: Mutex<Vec<ActionRecord>>,
+    changed: EventFd,
+}
+
+impl Actuator {
+    /// Opens the limit file of the cgroup at `dir` for `resource` on `version`.
+    pub fn open(
+        dir: &Path,
+        version: Version,
+        resource: Resource,
+        current: u64,
+        period_us: u64,
+    ) -> Result<Self, BenchError> {
+        let name = match (resource, version) {
+            (Resource::Memory, Version::V1) => "memory.limit_in_bytes",
+            (Resource::Memory, Version::V2) => "memory.max",
+            (Resource::Cpu, Version::V1) => "cpu.cfs_quota_us",
+            (Resource::Cpu, Version::V2) => "cpu.max",
+        };
+        Ok(Self {
+            file: PreOpened::open(&dir.join(name), true)?,
+            high: None,
+            resource,
+            version,
+            period_us,
+            current: AtomicU64::new(current),
+            log: Mutex::new(Vec::new()),
+            changed: EventFd::new().map_err(|source| BenchError::Io {
+                path: PathBuf::from("eventfd"),
+                source,
+            })?,
+        })
+    }
+
+    /// Also keeps v2 `memory.high` at `limit - headroom` on every write.
+    pub fn with_high(mut self, dir: &Path, headroom: u64) -> Result<Self, BenchError> {
+        let f = PreOpened::open(&dir.join("memory.high"), true)?;
+        let cur = self.current();
+        f.write_str(&cur.saturating_sub(headroom).to_string())?;
+        self.high = Some((f, headroom));
+        Ok(self)
+    }
+
+    /// The limit last written (or the starting one).
+    pub fn current(&self) -> u64 {
+        self.current.load(Ordering::Acquire)
+    }
+
+    fn format(&self, v: u64) -> String {
+        match (self.resource, self.version) {
+            (Resource::Cpu, Version::V2) => format!("{v} {}", self.period_us),
+            _ => v.to_string(),
+        }
+    }
+
+    /// Writes `new`; logs it with the completion time; signals [`changed_fd`](Self::changed_fd).
+    pub fn set(&self, new: u64, trigger: &'static str) -> Result<(), BenchError> {
+        let old = self.current();
+        // Raise memory.max before memory.high so high never exceeds max.
+        self.file.write_str(&self.format(new))?;
+        let written_ns = monotonic_ns();
+        if let Some((h, headroom)) = &self.high {
+            h.write_str(&new.saturating_sub(*headroom).to_string())?;
+        }
+        self.current.store(new, Ordering::Release);
+        self.changed.signal();
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(ActionRecord {
+                written_ns,
+                old,
+                new,
+                trigger,
+            });
+        Ok(())
+    }
+
+    /// An eventfd signalled after every write (for the onset observer).
+    pub fn changed_fd(&self) -> &EventFd {
+        &self.changed
+    }
+
+    /// The writes so far.
+    pub fn actions(&self) -> Vec<ActionRecord> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Everything a running competitor needs.
+pub struct CompetitorCtx {
+    /// The limit it raises.
+    pub actuator: Arc<Actuator>,
+    /// The rule.
+    pub rule: Box<dyn ScaleRule>,
+    /// The run's memory or cpu cgroup directory and its version.
+    pub dir: PathBuf,
+    /// Version of `dir`.
+    pub version: Version,
+    /// The unified-hierarchy cgroup (PSI), if any.
+    pub unified: Option<PathBuf>,
+    /// Early-warning headroom below the limit (memory).
+    pub headroom: u64,
+    /// PSI trigger window (µs) that the kernel accepted in the probe.
+    pub psi_window_us: Option<u64>,
+    /// Signalled to stop.
+    pub stop: Arc<EventFd>,
+}
+
+/// What a competitor thread reports when it stops.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CompetitorStats {
+    /// CPU time of the competitor's own thread.
+    pub cpu_ns: u64,
+    /// Signals it received (ticks, eventfd wakeups, PSI events).
+    pub wakeups: u64,
+    /// First error it hit, if any (it stops acting then).
+    pub error: Option<String>,
+}
+
+/// A competitor thread.
+pub struct Running {
+    handle: JoinHandle<CompetitorStats>,
+    stop: Arc<EventFd>,
+}
+
+impl Running {
+    /// Stops the thread and returns its stats.
+    pub fn stop(self) -> CompetitorStats {
+        self.stop.signal();
+        self.handle.join().unwrap_or_else(|_| CompetitorStats {
+            error: Some("competitor thread panicked".into()),
+            ..Default::default()
+        })
+    }
+}
+
+/// Starts competitor `id` for a run on `resource`; `None` for [`CompetitorId::Static`] (and for
+/// [`CompetitorId::Ebpf`], which runs as its own process). Returns once the competitor is armed.
+pub fn start(
+    id: CompetitorId,
+    resource: Resource,
+    ctx: CompetitorCtx,
+) -> Result<Option<Running>, BenchError> {
+    let stop = Arc::clone(&ctx.stop);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let body: Box<dyn FnOnce(CompetitorCtx, Ready) -> CompetitorStats + Send> = match (id, resource)
+    {
+        (CompetitorId::Static | CompetitorId::Ebpf, _) => return Ok(None),
+        (CompetitorId::Poll1s, r) => {
+            Box::new(move |c, rd| poll_loop(c, rd, r, Duration::from_secs(1)))
+        }
+        (CompetitorId::Poll100ms, r) => {
+            Box::new(move |c, rd| poll_loop(c, rd, r, Duration::from_millis(100)))
+        }
+        (CompetitorId::Psi, r) => Box::new(move |c, rd| psi_loop(c, rd, r)),
+        (CompetitorId::V1Threshold, Resource::Memory) => Box::new(threshold_loop),
+        (CompetitorId::V2MemoryEvents, Resource::Memory) => Box::new(memory_events_loop),
+        (id, Resource::Cpu) => {
+            return Err(BenchError::NotApplicable {
+                competitor: id.name(),
+                what: "CPU workloads",
+            })
+        }
+    };
+    let handle = std::thread::Builder::new()
+        .name(format!("bench-{}", id.name()))
+        .spawn(move || body(ctx, Ready { tx: Some(ready_tx) }))
+        .map_err(|source| BenchError::Io {
+            path: PathBuf::from("thread spawn"),
+            source,
+        })?;
+    match ready_rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(())) => Ok(Some(Running { handle, stop })),
+        Ok(Err(reason)) => {
+            stop.signal();
+            let _ = handle.join();
+            Err(BenchError::CompetitorFailed {
+                competitor: id.name(),
+                reason,
+            })
+        }
+        Err(_) => {
+            stop.signal();
+            let _ = handle.join();
+            Err(BenchError::CompetitorFailed {
+                competitor: id.name(),
+                reason: "did not become ready within 10 s".into(),
+            })
+        }
+    }
+}
+
+/// Tells the starter the competitor is armed (or why it could not be).
+struct Ready {
+    tx: Option<std::sync::mpsc::Sender<Result<(), String>>>,
+}
+
+impl Ready {
+    fn ok(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Ok(()));
+        }
+    }
+
+    fn fail(&mut self, e: impl std::fmt::Display) -> CompetitorStats {
+        let msg = e.to_string();
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Err(msg.clone()));
+        }
+        CompetitorStats {
+            error: Some(msg),
+            ..Default::default()
+        }
+    }
+}
+
+/// Reads memory usage (v1 `memory.usage_in_bytes`, v2 `memory.current`).
+pub fn open_usage(dir: &Path, version: Version) -> Result<PreOpened, BenchError> {
+    let name = match version {
+        Version::V1 => "memory.usage_in_bytes",
+        Version::V2 => "memory.current",
+    };
+    PreOpened::open(&dir.join(name), false)
+}
+
+/// Reads `nr_throttled` from a pre-opened `cpu.stat`.
+pub fn read_nr_throttled(f: &PreOpened) -> Result<u64, BenchError> {
+    let mut buf = [0u8; 512];
+    let text = f.read(&mut buf)?;
+    keyed(text, "nr_throttled").ok_or_else(|| BenchError::Parse {
+        path: f.path().to_owned(),
+        text: text.to_owned(),
+    })
+}
+
+/// Applies the rule to a pressure signal; writes if it says so.
+fn react(
+    ctx: &mut CompetitorCtx,
+    usage: &Option<PreOpened>,
+    trigger: &'static str,
+) -> Result<(), BenchError> {
+    let limit = ctx.actuator.current();
+    let usage = match usage {
+        Some(u) => u.read_u64()?,
+        None => limit,
+    };
+    if let Some(new) = ctx.rule.on_pressure(monotonic_ns(), usage, limit) {
+        ctx.actuator.set(new, trigger)?;
+    }
+    Ok(())
+}
+
+fn finish(start_cpu: u64, wakeups: u64, error: Option<String>) -> CompetitorStats {
+    CompetitorStats {
+        cpu_ns: thread_cpu_ns().saturating_sub(start_cpu),
+        wakeups,
+        error,
+    }
+}
+
+/// Polling: every `interval`, memory: act if usage > limit - headroom; CPU: act if
+/// `nr_throttled` grew since the last tick.
+fn poll_loop(
+    mut ctx: CompetitorCtx,
+    mut ready: Ready,
+    resource: Resource,
+    interval: Duration,
+) -> CompetitorStats {
+    let cpu0 = thread_cpu_ns();
+    let (usage, stat) = match resource {
+        Resource::Memory => match open_usage(&ctx.dir, ctx.version) {
+            Ok(u) => (Some(u), None),
+            Err(e) => return ready.fail(e),
+        },
+        Resource::Cpu => match PreOpened::open(&ctx.dir.join("cpu.stat"), false) {
+            Ok(s) => (None, Some(s)),
+            Err(e) => return ready.fail(e),
+        },
+    };
+    let mut last_throttled = match &stat {
+        Some(s) => match read_nr_throttled(s) {
+            Ok(n) => n,
+            Err(e) => return ready.fail(e),
+        },
+        None => 0,
+    };
+    ready.ok();
+    let mut wakeups = 0;
+    let mut next = Instant::now() + interval;
+    loop {
+        let wait = next.saturating_duration_since(Instant::now());
+        match poll(&[(ctx.stop.fd(), libc::POLLIN)], Some(wait)) {
+            Ok(r) if r[0] != 0 => break,
+            Ok(_) => {}
+            Err(e) => return finish(cpu0, wakeups, Some(e.to_string())),
+        }
+        if Instant::now() < next {
+            continue;
+        }
+        next += interval;
+        wakeups += 1;
+        let result = match resource {
+            Resource::Memory => usage.as_ref().map_or(Ok(()), |u| {
+                u.read_u64().and_then(|used| {
+                    if used.saturating_add(ctx.headroom) > ctx.actuator.current() {
+                        react(&mut ctx, &usage, "poll_usage")
+                    } else {
+                        Ok(())
+                    }
+                })
+            }),
+            Resource::Cpu => stat.as_ref().map_or(Ok(()), |s| {
+                read_nr_throttled(s).and_then(|n| {
+                    let grew = n > last_throttled;
+                    last_throttled = n;
+                    if grew {
+                        react(&mut ctx, &None, "poll_throttled")
+                    } else {
+                        Ok(())
+                    }
+                })
+            }),
+        };
+        if let Err(e) = result {
+            return finish(cpu0, wakeups, Some(e.to_string()));
+        }
+    }
+    finish(cpu0, wakeups, None)
+}
+
+/// Writes a PSI trigger to `path`; returns the open file whose POLLPRI reports events.
+pub fn psi_trigger(
+    path: &Path,
+    threshold_us: u64,
+    window_us: u64,
+) -> std::io::Result<std::fs::File> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    f.write_all(format!("some {threshold_us} {window_us}\0").as_bytes())?;
+    Ok(f)
+}
+
+/// The most sensitive stall threshold a trigger asks for: 1% of the window (the kernel allows
+/// any threshold below the window; smaller ones would fire on noise).
+pub fn psi_threshold_us(window_us: u64) -> u64 {
+    (window_us / 100).max(1000)
+}
+
+/// Probes the smallest PSI trigger window this process may use on `path` (500 ms needs
+/// CAP_SYS_RESOURCE; unprivileged triggers need multiples of 2 s).
+pub fn probe_psi_window(path: &Path) -> Result<u64, String> {
+    let mut last = String::new();
+    for window_us in [500_000u64, 2_000_000] {
+        match psi_trigger(path, psi_threshold_us(window_us), window_us) {
+            Ok(_) => return Ok(window_us),
+            Err(e) => last = format!("window {} ms: {e}", window_us / 1000),
+        }
+    }
+    Err(format!(
+        "no PSI trigger accepted on {}: {last}",
+        path.display()
+    ))
+}
+
+/// PSI: a trigger on the unified cgroup's pressure file; on each event, apply the rule.
+fn psi_loop(mut ctx: CompetitorCtx, mut ready: Ready, resource: Resource) -> CompetitorStats {
+    use std::os::fd::AsRawFd;
+    let cpu0 = thread_cpu_ns();
+    let (Some(unified), Some(window)) = (ctx.unified.clone(), ctx.psi_window_us) else {
+        return ready.fail("no unified cgroup with PSI files for this run");
+    };
+    let file = match resource {
+        Resource::Memory => "memory.pressure",
+        Resource::Cpu => "cpu.pressure",
+    };
+    let trig = match psi_trigger(&unified.join(file), psi_threshold_us(window), window) {
+        Ok(f) => f,
+        Err(e) => {
+            return ready.fail(format!(
+                "PSI trigger on {}: {e}",
+                unified.join(file).display()
+            ))
+        }
+    };
+    let usage = match resource {
+        Resource::Memory => match open_usage(&ctx.dir, ctx.version) {
+            Ok(u) => Some(u),
+            Err(e) => return ready.fail(e),
+        },
+        Resource::Cpu => None,
+    };
+    ready.ok();
+    let mut wakeups = 0;
+    loop {
+        let r = match poll(
+            &[
+                (ctx.stop.fd(), libc::POLLIN),
+                (trig.as_raw_fd(), libc::POLLPRI),
+            ],
+            None,
+        ) {
+            Ok(r) => r,
+            Err(e) => return finish(cpu0, wakeups, Some(e.to_string())),
+        };
+        if r[0] != 0 {
+            break;
+        }
+        if r[1] & libc::POLLERR != 0 {
+            return finish(
+                cpu0,
+                wakeups,
+                Some("PSI trigger: POLLERR (cgroup gone?)".into()),
+            );
+        }
+        if r[1] & libc::POLLPRI != 0 {
+            wakeups += 1;
+            if let Err(e) = react(&mut ctx, &usage, "psi") {
+                return finish(cpu0, wakeups, Some(e.to_string()));
+            }
+        }
+    }
+    finish(cpu0, wakeups, None)
+}
+
+/// A v1 usage threshold registration: an eventfd signalled when `memory.usage_in_bytes`
+/// crosses `threshold` (either way). Unregistered when dropped (closing the eventfd).
+pub struct ThresholdArm {
+    efd: EventFd,
+    _usage: std::fs::File,
+    /// The threshold armed, bytes.
+    pub threshold: u64,
+}
+
+impl ThresholdArm {
+    /// Registers a threshold on the v1 memory cgroup at `dir`.
+    pub fn arm(dir: &Path, threshold: u64) -> Result<Self, BenchError> {
+        use std::os::fd::AsRawFd;
+        let efd = EventFd::new().map_err(|source| BenchError::Io {
+            path: PathBuf::from("eventfd"),
+            source,
+        })?;
+        let upath = dir.join("memory.usage_in_bytes");
+        let usage = std::fs::File::open(&upath).map_err(|source| BenchError::Io {
+            path: upath,
+            source,
+        })?;
+        let ctl = dir.join("cgroup.event_control");
+        super::cgroups::write_file(
+            &ctl,
+            &format!("{} {} {threshold}", efd.fd(), usage.as_raw_fd()),
+        )?;
+        Ok(Self {
+            efd,
+            _usage: usage,
+            threshold,
+        })
+    }
+
+    /// The eventfd to poll.
+    pub fn fd(&self) -> i32 {
+        self.efd.fd()
+    }
+
+    /// Consumes pending notifications.
+    pub fn take(&self) -> u64 {
+        self.efd.take()
+    }
+}
+
+/// The threshold armed `headroom` below `limit` (half the limit if the headroom is larger).
+pub fn threshold_for(limit: u64, headroom: u64) -> u64 {
+    if limit > headroom.saturating_mul(2) {
+        limit - headroom
+    } else {
+        limit / 2
+    }
+}
+
+/// v1 threshold eventfd: armed `headroom` below the limit, re-armed after each raise.
+fn threshold_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorStats {
+    let cpu0 = thread_cpu_ns();
+    if ctx.version != Version::V1 {
+        return ready.fail("threshold eventfds exist only on cgroup v1");
+    }
+    let usage = match open_usage(&ctx.dir, ctx.version) {
+        Ok(u) => Some(u),
+        Err(e) => return ready.fail(e),
+    };
+    let mut arm = match ThresholdArm::arm(
+        &ctx.dir,
+        threshold_for(ctx.actuator.current(), ctx.headroom),
+    ) {
+        Ok(a) => a,
+        Err(e) => return ready.fail(e),
+    };
+    ready.ok();
+    let mut wakeups = 0;
+    loop {
+        let r = match poll(
+            &[(ctx.stop.fd(), libc::POLLIN), (arm.fd(), libc::POLLIN)],
+            None,
+        ) {
+            Ok(r) => r,
+            Err(e) => return finish(cpu0, wakeups, Some(e.to_string())),
+        };
+        if r[0] != 0 {
+            break;
+        }
+        if r[1] == 0 {
+            continue;
+        }
+        arm.take();
+        wakeups += 1;
+        let mut step = || -> Result<Option<ThresholdArm>, BenchError> {
+            let before = ctx.actuator.current();
+            let used = usage.as_ref().map_or(Ok(0), PreOpened::read_u64)?;
+            if used < arm.threshold {
+                // A downward crossing.
+                return Ok(None);
+            }
+            react(&mut ctx, &usage, "v1_threshold")?;
+            let now = ctx.actuator.current();
+            if now == before {
+                return Ok(None);
+            }
+            Ok(Some(ThresholdArm::arm(
+                &ctx.dir,
+                threshold_for(now, ctx.headroom),
+            )?))
+        };
+        match step() {
+            Ok(Some(new_arm)) => {
+                arm = new_arm;
+                // Already above the new mark: the crossing happened before it was armed.
+                let used = usage.as_ref().map_or(Ok(0), PreOpened::read_u64);
+                if matches!(used, Ok(u) if u >= arm.threshold) {
+                    arm.efd.signal();
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return finish(cpu0, wakeups, Some(e.to_string())),
+        }
+    }
+    finish(cpu0, wakeups, None)
+}
+
+/// v2 memory.events: poll for a change, act when `high` or `max` grew.
+fn memory_events_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorStats {
+    let cpu0 = thread_cpu_ns();
+    if ctx.version != Version::V2 {
+        return ready.fail("memory.events notification needs cgroup v2");
+    }
+    let usage = match open_usage(&ctx.dir, ctx.version) {
+        Ok(u) => Some(u),
+        Err(e) => return ready.fail(e),
+    };
+    let events = match PreOpened::open(&ctx.dir.join("memory.events"), false) {
+        Ok(f) => f,
+        Err(e) => return ready.fail(e),
+    };
+    let mut buf = [0u8; 512];
+    let counters = |buf: &mut [u8]| -> Result<(u64, u64), BenchError> {
+        let t = events.read(buf)?;
+        Ok((keyed(t, "high").unwrap_or(0), keyed(t, "max").unwrap_or(0)))
+    };
+    let mut last = match counters(&mut buf) {
+        Ok(c) => c,
+        Err(e) => return ready.fail(e),
+    };
+    ready.ok();
+    let mut wakeups = 0;
+    loop {
+        let r = match poll(
+            &[(ctx.stop.fd(), libc::POLLIN), (events.fd(), libc::POLLPRI)],
+            None,
+        ) {
+            Ok(r) => r,
+            Err(e) => return finish(cpu0, wakeups, Some(e.to_string())),
+        };
+        if r[0] != 0 {
+            break;
+        }
+        if r[1] == 0 {
+            continue;
+        }
+        wakeups += 1;
+        let now = match counters(&mut buf) {
+            Ok(c) => c,
+            Err(e) => return finish(cpu0, wakeups, Some(e.to_string())),
+        };
+        if now.0 > last.0 || now.1 > last.1 {
+            let trigger = if now.1 > last.1 {
+                "memory_events_max"
+            } else {
+                "memory_events_high"
+            };
+            if let Err(e) = react(&mut ctx, &usage, trigger) {
+                return finish(cpu0, wakeups, Some(e.to_string()));
+            }
+        }
+        last = now;
+    }
+    finish(cpu0, wakeups, None)
+}

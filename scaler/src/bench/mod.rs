@@ -1,0 +1,678 @@
+//! `scaler bench`: the eBPF scaler against the ways cgroups are scaled today, on identical
+//! workloads, in one run.
+//!
+//! Competitors ([`CompetitorId`]): a static limit; polling at 1 s and 100 ms; PSI triggers at the
+//! smallest window the kernel accepts for this process; the cgroup v1 usage-threshold eventfd
+//! (v1) or `memory.events` notification (v2); and the eBPF scaler. Every in-process competitor
+//! applies the same scale-up rule ([`rule`]) through the same pre-opened limit file, and every
+//! run starts from the same limits in a fresh cgroup. How onset and reaction are measured is
+//! described in [`observer`]; the JSON output in `docs/bench-json.md`.
+//!
+//! Entry points for the CLI: [`BenchArgs`] (flatten it into the `bench` subcommand) and
+//! [`run`].
+
+pub mod cgroups;
+pub mod competitors;
+pub mod ebpf;
+pub mod observer;
+pub mod report;
+pub mod rule;
+pub mod runner;
+pub mod stats;
+pub mod sys;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+
+pub use competitors::{CompetitorId, Resource};
+pub use runner::{RunRecord, WorkloadSpec};
+pub use stats::CaseSummary;
+
+use cgroups::{BenchRoot, Hierarchies, Version};
+use runner::BenchEnv;
+use stats::Availability;
+
+/// Errors of the benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot create the benchmark cgroup {path}: {source}; the benchmark creates its cgroups \
+         under its own cgroup (see /proc/self/cgroup) and must run as root"
+    )]
+    CreateCgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot enable the {controller} controller in {path}: {source}; on cgroup v2 the \
+         benchmark's own cgroup must be able to delegate {controller} to its children"
+    )]
+    EnableController {
+        path: PathBuf,
+        controller: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unexpected contents of {path}: {text:?}")]
+    Parse { path: PathBuf, text: String },
+    #[error("competitor {competitor} does not apply to {what}")]
+    NotApplicable {
+        competitor: &'static str,
+        what: &'static str,
+    },
+    #[error("competitor {competitor} could not run: {reason}")]
+    CompetitorFailed {
+        competitor: &'static str,
+        reason: String,
+    },
+    #[error("this process has no {0} cgroup controller (see /proc/self/cgroup)")]
+    NoController(&'static str),
+    #[error("cannot run {exe}: {source}")]
+    Spawn {
+        exe: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the {0} thread panicked")]
+    ThreadPanicked(&'static str),
+    #[error("cannot serialize the results: {0}")]
+    Json(String),
+    #[error("unknown {kind} `{name}`; known: {known}")]
+    UnknownName {
+        kind: &'static str,
+        name: String,
+        known: String,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    crate::units::parse_size(s).map_err(|e| e.to_string())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::units::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Command-line arguments of `scaler bench` (flatten into the subcommand).
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct BenchArgs {
+    /// Small sizes, one repeat, short CPU bursts: finishes in under two minutes.
+    #[arg(long)]
+    pub quick: bool,
+    /// Runs of each (workload, competitor) case [default: 5, or 1 with --quick].
+    #[arg(long)]
+    pub repeat: Option<u32>,
+    /// Write every raw measurement as JSON to FILE (schema: docs/bench-json.md).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write a Markdown report with SVG plots into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    /// Only these workloads (comma-separated: steps,spike,ramp,threads,procs,pagecache,cpu).
+    #[arg(long, value_delimiter = ',')]
+    pub workloads: Vec<String>,
+    /// Only these competitors (comma-separated: static,poll-1s,poll-100ms,psi,v1-threshold,
+    /// v2-memory-events,ebpf).
+    #[arg(long, value_delimiter = ',')]
+    pub competitors: Vec<String>,
+    /// Starting memory limit of every memory run.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    pub memory: u64,
+    /// Highest memory limit any competitor may set.
+    #[arg(long, default_value = "2G", value_parser = parse_size)]
+    pub memory_max: u64,
+    /// Early-warning headroom below the limit (threshold eventfd, polling, onset mark).
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    pub headroom: u64,
+    /// The scale-up step: on pressure, new limit = usage + step.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    pub step: u64,
+    /// Sampling interval of usage and limit (timelines, sampler onsets).
+    #[arg(long, default_value = "1ms", value_parser = parse_duration)]
+    pub sample_interval: Duration,
+    /// A run still going after this is ended (and recorded as timed out).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// The binary providing `workload` and `exec` [default: this executable].
+    #[arg(long, hide = true)]
+    pub exe: Option<PathBuf>,
+}
+
+/// Resolved options of a benchmark run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BenchOptions {
+    /// `--quick`.
+    pub quick: bool,
+    /// Repeats per case.
+    pub repeat: u32,
+    /// JSON output file.
+    pub json: Option<PathBuf>,
+    /// Report directory.
+    pub report: Option<PathBuf>,
+    /// Workload filter (empty: all).
+    pub workloads: Vec<String>,
+    /// Competitor filter (empty: all).
+    pub competitors: Vec<String>,
+    /// Starting memory limit.
+    pub memory: u64,
+    /// Maximum memory limit.
+    pub memory_max: u64,
+    /// Early-warning headroom.
+    pub headroom: u64,
+    /// Scale-up step.
+    pub step: u64,
+    /// Sampling interval.
+    pub sample_interval: Duration,
+    /// Per-run timeout.
+    pub timeout: Duration,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// The binary providing `workload` and `exec`.
+    pub exe: Option<PathBuf>,
+}
+
+impl From<BenchArgs> for BenchOptions {
+    fn from(a: BenchArgs) -> Self {
+        Self {
+            quick: a.quick,
+            repeat: a.repeat.unwrap_or(if a.quick { 1 } else { 5 }).max(1),
+            json: a.json,
+            report: a.report,
+            workloads: a.workloads,
+            competitors: a.competitors,
+            memory: a.memory,
+            memory_max: a.memory_max,
+            headroom: a.headroom,
+            step: a.step,
+            sample_interval: a.sample_interval,
+            timeout: if a.quick {
+                a.timeout.min(Duration::from_secs(20))
+            } else {
+                a.timeout
+            },
+            progress: !a.no_progress,
+            exe: a.exe,
+        }
+    }
+}
+
+/// CFS period of the CPU runs, µs.
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// The workloads of a run (full or `--quick`).
+pub fn workloads(o: &BenchOptions) -> Vec<WorkloadSpec> {
+    let mem = |id: &str, args: &str| WorkloadSpec {
+        id: id.to_owned(),
+        resource: Resource::Memory,
+        args: args.split_whitespace().map(str::to_owned).collect(),
+        start: o.memory,
+        max: o.memory_max,
+        step: o.step,
+        headroom: o.headroom,
+        period_us: CPU_PERIOD_US,
+    };
+    let cpu = |args: &str| WorkloadSpec {
+        id: "cpu".to_owned(),
+        resource: Resource::Cpu,
+        args: args.split_whitespace().map(str::to_owned).collect(),
+        start: CPU_PERIOD_US / 2,
+        max: 2 * CPU_PERIOD_US,
+        step: CPU_PERIOD_US / 2,
+        headroom: 0,
+        period_us: CPU_PERIOD_US,
+    };
+    let all = if o.quick {
+        vec![
+            mem("steps", "steps --total 256M --step 8M --interval 10ms"),
+            mem("spike", "spike --size 200M"),
+            mem("ramp", "ramp --total 128M --rate 128M/s"),
+            mem(
+                "threads",
+                "steps --total 256M --step 8M --interval 10ms --threads 4",
+            ),
+            mem(
+                "procs",
+                "procs --procs 4 --total 256M --step 8M --interval 10ms",
+            ),
+            mem("pagecache", "pagecache --file {file} --size 128M"),
+            cpu("cpu --busy-threads 2 --burst 500ms --idle 250ms --cycles 2"),
+        ]
+    } else {
+        vec![
+            mem("steps", "steps --total 256M --step 8M --interval 10ms"),
+            mem("spike", "spike --size 200M"),
+            mem("ramp", "ramp --total 256M --rate 20M/s"),
+            mem(
+                "threads",
+                "steps --total 256M --step 8M --interval 10ms --threads 4",
+            ),
+            mem(
+                "procs",
+                "procs --procs 4 --total 256M --step 8M --interval 10ms",
+            ),
+            mem("pagecache", "pagecache --file {file} --size 256M"),
+            cpu("cpu --busy-threads 2 --burst 2s --idle 1s --cycles 3"),
+        ]
+    };
+    all.into_iter()
+        .filter(|w| o.workloads.is_empty() || o.workloads.contains(&w.id))
+        .collect()
+}
+
+/// The workload whose first run per competitor records a usage/limit timeline.
+pub const TIMELINE_WORKLOAD: &str = "steps";
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Whether SIGINT/SIGTERM arrived (the benchmark then stops after cleaning up).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// A scratch directory on a disk-backed file system, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn create() -> Result<Self, BenchError> {
+        let mut base = std::env::temp_dir();
+        if is_tmpfs(&base) {
+            // Page cache on tmpfs is shmem: without swap it cannot be reclaimed, so the
+            // page-cache workload would measure something else.
+            base = PathBuf::from("/var/tmp");
+        }
+        let dir = base.join(format!(
+            "scaler-bench-{}-{}",
+            std::process::id(),
+            sys::monotonic_ns()
+        ));
+        std::fs::create_dir(&dir).map_err(|source| BenchError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// `f_type`'s integer type differs between architectures.
+#[allow(clippy::unnecessary_cast)]
+fn is_tmpfs(p: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs into a zeroed struct.
+    unsafe {
+        let mut s: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut s) == 0 && s.f_type as i64 == libc::TMPFS_MAGIC as i64
+    }
+}
+
+fn select_competitors(o: &BenchOptions) -> Result<Vec<CompetitorId>, BenchError> {
+    if o.competitors.is_empty() {
+        return Ok(CompetitorId::ALL.to_vec());
+    }
+    o.competitors
+        .iter()
+        .map(|n| {
+            CompetitorId::from_name(n).ok_or_else(|| BenchError::UnknownName {
+                kind: "competitor",
+                name: n.clone(),
+                known: CompetitorId::ALL.map(CompetitorId::name).join(", "),
+            })
+        })
+        .collect()
+}
+
+/// Whether competitor `c` can run workloads on `r` in `env`, and why not.
+fn availability(env: &BenchEnv, c: CompetitorId, r: Resource) -> Availability {
+    let no = |reason: String| Availability {
+        available: false,
+        reason: Some(reason),
+    };
+    let yes = Availability {
+        available: true,
+        reason: None,
+    };
+    let controller = match r {
+        Resource::Memory => env.hierarchies.memory.as_ref(),
+        Resource::Cpu => env.hierarchies.cpu.as_ref(),
+    };
+    let Some((version, _)) = controller else {
+        return no(format!(
+            "this process has no {} controller",
+            match r {
+                Resource::Memory => "memory",
+                Resource::Cpu => "cpu",
+            }
+        ));
+    };
+    match (c, r, version) {
+        (CompetitorId::Static | CompetitorId::Poll1s | CompetitorId::Poll100ms, _, _) => yes,
+        (CompetitorId::Psi, _, _) => match (&env.hierarchies.unified, &env.psi_window_us) {
+            (None, _) => no("no cgroup v2 (unified) hierarchy, so no PSI files".into()),
+            (_, Err(e)) => no(e.clone()),
+            (Some(_), Ok(_)) => yes,
+        },
+        (CompetitorId::V1Threshold | CompetitorId::V2MemoryEvents, Resource::Cpu, _) => {
+            no("a memory-only mechanism".into())
+        }
+        (CompetitorId::V1Threshold, Resource::Memory, Version::V1) => yes,
+        (CompetitorId::V1Threshold, Resource::Memory, Version::V2) => {
+            no("usage threshold eventfds exist only on cgroup v1".into())
+        }
+        (CompetitorId::V2MemoryEvents, Resource::Memory, Version::V2) => yes,
+        (CompetitorId::V2MemoryEvents, Resource::Memory, Version::V1) => {
+            no("n/a on cgroup v1: memory.events and memory.high exist only on cgroup v2".into())
+        }
+        (CompetitorId::Ebpf, Resource::Memory, _) => match &env.exec.memory {
+            Ok(()) => yes,
+            Err(e) => no(e.clone()),
+        },
+        (CompetitorId::Ebpf, Resource::Cpu, _) => match &env.exec.cpu {
+            Ok(()) => yes,
+            Err(e) => no(e.clone()),
+        },
+    }
+}
+
+fn host_info(env: &BenchEnv) -> report::HostInfo {
+    // SAFETY: uname into a zeroed struct.
+    let kernel = unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut u) == 0 {
+            std::ffi::CStr::from_ptr(u.release.as_ptr())
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            "unknown".into()
+        }
+    };
+    let memory_bytes = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| cgroups::keyed(&s.replace(':', ""), "MemTotal"))
+        .map_or(0, |kb| kb * 1024);
+    report::HostInfo {
+        kernel,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+        memory_bytes,
+        memory_cgroup: env.hierarchies.memory.as_ref().map(|(v, _)| *v),
+        cpu_cgroup: env.hierarchies.cpu.as_ref().map(|(v, _)| *v),
+        unified_psi: env.hierarchies.unified.is_some(),
+        psi_window_us: env.psi_window_us.clone(),
+    }
+}
+
+/// Runs the benchmark: every selected competitor on every selected workload, `repeat` times,
+/// interleaved; prints the table; writes `--json` and `--report` if asked.
+///
+/// Returns failure if no run could be carried out, 130 if interrupted.
+pub fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let started = Instant::now();
+    let started_unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let competitors = select_competitors(&opts)?;
+    let specs = workloads(&opts);
+    if specs.is_empty() {
+        anyhow::bail!(
+            "no workload selected; known: steps, spike, ramp, threads, procs, pagecache, cpu"
+        );
+    }
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe {
+        let handler: extern "C" fn(libc::c_int) = on_signal;
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+    }
+    let exe = match &opts.exe {
+        Some(e) => e.clone(),
+        None => std::env::current_exe().context("cannot find this executable")?,
+    };
+    let hierarchies = Hierarchies::discover()?;
+    let root = BenchRoot::create(&hierarchies)?;
+    let psi_window_us = match &hierarchies.unified {
+        None => Err("no cgroup v2 (unified) hierarchy mounted".to_owned()),
+        Some(_) => {
+            // Probe on a cgroup of our own (the bench root in the unified hierarchy).
+            let probe_cg = root.run_cgroup(&hierarchies, "psi-probe")?;
+            match probe_cg.unified_file("memory.pressure") {
+                Some(p) if p.exists() => competitors::probe_psi_window(&p),
+                Some(p) => Err(format!(
+                    "{} does not exist (kernel without PSI?)",
+                    p.display()
+                )),
+                None => Err("no unified cgroup".to_owned()),
+            }
+        }
+    };
+    let scratch = Scratch::create()?;
+    let env = BenchEnv {
+        exec: ebpf::probe(&exe),
+        hierarchies,
+        root,
+        exe,
+        scratch: scratch.0.clone(),
+        psi_window_us,
+        sample_interval: opts.sample_interval,
+        timeout: opts.timeout,
+    };
+
+    let mut plan = Vec::new();
+    for rep in 0..opts.repeat {
+        for w in &specs {
+            let mut cs: Vec<CompetitorId> = competitors
+                .iter()
+                .copied()
+                .filter(|&c| availability(&env, c, w.resource).available)
+                .filter(|c| w.resource == Resource::Memory || c.does_cpu())
+                .collect();
+            if !cs.is_empty() {
+                let k = rep as usize % cs.len();
+                cs.rotate_left(k);
+            }
+            for c in cs {
+                plan.push((rep, w, c));
+            }
+        }
+    }
+    let bar = if opts.progress {
+        let b = indicatif::ProgressBar::new(plan.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut runs = Vec::with_capacity(plan.len());
+    let mut timeline_done = std::collections::HashSet::new();
+    for (rep, w, c) in plan {
+        if interrupted() {
+            break;
+        }
+        bar.set_message(format!("{} / {} #{}", w.id, c.name(), rep + 1));
+        let timeline = w.id == TIMELINE_WORKLOAD && timeline_done.insert(c);
+        let rec = runner::run_one(&env, c, w, rep, timeline);
+        if let Some(e) = &rec.error {
+            bar.println(format!("{} / {} #{}: {e}", w.id, c.name(), rep + 1));
+        }
+        runs.push(rec);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let avail = |c: CompetitorId, r: Resource| availability(&env, c, r);
+    let summary = stats::summarize(&specs, &competitors, avail, &runs);
+    println!("{}", report::table(&summary, &specs, false));
+
+    let doc = report::Document {
+        schema: report::SCHEMA,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        started_unix_s,
+        duration_s: started.elapsed().as_secs_f64(),
+        host: host_info(&env),
+        method: report::Method {
+            onset: report::ONSET_TEXT,
+            written: report::WRITTEN_TEXT,
+            aggregation: report::AGGREGATION_TEXT,
+            rule: format!(
+                "memory: on a pressure signal, new limit = usage + {} (at most {}); CPU: new \
+                 quota = quota + 0.5 CPU (at most 2 CPUs)",
+                crate::units::format_size(opts.step),
+                crate::units::format_size(opts.memory_max)
+            ),
+        },
+        options: &opts,
+        competitors: competitors
+            .iter()
+            .map(|&c| report::CompetitorInfo {
+                name: c.name().into(),
+                description: c.describe().into(),
+                memory: availability(&env, c, Resource::Memory),
+                cpu: if c.does_cpu() {
+                    availability(&env, c, Resource::Cpu)
+                } else {
+                    Availability {
+                        available: false,
+                        reason: Some("a memory-only mechanism".into()),
+                    }
+                },
+            })
+            .collect(),
+        workloads: &specs,
+        runs: &runs,
+        summary: &summary,
+    };
+    if let Some(p) = &opts.json {
+        report::write_json(p, &doc)?;
+        eprintln!("raw measurements written to {}", p.display());
+    }
+    if let Some(d) = &opts.report {
+        report::write_report(d, &doc, TIMELINE_WORKLOAD)?;
+        eprintln!("report written to {}", d.join("report.md").display());
+    }
+    drop(env);
+    drop(scratch);
+    if interrupted() {
+        return Ok(ExitCode::from(130));
+    }
+    if !runs.is_empty() && runs.iter().all(|r| r.error.is_some()) {
+        anyhow::bail!("every benchmark run failed; see the errors above");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        b: BenchArgs,
+    }
+
+    #[test]
+    fn quick_defaults() {
+        let o: BenchOptions = Cli::try_parse_from(["b", "--quick", "--json", "out.json"])
+            .unwrap()
+            .b
+            .into();
+        assert_eq!(o.repeat, 1);
+        assert_eq!(o.memory, 64 << 20);
+        assert_eq!(o.json.as_deref(), Some(Path::new("out.json")));
+        assert!(o.timeout <= Duration::from_secs(20));
+        let ws = workloads(&o);
+        assert_eq!(
+            ws.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(),
+            [
+                "steps",
+                "spike",
+                "ramp",
+                "threads",
+                "procs",
+                "pagecache",
+                "cpu"
+            ]
+        );
+        // Every workload's arguments parse as the `workload` subcommand does.
+        #[derive(Parser)]
+        struct W {
+            #[command(flatten)]
+            w: crate::workload::WorkloadArgs,
+        }
+        for w in &ws {
+            let mut argv = vec!["w".to_owned()];
+            argv.extend(w.args.iter().map(|a| a.replace("{file}", "/tmp/x")));
+            W::try_parse_from(&argv).unwrap_or_else(|e| panic!("{}: {e}", w.id));
+        }
+    }
+
+    #[test]
+    fn filters_and_names() {
+        let o: BenchOptions = Cli::try_parse_from([
+            "b",
+            "--workloads",
+            "steps,cpu",
+            "--competitors",
+            "static,ebpf",
+            "--repeat",
+            "3",
+        ])
+        .unwrap()
+        .b
+        .into();
+        assert_eq!(o.repeat, 3);
+        assert_eq!(workloads(&o).len(), 2);
+        assert_eq!(
+            select_competitors(&o).unwrap(),
+            [CompetitorId::Static, CompetitorId::Ebpf]
+        );
+        let bad = BenchOptions {
+            competitors: vec!["nope".into()],
+            ..o
+        };
+        assert!(matches!(
+            select_competitors(&bad),
+            Err(BenchError::UnknownName { .. })
+        ));
+        for c in CompetitorId::ALL {
+            assert_eq!(CompetitorId::from_name(c.name()), Some(c));
+            assert_eq!(
+                serde_json::to_string(&c).unwrap(),
+                format!("\"{}\"", c.name())
+            );
+        }
+    }
+}

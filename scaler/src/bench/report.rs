@@ -1,0 +1,618 @@
+//! Output: the terminal table, the JSON document (schema in `docs/bench-json.md`) and the
+//! Markdown report with hand-written SVG plots.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::competitors::Resource;
+use super::observer::Sample;
+use super::runner::{RunRecord, WorkloadSpec};
+use super::stats::CaseSummary;
+use super::BenchError;
+
+/// Version tag of the JSON document.
+pub const SCHEMA: &str = "scaler-bench/1";
+
+/// Availability of one competitor, per workload kind.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompetitorInfo {
+    /// Name.
+    pub name: String,
+    /// What it is.
+    pub description: String,
+    /// On memory workloads.
+    pub memory: super::stats::Availability,
+    /// On CPU workloads (`available: false` with a reason where the mechanism has no CPU form).
+    pub cpu: super::stats::Availability,
+}
+
+/// Facts about the machine the benchmark ran on.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostInfo {
+    /// `uname -r`.
+    pub kernel: String,
+    /// Online CPUs.
+    pub cpus: u64,
+    /// MemTotal, bytes.
+    pub memory_bytes: u64,
+    /// Memory controller version (`v1`/`v2`), if any.
+    pub memory_cgroup: Option<super::cgroups::Version>,
+    /// CPU controller version, if any.
+    pub cpu_cgroup: Option<super::cgroups::Version>,
+    /// Whether a unified-hierarchy cgroup (PSI) was available.
+    pub unified_psi: bool,
+    /// The PSI trigger window accepted (µs), or why none.
+    pub psi_window_us: Result<u64, String>,
+}
+
+/// How the figures were measured (copied into the JSON so a file explains itself).
+#[derive(Clone, Debug, Serialize)]
+pub struct Method {
+    /// Definition of pressure onset.
+    pub onset: &'static str,
+    /// Definition of limit written.
+    pub written: &'static str,
+    /// Aggregation.
+    pub aggregation: &'static str,
+    /// The scale-up rule.
+    pub rule: String,
+}
+
+/// The whole JSON document.
+#[derive(Clone, Debug, Serialize)]
+pub struct Document<'a> {
+    /// [`SCHEMA`].
+    pub schema: &'static str,
+    /// The command line.
+    pub command: String,
+    /// Seconds since the epoch at the start.
+    pub started_unix_s: u64,
+    /// Whole run, s.
+    pub duration_s: f64,
+    /// The machine.
+    pub host: HostInfo,
+    /// Measurement definitions.
+    pub method: Method,
+    /// Options in force.
+    pub options: &'a super::BenchOptions,
+    /// Competitors and their availability.
+    pub competitors: Vec<CompetitorInfo>,
+    /// Workloads.
+    pub workloads: &'a [WorkloadSpec],
+    /// Every run, in the order run.
+    pub runs: &'a [RunRecord],
+    /// Per workload and competitor.
+    pub summary: &'a [CaseSummary],
+}
+
+/// Text for the onset definition.
+pub const ONSET_TEXT: &str = "usage crossing the early-warning mark (limit - headroom) of the \
+limit in force; cgroup v1 memory: an observer's own memory.usage_in_bytes threshold eventfd on a \
+SCHED_FIFO thread, time = CLOCK_MONOTONIC at its wakeup; elsewhere: the first 1 ms sample at or \
+above the mark (CPU: showing a new throttled period); the eBPF scaler: the kernel timestamp of the \
+early-warning or first memcg reclaim event, as measured by scaler exec";
+
+/// Text for the written definition.
+pub const WRITTEN_TEXT: &str = "CLOCK_MONOTONIC right after the write of the new limit to the \
+pre-opened limit file returned";
+
+/// Text for aggregation.
+pub const AGGREGATION_TEXT: &str = "per workload and competitor: latency percentiles over all \
+reactions of all repeats pooled (nearest rank); other figures are medians over repeats; \
+competitors are interleaved (rotated each repeat)";
+
+/// Formats microseconds compactly.
+pub fn fmt_us(us: Option<f64>) -> String {
+    match us {
+        None => "-".into(),
+        Some(v) if v < 1000.0 => format!("{v:.0}us"),
+        Some(v) if v < 1_000_000.0 => format!("{:.1}ms", v / 1000.0),
+        Some(v) => format!("{:.2}s", v / 1e6),
+    }
+}
+
+fn fmt_ms(ms: Option<f64>) -> String {
+    fmt_us(ms.map(|m| m * 1000.0))
+}
+
+fn fmt_mib(b: Option<f64>) -> String {
+    b.map_or("-".into(), |b| format!("{:.0}M", b / (1u64 << 20) as f64))
+}
+
+fn fmt_limit(c: &CaseSummary, w: Option<&WorkloadSpec>) -> String {
+    match w.map(|w| (w.resource, w.period_us)) {
+        Some((Resource::Cpu, period)) => c
+            .peak_limit
+            .map_or("-".into(), |q| format!("{:.2}cpu", q / period as f64)),
+        _ => match (c.peak_limit, c.peak_usage_bytes) {
+            (Some(l), Some(u)) => format!("{}/{}", fmt_mib(Some(l)), fmt_mib(Some(u))),
+            (Some(l), None) => fmt_mib(Some(l)),
+            _ => "-".into(),
+        },
+    }
+}
+
+/// The terminal / Markdown table. `markdown` selects pipes.
+pub fn table(summary: &[CaseSummary], workloads: &[WorkloadSpec], markdown: bool) -> String {
+    let head = [
+        "workload",
+        "competitor",
+        "OOM runs",
+        "OOM kills",
+        "react p50",
+        "p99",
+        "max",
+        "stall",
+        "completion",
+        "peak limit/usage",
+        "throttled",
+        "agent CPU",
+        "eBPF p99 x",
+    ];
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for c in summary {
+        let w = workloads.iter().find(|w| w.id == c.workload);
+        if !c.available || c.runs == 0 || c.failed_runs == c.runs {
+            let reason = c.reason.clone().unwrap_or_else(|| "not run".into());
+            let mut r = vec![c.workload.clone(), c.competitor.clone()];
+            r.push(format!("n/a: {reason}"));
+            rows.push(r);
+            continue;
+        }
+        rows.push(vec![
+            c.workload.clone(),
+            c.competitor.clone(),
+            format!("{}/{}", c.runs_with_oom, c.runs - c.failed_runs),
+            c.oom_kills_total.to_string(),
+            fmt_us(c.latency_p50_us),
+            fmt_us(c.latency_p99_us),
+            fmt_us(c.latency_max_us),
+            fmt_ms(c.stall_ms),
+            fmt_ms(c.completion_ms),
+            fmt_limit(c, w),
+            fmt_ms(c.throttled_ms),
+            fmt_ms(c.agent_cpu_ms),
+            c.ebpf_p99_speedup
+                .map_or("-".into(), |x| format!("{x:.1}x")),
+        ]);
+    }
+    let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        if r.len() == head.len() {
+            for (i, cell) in r.iter().enumerate() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: &[String], out: &mut String| {
+        if markdown {
+            let _ = writeln!(out, "| {} |", cells.join(" | "));
+        } else {
+            let mut l = String::new();
+            for (i, c) in cells.iter().enumerate() {
+                if i + 1 == cells.len() && cells.len() < head.len() {
+                    l.push_str(c);
+                } else {
+                    let _ = write!(l, "{:<w$}  ", c, w = widths[i]);
+                }
+            }
+            let _ = writeln!(out, "{}", l.trim_end());
+        }
+    };
+    line(&head.map(String::from), &mut out);
+    if markdown {
+        let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
+    }
+    for r in rows {
+        if markdown && r.len() < head.len() {
+            let mut r = r;
+            let note = r.pop().unwrap_or_default();
+            r.push(note);
+            while r.len() < head.len() {
+                r.push(String::new());
+            }
+            line(&r, &mut out);
+        } else {
+            line(&r, &mut out);
+        }
+    }
+    out
+}
+
+/// Writes the JSON document.
+pub fn write_json(path: &Path, doc: &Document<'_>) -> Result<(), BenchError> {
+    let text = serde_json::to_string_pretty(doc).map_err(|e| BenchError::Json(e.to_string()))?;
+    std::fs::write(path, text).map_err(|source| BenchError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+const COLORS: [&str; 7] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+];
+
+/// Reaction-latency distribution per competitor: one row each, every reaction a dot on a
+/// logarithmic axis, p50 and p99 marked.
+pub fn latency_svg(title: &str, series: &[(String, Vec<f64>)]) -> String {
+    let (left, right, row_h, top) = (150.0, 30.0, 34.0, 40.0);
+    let width = 860.0;
+    let plot_w = width - left - right;
+    let height = top + row_h * series.len().max(1) as f64 + 50.0;
+    let (lo, hi) = (0.0f64, 7.0f64); // 1 us .. 10 s
+    let x = |us: f64| left + plot_w * ((us.max(1.0).log10() - lo) / (hi - lo)).clamp(0.0, 1.0);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="20" font-size="14" text-anchor="middle">{}</text>"#,
+        width / 2.0,
+        esc(title)
+    );
+    let axis_y = top + row_h * series.len().max(1) as f64;
+    for (i, label) in ["1us", "10us", "100us", "1ms", "10ms", "100ms", "1s", "10s"]
+        .iter()
+        .enumerate()
+    {
+        let xx = x(10f64.powi(i as i32));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{xx:.1}" y1="{top}" x2="{xx:.1}" y2="{axis_y}" stroke="#ddd"/><text x="{xx:.1}" y="{:.1}" text-anchor="middle">{label}</text>"##,
+            axis_y + 16.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">reaction latency (pressure onset to limit written), log scale</text>"#,
+        left + plot_w / 2.0,
+        axis_y + 36.0
+    );
+    for (i, (name, values)) in series.iter().enumerate() {
+        let cy = top + row_h * i as f64 + row_h / 2.0;
+        let color = COLORS[i % COLORS.len()];
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{} (n={})</text>"#,
+            left - 8.0,
+            cy + 4.0,
+            esc(name),
+            values.len()
+        );
+        if values.is_empty() {
+            let _ = writeln!(
+                s,
+                r##"<text x="{:.1}" y="{:.1}" fill="#888">no reactions</text>"##,
+                left + 6.0,
+                cy + 4.0
+            );
+            continue;
+        }
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        for (j, v) in sorted.iter().enumerate() {
+            // Deterministic jitter so equal values stay visible.
+            let jitter = ((j * 7919) % 17) as f64 - 8.0;
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{color}" fill-opacity="0.6"/>"#,
+                x(*v),
+                cy + jitter
+            );
+        }
+        for (p, dash) in [(50.0, ""), (99.0, r#" stroke-dasharray="3,2""#)] {
+            if let Some(v) = super::stats::percentile(&sorted, p) {
+                let xx = x(v);
+                let _ = writeln!(
+                    s,
+                    r#"<line x1="{xx:.1}" y1="{:.1}" x2="{xx:.1}" y2="{:.1}" stroke="black" stroke-width="2"{dash}/>"#,
+                    cy - 12.0,
+                    cy + 12.0
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="end" font-size="10">solid: p50, dashed: p99</text>"#,
+        width - right,
+        top - 6.0
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Limit and usage over time, one panel per competitor.
+pub fn timeline_svg(title: &str, panels: &[(String, Vec<Sample>)], unit_bytes: bool) -> String {
+    let (left, right, panel_h, gap, top) = (70.0, 20.0, 120.0, 40.0, 40.0);
+    let width = 860.0;
+    let plot_w = width - left - right;
+    let height = top + (panel_h + gap) * panels.len().max(1) as f64 + 20.0;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="20" font-size="14" text-anchor="middle">{}</text>"#,
+        width / 2.0,
+        esc(title)
+    );
+    let scale = if unit_bytes { (1u64 << 20) as f64 } else { 1.0 };
+    let unit = if unit_bytes { "MiB" } else { "" };
+    for (i, (name, samples)) in panels.iter().enumerate() {
+        let y0 = top + (panel_h + gap) * i as f64;
+        let _ = writeln!(
+            s,
+            r##"<rect x="{left}" y="{y0}" width="{plot_w}" height="{panel_h}" fill="none" stroke="#999"/><text x="{left}" y="{:.1}">{} (blue: usage, red: limit)</text>"##,
+            y0 - 4.0,
+            esc(name)
+        );
+        if samples.is_empty() {
+            let _ = writeln!(
+                s,
+                r##"<text x="{:.1}" y="{:.1}" fill="#888">no samples</text>"##,
+                left + 8.0,
+                y0 + 20.0
+            );
+            continue;
+        }
+        let t_max = samples.last().map_or(1, |x| x.t_us).max(1) as f64;
+        let v_max = samples
+            .iter()
+            .map(|x| x.usage.max(x.limit))
+            .max()
+            .unwrap_or(1)
+            .max(1) as f64;
+        let px = |t: u64| left + plot_w * t as f64 / t_max;
+        let py = |v: u64| y0 + panel_h - panel_h * (v as f64 / v_max);
+        for (pick, color) in [(0usize, "#1f77b4"), (1, "#d62728")] {
+            let mut pts = String::new();
+            for smp in samples {
+                let v = if pick == 0 { smp.usage } else { smp.limit };
+                let _ = write!(pts, "{:.1},{:.1} ", px(smp.t_us), py(v));
+            }
+            let _ = writeln!(
+                s,
+                r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="1.5"/>"#,
+                pts.trim_end()
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{:.0}{unit}</text><text x="{:.1}" y="{:.1}" text-anchor="end">0</text><text x="{:.1}" y="{:.1}" text-anchor="end">{:.0} ms</text>"#,
+            left - 4.0,
+            y0 + 10.0,
+            v_max / scale,
+            left - 4.0,
+            y0 + panel_h,
+            width - right,
+            y0 + panel_h + 14.0,
+            t_max / 1000.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Writes `DIR/report.md`, `DIR/latency-<workload>.svg` and `DIR/timeline.svg`.
+pub fn write_report(
+    dir: &Path,
+    doc: &Document<'_>,
+    timeline_workload: &str,
+) -> Result<(), BenchError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| BenchError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut md = String::new();
+    let _ = writeln!(md, "# scaler bench report\n");
+    let _ = writeln!(md, "Command: `{}`\n", doc.command);
+    let _ = writeln!(
+        md,
+        "Host: Linux {}, {} CPUs, {:.1} GiB; memory cgroup {:?}, cpu cgroup {:?}; PSI trigger \
+         window: {}. Duration {:.0} s.\n",
+        doc.host.kernel,
+        doc.host.cpus,
+        doc.host.memory_bytes as f64 / (1u64 << 30) as f64,
+        doc.host.memory_cgroup,
+        doc.host.cpu_cgroup,
+        match &doc.host.psi_window_us {
+            Ok(w) => format!("{} ms", w / 1000),
+            Err(e) => format!("none ({e})"),
+        },
+        doc.duration_s
+    );
+    let _ = writeln!(md, "## Method\n");
+    let _ = writeln!(md, "- Pressure onset: {}.", doc.method.onset);
+    let _ = writeln!(md, "- Limit written: {}.", doc.method.written);
+    let _ = writeln!(
+        md,
+        "- Scale-up rule (all competitors): {}.",
+        doc.method.rule
+    );
+    let _ = writeln!(md, "- Aggregation: {}.\n", doc.method.aggregation);
+    let _ = writeln!(md, "## Competitors\n");
+    for c in &doc.competitors {
+        let av = |a: &super::stats::Availability| match (&a.available, &a.reason) {
+            (true, _) => "yes".to_owned(),
+            (false, Some(r)) => format!("n/a ({r})"),
+            (false, None) => "n/a".to_owned(),
+        };
+        let _ = writeln!(
+            md,
+            "- `{}`: {}. Memory: {}. CPU: {}.",
+            c.name,
+            c.description,
+            av(&c.memory),
+            av(&c.cpu)
+        );
+    }
+    let _ = writeln!(md, "\n## Workloads\n");
+    for w in doc.workloads {
+        let _ = writeln!(
+            md,
+            "- `{}`: `scaler workload {}`; start {}, max {}, step {}{}.",
+            w.id,
+            w.args.join(" "),
+            show(w, w.start),
+            show(w, w.max),
+            show(w, w.step),
+            if w.resource == Resource::Memory {
+                format!(", headroom {}", show(w, w.headroom))
+            } else {
+                String::new()
+            }
+        );
+    }
+    let _ = writeln!(md, "\n## Results\n");
+    md.push_str(&table(doc.summary, doc.workloads, true));
+    let _ = writeln!(
+        md,
+        "\n`OOM runs`: runs with at least one OOM kill / runs. `react`: reaction latency \
+         percentiles over every reaction. `stall`: PSI `some` total of the run's cgroup. \
+         `eBPF p99 x`: this competitor's p99 divided by the eBPF scaler's.\n"
+    );
+    let _ = writeln!(md, "## Plots\n");
+    for w in doc.workloads {
+        let series: Vec<(String, Vec<f64>)> = doc
+            .summary
+            .iter()
+            .filter(|c| c.workload == w.id && c.available && c.runs > 0)
+            .map(|c| {
+                let v = doc
+                    .runs
+                    .iter()
+                    .filter(|r| {
+                        r.workload == w.id && r.competitor == c.competitor && r.error.is_none()
+                    })
+                    .flat_map(|r| r.reaction_latency_us.iter().copied())
+                    .collect();
+                (c.competitor.clone(), v)
+            })
+            .collect();
+        if series.is_empty() {
+            continue;
+        }
+        let name = format!("latency-{}.svg", w.id);
+        let p = dir.join(&name);
+        std::fs::write(
+            &p,
+            latency_svg(&format!("{}: reaction latency", w.id), &series),
+        )
+        .map_err(io(&p))?;
+        let _ = writeln!(md, "![{} reaction latency]({name})\n", w.id);
+    }
+    let panels: Vec<(String, Vec<Sample>)> = doc
+        .runs
+        .iter()
+        .filter(|r| r.workload == timeline_workload)
+        .filter_map(|r| r.timeline.clone().map(|t| (r.competitor.clone(), t)))
+        .collect();
+    if !panels.is_empty() {
+        let p = dir.join("timeline.svg");
+        std::fs::write(
+            &p,
+            timeline_svg(
+                &format!("{timeline_workload}: usage and limit over one run"),
+                &panels,
+                true,
+            ),
+        )
+        .map_err(io(&p))?;
+        let _ = writeln!(md, "![usage and limit over time](timeline.svg)\n");
+    }
+    let p = dir.join("report.md");
+    std::fs::write(&p, md).map_err(io(&p))
+}
+
+fn show(w: &WorkloadSpec, v: u64) -> String {
+    match w.resource {
+        Resource::Memory => crate::units::format_size(v),
+        Resource::Cpu => format!("{:.2} CPU", v as f64 / w.period_us as f64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn svgs_are_well_formed_enough() {
+        let s = latency_svg(
+            "t <x>",
+            &[("a".into(), vec![1.0, 50.0, 2e6]), ("b".into(), vec![])],
+        );
+        assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
+        assert_eq!(s.matches("<circle").count(), 3);
+        assert!(s.contains("t &lt;x&gt;"));
+        assert!(s.contains("no reactions"));
+        let t = timeline_svg(
+            "tl",
+            &[(
+                "a".into(),
+                vec![
+                    Sample {
+                        t_us: 0,
+                        usage: 0,
+                        limit: 64 << 20,
+                    },
+                    Sample {
+                        t_us: 1000,
+                        usage: 60 << 20,
+                        limit: 128 << 20,
+                    },
+                ],
+            )],
+            true,
+        );
+        assert_eq!(t.matches("<polyline").count(), 2);
+        assert!(t.contains("128MiB"));
+    }
+
+    #[test]
+    fn table_marks_unavailable_cases() {
+        let rows = vec![
+            CaseSummary {
+                workload: "steps".into(),
+                competitor: "ebpf".into(),
+                available: true,
+                runs: 2,
+                latency_p50_us: Some(40.0),
+                latency_p99_us: Some(80.0),
+                latency_max_us: Some(81.0),
+                completion_ms: Some(330.0),
+                ..Default::default()
+            },
+            CaseSummary {
+                workload: "steps".into(),
+                competitor: "v2-memory-events".into(),
+                available: false,
+                reason: Some("needs cgroup v2".into()),
+                ..Default::default()
+            },
+        ];
+        let t = table(&rows, &[], false);
+        assert!(t.contains("80us"));
+        assert!(t.contains("330.0ms"));
+        assert!(t.contains("n/a: needs cgroup v2"));
+        let m = table(&rows, &[], true);
+        assert!(m.lines().all(|l| l.starts_with('|')));
+        assert_eq!(m.lines().nth(1).unwrap().matches("---").count(), 13);
+    }
+}

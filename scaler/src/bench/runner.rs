@@ -1,0 +1,604 @@
+//! One run: a fresh cgroup at the starting limits, one competitor, one workload, and every
+//! measurement taken from the kernel's files and the clocks.
+
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::cgroups::{psi_some_total_us, read_keyed, BenchRoot, Hierarchies, RunCgroup, Version};
+use super::competitors::{
+    self, ActionRecord, Actuator, CompetitorCtx, CompetitorId, CompetitorStats, Resource,
+};
+use super::ebpf::{self, ExecSummary};
+use super::observer::{
+    match_latencies, Matched, Onset, OnsetMethod, Sample, Sampler, SamplerTarget, ThresholdObserver,
+};
+use super::rule::{StepBase, StepRule};
+use super::sys::{monotonic_ns, process_cpu_ns, EventFd};
+use super::BenchError;
+use crate::workload::WorkloadReport;
+
+/// A workload as the benchmark runs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WorkloadSpec {
+    /// Short name (`steps`, `spike`, ...).
+    pub id: String,
+    /// Which limit it stresses.
+    pub resource: Resource,
+    /// Arguments after `scaler workload`; `{file}` is replaced by a fresh path per run.
+    pub args: Vec<String>,
+    /// Starting limit (bytes, or quota µs per period).
+    pub start: u64,
+    /// Maximum any competitor may raise to.
+    pub max: u64,
+    /// The rule's step.
+    pub step: u64,
+    /// Memory workloads: early-warning headroom below the limit.
+    pub headroom: u64,
+    /// CPU workloads: the CFS period (µs).
+    pub period_us: u64,
+}
+
+/// Everything set up once for all runs.
+pub struct BenchEnv {
+    /// The hierarchies found.
+    pub hierarchies: Hierarchies,
+    /// The benchmark's cgroups.
+    pub root: BenchRoot,
+    /// The binary providing `workload` and `exec`.
+    pub exe: PathBuf,
+    /// A scratch directory on a disk-backed file system (page-cache workload files).
+    pub scratch: PathBuf,
+    /// The PSI trigger window accepted, or why none was.
+    pub psi_window_us: Result<u64, String>,
+    /// What `scaler exec` supports.
+    pub exec: ebpf::ExecSupport,
+    /// Sampling interval.
+    pub sample_interval: Duration,
+    /// Per-run timeout.
+    pub timeout: Duration,
+}
+
+/// How the workload process ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ExitInfo {
+    /// Exit code, if it exited.
+    pub code: Option<i32>,
+    /// Signal, if it was killed.
+    pub signal: Option<i32>,
+    /// Whether the benchmark ended it at the timeout.
+    pub timed_out: bool,
+}
+
+/// Every raw measurement of one run (the JSON's `runs[]`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunRecord {
+    /// Competitor name.
+    pub competitor: String,
+    /// Workload name.
+    pub workload: String,
+    /// Repetition index.
+    pub repeat: u32,
+    /// `None` if the run was carried out; else why it could not be.
+    pub error: Option<String>,
+    /// How the workload (or `scaler exec`) ended.
+    pub exit: ExitInfo,
+    /// OOM kills in the run's cgroup.
+    pub oom_kills: u64,
+    /// Spawn to exit, µs.
+    pub completion_us: u64,
+    /// The workload's own JSON line, if it printed one.
+    pub workload_report: Option<WorkloadReport>,
+    /// The last lines the workload (or `scaler exec`) wrote on stderr, if any.
+    pub stderr_tail: Option<String>,
+    /// Starting limit.
+    pub start_limit: u64,
+    /// Highest limit in force.
+    pub peak_limit: u64,
+    /// Limit at the end.
+    pub final_limit: u64,
+    /// Highest usage (memory: kernel's max usage / peak; CPU: not set).
+    pub peak_usage_bytes: Option<u64>,
+    /// PSI `some` total of the run's unified cgroup (memory.pressure or cpu.pressure), µs.
+    pub stall_some_us: Option<u64>,
+    /// CPU: throttled time from cpu.stat, µs.
+    pub throttled_us: Option<u64>,
+    /// CPU: throttled periods from cpu.stat.
+    pub nr_throttled: Option<u64>,
+    /// CPU time the competitor itself used, µs.
+    pub agent_cpu_us: Option<f64>,
+    /// How the agent CPU time was measured.
+    pub agent_cpu_method: Option<&'static str>,
+    /// How onsets were observed.
+    pub onset_method: Option<OnsetMethod>,
+    /// Reaction latencies, µs, one per answered onset.
+    pub reaction_latency_us: Vec<f64>,
+    /// Onset / write bookkeeping.
+    pub matching: Matched,
+    /// Every write (in-process competitors), CLOCK_MONOTONIC ns.
+    pub actions: Vec<ActionRecord>,
+    /// Every onset, CLOCK_MONOTONIC ns.
+    pub onsets: Vec<Onset>,
+    /// CLOCK_MONOTONIC at workload spawn.
+    pub t0_ns: u64,
+    /// The competitor thread's stats.
+    pub competitor_stats: Option<CompetitorStats>,
+    /// The eBPF scaler's own summary.
+    pub exec_summary: Option<ExecSummary>,
+    /// Usage and limit over time (one run per competitor of the timeline workload).
+    pub timeline: Option<Vec<Sample>>,
+}
+
+impl RunRecord {
+    fn new(c: CompetitorId, w: &WorkloadSpec, repeat: u32) -> Self {
+        Self {
+            competitor: c.name().to_owned(),
+            workload: w.id.clone(),
+            repeat,
+            start_limit: w.start,
+            peak_limit: w.start,
+            final_limit: w.start,
+            ..Default::default()
+        }
+    }
+}
+
+/// Runs one case; errors are recorded in the returned record, never hidden.
+pub fn run_one(
+    env: &BenchEnv,
+    competitor: CompetitorId,
+    w: &WorkloadSpec,
+    repeat: u32,
+    timeline: bool,
+) -> RunRecord {
+    let mut rec = RunRecord::new(competitor, w, repeat);
+    if let Err(e) = run_inner(env, competitor, w, timeline, &mut rec) {
+        rec.error = Some(e.to_string());
+    }
+    rec
+}
+
+fn fmt_limit(w: &WorkloadSpec, v: u64) -> String {
+    match w.resource {
+        Resource::Memory => v.to_string(),
+        Resource::Cpu => format!("{:.3}", v as f64 / w.period_us as f64),
+    }
+}
+
+fn run_inner(
+    env: &BenchEnv,
+    competitor: CompetitorId,
+    w: &WorkloadSpec,
+    timeline: bool,
+    rec: &mut RunRecord,
+) -> Result<(), BenchError> {
+    let label = format!("{}-{}", w.id, competitor.name());
+    let cg = env.root.run_cgroup(&env.hierarchies, &label)?;
+    let file = env.scratch.join(format!("{label}-{}.dat", monotonic_ns()));
+    let wl_args: Vec<String> = w
+        .args
+        .iter()
+        .map(|a| a.replace("{file}", &file.display().to_string()))
+        .collect();
+    if competitor == CompetitorId::Ebpf {
+        return run_exec(env, w, &cg, &wl_args, timeline, rec);
+    }
+    let (version, dir) = match w.resource {
+        Resource::Memory => cg.memory.clone(),
+        Resource::Cpu => cg.cpu.clone(),
+    }
+    .ok_or(BenchError::NoController(match w.resource {
+        Resource::Memory => "memory",
+        Resource::Cpu => "cpu",
+    }))?;
+    // Starting limits.
+    match (w.resource, version) {
+        (Resource::Memory, _) => {}
+        (Resource::Cpu, Version::V1) => {
+            super::cgroups::write_file(&dir.join("cpu.cfs_period_us"), &w.period_us.to_string())?
+        }
+        (Resource::Cpu, Version::V2) => {}
+    }
+    let mut actuator = Actuator::open(&dir, version, w.resource, w.start, w.period_us)?;
+    if competitor == CompetitorId::V2MemoryEvents && version == Version::V2 {
+        actuator = actuator.with_high(&dir, w.headroom)?;
+    }
+    // The starting limit goes through the same file (not logged as an action).
+    let start_text = match (w.resource, version) {
+        (Resource::Cpu, Version::V2) => format!("{} {}", w.start, w.period_us),
+        _ => w.start.to_string(),
+    };
+    let limit_name = match (w.resource, version) {
+        (Resource::Memory, Version::V1) => "memory.limit_in_bytes",
+        (Resource::Memory, Version::V2) => "memory.max",
+        (Resource::Cpu, Version::V1) => "cpu.cfs_quota_us",
+        (Resource::Cpu, Version::V2) => "cpu.max",
+    };
+    super::cgroups::write_file(&dir.join(limit_name), &start_text)?;
+    let actuator = Arc::new(actuator);
+
+    let stop = Arc::new(EventFd::new().map_err(|source| BenchError::Io {
+        path: PathBuf::from("eventfd"),
+        source,
+    })?);
+    let ctx = CompetitorCtx {
+        actuator: Arc::clone(&actuator),
+        rule: Box::new(StepRule {
+            step: w.step,
+            max: w.max,
+            base: match w.resource {
+                Resource::Memory => StepBase::Usage,
+                Resource::Cpu => StepBase::Limit,
+            },
+        }),
+        dir: dir.clone(),
+        version,
+        unified: cg.unified_dir.clone(),
+        headroom: w.headroom,
+        psi_window_us: env.psi_window_us.as_ref().ok().copied(),
+        stop,
+    };
+    let running = competitors::start(competitor, w.resource, ctx)?;
+    let stop_running = |r: Option<competitors::Running>| r.map(competitors::Running::stop);
+    let observer = match (w.resource, version) {
+        (Resource::Memory, Version::V1) => {
+            match ThresholdObserver::start(&dir, Arc::clone(&actuator), w.headroom) {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    stop_running(running);
+                    return Err(e);
+                }
+            }
+        }
+        _ => None,
+    };
+    rec.onset_method = Some(match &observer {
+        Some(o) if o.rt => OnsetMethod::V1ThresholdRt,
+        Some(_) => OnsetMethod::V1Threshold,
+        None => OnsetMethod::Sampler,
+    });
+    let t0 = monotonic_ns();
+    rec.t0_ns = t0;
+    let target = match w.resource {
+        Resource::Memory => SamplerTarget::Memory {
+            dir: dir.clone(),
+            version,
+            actuator: Arc::clone(&actuator),
+            headroom: w.headroom,
+        },
+        Resource::Cpu => SamplerTarget::Cpu {
+            dir: dir.clone(),
+            actuator: Arc::clone(&actuator),
+        },
+    };
+    let sampler = match Sampler::start(target, env.sample_interval, timeline, t0) {
+        Ok(s) => s,
+        Err(e) => {
+            stop_running(running);
+            if let Some(o) = observer {
+                let _ = o.stop();
+            }
+            return Err(e);
+        }
+    };
+
+    let mut argv = vec!["workload".to_owned()];
+    argv.extend(wl_args.iter().cloned());
+    let spawned = spawn(&env.exe, &argv, &cg.procs_fds());
+    let waited = spawned.and_then(|child| wait(child, env.timeout, None));
+    // Stop everything before reading the results, whatever happened.
+    let stats = stop_running(running);
+    let sampled = sampler.stop();
+    let onsets = match observer {
+        Some(o) => o.stop()?,
+        None => sampled.onsets.clone(),
+    };
+    let _ = std::fs::remove_file(&file);
+    let waited = waited?;
+    rec.exit = waited.exit;
+    rec.completion_us = waited.elapsed.as_micros() as u64;
+    rec.workload_report = parse_report(&waited.stdout);
+    rec.stderr_tail = tail(&waited.stderr);
+
+    let actions = actuator.actions();
+    rec.peak_limit = actions
+        .iter()
+        .map(|a| a.new)
+        .max()
+        .unwrap_or(w.start)
+        .max(w.start);
+    rec.final_limit = actuator.current();
+    rec.matching = match_latencies(&onsets, &actions);
+    rec.reaction_latency_us = rec.matching.latencies_us.clone();
+    rec.actions = actions;
+    rec.onsets = onsets;
+    rec.agent_cpu_us = Some(stats.as_ref().map_or(0.0, |s| s.cpu_ns as f64 / 1000.0));
+    rec.agent_cpu_method = Some("CLOCK_THREAD_CPUTIME_ID of the competitor thread");
+    if let Some(s) = &stats {
+        if let Some(e) = &s.error {
+            rec.error = Some(format!("competitor stopped with an error: {e}"));
+        }
+    }
+    rec.competitor_stats = stats;
+    rec.timeline = timeline.then_some(sampled.timeline);
+    collect_counters(&cg, w, version, rec, sampled.peak_usage);
+    Ok(())
+}
+
+/// Reads the run's kernel counters (before the cgroup is removed).
+fn collect_counters(
+    cg: &RunCgroup,
+    w: &WorkloadSpec,
+    version: Version,
+    rec: &mut RunRecord,
+    sampled_peak: u64,
+) {
+    match w.resource {
+        Resource::Memory => {
+            rec.oom_kills = match version {
+                Version::V1 => cg
+                    .memory_file("memory.oom_control")
+                    .and_then(|p| read_keyed(&p, "oom_kill")),
+                Version::V2 => cg
+                    .memory_file("memory.events")
+                    .and_then(|p| read_keyed(&p, "oom_kill")),
+            }
+            .unwrap_or(0);
+            let peak_file = match version {
+                Version::V1 => "memory.max_usage_in_bytes",
+                Version::V2 => "memory.peak",
+            };
+            rec.peak_usage_bytes = cg
+                .memory_file(peak_file)
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .and_then(|s| s.trim().parse().ok())
+                .or((sampled_peak > 0).then_some(sampled_peak));
+            rec.stall_some_us = cg
+                .unified_file("memory.pressure")
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .and_then(|s| psi_some_total_us(&s));
+        }
+        Resource::Cpu => {
+            let stat = cg.cpu_file("cpu.stat");
+            rec.nr_throttled = stat.as_ref().and_then(|p| read_keyed(p, "nr_throttled"));
+            rec.throttled_us = stat.as_ref().and_then(|p| match version {
+                Version::V1 => read_keyed(p, "throttled_time").map(|ns| ns / 1000),
+                Version::V2 => read_keyed(p, "throttled_usec"),
+            });
+            rec.stall_some_us = cg
+                .unified_file("cpu.pressure")
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .and_then(|s| psi_some_total_us(&s));
+        }
+    }
+}
+
+/// The eBPF competitor: the workload under `scaler exec`.
+fn run_exec(
+    env: &BenchEnv,
+    w: &WorkloadSpec,
+    cg: &RunCgroup,
+    wl_args: &[String],
+    timeline: bool,
+    rec: &mut RunRecord,
+) -> Result<(), BenchError> {
+    let support = match w.resource {
+        Resource::Memory => &env.exec.memory,
+        Resource::Cpu => &env.exec.cpu,
+    };
+    support
+        .clone()
+        .map_err(|reason| BenchError::CompetitorFailed {
+            competitor: "ebpf",
+            reason,
+        })?;
+    let summary_path = env
+        .scratch
+        .join(format!("exec-summary-{}.json", monotonic_ns()));
+    let (start, max) = (fmt_limit(w, w.start), fmt_limit(w, w.max));
+    let cpu = (w.resource == Resource::Cpu).then_some((start.as_str(), max.as_str()));
+    let args = ebpf::exec_args(&start, &max, cpu, &summary_path, &env.exe, wl_args);
+    // Only the unified cgroup (PSI stall): exec makes its own memory and cpu cgroups.
+    let fds: Vec<i32> = cg.unified_procs_fd().into_iter().collect();
+    let child = spawn(&env.exe, &args, &fds)?;
+    let pid = child.id() as i32;
+    let version = env
+        .hierarchies
+        .memory
+        .as_ref()
+        .map(|(v, _)| *v)
+        .unwrap_or(Version::V1);
+    let t0 = monotonic_ns();
+    rec.t0_ns = t0;
+    let sampler = match w.resource {
+        Resource::Memory => Some(Sampler::start(
+            SamplerTarget::ForeignMemory {
+                parent_pid: pid,
+                version,
+            },
+            env.sample_interval,
+            timeline,
+            t0,
+        )?),
+        Resource::Cpu => None,
+    };
+    let waited = wait(child, env.timeout, Some(pid));
+    let sampled = sampler.map(Sampler::stop);
+    let summary = ExecSummary::read(&summary_path);
+    let _ = std::fs::remove_file(&summary_path);
+    let waited = waited?;
+    rec.exit = waited.exit;
+    rec.completion_us = waited.elapsed.as_micros() as u64;
+    rec.workload_report = parse_report(&waited.stdout);
+    rec.stderr_tail = tail(&waited.stderr);
+    rec.onset_method = Some(OnsetMethod::EbpfSummary);
+    rec.timeline = sampled
+        .as_ref()
+        .filter(|_| timeline)
+        .map(|s| s.timeline.clone());
+    rec.stall_some_us = cg
+        .unified_file(match w.resource {
+            Resource::Memory => "memory.pressure",
+            Resource::Cpu => "cpu.pressure",
+        })
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| psi_some_total_us(&s));
+    let summary = match summary {
+        Ok(s) => s,
+        Err(e) => {
+            rec.error = Some(format!(
+                "{e}; exec stderr: {}",
+                waited.stderr.lines().last().unwrap_or("")
+            ));
+            return Ok(());
+        }
+    };
+    rec.oom_kills = summary.oom_kills.unwrap_or(0);
+    rec.peak_usage_bytes = summary
+        .peak_usage_bytes
+        .or(sampled.as_ref().map(|s| s.peak_usage).filter(|p| *p > 0));
+    rec.peak_limit = summary.peak_limit().unwrap_or(w.start).max(w.start);
+    rec.final_limit = summary.final_limit_bytes.unwrap_or(rec.peak_limit);
+    rec.reaction_latency_us = summary
+        .actions
+        .iter()
+        .filter(|a| a.new > a.old)
+        .filter_map(|a| a.latency_us)
+        .collect();
+    match summary.agent_cpu_us {
+        Some(us) => {
+            rec.agent_cpu_us = Some(us);
+            rec.agent_cpu_method = Some("reported by scaler exec");
+        }
+        None => {
+            rec.agent_cpu_us = waited.agent_cpu_ns.map(|ns| ns as f64 / 1000.0);
+            rec.agent_cpu_method = Some(
+                "utime+stime of the scaler exec process from /proc (includes loading the eBPF \
+                 programs; 10 ms tick resolution)",
+            );
+        }
+    }
+    rec.exec_summary = Some(summary);
+    Ok(())
+}
+
+/// Spawns `exe args` with its stdout/stderr captured, moved into the cgroups whose
+/// `cgroup.procs` fds are given before it executes anything, and killed if the benchmark dies.
+fn spawn(exe: &Path, args: &[String], procs_fds: &[i32]) -> Result<Child, BenchError> {
+    let fds = procs_fds.to_vec();
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure only makes async-signal-safe syscalls (write, prctl).
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|source| BenchError::Spawn {
+        exe: exe.to_owned(),
+        source,
+    })
+}
+
+struct Waited {
+    exit: ExitInfo,
+    elapsed: Duration,
+    stdout: String,
+    stderr: String,
+    agent_cpu_ns: Option<u64>,
+}
+
+/// Waits for `child` (killing it by pid at the timeout), draining its output; samples the CPU
+/// time of `cpu_of` (the exec process) while it runs.
+fn wait(mut child: Child, timeout: Duration, cpu_of: Option<i32>) -> Result<Waited, BenchError> {
+    let start = Instant::now();
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let mut timed_out = false;
+    let mut cpu = None;
+    let mut ticks = 0u32;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) => {}
+            Err(source) => {
+                return Err(BenchError::Io {
+                    path: PathBuf::from("waitpid"),
+                    source,
+                })
+            }
+        }
+        if let Some(pid) = cpu_of {
+            // Every 5 ms: /proc reads are not free.
+            if ticks.is_multiple_of(5) {
+                cpu = process_cpu_ns(pid).or(cpu);
+            }
+        }
+        ticks = ticks.wrapping_add(1);
+        if !timed_out && (start.elapsed() > timeout || super::interrupted()) {
+            timed_out = true;
+            // SAFETY: our own child, by pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let elapsed = start.elapsed();
+    Ok(Waited {
+        exit: ExitInfo {
+            code: status.code(),
+            signal: status.signal(),
+            timed_out,
+        },
+        elapsed,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        agent_cpu_ns: cpu,
+    })
+}
+
+/// The last 5 lines of `text`, if it has any.
+fn tail(text: &str) -> Option<String> {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    (!lines.is_empty()).then(|| lines[lines.len().saturating_sub(5)..].join("\n"))
+}
+
+/// The last line of `stdout` that is a workload report.
+fn parse_report(stdout: &str) -> Option<WorkloadReport> {
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<WorkloadReport>(l.trim()).ok())
+}
