@@ -21,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Stream memory-pressure events as they happen.
     Watch(crate::cmd::watch::WatchArgs),
+    /// Run a command in a fresh managed cgroup; exits with its status.
+    Exec(crate::cmd::exec::ExecArgs),
     /// Run a synthetic workload (used by the tests and the benchmark).
     #[command(hide = true)]
     Workload(crate::workload::WorkloadArgs),
@@ -45,6 +47,7 @@ pub fn main() -> ExitCode {
     init_tracing(&cli.log, cli.log_json);
     let res = match cli.command {
         Command::Watch(a) => crate::cmd::watch::run(a),
+        Command::Exec(a) => crate::cmd::exec::run(a),
         Command::Workload(a) => crate::workload::run(a),
     };
     match res {

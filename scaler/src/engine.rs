@@ -7,7 +7,7 @@
 //! wakeup, slow-path commands).
 
 use std::{
-    os::fd::{AsFd, AsRawFd},
+    os::fd::AsFd,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -23,17 +23,25 @@ use nix::{
 
 use crate::events::{decode, DecodeError, MemEvent};
 
-/// Stops a [`run_ring_loop`] from another thread.
+/// Stops a [`run_ring_loop`] from another thread, or wakes it to handle commands.
 #[derive(Clone)]
 pub struct StopHandle {
     fd: Arc<EventFd>,
+    wake: Arc<EventFd>,
 }
 
 impl StopHandle {
     pub fn new() -> std::io::Result<Self> {
-        let fd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .map_err(std::io::Error::from)?;
-        Ok(Self { fd: Arc::new(fd) })
+        let new = || {
+            EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .map_err(std::io::Error::from)
+        };
+        Ok(Self { fd: Arc::new(new()?), wake: Arc::new(new()?) })
+    }
+
+    /// Wakes the loop so that it runs [`Handler::on_tick`] now (for commands).
+    pub fn wake(&self) {
+        let _ = self.wake.write(1);
     }
 
     /// Asks the loop to stop; it returns after the events already read are handled.
@@ -103,6 +111,7 @@ pub fn run_ring_loop(
         let mut fds = [
             PollFd::new(ring_fd, PollFlags::POLLIN),
             PollFd::new(stop.fd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.wake.as_fd(), PollFlags::POLLIN),
         ];
         match poll(&mut fds, timeout) {
             Ok(_) => {}
@@ -112,6 +121,9 @@ pub fn run_ring_loop(
         let stop_ready = fds[1].revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
         if fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
             stats.wakeups.fetch_add(1, Ordering::Relaxed);
+        }
+        if fds[2].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+            let _ = stop.wake.read();
         }
         if stop_ready || stop.is_stopped() {
             // Handle what is already there, then stop.
@@ -123,6 +135,347 @@ pub fn run_ring_loop(
             }
             return Ok(());
         }
-        let _ = ring_fd.as_raw_fd();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scaling handler: event -> decider -> pre-opened fd write -> feedback.
+
+use std::{
+    collections::HashMap,
+    sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError},
+    thread::JoinHandle,
+};
+
+use aya::maps::RingBuf as AyaRingBuf;
+use scaler_common::EventKind;
+
+use crate::{
+    actuator::MemoryActuator,
+    cgroupfs::Limit,
+    decider::{Action, CgId, Decision, MemoryDecider, MemoryPolicy, MemorySignal, WriteOutcome},
+    ebpf::monotonic_ns,
+};
+
+/// A completed (or failed) limit change, with its measured reaction latency.
+#[derive(Clone, Copy, Debug)]
+pub struct ActionRecord {
+    pub action: Action,
+    /// CLOCK_MONOTONIC ns when the write returned.
+    pub done_ns: u64,
+    /// `done_ns - action.trigger_ts_ns`: from the kernel's event to the limit in place.
+    pub latency_ns: u64,
+    pub outcome: WriteOutcome,
+    /// errno of a failed write.
+    pub errno: Option<i32>,
+}
+
+/// What the engine thread reports to the slow side.
+#[derive(Clone, Copy, Debug)]
+pub enum Record {
+    Event(MemEvent),
+    Action(ActionRecord),
+}
+
+/// A cgroup to manage.
+pub struct ManageRequest {
+    pub id: CgId,
+    /// Path relative to the memory hierarchy root (for logs).
+    pub path: Arc<str>,
+    /// Nearest managed ancestor.
+    pub parent: Option<CgId>,
+    pub policy: MemoryPolicy,
+    pub actuator: MemoryActuator,
+    pub usage: u64,
+}
+
+/// Requests from the slow side to the engine thread.
+pub enum Command {
+    Manage(Box<ManageRequest>),
+    Forget(CgId),
+    /// A periodic sample (scale-down and rate estimation).
+    Sample(CgId, MemorySignal),
+    /// Reply with a snapshot of the decider's view.
+    Snapshot(SyncSender<Vec<ManagedSnapshot>>),
+    SetBudget(u64),
+}
+
+/// The decider's view of one managed cgroup.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ManagedSnapshot {
+    pub id: CgId,
+    pub path: String,
+    pub limit: Option<u64>,
+    pub usage: Option<u64>,
+    pub utilization: Option<f64>,
+    pub allocation_rate: Option<f64>,
+}
+
+struct Managed {
+    path: Arc<str>,
+    actuator: MemoryActuator,
+}
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Node budget for the sum of top-level managed memory limits (bytes).
+    pub memory_budget: u64,
+    /// Decide and log, but write nothing.
+    pub dry_run: bool,
+    /// Capacity of the record channel to the slow side (records beyond it are counted and
+    /// dropped; decisions never wait for the slow side).
+    pub record_capacity: usize,
+    /// Poll timeout: events submitted without a wakeup are read at least this often.
+    pub tick: Duration,
+    /// Run the engine thread SCHED_FIFO at this priority (best effort; None: normal).
+    pub realtime_priority: Option<i32>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            memory_budget: u64::MAX,
+            dry_run: false,
+            record_capacity: 65536,
+            tick: Duration::from_millis(100),
+            realtime_priority: Some(10),
+        }
+    }
+}
+
+/// Counters of the engine thread, shared with the slow side.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub loop_stats: LoopStats,
+    /// Records the slow side was too slow to take.
+    pub records_dropped: AtomicU64,
+    pub actions: AtomicU64,
+    pub failed_writes: AtomicU64,
+}
+
+struct ScalingHandler {
+    decider: MemoryDecider,
+    managed: HashMap<CgId, Managed>,
+    decision: Decision,
+    dry_run: bool,
+    records: SyncSender<Record>,
+    commands: Receiver<Command>,
+    stats: Arc<EngineStats>,
+}
+
+impl ScalingHandler {
+    fn send(&self, r: Record) {
+        if self.records.try_send(r).is_err() {
+            self.stats.records_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Performs the decided actions in order; hot path.
+    fn execute(&mut self) {
+        for i in 0..self.decision.actions().len() {
+            let a = self.decision.actions()[i];
+            let (outcome, errno) = if self.dry_run {
+                (WriteOutcome::DryRun, None)
+            } else {
+                match self.managed.get(&a.cgroup) {
+                    Some(m) => match m.actuator.set_memory_limit(Limit::from_bytes(a.new)) {
+                        Ok(_) => (WriteOutcome::Written, None),
+                        Err(e) => (WriteOutcome::Failed, Some(e.errno().map_or(0, |e| e as i32))),
+                    },
+                    None => (WriteOutcome::Failed, Some(libc::ENOENT)),
+                }
+            };
+            let done_ns = monotonic_ns();
+            self.decider.applied(&a, done_ns, outcome);
+            self.stats.actions.fetch_add(1, Ordering::Relaxed);
+            if outcome == WriteOutcome::Failed {
+                self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
+            }
+            self.send(Record::Action(ActionRecord {
+                action: a,
+                done_ns,
+                latency_ns: done_ns.saturating_sub(a.trigger_ts_ns),
+                outcome,
+                errno,
+            }));
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Manage(m) => {
+                let ManageRequest { id, path, parent, policy, actuator, usage } = *m;
+                let limit = match actuator.current_limit() {
+                    Limit::Bytes(b) => b,
+                    Limit::Max => u64::MAX,
+                };
+                self.decider.manage(id, parent, policy, limit, usage, monotonic_ns());
+                self.managed.insert(id, Managed { path, actuator });
+            }
+            Command::Forget(id) => {
+                self.decider.forget(id);
+                self.managed.remove(&id);
+            }
+            Command::Sample(id, s) => {
+                self.decider.on_signal(id, s, &mut self.decision);
+                self.execute();
+            }
+            Command::Snapshot(reply) => {
+                let v = self
+                    .managed
+                    .iter()
+                    .map(|(id, m)| ManagedSnapshot {
+                        id: *id,
+                        path: m.path.to_string(),
+                        limit: self.decider.limit(*id),
+                        usage: self.decider.usage(*id),
+                        utilization: self.decider.utilization(*id),
+                        allocation_rate: self.decider.allocation_rate(*id),
+                    })
+                    .collect();
+                let _ = reply.try_send(v);
+            }
+            Command::SetBudget(b) => self.decider.set_budget(b),
+        }
+    }
+}
+
+impl Handler for ScalingHandler {
+    fn on_event(&mut self, ev: &MemEvent) {
+        if ev.is_pressure() {
+            let signal = match ev.kind {
+                EventKind::ReclaimBegin => {
+                    MemorySignal::Reclaim { ts_ns: ev.ts_ns, usage: ev.usage, limit: ev.limit }
+                }
+                EventKind::UsageHigh => {
+                    MemorySignal::UsageHigh { ts_ns: ev.ts_ns, usage: ev.usage, limit: ev.limit }
+                }
+                _ => MemorySignal::OomKill { ts_ns: ev.ts_ns },
+            };
+            // Decide for the cgroup whose limit binds; if that one is not managed (an
+            // unmanaged ancestor), there is nothing we may change.
+            let id = if self.decider.is_managed(ev.target_id) { ev.target_id } else { ev.cgroup_id };
+            self.decider.on_signal(id, signal, &mut self.decision);
+            self.execute();
+        }
+        self.send(Record::Event(*ev));
+    }
+
+    fn on_decode_error(&mut self, err: DecodeError) {
+        tracing::warn!("undecodable ring-buffer record: {err}");
+    }
+
+    fn on_tick(&mut self) {
+        loop {
+            match self.commands.try_recv() {
+                Ok(c) => self.command(c),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+    }
+}
+
+/// The running engine: a thread that owns the ring buffer, the decider and the actuators.
+pub struct Engine {
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+    control: StopHandle,
+    commands: std::sync::mpsc::Sender<Command>,
+    records: Option<Receiver<Record>>,
+    stats: Arc<EngineStats>,
+}
+
+impl Engine {
+    /// Starts the engine thread on `ring`.
+    pub fn start(mut ring: AyaRingBuf<MapData>, cfg: EngineConfig) -> std::io::Result<Self> {
+        let control = StopHandle::new()?;
+        let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
+        let (rec_tx, rec_rx) = sync_channel(cfg.record_capacity);
+        let stats = Arc::new(EngineStats::default());
+        let mut handler = ScalingHandler {
+            decider: MemoryDecider::new(cfg.memory_budget),
+            managed: HashMap::new(),
+            decision: Decision::new(),
+            dry_run: cfg.dry_run,
+            records: rec_tx,
+            commands: cmd_rx,
+            stats: stats.clone(),
+        };
+        let ctl = control.clone();
+        let st = stats.clone();
+        let tick = cfg.tick;
+        let prio = cfg.realtime_priority;
+        let thread = std::thread::Builder::new().name("scaler-engine".into()).spawn(move || {
+            if let Some(p) = prio {
+                set_realtime(p);
+            }
+            run_ring_loop(&mut ring, &ctl, tick, &st.loop_stats, &mut handler)
+        })?;
+        Ok(Self { thread: Some(thread), control, commands: cmd_tx, records: Some(rec_rx), stats })
+    }
+
+    /// Sends a command; the engine handles it before its next poll.
+    pub fn send(&self, c: Command) {
+        if self.commands.send(c).is_ok() {
+            self.control.wake();
+        }
+    }
+
+    /// A command sender usable from other threads, with the handle that wakes the engine.
+    pub fn command_sender(&self) -> (std::sync::mpsc::Sender<Command>, StopHandle) {
+        (self.commands.clone(), self.control.clone())
+    }
+
+    /// Takes the receiving end of the record channel (once).
+    pub fn take_records(&mut self) -> Option<Receiver<Record>> {
+        self.records.take()
+    }
+
+    pub fn stats(&self) -> &Arc<EngineStats> {
+        &self.stats
+    }
+
+    /// A snapshot of the managed cgroups (waits up to a second for the engine thread).
+    pub fn snapshot(&self) -> Vec<ManagedSnapshot> {
+        let (tx, rx) = sync_channel(1);
+        self.send(Command::Snapshot(tx));
+        rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
+    }
+
+    pub fn control(&self) -> &StopHandle {
+        &self.control
+    }
+
+    /// Stops the thread after it handled what it already read.
+    pub fn stop(mut self) -> std::io::Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> std::io::Result<()> {
+        self.control.stop();
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|_| Err(std::io::Error::other("engine thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// Best effort: SCHED_FIFO for the engine thread, so that a busy node does not delay the
+/// reaction. Needs CAP_SYS_NICE; without it, logs and continues.
+fn set_realtime(priority: i32) {
+    let param = libc::sched_param { sched_priority: priority };
+    // SAFETY: valid param for the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc != 0 {
+        tracing::debug!(
+            "engine thread stays SCHED_OTHER (SCHED_FIFO {priority}: {})",
+            std::io::Error::last_os_error()
+        );
     }
 }

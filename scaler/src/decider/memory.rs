@@ -41,7 +41,8 @@
 //! distance to the goal `working_set + headroom` (at least `min_change`, at most once per
 //! `down_interval`), never below `usage + safety_margin` nor below `min`. A limit above the
 //! policy `max` (for example an unlimited cgroup that was just opted in) is brought down to
-//! `max` by the first sample, cooldown or not (still never below `usage + safety_margin`).
+//! `max` by the first sample, cooldown or not (never below `usage + safety_margin`: with
+//! usage that high, it waits).
 //!
 //! # Bounds
 //! * Per cgroup: `min`, `max`, a rate limit on raises (`max_raises_per_sec`, burst of the
@@ -67,6 +68,22 @@ use super::{
     WriteOutcome, MAX_ACTIONS,
 };
 use crate::units::MIB;
+
+/// Granularity of kernel memory limits: the largest page size (64 KiB on some arm64 and
+/// ppc64 kernels). The kernel truncates a written limit to whole pages, so a limit it reports
+/// back may be up to one page below what was written.
+pub const LIMIT_GRANULARITY: u64 = 64 * 1024;
+/// Limits are written in whole 4 KiB pages, so that the kernel keeps exactly what was decided
+/// on the usual page size.
+const PAGE: u64 = 4096;
+
+fn page_floor(v: u64) -> u64 {
+    v & !(PAGE - 1)
+}
+
+fn page_ceil(v: u64) -> u64 {
+    v.checked_add(PAGE - 1).map_or(v, page_floor)
+}
 
 /// Per-cgroup memory policy, in bytes and nanoseconds (see the module docs for the rules).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -509,8 +526,10 @@ impl MemoryDecider {
         // Coalescing.
         let stale_ts = st.last_raise_done_ns.is_some_and(|done| ts < done);
         let stale_limit = match seen {
-            Some((_, limit)) if limit < st.limit => true,
-            Some((_, limit)) if limit > st.limit => {
+            // The kernel keeps limits in pages (it truncates what is written): a reported
+            // limit within one page of ours is ours.
+            Some((_, limit)) if limit.saturating_add(LIMIT_GRANULARITY) <= st.limit => true,
+            Some((_, limit)) if limit > st.limit.saturating_add(LIMIT_GRANULARITY) => {
                 if st.inflight.is_none() && ts >= st.last_write_done_ns {
                     // Raised behind our back (or our write raced): adopt what the kernel saw.
                     update(&mut self.top_level_sum, st, |st| st.limit = limit);
@@ -557,7 +576,7 @@ impl MemoryDecider {
         if reason == Reason::OomRecovery {
             step = step.saturating_mul(2);
         }
-        let mut new = base.saturating_add(step);
+        let mut new = page_floor(base.saturating_add(step));
         let mut cap = None;
         if new > p.max {
             new = p.max;
@@ -609,10 +628,11 @@ impl MemoryDecider {
             if ps.inflight.is_some() || !ps.limiter.allows(ts) {
                 break;
             }
-            let pnew = need
-                .max(ps.limit.saturating_add(ps.policy.step_min))
-                .min(ps.policy.max)
-                .min(self.budget_allows(ps));
+            let pnew = page_floor(
+                need.max(ps.limit.saturating_add(ps.policy.step_min))
+                    .min(ps.policy.max)
+                    .min(self.budget_allows(ps)),
+            );
             if pnew <= ps.limit || pnew < ps.usage || pnew - ps.limit < ps.policy.min_change {
                 break;
             }
@@ -702,8 +722,12 @@ impl MemoryDecider {
         let p = st.policy;
         let floor = p.min.max(usage.saturating_add(p.safety_margin));
         let new = if st.limit > p.max {
-            // Enforce the bound at once (an unlimited cgroup that was just opted in).
-            p.max.max(floor)
+            // Enforce the bound at once (an unlimited cgroup that was just opted in), unless
+            // usage is above the maximum: then wait for it to drop rather than cut below it.
+            if floor > p.max {
+                return;
+            }
+            p.max
         } else {
             if ts < st.last_pressure_ns.saturating_add(p.cooldown_ns)
                 || ts < st.last_change_ns.saturating_add(p.down_interval_ns)
@@ -723,7 +747,8 @@ impl MemoryDecider {
             if dec < p.min_change {
                 return;
             }
-            st.limit - dec
+            // Page aligned, rounded up so the floor holds.
+            page_ceil(st.limit - dec)
         };
         if new >= st.limit {
             return;
