@@ -21,7 +21,7 @@
 pub mod cpu;
 pub mod memory;
 
-pub use cpu::CpuPolicy;
+pub use cpu::{CpuDecider, CpuPolicy, CpuSignal};
 pub use memory::{MemoryDecider, MemoryPolicy, MemorySignal};
 
 /// A cgroup, by its kernfs id (the inode number of its directory; what the kernel programs
@@ -370,6 +370,122 @@ mod tests {
         d.clear();
         assert!(d.is_empty());
         assert_eq!(d.skip, None);
+    }
+
+    /// Counts heap allocations made by the current thread (the event path must make none).
+    mod counting {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        pub struct Counting;
+
+        thread_local! {
+            static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+        }
+
+        // SAFETY: forwards to the system allocator; only counts.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+                // SAFETY: same contract as ours.
+                unsafe { System.alloc(layout) }
+            }
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                // SAFETY: same contract as ours.
+                unsafe { System.dealloc(ptr, layout) }
+            }
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+                // SAFETY: same contract as ours.
+                unsafe { System.realloc(ptr, layout, new_size) }
+            }
+        }
+
+        pub fn allocations() -> u64 {
+            ALLOCATIONS.with(Cell::get)
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: counting::Counting = counting::Counting;
+
+    #[test]
+    fn the_event_path_does_not_allocate() {
+        const S: u64 = 1_000_000_000;
+        let mut mem = MemoryDecider::new(64 << 30);
+        let mut cpu = CpuDecider::new(16.0);
+        for id in 1..=100u64 {
+            let parent = id.checked_sub(50).filter(|p| *p > 0);
+            mem.manage(id, parent, MemoryPolicy::default(), 64 << 20, 0, 0);
+            cpu.manage(id, parent, CpuPolicy::default(), Some(20_000), 100_000, 0);
+        }
+        let mut out = Decision::new();
+        let before = counting::allocations();
+        for round in 0..200u64 {
+            let ts = S + round * 50_000_000;
+            for id in 1..=100u64 {
+                let limit = mem.limit(id).unwrap();
+                mem.on_signal(
+                    id,
+                    MemorySignal::Reclaim {
+                        ts_ns: ts,
+                        usage: limit,
+                        limit,
+                    },
+                    &mut out,
+                );
+                for a in out.actions() {
+                    mem.applied(a, ts + 100_000, WriteOutcome::Written);
+                }
+                mem.on_signal(
+                    id,
+                    MemorySignal::Sample {
+                        ts_ns: ts + 1,
+                        usage: 1 << 20,
+                        limit: mem.limit(id).unwrap(),
+                        working_set: 1 << 20,
+                        psi_some_total_us: Some(round),
+                    },
+                    &mut out,
+                );
+                let quota = cpu.quota_us(id).unwrap();
+                cpu.on_signal(
+                    id,
+                    CpuSignal::QuotaNear {
+                        ts_ns: ts,
+                        used_ns_in_period: 1,
+                        quota_ns: quota.unwrap_or(0).saturating_mul(1000),
+                        period_ns: 100_000_000,
+                    },
+                    &mut out,
+                );
+                for a in out.actions() {
+                    cpu.applied(a, ts + 10_000, WriteOutcome::Written);
+                }
+                cpu.on_signal(
+                    id,
+                    CpuSignal::RunqLatency {
+                        ts_ns: ts,
+                        p99_us: 10_000,
+                    },
+                    &mut out,
+                );
+                cpu.on_signal(
+                    id,
+                    CpuSignal::Sample {
+                        ts_ns: ts + 2,
+                        usage_ns: round * 1_000_000,
+                        nr_throttled: round / 3,
+                        throttled_ns: 0,
+                        quota_us: quota,
+                        period_us: 100_000,
+                    },
+                    &mut out,
+                );
+            }
+        }
+        assert_eq!(counting::allocations() - before, 0);
+        assert!(mem.stats().raises > 100 && cpu.stats().raises > 100);
     }
 
     #[test]
