@@ -48,6 +48,9 @@ pub struct ExecArgs {
     /// Quiet time before the limit is lowered again (e.g. 30s).
     #[arg(long, value_parser = units::parse_duration)]
     pub cooldown: Option<Duration>,
+    /// Least time between two lowering steps (e.g. 5s).
+    #[arg(long, value_parser = units::parse_duration)]
+    pub down_interval: Option<Duration>,
     /// How often usage is sampled for scale-down and rate estimation.
     #[arg(long, default_value = "1s", value_parser = units::parse_duration)]
     pub sample_interval: Duration,
@@ -167,6 +170,9 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     if let Some(c) = args.cooldown {
         policy.cooldown_ns = c.as_nanos() as u64;
     }
+    if let Some(d) = args.down_interval {
+        policy.down_interval_ns = d.as_nanos() as u64;
+    }
     let start_limit = args.memory;
     let headroom = args
         .headroom
@@ -208,13 +214,14 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         })));
     }
     let records = engine.take_records().context("records")?;
+    let audit_path = cg.path().to_string();
     let collector = std::thread::Builder::new().name("records".into()).spawn(move || {
         let mut actions: Vec<ActionRecord> = Vec::new();
         let (mut ooms, mut reclaims, mut stall) = (0u64, 0u64, 0u64);
         for r in records {
             match r {
                 Record::Action(a) => {
-                    crate::cmd::audit(&a, None);
+                    crate::cmd::audit(&a, Some(&audit_path));
                     actions.push(a);
                 }
                 Record::Event(ev) if ev.target_id == id || ev.cgroup_id == id => match ev.kind {

@@ -182,6 +182,10 @@ pub fn run(args: WatchArgs) -> anyhow::Result<std::process::ExitCode> {
         stop: stop.clone(),
     };
     crate::cmd::stop_on_signals(stop.clone())?;
+    tracing::info!(
+        programs = pipeline.programs().iter().filter(|p| p.attached).count(),
+        "attached; streaming events (Ctrl-C detaches)"
+    );
     run_ring_loop(&mut ring, &stop, Duration::from_millis(200), &stats, &mut printer)?;
     let k = pipeline.kernel_stats();
     tracing::info!(
