@@ -9,7 +9,7 @@
 //! signal ([`MemorySignal`], [`CpuSignal`]), asks the decider, performs the [`Action`]s in order
 //! (ancestors first), and reports each completed write back through `applied(...)`. That
 //! completion time is what separates one reclaim storm from the next (see
-//! [`memory`](self::memory) for the rules).
+//! [`memory`] for the rules).
 //!
 //! Values in an [`Action`]: for [`Resource::Memory`], `old`/`new` are hard limits in **bytes**
 //! (v2 `memory.max`, v1 `memory.limit_in_bytes`); for [`Resource::Cpu`], they are the CFS quota in

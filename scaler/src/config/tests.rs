@@ -602,3 +602,68 @@ fn meminfo_parsing() {
     let node = NodeInfo::detect().unwrap();
     assert!(node.mem_total > 0 && node.nproc > 0);
 }
+
+mod no_panic {
+    //! Whatever the input, parsing and validation return a value or an error: never a panic.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Values of every kind that TOML allows, including hostile ones.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("0".to_owned()),
+            Just("-1".to_owned()),
+            Just("1e308".to_owned()),
+            Just("nan".to_owned()),
+            Just("-inf".to_owned()),
+            Just("18446744073709551615".to_owned()),
+            Just("\"\"".to_owned()),
+            Just("\"99999999999T\"".to_owned()),
+            Just("\"0.0000000001G\"".to_owned()),
+            Just("[]".to_owned()),
+            Just("{}".to_owned()),
+            Just("true".to_owned()),
+            (any::<i64>()).prop_map(|v| v.to_string()),
+            (any::<f64>()).prop_map(|v| format!("{v:?}")),
+            "\"[0-9.]{0,6}[a-zA-Zµ]{0,3}\"",
+            "\"[/*a-z\\[\\]{}!]{0,8}\"",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let _ = Config::from_toml_str(&text);
+        }
+
+        /// The example with one key's value replaced: must parse or fail with an error, and a
+        /// configuration that parses must validate without panicking either.
+        #[test]
+        fn mutated_example_never_panics(line in 0usize..200, v in value()) {
+            let lines: Vec<&str> = EXAMPLE.lines().collect();
+            let i = line % lines.len();
+            let mutated: String = lines
+                .iter()
+                .enumerate()
+                .map(|(j, l)| match (j == i, l.split_once(" = ")) {
+                    (true, Some((k, _))) => format!("{k} = {v}\n"),
+                    _ => format!("{l}\n"),
+                })
+                .collect();
+            if let Ok(c) = Config::from_toml_str(&mutated) {
+                let _ = c.validate(&NODE);
+                let _ = c.validate(&NodeInfo { mem_total: 0, nproc: 0 });
+                for p in &c.policies {
+                    let _ = p.memory_policy();
+                    let _ = p.cpu_policy(&NODE);
+                }
+                let _ = c.memory_budget(&NODE);
+                let _ = c.cpu_budget(&NODE);
+                let _ = c.policy_for("/batch/x", Some("1"));
+            }
+        }
+    }
+}
