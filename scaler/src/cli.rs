@@ -21,6 +21,10 @@ pub struct Cli {
 pub enum Command {
     /// Stream memory-pressure events as they happen.
     Watch(crate::cmd::watch::WatchArgs),
+    /// The node agent: observe every cgroup, manage those the configuration selects.
+    Agent(crate::cmd::agent::AgentArgs),
+    /// Validate a configuration file (exit status 2 when it is invalid).
+    CheckConfig(crate::cmd::agent::CheckConfigArgs),
     /// Run a command in a fresh managed cgroup; exits with its status.
     Exec(crate::cmd::exec::ExecArgs),
     /// Run a synthetic workload (used by the tests and the benchmark).
@@ -47,6 +51,8 @@ pub fn main() -> ExitCode {
     init_tracing(&cli.log, cli.log_json);
     let res = match cli.command {
         Command::Watch(a) => crate::cmd::watch::run(a),
+        Command::Agent(a) => crate::cmd::agent::run(a),
+        Command::CheckConfig(a) => crate::cmd::agent::check_config(a),
         Command::Exec(a) => crate::cmd::exec::run(a),
         Command::Workload(a) => crate::workload::run(a),
     };

@@ -34,7 +34,7 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn describe(&self) -> String {
-        format!("backend: cgroup {} (memory at {}), kernel {}", self.memory.version, self.memory.mount.display(), self.kernel)
+        format!("backend: {} (memory at {}), kernel {}", self.memory.version, self.memory.mount.display(), self.kernel)
     }
 }
 

@@ -308,7 +308,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let summary = Summary {
         command: args.command.clone(),
         cgroup: cg.path().to_string(),
-        backend: format!("cgroup {}", mem_h.version),
+        backend: mem_h.version.to_string(),
         exit_code,
         signal,
         oom_kills: oom_kills_file.unwrap_or(oom_events),

@@ -21,6 +21,7 @@ pub fn stop_on_signals(stop: StopHandle) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub mod agent;
 pub mod exec;
 
 /// Forwards SIGINT and SIGTERM to `pid` (the command we started), from a background thread.
