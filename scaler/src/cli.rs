@@ -27,6 +27,8 @@ pub enum Command {
     CheckConfig(crate::cmd::agent::CheckConfigArgs),
     /// Run a command in a fresh managed cgroup; exits with its status.
     Exec(crate::cmd::exec::ExecArgs),
+    /// Benchmark the eBPF scaler against the alternatives, side by side.
+    Bench(crate::bench::BenchArgs),
     /// Run a synthetic workload (used by the tests and the benchmark).
     #[command(hide = true)]
     Workload(crate::workload::WorkloadArgs),
@@ -54,6 +56,7 @@ pub fn main() -> ExitCode {
         Command::Agent(a) => crate::cmd::agent::run(a),
         Command::CheckConfig(a) => crate::cmd::agent::check_config(a),
         Command::Exec(a) => crate::cmd::exec::run(a),
+        Command::Bench(a) => crate::bench::run(a.into()),
         Command::Workload(a) => crate::workload::run(a),
     };
     match res {

@@ -5,6 +5,7 @@
 //! the next samples go back into the decider). [`engine`] runs that loop on a dedicated thread.
 
 pub mod actuator;
+pub mod bench;
 pub mod btf;
 pub mod cgroupfs;
 pub mod cli;
