@@ -33,9 +33,10 @@
 //! # Scale down
 //! After `cooldown` without pressure (any of the signals above, including latency above the
 //! target that did not lead to a raise), each sample may lower the quota by `down_fraction`
-//! of its distance to the goal `max(min, usage * (1 + headroom), usage + min_change)`, at
-//! most once per `down_interval`, never below the usage observed over the last sample
-//! interval. A quota above `max` (for example unlimited) is brought to `max` by the first
+//! of its distance to the goal `max(min, usage * (1 + headroom) / quota_near, usage +
+//! min_change)` (so usage ends up below the quota-near mark, with headroom: with the defaults
+//! at 64% of the quota), at most once per `down_interval`, never below the usage observed over
+//! the last sample interval. A quota above `max` (for example unlimited) is brought to `max` by the first
 //! sample.
 //!
 //! # Hierarchy and budget
@@ -66,7 +67,7 @@ pub struct CpuPolicy {
     pub quota_near_fraction: f64,
     /// Run-queue latency (p99) above which a quota-bound cgroup is raised (µs).
     pub runq_latency_target_us: u64,
-    /// Scale-down goal: observed usage times `1 + headroom_fraction`.
+    /// Scale-down goal: observed usage times `(1 + headroom_fraction) / quota_near_fraction`.
     pub headroom_fraction: f64,
     /// Pressure rounds closer together than this escalate the step (ns).
     pub escalation_window_ns: u64,
@@ -767,7 +768,10 @@ impl CpuDecider {
             {
                 return;
             }
-            let goal = mul_frac(st.usage_uc, 1.0 + p.headroom_fraction)
+            // Usage should sit below the quota-near mark, with headroom: lower, the kernel would
+            // report quota-near right away and the quota would bounce back up.
+            let factor = (1.0 + p.headroom_fraction) / p.quota_near_fraction.clamp(0.05, 1.0);
+            let goal = mul_frac(st.usage_uc, factor)
                 .max(st.usage_uc.saturating_add(min_change_uc))
                 .min(max_uc)
                 .max(floor);

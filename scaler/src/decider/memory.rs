@@ -38,11 +38,16 @@
 //! After `cooldown` without any sign of pressure (pressure signals, coalesced or not, and PSI
 //! `some` stall above `psi_threshold` of the sample interval all count, and each restarts the
 //! cooldown), each [`MemorySignal::Sample`] may lower the limit by `down_fraction` of the
-//! distance to the goal `working_set + headroom` (at least `min_change`, at most once per
-//! `down_interval`), never below `usage + safety_margin` nor below `min`. A limit above the
-//! policy `max` (for example an unlimited cgroup that was just opted in) is brought down to
-//! `max` by the first sample, cooldown or not (never below `usage + safety_margin`: with
-//! usage that high, it waits).
+//! distance to the goal `max(min, usage + headroom + safety_margin)` (at least `min_change`,
+//! at most once per `down_interval`). Not lower: with the limit closer than `headroom` to the
+//! current usage, the kernel would send an early warning at once and the limit would bounce
+//! straight back up, restarting the cooldown (a slow oscillation). So the limit follows
+//! *usage* down, not the working set directly; to bring it toward the working set on v2, the
+//! engine can write `memory.reclaim` (usage minus working set) first, and the next sample's
+//! lower usage lets the limit follow. A limit above the policy `max`
+//! (for example an unlimited cgroup that was just opted in) is brought down to `max` by the
+//! first sample, cooldown or not (never below `usage + safety_margin`: with usage that high,
+//! it waits).
 //!
 //! # Bounds
 //! * Per cgroup: `min`, `max`, a rate limit on raises (`max_raises_per_sec`, burst of the
@@ -98,10 +103,11 @@ pub struct MemoryPolicy {
     pub step_fraction: f64,
     /// How far ahead the allocation rate is extrapolated when sizing a raise (ns).
     pub lookahead_ns: u64,
-    /// Early-warning distance below the limit, and the slack kept above the working set when
-    /// scaling down (bytes).
+    /// Early-warning distance below the limit (the engine programs it into the kernel side);
+    /// scale-down keeps at least this much above usage (bytes).
     pub headroom: u64,
-    /// Scale-down never goes below usage plus this (bytes).
+    /// Scale-down keeps usage + headroom + this below the limit (bytes); a limit above `max`
+    /// is cut to `max` but never below usage + this.
     pub safety_margin: u64,
     /// Pressure rounds closer together than this escalate the step (ns).
     pub escalation_window_ns: u64,
@@ -388,6 +394,12 @@ impl MemoryDecider {
         self.cgroups
             .get(&id)
             .map(|s| s.usage as f64 / s.limit.max(1) as f64)
+    }
+
+    /// The latest working set (bytes): with [`usage`](Self::usage), how much the engine may
+    /// ask v2 `memory.reclaim` to reclaim before a scale-down step.
+    pub fn working_set(&self, id: CgId) -> Option<u64> {
+        self.cgroups.get(&id).map(|s| s.working_set)
     }
 
     /// Estimated allocation rate (bytes/s).
@@ -720,11 +732,19 @@ impl MemoryDecider {
         }
 
         let p = st.policy;
-        let floor = p.min.max(usage.saturating_add(p.safety_margin));
+        let hard_floor = p.min.max(usage.saturating_add(p.safety_margin));
+        // A lower limit would put today's usage inside the early-warning band (`limit -
+        // headroom`): the kernel would warn at once, the limit would go up again and the
+        // cooldown start over, a slow oscillation. So a gradual step stays above it.
+        let floor = hard_floor.max(
+            usage
+                .saturating_add(p.headroom)
+                .saturating_add(p.safety_margin),
+        );
         let new = if st.limit > p.max {
             // Enforce the bound at once (an unlimited cgroup that was just opted in), unless
             // usage is above the maximum: then wait for it to drop rather than cut below it.
-            if floor > p.max {
+            if hard_floor > p.max {
                 return;
             }
             p.max
@@ -734,11 +754,9 @@ impl MemoryDecider {
             {
                 return;
             }
-            let goal = st
-                .working_set
-                .saturating_add(p.headroom)
-                .min(p.max)
-                .max(floor);
+            // The working set (<= usage) cannot bind below that floor: it reaches the limit
+            // through usage, once the engine has reclaimed the rest (v2 memory.reclaim).
+            let goal = floor;
             if goal >= st.limit {
                 return;
             }

@@ -344,8 +344,8 @@ fn scale_down_never_goes_below_observed_usage_or_min() {
     let q1 = l.d.quota_cores(1).unwrap();
     assert!((0.5..0.55).contains(&q1), "min: {q1}");
     let q2 = l.d.quota_cores(2).unwrap();
-    // Goal 1.2 * 1.25 = 1.5.
-    assert!((1.5..1.55).contains(&q2), "usage + headroom: {q2}");
+    // Goal 1.2 * 1.25 / 0.8 = 1.875: usage at 64% of the quota, below the quota-near mark.
+    assert!((1.875..1.925).contains(&q2), "usage + headroom: {q2}");
     assert!((l.d.utilization(2).unwrap() - 1.2 / q2).abs() < 1e-3);
 }
 
@@ -536,4 +536,25 @@ mod invariants {
             }
         }
     }
+}
+
+#[test]
+fn scale_down_leaves_usage_below_the_quota_near_mark() {
+    let mut l = Loop::new(16.0);
+    let p = CpuPolicy {
+        cooldown_ns: S,
+        down_interval_ns: S,
+        max_cores: 4.0,
+        ..policy()
+    };
+    l.d.manage(1, None, p, Some(q(4.0)), PERIOD, T0);
+    l.sample(1, T0, 0.0, S, 0);
+    for (i, cores) in (1..60).zip([0.3, 0.9, 1.4, 0.2].iter().cycle()) {
+        let d = l.sample(1, T0 + i * S, *cores, S, 0);
+        for a in d.actions() {
+            let quota_cores = a.new as f64 / PERIOD as f64;
+            assert!(*cores <= 0.8 * quota_cores + 1e-9, "{a:?} usage {cores}");
+        }
+    }
+    assert!(l.d.stats().scale_downs > 3);
 }
