@@ -395,6 +395,8 @@ fn try_mark_victim(ctx: &BtfTracePointContext) -> Result<u32, i64> {
         ev.tid = pid as u32;
     }
     submit(&ev, true);
+    // Rare and off the hot path: also reported through aya-log (forwarded into tracing).
+    aya_log_ebpf::info!(ctx, "oom kill: pid {} in memory cgroup {}", ev.pid, ev.target_id);
     Ok(0)
 }
 

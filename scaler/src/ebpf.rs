@@ -284,10 +284,26 @@ impl Pipeline {
         out
     }
 
-    /// Drains pending eBPF log records into `log` (and from there into tracing).
-    pub fn flush_logs(&mut self) {
-        if let Some(l) = self._logger.as_mut() {
-            l.flush();
+    /// Forwards the kernel programs' aya-log records into `log` (and from there into
+    /// tracing) from a background thread woken by the log ring buffer. Call once.
+    pub fn forward_logs(&mut self) {
+        let Some(mut logger) = self._logger.take() else { return };
+        let spawned = std::thread::Builder::new().name("ebpf-log".into()).spawn(move || {
+            use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+            use std::os::fd::AsFd;
+            loop {
+                let ready = {
+                    let mut fds = [PollFd::new(logger.as_fd(), PollFlags::POLLIN)];
+                    poll(&mut fds, PollTimeout::from(1000u16))
+                };
+                match ready {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => logger.flush(),
+                    Err(_) => return,
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot forward eBPF logs: {e}");
         }
     }
 }

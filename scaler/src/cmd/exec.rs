@@ -155,6 +155,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let budget = Config::default().memory_budget(&node);
     let mem_h = Hierarchy::discover(Path::new("/"), Controller::Memory)?;
     let mut pipeline = Pipeline::load(&PipelineOptions::default())?;
+    pipeline.forward_logs();
 
     let guard = CgroupGuard::create_under_own(&[&mem_h], "scaler-exec")?;
     let cg = guard.cgroup(Controller::Memory).context("memory cgroup")?.clone();

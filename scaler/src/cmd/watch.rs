@@ -159,6 +159,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<std::process::ExitCode> {
         early_warning: args.headroom > 0,
     };
     let mut pipeline = Pipeline::load(&opts)?;
+    pipeline.forward_logs();
     for (rel, dir) in &targets {
         let id = std::fs::metadata(dir).with_context(|| format!("stat {}", dir.display()))?.ino();
         let flags = WATCH_MEMORY | if args.headroom > 0 { WATCH_USAGE_HIGH } else { 0 };
