@@ -252,6 +252,8 @@ pub struct EngineStats {
     pub records_dropped: AtomicU64,
     pub actions: AtomicU64,
     pub failed_writes: AtomicU64,
+    /// Pressure on a managed cgroup whose binding limit is an unmanaged ancestor's.
+    pub unmanaged_ancestor_binds: AtomicU64,
 }
 
 struct ScalingHandler {
@@ -353,11 +355,14 @@ impl Handler for ScalingHandler {
                 }
                 _ => MemorySignal::OomKill { ts_ns: ev.ts_ns },
             };
-            // Decide for the cgroup whose limit binds; if that one is not managed (an
-            // unmanaged ancestor), there is nothing we may change.
-            let id = if self.decider.is_managed(ev.target_id) { ev.target_id } else { ev.cgroup_id };
-            self.decider.on_signal(id, signal, &mut self.decision);
-            self.execute();
+            // Decide for the cgroup whose limit binds (the event's figures are that cgroup's).
+            // If an unmanaged ancestor binds, no limit we may change would help: count it.
+            if self.decider.is_managed(ev.target_id) {
+                self.decider.on_signal(ev.target_id, signal, &mut self.decision);
+                self.execute();
+            } else if ev.target_id != ev.cgroup_id && self.decider.is_managed(ev.cgroup_id) {
+                self.stats.unmanaged_ancestor_binds.fetch_add(1, Ordering::Relaxed);
+            }
         }
         self.send(Record::Event(*ev));
     }
