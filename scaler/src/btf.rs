@@ -81,13 +81,10 @@ impl KernelBtf {
         // the one with members.
         let mut found = None;
         for t in types {
-            match t {
-                Type::Struct(s) | Type::Union(s) => {
-                    if found.as_ref().is_none_or(|f: &btf_rs::Struct| f.members.is_empty()) {
-                        found = Some(s);
-                    }
+            if let Type::Struct(s) | Type::Union(s) = t {
+                if found.as_ref().is_none_or(|f: &btf_rs::Struct| f.members.is_empty()) {
+                    found = Some(s);
                 }
-                _ => {}
             }
         }
         found.ok_or_else(|| BtfError::MissingType { kind: "struct", name: name.to_owned() })
