@@ -2,7 +2,9 @@
 //!
 //! Limit files are opened once, ahead of time (`O_WRONLY|O_CLOEXEC`), and each change is one
 //! `pwrite` per file of a number formatted on the stack: no allocation, no path lookup, no
-//! `open`/`close` per write. Measured on the v1 development machine: about 1 µs per write.
+//! `open`/`close` per write. Measured on the v1 development machine (6.18, 20,000 writes
+//! alternating two values on an idle cgroup): 0.32 µs median, 0.35-0.49 µs p99 per
+//! `memory.limit_in_bytes` or `cpu.cfs_quota_us` write; 0.56 µs for limit + memsw.
 //!
 //! Ordering rules the kernel enforces are handled here:
 //! - v1: `memory.memsw.limit_in_bytes` (memory+swap) must stay >= `memory.limit_in_bytes`.
@@ -321,6 +323,21 @@ pub struct WriteOutcome<T> {
     pub writes: u8,
     /// Time spent from the first to the end of the last write.
     pub elapsed: Duration,
+    /// `CLOCK_MONOTONIC` when the last write completed, in ns: the clock of the kernel
+    /// programs' event timestamps (`bpf_ktime_get_ns`), so `completed_ns - event.ts_ns` is the
+    /// reaction latency.
+    pub completed_ns: u64,
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (the clock `bpf_ktime_get_ns` uses); a vDSO call.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// How `memory.high` is managed on cgroup v2.
@@ -548,7 +565,8 @@ impl MemoryActuator {
     pub fn set_memory_limit(&self, new: Limit) -> Result<WriteOutcome<Limit>, ActuatorError> {
         let mut state = self.lock();
         let previous = state.limit;
-        let (plan, next) = plan_memory(&state, new, self.high_policy);
+        let raising = new > previous;
+        let (plan, mut next) = plan_memory(&state, new, self.high_policy);
         let start = Instant::now();
         let mut writes = 0u8;
         for (file, value) in plan.into_iter().flatten() {
@@ -571,7 +589,19 @@ impl MemoryActuator {
                     None => continue,
                 },
             };
-            cf.write(&buf, hint)?;
+            match cf.write(&buf, hint) {
+                Ok(()) => {}
+                // Lowering memsw after the limit went down keeps memsw >= limit even when the
+                // kernel refuses (memory+swap usage above the new value): the memory limit,
+                // which is what was asked for, is in force. Keep the old memsw and go on.
+                Err(e) if file == MemFile::Memsw && !raising && e.kind() == ErrorKind::Refused => {
+                    tracing::debug!(error = %e, "memsw not lowered with the limit");
+                    next.memsw = state.memsw;
+                    writes += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             writes += 1;
             match file {
                 MemFile::Limit => state.limit = value,
@@ -585,6 +615,7 @@ impl MemoryActuator {
             applied: new,
             writes,
             elapsed: start.elapsed(),
+            completed_ns: monotonic_ns(),
         })
     }
 
@@ -750,6 +781,7 @@ impl CpuActuator {
             applied: new,
             writes,
             elapsed: start.elapsed(),
+            completed_ns: monotonic_ns(),
         })
     }
 }
@@ -897,7 +929,9 @@ mod tests {
         assert!(act.manages_memsw());
         assert_eq!(act.current_limit(), Limit::Bytes(100 << 20));
         assert_eq!(act.usage().unwrap(), 4096);
+        let before = monotonic_ns();
         let out = act.set_memory_limit(Limit::Bytes(200 << 20)).unwrap();
+        assert!(out.completed_ns >= before && out.completed_ns <= monotonic_ns());
         assert_eq!(out.previous, Limit::Bytes(100 << 20));
         assert_eq!(out.writes, 2);
         assert_eq!(first_line(&cg.file("memory.limit_in_bytes")), "209715200");

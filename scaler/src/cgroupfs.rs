@@ -11,6 +11,9 @@
 //! - a *directory* (`PathBuf`): where that cgroup lives in the filesystem, from
 //!   [`Hierarchy::dir_of`].
 //!
+//! [`notify`] wraps the kernel's own notifications (v1 eventfds, PSI triggers, kernfs file
+//! change polling): the non-eBPF baselines.
+//!
 //! A cgroup that vanishes while it is read is reported as [`CgroupError::Gone`] (check with
 //! [`CgroupError::is_gone`]); callers treat it as "no data", not as a failure.
 
@@ -18,6 +21,7 @@ mod cgroup;
 mod guard;
 mod index;
 mod mount;
+pub mod notify;
 mod values;
 mod xattr;
 
@@ -233,6 +237,21 @@ pub enum CgroupError {
         /// The attribute name.
         name: String,
         /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel refused a PSI trigger.
+    #[error(
+        "arming PSI trigger {value:?} on {path}: {source}. The window must be 500 ms..10 s; \
+         without CAP_SYS_RESOURCE the kernel accepts only windows that are multiples of 2 s \
+         (EINVAL), and the stall must not exceed the window"
+    )]
+    PsiTrigger {
+        /// The pressure file.
+        path: PathBuf,
+        /// The trigger written (`some <stall_us> <window_us>`).
+        value: String,
+        /// The kernel's error.
         #[source]
         source: io::Error,
     },
