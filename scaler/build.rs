@@ -23,7 +23,10 @@ fn main() -> anyhow::Result<()> {
     } else if Command::new("bpf-linker").arg("--version").output().is_err() {
         Some("bpf-linker is not installed".to_string())
     } else {
-        None
+        let toolchain =
+            env::var("SCALER_EBPF_TOOLCHAIN").unwrap_or_else(|_| DEFAULT_TOOLCHAIN.into());
+        let rustc = PathBuf::from(&toolchain).join("bin/rustc");
+        (!rustc.exists()).then(|| format!("the eBPF Rust toolchain ({}) is not installed", rustc.display()))
     };
     if let Some(reason) = skip_reason {
         println!(
