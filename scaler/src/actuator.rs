@@ -870,6 +870,41 @@ mod tests {
         );
     }
 
+    fn limit_strategy() -> impl proptest::strategy::Strategy<Value = Limit> {
+        use proptest::prelude::*;
+        prop_oneof![1 => Just(Limit::Max), 9 => (0u64..1 << 40).prop_map(Limit::Bytes)]
+    }
+
+    proptest::proptest! {
+        /// Whatever the state and the target, every intermediate state of the v1 plan keeps
+        /// memsw >= limit (the kernel's rule), and the end state is the target.
+        #[test]
+        fn v1_plan_never_breaks_memsw_over_limit(
+            cur in limit_strategy(),
+            gap in 0u64..1 << 36,
+            new in limit_strategy(),
+        ) {
+            let memsw = match cur {
+                Limit::Max => Limit::Max,
+                Limit::Bytes(b) => Limit::from_bytes(b + gap),
+            };
+            let state = MemState { limit: cur, memsw: Some((memsw, gap)), high: None };
+            let (plan, next) = plan_memory(&state, new, HighPolicy::Unmanaged);
+            let (mut limit, mut sw) = (cur, memsw);
+            for (file, value) in plan.iter().flatten() {
+                match file {
+                    MemFile::Limit => limit = *value,
+                    MemFile::Memsw => sw = *value,
+                    MemFile::High => unreachable!(),
+                }
+                proptest::prop_assert!(sw >= limit, "{limit:?} > memsw {sw:?} in {plan:?}");
+            }
+            proptest::prop_assert_eq!(limit, new);
+            proptest::prop_assert_eq!(next.limit, new);
+            proptest::prop_assert_eq!(next.memsw.map(|m| m.0), Some(sw));
+        }
+    }
+
     #[test]
     fn unmanaged_memsw_and_same_value_writes_only_the_limit() {
         let state = MemState {

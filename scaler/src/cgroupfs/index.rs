@@ -82,6 +82,8 @@ impl CgroupIndex {
     }
 
     /// The cgroup path of `id`, if indexed. Never touches the filesystem, never allocates.
+    /// A removed cgroup keeps its entry until the next full rescan (ids are never reused, so
+    /// late events of a removed cgroup still resolve to its old path).
     pub fn get(&self, id: impl Into<CgroupId>) -> Option<&str> {
         self.by_id.get(&id.into()).map(|p| &**p)
     }
