@@ -26,9 +26,9 @@ pub struct Options {
     /// Only the host stages (same as --no-vm, and skips the benchmark smoke test).
     #[arg(long)]
     pub host_only: bool,
-    /// Kernel(s) for the VM stage.
-    #[arg(long, value_enum, default_value_t = vm::KernelChoice::DEFAULT)]
-    pub kernel: vm::KernelChoice,
+    /// Kernel(s) for the VM stage [default: 6.12; all three when CI is set].
+    #[arg(long, value_enum)]
+    pub kernel: Option<vm::KernelChoice>,
     /// Filter (and other libtest arguments) passed to the integration test binaries.
     #[arg(last = true)]
     pub filter: Vec<String>,
@@ -229,6 +229,15 @@ fn agent_has_bench(agent: &Path) -> bool {
     util::probe_output(Command::new(agent).args(["bench", "--help"])).is_some()
 }
 
+/// The VM kernels when `--kernel` is not given: the whole matrix under CI (CI=true; it fits
+/// CI's time limit), the default v2 kernel otherwise.
+fn default_kernels() -> vm::KernelChoice {
+    match std::env::var("CI") {
+        Ok(v) if !v.is_empty() && v != "0" && v != "false" => vm::KernelChoice::All,
+        _ => vm::KernelChoice::DEFAULT,
+    }
+}
+
 /// `cargo xtask test`.
 pub fn test(opts: &Options) -> Result<()> {
     let vm_wanted = !(opts.no_vm || opts.host_only);
@@ -252,7 +261,7 @@ pub fn test(opts: &Options) -> Result<()> {
 
     let mut agent = None;
     let mut executables = Vec::new();
-    let built = report.stage("build agent + integration tests", |_| {
+    let built = report.stage("build (agent + tests)", |_| {
         agent = Some(cargo::build_agent()?);
         executables = cargo::build_integration_tests()?;
         println!("integration test binaries: {}", executables.len());
@@ -268,7 +277,8 @@ pub fn test(opts: &Options) -> Result<()> {
                 run_host_integration(&executables, agent, &opts.filter, counts)
             });
             if vm_wanted {
-                for kernel in opts.kernel.kernels() {
+                let choice = opts.kernel.unwrap_or_else(default_kernels);
+                for kernel in choice.kernels() {
                     let name = format!("integration tests (VM {})", kernel.name);
                     report.stage(&name, |counts| {
                         if executables.is_empty() {

@@ -101,7 +101,7 @@ impl VmConfig {
                 .unwrap_or(default)
         };
         Self {
-            timeout: Duration::from_secs(num("SCALER_VM_TIMEOUT", 15 * 60)),
+            timeout: Duration::from_secs(num("SCALER_VM_TIMEOUT", 10 * 60)),
             memory_mib: num("SCALER_VM_MEMORY", 1024) as u32,
             cpus: num("SCALER_VM_CPUS", 2) as u32,
         }
@@ -152,6 +152,12 @@ pub struct VmResult {
 
 /// Prepares `kernel` and boots it with `command`; used by `test` and `vm-test`.
 pub fn run_in_vm(kernel: &Kernel, command: &GuestCommand, refresh: bool) -> Result<VmResult> {
+    if !crate::util::is_root() {
+        anyhow::bail!(
+            "the VM tests need root: qemu shares the host's / with the guest (which runs the \
+             tests as root) and the kernel packages are unpacked with their owners"
+        );
+    }
     let cache = cache_root()?;
     let prepared = kernel::prepare(kernel, &cache, refresh)
         .with_context(|| format!("preparing kernel {}", kernel.name))?;

@@ -29,6 +29,9 @@ pub fn run_script(command: &GuestCommand, work: &Path, kernel: &str) -> String {
          export HOME=/tmp RUST_BACKTRACE=1 SCALER_VM_KERNEL={kernel}\n\
          export W={w}\nstatus=0\n"
     );
+    for (key, value) in forwarded_env() {
+        s.push_str(&format!("export {key}={}\n", quote(&value)));
+    }
     match command {
         GuestCommand::Shell(cmd) => {
             s.push_str(&format!(
@@ -63,6 +66,21 @@ pub fn run_script(command: &GuestCommand, work: &Path, kernel: &str) -> String {
     }
     s.push_str("echo \"$status\" > \"$W/exit-status\"\nsync\n");
     s
+}
+
+/// Host environment variables the guest command sees too: RUST_LOG, CI, and the project's own
+/// `SCALER_*` settings (but not the VM's own knobs).
+fn forwarded_env() -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| {
+            k == "RUST_LOG"
+                || k == "CI"
+                || (k.starts_with("SCALER_") && !k.starts_with("SCALER_VM_") && k != "SCALER_BIN")
+        })
+        .filter(|(k, _)| k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .collect();
+    vars.sort();
+    vars
 }
 
 /// Paths under /tmp that the guest must see (the tmpfs on /tmp hides the host's /tmp).
