@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::cgroups::{keyed, PreOpened, Version};
-use super::rule::ScaleRule;
+use super::rule::{ScaleRule, Signal};
 use super::sys::{monotonic_ns, poll, thread_cpu_ns, EventFd};
 use super::BenchError;
 
@@ -177,8 +177,14 @@ impl Actuator {
         }
     }
 
-    /// Writes `new`; logs it with the completion time; signals [`changed_fd`](Self::changed_fd).
-    pub fn set(&self, new: u64, trigger: &'static str) -> Result<(), BenchError> {
+    /// The CPU period (µs) the quota is relative to.
+    pub fn period_us(&self) -> u64 {
+        self.period_us
+    }
+
+    /// Writes `new`; logs it with the completion time (returned); signals
+    /// [`changed_fd`](Self::changed_fd).
+    pub fn set(&self, new: u64, trigger: &'static str) -> Result<u64, BenchError> {
         let old = self.current();
         // Raise memory.max before memory.high so high never exceeds max.
         self.file.write_str(&self.format(new))?;
@@ -197,7 +203,7 @@ impl Actuator {
                 new,
                 trigger,
             });
-        Ok(())
+        Ok(written_ns)
     }
 
     /// An eventfd signalled after every write (for the onset observer).
@@ -358,19 +364,81 @@ pub fn read_nr_throttled(f: &PreOpened) -> Result<u64, BenchError> {
     })
 }
 
-/// Applies the rule to a pressure signal; writes if it says so.
-fn react(
-    ctx: &mut CompetitorCtx,
-    usage: &Option<PreOpened>,
-    trigger: &'static str,
-) -> Result<(), BenchError> {
-    let limit = ctx.actuator.current();
-    let usage = match usage {
-        Some(u) => u.read_u64()?,
-        None => limit,
+/// Reads a `cpu.stat` into a [`Signal::CpuStat`] for the quota in force.
+pub fn cpu_signal(
+    stat: &PreOpened,
+    version: Version,
+    quota_us: u64,
+    period_us: u64,
+) -> Result<Signal, BenchError> {
+    let mut buf = [0u8; 1024];
+    let text = stat.read(&mut buf)?;
+    let parse_err = || BenchError::Parse {
+        path: stat.path().to_owned(),
+        text: text.to_owned(),
     };
-    if let Some(new) = ctx.rule.on_pressure(monotonic_ns(), usage, limit) {
-        ctx.actuator.set(new, trigger)?;
+    let nr_throttled = keyed(text, "nr_throttled").ok_or_else(parse_err)?;
+    let (throttled_ns, usage_ns) = match version {
+        // v1 cpu.stat has no usage (that is cpuacct's): 0, which only matters for scale-down.
+        Version::V1 => (keyed(text, "throttled_time").ok_or_else(parse_err)?, 0),
+        Version::V2 => (
+            keyed(text, "throttled_usec").ok_or_else(parse_err)? * 1000,
+            keyed(text, "usage_usec").unwrap_or(0) * 1000,
+        ),
+    };
+    Ok(Signal::CpuStat {
+        usage_ns,
+        nr_throttled,
+        throttled_ns,
+        quota_us,
+        period_us,
+    })
+}
+
+/// What a competitor reads to turn a wakeup into a [`Signal`].
+enum Reader {
+    /// Memory usage.
+    Memory(PreOpened),
+    /// `cpu.stat`.
+    Cpu(PreOpened),
+}
+
+impl Reader {
+    fn open(ctx: &CompetitorCtx, resource: Resource) -> Result<Self, BenchError> {
+        Ok(match resource {
+            Resource::Memory => Self::Memory(open_usage(&ctx.dir, ctx.version)?),
+            Resource::Cpu => Self::Cpu(PreOpened::open(&ctx.dir.join("cpu.stat"), false)?),
+        })
+    }
+
+    /// The signal now; `pressure` selects [`Signal::Pressure`] over
+    /// [`Signal::EarlyWarning`] for memory.
+    fn signal(&self, ctx: &CompetitorCtx, pressure: bool) -> Result<Signal, BenchError> {
+        let limit = ctx.actuator.current();
+        match self {
+            Self::Memory(u) => {
+                let usage = u.read_u64()?;
+                Ok(if pressure {
+                    Signal::Pressure { usage, limit }
+                } else {
+                    Signal::EarlyWarning { usage, limit }
+                })
+            }
+            Self::Cpu(stat) => cpu_signal(stat, ctx.version, limit, ctx.actuator.period_us()),
+        }
+    }
+}
+
+/// Applies the rule to a signal; writes if it says so, and reports the write back to it.
+fn react(ctx: &mut CompetitorCtx, signal: Signal, trigger: &'static str) -> Result<(), BenchError> {
+    if let Some(new) = ctx.rule.decide(monotonic_ns(), signal) {
+        match ctx.actuator.set(new, trigger) {
+            Ok(done_ns) => ctx.rule.applied(done_ns, true),
+            Err(e) => {
+                ctx.rule.applied(monotonic_ns(), false);
+                return Err(e);
+            }
+        }
     }
     Ok(())
 }
@@ -392,22 +460,9 @@ fn poll_loop(
     interval: Duration,
 ) -> CompetitorStats {
     let cpu0 = thread_cpu_ns();
-    let (usage, stat) = match resource {
-        Resource::Memory => match open_usage(&ctx.dir, ctx.version) {
-            Ok(u) => (Some(u), None),
-            Err(e) => return ready.fail(e),
-        },
-        Resource::Cpu => match PreOpened::open(&ctx.dir.join("cpu.stat"), false) {
-            Ok(s) => (None, Some(s)),
-            Err(e) => return ready.fail(e),
-        },
-    };
-    let mut last_throttled = match &stat {
-        Some(s) => match read_nr_throttled(s) {
-            Ok(n) => n,
-            Err(e) => return ready.fail(e),
-        },
-        None => 0,
+    let reader = match Reader::open(&ctx, resource) {
+        Ok(r) => r,
+        Err(e) => return ready.fail(e),
     };
     ready.ok();
     let mut wakeups = 0;
@@ -424,28 +479,16 @@ fn poll_loop(
         }
         next += interval;
         wakeups += 1;
-        let result = match resource {
-            Resource::Memory => usage.as_ref().map_or(Ok(()), |u| {
-                u.read_u64().and_then(|used| {
-                    if used.saturating_add(ctx.headroom) > ctx.actuator.current() {
-                        react(&mut ctx, &usage, "poll_usage")
-                    } else {
-                        Ok(())
-                    }
-                })
-            }),
-            Resource::Cpu => stat.as_ref().map_or(Ok(()), |s| {
-                read_nr_throttled(s).and_then(|n| {
-                    let grew = n > last_throttled;
-                    last_throttled = n;
-                    if grew {
-                        react(&mut ctx, &None, "poll_throttled")
-                    } else {
-                        Ok(())
-                    }
-                })
-            }),
-        };
+        let result = reader.signal(&ctx, false).and_then(|signal| match signal {
+            // Memory: act when usage is within the headroom of the limit.
+            Signal::EarlyWarning { usage, limit }
+                if usage.saturating_add(ctx.headroom) <= limit =>
+            {
+                Ok(())
+            }
+            // CPU: every sample goes to the decider, which acts on throttling.
+            signal => react(&mut ctx, signal, "poll"),
+        });
         if let Err(e) = result {
             return finish(cpu0, wakeups, Some(e.to_string()));
         }
@@ -510,12 +553,9 @@ fn psi_loop(mut ctx: CompetitorCtx, mut ready: Ready, resource: Resource) -> Com
             ))
         }
     };
-    let usage = match resource {
-        Resource::Memory => match open_usage(&ctx.dir, ctx.version) {
-            Ok(u) => Some(u),
-            Err(e) => return ready.fail(e),
-        },
-        Resource::Cpu => None,
+    let reader = match Reader::open(&ctx, resource) {
+        Ok(r) => r,
+        Err(e) => return ready.fail(e),
     };
     ready.ok();
     let mut wakeups = 0;
@@ -542,7 +582,10 @@ fn psi_loop(mut ctx: CompetitorCtx, mut ready: Ready, resource: Resource) -> Com
         }
         if r[1] & libc::POLLPRI != 0 {
             wakeups += 1;
-            if let Err(e) = react(&mut ctx, &usage, "psi") {
+            let result = reader
+                .signal(&ctx, true)
+                .and_then(|signal| react(&mut ctx, signal, "psi"));
+            if let Err(e) = result {
                 return finish(cpu0, wakeups, Some(e.to_string()));
             }
         }
@@ -646,7 +689,12 @@ fn threshold_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorStats {
                 // A downward crossing.
                 return Ok(None);
             }
-            react(&mut ctx, &usage, "v1_threshold")?;
+            let limit = ctx.actuator.current();
+            react(
+                &mut ctx,
+                Signal::EarlyWarning { usage: used, limit },
+                "v1_threshold",
+            )?;
             let now = ctx.actuator.current();
             if now == before {
                 return Ok(None);
@@ -722,7 +770,19 @@ fn memory_events_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorSta
             } else {
                 "memory_events_high"
             };
-            if let Err(e) = react(&mut ctx, &usage, trigger) {
+            let result = usage
+                .as_ref()
+                .map_or(Ok(0), PreOpened::read_u64)
+                .and_then(|used| {
+                    let limit = ctx.actuator.current();
+                    let signal = if now.1 > last.1 {
+                        Signal::Pressure { usage: used, limit }
+                    } else {
+                        Signal::EarlyWarning { usage: used, limit }
+                    };
+                    react(&mut ctx, signal, trigger)
+                });
+            if let Err(e) = result {
                 return finish(cpu0, wakeups, Some(e.to_string()));
             }
         }

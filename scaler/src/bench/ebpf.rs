@@ -128,10 +128,10 @@ pub fn probe(exe: &Path) -> ExecSupport {
         }
     };
     let has = |flag: &str| help.contains(flag);
-    let memory = if has("--json-summary") && has("--memory") {
+    let memory = if has("--json-summary") && has("--memory") && has("--headroom") {
         Ok(())
     } else {
-        Err("`scaler exec` has no --memory/--json-summary options yet".to_owned())
+        Err("`scaler exec` lacks --memory, --headroom or --json-summary".to_owned())
     };
     let cpu = if has("--cpu") {
         memory.clone()
@@ -149,6 +149,7 @@ pub fn probe(exe: &Path) -> ExecSupport {
 pub fn exec_args(
     start: &str,
     max: &str,
+    headroom: &str,
     cpu: Option<(&str, &str)>,
     summary: &Path,
     exe: &Path,
@@ -162,6 +163,8 @@ pub fn exec_args(
                 start.into(),
                 "--memory-max".into(),
                 max.into(),
+                "--headroom".into(),
+                headroom.into(),
             ]);
         }
         Some((cpu_start, cpu_max)) => {
@@ -214,6 +217,7 @@ mod tests {
         let a = exec_args(
             "64M",
             "2G",
+            "16777216",
             None,
             Path::new("/tmp/s.json"),
             Path::new("/bin/scaler"),
@@ -221,7 +225,7 @@ mod tests {
         );
         assert_eq!(
             a.join(" "),
-            "exec --memory 64M --memory-max 2G --json-summary /tmp/s.json -- /bin/scaler \
+            "exec --memory 64M --memory-max 2G --headroom 16777216 --json-summary /tmp/s.json -- /bin/scaler \
              workload steps --total 256M"
         );
     }

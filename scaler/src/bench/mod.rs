@@ -136,9 +136,6 @@ pub struct BenchArgs {
     /// Early-warning headroom below the limit (threshold eventfd, polling, onset mark).
     #[arg(long, default_value = "16M", value_parser = parse_size)]
     pub headroom: u64,
-    /// The scale-up step: on pressure, new limit = usage + step.
-    #[arg(long, default_value = "64M", value_parser = parse_size)]
-    pub step: u64,
     /// Sampling interval of usage and limit (timelines, sampler onsets).
     #[arg(long, default_value = "1ms", value_parser = parse_duration)]
     pub sample_interval: Duration,
@@ -174,8 +171,6 @@ pub struct BenchOptions {
     pub memory_max: u64,
     /// Early-warning headroom.
     pub headroom: u64,
-    /// Scale-up step.
-    pub step: u64,
     /// Sampling interval.
     pub sample_interval: Duration,
     /// Per-run timeout.
@@ -198,7 +193,6 @@ impl From<BenchArgs> for BenchOptions {
             memory: a.memory,
             memory_max: a.memory_max,
             headroom: a.headroom,
-            step: a.step,
             sample_interval: a.sample_interval,
             timeout: if a.quick {
                 a.timeout.min(Duration::from_secs(20))
@@ -222,7 +216,6 @@ pub fn workloads(o: &BenchOptions) -> Vec<WorkloadSpec> {
         args: args.split_whitespace().map(str::to_owned).collect(),
         start: o.memory,
         max: o.memory_max,
-        step: o.step,
         headroom: o.headroom,
         period_us: CPU_PERIOD_US,
     };
@@ -232,7 +225,6 @@ pub fn workloads(o: &BenchOptions) -> Vec<WorkloadSpec> {
         args: args.split_whitespace().map(str::to_owned).collect(),
         start: CPU_PERIOD_US / 2,
         max: 2 * CPU_PERIOD_US,
-        step: CPU_PERIOD_US / 2,
         headroom: 0,
         period_us: CPU_PERIOD_US,
     };
@@ -472,7 +464,12 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
         }
     };
     let scratch = Scratch::create()?;
+    let node = crate::config::NodeInfo::detect().context("reading /proc/meminfo")?;
+    let memory_budget = crate::config::Config::default().memory_budget(&node);
+    let cpu_budget_cores = f64::from(node.nproc);
     let env = BenchEnv {
+        memory_budget,
+        cpu_budget_cores,
         exec: ebpf::probe(&exe),
         hierarchies,
         root,
@@ -546,10 +543,9 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
             written: report::WRITTEN_TEXT,
             aggregation: report::AGGREGATION_TEXT,
             rule: format!(
-                "memory: on a pressure signal, new limit = usage + {} (at most {}); CPU: new \
-                 quota = quota + 0.5 CPU (at most 2 CPUs)",
-                crate::units::format_size(opts.step),
-                crate::units::format_size(opts.memory_max)
+                "the project's decider with scaler exec's policy: memory {:?}; CPU {:?}",
+                rule::memory_policy(opts.memory_max, opts.headroom),
+                rule::cpu_policy(2.0)
             ),
         },
         options: &opts,

@@ -113,6 +113,15 @@ pub fn fmt_us(us: Option<f64>) -> String {
     }
 }
 
+/// A latency cell: `never` when pressure came and the competitor never reacted.
+fn lat(c: &CaseSummary, v: Option<f64>) -> String {
+    if c.never_reacted {
+        "never".into()
+    } else {
+        fmt_us(v)
+    }
+}
+
 fn fmt_ms(ms: Option<f64>) -> String {
     fmt_us(ms.map(|m| m * 1000.0))
 }
@@ -166,16 +175,19 @@ pub fn table(summary: &[CaseSummary], workloads: &[WorkloadSpec], markdown: bool
             c.competitor.clone(),
             format!("{}/{}", c.runs_with_oom, c.runs - c.failed_runs),
             c.oom_kills_total.to_string(),
-            fmt_us(c.latency_p50_us),
-            fmt_us(c.latency_p99_us),
-            fmt_us(c.latency_max_us),
+            lat(c, c.latency_p50_us),
+            lat(c, c.latency_p99_us),
+            lat(c, c.latency_max_us),
             fmt_ms(c.stall_ms),
             fmt_ms(c.completion_ms),
             fmt_limit(c, w),
             fmt_ms(c.throttled_ms),
             fmt_ms(c.agent_cpu_ms),
-            c.ebpf_p99_speedup
-                .map_or("-".into(), |x| format!("{x:.1}x")),
+            match c.ebpf_p99_speedup {
+                Some(x) => format!("{x:.1}x"),
+                None if c.never_reacted && c.ebpf_compared => "inf".into(),
+                None => "-".into(),
+            },
         ]);
     }
     let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
@@ -467,12 +479,11 @@ pub fn write_report(
     for w in doc.workloads {
         let _ = writeln!(
             md,
-            "- `{}`: `scaler workload {}`; start {}, max {}, step {}{}.",
+            "- `{}`: `scaler workload {}`; start {}, max {}{}.",
             w.id,
             w.args.join(" "),
             show(w, w.start),
             show(w, w.max),
-            show(w, w.step),
             if w.resource == Resource::Memory {
                 format!(", headroom {}", show(w, w.headroom))
             } else {
@@ -485,7 +496,8 @@ pub fn write_report(
     let _ = writeln!(
         md,
         "\n`OOM runs`: runs with at least one OOM kill / runs. `react`: reaction latency \
-         percentiles over every reaction. `stall`: PSI `some` total of the run's cgroup. \
+         percentiles over every reaction (`never`: pressure came, no reaction before the \
+         workload ended or was killed). `stall`: PSI `some` total of the run's cgroup. \
          `eBPF p99 x`: this competitor's p99 divided by the eBPF scaler's.\n"
     );
     let _ = writeln!(md, "## Plots\n");

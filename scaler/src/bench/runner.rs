@@ -18,7 +18,7 @@ use super::ebpf::{self, ExecSummary};
 use super::observer::{
     match_latencies, Matched, Onset, OnsetMethod, Sample, Sampler, SamplerTarget, ThresholdObserver,
 };
-use super::rule::{StepBase, StepRule};
+use super::rule::{cpu_policy, memory_policy, DeciderRule, ScaleRule};
 use super::sys::{monotonic_ns, process_cpu_ns, EventFd};
 use super::BenchError;
 use crate::workload::WorkloadReport;
@@ -36,8 +36,6 @@ pub struct WorkloadSpec {
     pub start: u64,
     /// Maximum any competitor may raise to.
     pub max: u64,
-    /// The rule's step.
-    pub step: u64,
     /// Memory workloads: early-warning headroom below the limit.
     pub headroom: u64,
     /// CPU workloads: the CFS period (µs).
@@ -60,6 +58,10 @@ pub struct BenchEnv {
     pub exec: ebpf::ExecSupport,
     /// Sampling interval.
     pub sample_interval: Duration,
+    /// The decider's node memory budget (what `scaler exec` uses).
+    pub memory_budget: u64,
+    /// The decider's node CPU budget, cores.
+    pub cpu_budget_cores: f64,
     /// Per-run timeout.
     pub timeout: Duration,
 }
@@ -163,6 +165,26 @@ pub fn run_one(
     rec
 }
 
+/// The decider managing this run's cgroup, with the policy `scaler exec` would use.
+fn rule_for(env: &BenchEnv, w: &WorkloadSpec) -> Box<dyn ScaleRule> {
+    let now = monotonic_ns();
+    match w.resource {
+        Resource::Memory => Box::new(DeciderRule::memory(
+            memory_policy(w.max, w.headroom),
+            w.start,
+            env.memory_budget,
+            now,
+        )),
+        Resource::Cpu => Box::new(DeciderRule::cpu(
+            cpu_policy(w.max as f64 / w.period_us as f64),
+            w.start,
+            w.period_us,
+            env.cpu_budget_cores,
+            now,
+        )),
+    }
+}
+
 fn fmt_limit(w: &WorkloadSpec, v: u64) -> String {
     match w.resource {
         Resource::Memory => v.to_string(),
@@ -228,14 +250,7 @@ fn run_inner(
     })?);
     let ctx = CompetitorCtx {
         actuator: Arc::clone(&actuator),
-        rule: Box::new(StepRule {
-            step: w.step,
-            max: w.max,
-            base: match w.resource {
-                Resource::Memory => StepBase::Usage,
-                Resource::Cpu => StepBase::Limit,
-            },
-        }),
+        rule: rule_for(env, w),
         dir: dir.clone(),
         version,
         unified: cg.unified_dir.clone(),
@@ -402,7 +417,16 @@ fn run_exec(
         .join(format!("exec-summary-{}.json", monotonic_ns()));
     let (start, max) = (fmt_limit(w, w.start), fmt_limit(w, w.max));
     let cpu = (w.resource == Resource::Cpu).then_some((start.as_str(), max.as_str()));
-    let args = ebpf::exec_args(&start, &max, cpu, &summary_path, &env.exe, wl_args);
+    let headroom = w.headroom.to_string();
+    let args = ebpf::exec_args(
+        &start,
+        &max,
+        &headroom,
+        cpu,
+        &summary_path,
+        &env.exe,
+        wl_args,
+    );
     // Only the unified cgroup (PSI stall): exec makes its own memory and cpu cgroups.
     let fds: Vec<i32> = cg.unified_procs_fd().into_iter().collect();
     let child = spawn(&env.exe, &args, &fds)?;

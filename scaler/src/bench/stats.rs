@@ -71,6 +71,8 @@ pub struct CaseSummary {
     pub latency_max_us: Option<f64>,
     /// Onsets never answered (over all runs).
     pub unanswered_onsets: u32,
+    /// Pressure came but the competitor never reacted to it in any run.
+    pub never_reacted: bool,
     /// Median completion time, ms.
     pub completion_ms: Option<f64>,
     /// Median PSI `some` stall total, ms.
@@ -90,6 +92,8 @@ pub struct CaseSummary {
     /// This competitor's pooled p99 divided by the eBPF scaler's (how many times faster eBPF
     /// reacts); `None` without latencies on both sides.
     pub ebpf_p99_speedup: Option<f64>,
+    /// Whether the eBPF scaler ran this workload with reactions to compare against.
+    pub ebpf_compared: bool,
     /// This competitor's median completion time divided by the eBPF scaler's.
     pub ebpf_completion_ratio: Option<f64>,
     /// This competitor's OOM kills minus the eBPF scaler's.
@@ -126,6 +130,7 @@ pub fn summarize(
                 if !c.available || c.runs == 0 {
                     continue;
                 }
+                c.ebpf_compared = e.latency_samples > 0;
                 c.ebpf_p99_speedup = c
                     .latency_p99_us
                     .zip(e.latency_p99_us)
@@ -180,6 +185,7 @@ fn case(w: &WorkloadSpec, c: CompetitorId, a: Availability, rs: &[&RunRecord]) -
     s.latency_p99_us = percentile(&lat, 99.0);
     s.latency_max_us = lat.last().copied();
     s.unanswered_onsets = ok.iter().map(|r| r.matching.unanswered).sum();
+    s.never_reacted = lat.is_empty() && s.unanswered_onsets > 0;
     s.completion_ms = median(ok.iter().map(|r| r.completion_us as f64 / 1000.0));
     s.stall_ms = median(
         ok.iter()
@@ -232,7 +238,6 @@ mod tests {
             args: vec![],
             start: 64,
             max: 1024,
-            step: 64,
             headroom: 16,
             period_us: 100_000,
         }
