@@ -15,5 +15,7 @@ pub mod decider;
 pub mod ebpf;
 pub mod engine;
 pub mod events;
+pub mod k8s;
+pub mod privilege;
 pub mod units;
 pub mod workload;
