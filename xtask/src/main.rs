@@ -88,10 +88,11 @@ fn run(args: &[String]) -> Result<()> {
 }
 
 fn lint() -> Result<()> {
-    util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
-    // The eBPF crate only builds for the BPF target; the default members are the userspace
-    // crates. The tests crate is linted too (it is host code).
-    util::run(
+    // Run both checks and report both, so one run shows everything to fix.
+    let fmt = util::run(util::cargo().args(["fmt", "--all", "--check"]));
+    // The eBPF crate only builds for the BPF target: lint the host crates (the userspace
+    // default members and the integration tests) without the nested eBPF build.
+    let clippy = util::run(
         util::cargo()
             .env("SCALER_SKIP_EBPF", "1")
             .args([
@@ -102,9 +103,24 @@ fn lint() -> Result<()> {
                 "scaler-common",
                 "-p",
                 "xtask",
+            ])
+            .args([
                 "-p",
                 "scaler-tests",
-            ])
-            .args(["--all-targets", "--", "-D", "warnings"]),
-    )
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+    );
+    match (fmt, clippy) {
+        (Ok(()), Ok(())) => Ok(()),
+        (fmt, clippy) => {
+            let why: Vec<String> = [("rustfmt", fmt), ("clippy", clippy)]
+                .into_iter()
+                .filter_map(|(name, r)| r.err().map(|e| format!("{name}: {e:#}")))
+                .collect();
+            anyhow::bail!("lint failed:\n  {}", why.join("\n  "))
+        }
+    }
 }

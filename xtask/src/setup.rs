@@ -21,6 +21,7 @@ pub const VM_PACKAGES: &[&str] = &[
     "kmod",
     "zstd",
     "xz-utils",
+    "e2fsprogs",
 ];
 /// The bpf-linker version the build needs; its LLVM major must match Debian rustc's.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

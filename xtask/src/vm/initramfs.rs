@@ -1,5 +1,5 @@
 //! The guest's initramfs: static busybox, the 9p modules and an init script that builds a
-//! chroot-able view of the host (read-only `/` over 9p, tmpfs on /tmp and /run, fresh
+//! chroot-able view of the host (read-only `/` over 9p, an ext4 scratch disk on /tmp, tmpfs on /run, fresh
 //! proc/sys/dev, cgroup v2 with `+memory +cpu`, bpffs, tracefs, the writable work dir bound at
 //! its host path) and runs the work dir's `run.sh` in it.
 
@@ -55,7 +55,12 @@ R=/mnt/root
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot $R || die "cannot mount the host root over 9p"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 work /mnt/work || die "cannot mount the work dir over 9p"
 mount --bind $R/tmp /mnt/hosttmp
-mount -t tmpfs -o mode=1777 tmpfs $R/tmp
+if mount -t ext4 /dev/vda $R/tmp; then
+    chmod 1777 $R/tmp
+else
+    say "cannot mount the scratch disk: /tmp is a tmpfs (its pages cannot be reclaimed)"
+    mount -t tmpfs -o mode=1777 tmpfs $R/tmp
+fi
 mount -t tmpfs tmpfs $R/run
 mount -t proc proc $R/proc
 mount -t sysfs sysfs $R/sys

@@ -48,8 +48,24 @@ pub const KERNELS: [Kernel; 3] = [
 /// The Debian archive and the keyring that signs it.
 const MIRROR: &str = "http://deb.debian.org/debian";
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
-/// Modules the initramfs needs for the 9p shares; their dependencies are added.
-const WANTED_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
+/// Modules the initramfs needs: the 9p shares, and the scratch disk (ext4 on virtio-blk) that
+/// backs the guest's /tmp so page cache there is reclaimable. Their dependencies are added.
+/// A leading `?` marks a module that only some kernels have (6.1's ext4 needs the crc32c crypto
+/// driver, a module there).
+const WANTED_MODULES: &[&str] = &[
+    "virtio_pci",
+    "9pnet_virtio",
+    "9p",
+    "virtio_blk",
+    "?crc32c_generic",
+    "?crc32c_intel",
+    "ext4",
+];
+/// Written to `prepared`: a prepared kernel is reused only if it was made for the same module
+/// list (the format of the cache).
+fn prepared_stamp(package: &str) -> String {
+    format!("{package}\nmodules: {}\n", WANTED_MODULES.join(" "))
+}
 /// How long the private package lists stay fresh before `--refresh` is implied.
 const LISTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -225,13 +241,17 @@ pub fn prepare(kernel: &Kernel, cache: &Path, refresh: bool) -> Result<Prepared>
     // Keep only what boots: the extracted tree and the .deb are large (70-400 MB).
     fs::remove_dir_all(&root)?;
     fs::remove_dir_all(&download)?;
-    fs::write(dir.join("prepared"), &package)?;
+    fs::write(dir.join("prepared"), prepared_stamp(&package))?;
     fs::write(&current, &package)?;
     load_prepared(kernel, &dir)
 }
 
 fn load_prepared(kernel: &Kernel, dir: &Path) -> Result<Prepared> {
-    let package = fs::read_to_string(dir.join("prepared"))?;
+    let stamp = fs::read_to_string(dir.join("prepared"))?;
+    let package = stamp.lines().next().unwrap_or_default().to_string();
+    if stamp != prepared_stamp(&package) {
+        bail!("{} was prepared by another version of xtask", dir.display());
+    }
     let names = fs::read_to_string(dir.join("modules.load"))?;
     let modules = names
         .lines()
@@ -398,10 +418,14 @@ pub fn resolve_modules(dep: &str, builtin: &str, wanted: &[&str]) -> Result<Vec<
         order.push(path.to_string());
     }
     for want in wanted {
+        let (want, optional) = match want.strip_prefix('?') {
+            Some(w) => (w, true),
+            None => (*want, false),
+        };
         let key = want.replace('-', "_");
         match deps.get(&key) {
             Some((path, _)) => visit(&path.clone(), &deps, &mut seen, &mut order),
-            None if builtin.contains(&key) => {}
+            None if builtin.contains(&key) || optional => {}
             None => bail!("kernel module {want} is neither in modules.dep nor built in"),
         }
     }
@@ -482,7 +506,7 @@ mod tests {
                    kernel/fs/netfs/netfs.ko.xz:\n\
                    kernel/net/9p/9pnet_virtio.ko.xz: kernel/net/9p/9pnet.ko.xz\n";
         let builtin = "kernel/drivers/virtio/virtio_pci.ko\n";
-        let order = resolve_modules(dep, builtin, WANTED_MODULES).unwrap();
+        let order = resolve_modules(dep, builtin, &["virtio_pci", "9pnet_virtio", "9p"]).unwrap();
         assert_eq!(
             order,
             [
@@ -493,6 +517,10 @@ mod tests {
             ]
         );
         assert!(resolve_modules(dep, "", &["virtio_pci"]).is_err());
+        assert_eq!(
+            resolve_modules(dep, "", &["?virtio_pci"]).unwrap(),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -80,7 +80,8 @@ pub struct Options {
     pub filter: Vec<String>,
 }
 
-/// Per-VM settings (environment overrides: SCALER_VM_TIMEOUT seconds, SCALER_VM_MEMORY MiB).
+/// Per-VM settings (environment overrides: SCALER_VM_TIMEOUT seconds, SCALER_VM_MEMORY MiB,
+/// SCALER_VM_CPUS, SCALER_VM_DISK MiB).
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     /// Kill the VM after this long.
@@ -89,6 +90,8 @@ pub struct VmConfig {
     pub memory_mib: u32,
     /// CPUs.
     pub cpus: u32,
+    /// Size of the scratch disk (the guest's /tmp) in MiB; sparse on the host.
+    pub disk_mib: u32,
 }
 
 impl VmConfig {
@@ -104,6 +107,7 @@ impl VmConfig {
             timeout: Duration::from_secs(num("SCALER_VM_TIMEOUT", 10 * 60)),
             memory_mib: num("SCALER_VM_MEMORY", 1024) as u32,
             cpus: num("SCALER_VM_CPUS", 2) as u32,
+            disk_mib: num("SCALER_VM_DISK", 4096) as u32,
         }
     }
 }

@@ -104,6 +104,29 @@ fn under_tmp(command: &GuestCommand, work: &Path) -> Vec<PathBuf> {
     paths
 }
 
+/// A sparse raw disk with an empty ext4 file system, the guest's /tmp: tmpfs pages cannot be
+/// reclaimed without swap, so tests that need reclaimable page cache need a real disk. No
+/// metadata checksums, so that older kernels need no crc32c driver to mount it.
+fn make_scratch_disk(path: &Path, size_mib: u32) -> Result<()> {
+    let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    file.set_len(u64::from(size_mib) << 20)?;
+    drop(file);
+    util::output(
+        Command::new("mkfs.ext4")
+            .args([
+                "-q",
+                "-F",
+                "-O",
+                "^metadata_csum,^has_journal",
+                "-L",
+                "scaler-tmp",
+            ])
+            .arg(path),
+    )
+    .context("mkfs.ext4 (package e2fsprogs) for the guest's scratch disk")?;
+    Ok(())
+}
+
 /// Boots `kernel` with `command` and waits for it (at most `config.timeout`).
 pub fn run(
     kernel: &Prepared,
@@ -126,6 +149,8 @@ pub fn run(
     let initrd = boot.join("initramfs.cpio");
     let init = initramfs::init_script(&work, &under_tmp(command, &work));
     initramfs::build(&boot.join("stage"), &initrd, &kernel.modules, &init)?;
+    let scratch = boot.join("scratch.img");
+    make_scratch_disk(&scratch, config.disk_mib)?;
 
     let logs = cache.join("logs");
     fs::create_dir_all(&logs)?;
@@ -156,6 +181,11 @@ pub fn run(
     .arg("-initrd")
     .arg(&initrd)
     .args(["-append", "console=ttyS0 panic=-1 cgroup_no_v1=all quiet"])
+    .arg("-drive")
+    .arg(format!(
+        "file={},format=raw,if=virtio,cache=unsafe",
+        scratch.display()
+    ))
     .args([
         "-fsdev",
         "local,readonly=on,id=root,path=/,security_model=none,multidevs=remap",
