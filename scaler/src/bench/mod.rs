@@ -14,6 +14,7 @@
 pub mod cgroups;
 pub mod competitors;
 pub mod ebpf;
+pub mod kobserver;
 pub mod observer;
 pub mod report;
 pub mod rule;
@@ -467,7 +468,21 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
     let node = crate::config::NodeInfo::detect().context("reading /proc/meminfo")?;
     let memory_budget = crate::config::Config::default().memory_budget(&node);
     let cpu_budget_cores = f64::from(node.nproc);
+    let kobserver = if competitors.iter().any(|c| *c != CompetitorId::Ebpf)
+        && specs.iter().any(|w| w.resource == Resource::Memory)
+    {
+        kobserver::KernelObserver::start()
+    } else {
+        Err("not needed".to_owned())
+    };
+    if let Err(e) = &kobserver {
+        eprintln!(
+            "scaler bench: no kernel observer ({e}); pressure onset falls back to a v1 \
+             threshold eventfd observer or the 1 ms sampler"
+        );
+    }
     let env = BenchEnv {
+        kobserver,
         memory_budget,
         cpu_budget_cores,
         exec: ebpf::probe(&exe),

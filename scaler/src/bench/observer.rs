@@ -42,6 +42,9 @@ pub struct Onset {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnsetMethod {
+    /// Kernel timestamp of the first early-warning or memcg-reclaim event for the limit, from
+    /// the project's eBPF programs watching the run's cgroup.
+    KernelEvent,
     /// v1 threshold eventfd on a SCHED_FIFO observer thread.
     V1ThresholdRt,
     /// v1 threshold eventfd on a normal-priority thread (SCHED_FIFO was refused).
@@ -362,6 +365,11 @@ pub struct Matched {
     pub unmatched_writes: u32,
 }
 
+/// Limits as written and as the kernel reports them (in whole pages) are the same limit.
+fn same_limit(a: u64, b: u64) -> bool {
+    a / 4096 == b / 4096
+}
+
 /// Matches writes to onsets: a write replacing limit `L` answers the onset recorded while `L`
 /// was in force; its latency is `written - onset`.
 pub fn match_latencies(onsets: &[Onset], actions: &[ActionRecord]) -> Matched {
@@ -371,7 +379,7 @@ pub fn match_latencies(onsets: &[Onset], actions: &[ActionRecord]) -> Matched {
         let found = onsets
             .iter()
             .enumerate()
-            .find(|(i, o)| !used[*i] && o.limit == a.old);
+            .find(|(i, o)| !used[*i] && same_limit(o.limit, a.old));
         match found {
             Some((i, o)) => {
                 used[i] = true;

@@ -88,11 +88,13 @@ pub struct Document<'a> {
 }
 
 /// Text for the onset definition.
-pub const ONSET_TEXT: &str = "usage crossing the early-warning mark (limit - headroom) of the \
-limit in force; cgroup v1 memory: an observer's own memory.usage_in_bytes threshold eventfd on a \
-SCHED_FIFO thread, time = CLOCK_MONOTONIC at its wakeup; elsewhere: the first 1 ms sample at or \
-above the mark (CPU: showing a new throttled period); the eBPF scaler: the kernel timestamp of the \
-early-warning or first memcg reclaim event, as measured by scaler exec";
+pub const ONSET_TEXT: &str = "the kernel timestamp (CLOCK_MONOTONIC) of the first early-warning \
+(usage >= limit - headroom) or memcg-reclaim event of the limit in force, reported by the \
+project's eBPF programs watching the run's cgroup (onset_method kernel_event; the eBPF scaler's \
+own summary uses the same events, from the same programs). Where those programs cannot load: \
+cgroup v1 memory, an observer's own memory.usage_in_bytes threshold eventfd on a SCHED_FIFO \
+thread (time at its wakeup); otherwise the first 1 ms sample at or above the mark (CPU: the \
+first sample showing a new throttled period)";
 
 /// Text for the written definition.
 pub const WRITTEN_TEXT: &str = "CLOCK_MONOTONIC right after the write of the new limit to the \
@@ -179,7 +181,7 @@ pub fn table(summary: &[CaseSummary], workloads: &[WorkloadSpec], markdown: bool
             lat(c, c.latency_p99_us),
             lat(c, c.latency_max_us),
             fmt_ms(c.stall_ms),
-            fmt_ms(c.completion_ms),
+            fmt_ms(c.work_ms.or(c.completion_ms)),
             fmt_limit(c, w),
             fmt_ms(c.throttled_ms),
             fmt_ms(c.agent_cpu_ms),
@@ -498,7 +500,8 @@ pub fn write_report(
         "\n`OOM runs`: runs with at least one OOM kill / runs. `react`: reaction latency \
          percentiles over every reaction (`never`: pressure came, no reaction before the \
          workload ended or was killed). `stall`: PSI `some` total of the run's cgroup. \
-         `eBPF p99 x`: this competitor's p99 divided by the eBPF scaler's.\n"
+         `completion`: the workload's own time from first touch to last (spawn to exit when it did \
+         not finish). `eBPF p99 x`: this competitor's p99 divided by the eBPF scaler's.\n"
     );
     let _ = writeln!(md, "## Plots\n");
     for w in doc.workloads {

@@ -58,6 +58,8 @@ pub struct BenchEnv {
     pub exec: ebpf::ExecSupport,
     /// Sampling interval.
     pub sample_interval: Duration,
+    /// The kernel-side onset observer, or why it is not available.
+    pub kobserver: Result<super::kobserver::KernelObserver, String>,
     /// The decider's node memory budget (what `scaler exec` uses).
     pub memory_budget: u64,
     /// The decider's node CPU budget, cores.
@@ -75,6 +77,17 @@ pub struct ExitInfo {
     pub signal: Option<i32>,
     /// Whether the benchmark ended it at the timeout.
     pub timed_out: bool,
+}
+
+/// How many kernel events of each kind the kernel observer saw in a run's cgroup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KernelEventCounts {
+    /// Early warnings (one per limit at most).
+    pub usage_high: u64,
+    /// Memcg reclaim rounds begun at the limit.
+    pub reclaim_begin: u64,
+    /// OOM victims chosen.
+    pub oom_kill: u64,
 }
 
 /// Every raw measurement of one run (the JSON's `runs[]`).
@@ -122,6 +135,8 @@ pub struct RunRecord {
     pub reaction_latency_us: Vec<f64>,
     /// Onset / write bookkeeping.
     pub matching: Matched,
+    /// Kernel events seen in the run's cgroup by the kernel observer.
+    pub kernel_events: Option<KernelEventCounts>,
     /// Every write (in-process competitors), CLOCK_MONOTONIC ns.
     pub actions: Vec<ActionRecord>,
     /// Every onset, CLOCK_MONOTONIC ns.
@@ -260,8 +275,30 @@ fn run_inner(
     };
     let running = competitors::start(competitor, w.resource, ctx)?;
     let stop_running = |r: Option<competitors::Running>| r.map(competitors::Running::stop);
-    let observer = match (w.resource, version) {
-        (Resource::Memory, Version::V1) => {
+    // Onsets: the kernel observer where the eBPF programs load (identical for every
+    // competitor); else a v1 threshold eventfd observer; else the sampler.
+    let kernel = match (w.resource, &env.kobserver) {
+        (Resource::Memory, Ok(k)) => {
+            let id = super::kobserver::cgroup_id(&dir).map_err(|source| BenchError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            match k.watch(id, w.headroom) {
+                Ok(()) => Some((k, id)),
+                Err(reason) => {
+                    stop_running(running);
+                    return Err(BenchError::CompetitorFailed {
+                        competitor: "kernel observer",
+                        reason,
+                    });
+                }
+            }
+        }
+        _ => None,
+    };
+    let observer = match (w.resource, version, &kernel) {
+        (_, _, Some(_)) => None,
+        (Resource::Memory, Version::V1, None) => {
             match ThresholdObserver::start(&dir, Arc::clone(&actuator), w.headroom) {
                 Ok(o) => Some(o),
                 Err(e) => {
@@ -272,10 +309,11 @@ fn run_inner(
         }
         _ => None,
     };
-    rec.onset_method = Some(match &observer {
-        Some(o) if o.rt => OnsetMethod::V1ThresholdRt,
-        Some(_) => OnsetMethod::V1Threshold,
-        None => OnsetMethod::Sampler,
+    rec.onset_method = Some(match (&kernel, &observer) {
+        (Some(_), _) => OnsetMethod::KernelEvent,
+        (None, Some(o)) if o.rt => OnsetMethod::V1ThresholdRt,
+        (None, Some(_)) => OnsetMethod::V1Threshold,
+        (None, None) => OnsetMethod::Sampler,
     });
     let t0 = monotonic_ns();
     rec.t0_ns = t0;
@@ -309,9 +347,21 @@ fn run_inner(
     // Stop everything before reading the results, whatever happened.
     let stats = stop_running(running);
     let sampled = sampler.stop();
-    let onsets = match observer {
-        Some(o) => o.stop()?,
-        None => sampled.onsets.clone(),
+    let onsets = match (kernel, observer) {
+        (Some((k, id)), _) => {
+            let events = k.finish(id);
+            let count = |kind: scaler_common::EventKind| {
+                events.iter().filter(|e| e.kind == kind.as_str()).count() as u64
+            };
+            rec.kernel_events = Some(KernelEventCounts {
+                usage_high: count(scaler_common::EventKind::UsageHigh),
+                reclaim_begin: count(scaler_common::EventKind::ReclaimBegin),
+                oom_kill: count(scaler_common::EventKind::OomKill),
+            });
+            super::kobserver::onsets(&events)
+        }
+        (None, Some(o)) => o.stop()?,
+        (None, None) => sampled.onsets.clone(),
     };
     let _ = std::fs::remove_file(&file);
     let waited = waited?;

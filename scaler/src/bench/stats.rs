@@ -73,8 +73,11 @@ pub struct CaseSummary {
     pub unanswered_onsets: u32,
     /// Pressure came but the competitor never reacted to it in any run.
     pub never_reacted: bool,
-    /// Median completion time, ms.
+    /// Median completion time (spawn to exit), ms.
     pub completion_ms: Option<f64>,
+    /// Median of the workload's own elapsed time (first touch to last) over the runs whose
+    /// workload finished, ms; `None` if none finished.
+    pub work_ms: Option<f64>,
     /// Median PSI `some` stall total, ms.
     pub stall_ms: Option<f64>,
     /// Median peak limit.
@@ -94,7 +97,7 @@ pub struct CaseSummary {
     pub ebpf_p99_speedup: Option<f64>,
     /// Whether the eBPF scaler ran this workload with reactions to compare against.
     pub ebpf_compared: bool,
-    /// This competitor's median completion time divided by the eBPF scaler's.
+    /// This competitor's median workload time divided by the eBPF scaler's.
     pub ebpf_completion_ratio: Option<f64>,
     /// This competitor's OOM kills minus the eBPF scaler's.
     pub ebpf_oom_kills_saved: Option<i64>,
@@ -137,8 +140,8 @@ pub fn summarize(
                     .filter(|(_, b)| *b > 0.0)
                     .map(|(a, b)| a / b);
                 c.ebpf_completion_ratio = c
-                    .completion_ms
-                    .zip(e.completion_ms)
+                    .work_ms
+                    .zip(e.work_ms)
                     .filter(|(_, b)| *b > 0.0)
                     .map(|(a, b)| a / b);
                 c.ebpf_oom_kills_saved = Some(c.oom_kills_total as i64 - e.oom_kills_total as i64);
@@ -187,6 +190,12 @@ fn case(w: &WorkloadSpec, c: CompetitorId, a: Availability, rs: &[&RunRecord]) -
     s.unanswered_onsets = ok.iter().map(|r| r.matching.unanswered).sum();
     s.never_reacted = lat.is_empty() && s.unanswered_onsets > 0;
     s.completion_ms = median(ok.iter().map(|r| r.completion_us as f64 / 1000.0));
+    s.work_ms = median(
+        ok.iter()
+            .filter(|r| r.exit.code == Some(0))
+            .filter_map(|r| r.workload_report.as_ref())
+            .map(|w| w.elapsed_us as f64 / 1000.0),
+    );
     s.stall_ms = median(
         ok.iter()
             .filter_map(|r| r.stall_some_us.map(|v| v as f64 / 1000.0)),
