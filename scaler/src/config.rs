@@ -109,6 +109,9 @@ pub struct PolicyConfig {
     pub matches: Vec<String>,
     /// Select only cgroups carrying `agent.opt_in_xattr` = `1` or this policy's name.
     pub require_xattr: bool,
+    /// Select only Kubernetes pod and container cgroups of these QoS classes
+    /// (`"guaranteed"`, `"burstable"`, `"besteffort"`; see [`crate::k8s`]). Empty: any cgroup.
+    pub qos: Vec<crate::k8s::QosClass>,
     /// `[policy.memory]`: manage the memory limit (absent: memory is only observed).
     pub memory: Option<MemoryPolicyConfig>,
     /// `[policy.cpu]`: manage the CPU quota (absent: CPU is only observed).
@@ -761,6 +764,12 @@ impl PolicyConfig {
             require_literal_separator: true,
             require_literal_leading_dot: false,
         };
+        if !self.qos.is_empty() {
+            match crate::k8s::parse(path) {
+                Some(pod) if pod.pod_uid.is_some() && self.qos.contains(&pod.qos) => {}
+                _ => return false,
+            }
+        }
         if self.require_xattr {
             match xattr.map(str::trim) {
                 Some(v) if v == "1" || v == self.name => {}

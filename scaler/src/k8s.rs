@@ -1,0 +1,472 @@
+//! Kubernetes pod and container cgroups, recognised from their paths.
+//!
+//! The kubelet lays out one cgroup per pod under a QoS-class parent and one per container
+//! under its pod. Both cgroup drivers are understood:
+//!
+//! - **cgroupfs** driver: `/kubepods/burstable/pod<uid>/<container-id>`,
+//!   `/kubepods/besteffort/pod<uid>/...`, and `/kubepods/pod<uid>/...` for Guaranteed pods.
+//!   CRI-O names the container cgroup `crio-<id>`, containerd and Docker use the bare id.
+//! - **systemd** driver: `/kubepods.slice/kubepods-burstable.slice/
+//!   kubepods-burstable-pod<uid_with_underscores>.slice/cri-containerd-<id>.scope`
+//!   (also `docker-<id>.scope`, `crio-<id>.scope`); Guaranteed pods sit directly under
+//!   `kubepods.slice` as `kubepods-pod<uid>.slice`. The systemd driver replaces the dashes of
+//!   the pod UID with underscores; [`parse`] restores them.
+//!
+//! The kubepods root may be nested (kind, k3s and nested kubelets put it under another
+//! cgroup), so the first path component starting with `kubepods` anchors the parse.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A pod's quality-of-service class, as the kubelet derives it from requests and limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QosClass {
+    /// Requests equal limits for every container (the pod cgroup sits directly under
+    /// `kubepods`).
+    Guaranteed,
+    /// Some requests or limits, not Guaranteed.
+    Burstable,
+    /// No requests and no limits.
+    #[serde(rename = "besteffort")]
+    BestEffort,
+}
+
+impl QosClass {
+    /// The lowercase name used by the kubelet's cgroup names and in configuration.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Guaranteed => "guaranteed",
+            Self::Burstable => "burstable",
+            Self::BestEffort => "besteffort",
+        }
+    }
+}
+
+impl fmt::Display for QosClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which cgroup driver laid out the path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// Plain directories (`kubepods/burstable/pod<uid>`).
+    Cgroupfs,
+    /// systemd slices and scopes (`kubepods.slice/...`).
+    Systemd,
+}
+
+/// The container runtime, when the container cgroup's name says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// `cri-containerd-<id>.scope`.
+    Containerd,
+    /// `docker-<id>.scope`.
+    Docker,
+    /// `crio-<id>` / `crio-<id>.scope`.
+    Crio,
+    /// A bare id (cgroupfs driver with containerd or Docker).
+    Unknown,
+}
+
+/// What a kubepods cgroup path says about the pod and container it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PodCgroup {
+    /// The pod's QoS class.
+    pub qos: QosClass,
+    /// The pod UID with its dashes (`0f1e...-...`), `None` for the QoS-level cgroups
+    /// (`/kubepods`, `/kubepods/burstable`) themselves.
+    pub pod_uid: Option<String>,
+    /// The container id, `None` for pod-level (and QoS-level) cgroups.
+    pub container_id: Option<String>,
+    /// The runtime that named the container cgroup.
+    pub runtime: Option<Runtime>,
+    /// The cgroup driver.
+    pub driver: Driver,
+}
+
+impl PodCgroup {
+    /// `pod/<uid>` or `pod/<uid>/container/<short id>` for logs.
+    pub fn display_name(&self) -> String {
+        match (&self.pod_uid, &self.container_id) {
+            (Some(p), Some(c)) => format!("pod {p} container {}", short_id(c)),
+            (Some(p), None) => format!("pod {p}"),
+            _ => format!("kubepods {}", self.qos),
+        }
+    }
+}
+
+/// The first 12 characters of a container id (what `crictl ps` and `docker ps` show).
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// Parses a cgroup path (relative to the hierarchy root, e.g. `/kubepods/burstable/pod.../...`)
+/// into the pod and container it belongs to. `None` for paths outside `kubepods` and for
+/// names that do not follow the kubelet's layout (a malformed pod directory is not guessed at).
+pub fn parse(path: &str) -> Option<PodCgroup> {
+    let mut comps = path.split('/').filter(|c| !c.is_empty());
+    let root = comps.by_ref().find(|c| c.starts_with("kubepods"))?;
+    match root {
+        "kubepods" => parse_cgroupfs(comps),
+        "kubepods.slice" => parse_systemd(comps),
+        _ => None,
+    }
+}
+
+fn parse_cgroupfs<'a>(mut comps: impl Iterator<Item = &'a str>) -> Option<PodCgroup> {
+    let mut out = PodCgroup {
+        qos: QosClass::Guaranteed,
+        pod_uid: None,
+        container_id: None,
+        runtime: None,
+        driver: Driver::Cgroupfs,
+    };
+    let Some(mut c) = comps.next() else {
+        return Some(out);
+    };
+    match c {
+        "burstable" | "besteffort" => {
+            out.qos = if c == "burstable" {
+                QosClass::Burstable
+            } else {
+                QosClass::BestEffort
+            };
+            match comps.next() {
+                Some(n) => c = n,
+                None => return Some(out),
+            }
+        }
+        _ => {}
+    }
+    let uid = c.strip_prefix("pod")?;
+    if !is_uid(uid, '-') {
+        return None;
+    }
+    out.pod_uid = Some(uid.to_owned());
+    if let Some(cont) = comps.next() {
+        let (runtime, id) = container_name(cont.strip_suffix(".scope").unwrap_or(cont))?;
+        out.runtime = Some(runtime);
+        out.container_id = Some(id.to_owned());
+    }
+    Some(out)
+}
+
+fn parse_systemd<'a>(mut comps: impl Iterator<Item = &'a str>) -> Option<PodCgroup> {
+    let mut out = PodCgroup {
+        qos: QosClass::Guaranteed,
+        pod_uid: None,
+        container_id: None,
+        runtime: None,
+        driver: Driver::Systemd,
+    };
+    let Some(mut c) = comps.next() else {
+        return Some(out);
+    };
+    let mut prefix = "kubepods-";
+    match c {
+        "kubepods-burstable.slice" | "kubepods-besteffort.slice" => {
+            let (qos, p) = if c == "kubepods-burstable.slice" {
+                (QosClass::Burstable, "kubepods-burstable-")
+            } else {
+                (QosClass::BestEffort, "kubepods-besteffort-")
+            };
+            out.qos = qos;
+            prefix = p;
+            match comps.next() {
+                Some(n) => c = n,
+                None => return Some(out),
+            }
+        }
+        _ => {}
+    }
+    let uid = c
+        .strip_prefix(prefix)?
+        .strip_prefix("pod")?
+        .strip_suffix(".slice")?;
+    if !is_uid(uid, '_') {
+        return None;
+    }
+    out.pod_uid = Some(uid.replace('_', "-"));
+    if let Some(cont) = comps.next() {
+        let (runtime, id) = container_name(cont.strip_suffix(".scope")?)?;
+        out.runtime = Some(runtime);
+        out.container_id = Some(id.to_owned());
+    }
+    Some(out)
+}
+
+/// `cri-containerd-<id>`, `docker-<id>`, `crio-<id>` or a bare id. `crio-conmon-<id>` (CRI-O's
+/// monitor process, not a container) and anything that is not a hex id are rejected.
+fn container_name(name: &str) -> Option<(Runtime, &str)> {
+    let (runtime, id) = if let Some(id) = name.strip_prefix("cri-containerd-") {
+        (Runtime::Containerd, id)
+    } else if let Some(id) = name.strip_prefix("docker-") {
+        (Runtime::Docker, id)
+    } else if let Some(id) = name.strip_prefix("crio-") {
+        (Runtime::Crio, id)
+    } else {
+        (Runtime::Unknown, name)
+    };
+    let hex = id.len() >= 12 && id.bytes().all(|b| b.is_ascii_hexdigit());
+    hex.then_some((runtime, id))
+}
+
+/// A pod UID: 36 characters, hex digits and four `sep`s at the UUID positions.
+fn is_uid(s: &str, sep: char) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == sep,
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UID: &str = "0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    const UID_: &str = "0f3b1c2d_4e5f_4a6b_8c7d_9e0f1a2b3c4d";
+    const CID: &str = "5d41402abc4b2a76b9719d911017c592a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5";
+
+    fn pc(
+        qos: QosClass,
+        pod: Option<&str>,
+        cid: Option<&str>,
+        rt: Option<Runtime>,
+        d: Driver,
+    ) -> PodCgroup {
+        PodCgroup {
+            qos,
+            pod_uid: pod.map(str::to_owned),
+            container_id: cid.map(str::to_owned),
+            runtime: rt,
+            driver: d,
+        }
+    }
+
+    #[test]
+    fn cgroupfs_driver_all_qos_classes() {
+        use QosClass::*;
+        let d = Driver::Cgroupfs;
+        assert_eq!(
+            parse(&format!("/kubepods/burstable/pod{UID}/{CID}")),
+            Some(pc(
+                Burstable,
+                Some(UID),
+                Some(CID),
+                Some(Runtime::Unknown),
+                d
+            ))
+        );
+        assert_eq!(
+            parse(&format!("/kubepods/besteffort/pod{UID}/{CID}")),
+            Some(pc(
+                BestEffort,
+                Some(UID),
+                Some(CID),
+                Some(Runtime::Unknown),
+                d
+            ))
+        );
+        assert_eq!(
+            parse(&format!("/kubepods/pod{UID}/{CID}")),
+            Some(pc(
+                Guaranteed,
+                Some(UID),
+                Some(CID),
+                Some(Runtime::Unknown),
+                d
+            ))
+        );
+        assert_eq!(
+            parse(&format!("/kubepods/besteffort/pod{UID}/crio-{CID}")),
+            Some(pc(BestEffort, Some(UID), Some(CID), Some(Runtime::Crio), d))
+        );
+    }
+
+    #[test]
+    fn cgroupfs_driver_pod_and_qos_levels() {
+        use QosClass::*;
+        let d = Driver::Cgroupfs;
+        assert_eq!(
+            parse(&format!("/kubepods/burstable/pod{UID}")),
+            Some(pc(Burstable, Some(UID), None, None, d))
+        );
+        assert_eq!(
+            parse(&format!("/kubepods/pod{UID}/")),
+            Some(pc(Guaranteed, Some(UID), None, None, d))
+        );
+        assert_eq!(
+            parse("/kubepods/burstable"),
+            Some(pc(Burstable, None, None, None, d))
+        );
+        assert_eq!(
+            parse("/kubepods"),
+            Some(pc(Guaranteed, None, None, None, d))
+        );
+    }
+
+    #[test]
+    fn systemd_driver_all_qos_classes_and_runtimes() {
+        use QosClass::*;
+        let d = Driver::Systemd;
+        assert_eq!(
+            parse(&format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/cri-containerd-{CID}.scope"
+            )),
+            Some(pc(Burstable, Some(UID), Some(CID), Some(Runtime::Containerd), d))
+        );
+        assert_eq!(
+            parse(&format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/docker-{CID}.scope"
+            )),
+            Some(pc(BestEffort, Some(UID), Some(CID), Some(Runtime::Docker), d))
+        );
+        assert_eq!(
+            parse(&format!(
+                "/kubepods.slice/kubepods-pod{UID_}.slice/crio-{CID}.scope"
+            )),
+            Some(pc(Guaranteed, Some(UID), Some(CID), Some(Runtime::Crio), d))
+        );
+        assert_eq!(
+            parse(&format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice"
+            )),
+            Some(pc(Burstable, Some(UID), None, None, d))
+        );
+        assert_eq!(
+            parse("/kubepods.slice/kubepods-besteffort.slice"),
+            Some(pc(BestEffort, None, None, None, d))
+        );
+    }
+
+    #[test]
+    fn nested_kubepods_roots_are_found() {
+        let p = parse(&format!(
+            "/kubelet.slice/kubelet-kubepods.slice/x/kubepods/burstable/pod{UID}/{CID}"
+        ));
+        assert_eq!(p.unwrap().container_id.as_deref(), Some(CID));
+        let p = parse(&format!(
+            "/docker/abc/kubepods.slice/kubepods-pod{UID_}.slice"
+        ))
+        .unwrap();
+        assert_eq!(p.qos, QosClass::Guaranteed);
+        assert_eq!(p.pod_uid.as_deref(), Some(UID));
+    }
+
+    #[test]
+    fn non_kubernetes_and_malformed_paths_are_rejected() {
+        for p in [
+            "/",
+            "",
+            "/system.slice/containerd.service",
+            "/user.slice/user-0.slice",
+            "/batch/job1",
+            // UID with the wrong separator for the driver.
+            &format!("/kubepods/burstable/pod{UID_}/{CID}"),
+            &format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID}.slice"),
+            // The QoS slice and the pod slice disagree.
+            &format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-besteffort-pod{UID_}.slice"
+            ),
+            // Truncated UID, non-hex.
+            "/kubepods/burstable/pod0f3b1c2d-4e5f",
+            "/kubepods/burstable/podzzzzzzzz-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
+            // Not a container id; CRI-O's conmon scope.
+            &format!("/kubepods/burstable/pod{UID}/not-a-container"),
+            &format!("/kubepods.slice/kubepods-pod{UID_}.slice/crio-conmon-{CID}.scope"),
+            // systemd container cgroups are scopes.
+            &format!("/kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{CID}"),
+            // A different root that merely starts with "kubepods".
+            "/kubepods-extra/burstable",
+        ] {
+            assert_eq!(parse(p), None, "{p}");
+        }
+    }
+
+    #[test]
+    fn qos_class_names_round_trip_through_serde() {
+        for q in [
+            QosClass::Guaranteed,
+            QosClass::Burstable,
+            QosClass::BestEffort,
+        ] {
+            let s = serde_json::to_string(&q).unwrap();
+            assert_eq!(s, format!("\"{}\"", q.as_str()));
+            assert_eq!(serde_json::from_str::<QosClass>(&s).unwrap(), q);
+        }
+        assert!(serde_json::from_str::<QosClass>("\"best-effort\"").is_err());
+    }
+
+    #[test]
+    fn display_names() {
+        let p = parse(&format!("/kubepods/pod{UID}/{CID}")).unwrap();
+        assert_eq!(
+            p.display_name(),
+            format!("pod {UID} container 5d41402abc4b")
+        );
+        assert_eq!(
+            parse("/kubepods/besteffort").unwrap().display_name(),
+            "kubepods besteffort"
+        );
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use crate::config::Config;
+
+    const UID: &str = "0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    const UID_: &str = "0f3b1c2d_4e5f_4a6b_8c7d_9e0f1a2b3c4d";
+
+    #[test]
+    fn policies_select_by_qos_class_with_either_driver() {
+        let c = Config::from_toml_str(
+            r#"
+            [[policy]]
+            name = "elastic"
+            match = ["/kubepods/**", "/kubepods.slice/**"]
+            qos = ["burstable", "besteffort"]
+            [policy.memory]
+            [[policy]]
+            name = "fallback"
+            match = ["/**"]
+            [policy.cpu]
+            "#,
+        )
+        .unwrap();
+        let name = |p: &str| c.policy_for(p, None).map(|p| p.name.as_str());
+        assert_eq!(
+            name(&format!("/kubepods/burstable/pod{UID}")),
+            Some("elastic")
+        );
+        assert_eq!(
+            name(&format!("/kubepods/besteffort/pod{UID}/0123456789abcdef")),
+            Some("elastic")
+        );
+        assert_eq!(
+            name(&format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice"
+            )),
+            Some("elastic")
+        );
+        // Guaranteed pods, the QoS-level cgroups themselves and non-pod cgroups fall through.
+        assert_eq!(name(&format!("/kubepods/pod{UID}")), Some("fallback"));
+        assert_eq!(name("/kubepods/burstable"), Some("fallback"));
+        assert_eq!(name("/system.slice/x.service"), Some("fallback"));
+    }
+
+    #[test]
+    fn an_unknown_qos_class_is_rejected() {
+        let e = Config::from_toml_str("[[policy]]\nname = \"a\"\nmatch = [\"/a\"]\nqos = [\"best-effort\"]\n[policy.memory]\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("best-effort"), "{e}");
+    }
+}
