@@ -177,6 +177,13 @@ impl KernelBtf {
         Some(params)
     }
 
+    /// Number of parameters of a tracepoint (without the context pointer); `None` if the kernel
+    /// has no such tracepoint. Tells prototype versions apart (e.g. `sched_switch` gained
+    /// `prev_state` in 5.18).
+    pub fn tracepoint_arity(&self, name: &str) -> Option<usize> {
+        self.tracepoint_params(name).map(|p| p.len())
+    }
+
     /// Whether the kernel has a tracepoint (from its `btf_trace_<name>` typedef).
     pub fn has_tracepoint(&self, name: &str) -> bool {
         self.tracepoint_params(name).is_some()
@@ -403,6 +410,27 @@ pub(crate) mod tests {
         assert!(old.mark_victim && !old.mark_victim_has_task && !old.count_memcg_events);
         let o = KernelBtf::from_bytes(&fake_kernel(false, false)).unwrap().kernel_offsets(4096);
         assert_eq!(o.unwrap().mark_victim_has_task, 0);
+    }
+
+    /// An older kernel: no `count_memcg_events` (before 6.10), no `mark_victim`, no direct
+    /// reclaim tracepoint. The features say so, and `Pipeline::load` leaves those optional
+    /// programs out with a warning naming the tracepoint; the required reclaim one is there.
+    #[test]
+    fn an_older_kernel_lacks_the_optional_tracepoints() {
+        let mut b = BtfBuilder::new();
+        let void_ptr = b.ptr(0);
+        let int = b.int("int", 4);
+        let fp = b.func_proto(&[void_ptr, int, int]);
+        let fpp = b.ptr(fp);
+        b.typedef("btf_trace_mm_vmscan_memcg_reclaim_begin", fpp);
+        let k = KernelBtf::from_bytes(&b.build()).unwrap();
+        let f = k.features();
+        assert!(f.memcg_reclaim);
+        assert!(!f.count_memcg_events && !f.mark_victim && !f.mark_victim_has_task && !f.direct_reclaim);
+        assert!(!k.has_tracepoint("count_memcg_events") && !k.has_tracepoint("mark_victim"));
+        // Without count_memcg_events alone (6.1-6.9): OOM reports stay, early warnings go.
+        let f = KernelBtf::from_bytes(&fake_kernel(true, false)).unwrap().features();
+        assert!(!f.count_memcg_events && f.mark_victim && f.mark_victim_has_task);
     }
 
     #[test]

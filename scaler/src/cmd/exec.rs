@@ -154,7 +154,9 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let node = NodeInfo::detect().context("reading /proc/meminfo")?;
     let budget = Config::default().memory_budget(&node);
     let mem_h = Hierarchy::discover(Path::new("/"), Controller::Memory)?;
+    crate::privilege::check_startup(crate::privilege::Role::Exec, None)?;
     let mut pipeline = Pipeline::load(&PipelineOptions::default())?;
+    crate::privilege::after_load(crate::privilege::Role::Exec);
     pipeline.forward_logs();
 
     let guard = CgroupGuard::create_under_own(&[&mem_h], "scaler-exec")?;

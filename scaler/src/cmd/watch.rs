@@ -158,7 +158,9 @@ pub fn run(args: WatchArgs) -> anyhow::Result<std::process::ExitCode> {
         default_headroom_bytes: if targets.is_empty() { args.headroom } else { 0 },
         early_warning: args.headroom > 0,
     };
+    crate::privilege::check_startup(crate::privilege::Role::Watch, None)?;
     let mut pipeline = Pipeline::load(&opts)?;
+    crate::privilege::after_load(crate::privilege::Role::Watch);
     pipeline.forward_logs();
     for (rel, dir) in &targets {
         let id = std::fs::metadata(dir).with_context(|| format!("stat {}", dir.display()))?.ino();
