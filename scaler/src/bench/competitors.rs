@@ -411,6 +411,19 @@ impl Reader {
         })
     }
 
+    /// CPU: gives the decider a first `cpu.stat` sample before the workload starts, so the
+    /// first throttled period seen is a change from it (as a real agent would have).
+    fn baseline(&self, ctx: &mut CompetitorCtx) -> Result<(), BenchError> {
+        if let Self::Cpu(_) = self {
+            let signal = self.signal(ctx, false)?;
+            if ctx.rule.decide(monotonic_ns(), signal).is_some() {
+                // A raise before any work would be a decider bug; do not write it.
+                ctx.rule.applied(monotonic_ns(), false);
+            }
+        }
+        Ok(())
+    }
+
     /// The signal now; `pressure` selects [`Signal::Pressure`] over
     /// [`Signal::EarlyWarning`] for memory.
     fn signal(&self, ctx: &CompetitorCtx, pressure: bool) -> Result<Signal, BenchError> {
@@ -460,7 +473,7 @@ fn poll_loop(
     interval: Duration,
 ) -> CompetitorStats {
     let cpu0 = thread_cpu_ns();
-    let reader = match Reader::open(&ctx, resource) {
+    let reader = match Reader::open(&ctx, resource).and_then(|r| r.baseline(&mut ctx).map(|()| r)) {
         Ok(r) => r,
         Err(e) => return ready.fail(e),
     };
@@ -553,7 +566,7 @@ fn psi_loop(mut ctx: CompetitorCtx, mut ready: Ready, resource: Resource) -> Com
             ))
         }
     };
-    let reader = match Reader::open(&ctx, resource) {
+    let reader = match Reader::open(&ctx, resource).and_then(|r| r.baseline(&mut ctx).map(|()| r)) {
         Ok(r) => r,
         Err(e) => return ready.fail(e),
     };
