@@ -23,6 +23,8 @@ pub enum Command {
     Watch(crate::cmd::watch::WatchArgs),
     /// The node agent: observe every cgroup, manage those the configuration selects.
     Agent(crate::cmd::agent::AgentArgs),
+    /// What the running agent manages: limits, recent actions, latency percentiles.
+    Status(crate::cmd::agent::status::StatusArgs),
     /// Validate a configuration file (exit status 2 when it is invalid).
     CheckConfig(crate::cmd::agent::CheckConfigArgs),
     /// Run a command in a fresh managed cgroup; exits with its status.
@@ -55,6 +57,7 @@ pub fn main() -> ExitCode {
         Command::Watch(a) => crate::cmd::watch::run(a),
         Command::Agent(a) => crate::cmd::agent::run(a),
         Command::CheckConfig(a) => crate::cmd::agent::check_config(a),
+        Command::Status(a) => crate::cmd::agent::status::run(a),
         Command::Exec(a) => crate::cmd::exec::run(a),
         Command::Bench(a) => crate::bench::run(a.into()),
         Command::Workload(a) => crate::workload::run(a),

@@ -4,6 +4,19 @@
 //! them are counted and logged) and manages none: only cgroups that a `[[policy]]` selects
 //! (by path glob, optionally requiring an opt-in xattr) have their limits changed. So running
 //! it with no flags is safe on any host.
+//!
+//! Operating it:
+//! - metrics ([`metrics`]): Prometheus/OpenMetrics on `agent.metrics_addr` (`GET /metrics`);
+//! - state ([`state`]): each managed cgroup's original limit and the agent's changes, in
+//!   `agent.state_file`, so that a restart (also after SIGKILL) reconciles instead of starting
+//!   blind; `agent.restore_on_exit` puts the originals back on SIGTERM/SIGINT;
+//! - discovery ([`discovery`]): inotify on the cgroupfs tree, plus a periodic rescan;
+//! - status ([`status`]): `scaler status` reads the agent over `agent.status_socket`.
+
+pub mod discovery;
+pub mod metrics;
+pub mod state;
+pub mod status;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -11,8 +24,8 @@ use std::{
     process::ExitCode,
     sync::{
         atomic::{AtomicU64, Ordering},
-        mpsc::{channel, Receiver, RecvTimeoutError},
-        Arc, Mutex,
+        mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, TryRecvError},
+        Arc, Mutex, MutexGuard,
     },
     time::{Duration, Instant},
 };
@@ -20,13 +33,20 @@ use std::{
 use anyhow::Context as _;
 use scaler_common::{EventKind, WatchConfig, WATCH_MEMORY, WATCH_USAGE_HIGH};
 
+use self::{
+    discovery::{TreeChange, TreeWatcher},
+    metrics::{limit_value, CgroupLabels, Metrics, ProgramLabels, ResultLabels},
+    state::{plan_restore, Restore, StateFile, StoredLimit},
+    status::{ActionStatus, CounterStatus, ManagedStatus, Recent, StatusDoc},
+};
 use crate::{
     actuator::{MemoryActuator, MemoryOptions},
-    cgroupfs::{CgroupIndex, Controller, Hierarchy},
+    cgroupfs::{CgroupIndex, Controller, Hierarchy, Limit},
     config::{Config, ConfigError, NodeInfo},
-    decider::{CgId, MemoryPolicy},
+    decider::{CgId, MemoryPolicy, Resource, WriteOutcome},
     ebpf::{Pipeline, PipelineOptions},
-    engine::{Command, Engine, EngineConfig, ManageRequest, Record},
+    engine::{Command, Engine, EngineConfig, EngineStats, ManageRequest, ManagedSnapshot, Record},
+    k8s::PodCgroup,
 };
 
 #[derive(Debug, clap::Args)]
@@ -63,7 +83,11 @@ pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
                 "{}: OK ({} {}, memory budget {}, cpu budget {:.2} cores)",
                 args.file.display(),
                 c.policies.len(),
-                if c.policies.len() == 1 { "policy" } else { "policies" },
+                if c.policies.len() == 1 {
+                    "policy"
+                } else {
+                    "policies"
+                },
                 crate::units::format_size(c.memory_budget(&node)),
                 c.cpu_budget(&node)
             );
@@ -82,6 +106,13 @@ pub struct ManagedCgroup {
     pub path: String,
     pub policy: String,
     pub memory: MemoryPolicy,
+    /// The memory limit before the agent first changed it (from the state file if the agent
+    /// managed this cgroup before a restart).
+    pub original: Limit,
+    /// The pod and container, for Kubernetes cgroups.
+    pub pod: Option<PodCgroup>,
+    /// Its metric labels.
+    pub labels: CgroupLabels,
 }
 
 /// Counters the agent keeps from the engine's records.
@@ -92,37 +123,105 @@ pub struct AgentCounters {
     pub failed_actions: AtomicU64,
 }
 
+/// Settings the status document reports (they may change on reload).
+#[derive(Clone, Debug)]
+pub struct AgentInfo {
+    pub dry_run: bool,
+    pub restore_on_exit: bool,
+    pub memory_hierarchy: String,
+    pub state_file: String,
+    pub metrics_addr: Option<String>,
+}
+
 /// Agent state shared between its threads.
 pub struct AgentState {
     pub managed: Mutex<HashMap<CgId, ManagedCgroup>>,
     pub counters: AgentCounters,
+    pub metrics: Arc<Metrics>,
+    pub recent: Mutex<Recent>,
+    pub state: Mutex<StateFile>,
+    pub info: Mutex<AgentInfo>,
+    pub started: Instant,
 }
 
-enum AgentSignal {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking thread cannot leave these in a state worse than losing them: keep going.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl AgentState {
+    /// Writes the state file if it changed; a failure is logged (the agent keeps running).
+    fn save_state(&self) {
+        let mut st = lock(&self.state);
+        if let Err(e) = st.save_if_dirty() {
+            tracing::error!("{e}");
+        }
+    }
+}
+
+/// What the main loop reacts to.
+enum AgentMsg {
     Stop(&'static str),
     Reload,
+    Tree(Vec<TreeChange>),
 }
 
-fn signal_thread() -> anyhow::Result<Receiver<AgentSignal>> {
+fn signal_thread(tx: Sender<AgentMsg>) -> anyhow::Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGHUP);
     set.thread_block()?;
-    let (tx, rx) = channel();
-    std::thread::Builder::new().name("signals".into()).spawn(move || loop {
-        let msg = match set.wait() {
-            Ok(Signal::SIGHUP) => AgentSignal::Reload,
-            Ok(Signal::SIGINT) => AgentSignal::Stop("SIGINT"),
-            Ok(_) => AgentSignal::Stop("SIGTERM"),
-            Err(_) => return,
-        };
-        if tx.send(msg).is_err() {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let msg = match set.wait() {
+                Ok(Signal::SIGHUP) => AgentMsg::Reload,
+                Ok(Signal::SIGINT) => AgentMsg::Stop("SIGINT"),
+                Ok(_) => AgentMsg::Stop("SIGTERM"),
+                Err(_) => return,
+            };
+            if tx.send(msg).is_err() {
+                return;
+            }
+        })?;
+    Ok(())
+}
+
+/// Watches the cgroup tree with inotify from a background thread (best effort: without it,
+/// the periodic rescan still finds new cgroups).
+fn discovery_thread(mount: PathBuf, tx: Sender<AgentMsg>) {
+    let mut w = match TreeWatcher::new(&mount) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(mount = %mount.display(), "inotify unavailable ({e}); new cgroups are found by the periodic rescan only");
             return;
         }
-    })?;
-    Ok(rx)
+    };
+    tracing::debug!(dirs = w.len(), "watching the cgroup tree");
+    let spawned = std::thread::Builder::new()
+        .name("discovery".into())
+        .spawn(move || loop {
+            match w.wait() {
+                Ok(ch) if ch.is_empty() => {}
+                Ok(ch) => {
+                    if tx.send(AgentMsg::Tree(ch)).is_err() {
+                        return;
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        "inotify read failed ({e}); falling back to the periodic rescan"
+                    );
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("discovery thread: {e}");
+    }
 }
 
 struct Agent {
@@ -165,16 +264,27 @@ impl Agent {
         // Parents before children, so each finds its managed ancestor.
         wanted.sort_by_key(|(_, path, _, _)| path.matches('/').count());
         let wanted_ids: HashSet<CgId> = wanted.iter().map(|w| w.0).collect();
-        let mut managed = self.state.managed.lock().expect("agent state");
-        let gone: Vec<CgId> = managed.keys().filter(|id| !wanted_ids.contains(id)).copied().collect();
+        let mut managed = lock(&self.state.managed);
+        let metrics = &self.state.metrics;
+        let gone: Vec<CgId> = managed
+            .keys()
+            .filter(|id| !wanted_ids.contains(id))
+            .copied()
+            .collect();
         for id in gone {
             let m = managed.remove(&id).expect("listed");
             tracing::info!(cgroup = %m.path, "no longer managed (removed or deselected)");
             self.engine.send(Command::Forget(id));
             let _ = self.pipeline.unwatch(id);
+            lock(&self.state.state).forget(&m.path);
+            metrics.limit_bytes.remove(&m.labels);
+            metrics.original_limit_bytes.remove(&m.labels);
+            metrics.usage_bytes.remove(&m.labels);
         }
-        let mut path_to_id: HashMap<String, CgId> =
-            managed.iter().map(|(id, m)| (m.path.clone(), *id)).collect();
+        let mut path_to_id: HashMap<String, CgId> = managed
+            .iter()
+            .map(|(id, m)| (m.path.clone(), *id))
+            .collect();
         for (id, path, policy_name, policy) in wanted {
             if let Some(m) = managed.get(&id) {
                 if m.memory == policy && m.policy == policy_name {
@@ -195,6 +305,8 @@ impl Agent {
                     continue;
                 }
             };
+            let current = actuator.current_limit();
+            let original = lock(&self.state.state).manage(&path, id, &policy_name, current);
             let parent = ancestors(&path).find_map(|a| path_to_id.get(a).copied());
             let usage = cg.memory_usage().unwrap_or(0);
             self.engine.send(Command::Manage(Box::new(ManageRequest {
@@ -213,33 +325,187 @@ impl Agent {
             if let Err(e) = self.pipeline.watch(id, watch) {
                 tracing::warn!(cgroup = %path, "cannot watch: {e}");
             }
-            tracing::info!(cgroup = %path, policy = %policy_name, min = policy.min, max = policy.max, "managing");
+            let pod = crate::k8s::parse(&path);
+            let labels = CgroupLabels::new(&path, &policy_name);
+            if let Some(old) = managed.get(&id).map(|m| m.labels.clone()) {
+                metrics.limit_bytes.remove(&old);
+                metrics.original_limit_bytes.remove(&old);
+                metrics.usage_bytes.remove(&old);
+            }
+            metrics
+                .original_limit_bytes
+                .get_or_create(&labels)
+                .set(limit_value(original));
+            metrics
+                .limit_bytes
+                .get_or_create(&labels)
+                .set(limit_value(current));
+            tracing::info!(
+                cgroup = %path,
+                policy = %policy_name,
+                pod = pod.as_ref().map(PodCgroup::display_name).unwrap_or_default(),
+                min = policy.min,
+                max = policy.max,
+                limit = %current,
+                original = %original,
+                "managing"
+            );
             path_to_id.insert(path.clone(), id);
-            managed.insert(id, ManagedCgroup { path, policy: policy_name, memory: policy });
+            managed.insert(
+                id,
+                ManagedCgroup {
+                    path,
+                    policy: policy_name,
+                    memory: policy,
+                    original,
+                    pod,
+                    labels,
+                },
+            );
         }
+        metrics.managed.set(managed.len() as i64);
+        drop(managed);
+        self.state.save_state();
+    }
+
+    /// Drops state records of cgroups that are not managed after the first reconcile: those
+    /// that vanished while the agent was down, or that the configuration no longer selects.
+    fn drop_stale_state(&self) {
+        let managed: HashSet<String> = lock(&self.state.managed)
+            .values()
+            .map(|m| m.path.clone())
+            .collect();
+        let dropped = lock(&self.state.state).retain(|p, _| managed.contains(p));
+        for (path, r) in dropped {
+            let exists = self.hierarchy.cgroup(&path).is_ok_and(|c| c.exists());
+            if exists {
+                tracing::warn!(
+                    cgroup = %path,
+                    original = %Limit::from(r.original),
+                    current = %Limit::from(r.current),
+                    "state file: no longer selected by the configuration; its limit stays as the agent left it"
+                );
+            } else {
+                tracing::info!(cgroup = %path, "state file: cgroup vanished while the agent was down; forgotten");
+            }
+        }
+        self.state.save_state();
     }
 
     /// The slow path: a sample of each managed cgroup for scale-down and rate estimation.
     fn sample(&self) {
-        let managed = self.state.managed.lock().expect("agent state");
+        let managed = lock(&self.state.managed);
         for (id, m) in managed.iter() {
-            let Ok(cg) = self.hierarchy.cgroup(&m.path) else { continue };
+            let Ok(cg) = self.hierarchy.cgroup(&m.path) else {
+                continue;
+            };
             if let Some(s) = crate::cmd::exec::sample(&cg) {
                 self.engine.send(Command::Sample(*id, s));
             }
         }
     }
 
+    /// Refreshes the metrics kept by others: per-cgroup limits and usage (engine snapshot),
+    /// kernel and engine counters, BPF program statistics.
+    fn refresh_metrics(&self) {
+        let m = &self.state.metrics;
+        let snapshot = self.engine.snapshot();
+        {
+            let managed = lock(&self.state.managed);
+            for s in &snapshot {
+                let Some(c) = managed.get(&s.id) else {
+                    continue;
+                };
+                if let Some(l) = s.limit {
+                    m.limit_bytes
+                        .get_or_create(&c.labels)
+                        .set(limit_value(Limit::from_bytes(l)));
+                }
+                if let Some(u) = s.usage {
+                    m.usage_bytes.get_or_create(&c.labels).set(u as i64);
+                }
+            }
+        }
+        let k = self.pipeline.kernel_stats();
+        Metrics::set_total(&m.ringbuf_dropped, k.ringbuf_dropped);
+        let e: &EngineStats = self.engine.stats();
+        Metrics::set_total(
+            &m.ringbuf_records,
+            e.loop_stats.records.load(Ordering::Relaxed),
+        );
+        Metrics::set_total(
+            &m.decode_errors,
+            e.loop_stats.decode_errors.load(Ordering::Relaxed),
+        );
+        Metrics::set_total(
+            &m.records_dropped,
+            e.records_dropped.load(Ordering::Relaxed),
+        );
+        Metrics::set_total(&m.failed_writes, e.failed_writes.load(Ordering::Relaxed));
+        Metrics::set_total(
+            &m.unmanaged_ancestor_binds,
+            e.unmanaged_ancestor_binds.load(Ordering::Relaxed),
+        );
+        for (program, (run_time, runs)) in self.pipeline.program_stats() {
+            let l = ProgramLabels { program };
+            Metrics::set_total_f64(&m.bpf_run_seconds.get_or_create(&l), run_time.as_secs_f64());
+            Metrics::set_total(&m.bpf_runs.get_or_create(&l), runs);
+        }
+    }
+
     fn reload(&mut self, path: Option<&Path>) {
+        let reloads = &self.state.metrics.reloads;
         match load_config(path, &self.node) {
             Ok(mut c) => {
                 c.agent.dry_run = self.config.agent.dry_run;
-                self.engine.send(Command::SetBudget(c.memory_budget(&self.node)));
+                for (key, old, new) in [
+                    (
+                        "metrics_addr",
+                        self.config.agent.metrics_addr.to_string(),
+                        c.agent.metrics_addr.to_string(),
+                    ),
+                    (
+                        "metrics",
+                        self.config.agent.metrics.to_string(),
+                        c.agent.metrics.to_string(),
+                    ),
+                    (
+                        "status_socket",
+                        self.config.agent.status_socket.display().to_string(),
+                        c.agent.status_socket.display().to_string(),
+                    ),
+                    (
+                        "state_file",
+                        self.config.agent.state_file.display().to_string(),
+                        c.agent.state_file.display().to_string(),
+                    ),
+                ] {
+                    if old != new {
+                        tracing::warn!("agent.{key} changed from {old} to {new}: takes effect at the next start");
+                    }
+                }
+                self.engine
+                    .send(Command::SetBudget(c.memory_budget(&self.node)));
+                lock(&self.state.info).restore_on_exit = c.agent.restore_on_exit;
+                // Keep the addresses the agent actually uses.
+                c.agent.metrics = self.config.agent.metrics;
+                c.agent.metrics_addr = self.config.agent.metrics_addr;
+                c.agent.status_socket = self.config.agent.status_socket.clone();
+                c.agent.state_file = self.config.agent.state_file.clone();
                 self.config = c;
-                tracing::info!("configuration reloaded");
+                reloads.get_or_create(&ResultLabels { result: "ok" }).inc();
+                tracing::info!(
+                    policies = self.config.policies.len(),
+                    "configuration reloaded"
+                );
                 self.reconcile();
             }
-            Err(e) => tracing::error!("configuration reload rejected, the old one keeps running: {e}"),
+            Err(e) => {
+                reloads
+                    .get_or_create(&ResultLabels { result: "rejected" })
+                    .inc();
+                tracing::error!("configuration reload rejected, the old one keeps running: {e}");
+            }
         }
     }
 }
@@ -262,6 +528,120 @@ fn ancestors(path: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// At shutdown with `restore_on_exit`: writes each changed cgroup's original limit back,
+/// never below its current usage. Restored cgroups leave the state file; the others stay
+/// (so the next start still knows their original).
+fn restore_originals(hierarchy: &Hierarchy, agent_state: &AgentState) {
+    let records: Vec<(String, state::CgroupRecord)> = lock(&agent_state.state)
+        .records()
+        .iter()
+        .map(|(p, r)| (p.clone(), r.clone()))
+        .collect();
+    for (path, r) in records {
+        let cg = match hierarchy.cgroup(&path) {
+            Ok(c) if c.exists() && c.id().is_ok_and(|id| id.0 == r.id) => c,
+            _ => {
+                lock(&agent_state.state).forget(&path);
+                continue;
+            }
+        };
+        let (Ok(current), Ok(usage)) = (cg.memory_limit(), cg.memory_usage()) else {
+            continue;
+        };
+        let original = Limit::from(r.original);
+        match plan_restore(original, current, usage) {
+            Restore::Unchanged => {
+                lock(&agent_state.state).forget(&path);
+            }
+            Restore::BelowUsage { original, usage } => tracing::warn!(
+                cgroup = %path,
+                original,
+                usage,
+                current = %current,
+                "not restored: the original limit is below current usage; the current limit stays"
+            ),
+            Restore::Write(l) => {
+                let res = MemoryActuator::open(&cg, MemoryOptions::default())
+                    .and_then(|a| a.set_memory_limit(l));
+                match res {
+                    Ok(_) => {
+                        tracing::info!(target: "scaler::audit", cgroup = %path, old = %current, new = %l, reason = "restore_on_exit", "limit restored");
+                        lock(&agent_state.state).forget(&path);
+                    }
+                    Err(e) => tracing::warn!(cgroup = %path, "restoring {l}: {e}"),
+                }
+            }
+        }
+    }
+    agent_state.save_state();
+}
+
+/// Builds the status document from the shared state and an engine snapshot.
+fn status_doc(
+    state: &AgentState,
+    snapshot: Vec<ManagedSnapshot>,
+    engine: &EngineStats,
+) -> StatusDoc {
+    let info = lock(&state.info).clone();
+    let managed = lock(&state.managed);
+    let snaps: HashMap<CgId, ManagedSnapshot> = snapshot.into_iter().map(|s| (s.id, s)).collect();
+    let mut list: Vec<ManagedStatus> = managed
+        .iter()
+        .map(|(id, m)| {
+            let s = snaps.get(id);
+            ManagedStatus {
+                cgroup: m.path.clone(),
+                id: *id,
+                policy: m.policy.clone(),
+                qos: m.pod.as_ref().map(|p| p.qos.as_str().to_owned()),
+                pod_uid: m.pod.as_ref().and_then(|p| p.pod_uid.clone()),
+                container_id: m.pod.as_ref().and_then(|p| p.container_id.clone()),
+                limit: s
+                    .and_then(|s| s.limit)
+                    .map(|l| StoredLimit::from(Limit::from_bytes(l))),
+                original_limit: m.original.into(),
+                usage_bytes: s.and_then(|s| s.usage),
+                utilization: s.and_then(|s| s.utilization),
+                allocation_rate: s.and_then(|s| s.allocation_rate),
+            }
+        })
+        .collect();
+    drop(managed);
+    list.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
+    let recent = lock(&state.recent);
+    let c = &state.counters;
+    let events = c
+        .events_by_kind
+        .iter()
+        .enumerate()
+        .filter_map(|(k, n)| {
+            let n = n.load(Ordering::Relaxed);
+            let kind = EventKind::from_u32(k as u32)?;
+            (n > 0).then(|| (kind.as_str().to_owned(), n))
+        })
+        .collect();
+    StatusDoc {
+        version: status::STATUS_VERSION,
+        pid: std::process::id(),
+        uptime_seconds: state.started.elapsed().as_secs_f64(),
+        dry_run: info.dry_run,
+        restore_on_exit: info.restore_on_exit,
+        memory_hierarchy: info.memory_hierarchy,
+        state_file: info.state_file,
+        metrics_addr: info.metrics_addr,
+        managed: list,
+        counters: CounterStatus {
+            events,
+            actions: c.actions.load(Ordering::Relaxed),
+            failed_actions: c.failed_actions.load(Ordering::Relaxed),
+            records_dropped: engine.records_dropped.load(Ordering::Relaxed),
+            ringbuf_dropped: state.metrics.ringbuf_dropped.get(),
+        },
+        recent_actions: recent.actions(),
+        reaction_latency_us: recent.latency(),
+    }
+}
+
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let node = NodeInfo::detect().context("reading /proc/meminfo")?;
     let mut config = match load_config(args.config.as_deref(), &node) {
@@ -274,17 +654,53 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         config.agent.dry_run = true;
     }
+    crate::privilege::check_startup(crate::privilege::Role::Agent, None)?;
     // Block the signals before any thread starts, so that only the signal thread takes them.
-    let signals = signal_thread()?;
+    let (tx, rx) = channel();
+    signal_thread(tx.clone())?;
     let hierarchy = Hierarchy::discover(Path::new("/"), Controller::Memory)?;
+    let state_file = match StateFile::load(&config.agent.state_file) {
+        Ok(s) => s,
+        Err(e @ (state::StateError::Parse { .. } | state::StateError::Version { .. })) => {
+            let aside = config.agent.state_file.with_extension("json.bad");
+            tracing::error!(
+                "{e}; moved to {} and starting without history",
+                aside.display()
+            );
+            let _ = std::fs::rename(&config.agent.state_file, &aside);
+            StateFile::empty(&config.agent.state_file)
+        }
+        Err(e) => return Err(e).context("the state file (agent.state_file)"),
+    };
+    let known = state_file.records().len();
+    let metrics = Arc::new(Metrics::new());
+    let metrics_addr = if config.agent.metrics {
+        let a = metrics::serve(config.agent.metrics_addr, metrics.clone()).with_context(|| {
+            format!(
+                "serving metrics on {} (agent.metrics_addr; set agent.metrics = false to disable)",
+                config.agent.metrics_addr
+            )
+        })?;
+        tracing::info!(addr = %a, "serving Prometheus metrics at http://{a}/metrics");
+        Some(a.to_string())
+    } else {
+        None
+    };
+    let status_listener = status::bind(&config.agent.status_socket)
+        .context("the status socket (agent.status_socket)")?;
     let mut pipeline = Pipeline::load(&PipelineOptions {
         watch_all: config.agent.observe_all,
         default_headroom_bytes: 0,
         early_warning: true,
     })?;
+    crate::privilege::after_load(crate::privilege::Role::Agent);
     for p in pipeline.programs() {
         if !p.attached {
-            tracing::warn!(program = p.program, "not attached: {}", p.note.as_deref().unwrap_or("?"));
+            tracing::warn!(
+                program = p.program,
+                "not attached: {}",
+                p.note.as_deref().unwrap_or("?")
+            );
         }
     }
     let ring = pipeline.take_events().context("event ring buffer")?;
@@ -297,82 +713,224 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         },
     )?;
     let records = engine.take_records().context("records")?;
-    let state = Arc::new(AgentState { managed: Mutex::new(HashMap::new()), counters: AgentCounters::default() });
+    let state = Arc::new(AgentState {
+        managed: Mutex::new(HashMap::new()),
+        counters: AgentCounters::default(),
+        metrics,
+        recent: Mutex::new(Recent::default()),
+        state: Mutex::new(state_file),
+        info: Mutex::new(AgentInfo {
+            dry_run: config.agent.dry_run,
+            restore_on_exit: config.agent.restore_on_exit,
+            memory_hierarchy: format!("{} at {}", hierarchy.version, hierarchy.mount.display()),
+            state_file: config.agent.state_file.display().to_string(),
+            metrics_addr,
+        }),
+        started: Instant::now(),
+    });
     let index = CgroupIndex::new(hierarchy.clone());
     let recorder = {
         let state = state.clone();
         let index_h = hierarchy.clone();
-        std::thread::Builder::new().name("records".into()).spawn(move || consume(records, &state, index_h))?
+        std::thread::Builder::new()
+            .name("records".into())
+            .spawn(move || consume(records, &state, index_h))?
     };
-    let mut agent = Agent { config, node, hierarchy, index, pipeline, engine, state };
+    {
+        let state = state.clone();
+        let (commands, wake) = engine.command_sender();
+        let stats = engine.stats().clone();
+        status::serve(status_listener, move || {
+            let (tx, rx) = sync_channel(1);
+            let snapshot = if commands.send(Command::Snapshot(tx)).is_ok() {
+                wake.wake();
+                rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            status_doc(&state, snapshot, &stats)
+        })?;
+    }
+    let mut agent = Agent {
+        config,
+        node,
+        hierarchy,
+        index,
+        pipeline,
+        engine,
+        state,
+    };
     agent.reconcile();
+    agent.drop_stale_state();
+    discovery_thread(agent.hierarchy.mount.clone(), tx.clone());
+    drop(tx);
     tracing::info!(
         memory = %format!("{} at {}", agent.hierarchy.version, agent.hierarchy.mount.display()),
-        managed = agent.state.managed.lock().map(|m| m.len()).unwrap_or(0),
+        managed = lock(&agent.state.managed).len(),
+        state_file = %agent.config.agent.state_file.display(),
+        known_from_state = known,
         observe_all = agent.config.agent.observe_all,
         dry_run = agent.config.agent.dry_run,
         budget = %crate::units::format_size(agent.config.memory_budget(&agent.node)),
         "agent running"
     );
     let mut next_discovery = Instant::now() + DISCOVERY_INTERVAL;
-    loop {
+    let mut next_sample = Instant::now();
+    let stop_reason = loop {
         let tick = agent.config.agent.sample_interval.0;
-        match signals.recv_timeout(tick) {
-            Ok(AgentSignal::Stop(sig)) => {
-                tracing::info!("{sig}: detaching");
-                break;
+        let wait = next_sample.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(AgentMsg::Stop(sig)) => break sig,
+            Ok(AgentMsg::Reload) => agent.reload(args.config.as_deref()),
+            Ok(AgentMsg::Tree(changes)) => {
+                // Coalesce a burst (a pod start creates several cgroups at once).
+                let mut overflow = false;
+                let mut n = 0;
+                let mut pending = None;
+                let mut handle = |c: Vec<TreeChange>| {
+                    overflow |= c.contains(&TreeChange::Overflow);
+                    n += c.len();
+                };
+                handle(changes);
+                loop {
+                    match rx.try_recv() {
+                        Ok(AgentMsg::Tree(c)) => handle(c),
+                        Ok(other) => {
+                            pending = Some(other);
+                            break;
+                        }
+                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                    }
+                }
+                tracing::debug!(changes = n, overflow, "cgroup tree changed");
+                agent.reconcile();
+                next_discovery = Instant::now() + DISCOVERY_INTERVAL;
+                match pending {
+                    Some(AgentMsg::Stop(sig)) => break sig,
+                    Some(AgentMsg::Reload) => agent.reload(args.config.as_deref()),
+                    _ => {}
+                }
             }
-            Ok(AgentSignal::Reload) => agent.reload(args.config.as_deref()),
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Disconnected) => break "signal thread gone",
         }
-        agent.sample();
+        if Instant::now() >= next_sample {
+            agent.sample();
+            agent.refresh_metrics();
+            next_sample = Instant::now() + tick;
+        }
         if Instant::now() >= next_discovery {
             agent.reconcile();
             next_discovery = Instant::now() + DISCOVERY_INTERVAL;
         }
-    }
-    let Agent { engine, pipeline, .. } = agent;
+    };
+    tracing::info!("{stop_reason}: detaching");
+    let Agent {
+        engine,
+        pipeline,
+        state,
+        config,
+        hierarchy,
+        ..
+    } = agent;
     engine.stop()?;
     let k = pipeline.kernel_stats();
     drop(pipeline);
     let _ = recorder.join();
-    tracing::info!(submitted = k.submitted, dropped = k.ringbuf_dropped, "programs detached; exiting");
+    state.save_state();
+    let restore = lock(&state.info).restore_on_exit;
+    if restore && !config.agent.dry_run {
+        // The engine is stopped: nothing races the restore.
+        restore_originals(&hierarchy, &state);
+    }
+    let _ = std::fs::remove_file(&config.agent.status_socket);
+    tracing::info!(
+        submitted = k.submitted,
+        dropped = k.ringbuf_dropped,
+        "programs detached; exiting"
+    );
     Ok(ExitCode::SUCCESS)
 }
 
-/// How often the cgroup tree is rescanned for new and removed cgroups.
+/// How often the cgroup tree is rescanned for new and removed cgroups (inotify reports them
+/// sooner; this is the safety net).
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
 
 fn consume(records: Receiver<Record>, state: &AgentState, h: Hierarchy) {
     let mut index = CgroupIndex::new(h);
-    for r in records {
-        match r {
-            Record::Action(a) => {
-                state.counters.actions.fetch_add(1, Ordering::Relaxed);
-                if a.outcome == crate::decider::WriteOutcome::Failed {
-                    state.counters.failed_actions.fetch_add(1, Ordering::Relaxed);
-                }
-                let path = index.path_of(a.action.cgroup).map(str::to_owned);
-                crate::cmd::audit(&a, path.as_deref());
+    let mut handle = |r: Record| match r {
+        Record::Action(a) => {
+            state.counters.actions.fetch_add(1, Ordering::Relaxed);
+            if a.outcome == WriteOutcome::Failed {
+                state
+                    .counters
+                    .failed_actions
+                    .fetch_add(1, Ordering::Relaxed);
             }
-            Record::Event(ev) => {
-                let k = ev.kind as usize;
-                if let Some(c) = state.counters.events_by_kind.get(k) {
-                    c.fetch_add(1, Ordering::Relaxed);
+            state.metrics.record_action(&a);
+            let managed = lock(&state.managed)
+                .get(&a.action.cgroup)
+                .map(|m| (m.path.clone(), m.labels.clone()));
+            let path = match &managed {
+                Some((p, _)) => Some(p.clone()),
+                None => index.path_of(a.action.cgroup).map(str::to_owned),
+            };
+            if a.outcome == WriteOutcome::Written && a.action.resource == Resource::Memory {
+                if let Some((p, labels)) = &managed {
+                    let new = Limit::from_bytes(a.action.new);
+                    lock(&state.state).changed(p, new);
+                    state
+                        .metrics
+                        .limit_bytes
+                        .get_or_create(labels)
+                        .set(limit_value(new));
                 }
-                if matches!(ev.kind, EventKind::OomKill) {
-                    let path = index.path_of(ev.target_id).unwrap_or("?").to_string();
-                    tracing::warn!(cgroup = %path, pid = ev.pid, comm = ev.comm(), "OOM kill");
-                } else if ev.woke {
-                    let path = index.path_of(ev.target_id).unwrap_or("?").to_string();
-                    tracing::debug!(cgroup = %path, kind = ev.kind.as_str(), usage = ev.usage, limit = ev.limit, "pressure");
-                }
+            }
+            crate::cmd::audit(&a, path.as_deref());
+            lock(&state.recent).push(
+                ActionStatus {
+                    time_unix: status::now_unix(),
+                    cgroup: path.unwrap_or_else(|| format!("id:{}", a.action.cgroup)),
+                    resource: a.action.resource.as_str().to_owned(),
+                    old: a.action.old,
+                    new: a.action.new,
+                    reason: a.action.reason.as_str().to_owned(),
+                    outcome: metrics::outcome_str(a.outcome).to_owned(),
+                    latency_us: a.latency_ns as f64 / 1000.0,
+                },
+                (a.outcome != WriteOutcome::Failed).then_some(a.latency_ns),
+            );
+        }
+        Record::Event(ev) => {
+            let k = ev.kind as usize;
+            if let Some(c) = state.counters.events_by_kind.get(k) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+            state
+                .metrics
+                .events
+                .get_or_create(&metrics::KindLabels {
+                    kind: ev.kind.as_str(),
+                })
+                .inc();
+            if matches!(ev.kind, EventKind::OomKill) {
+                let path = index.path_of(ev.target_id).unwrap_or("?").to_string();
+                tracing::warn!(cgroup = %path, pid = ev.pid, comm = ev.comm(), "OOM kill");
+            } else if ev.woke {
+                let path = index.path_of(ev.target_id).unwrap_or("?").to_string();
+                tracing::debug!(cgroup = %path, kind = ev.kind.as_str(), usage = ev.usage, limit = ev.limit, "pressure");
             }
         }
+    };
+    while let Ok(r) = records.recv() {
+        handle(r);
+        // Drain a burst, then write the state file once for it.
+        while let Ok(r) = records.try_recv() {
+            handle(r);
+        }
+        state.save_state();
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::ancestors;

@@ -1,0 +1,651 @@
+//! The agent's Prometheus metrics (OpenMetrics text through `prometheus-client`) and the small
+//! HTTP server that exposes them on `agent.metrics_addr` (`GET /metrics`).
+//!
+//! Counters fed by the engine's records (events, actions, latencies) move as the records
+//! arrive; totals owned by the kernel or the engine thread (ring-buffer drops, BPF run time)
+//! and per-cgroup limits are refreshed by the agent's main loop every `sample_interval`; the
+//! agent's own CPU time and memory are read at each scrape.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{atomic::AtomicU64, Arc},
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+use crate::{decider::WriteOutcome, engine::ActionRecord};
+
+/// Reaction-latency bucket bounds in seconds: 10 µs .. 100 ms.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    10e-6, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 20e-3, 50e-3, 100e-3, 1.0,
+];
+
+/// `{resource}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: &'static str,
+}
+
+/// `{kind}` of a kernel event.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+/// `{resource, reason, outcome}` of an action.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub resource: &'static str,
+    pub reason: &'static str,
+    pub outcome: &'static str,
+}
+
+/// `{program}` of a BPF program.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramLabels {
+    pub program: &'static str,
+}
+
+/// Labels of a managed cgroup: its path, the policy managing it, and for Kubernetes cgroups
+/// the pod's QoS class, pod UID and container id (empty otherwise).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CgroupLabels {
+    pub cgroup: String,
+    pub policy: String,
+    pub qos: String,
+    pub pod_uid: String,
+    pub container_id: String,
+}
+
+impl CgroupLabels {
+    /// Labels for `path` managed by `policy` (Kubernetes names parsed from the path).
+    pub fn new(path: &str, policy: &str) -> Self {
+        let pod = crate::k8s::parse(path);
+        let pod = pod.as_ref();
+        Self {
+            cgroup: path.to_owned(),
+            policy: policy.to_owned(),
+            qos: pod.map(|p| p.qos.as_str().to_owned()).unwrap_or_default(),
+            pod_uid: pod.and_then(|p| p.pod_uid.clone()).unwrap_or_default(),
+            container_id: pod.and_then(|p| p.container_id.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+type LatencyFamily = Family<ResourceLabels, Histogram, fn() -> Histogram>;
+type F64Counter = Counter<f64, AtomicU64>;
+type F64Gauge = Gauge<f64, AtomicU64>;
+
+/// A limit as a gauge value: bytes, `+Inf` for no limit.
+pub fn limit_value(l: crate::cgroupfs::Limit) -> f64 {
+    l.bytes().map_or(f64::INFINITY, |b| b as f64)
+}
+
+/// Every metric the agent exports. Cheap to share (`Arc`); all updates are lock-free except
+/// the creation of a new label set.
+pub struct Metrics {
+    registry: Registry,
+    /// `scaler_reaction_latency_seconds{resource}`: kernel event to limit in place.
+    pub reaction_latency: LatencyFamily,
+    /// `scaler_events_total{kind}`.
+    pub events: Family<KindLabels, Counter>,
+    /// `scaler_actions_total{resource,reason,outcome}`.
+    pub actions: Family<ActionLabels, Counter>,
+    /// `scaler_managed_cgroups`.
+    pub managed: Gauge,
+    /// `scaler_cgroup_limit_bytes{cgroup,policy,qos,pod_uid,container_id}` (+Inf: no limit).
+    pub limit_bytes: Family<CgroupLabels, F64Gauge>,
+    /// `scaler_cgroup_original_limit_bytes{...}` (+Inf: no limit before the agent changed it).
+    pub original_limit_bytes: Family<CgroupLabels, F64Gauge>,
+    /// `scaler_cgroup_usage_bytes{...}`.
+    pub usage_bytes: Family<CgroupLabels, Gauge>,
+    /// `scaler_ringbuf_dropped_total`: events the kernel could not submit (ring buffer full).
+    pub ringbuf_dropped: Counter,
+    /// `scaler_ringbuf_records_total`: records the engine read.
+    pub ringbuf_records: Counter,
+    /// `scaler_records_dropped_total`: engine records the agent's slow side missed.
+    pub records_dropped: Counter,
+    /// `scaler_decode_errors_total`.
+    pub decode_errors: Counter,
+    /// `scaler_failed_writes_total`.
+    pub failed_writes: Counter,
+    /// `scaler_unmanaged_ancestor_binds_total`.
+    pub unmanaged_ancestor_binds: Counter,
+    /// `scaler_bpf_program_run_seconds_total{program}` (needs `kernel.bpf_stats_enabled`).
+    pub bpf_run_seconds: Family<ProgramLabels, F64Counter>,
+    /// `scaler_bpf_program_runs_total{program}`.
+    pub bpf_runs: Family<ProgramLabels, Counter>,
+    /// `process_cpu_seconds_total`.
+    pub cpu_seconds: F64Counter,
+    /// `process_resident_memory_bytes`.
+    pub resident_bytes: Gauge,
+    /// `scaler_config_reloads_total{result}`.
+    pub reloads: Family<ResultLabels, Counter>,
+}
+
+/// `{result}` of a reload: `ok` or `rejected`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric registered under the `scaler_` prefix (process metrics
+    /// under the standard `process_` names).
+    pub fn new() -> Self {
+        let mut root = Registry::default();
+        let m = Metrics {
+            registry: Registry::default(),
+            reaction_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            events: Family::default(),
+            actions: Family::default(),
+            managed: Gauge::default(),
+            limit_bytes: Family::default(),
+            original_limit_bytes: Family::default(),
+            usage_bytes: Family::default(),
+            ringbuf_dropped: Counter::default(),
+            ringbuf_records: Counter::default(),
+            records_dropped: Counter::default(),
+            decode_errors: Counter::default(),
+            failed_writes: Counter::default(),
+            unmanaged_ancestor_binds: Counter::default(),
+            bpf_run_seconds: Family::default(),
+            bpf_runs: Family::default(),
+            cpu_seconds: F64Counter::default(),
+            resident_bytes: Gauge::default(),
+            reloads: Family::default(),
+        };
+        {
+            let r = root.sub_registry_with_prefix("scaler");
+            r.register_with_unit(
+                "reaction_latency",
+                "Time from the kernel event to the new limit in place, per resource",
+                Unit::Seconds,
+                m.reaction_latency.clone(),
+            );
+            r.register(
+                "events",
+                "Kernel events read from the ring buffer, by kind",
+                m.events.clone(),
+            );
+            r.register(
+                "actions",
+                "Limit changes decided, by resource, reason and outcome (written, dry_run, failed)",
+                m.actions.clone(),
+            );
+            r.register(
+                "managed_cgroups",
+                "Cgroups the agent manages",
+                m.managed.clone(),
+            );
+            r.register_with_unit(
+                "cgroup_limit",
+                "Current limit of a managed cgroup (as the decider sees it)",
+                Unit::Bytes,
+                m.limit_bytes.clone(),
+            );
+            r.register_with_unit(
+                "cgroup_original_limit",
+                "Limit of a managed cgroup before the agent first changed it (+Inf: unlimited)",
+                Unit::Bytes,
+                m.original_limit_bytes.clone(),
+            );
+            r.register_with_unit(
+                "cgroup_usage",
+                "Memory usage of a managed cgroup at the last sample",
+                Unit::Bytes,
+                m.usage_bytes.clone(),
+            );
+            r.register(
+                "ringbuf_dropped",
+                "Events the kernel programs could not submit because the ring buffer was full",
+                m.ringbuf_dropped.clone(),
+            );
+            r.register(
+                "ringbuf_records",
+                "Records the engine read from the ring buffer",
+                m.ringbuf_records.clone(),
+            );
+            r.register(
+                "records_dropped",
+                "Engine records (events, actions) the agent's slow side was too slow to take",
+                m.records_dropped.clone(),
+            );
+            r.register(
+                "decode_errors",
+                "Ring-buffer records that did not decode",
+                m.decode_errors.clone(),
+            );
+            r.register(
+                "failed_writes",
+                "Limit writes the kernel refused",
+                m.failed_writes.clone(),
+            );
+            r.register(
+                "unmanaged_ancestor_binds",
+                "Pressure on a managed cgroup whose binding limit belongs to an unmanaged ancestor",
+                m.unmanaged_ancestor_binds.clone(),
+            );
+            r.register_with_unit(
+                "bpf_program_run",
+                "Time the kernel spent in each BPF program (kernel.bpf_stats_enabled=1)",
+                Unit::Seconds,
+                m.bpf_run_seconds.clone(),
+            );
+            r.register(
+                "bpf_program_runs",
+                "Runs of each BPF program (kernel.bpf_stats_enabled=1)",
+                m.bpf_runs.clone(),
+            );
+            r.register(
+                "config_reloads",
+                "SIGHUP reloads, by result (ok, rejected)",
+                m.reloads.clone(),
+            );
+        }
+        {
+            let p = root.sub_registry_with_prefix("process");
+            p.register_with_unit(
+                "cpu",
+                "User and system CPU time of the agent",
+                Unit::Seconds,
+                m.cpu_seconds.clone(),
+            );
+            p.register_with_unit(
+                "resident_memory",
+                "Resident memory of the agent",
+                Unit::Bytes,
+                m.resident_bytes.clone(),
+            );
+        }
+        Metrics {
+            registry: root,
+            ..m
+        }
+    }
+
+    /// Counts one action and, unless it failed, observes its latency.
+    pub fn record_action(&self, a: &ActionRecord) {
+        let outcome = outcome_str(a.outcome);
+        self.actions
+            .get_or_create(&ActionLabels {
+                resource: a.action.resource.as_str(),
+                reason: a.action.reason.as_str(),
+                outcome,
+            })
+            .inc();
+        if a.outcome != WriteOutcome::Failed {
+            self.reaction_latency
+                .get_or_create(&ResourceLabels {
+                    resource: a.action.resource.as_str(),
+                })
+                .observe(a.latency_ns as f64 / 1e9);
+        }
+    }
+
+    /// Sets a counter that mirrors a total kept elsewhere (never moves it backwards).
+    pub fn set_total(counter: &Counter, total: u64) {
+        let cur = counter.get();
+        if total > cur {
+            counter.inc_by(total - cur);
+        }
+    }
+
+    /// Same, for a float counter.
+    pub fn set_total_f64(counter: &F64Counter, total: f64) {
+        let cur = counter.get();
+        if total > cur {
+            counter.inc_by(total - cur);
+        }
+    }
+
+    /// Reads the agent's own CPU time and resident memory.
+    pub fn refresh_process(&self) {
+        if let Some(p) = ProcessStats::read_self() {
+            Self::set_total_f64(&self.cpu_seconds, p.cpu_seconds);
+            self.resident_bytes.set(p.resident_bytes as i64);
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        self.refresh_process();
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// `written`, `dry_run` or `failed`.
+pub fn outcome_str(o: WriteOutcome) -> &'static str {
+    match o {
+        WriteOutcome::Written => "written",
+        WriteOutcome::DryRun => "dry_run",
+        WriteOutcome::Failed => "failed",
+    }
+}
+
+/// The agent's own resource use.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProcessStats {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+}
+
+impl ProcessStats {
+    /// From `/proc/self/stat` (utime + stime) and `/proc/self/statm` (resident pages).
+    pub fn read_self() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        // SAFETY: as above.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+        Self::parse(&stat, &statm, ticks, page)
+    }
+
+    /// Parses the two files; `ticks` is `sysconf(_SC_CLK_TCK)`, `page` the page size.
+    pub fn parse(stat: &str, statm: &str, ticks: f64, page: u64) -> Option<Self> {
+        // The command name may hold spaces and parentheses: fields start after the last ')'.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // After the name: state(3) ... utime(14) stime(15), i.e. indexes 11 and 12 here.
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        let resident: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(Self {
+            cpu_seconds: (utime + stime) as f64 / ticks,
+            resident_bytes: resident * page,
+        })
+    }
+}
+
+/// Serves `GET /metrics` on `addr` from a background thread. Returns the bound address (for
+/// port 0) once listening.
+pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("metrics-http".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(s) => {
+                        if let Err(e) = handle(s, &metrics) {
+                            tracing::debug!("metrics request: {e}");
+                        }
+                    }
+                    Err(e) => tracing::debug!("metrics accept: {e}"),
+                }
+            }
+        })?;
+    Ok(local)
+}
+
+/// What a request line asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    Metrics,
+    Index,
+    NotFound,
+    MethodNotAllowed,
+    BadRequest,
+}
+
+/// Routes an HTTP/1.x request line (`GET /metrics HTTP/1.1`).
+pub fn route(request_line: &str) -> Route {
+    let mut parts = request_line.split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Route::BadRequest;
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Route::BadRequest;
+    }
+    if method != "GET" && method != "HEAD" {
+        return Route::MethodNotAllowed;
+    }
+    let path = target.split('?').next().unwrap_or(target);
+    match path {
+        "/metrics" => Route::Metrics,
+        "/" => Route::Index,
+        _ => Route::NotFound,
+    }
+}
+
+fn handle(stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    // Skip the headers (we need none of them).
+    let mut header = String::new();
+    loop {
+        header.clear();
+        if reader.read_line(&mut header)? == 0 || header == "\r\n" || header == "\n" {
+            break;
+        }
+    }
+    let head = line.starts_with("HEAD ");
+    let (status, ctype, body) = match route(line.trim_end()) {
+        Route::Metrics => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        Route::Index => (
+            "200 OK",
+            "text/html; charset=utf-8",
+            "<html><body><a href=\"/metrics\">scaler metrics</a></body></html>\n".to_owned(),
+        ),
+        Route::NotFound => (
+            "404 Not Found",
+            "text/plain",
+            "not found: try /metrics\n".to_owned(),
+        ),
+        Route::MethodNotAllowed => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_owned(),
+        ),
+        Route::BadRequest => ("400 Bad Request", "text/plain", "bad request\n".to_owned()),
+    };
+    let mut w = stream;
+    write!(
+        w,
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    if !head {
+        w.write_all(body.as_bytes())?;
+    }
+    w.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decider::{Action, Reason, Resource};
+
+    fn action(latency_ns: u64, outcome: WriteOutcome, reason: Reason) -> ActionRecord {
+        ActionRecord {
+            action: Action {
+                cgroup: 1,
+                resource: Resource::Memory,
+                old: 1,
+                new: 2,
+                reason,
+                trigger_ts_ns: 0,
+            },
+            done_ns: latency_ns,
+            latency_ns,
+            outcome,
+            errno: None,
+        }
+    }
+
+    /// The value of the sample `name{labels}` in an exposition.
+    fn sample(text: &str, prefix: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn actions_and_latencies_are_exported() {
+        let m = Metrics::new();
+        m.record_action(&action(15_000, WriteOutcome::Written, Reason::Pressure));
+        m.record_action(&action(150_000, WriteOutcome::Written, Reason::Pressure));
+        m.record_action(&action(
+            3_000_000,
+            WriteOutcome::Written,
+            Reason::EarlyWarning,
+        ));
+        m.record_action(&action(1, WriteOutcome::Failed, Reason::Pressure));
+        let t = m.encode();
+        assert_eq!(
+            sample(
+                &t,
+                r#"scaler_actions_total{resource="memory",reason="pressure",outcome="written"}"#
+            ),
+            Some(2.0),
+            "{t}"
+        );
+        assert_eq!(
+            sample(
+                &t,
+                r#"scaler_actions_total{resource="memory",reason="pressure",outcome="failed"}"#
+            ),
+            Some(1.0)
+        );
+        // Failed writes have no latency: three observations.
+        assert_eq!(
+            sample(
+                &t,
+                r#"scaler_reaction_latency_seconds_count{resource="memory"}"#
+            ),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(
+                &t,
+                r#"scaler_reaction_latency_seconds_bucket{le="0.00002",resource="memory"}"#
+            ),
+            Some(1.0),
+            "{t}"
+        );
+        assert_eq!(
+            sample(
+                &t,
+                r#"scaler_reaction_latency_seconds_bucket{le="0.0002",resource="memory"}"#
+            ),
+            Some(2.0),
+            "{t}"
+        );
+        assert_eq!(
+            sample(
+                &t,
+                r#"scaler_reaction_latency_seconds_bucket{le="0.005",resource="memory"}"#
+            ),
+            Some(3.0),
+            "{t}"
+        );
+        let sum = sample(
+            &t,
+            r#"scaler_reaction_latency_seconds_sum{resource="memory"}"#,
+        )
+        .unwrap();
+        assert!((sum - 0.003165).abs() < 1e-9, "{sum}");
+        assert!(t.ends_with("# EOF\n"));
+        assert!(t.contains("# TYPE process_cpu_seconds counter"), "{t}");
+    }
+
+    #[test]
+    fn cgroup_gauges_carry_kubernetes_labels() {
+        let m = Metrics::new();
+        let l = CgroupLabels::new(
+            "/kubepods/burstable/pod0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d/0123456789abcdef",
+            "elastic",
+        );
+        assert_eq!(l.qos, "burstable");
+        m.limit_bytes.get_or_create(&l).set((64 << 20) as f64);
+        let t = m.encode();
+        assert!(
+            t.contains(
+                "scaler_cgroup_limit_bytes{cgroup=\"/kubepods/burstable/pod0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d/0123456789abcdef\",policy=\"elastic\",qos=\"burstable\",pod_uid=\"0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d\",container_id=\"0123456789abcdef\"} 67108864.0"
+            ),
+            "{t}"
+        );
+        assert!(m.limit_bytes.remove(&l));
+        assert!(!m.encode().contains("scaler_cgroup_limit_bytes{"));
+    }
+
+    #[test]
+    fn totals_never_go_backwards() {
+        let m = Metrics::new();
+        Metrics::set_total(&m.ringbuf_dropped, 5);
+        Metrics::set_total(&m.ringbuf_dropped, 3);
+        assert_eq!(m.ringbuf_dropped.get(), 5);
+        Metrics::set_total(&m.ringbuf_dropped, 9);
+        assert_eq!(m.ringbuf_dropped.get(), 9);
+    }
+
+    #[test]
+    fn process_stats_parse_names_with_spaces_and_parens() {
+        let stat = "1234 (scaler (x) y) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 5 0 100 1000 300 18446744073709551615";
+        let p = ProcessStats::parse(stat, "2500 300 100 1 0 200 0\n", 100.0, 4096).unwrap();
+        assert_eq!(p.cpu_seconds, 3.0);
+        assert_eq!(p.resident_bytes, 300 * 4096);
+        assert_eq!(ProcessStats::parse("garbage", "1 2", 100.0, 4096), None);
+        assert!(ProcessStats::read_self().is_some());
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("GET /metrics HTTP/1.1"), Route::Metrics);
+        assert_eq!(route("GET /metrics?x=1 HTTP/1.0"), Route::Metrics);
+        assert_eq!(route("HEAD / HTTP/1.1"), Route::Index);
+        assert_eq!(route("POST /metrics HTTP/1.1"), Route::MethodNotAllowed);
+        assert_eq!(route("GET /nope HTTP/1.1"), Route::NotFound);
+        assert_eq!(route("GET /metrics"), Route::BadRequest);
+        assert_eq!(route(""), Route::BadRequest);
+    }
+
+    #[test]
+    fn serves_over_http() {
+        let m = Arc::new(Metrics::new());
+        m.events
+            .get_or_create(&KindLabels {
+                kind: "reclaim_begin",
+            })
+            .inc_by(7);
+        let addr = serve("127.0.0.1:0".parse().unwrap(), m).unwrap();
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        std::io::Read::read_to_string(&mut s, &mut body).unwrap();
+        assert!(body.starts_with("HTTP/1.1 200 OK\r\n"), "{body}");
+        assert!(
+            body.contains("scaler_events_total{kind=\"reclaim_begin\"} 7"),
+            "{body}"
+        );
+    }
+}

@@ -1,0 +1,444 @@
+//! The agent's state file: for each managed cgroup, the limit it had before the agent first
+//! changed it (its *original*) and the value the agent last set.
+//!
+//! The file is JSON, written atomically (a temporary file in the same directory, fsync, rename)
+//! with mode 0600 in a directory created 0700. A restart, also after SIGKILL, reads it back so
+//! that a cgroup the agent already raised keeps its recorded original instead of taking the
+//! raised limit for its original. A cgroup is identified by path *and* id (its inode): a cgroup
+//! removed and recreated under the same path is a new cgroup whose original is read afresh.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroupfs::Limit;
+
+/// Version of the file format.
+pub const STATE_VERSION: u32 = 1;
+
+/// Errors of the state file. Reading errors other than "not found" are reported so the agent
+/// can say that it starts without history; writing errors so it can say what it cannot record.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("reading the state file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the state file {path} is not valid JSON of format version {STATE_VERSION} ({source}); move it aside to start without history")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the state file {path} has format version {found}, this agent writes {STATE_VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error("writing the state file {path}: {source} (check that its directory is writable by the agent)")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A limit as stored: a byte count or the word `"max"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StoredLimit {
+    Bytes(u64),
+    Word(MaxWord),
+}
+
+/// The word `"max"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MaxWord {
+    #[serde(rename = "max")]
+    Max,
+}
+
+impl From<Limit> for StoredLimit {
+    fn from(l: Limit) -> Self {
+        match l {
+            Limit::Max => StoredLimit::Word(MaxWord::Max),
+            Limit::Bytes(b) => StoredLimit::Bytes(b),
+        }
+    }
+}
+
+impl From<StoredLimit> for Limit {
+    fn from(s: StoredLimit) -> Self {
+        match s {
+            StoredLimit::Word(MaxWord::Max) => Limit::Max,
+            StoredLimit::Bytes(b) => Limit::from_bytes(b),
+        }
+    }
+}
+
+/// What is recorded about one managed cgroup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupRecord {
+    /// The cgroup's id (inode) when it was first managed.
+    pub id: u64,
+    /// The policy that manages it.
+    pub policy: String,
+    /// The memory limit before the agent first changed it.
+    pub original: StoredLimit,
+    /// The memory limit the agent last set (equal to `original` until it changes it).
+    pub current: StoredLimit,
+    /// Limit changes the agent made (written).
+    pub changes: u64,
+}
+
+/// The file's content.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateDoc {
+    pub version: u32,
+    /// Records by cgroup path (relative to the memory hierarchy root).
+    pub cgroups: BTreeMap<String, CgroupRecord>,
+}
+
+/// The state file and its in-memory copy.
+#[derive(Debug)]
+pub struct StateFile {
+    path: PathBuf,
+    doc: StateDoc,
+    dirty: bool,
+}
+
+impl StateFile {
+    /// Opens the state at `path`; a missing file is an empty state.
+    pub fn load(path: &Path) -> Result<Self, StateError> {
+        let doc = match fs::read(path) {
+            Ok(bytes) => {
+                let doc: StateDoc =
+                    serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+                if doc.version != STATE_VERSION {
+                    return Err(StateError::Version {
+                        path: path.to_owned(),
+                        found: doc.version,
+                    });
+                }
+                doc
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateDoc {
+                version: STATE_VERSION,
+                cgroups: BTreeMap::new(),
+            },
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            doc,
+            dirty: false,
+        })
+    }
+
+    /// An empty state that will be written to `path` (used when the old file is unreadable).
+    pub fn empty(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            doc: StateDoc {
+                version: STATE_VERSION,
+                cgroups: BTreeMap::new(),
+            },
+            dirty: true,
+        }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The records.
+    pub fn records(&self) -> &BTreeMap<String, CgroupRecord> {
+        &self.doc.cgroups
+    }
+
+    /// The record of `path` if it is the same cgroup (`id`).
+    pub fn get(&self, path: &str, id: u64) -> Option<&CgroupRecord> {
+        self.doc.cgroups.get(path).filter(|r| r.id == id)
+    }
+
+    /// Starts managing `path`: returns its original limit. A record of the same cgroup keeps
+    /// its original (the agent may have set `current` itself, before a restart); otherwise
+    /// `current` is the original.
+    pub fn manage(&mut self, path: &str, id: u64, policy: &str, current: Limit) -> Limit {
+        if let Some(r) = self.doc.cgroups.get_mut(path).filter(|r| r.id == id) {
+            let cur = StoredLimit::from(current);
+            if r.policy != policy || r.current != cur {
+                r.policy = policy.to_owned();
+                r.current = cur;
+                self.dirty = true;
+            }
+            return r.original.into();
+        }
+        self.doc.cgroups.insert(
+            path.to_owned(),
+            CgroupRecord {
+                id,
+                policy: policy.to_owned(),
+                original: current.into(),
+                current: current.into(),
+                changes: 0,
+            },
+        );
+        self.dirty = true;
+        current
+    }
+
+    /// Records that the agent set `path`'s limit to `new`.
+    pub fn changed(&mut self, path: &str, new: Limit) {
+        if let Some(r) = self.doc.cgroups.get_mut(path) {
+            r.current = new.into();
+            r.changes += 1;
+            self.dirty = true;
+        }
+    }
+
+    /// Forgets `path` (removed, deselected or restored).
+    pub fn forget(&mut self, path: &str) -> Option<CgroupRecord> {
+        let r = self.doc.cgroups.remove(path);
+        self.dirty |= r.is_some();
+        r
+    }
+
+    /// Keeps only the records for which `keep(path, record)` is true; returns the dropped ones.
+    pub fn retain(
+        &mut self,
+        mut keep: impl FnMut(&str, &CgroupRecord) -> bool,
+    ) -> Vec<(String, CgroupRecord)> {
+        let drop: Vec<String> = self
+            .doc
+            .cgroups
+            .iter()
+            .filter(|(p, r)| !keep(p, r))
+            .map(|(p, _)| p.clone())
+            .collect();
+        drop.into_iter()
+            .filter_map(|p| self.doc.cgroups.remove(&p).map(|r| (p, r)))
+            .inspect(|_| self.dirty = true)
+            .collect()
+    }
+
+    /// True if there are changes not yet written.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Writes the state if it changed since the last write.
+    pub fn save_if_dirty(&mut self) -> Result<(), StateError> {
+        if self.dirty {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the state atomically: temp file (0600) + fsync + rename + directory fsync. The
+    /// directory is created (0700) if missing.
+    pub fn save(&mut self) -> Result<(), StateError> {
+        let err = |source| StateError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(err)?;
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+        let json = serde_json::to_vec_pretty(&self.doc).expect("state serializes");
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&json)?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+            fs::rename(&tmp, &self.path)?;
+            fs::File::open(&dir)?.sync_all()
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&tmp);
+            return Err(err(e));
+        }
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+/// What to do with one cgroup's limit at shutdown, given `restore_on_exit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restore {
+    /// The agent never changed it (current == original): nothing to do.
+    Unchanged,
+    /// Write the original back.
+    Write(Limit),
+    /// The original is below current usage: leave the current limit (writing it would force
+    /// reclaim or an OOM kill).
+    BelowUsage { original: u64, usage: u64 },
+}
+
+/// Decides a restore: never below usage.
+pub fn plan_restore(original: Limit, current: Limit, usage: u64) -> Restore {
+    if original == current {
+        return Restore::Unchanged;
+    }
+    match original {
+        Limit::Bytes(b) if b < usage => Restore::BelowUsage { original: b, usage },
+        o => Restore::Write(o),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    const M: u64 = 1 << 20;
+
+    #[test]
+    fn a_missing_file_is_an_empty_state() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateFile::load(&d.path().join("nope.json")).unwrap();
+        assert!(s.records().is_empty());
+        assert!(!s.is_dirty());
+    }
+
+    #[test]
+    fn originals_survive_a_restart_and_are_not_re_read() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("sub/dir/state.json");
+        let mut s = StateFile::load(&path).unwrap();
+        assert_eq!(
+            s.manage("/a", 7, "p", Limit::Bytes(64 * M)),
+            Limit::Bytes(64 * M)
+        );
+        assert_eq!(s.manage("/b", 8, "p", Limit::Max), Limit::Max);
+        s.changed("/a", Limit::Bytes(200 * M));
+        s.save().unwrap();
+        assert!(!s.is_dirty());
+
+        // Restart (as after SIGKILL): /a is now at the limit the agent set.
+        let mut s = StateFile::load(&path).unwrap();
+        assert_eq!(s.records()["/a"].changes, 1);
+        assert_eq!(
+            s.manage("/a", 7, "p", Limit::Bytes(200 * M)),
+            Limit::Bytes(64 * M),
+            "original kept"
+        );
+        assert_eq!(s.manage("/b", 8, "p", Limit::Max), Limit::Max);
+        // Recreated under the same path (a new id): a new cgroup, original read afresh.
+        assert_eq!(
+            s.manage("/a", 9, "p", Limit::Bytes(300 * M)),
+            Limit::Bytes(300 * M)
+        );
+        assert_eq!(s.get("/a", 7), None);
+        assert_eq!(
+            s.get("/a", 9).unwrap().original,
+            StoredLimit::Bytes(300 * M)
+        );
+    }
+
+    #[test]
+    fn file_and_directory_modes_and_format() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state/state.json");
+        let mut s = StateFile::load(&path).unwrap();
+        s.manage("/a", 1, "p", Limit::Max);
+        s.save().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        let v: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["version"], 1);
+        assert_eq!(v["cgroups"]["/a"]["original"], "max");
+        // No temp files left behind.
+        assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn corrupt_and_future_files_are_reported_naming_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.json");
+        fs::write(&path, "{not json").unwrap();
+        let e = StateFile::load(&path).unwrap_err();
+        assert!(matches!(e, StateError::Parse { .. }));
+        assert!(e.to_string().contains("state.json"), "{e}");
+        fs::write(&path, r#"{"version": 99, "cgroups": {}}"#).unwrap();
+        assert!(matches!(
+            StateFile::load(&path).unwrap_err(),
+            StateError::Version { found: 99, .. }
+        ));
+        fs::write(&path, r#"{"version": 1, "cgroups": {"/x": {"id": 1, "policy": "p", "original": "min", "current": 1, "changes": 0}}}"#).unwrap();
+        assert!(matches!(
+            StateFile::load(&path).unwrap_err(),
+            StateError::Parse { .. }
+        ));
+    }
+
+    #[test]
+    fn retain_drops_vanished_cgroups() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = StateFile::load(&d.path().join("s.json")).unwrap();
+        s.manage("/keep", 1, "p", Limit::Max);
+        s.manage("/gone", 2, "p", Limit::Max);
+        s.save().unwrap();
+        let dropped = s.retain(|p, _| p == "/keep");
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].0, "/gone");
+        assert!(s.is_dirty());
+        assert_eq!(s.records().keys().collect::<Vec<_>>(), ["/keep"]);
+    }
+
+    #[test]
+    fn restore_never_goes_below_usage() {
+        assert_eq!(
+            plan_restore(Limit::Bytes(64 * M), Limit::Bytes(64 * M), 100 * M),
+            Restore::Unchanged
+        );
+        assert_eq!(
+            plan_restore(Limit::Bytes(64 * M), Limit::Bytes(256 * M), 10 * M),
+            Restore::Write(Limit::Bytes(64 * M))
+        );
+        assert_eq!(
+            plan_restore(Limit::Bytes(64 * M), Limit::Bytes(256 * M), 100 * M),
+            Restore::BelowUsage {
+                original: 64 * M,
+                usage: 100 * M
+            }
+        );
+        assert_eq!(
+            plan_restore(Limit::Max, Limit::Bytes(256 * M), 1 << 40),
+            Restore::Write(Limit::Max)
+        );
+    }
+}
