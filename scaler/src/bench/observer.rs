@@ -216,10 +216,10 @@ fn foreign_memory_dir(parent_pid: i32) -> Option<PathBuf> {
         let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
         if let Some(kid) = kids.split_whitespace().next() {
             let kid: i32 = kid.parse().ok()?;
-            return super::cgroups::Hierarchies::of_pid(kid)
-                .ok()?
-                .memory
-                .map(|(_, d)| d);
+            let theirs = super::cgroups::Hierarchies::of_pid(kid).ok()?.memory?.1;
+            // Until the child has moved itself into its cgroup, it is still in ours.
+            let ours = super::cgroups::Hierarchies::discover().ok()?.memory?.1;
+            return (theirs != ours).then_some(theirs);
         }
     }
     None

@@ -385,19 +385,32 @@ pub fn timeline_svg(title: &str, panels: &[(String, Vec<Sample>)], unit_bytes: b
             );
             continue;
         }
-        let t_max = samples.last().map_or(1, |x| x.t_us).max(1) as f64;
+        // Time from the first sample (the eBPF scaler's run starts after its programs load);
+        // "unlimited" limits (at or above 2^60) are not plotted.
+        let t_first = samples.first().map_or(0, |x| x.t_us);
+        let t_max = (samples.last().map_or(1, |x| x.t_us) - t_first).max(1) as f64;
+        let bounded = |v: u64| v < 1 << 60;
         let v_max = samples
             .iter()
-            .map(|x| x.usage.max(x.limit))
+            .map(|x| {
+                if bounded(x.limit) {
+                    x.usage.max(x.limit)
+                } else {
+                    x.usage
+                }
+            })
             .max()
             .unwrap_or(1)
             .max(1) as f64;
-        let px = |t: u64| left + plot_w * t as f64 / t_max;
+        let px = |t: u64| left + plot_w * (t - t_first) as f64 / t_max;
         let py = |v: u64| y0 + panel_h - panel_h * (v as f64 / v_max);
         for (pick, color) in [(0usize, "#1f77b4"), (1, "#d62728")] {
             let mut pts = String::new();
             for smp in samples {
                 let v = if pick == 0 { smp.usage } else { smp.limit };
+                if !bounded(v) {
+                    continue;
+                }
                 let _ = write!(pts, "{:.1},{:.1} ", px(smp.t_us), py(v));
             }
             let _ = writeln!(
@@ -439,13 +452,13 @@ pub fn write_report(
     let _ = writeln!(md, "Command: `{}`\n", doc.command);
     let _ = writeln!(
         md,
-        "Host: Linux {}, {} CPUs, {:.1} GiB; memory cgroup {:?}, cpu cgroup {:?}; PSI trigger \
+        "Host: Linux {}, {} CPUs, {:.1} GiB; memory cgroup {}, cpu cgroup {}; PSI trigger \
          window: {}. Duration {:.0} s.\n",
         doc.host.kernel,
         doc.host.cpus,
         doc.host.memory_bytes as f64 / (1u64 << 30) as f64,
-        doc.host.memory_cgroup,
-        doc.host.cpu_cgroup,
+        version(doc.host.memory_cgroup),
+        version(doc.host.cpu_cgroup),
         match &doc.host.psi_window_us {
             Ok(w) => format!("{} ms", w / 1000),
             Err(e) => format!("none ({e})"),
@@ -554,6 +567,14 @@ pub fn write_report(
     }
     let p = dir.join("report.md");
     std::fs::write(&p, md).map_err(io(&p))
+}
+
+fn version(v: Option<super::cgroups::Version>) -> &'static str {
+    match v {
+        Some(super::cgroups::Version::V1) => "v1",
+        Some(super::cgroups::Version::V2) => "v2",
+        None => "none",
+    }
 }
 
 fn show(w: &WorkloadSpec, v: u64) -> String {
