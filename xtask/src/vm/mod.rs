@@ -113,7 +113,7 @@ impl VmConfig {
 }
 
 /// The cache root: `$SCALER_VM_CACHE`, else `$XDG_CACHE_HOME/scaler-vm`, else
-/// `~/.cache/scaler-vm`. Never inside the repository.
+/// `~/.cache/scaler-vm` (`/var/tmp/scaler-vm` without HOME). Never inside the repository.
 pub fn cache_root() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("SCALER_VM_CACHE") {
         return Ok(PathBuf::from(dir));
@@ -121,9 +121,10 @@ pub fn cache_root() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir).join("scaler-vm"));
     }
-    let home = std::env::var_os("HOME")
-        .context("neither SCALER_VM_CACHE, XDG_CACHE_HOME nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".cache/scaler-vm"))
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".cache/scaler-vm")),
+        None => Ok(PathBuf::from("/var/tmp/scaler-vm")),
+    }
 }
 
 /// What runs inside the guest.

@@ -213,6 +213,17 @@ pub fn run(
         console_log.display()
     );
     eprintln!("+ {}", util::display(&cmd));
+    // If xtask dies (killed, Ctrl-C), the VM must not outlive it.
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt as _;
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let start = Instant::now();
     let mut child = cmd
         .spawn()
