@@ -14,6 +14,10 @@ pub mod names {
     pub const RECLAIM_START: &str = "RECLAIM_START";
     pub const CG_STATE: &str = "CG_STATE";
     pub const OFFSETS: &str = "OFFSETS";
+    pub const CPU_OFFSETS: &str = "CPU_OFFSETS";
+    pub const CPU_WATCHED: &str = "CPU_WATCHED";
+    pub const CPU_STATE: &str = "CPU_STATE";
+    pub const TASKS: &str = "TASKS";
 
     pub const PROG_MEMCG_RECLAIM_BEGIN: &str = "memcg_reclaim_begin";
     pub const PROG_MEMCG_RECLAIM_END: &str = "memcg_reclaim_end";
@@ -21,12 +25,22 @@ pub mod names {
     pub const PROG_DIRECT_RECLAIM_END: &str = "direct_reclaim_end";
     pub const PROG_MARK_VICTIM: &str = "mark_victim";
     pub const PROG_COUNT_MEMCG_EVENTS: &str = "count_memcg_events";
+
+    pub const PROG_SCHED_SWITCH: &str = "sched_switch";
+    pub const PROG_SCHED_WAKEUP: &str = "sched_wakeup";
+    pub const PROG_SCHED_WAKEUP_NEW: &str = "sched_wakeup_new";
+    pub const PROG_SCHED_STAT_RUNTIME: &str = "sched_stat_runtime";
+    pub const PROG_SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+    pub const PROG_CGROUP_ATTACH_TASK: &str = "cgroup_attach_task";
 }
 
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
 pub const RING_BUF_BYTES: u32 = 1 << 21;
 /// Capacity of the watched-cgroup map.
 pub const MAX_WATCHED: u32 = 8192;
+/// Capacity of the per-task scheduler map (LRU: least recently seen tasks are evicted and
+/// looked up again when next seen).
+pub const MAX_TASKS: u32 = 65536;
 /// How many levels up the memory-cgroup tree the programs look for the limit that binds.
 pub const MAX_ANCESTOR_LEVELS: usize = 8;
 
@@ -44,6 +58,16 @@ pub enum EventKind {
     OomKill = 4,
     /// Early warning: a watched cgroup's usage crossed `limit - headroom` (urgent).
     UsageHigh = 5,
+    /// A watched cpu cgroup used `near_permille` of its CFS quota within the current period
+    /// (urgent, at most once per period). Fields: `cgroup_id`/`target_id` the cpu cgroup,
+    /// `usage` CPU time used in the period so far (ns), `limit` the quota per period (ns),
+    /// `value` the period (ns); `pid`/`tid`/`comm` the task whose run time crossed the mark.
+    CpuQuotaNear = 6,
+    /// Run-queue latency (wakeup or preemption to running) of a watched cpu cgroup's task
+    /// pushed the cgroup's p99 for the period so far above its target (urgent, at most once
+    /// per period). Fields: `value` that latency (ns), `usage` run-queue samples of the cgroup
+    /// in the period so far, `limit` the target (ns); `pid`/`tid`/`comm` the task switched in.
+    RunqLatency = 7,
 }
 
 impl EventKind {
@@ -54,6 +78,8 @@ impl EventKind {
             3 => Self::DirectReclaim,
             4 => Self::OomKill,
             5 => Self::UsageHigh,
+            6 => Self::CpuQuotaNear,
+            7 => Self::RunqLatency,
             _ => return None,
         })
     }
@@ -66,6 +92,8 @@ impl EventKind {
             Self::DirectReclaim => "direct_reclaim",
             Self::OomKill => "oom_kill",
             Self::UsageHigh => "usage_high",
+            Self::CpuQuotaNear => "cpu_quota_near",
+            Self::RunqLatency => "runq_latency",
         }
     }
 }
@@ -81,15 +109,20 @@ pub const EVENT_FLAG_ANCESTOR: u32 = 2;
 pub struct Event {
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, in ns.
     pub ts_ns: u64,
-    /// Kernfs id (the directory's inode number) of the task's memory cgroup.
+    /// Kernfs id (the directory's inode number) of the task's memory cgroup (memory kinds) or
+    /// cpu cgroup (`CpuQuotaNear`, `RunqLatency`).
     pub cgroup_id: u64,
     /// Kernfs id of the memory cgroup whose limit binds (itself or an ancestor); 0 if unknown.
+    /// CPU kinds: the cpu cgroup itself.
     pub target_id: u64,
-    /// Usage of `target_id` in bytes when the event fired (0 if unknown).
+    /// Usage of `target_id` in bytes when the event fired (0 if unknown). CPU kinds: see
+    /// [`EventKind`] (ns used in the period, or run-queue samples).
     pub usage: u64,
-    /// Hard limit (v2 memory.max, v1 memory.limit_in_bytes) of `target_id` in bytes.
+    /// Hard limit (v2 memory.max, v1 memory.limit_in_bytes) of `target_id` in bytes. CPU
+    /// kinds: the quota per period (ns) or the latency target (ns).
     pub limit: u64,
-    /// Kind-specific: stall in ns for `ReclaimEnd`/`DirectReclaim`; `order` for `ReclaimBegin`.
+    /// Kind-specific: stall in ns for `ReclaimEnd`/`DirectReclaim`; `order` for `ReclaimBegin`;
+    /// the period (ns) for `CpuQuotaNear`; the latency (ns) for `RunqLatency`.
     pub value: u64,
     /// Thread-group id (the process id) of the task.
     pub pid: u32,
@@ -122,13 +155,106 @@ pub struct WatchConfig {
     pub headroom_bytes: u64,
 }
 
+/// `CpuWatch::flags`: report `CpuQuotaNear` for this cpu cgroup.
+pub const CPU_WATCH_QUOTA: u32 = 1;
+/// `CpuWatch::flags`: report `RunqLatency` above `runq_target_ns`.
+pub const CPU_WATCH_RUNQ: u32 = 2;
+
+/// Value of the `CPU_WATCHED` map, keyed by the kernfs id (u64) of a cgroup of the cpu
+/// controller. The quota and period themselves are read by the programs from the kernel's
+/// `task_group.cfs_bandwidth`, so a quota userspace raises is in effect for the programs at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuWatch {
+    /// `CPU_WATCH_*` bits.
+    pub flags: u32,
+    /// `CpuQuotaNear` when the CPU time used within a period reaches this many thousandths
+    /// of the quota (e.g. 800).
+    pub near_permille: u32,
+    /// `RunqLatency` when the cgroup's run-queue latency p99 (in the period so far) exceeds
+    /// this (ns); 0: never.
+    pub runq_target_ns: u64,
+}
+
+/// Buckets of the per-cgroup run-queue latency histogram: bucket 0 counts latencies below
+/// 1 µs, bucket `k` those in `[2^(k-1), 2^k)` µs, the last one everything above.
+pub const RUNQ_BUCKETS: usize = 32;
+
+/// Per-cgroup CPU state the programs keep (`CPU_STATE`, hash keyed by cpu cgroup kernfs id).
+/// Created by the programs on the first event of a watched cgroup; read by userspace for
+/// histograms; removed by userspace when the cgroup is unwatched.
+///
+/// Periods are aligned on CLOCK_MONOTONIC (`now - now % period`), not on the phase of the
+/// kernel's CFS period timer, so "used in this period" can straddle two kernel periods: it
+/// may report a crossing up to one period early or late relative to the kernel's accounting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuState {
+    /// Start of the current (monotonic-aligned) period, ns.
+    pub period_start_ns: u64,
+    /// CPU time the cgroup's tasks used in the current period, ns.
+    pub used_ns: u64,
+    /// Period start of the last `CpuQuotaNear` sent (one per period and quota).
+    pub near_sent_period_ns: u64,
+    /// Quota (ns) at which that `CpuQuotaNear` was sent: a raised quota re-arms the report
+    /// within the same period.
+    pub near_sent_quota_ns: u64,
+    /// Period start of the last `RunqLatency` sent (one per period).
+    pub runq_sent_period_ns: u64,
+    /// Run-queue samples in the current period.
+    pub runq_samples: u64,
+    /// Of which above the target.
+    pub runq_over: u64,
+    /// Total CPU time accounted since watched, ns.
+    pub total_ns: u64,
+    /// Cumulative run-queue latency histogram (log2 µs buckets, see [`RUNQ_BUCKETS`]).
+    pub runq_hist: [u64; RUNQ_BUCKETS],
+}
+
+impl CpuState {
+    pub const ZERO: Self = Self {
+        period_start_ns: 0,
+        used_ns: 0,
+        near_sent_period_ns: 0,
+        near_sent_quota_ns: 0,
+        runq_sent_period_ns: 0,
+        runq_samples: 0,
+        runq_over: 0,
+        total_ns: 0,
+        runq_hist: [0; RUNQ_BUCKETS],
+    };
+}
+
+/// Per-task scheduler bookkeeping (`TASKS`, LRU hash keyed by the `task_struct` address).
+/// Every task a scheduler program sees gets one (a negative one, `cgroup_id == 0`, when its
+/// cpu cgroup is not watched), so that each program pays one lookup per task; entries are
+/// revalidated when `Settings::cpu_watch_gen` changes, dropped when the task changes cgroup
+/// (`cgroup/cgroup_attach_task`) or exits (`sched/sched_process_exit`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskCpu {
+    /// Kernfs id of the task's cpu cgroup if watched, else 0.
+    pub cgroup_id: u64,
+    /// The cgroup's `cgroup_subsys_state *` (to read its `task_group`'s bandwidth).
+    pub css: u64,
+    /// When the task became runnable (wakeup or preemption), ns; 0 if not waiting.
+    pub wakeup_ns: u64,
+    /// When the task was last switched in, ns.
+    pub oncpu_ns: u64,
+    /// `Settings::cpu_watch_gen` when this entry was made.
+    pub gen: u32,
+    pub _pad: u32,
+}
+
 /// `SETTINGS` map (array of one): runtime switches userspace may change at any time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
     /// Non-zero: report every cgroup, watched or not (`scaler watch` with no --cgroup).
     pub watch_all: u32,
-    pub _pad: u32,
+    /// Bumped by userspace whenever `CPU_WATCHED` changes: per-task entries made under an
+    /// older generation are revalidated.
+    pub cpu_watch_gen: u32,
     /// Headroom for early warnings of cgroups seen through `watch_all` (0: none).
     pub default_headroom_bytes: u64,
 }
@@ -160,7 +286,15 @@ pub mod stat {
     pub const UNMATCHED_END: u32 = 5;
     /// Page-fault accounting events seen by the early-warning program.
     pub const USAGE_CHECKS: u32 = 6;
-    pub const COUNT: u32 = 8;
+    /// Tasks whose cpu cgroup was looked up (no valid `TASKS` entry).
+    pub const TASK_RESOLVES: u32 = 7;
+    /// Run-queue latency samples of watched cgroups.
+    pub const RUNQ_SAMPLES: u32 = 8;
+    /// Run-time accounting updates of watched cgroups.
+    pub const CPU_ACCOUNTED: u32 = 9;
+    /// Quota-near or run-queue crossings not reported because one was already sent this period.
+    pub const CPU_SUPPRESSED: u32 = 10;
+    pub const COUNT: u32 = 12;
 
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_dropped",
@@ -170,6 +304,10 @@ pub mod stat {
         "read_errors",
         "unmatched_end",
         "usage_checks",
+        "task_resolves",
+        "runq_samples",
+        "cpu_accounted",
+        "cpu_suppressed",
         "reserved",
     ];
 }
@@ -242,6 +380,37 @@ impl KernelOffsets {
     };
 }
 
+/// Offsets and switches of the scheduler programs, from the running kernel's BTF (a separate
+/// read-only global from [`KernelOffsets`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuOffsets {
+    /// `task_group.css` (the cpu controller's css is embedded in its task_group).
+    pub tg_css: u32,
+    /// `task_group.cfs_bandwidth`.
+    pub tg_cfs_bandwidth: u32,
+    /// `cfs_bandwidth.period` (ktime_t, ns).
+    pub cfs_b_period: u32,
+    /// `cfs_bandwidth.quota` (ns; RUNTIME_INF = u64::MAX when unlimited).
+    pub cfs_b_quota: u32,
+    /// Non-zero when `sched_switch` passes `prev_state` (5.18+); else `preempt` is used.
+    pub switch_has_prev_state: u32,
+    /// Non-zero when the `sched_stat_runtime` program is attached and accounts run time;
+    /// otherwise `sched_switch` accounts each slice at switch-out.
+    pub runtime_tp: u32,
+}
+
+impl CpuOffsets {
+    pub const ZERO: Self = Self {
+        tg_css: NO_OFFSET,
+        tg_cfs_bandwidth: NO_OFFSET,
+        cfs_b_period: NO_OFFSET,
+        cfs_b_quota: NO_OFFSET,
+        switch_has_prev_state: 0,
+        runtime_tp: 0,
+    };
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are #[repr(C)], Copy, made of integers with no padding.
@@ -250,4 +419,8 @@ mod pod {
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::CgState {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::CpuOffsets {}
+    unsafe impl aya::Pod for super::CpuWatch {}
+    unsafe impl aya::Pod for super::CpuState {}
+    unsafe impl aya::Pod for super::TaskCpu {}
 }

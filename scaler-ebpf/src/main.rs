@@ -5,6 +5,10 @@
 //! kernel's BTF at load time ([`OFFSETS`]); `bpf_get_current_cgroup_id()` would give the v2 cgroup,
 //! which is not the memory cgroup on a v1 or hybrid host. The same chain is right on cgroup v2.
 //!
+//! The scheduler programs (second half of this file) do the same for the *cpu* controller
+//! (`subsys[cpu_cgrp_id]`), keep run-queue latency histograms and CPU time per quota period in
+//! the kernel, and report only threshold crossings, at most one per period and cgroup.
+//!
 //! Wakeups: urgent events (reclaim begin at a limit userspace has not yet been told about, early
 //! warnings, OOM kills) wake the consumer at once; everything else is submitted without a wakeup
 //! and read on the next wakeup or poll, unless a lot has piled up.
@@ -12,7 +16,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
         bpf_probe_read_kernel,
@@ -22,8 +26,9 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use scaler_common::{
-    stat, CgState, Event, EventKind, KernelOffsets, Settings, WatchConfig, EVENT_FLAG_ANCESTOR,
-    EVENT_FLAG_WAKEUP, MAX_ANCESTOR_LEVELS, MAX_WATCHED, NO_OFFSET, RING_BUF_BYTES,
+    stat, CgState, CpuOffsets, CpuState, CpuWatch, Event, EventKind, KernelOffsets, Settings,
+    TaskCpu, WatchConfig, CPU_WATCH_QUOTA, CPU_WATCH_RUNQ, EVENT_FLAG_ANCESTOR, EVENT_FLAG_WAKEUP,
+    MAX_ANCESTOR_LEVELS, MAX_TASKS, MAX_WATCHED, NO_OFFSET, RING_BUF_BYTES, RUNQ_BUCKETS,
     WATCH_USAGE_HIGH,
 };
 
@@ -219,7 +224,11 @@ fn submit(ev: &Event, urgent: bool) {
 /// multiply: BPF has none.
 #[inline(always)]
 fn pages_to_bytes(pages: u64, page_shift: u32) -> u64 {
-    if pages > (u64::MAX >> page_shift) { u64::MAX } else { pages << page_shift }
+    if pages > (u64::MAX >> page_shift) {
+        u64::MAX
+    } else {
+        pages << page_shift
+    }
 }
 
 #[inline(always)]
@@ -234,7 +243,11 @@ fn new_event(kind: EventKind, chain: &Chain, page_shift: u32) -> Event {
         pid: 0,
         tid: 0,
         kind: kind as u32,
-        flags: if chain.target_is_ancestor { EVENT_FLAG_ANCESTOR } else { 0 },
+        flags: if chain.target_is_ancestor {
+            EVENT_FLAG_ANCESTOR
+        } else {
+            0
+        },
         comm: [0; 16],
     }
 }
@@ -302,7 +315,10 @@ fn try_reclaim_begin(ctx: &BtfTracePointContext, kind: EventKind) -> Result<u32,
             first
         }
         None => {
-            let st = CgState { reclaim_woken_at_limit: limit, warned_at_limit: 0 };
+            let st = CgState {
+                reclaim_woken_at_limit: limit,
+                warned_at_limit: 0,
+            };
             let _ = CG_STATE.insert(&chain.target_id, &st, 0);
             true
         }
@@ -332,7 +348,11 @@ fn try_reclaim_end() -> Result<u32, i64> {
     } else {
         EventKind::ReclaimEnd
     };
-    let chain = Chain { id: start.cgroup_id, target_id: start.target_id, ..Chain::default() };
+    let chain = Chain {
+        id: start.cgroup_id,
+        target_id: start.target_id,
+        ..Chain::default()
+    };
     let mut ev = new_event(kind, &chain, o.page_shift);
     ev.ts_ns = now;
     ev.value = now.saturating_sub(start.ts_ns);
@@ -396,7 +416,12 @@ fn try_mark_victim(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     }
     submit(&ev, true);
     // Rare and off the hot path: also reported through aya-log (forwarded into tracing).
-    aya_log_ebpf::info!(ctx, "oom kill: pid {} in memory cgroup {}", ev.pid, ev.target_id);
+    aya_log_ebpf::info!(
+        ctx,
+        "oom kill: pid {} in memory cgroup {}",
+        ev.pid,
+        ev.target_id
+    );
     Ok(0)
 }
 
@@ -444,7 +469,10 @@ fn try_count_memcg_events(ctx: &BtfTracePointContext) -> Result<u32, i64> {
             st.warned_at_limit = max_b;
         }
         None => {
-            let st = CgState { reclaim_woken_at_limit: 0, warned_at_limit: max_b };
+            let st = CgState {
+                reclaim_woken_at_limit: 0,
+                warned_at_limit: max_b,
+            };
             let _ = CG_STATE.insert(&id, &st, 0);
         }
     }
@@ -461,6 +489,375 @@ fn try_count_memcg_events(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     fill_current(&mut ev);
     submit(&ev, true);
     Ok(0)
+}
+
+// =============================================================================================
+// Scheduler programs: CPU time per quota period and run-queue latency, per watched cpu cgroup.
+//
+// Every program pays one `TASKS` lookup per task involved (keyed by the task_struct address, no
+// kernel reads); only a task without a valid entry (new, evicted, moved to another cgroup, or
+// made under an older watch generation) has its cpu cgroup read (five reads) and looked up in
+// `CPU_WATCHED`, and gets an entry (a negative one if unwatched). Nothing is submitted per
+// scheduler event: quota-near and run-queue-latency crossings are reported at most once per
+// (monotonic-aligned) period and cgroup, so the consumer's own wakeups cannot feed back.
+//
+// Run time comes from `sched_stat_runtime` (fired by update_curr at every tick and switch, with
+// the delta the kernel charges against the cgroup's CFS bandwidth), so a CPU-bound task is
+// seen approaching its quota while it runs; if that tracepoint is missing, `sched_switch`
+// accounts each slice at switch-out. Run-queue latency is wakeup (or preemption: the task stays
+// runnable) to switch-in, including time spent throttled.
+
+/// Scheduler offsets and switches from BTF, set by the loader (read-only data).
+#[unsafe(no_mangle)]
+static CPU_OFFSETS: CpuOffsets = CpuOffsets::ZERO;
+
+/// Watched cpu cgroups by kernfs id.
+#[map]
+static CPU_WATCHED: HashMap<u64, CpuWatch> = HashMap::with_max_entries(MAX_WATCHED, 0);
+
+/// Per watched cpu cgroup: period accounting and histogram.
+#[map]
+static CPU_STATE: HashMap<u64, CpuState> = HashMap::with_max_entries(MAX_WATCHED, 0);
+
+/// Per task (by task_struct address): watched cgroup or not, wakeup and switch-in times.
+#[map]
+static TASKS: LruHashMap<u64, TaskCpu> = LruHashMap::with_max_entries(MAX_TASKS, 0);
+
+/// Initial value of a `CPU_STATE` entry (inserted from here: too big for the BPF stack twice).
+static CPU_STATE_ZERO: CpuState = CpuState::ZERO;
+
+/// Period used when the kernel reports none (should not happen): the CFS default, 100 ms.
+const DEFAULT_PERIOD_NS: u64 = 100_000_000;
+
+#[inline(always)]
+fn cpu_offsets() -> CpuOffsets {
+    // SAFETY: as for `offsets()`.
+    unsafe { core::ptr::read_volatile(&CPU_OFFSETS) }
+}
+
+/// Adds to a counter shared by CPUs. Rust's core has no atomic read-modify-write for the BPF
+/// target, so this is a plain load and store: two CPUs charging the same cgroup at the same
+/// instant may lose one of the two deltas (an undercount of at most one tick's run time, which
+/// delays a quota-near report by at most one tick).
+#[inline(always)]
+fn shared_add(p: *mut u64, v: u64) {
+    // SAFETY: `p` points into a map value, 8-byte aligned.
+    unsafe { core::ptr::write_volatile(p, core::ptr::read_volatile(p).wrapping_add(v)) };
+}
+
+/// The task's `TASKS` entry, made (after reading its cpu cgroup) if missing or stale.
+#[inline(always)]
+fn task_entry(task: u64, gen: u32, o: &KernelOffsets) -> Result<*mut TaskCpu, i64> {
+    if let Some(p) = TASKS.get_ptr_mut(&task) {
+        // SAFETY: pointer into the map value.
+        if unsafe { (*p).gen } == gen {
+            return Ok(p);
+        }
+    }
+    count(stat::TASK_RESOLVES);
+    let css = task_css(task, o, o.cpu_cgrp_id)?;
+    let id = css_id(css, o)?;
+    // SAFETY: only tested for presence.
+    let watched = unsafe { CPU_WATCHED.get(&id) }.is_some();
+    let v = TaskCpu {
+        cgroup_id: if watched { id } else { 0 },
+        css,
+        wakeup_ns: 0,
+        oncpu_ns: 0,
+        gen,
+        _pad: 0,
+    };
+    TASKS.insert(&task, &v, 0)?;
+    TASKS.get_ptr_mut(&task).ok_or(-1)
+}
+
+#[inline(always)]
+fn cpu_watch_gen() -> u32 {
+    SETTINGS.get(0).map_or(0, |s| s.cpu_watch_gen)
+}
+
+/// The cgroup's state, created on first use.
+#[inline(always)]
+fn cpu_state(id: u64) -> Result<*mut CpuState, i64> {
+    if let Some(p) = CPU_STATE.get_ptr_mut(&id) {
+        return Ok(p);
+    }
+    // BPF_NOEXIST: another CPU may have created it meanwhile; either way it exists after.
+    let _ = CPU_STATE.insert(&id, &CPU_STATE_ZERO, BPF_NOEXIST as u64);
+    CPU_STATE.get_ptr_mut(&id).ok_or(-1)
+}
+
+/// `(quota_ns, period_ns)` of the cpu cgroup whose css this is (`task_group.cfs_bandwidth`);
+/// quota `u64::MAX` is unlimited.
+#[inline(always)]
+fn bandwidth(css: u64, co: &CpuOffsets, want_quota: bool) -> Result<(u64, u64), i64> {
+    if co.tg_css == NO_OFFSET || co.tg_cfs_bandwidth == NO_OFFSET {
+        return Err(-1);
+    }
+    let cfs_b = css - co.tg_css as u64 + co.tg_cfs_bandwidth as u64;
+    let period: u64 = read(cfs_b, co.cfs_b_period)?;
+    let quota: u64 = if want_quota {
+        read(cfs_b, co.cfs_b_quota)?
+    } else {
+        u64::MAX
+    };
+    Ok((
+        quota,
+        if period == 0 {
+            DEFAULT_PERIOD_NS
+        } else {
+            period
+        },
+    ))
+}
+
+/// Rolls the cgroup's period window forward if `now` is past it; returns the period start.
+#[inline(always)]
+fn roll_period(st: &mut CpuState, now: u64, period: u64) -> u64 {
+    let start = now - now % period;
+    if st.period_start_ns != start {
+        st.period_start_ns = start;
+        st.used_ns = 0;
+        st.runq_samples = 0;
+        st.runq_over = 0;
+    }
+    start
+}
+
+/// Charges `delta` ns of run time to cpu cgroup `id`; reports the quota-near crossing once per
+/// period and quota. Runs in the context of the task that ran (`fill_current`).
+#[inline(always)]
+fn account(id: u64, css: u64, delta: u64, now: u64) -> Result<(), i64> {
+    count(stat::CPU_ACCOUNTED);
+    // SAFETY: copied out at once.
+    let Some(w) = (unsafe { CPU_WATCHED.get(&id) }).copied() else {
+        return Ok(());
+    };
+    let co = cpu_offsets();
+    let (quota, period) = bandwidth(css, &co, true)?;
+    // SAFETY: pointer into the map value; concurrent updates from other CPUs are atomic adds
+    // or idempotent stores.
+    let st = unsafe { &mut *cpu_state(id)? };
+    let start = roll_period(st, now, period);
+    shared_add(&mut st.used_ns, delta);
+    shared_add(&mut st.total_ns, delta);
+    if w.flags & CPU_WATCH_QUOTA == 0 || quota == u64::MAX || quota == 0 {
+        return Ok(());
+    }
+    // SAFETY: as above; re-read after the atomic add.
+    let used = unsafe { core::ptr::read_volatile(&st.used_ns) };
+    let mark = quota / 1000 * w.near_permille as u64;
+    if used < mark {
+        return Ok(());
+    }
+    if st.near_sent_period_ns == start && st.near_sent_quota_ns == quota {
+        count(stat::CPU_SUPPRESSED);
+        return Ok(());
+    }
+    st.near_sent_period_ns = start;
+    st.near_sent_quota_ns = quota;
+    let mut ev = Event {
+        ts_ns: now,
+        cgroup_id: id,
+        target_id: id,
+        usage: used,
+        limit: quota,
+        value: period,
+        pid: 0,
+        tid: 0,
+        kind: EventKind::CpuQuotaNear as u32,
+        flags: 0,
+        comm: [0; 16],
+    };
+    fill_current(&mut ev);
+    submit(&ev, true);
+    Ok(())
+}
+
+/// log2 bucket of a latency (see `RUNQ_BUCKETS`).
+#[inline(always)]
+fn runq_bucket(lat_ns: u64) -> usize {
+    let us = lat_ns / 1000;
+    let b = (64 - us.leading_zeros()) as usize;
+    if b >= RUNQ_BUCKETS {
+        RUNQ_BUCKETS - 1
+    } else {
+        b
+    }
+}
+
+/// Records a run-queue latency sample of `task` (being switched in) in cpu cgroup `id`.
+#[inline(always)]
+fn runq_sample(
+    id: u64,
+    css: u64,
+    lat: u64,
+    now: u64,
+    task: u64,
+    o: &KernelOffsets,
+) -> Result<(), i64> {
+    count(stat::RUNQ_SAMPLES);
+    // SAFETY: copied out at once.
+    let Some(w) = (unsafe { CPU_WATCHED.get(&id) }).copied() else {
+        return Ok(());
+    };
+    // SAFETY: pointer into the map value.
+    let st = unsafe { &mut *cpu_state(id)? };
+    let b = runq_bucket(lat);
+    shared_add(&mut st.runq_hist[b], 1);
+    if w.flags & CPU_WATCH_RUNQ == 0 || w.runq_target_ns == 0 {
+        return Ok(());
+    }
+    let co = cpu_offsets();
+    let (_, period) = bandwidth(css, &co, false)?;
+    let start = roll_period(st, now, period);
+    shared_add(&mut st.runq_samples, 1);
+    if lat <= w.runq_target_ns {
+        return Ok(());
+    }
+    shared_add(&mut st.runq_over, 1);
+    // SAFETY: as above.
+    let (samples, over) = unsafe {
+        (
+            core::ptr::read_volatile(&st.runq_samples),
+            core::ptr::read_volatile(&st.runq_over),
+        )
+    };
+    // p99 of the period so far above the target: more than 1% of its samples are.
+    if over * 100 < samples {
+        return Ok(());
+    }
+    if st.runq_sent_period_ns == start {
+        count(stat::CPU_SUPPRESSED);
+        return Ok(());
+    }
+    st.runq_sent_period_ns = start;
+    let tgid: i32 = read(task, o.task_tgid).unwrap_or(0);
+    let pid: i32 = read(task, o.task_pid).unwrap_or(0);
+    let ev = Event {
+        ts_ns: now,
+        cgroup_id: id,
+        target_id: id,
+        usage: samples,
+        limit: w.runq_target_ns,
+        value: lat,
+        pid: tgid as u32,
+        tid: pid as u32,
+        kind: EventKind::RunqLatency as u32,
+        flags: 0,
+        comm: read(task, o.task_comm).unwrap_or([0u8; 16]),
+    };
+    submit(&ev, true);
+    Ok(())
+}
+
+// sched/sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next
+// [, unsigned int prev_state (5.18+)]): runs in the context of `prev`.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
+    try_sched_switch(&ctx).unwrap_or_else(|_| read_error())
+}
+
+#[inline(always)]
+fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, i64> {
+    let preempt: u64 = ctx.arg(0);
+    let prev: u64 = ctx.arg(1);
+    let next: u64 = ctx.arg(2);
+    let co = cpu_offsets();
+    // Still runnable: preempted, or switched out in TASK_RUNNING (yield, throttling).
+    let runnable = preempt as u8 != 0
+        || (co.switch_has_prev_state != 0 && {
+            let state: u64 = ctx.arg(3);
+            state as u32 == 0
+        });
+    let o = offsets();
+    let gen = cpu_watch_gen();
+    let now = unsafe { bpf_ktime_get_ns() };
+    // prev: only needed when it stays runnable (its wait starts now) or when run time is
+    // accounted here; a task going to sleep costs nothing.
+    if runnable || co.runtime_tp == 0 {
+        // SAFETY: pointer into the map value.
+        let t = unsafe { &mut *task_entry(prev, gen, &o)? };
+        if t.cgroup_id != 0 {
+            if co.runtime_tp == 0 && t.oncpu_ns != 0 {
+                account(t.cgroup_id, t.css, now.saturating_sub(t.oncpu_ns), now)?;
+            }
+            t.wakeup_ns = if runnable { now } else { 0 };
+        }
+    }
+    // SAFETY: pointer into the map value.
+    let t = unsafe { &mut *task_entry(next, gen, &o)? };
+    if t.cgroup_id != 0 {
+        t.oncpu_ns = now;
+        if t.wakeup_ns != 0 {
+            let lat = now.saturating_sub(t.wakeup_ns);
+            t.wakeup_ns = 0;
+            runq_sample(t.cgroup_id, t.css, lat, now, next, &o)?;
+        }
+    }
+    Ok(0)
+}
+
+#[inline(always)]
+fn try_wakeup(ctx: &BtfTracePointContext) -> Result<u32, i64> {
+    let task: u64 = ctx.arg(0);
+    let o = offsets();
+    // SAFETY: pointer into the map value.
+    let t = unsafe { &mut *task_entry(task, cpu_watch_gen(), &o)? };
+    if t.cgroup_id != 0 {
+        t.wakeup_ns = unsafe { bpf_ktime_get_ns() };
+    }
+    Ok(0)
+}
+
+// sched/sched_wakeup(struct task_struct *p): p became runnable.
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn sched_wakeup(ctx: BtfTracePointContext) -> u32 {
+    try_wakeup(&ctx).unwrap_or_else(|_| read_error())
+}
+
+// sched/sched_wakeup_new(struct task_struct *p): a new task became runnable.
+#[btf_tracepoint(function = "sched_wakeup_new")]
+pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
+    try_wakeup(&ctx).unwrap_or_else(|_| read_error())
+}
+
+// sched/sched_stat_runtime(struct task_struct *curr, u64 runtime[, u64 vruntime (< 6.8)]): the
+// run time update_curr() just charged to `curr` (and to its cgroups' CFS bandwidth).
+#[btf_tracepoint(function = "sched_stat_runtime")]
+pub fn sched_stat_runtime(ctx: BtfTracePointContext) -> u32 {
+    try_stat_runtime(&ctx).unwrap_or_else(|_| read_error())
+}
+
+#[inline(always)]
+fn try_stat_runtime(ctx: &BtfTracePointContext) -> Result<u32, i64> {
+    let task: u64 = ctx.arg(0);
+    let runtime: u64 = ctx.arg(1);
+    let o = offsets();
+    // SAFETY: pointer into the map value.
+    let t = unsafe { &*task_entry(task, cpu_watch_gen(), &o)? };
+    if t.cgroup_id != 0 {
+        let now = unsafe { bpf_ktime_get_ns() };
+        account(t.cgroup_id, t.css, runtime, now)?;
+    }
+    Ok(0)
+}
+
+// sched/sched_process_exit(struct task_struct *p[, bool group_dead]): forget the task.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
+    let task: u64 = ctx.arg(0);
+    let _ = TASKS.remove(&task);
+    0
+}
+
+// cgroup/cgroup_attach_task(struct cgroup *dst, const char *path, struct task_struct *task,
+// bool threadgroup): the task changes cgroup; its entry is made again when next seen.
+#[btf_tracepoint(function = "cgroup_attach_task")]
+pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> u32 {
+    let task: u64 = ctx.arg(2);
+    let _ = TASKS.remove(&task);
+    0
 }
 
 #[cfg(not(test))]

@@ -7,7 +7,9 @@ use aya::{
     programs::BtfTracePoint,
     Btf, Ebpf, EbpfLoader,
 };
-use scaler_common::{names, stat, KernelOffsets, Settings, WatchConfig};
+use scaler_common::{
+    names, stat, CpuOffsets, CpuState, CpuWatch, KernelOffsets, Settings, WatchConfig, NO_OFFSET,
+};
 
 use crate::btf::{Features, KernelBtf};
 
@@ -30,7 +32,10 @@ pub enum EbpfError {
     )]
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no {what} `{name}` (a build mismatch; rebuild scaler)")]
-    Missing { what: &'static str, name: &'static str },
+    Missing {
+        what: &'static str,
+        name: &'static str,
+    },
     #[error(
         "loading or attaching program `{program}` (tracepoint {tracepoint}) failed: {source}; \
          the kernel needs BTF-enabled tracepoints (tp_btf, 5.5+)"
@@ -41,6 +46,12 @@ pub enum EbpfError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error(
+        "CPU tracking is not available: the scheduler programs are not attached (load the \
+         pipeline with the `cpu` option on a kernel with the cpu controller, CFS bandwidth \
+         control and the sched_switch tracepoint; see the warnings logged at load)"
+    )]
+    CpuUnavailable,
     #[error("map `{map}`: {source}")]
     Map {
         map: &'static str,
@@ -62,7 +73,11 @@ pub struct PipelineOptions {
 
 impl Default for PipelineOptions {
     fn default() -> Self {
-        Self { watch_all: false, default_headroom_bytes: 0, early_warning: true }
+        Self {
+            watch_all: false,
+            default_headroom_bytes: 0,
+            early_warning: true,
+        }
     }
 }
 
@@ -76,6 +91,14 @@ pub struct KernelStats {
     pub read_errors: u64,
     pub unmatched_end: u64,
     pub usage_checks: u64,
+    /// Tasks whose cpu cgroup the scheduler programs had to read (no valid cached entry).
+    pub task_resolves: u64,
+    /// Run-queue latency samples of watched cpu cgroups.
+    pub runq_samples: u64,
+    /// Run-time charges to watched cpu cgroups.
+    pub cpu_accounted: u64,
+    /// CPU crossings not reported again within the same period.
+    pub cpu_suppressed: u64,
 }
 
 /// A program that was attached, or why it was not.
@@ -94,7 +117,12 @@ pub struct Pipeline {
     settings: Array<MapData, Settings>,
     stats: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
+    /// Present when the scheduler programs are loaded.
+    cpu_watched: Option<HashMap<MapData, u64, CpuWatch>>,
+    cpu_state: Option<HashMap<MapData, u64, CpuState>>,
+    current_settings: Settings,
     features: Features,
+    cpu_offsets: CpuOffsets,
     offsets: KernelOffsets,
     programs: Vec<ProgramStatus>,
     _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -103,35 +131,116 @@ pub struct Pipeline {
 
 /// (program fn name, tracepoint, required?)
 const MEMORY_PROGRAMS: &[(&str, &str, bool)] = &[
-    (names::PROG_MEMCG_RECLAIM_BEGIN, "mm_vmscan_memcg_reclaim_begin", true),
-    (names::PROG_MEMCG_RECLAIM_END, "mm_vmscan_memcg_reclaim_end", true),
-    (names::PROG_DIRECT_RECLAIM_BEGIN, "mm_vmscan_direct_reclaim_begin", false),
-    (names::PROG_DIRECT_RECLAIM_END, "mm_vmscan_direct_reclaim_end", false),
+    (
+        names::PROG_MEMCG_RECLAIM_BEGIN,
+        "mm_vmscan_memcg_reclaim_begin",
+        true,
+    ),
+    (
+        names::PROG_MEMCG_RECLAIM_END,
+        "mm_vmscan_memcg_reclaim_end",
+        true,
+    ),
+    (
+        names::PROG_DIRECT_RECLAIM_BEGIN,
+        "mm_vmscan_direct_reclaim_begin",
+        false,
+    ),
+    (
+        names::PROG_DIRECT_RECLAIM_END,
+        "mm_vmscan_direct_reclaim_end",
+        false,
+    ),
     (names::PROG_MARK_VICTIM, "mark_victim", false),
     (names::PROG_COUNT_MEMCG_EVENTS, "count_memcg_events", false),
 ];
 
+/// Scheduler programs (all optional; attached with [`PipelineOptions::cpu`]): (program fn
+/// name, tracepoint).
+pub const SCHED_PROGRAMS: &[(&str, &str)] = &[
+    (names::PROG_SCHED_SWITCH, "sched_switch"),
+    (names::PROG_SCHED_WAKEUP, "sched_wakeup"),
+    (names::PROG_SCHED_WAKEUP_NEW, "sched_wakeup_new"),
+    (names::PROG_SCHED_STAT_RUNTIME, "sched_stat_runtime"),
+    (names::PROG_SCHED_PROCESS_EXIT, "sched_process_exit"),
+    (names::PROG_CGROUP_ATTACH_TASK, "cgroup_attach_task"),
+];
+
+/// The scheduler programs' offsets from BTF. `None` (with the reason) when the kernel cannot
+/// run them: no cpu controller (CONFIG_CGROUP_SCHED), no CFS bandwidth control
+/// (CONFIG_CFS_BANDWIDTH), or no `sched_switch` tracepoint.
+pub fn cpu_offsets(kbtf: &KernelBtf, offsets: &KernelOffsets) -> Result<CpuOffsets, String> {
+    if offsets.cpu_cgrp_id == NO_OFFSET {
+        return Err("the kernel has no cpu controller (cpu_cgrp_id; CONFIG_CGROUP_SCHED)".into());
+    }
+    let switch_arity = kbtf
+        .tracepoint_arity("sched_switch")
+        .ok_or("the kernel has no sched_switch tracepoint")?;
+    let off = |ty: &str, m: &str| {
+        kbtf.member_offset(ty, m)
+            .map_err(|e| format!("{e} (CPU quota tracking needs CONFIG_CFS_BANDWIDTH)"))
+    };
+    Ok(CpuOffsets {
+        tg_css: off("task_group", "css")?,
+        tg_cfs_bandwidth: off("task_group", "cfs_bandwidth")?,
+        cfs_b_period: off("cfs_bandwidth", "period")?,
+        cfs_b_quota: off("cfs_bandwidth", "quota")?,
+        switch_has_prev_state: u32::from(switch_arity >= 4),
+        runtime_tp: u32::from(kbtf.has_tracepoint("sched_stat_runtime")),
+    })
+}
+
 fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if v > 0 { v as u64 } else { 4096 }
+    if v > 0 {
+        v as u64
+    } else {
+        4096
+    }
 }
 
 impl Pipeline {
-    /// Loads the programs with offsets from the running kernel's BTF and attaches them.
+    /// Loads the memory programs with offsets from the running kernel's BTF and attaches them
+    /// (no scheduler programs: see [`Pipeline::load_with_cpu`]).
     pub fn load(opts: &PipelineOptions) -> Result<Self, EbpfError> {
+        Self::load_with_cpu(opts, false)
+    }
+
+    /// Like [`Pipeline::load`]; with `cpu`, also attaches the scheduler programs (CPU quota
+    /// and run-queue latency of the cpu cgroups given to [`Pipeline::watch_cpu`]). They run on
+    /// every context switch of the node, so they are off unless some cgroup's CPU is watched
+    /// or managed. They are optional: when the kernel cannot run them a warning says why and
+    /// [`Pipeline::cpu_enabled`] is false.
+    pub fn load_with_cpu(opts: &PipelineOptions, cpu: bool) -> Result<Self, EbpfError> {
         if EBPF_OBJECT.is_empty() {
             return Err(EbpfError::NoObject);
         }
         let kbtf = KernelBtf::from_sys()?;
         let features = kbtf.features();
         let offsets = kbtf.kernel_offsets(page_size())?;
+        let cpu_offsets = if cpu {
+            match cpu_offsets(&kbtf, &offsets) {
+                Ok(o) => Some(o),
+                Err(why) => {
+                    tracing::warn!("CPU tracking unavailable: {why}; continuing without it");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let btf = Btf::from_sys_fs().ok();
         // Kernel BPF stats (run time and count per program), for overhead figures; best effort.
         let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
         let mut ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
             .override_global(names::OFFSETS, &offsets, true)
+            .override_global(
+                names::CPU_OFFSETS,
+                &cpu_offsets.unwrap_or(CpuOffsets::ZERO),
+                true,
+            )
             .load(EBPF_OBJECT)
             .map_err(EbpfError::Load)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -169,25 +278,115 @@ impl Pipeline {
                     });
                 }
                 tracing::warn!(program = prog, "{note}; continuing without it");
-                programs.push(ProgramStatus { program: prog, tracepoint: tp, attached: false, note: Some(note) });
+                programs.push(ProgramStatus {
+                    program: prog,
+                    tracepoint: tp,
+                    attached: false,
+                    note: Some(note),
+                });
                 continue;
             }
             let p: &mut BtfTracePoint = ebpf
                 .program_mut(prog)
-                .ok_or(EbpfError::Missing { what: "program", name: prog })?
+                .ok_or(EbpfError::Missing {
+                    what: "program",
+                    name: prog,
+                })?
                 .try_into()
-                .map_err(|source| EbpfError::Program { program: prog, tracepoint: tp, source })?;
+                .map_err(|source| EbpfError::Program {
+                    program: prog,
+                    tracepoint: tp,
+                    source,
+                })?;
             let res = p.load(tp, &btf).and_then(|()| p.attach().map(|_| ()));
             match res {
-                Ok(()) => programs.push(ProgramStatus { program: prog, tracepoint: tp, attached: true, note: None }),
+                Ok(()) => programs.push(ProgramStatus {
+                    program: prog,
+                    tracepoint: tp,
+                    attached: true,
+                    note: None,
+                }),
                 Err(source) if !required => {
                     let note = format!("failed to attach: {source}");
-                    tracing::warn!(program = prog, tracepoint = tp, "{note}; continuing without it");
-                    programs.push(ProgramStatus { program: prog, tracepoint: tp, attached: false, note: Some(note) });
+                    tracing::warn!(
+                        program = prog,
+                        tracepoint = tp,
+                        "{note}; continuing without it"
+                    );
+                    programs.push(ProgramStatus {
+                        program: prog,
+                        tracepoint: tp,
+                        attached: false,
+                        note: Some(note),
+                    });
                 }
-                Err(source) => return Err(EbpfError::Program { program: prog, tracepoint: tp, source }),
+                Err(source) => {
+                    return Err(EbpfError::Program {
+                        program: prog,
+                        tracepoint: tp,
+                        source,
+                    })
+                }
             }
         }
+        let mut sched_attached = false;
+        if let Some(co) = cpu_offsets {
+            for &(prog, tp) in SCHED_PROGRAMS {
+                let res = if !kbtf.has_tracepoint(tp) {
+                    Err(format!("the running kernel has no tracepoint {tp}"))
+                } else {
+                    let p: Result<&mut BtfTracePoint, String> = ebpf
+                        .program_mut(prog)
+                        .ok_or_else(|| {
+                            format!("the eBPF object has no program {prog}; rebuild scaler")
+                        })
+                        .and_then(|p| {
+                            p.try_into()
+                                .map_err(|e: aya::programs::ProgramError| e.to_string())
+                        });
+                    p.and_then(|p| {
+                        p.load(tp, &btf)
+                            .and_then(|()| p.attach().map(|_| ()))
+                            .map_err(|e| format!("failed to attach: {e}"))
+                    })
+                };
+                match res {
+                    Ok(()) => {
+                        sched_attached |= prog == names::PROG_SCHED_SWITCH;
+                        programs.push(ProgramStatus {
+                            program: prog,
+                            tracepoint: tp,
+                            attached: true,
+                            note: None,
+                        });
+                    }
+                    Err(note) => {
+                        if prog == names::PROG_SCHED_STAT_RUNTIME && co.runtime_tp != 0 {
+                            tracing::warn!("{note}: CPU time of watched cgroups is not accounted");
+                        }
+                        tracing::warn!(
+                            program = prog,
+                            tracepoint = tp,
+                            "{note}; continuing without it"
+                        );
+                        programs.push(ProgramStatus {
+                            program: prog,
+                            tracepoint: tp,
+                            attached: false,
+                            note: Some(note),
+                        });
+                    }
+                }
+            }
+        }
+        let (cpu_watched, cpu_state) = if sched_attached {
+            (
+                Some(take_map(&mut ebpf, names::CPU_WATCHED)?),
+                Some(take_map(&mut ebpf, names::CPU_STATE)?),
+            )
+        } else {
+            (None, None)
+        };
         let watched = take_map(&mut ebpf, names::WATCHED)?;
         let settings = take_map(&mut ebpf, names::SETTINGS)?;
         let stats = take_map(&mut ebpf, names::STATS)?;
@@ -198,7 +397,11 @@ impl Pipeline {
             settings,
             stats,
             events: Some(events),
+            cpu_watched,
+            cpu_state,
+            current_settings: Settings::default(),
             features,
+            cpu_offsets: cpu_offsets.unwrap_or(CpuOffsets::ZERO),
             offsets,
             programs,
             _logger: logger,
@@ -206,7 +409,7 @@ impl Pipeline {
         };
         p.set_settings(Settings {
             watch_all: u32::from(opts.watch_all),
-            _pad: 0,
+            cpu_watch_gen: 0,
             default_headroom_bytes: opts.default_headroom_bytes,
         })?;
         Ok(p)
@@ -229,32 +432,112 @@ impl Pipeline {
         self.events.take()
     }
 
-    pub fn set_settings(&mut self, s: Settings) -> Result<(), EbpfError> {
+    /// Replaces the runtime settings (the CPU watch generation is kept: it is the
+    /// pipeline's to bump).
+    pub fn set_settings(&mut self, mut s: Settings) -> Result<(), EbpfError> {
+        s.cpu_watch_gen = self.current_settings.cpu_watch_gen;
         self.settings
             .set(0, s, 0)
-            .map_err(|source| EbpfError::Map { map: names::SETTINGS, source })
+            .map_err(|source| EbpfError::Map {
+                map: names::SETTINGS,
+                source,
+            })?;
+        self.current_settings = s;
+        Ok(())
+    }
+
+    /// Whether the scheduler programs are attached (CPU events can be had).
+    pub fn cpu_enabled(&self) -> bool {
+        self.cpu_watched.is_some()
+    }
+
+    /// The scheduler programs' offsets and switches (all `NO_OFFSET`/0 when not loaded).
+    pub fn cpu_offsets(&self) -> CpuOffsets {
+        self.cpu_offsets
+    }
+
+    fn bump_cpu_gen(&mut self) -> Result<(), EbpfError> {
+        let mut s = self.current_settings;
+        s.cpu_watch_gen = s.cpu_watch_gen.wrapping_add(1);
+        self.settings
+            .set(0, s, 0)
+            .map_err(|source| EbpfError::Map {
+                map: names::SETTINGS,
+                source,
+            })?;
+        self.current_settings = s;
+        Ok(())
+    }
+
+    /// Starts (or updates) watching a cgroup of the cpu controller by kernfs id. The quota
+    /// and period are read by the programs from the kernel, so quota changes need no call.
+    pub fn watch_cpu(&mut self, cgroup_id: u64, cfg: CpuWatch) -> Result<(), EbpfError> {
+        let map = self.cpu_watched.as_mut().ok_or(EbpfError::CpuUnavailable)?;
+        let new = !matches!(map.get(&cgroup_id, 0), Ok(_));
+        map.insert(cgroup_id, cfg, 0)
+            .map_err(|source| EbpfError::Map {
+                map: names::CPU_WATCHED,
+                source,
+            })?;
+        if new {
+            // Tasks cached as unwatched are looked up again.
+            self.bump_cpu_gen()?;
+        }
+        Ok(())
+    }
+
+    /// Stops watching a cpu cgroup and drops its kernel state; unknown ids are fine.
+    pub fn unwatch_cpu(&mut self, cgroup_id: u64) -> Result<(), EbpfError> {
+        let Some(map) = self.cpu_watched.as_mut() else {
+            return Ok(());
+        };
+        let removed = map.remove(&cgroup_id).is_ok();
+        if let Some(st) = self.cpu_state.as_mut() {
+            let _ = st.remove(&cgroup_id);
+        }
+        if removed {
+            self.bump_cpu_gen()?;
+        }
+        Ok(())
+    }
+
+    /// The kernel's CPU state of a watched cpu cgroup (period accounting, run-queue latency
+    /// histogram); `None` before its first scheduler event or when CPU tracking is off.
+    pub fn cpu_state(&self, cgroup_id: u64) -> Option<CpuState> {
+        self.cpu_state.as_ref()?.get(&cgroup_id, 0).ok()
     }
 
     /// Starts (or updates) watching a cgroup by kernfs id.
     pub fn watch(&mut self, cgroup_id: u64, cfg: WatchConfig) -> Result<(), EbpfError> {
         self.watched
             .insert(cgroup_id, cfg, 0)
-            .map_err(|source| EbpfError::Map { map: names::WATCHED, source })
+            .map_err(|source| EbpfError::Map {
+                map: names::WATCHED,
+                source,
+            })
     }
 
     /// Stops watching a cgroup; unknown ids are fine.
     pub fn unwatch(&mut self, cgroup_id: u64) -> Result<(), EbpfError> {
         match self.watched.remove(&cgroup_id) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) if matches!(&e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT)) => Ok(()),
-            Err(source) => Err(EbpfError::Map { map: names::WATCHED, source }),
+            Err(e) if matches!(&e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT)) => {
+                Ok(())
+            }
+            Err(source) => Err(EbpfError::Map {
+                map: names::WATCHED,
+                source,
+            }),
         }
     }
 
     /// The kernel-side counters, summed over CPUs.
     pub fn kernel_stats(&self) -> KernelStats {
         let get = |i: u32| -> u64 {
-            self.stats.get(&i, 0).map(|v| v.iter().copied().sum()).unwrap_or(0)
+            self.stats
+                .get(&i, 0)
+                .map(|v| v.iter().copied().sum())
+                .unwrap_or(0)
         };
         KernelStats {
             ringbuf_dropped: get(stat::RINGBUF_DROPPED),
@@ -264,6 +547,10 @@ impl Pipeline {
             read_errors: get(stat::READ_ERRORS),
             unmatched_end: get(stat::UNMATCHED_END),
             usage_checks: get(stat::USAGE_CHECKS),
+            task_resolves: get(stat::TASK_RESOLVES),
+            runq_samples: get(stat::RUNQ_SAMPLES),
+            cpu_accounted: get(stat::CPU_ACCOUNTED),
+            cpu_suppressed: get(stat::CPU_SUPPRESSED),
         }
     }
 
@@ -287,21 +574,25 @@ impl Pipeline {
     /// Forwards the kernel programs' aya-log records into `log` (and from there into
     /// tracing) from a background thread woken by the log ring buffer. Call once.
     pub fn forward_logs(&mut self) {
-        let Some(mut logger) = self._logger.take() else { return };
-        let spawned = std::thread::Builder::new().name("ebpf-log".into()).spawn(move || {
-            use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-            use std::os::fd::AsFd;
-            loop {
-                let ready = {
-                    let mut fds = [PollFd::new(logger.as_fd(), PollFlags::POLLIN)];
-                    poll(&mut fds, PollTimeout::from(1000u16))
-                };
-                match ready {
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => logger.flush(),
-                    Err(_) => return,
+        let Some(mut logger) = self._logger.take() else {
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("ebpf-log".into())
+            .spawn(move || {
+                use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+                use std::os::fd::AsFd;
+                loop {
+                    let ready = {
+                        let mut fds = [PollFd::new(logger.as_fd(), PollFlags::POLLIN)];
+                        poll(&mut fds, PollTimeout::from(1000u16))
+                    };
+                    match ready {
+                        Ok(_) | Err(nix::errno::Errno::EINTR) => logger.flush(),
+                        Err(_) => return,
+                    }
                 }
-            }
-        });
+            });
         if let Err(e) = spawned {
             tracing::warn!("cannot forward eBPF logs: {e}");
         }
@@ -312,14 +603,19 @@ fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(EbpfError::Missing { what: "map", name })?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or(EbpfError::Missing { what: "map", name })?;
     T::try_from(map).map_err(|source| EbpfError::Map { map: name, source })
 }
 
 /// CLOCK_MONOTONIC now, in ns: the clock of `bpf_ktime_get_ns()`.
 #[inline]
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

@@ -1,4 +1,4 @@
-//! Decoding of ring-buffer records into typed events.
+//! Decoding of ring-buffer records into typed events (memory pressure and CPU).
 //!
 //! The record layout is [`scaler_common::Event`], defined once for kernel and user code. Decoding
 //! reads the fields explicitly (little-endian, as the BPF target of this host writes them) with
@@ -15,7 +15,9 @@ pub enum DecodeError {
     Kind(u32),
 }
 
-/// A decoded memory-pressure event.
+/// A decoded event. The name is historical: CPU kinds (`CpuQuotaNear`, `RunqLatency`) decode
+/// into it too, with the fields meaning what [`EventKind`] documents; [`MemEvent::cpu`] gives
+/// them typed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemEvent {
     pub kind: EventKind,
@@ -44,7 +46,11 @@ pub struct MemEvent {
 impl MemEvent {
     /// The task name, up to its first NUL.
     pub fn comm(&self) -> &str {
-        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(self.comm.len());
+        let end = self
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.comm.len());
         std::str::from_utf8(&self.comm[..end]).unwrap_or("?")
     }
 
@@ -53,9 +59,59 @@ impl MemEvent {
         matches!(self.kind, EventKind::ReclaimEnd | EventKind::DirectReclaim).then_some(self.value)
     }
 
-    /// Whether this event calls for a decision (as opposed to being informational).
+    /// Whether this event calls for a memory decision (as opposed to being informational).
     pub fn is_pressure(&self) -> bool {
-        matches!(self.kind, EventKind::ReclaimBegin | EventKind::UsageHigh | EventKind::OomKill)
+        matches!(
+            self.kind,
+            EventKind::ReclaimBegin | EventKind::UsageHigh | EventKind::OomKill
+        )
+    }
+
+    /// The CPU figures of a CPU event (`None` for memory kinds).
+    pub fn cpu(&self) -> Option<CpuEvent> {
+        match self.kind {
+            EventKind::CpuQuotaNear => Some(CpuEvent::QuotaNear {
+                used_ns: self.usage,
+                quota_ns: self.limit,
+                period_ns: self.value,
+            }),
+            EventKind::RunqLatency => Some(CpuEvent::RunqLatency {
+                latency_ns: self.value,
+                samples: self.usage,
+                target_ns: self.limit,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The figures of a CPU event, in the cpu cgroup `MemEvent::cgroup_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuEvent {
+    /// The cgroup used `used_ns` of its `quota_ns` within the current `period_ns`.
+    QuotaNear {
+        used_ns: u64,
+        quota_ns: u64,
+        period_ns: u64,
+    },
+    /// A run-queue wait of `latency_ns` made more than 1% of the period's `samples` exceed
+    /// `target_ns` (the period's p99 is above the target).
+    RunqLatency {
+        latency_ns: u64,
+        samples: u64,
+        target_ns: u64,
+    },
+}
+
+impl CpuEvent {
+    /// Used / quota within the period (quota-near only).
+    pub fn quota_fraction(&self) -> Option<f64> {
+        match *self {
+            Self::QuotaNear {
+                used_ns, quota_ns, ..
+            } if quota_ns > 0 => Some(used_ns as f64 / quota_ns as f64),
+            _ => None,
+        }
     }
 }
 
@@ -186,6 +242,68 @@ mod tests {
         assert_eq!(decode(&encode(&ev)).unwrap().comm(), "abcdefghijklmnop");
         ev.comm = [0xff; 16];
         assert_eq!(decode(&encode(&ev)).unwrap().comm(), "?");
+    }
+
+    #[test]
+    fn cpu_quota_near_fields() {
+        let mut ev = sample();
+        ev.kind = EventKind::CpuQuotaNear as u32;
+        ev.usage = 16_000_000;
+        ev.limit = 20_000_000;
+        ev.value = 100_000_000;
+        ev.target_id = ev.cgroup_id;
+        let d = decode(&encode(&ev)).unwrap();
+        assert_eq!(d.kind.as_str(), "cpu_quota_near");
+        assert!(!d.is_pressure(), "CPU events are not memory pressure");
+        assert_eq!(d.stall_ns(), None);
+        let c = d.cpu().unwrap();
+        assert_eq!(
+            c,
+            CpuEvent::QuotaNear {
+                used_ns: 16_000_000,
+                quota_ns: 20_000_000,
+                period_ns: 100_000_000
+            }
+        );
+        assert_eq!(c.quota_fraction(), Some(0.8));
+    }
+
+    #[test]
+    fn runq_latency_fields() {
+        let mut ev = sample();
+        ev.kind = EventKind::RunqLatency as u32;
+        ev.usage = 150;
+        ev.limit = 5_000_000;
+        ev.value = 7_500_000;
+        let d = decode(&encode(&ev)).unwrap();
+        assert_eq!(d.kind.as_str(), "runq_latency");
+        let c = d.cpu().unwrap();
+        assert_eq!(
+            c,
+            CpuEvent::RunqLatency {
+                latency_ns: 7_500_000,
+                samples: 150,
+                target_ns: 5_000_000
+            }
+        );
+        assert_eq!(c.quota_fraction(), None);
+    }
+
+    #[test]
+    fn memory_kinds_have_no_cpu_figures() {
+        for k in 1..=5u32 {
+            let mut ev = sample();
+            ev.kind = k;
+            assert_eq!(decode(&encode(&ev)).unwrap().cpu(), None, "kind {k}");
+        }
+        for k in 6..=7u32 {
+            let mut ev = sample();
+            ev.kind = k;
+            assert!(decode(&encode(&ev)).unwrap().cpu().is_some(), "kind {k}");
+        }
+        let mut ev = sample();
+        ev.kind = 8;
+        assert_eq!(decode(&encode(&ev)), Err(DecodeError::Kind(8)));
     }
 
     proptest::proptest! {
