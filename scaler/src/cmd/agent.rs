@@ -13,6 +13,8 @@
 //! - discovery ([`discovery`]): inotify on the cgroupfs tree, plus a periodic rescan;
 //! - status ([`status`]): `scaler status` reads the agent over `agent.status_socket`.
 
+#[cfg(test)]
+mod deploy_tests;
 pub mod discovery;
 pub mod metrics;
 pub mod state;

@@ -1,0 +1,330 @@
+//! The packaging under `deploy/` checked against the agent it packages: the DaemonSet and its
+//! ConfigMap (YAML, and the TOML inside it through the real configuration loader), the
+//! Grafana dashboard (JSON, and every metric its queries use is one the agent exports), and
+//! the systemd unit.
+
+use std::{collections::BTreeSet, path::PathBuf};
+
+use serde_yaml::Value;
+
+use super::metrics::{CgroupLabels, KindLabels, Metrics, ProgramLabels, ResultLabels};
+use crate::{
+    config::{Config, NodeInfo},
+    decider::{Action, Reason, Resource, WriteOutcome},
+    engine::ActionRecord,
+};
+
+fn deploy(file: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(file);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn yaml_docs(text: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).expect("valid YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn get<'a>(v: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(v, |v, k| match k.parse::<usize>() {
+        Ok(i) => &v[i],
+        Err(_) => &v[k],
+    })
+}
+
+fn str_of<'a>(v: &'a Value, path: &str) -> &'a str {
+    get(v, path)
+        .as_str()
+        .unwrap_or_else(|| panic!("{path} is not a string: {:?}", get(v, path)))
+}
+
+#[test]
+fn the_daemonset_is_valid_and_consistent_with_its_configmap() {
+    let docs = yaml_docs(&deploy("kubernetes/daemonset.yaml"));
+    let kinds: Vec<&str> = docs.iter().map(|d| str_of(d, "kind")).collect();
+    assert_eq!(kinds, ["Namespace", "ConfigMap", "DaemonSet"]);
+    let (cm, ds) = (&docs[1], &docs[2]);
+
+    // The configuration the pods run is valid for the real loader.
+    let toml = get(cm, "data")["scaler.toml"]
+        .as_str()
+        .expect("data.\"scaler.toml\"");
+    let config = Config::from_toml_str(toml).expect("ConfigMap TOML parses");
+    config
+        .validate(&NodeInfo {
+            mem_total: 16 << 30,
+            nproc: 4,
+        })
+        .expect("ConfigMap TOML validates");
+    // It manages Burstable and BestEffort pods of both drivers, and not Guaranteed ones.
+    let uid = "0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    let uid_ = uid.replace('-', "_");
+    for (path, managed) in [
+        (format!("/kubepods/burstable/pod{uid}"), true),
+        (format!("/kubepods/besteffort/pod{uid}"), true),
+        (
+            format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice"),
+            true,
+        ),
+        (
+            format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice"
+            ),
+            true,
+        ),
+        (format!("/kubepods/pod{uid}/0123456789abcdef"), false),
+        (format!("/kubepods.slice/kubepods-pod{uid_}.slice"), false),
+        ("/system.slice/kubelet.service".to_string(), false),
+    ] {
+        let selected = config
+            .policy_for(&path, None)
+            .is_some_and(|p| p.memory.is_some());
+        assert_eq!(selected, managed, "{path}");
+    }
+
+    // Metrics: bound to all addresses inside the pod netns, on the annotated, declared port.
+    let addr = config.agent.metrics_addr;
+    assert!(addr.ip().is_unspecified(), "{addr}");
+    let pod = get(ds, "spec.template");
+    let annotations = get(pod, "metadata.annotations");
+    let annotation = |k: &str| {
+        annotations[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("annotation {k}"))
+    };
+    assert_eq!(annotation("prometheus.io/scrape"), "true");
+    assert_eq!(annotation("prometheus.io/port"), addr.port().to_string());
+    assert_eq!(annotation("prometheus.io/path"), "/metrics");
+    let c = get(pod, "spec.containers.0");
+    assert_eq!(
+        get(c, "ports.0.containerPort").as_u64(),
+        Some(u64::from(addr.port()))
+    );
+    assert_eq!(get(pod, "spec.hostPID").as_bool(), Some(true));
+    assert_eq!(get(c, "securityContext.privileged").as_bool(), Some(true));
+    assert!(
+        get(c, "resources.requests.memory").is_string()
+            && get(c, "resources.limits.memory").is_string()
+    );
+
+    // Mounts: the cgroup tree writable, BTF read-only, the state file's and the status
+    // socket's directories on the host, the configuration where the args point.
+    let mounts: Vec<(String, bool)> = get(c, "volumeMounts")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                str_of(m, "mountPath").to_owned(),
+                get(m, "readOnly").as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    let mount = |p: &str| mounts.iter().find(|(m, _)| m == p).map(|(_, ro)| *ro);
+    assert_eq!(mount("/sys/fs/cgroup"), Some(false));
+    assert_eq!(mount("/sys/kernel/btf"), Some(true));
+    let dir = |p: &std::path::Path| p.parent().unwrap().display().to_string();
+    assert_eq!(
+        mount(&dir(&config.agent.state_file)),
+        Some(false),
+        "state file dir mounted"
+    );
+    assert_eq!(
+        mount(&dir(&config.agent.status_socket)),
+        Some(false),
+        "status socket dir mounted"
+    );
+    let args: Vec<&str> = get(c, "args")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "agent");
+    let config_path = args[args.iter().position(|a| *a == "--config").unwrap() + 1];
+    assert_eq!(mount(&dir(std::path::Path::new(config_path))), Some(true));
+    let volumes = get(pod, "spec.volumes").as_sequence().unwrap();
+    let state_vol = volumes
+        .iter()
+        .find(|v| get(v, "hostPath.path").as_str() == Some("/var/lib/scaler"));
+    assert!(
+        state_vol.is_some(),
+        "the state file survives pod restarts on a hostPath"
+    );
+}
+
+/// Every metric name (sample names, with the `_total`/`_bucket`/... suffixes) the agent
+/// exports once each family has a sample.
+fn exported_names() -> BTreeSet<String> {
+    let m = Metrics::new();
+    m.record_action(&ActionRecord {
+        action: Action {
+            cgroup: 1,
+            resource: Resource::Memory,
+            old: 1,
+            new: 2,
+            reason: Reason::Pressure,
+            trigger_ts_ns: 0,
+        },
+        done_ns: 1,
+        latency_ns: 1,
+        outcome: WriteOutcome::Written,
+        errno: None,
+    });
+    m.events
+        .get_or_create(&KindLabels {
+            kind: "reclaim_begin",
+        })
+        .inc();
+    let l = CgroupLabels::new("/a", "p");
+    m.limit_bytes.get_or_create(&l).set(1.0);
+    m.original_limit_bytes.get_or_create(&l).set(1.0);
+    m.usage_bytes.get_or_create(&l).set(1);
+    m.bpf_runs
+        .get_or_create(&ProgramLabels { program: "p" })
+        .inc();
+    m.bpf_run_seconds
+        .get_or_create(&ProgramLabels { program: "p" })
+        .inc();
+    m.reloads
+        .get_or_create(&ResultLabels { result: "ok" })
+        .inc();
+    m.encode()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
+        .collect()
+}
+
+/// The metric names a PromQL expression refers to (identifiers with our prefixes).
+fn names_in(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let b = expr.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+        if ident(b[i]) && (i == 0 || !ident(b[i - 1])) {
+            let start = i;
+            while i < b.len() && ident(b[i]) {
+                i += 1;
+            }
+            let w = &expr[start..i];
+            if w.starts_with("scaler_") || w.starts_with("process_") {
+                out.push(w.to_owned());
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn the_dashboard_is_valid_json_over_exported_metrics() {
+    let d: serde_json::Value =
+        serde_json::from_str(&deploy("grafana/scaler-dashboard.json")).expect("valid JSON");
+    let exported = exported_names();
+    let mut used = BTreeSet::new();
+    let panels = d["panels"].as_array().unwrap();
+    for p in panels.iter().filter(|p| p["type"] != "row") {
+        let targets = p["targets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("panel {} has targets", p["title"]));
+        assert!(!targets.is_empty());
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap();
+            for n in names_in(expr) {
+                assert!(
+                    exported.contains(&n),
+                    "panel {}: {n} is not exported (exported: {exported:?})",
+                    p["title"]
+                );
+                used.insert(n);
+            }
+        }
+    }
+    // The panels the dashboard promises.
+    for n in [
+        "scaler_reaction_latency_seconds_bucket",
+        "scaler_events_total",
+        "scaler_actions_total",
+        "scaler_cgroup_limit_bytes",
+        "scaler_ringbuf_dropped_total",
+        "scaler_bpf_program_run_seconds_total",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(used.contains(n), "no panel uses {n}");
+    }
+    // Unique panel ids and no overlapping grid positions within a row band.
+    let ids: BTreeSet<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), panels.len());
+}
+
+#[test]
+fn names_in_finds_metric_identifiers() {
+    assert_eq!(
+        names_in("histogram_quantile(0.5, sum by (le) (rate(scaler_x_bucket{a=\"scaler_no\"}[5m]))) / process_y"),
+        ["scaler_x_bucket", "scaler_no", "process_y"]
+    );
+}
+
+#[test]
+fn the_systemd_unit_runs_the_agent_with_what_it_needs() {
+    let unit = deploy("systemd/scaler.service");
+    let kv: Vec<(&str, &str)> = unit
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.starts_with('[') && !l.is_empty())
+        .map(|l| {
+            l.split_once('=')
+                .unwrap_or_else(|| panic!("not key=value: {l}"))
+        })
+        .collect();
+    let get = |k: &str| {
+        kv.iter()
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("{k} missing"))
+    };
+    for section in ["[Unit]", "[Service]", "[Install]"] {
+        assert!(unit.lines().any(|l| l == section), "{section}");
+    }
+    assert!(get("ExecStart").contains(" agent --config /etc/scaler/scaler.toml"));
+    assert!(get("ExecStartPre").contains(" check-config /etc/scaler/scaler.toml"));
+    assert_eq!(get("Restart"), "on-failure");
+    assert_eq!(
+        get("RestartPreventExitStatus"),
+        super::EXIT_BAD_CONFIG.to_string()
+    );
+    let caps: Vec<&str> = get("CapabilityBoundingSet").split_whitespace().collect();
+    for c in [
+        "CAP_BPF",
+        "CAP_PERFMON",
+        "CAP_SYS_ADMIN",
+        "CAP_DAC_OVERRIDE",
+    ] {
+        assert!(caps.contains(&c), "{c}");
+    }
+    assert!(!caps.contains(&"CAP_SYS_RESOURCE"));
+    // Hardening leaves the cgroup tree writable.
+    assert_eq!(get("ProtectSystem"), "strict");
+    assert_eq!(get("ReadWritePaths"), "/sys/fs/cgroup");
+    assert_eq!(get("ProtectControlGroups"), "no");
+    assert_eq!(get("ProtectKernelTunables"), "no");
+    // The directories systemd creates are where the default configuration puts things.
+    let d = crate::config::AgentConfig::default();
+    assert_eq!(
+        d.state_file.parent().unwrap(),
+        std::path::Path::new("/var/lib").join(get("StateDirectory"))
+    );
+    assert_eq!(
+        d.status_socket.parent().unwrap(),
+        std::path::Path::new("/run").join(get("RuntimeDirectory"))
+    );
+    assert_eq!(get("StateDirectoryMode"), "0700");
+    assert_eq!(get("RuntimeDirectoryMode"), "0700");
+}
