@@ -229,7 +229,8 @@ impl CpuState {
 /// Every task a scheduler program sees gets one (a negative one, `cgroup_id == 0`, when its
 /// cpu cgroup is not watched), so that each program pays one lookup per task; entries are
 /// revalidated when `Settings::cpu_watch_gen` changes, dropped when the task changes cgroup
-/// (`cgroup/cgroup_attach_task`) or exits (`sched/sched_process_exit`).
+/// (`cgroup/cgroup_attach_task`) or exits (`sched/sched_process_exit`), and never trusted for a
+/// new task (`sched/sched_wakeup_new`: it may reuse an exited task's address).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TaskCpu {

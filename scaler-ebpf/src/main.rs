@@ -799,8 +799,13 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, i64> {
 }
 
 #[inline(always)]
-fn try_wakeup(ctx: &BtfTracePointContext) -> Result<u32, i64> {
+fn try_wakeup(ctx: &BtfTracePointContext, new_task: bool) -> Result<u32, i64> {
     let task: u64 = ctx.arg(0);
+    if new_task {
+        // A new task may reuse the address of one that exited (whose entry a late event after
+        // its exit may have made again): never trust an entry for it.
+        let _ = TASKS.remove(&task);
+    }
     let o = offsets();
     // SAFETY: pointer into the map value.
     let t = unsafe { &mut *task_entry(task, cpu_watch_gen(), &o)? };
@@ -813,13 +818,13 @@ fn try_wakeup(ctx: &BtfTracePointContext) -> Result<u32, i64> {
 // sched/sched_wakeup(struct task_struct *p): p became runnable.
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn sched_wakeup(ctx: BtfTracePointContext) -> u32 {
-    try_wakeup(&ctx).unwrap_or_else(|_| read_error())
+    try_wakeup(&ctx, false).unwrap_or_else(|_| read_error())
 }
 
 // sched/sched_wakeup_new(struct task_struct *p): a new task became runnable.
 #[btf_tracepoint(function = "sched_wakeup_new")]
 pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
-    try_wakeup(&ctx).unwrap_or_else(|_| read_error())
+    try_wakeup(&ctx, true).unwrap_or_else(|_| read_error())
 }
 
 // sched/sched_stat_runtime(struct task_struct *curr, u64 runtime[, u64 vruntime (< 6.8)]): the

@@ -36,7 +36,10 @@ impl StopHandle {
             EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
                 .map_err(std::io::Error::from)
         };
-        Ok(Self { fd: Arc::new(new()?), wake: Arc::new(new()?) })
+        Ok(Self {
+            fd: Arc::new(new()?),
+            wake: Arc::new(new()?),
+        })
     }
 
     /// Wakes the loop so that it runs [`Handler::on_tick`] now (for commands).
@@ -118,11 +121,19 @@ pub fn run_ring_loop(
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
         }
-        let stop_ready = fds[1].revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
-        if fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+        let stop_ready = fds[1]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN));
+        if fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+        {
             stats.wakeups.fetch_add(1, Ordering::Relaxed);
         }
-        if fds[2].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+        if fds[2]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+        {
             let _ = stop.wake.read();
         }
         if stop_ready || stop.is_stopped() {
@@ -151,10 +162,14 @@ use aya::maps::RingBuf as AyaRingBuf;
 use scaler_common::EventKind;
 
 use crate::{
-    actuator::MemoryActuator,
-    cgroupfs::Limit,
-    decider::{Action, CgId, Decision, MemoryDecider, MemoryPolicy, MemorySignal, WriteOutcome},
+    actuator::{CpuActuator, MemoryActuator},
+    cgroupfs::{CpuQuota, Limit},
+    decider::{
+        Action, CgId, CpuDecider, CpuPolicy, CpuSignal, Decision, MemoryDecider, MemoryPolicy,
+        MemorySignal, Resource, WriteOutcome,
+    },
     ebpf::monotonic_ns,
+    events::CpuEvent,
 };
 
 /// A completed (or failed) limit change, with its measured reaction latency.
@@ -189,6 +204,21 @@ pub struct ManageRequest {
     pub usage: u64,
 }
 
+/// A cgroup of the cpu controller to manage (its CFS quota). On cgroup v1 it is a different
+/// directory, with a different id, from the memory cgroup of the same workload.
+pub struct CpuManageRequest {
+    /// Kernfs id of the cpu cgroup (what the kernel's CPU events carry).
+    pub id: CgId,
+    /// Path relative to the cpu hierarchy root (for logs).
+    pub path: Arc<str>,
+    /// Nearest managed ancestor (cpu hierarchy).
+    pub parent: Option<CgId>,
+    pub policy: CpuPolicy,
+    /// Pre-opened `cpu.max` / `cpu.cfs_quota_us`; its current quota and period are what the
+    /// decider starts from.
+    pub actuator: CpuActuator,
+}
+
 /// Requests from the slow side to the engine thread.
 pub enum Command {
     Manage(Box<ManageRequest>),
@@ -198,6 +228,54 @@ pub enum Command {
     /// Reply with a snapshot of the decider's view.
     Snapshot(SyncSender<Vec<ManagedSnapshot>>),
     SetBudget(u64),
+    /// Manage the CFS quota of a cpu cgroup.
+    ManageCpu(Box<CpuManageRequest>),
+    /// Stop managing a cpu cgroup.
+    ForgetCpu(CgId),
+    /// A periodic `cpu.stat` sample ([`CpuSignal::Sample`]; see [`cpu_sample`]).
+    CpuSample(CgId, CpuSignal),
+    /// Reply with the CPU decider's view.
+    CpuSnapshot(SyncSender<Vec<CpuSnapshot>>),
+    /// The node's CPU budget for top-level managed quotas (cores).
+    SetCpuBudget(f64),
+}
+
+/// The CPU decider's view of one managed cpu cgroup.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CpuSnapshot {
+    pub id: CgId,
+    pub path: String,
+    /// Quota in force or being written (cores; `None`: unlimited).
+    pub quota_cores: Option<f64>,
+    /// Usage over the last sample interval (cores).
+    pub usage_cores: Option<f64>,
+    pub utilization: Option<f64>,
+}
+
+/// Reads a `cpu.stat` + quota sample of a cpu cgroup for [`Command::CpuSample`] (slow path).
+/// `usage_ns` is v2's `usage_usec`, or v1's `cpuacct.usage` when the cpuacct controller is
+/// mounted with cpu (as `cpu,cpuacct`), else 0 (then the decider's usage-based scale-down goal
+/// is the policy minimum).
+pub fn cpu_sample(cg: &crate::cgroupfs::Cgroup) -> Option<CpuSignal> {
+    let stat = cg.cpu_stat().ok()?;
+    let (quota, period_us) = cg.cpu_max().ok()?;
+    let usage_ns = stat.usage_ns.or_else(|| {
+        cg.read_optional("cpuacct.usage")
+            .ok()
+            .flatten()
+            .and_then(|s| s.trim().parse().ok())
+    });
+    Some(CpuSignal::Sample {
+        ts_ns: monotonic_ns(),
+        usage_ns: usage_ns.unwrap_or(0),
+        nr_throttled: stat.nr_throttled,
+        throttled_ns: stat.throttled_ns,
+        quota_us: match quota {
+            CpuQuota::Max => None,
+            CpuQuota::Quota { quota_us, .. } => Some(quota_us),
+        },
+        period_us,
+    })
 }
 
 /// The decider's view of one managed cgroup.
@@ -216,11 +294,19 @@ struct Managed {
     actuator: MemoryActuator,
 }
 
+struct CpuManaged {
+    path: Arc<str>,
+    actuator: CpuActuator,
+    period_us: u64,
+}
+
 /// Engine settings.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     /// Node budget for the sum of top-level managed memory limits (bytes).
     pub memory_budget: u64,
+    /// Node budget for the sum of top-level managed CPU quotas (cores).
+    pub cpu_budget_cores: f64,
     /// Decide and log, but write nothing.
     pub dry_run: bool,
     /// Capacity of the record channel to the slow side (records beyond it are counted and
@@ -236,6 +322,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             memory_budget: u64::MAX,
+            cpu_budget_cores: f64::INFINITY,
             dry_run: false,
             record_capacity: 65536,
             tick: Duration::from_millis(100),
@@ -254,11 +341,15 @@ pub struct EngineStats {
     pub failed_writes: AtomicU64,
     /// Pressure on a managed cgroup whose binding limit is an unmanaged ancestor's.
     pub unmanaged_ancestor_binds: AtomicU64,
+    /// CPU events (quota-near, run-queue latency) for managed cpu cgroups.
+    pub cpu_signals: AtomicU64,
 }
 
 struct ScalingHandler {
     decider: MemoryDecider,
     managed: HashMap<CgId, Managed>,
+    cpu: CpuDecider,
+    cpu_managed: HashMap<CgId, CpuManaged>,
     decision: Decision,
     dry_run: bool,
     records: SyncSender<Record>,
@@ -280,16 +371,35 @@ impl ScalingHandler {
             let (outcome, errno) = if self.dry_run {
                 (WriteOutcome::DryRun, None)
             } else {
-                match self.managed.get(&a.cgroup) {
-                    Some(m) => match m.actuator.set_memory_limit(Limit::from_bytes(a.new)) {
-                        Ok(_) => (WriteOutcome::Written, None),
-                        Err(e) => (WriteOutcome::Failed, Some(e.errno().map_or(0, |e| e as i32))),
-                    },
+                let res = match a.resource {
+                    Resource::Memory => self.managed.get(&a.cgroup).map(|m| {
+                        m.actuator
+                            .set_memory_limit(Limit::from_bytes(a.new))
+                            .map(|_| ())
+                    }),
+                    Resource::Cpu => self.cpu_managed.get(&a.cgroup).map(|m| {
+                        m.actuator
+                            .set_cpu_quota(CpuQuota::Quota {
+                                quota_us: a.new,
+                                period_us: m.period_us,
+                            })
+                            .map(|_| ())
+                    }),
+                };
+                match res {
+                    Some(Ok(())) => (WriteOutcome::Written, None),
+                    Some(Err(e)) => (
+                        WriteOutcome::Failed,
+                        Some(e.errno().map_or(0, |e| e as i32)),
+                    ),
                     None => (WriteOutcome::Failed, Some(libc::ENOENT)),
                 }
             };
             let done_ns = monotonic_ns();
-            self.decider.applied(&a, done_ns, outcome);
+            match a.resource {
+                Resource::Memory => self.decider.applied(&a, done_ns, outcome),
+                Resource::Cpu => self.cpu.applied(&a, done_ns, outcome),
+            }
             self.stats.actions.fetch_add(1, Ordering::Relaxed);
             if outcome == WriteOutcome::Failed {
                 self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
@@ -307,12 +417,20 @@ impl ScalingHandler {
     fn command(&mut self, c: Command) {
         match c {
             Command::Manage(m) => {
-                let ManageRequest { id, path, parent, policy, actuator, usage } = *m;
+                let ManageRequest {
+                    id,
+                    path,
+                    parent,
+                    policy,
+                    actuator,
+                    usage,
+                } = *m;
                 let limit = match actuator.current_limit() {
                     Limit::Bytes(b) => b,
                     Limit::Max => u64::MAX,
                 };
-                self.decider.manage(id, parent, policy, limit, usage, monotonic_ns());
+                self.decider
+                    .manage(id, parent, policy, limit, usage, monotonic_ns());
                 self.managed.insert(id, Managed { path, actuator });
             }
             Command::Forget(id) => {
@@ -339,29 +457,121 @@ impl ScalingHandler {
                 let _ = reply.try_send(v);
             }
             Command::SetBudget(b) => self.decider.set_budget(b),
+            Command::ManageCpu(m) => {
+                let CpuManageRequest {
+                    id,
+                    path,
+                    parent,
+                    policy,
+                    actuator,
+                } = *m;
+                let (quota, period_us) = match actuator.current_quota() {
+                    CpuQuota::Max => (None, 100_000),
+                    CpuQuota::Quota {
+                        quota_us,
+                        period_us,
+                    } => (Some(quota_us), period_us),
+                };
+                self.cpu
+                    .manage(id, parent, policy, quota, period_us, monotonic_ns());
+                self.cpu_managed.insert(
+                    id,
+                    CpuManaged {
+                        path,
+                        actuator,
+                        period_us,
+                    },
+                );
+            }
+            Command::ForgetCpu(id) => {
+                self.cpu.forget(id);
+                self.cpu_managed.remove(&id);
+            }
+            Command::CpuSample(id, s) => {
+                // The period may have been changed by someone else: follow it.
+                if let (Some(m), CpuSignal::Sample { period_us, .. }) =
+                    (self.cpu_managed.get_mut(&id), s)
+                {
+                    m.period_us = period_us;
+                }
+                self.cpu.on_signal(id, s, &mut self.decision);
+                self.execute();
+            }
+            Command::CpuSnapshot(reply) => {
+                let v = self
+                    .cpu_managed
+                    .iter()
+                    .map(|(id, m)| CpuSnapshot {
+                        id: *id,
+                        path: m.path.to_string(),
+                        quota_cores: self.cpu.quota_cores(*id).filter(|c| c.is_finite()),
+                        usage_cores: self.cpu.usage_cores(*id),
+                        utilization: self.cpu.utilization(*id),
+                    })
+                    .collect();
+                let _ = reply.try_send(v);
+            }
+            Command::SetCpuBudget(b) => self.cpu.set_budget(b),
         }
+    }
+
+    /// A CPU event from the kernel: to the CPU decider if the cgroup is managed; hot path.
+    fn on_cpu_event(&mut self, ev: &MemEvent, c: CpuEvent) {
+        if !self.cpu.is_managed(ev.cgroup_id) {
+            return;
+        }
+        self.stats.cpu_signals.fetch_add(1, Ordering::Relaxed);
+        let signal = match c {
+            CpuEvent::QuotaNear {
+                used_ns,
+                quota_ns,
+                period_ns,
+            } => CpuSignal::QuotaNear {
+                ts_ns: ev.ts_ns,
+                used_ns_in_period: used_ns,
+                quota_ns,
+                period_ns,
+            },
+            // The kernel reports when the period's p99 so far went above the target; the
+            // sample that pushed it there stands for the p99.
+            CpuEvent::RunqLatency { latency_ns, .. } => CpuSignal::RunqLatency {
+                ts_ns: ev.ts_ns,
+                p99_us: latency_ns / 1000,
+            },
+        };
+        self.cpu.on_signal(ev.cgroup_id, signal, &mut self.decision);
+        self.execute();
     }
 }
 
 impl Handler for ScalingHandler {
     fn on_event(&mut self, ev: &MemEvent) {
-        if ev.is_pressure() {
+        if let Some(c) = ev.cpu() {
+            self.on_cpu_event(ev, c);
+        } else if ev.is_pressure() {
             let signal = match ev.kind {
-                EventKind::ReclaimBegin => {
-                    MemorySignal::Reclaim { ts_ns: ev.ts_ns, usage: ev.usage, limit: ev.limit }
-                }
-                EventKind::UsageHigh => {
-                    MemorySignal::UsageHigh { ts_ns: ev.ts_ns, usage: ev.usage, limit: ev.limit }
-                }
+                EventKind::ReclaimBegin => MemorySignal::Reclaim {
+                    ts_ns: ev.ts_ns,
+                    usage: ev.usage,
+                    limit: ev.limit,
+                },
+                EventKind::UsageHigh => MemorySignal::UsageHigh {
+                    ts_ns: ev.ts_ns,
+                    usage: ev.usage,
+                    limit: ev.limit,
+                },
                 _ => MemorySignal::OomKill { ts_ns: ev.ts_ns },
             };
             // Decide for the cgroup whose limit binds (the event's figures are that cgroup's).
             // If an unmanaged ancestor binds, no limit we may change would help: count it.
             if self.decider.is_managed(ev.target_id) {
-                self.decider.on_signal(ev.target_id, signal, &mut self.decision);
+                self.decider
+                    .on_signal(ev.target_id, signal, &mut self.decision);
                 self.execute();
             } else if ev.target_id != ev.cgroup_id && self.decider.is_managed(ev.cgroup_id) {
-                self.stats.unmanaged_ancestor_binds.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .unmanaged_ancestor_binds
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
         self.send(Record::Event(*ev));
@@ -400,6 +610,8 @@ impl Engine {
         let mut handler = ScalingHandler {
             decider: MemoryDecider::new(cfg.memory_budget),
             managed: HashMap::new(),
+            cpu: CpuDecider::new(cfg.cpu_budget_cores),
+            cpu_managed: HashMap::new(),
             decision: Decision::new(),
             dry_run: cfg.dry_run,
             records: rec_tx,
@@ -410,13 +622,21 @@ impl Engine {
         let st = stats.clone();
         let tick = cfg.tick;
         let prio = cfg.realtime_priority;
-        let thread = std::thread::Builder::new().name("scaler-engine".into()).spawn(move || {
-            if let Some(p) = prio {
-                set_realtime(p);
-            }
-            run_ring_loop(&mut ring, &ctl, tick, &st.loop_stats, &mut handler)
-        })?;
-        Ok(Self { thread: Some(thread), control, commands: cmd_tx, records: Some(rec_rx), stats })
+        let thread = std::thread::Builder::new()
+            .name("scaler-engine".into())
+            .spawn(move || {
+                if let Some(p) = prio {
+                    set_realtime(p);
+                }
+                run_ring_loop(&mut ring, &ctl, tick, &st.loop_stats, &mut handler)
+            })?;
+        Ok(Self {
+            thread: Some(thread),
+            control,
+            commands: cmd_tx,
+            records: Some(rec_rx),
+            stats,
+        })
     }
 
     /// Sends a command; the engine handles it before its next poll.
@@ -447,6 +667,13 @@ impl Engine {
         rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
     }
 
+    /// A snapshot of the managed cpu cgroups (waits up to a second for the engine thread).
+    pub fn cpu_snapshot(&self) -> Vec<CpuSnapshot> {
+        let (tx, rx) = sync_channel(1);
+        self.send(Command::CpuSnapshot(tx));
+        rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
+    }
+
     pub fn control(&self) -> &StopHandle {
         &self.control
     }
@@ -459,7 +686,9 @@ impl Engine {
     fn shutdown(&mut self) -> std::io::Result<()> {
         self.control.stop();
         match self.thread.take() {
-            Some(t) => t.join().unwrap_or_else(|_| Err(std::io::Error::other("engine thread panicked"))),
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("engine thread panicked"))),
             None => Ok(()),
         }
     }
@@ -474,7 +703,9 @@ impl Drop for Engine {
 /// Best effort: SCHED_FIFO for the engine thread, so that a busy node does not delay the
 /// reaction. Needs CAP_SYS_NICE; without it, logs and continues.
 fn set_realtime(priority: i32) {
-    let param = libc::sched_param { sched_priority: priority };
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
     // SAFETY: valid param for the calling thread.
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
     if rc != 0 {

@@ -1,4 +1,8 @@
 //! `scaler exec`: run a command in a fresh managed cgroup, with the eBPF pipeline attached.
+//!
+//! With `--memory`, its memory limit is managed; with `--cpu`, its CFS quota too (the command
+//! also gets a fresh cgroup in the cpu hierarchy, which on cgroup v1 is a separate directory
+//! under the caller's own cpu cgroup; on v2 it is the same directory).
 
 use std::{
     os::{fd::AsRawFd, unix::process::CommandExt},
@@ -13,6 +17,13 @@ use std::{
 
 use anyhow::Context as _;
 use scaler_common::{EventKind, WatchConfig, WATCH_MEMORY, WATCH_USAGE_HIGH};
+
+use crate::{
+    actuator::CpuActuator,
+    cgroupfs::CpuQuota,
+    decider::CpuPolicy,
+    engine::{cpu_sample, CpuManageRequest},
+};
 use serde::Serialize;
 
 use crate::{
@@ -54,6 +65,34 @@ pub struct ExecArgs {
     /// How often usage is sampled for scale-down and rate estimation.
     #[arg(long, default_value = "1s", value_parser = units::parse_duration)]
     pub sample_interval: Duration,
+    /// Starting CPU quota in cores (e.g. 0.2 or 200m): the command also runs in a fresh
+    /// cgroup of the cpu controller, whose quota the scaler raises before it is throttled and
+    /// lowers after the cooldown. Without it, CPU is not managed (and the scheduler programs
+    /// are not attached).
+    #[arg(long, value_parser = units::parse_cores)]
+    pub cpu: Option<f64>,
+    /// Highest CPU quota the scaler may set, in cores (default: the node's CPUs).
+    #[arg(long, value_parser = units::parse_cores)]
+    pub cpu_max: Option<f64>,
+    /// Lowest CPU quota scale-down may set, in cores (default: --cpu, so that the quota
+    /// returns to where it started).
+    #[arg(long, value_parser = units::parse_cores)]
+    pub cpu_min: Option<f64>,
+    /// Quiet time (no quota-near, throttling or latency signal) before the CPU quota is
+    /// lowered again (default 20s).
+    #[arg(long, value_parser = units::parse_duration)]
+    pub cpu_cooldown: Option<Duration>,
+    /// Least time between two CPU lowering steps (default 2s).
+    #[arg(long, value_parser = units::parse_duration)]
+    pub cpu_down_interval: Option<Duration>,
+    /// Fraction of the quota used within a period that the kernel reports as "near" (default
+    /// 0.8).
+    #[arg(long)]
+    pub cpu_near: Option<f64>,
+    /// Run-queue latency (p99 within a period) above which a quota-bound cgroup is raised
+    /// (default 5ms).
+    #[arg(long, value_parser = units::parse_duration)]
+    pub runq_target: Option<Duration>,
     /// Decide and log, but never write a limit.
     #[arg(long)]
     pub dry_run: bool,
@@ -99,7 +138,12 @@ impl Percentiles {
         }
         v.sort_by(|a, b| a.total_cmp(b));
         let rank = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
-        Self { count: v.len(), p50: rank(0.50), p99: rank(0.99), max: v[v.len() - 1] }
+        Self {
+            count: v.len(),
+            p50: rank(0.50),
+            p99: rank(0.99),
+            max: v[v.len() - 1],
+        }
     }
 }
 
@@ -127,6 +171,45 @@ pub struct Summary {
     pub reaction_latency_us: Percentiles,
     pub kernel: crate::ebpf::KernelStats,
     pub records_dropped: u64,
+    /// CPU figures (with `--cpu`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuSummary>,
+    /// `cpu.stat` throttled time of the command's cpu cgroup at exit, µs (with `--cpu`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttled_usec: Option<u64>,
+    /// `cpu.stat` throttled periods at exit (with `--cpu`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nr_throttled: Option<u64>,
+}
+
+/// CPU figures of a `scaler exec --cpu` run.
+#[derive(Debug, Serialize)]
+pub struct CpuSummary {
+    /// The command's cgroup in the cpu hierarchy.
+    pub cgroup: String,
+    pub start_quota_cores: f64,
+    /// Quota at exit (None: unlimited).
+    pub final_quota_cores: Option<f64>,
+    /// Highest quota set during the run.
+    pub peak_quota_cores: f64,
+    pub max_quota_cores: f64,
+    pub period_us: u64,
+    /// `cpu.stat` at exit.
+    pub nr_periods: u64,
+    pub nr_throttled: u64,
+    pub throttled_usec: u64,
+    /// CPU time used (v2 usage_usec, v1 cpuacct.usage), µs.
+    pub usage_usec: Option<u64>,
+    /// Kernel events received for the cgroup.
+    pub quota_near_events: u64,
+    pub runq_latency_events: u64,
+    /// Run-queue latency estimates from the kernel's histogram (bucket upper bounds, µs).
+    pub runq_samples: u64,
+    pub runq_p50_us: Option<u64>,
+    pub runq_p99_us: Option<u64>,
+    /// Whether the scheduler programs were attached (false: CPU managed from cpu.stat samples
+    /// alone).
+    pub kernel_events: bool,
 }
 
 fn exit_code_of(status: std::process::ExitStatus) -> (i32, Option<i32>) {
@@ -145,9 +228,18 @@ pub fn sample(cg: &Cgroup) -> Option<MemorySignal> {
         Limit::Bytes(b) => b,
         Limit::Max => u64::MAX,
     };
-    let working_set = cg.memory_stat().map(|s| usage.saturating_sub(s.inactive_file)).unwrap_or(usage);
+    let working_set = cg
+        .memory_stat()
+        .map(|s| usage.saturating_sub(s.inactive_file))
+        .unwrap_or(usage);
     let psi = cg.memory_pressure().ok().flatten().map(|p| p.some.total_us);
-    Some(MemorySignal::Sample { ts_ns: monotonic_ns(), usage, limit, working_set, psi_some_total_us: psi })
+    Some(MemorySignal::Sample {
+        ts_ns: monotonic_ns(),
+        usage,
+        limit,
+        working_set,
+        psi_some_total_us: psi,
+    })
 }
 
 pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
@@ -155,12 +247,29 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let budget = Config::default().memory_budget(&node);
     let mem_h = Hierarchy::discover(Path::new("/"), Controller::Memory)?;
     crate::privilege::check_startup(crate::privilege::Role::Exec, None)?;
-    let mut pipeline = Pipeline::load(&PipelineOptions::default())?;
+    let mut pipeline = Pipeline::load_with_cpu(&PipelineOptions::default(), args.cpu.is_some())?;
     crate::privilege::after_load(crate::privilege::Role::Exec);
     pipeline.forward_logs();
 
-    let guard = CgroupGuard::create_under_own(&[&mem_h], "scaler-exec")?;
-    let cg = guard.cgroup(Controller::Memory).context("memory cgroup")?.clone();
+    let cpu_h = match args.cpu {
+        Some(_) => Some(
+            Hierarchy::discover(Path::new("/"), Controller::Cpu).context(
+                "--cpu needs the cpu controller (cgroup v2 cpu.max or the v1 cpu hierarchy)",
+            )?,
+        ),
+        None => None,
+    };
+    // On a v2 tree one directory serves memory and cpu: create it with both controllers.
+    let guard = match &cpu_h {
+        Some(ch) if ch.same_tree(&mem_h) => {
+            CgroupGuard::create_under_own(&[&mem_h, ch], "scaler-exec")?
+        }
+        _ => CgroupGuard::create_under_own(&[&mem_h], "scaler-exec")?,
+    };
+    let cg = guard
+        .cgroup(Controller::Memory)
+        .context("memory cgroup")?
+        .clone();
     if let Some(m) = args.memory {
         guard.set_memory_limit(Limit::Bytes(m))?;
     }
@@ -195,16 +304,55 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         id,
         WatchConfig {
             flags: WATCH_MEMORY
-                | if managed && !args.no_early_warning { WATCH_USAGE_HIGH } else { 0 },
+                | if managed && !args.no_early_warning {
+                    WATCH_USAGE_HIGH
+                } else {
+                    0
+                },
             _pad: 0,
             headroom_bytes: headroom,
         },
     )?;
+    // CPU: a cgroup in the cpu hierarchy (under our own cpu cgroup, which on v1 may be at a
+    // different path from our memory cgroup), its starting quota, and the kernel watch.
+    let cpu_budget = Config::default().cpu_budget(&node);
+    let cpu_setup = match (args.cpu, &cpu_h) {
+        (Some(start), Some(ch)) => Some(setup_cpu(
+            &args,
+            start,
+            cpu_budget,
+            ch,
+            &guard,
+            &mut pipeline,
+        )?),
+        _ => None,
+    };
     let ring = pipeline.take_events().context("event ring buffer")?;
+    // Shared with the sampler (the kernel's CPU time of the cgroup, where cpu.stat has none).
+    let pipeline = Arc::new(std::sync::Mutex::new(pipeline));
     let mut engine = Engine::start(
         ring,
-        EngineConfig { memory_budget: budget, dry_run: args.dry_run, ..EngineConfig::default() },
+        EngineConfig {
+            memory_budget: budget,
+            cpu_budget_cores: cpu_budget,
+            dry_run: args.dry_run,
+            ..EngineConfig::default()
+        },
     )?;
+    if let Some(c) = &cpu_setup {
+        let actuator = CpuActuator::open(&c.cg)?;
+        engine.send(Command::ManageCpu(Box::new(CpuManageRequest {
+            id: c.id,
+            path: Arc::from(c.cg.path()),
+            parent: None,
+            policy: c.policy,
+            actuator,
+        })));
+        // A baseline sample, so that the first periodic one measures an interval.
+        if let Some(s) = cpu_sample(&c.cg) {
+            engine.send(Command::CpuSample(c.id, s));
+        }
+    }
     if managed {
         let actuator = MemoryActuator::open(&cg, MemoryOptions::default())?;
         engine.send(Command::Manage(Box::new(ManageRequest {
@@ -218,26 +366,46 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     }
     let records = engine.take_records().context("records")?;
     let audit_path = cg.path().to_string();
-    let collector = std::thread::Builder::new().name("records".into()).spawn(move || {
-        let mut actions: Vec<ActionRecord> = Vec::new();
-        let (mut ooms, mut reclaims, mut stall) = (0u64, 0u64, 0u64);
-        for r in records {
-            match r {
-                Record::Action(a) => {
-                    crate::cmd::audit(&a, Some(&audit_path));
-                    actions.push(a);
+    let cpu_id = cpu_setup.as_ref().map(|c| c.id);
+    let cpu_audit_path = cpu_setup.as_ref().map(|c| c.cg.path().to_string());
+    let collector = std::thread::Builder::new()
+        .name("records".into())
+        .spawn(move || {
+            let mut actions: Vec<ActionRecord> = Vec::new();
+            let (mut ooms, mut reclaims, mut stall) = (0u64, 0u64, 0u64);
+            let (mut near, mut runq) = (0u64, 0u64);
+            for r in records {
+                match r {
+                    Record::Action(a) => {
+                        let path = match a.action.resource {
+                            crate::decider::Resource::Cpu => cpu_audit_path.as_deref(),
+                            crate::decider::Resource::Memory => Some(audit_path.as_str()),
+                        };
+                        crate::cmd::audit(&a, path);
+                        actions.push(a);
+                    }
+                    Record::Event(ev) if ev.cpu().is_some() => {
+                        if Some(ev.cgroup_id) == cpu_id {
+                            match ev.kind {
+                                EventKind::CpuQuotaNear => near += 1,
+                                EventKind::RunqLatency => runq += 1,
+                                _ => {}
+                            }
+                        }
+                    }
+                    Record::Event(ev) if ev.target_id == id || ev.cgroup_id == id => {
+                        match ev.kind {
+                            EventKind::OomKill => ooms += 1,
+                            EventKind::ReclaimBegin => reclaims += 1,
+                            EventKind::ReclaimEnd => stall += ev.value,
+                            _ => {}
+                        }
+                    }
+                    Record::Event(_) => {}
                 }
-                Record::Event(ev) if ev.target_id == id || ev.cgroup_id == id => match ev.kind {
-                    EventKind::OomKill => ooms += 1,
-                    EventKind::ReclaimBegin => reclaims += 1,
-                    EventKind::ReclaimEnd => stall += ev.value,
-                    _ => {}
-                },
-                Record::Event(_) => {}
             }
-        }
-        (actions, ooms, reclaims, stall)
-    })?;
+            (actions, ooms, reclaims, stall, near, runq)
+        })?;
 
     // The child: moves itself into the cgroup before exec (no allocation after fork).
     let procs = std::fs::OpenOptions::new()
@@ -245,12 +413,29 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         .open(cg.file("cgroup.procs"))
         .with_context(|| format!("opening {}", cg.file("cgroup.procs").display()))?;
     let procs_fd = procs.as_raw_fd();
+    let cpu_procs = match &cpu_setup {
+        Some(c) => Some(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(c.cg.file("cgroup.procs"))
+                .with_context(|| format!("opening {}", c.cg.file("cgroup.procs").display()))?,
+        ),
+        None => None,
+    };
+    // The same file on a v2 tree (one directory serves both): written once.
+    let cpu_procs_fd = cpu_procs
+        .as_ref()
+        .filter(|_| cpu_setup.as_ref().is_some_and(|c| c.cg.dir() != cg.dir()))
+        .map_or(-1, |f| f.as_raw_fd());
     let mut cmd = std::process::Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);
     // SAFETY: only async-signal-safe calls (write, sigprocmask) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if cpu_procs_fd >= 0 && libc::write(cpu_procs_fd, b"0".as_ptr().cast(), 1) != 1 {
                 return Err(std::io::Error::last_os_error());
             }
             let mut set: libc::sigset_t = std::mem::zeroed();
@@ -260,26 +445,61 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         });
     }
     let started = std::time::Instant::now();
-    let mut child = cmd.spawn().with_context(|| format!("starting {:?}", args.command[0]))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {:?}", args.command[0]))?;
     drop(procs);
+    drop(cpu_procs);
     let child_pid = child.id() as i32;
     crate::cmd::forward_signals(child_pid)?;
 
     // Slow path: periodic samples for scale-down and allocation-rate estimation.
     let done = Arc::new(AtomicBool::new(false));
-    let sampler = if managed {
+    let peak_quota = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = if managed || cpu_setup.is_some() {
         let done = done.clone();
         let cg = cg.clone();
+        let cpu = cpu_setup.as_ref().map(|c| (c.id, c.cg.clone()));
         let interval = args.sample_interval;
         let sender = engine_sender(&engine);
-        Some(std::thread::Builder::new().name("sampler".into()).spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                std::thread::sleep(interval);
-                if let Some(s) = sample(&cg) {
-                    sender(Command::Sample(id, s));
-                }
-            }
-        })?)
+        let peak_quota = peak_quota.clone();
+        let pipeline = pipeline.clone();
+        Some(
+            std::thread::Builder::new()
+                .name("sampler".into())
+                .spawn(move || {
+                    while !done.load(Ordering::Relaxed) {
+                        std::thread::sleep(interval);
+                        if managed {
+                            if let Some(s) = sample(&cg) {
+                                sender(Command::Sample(id, s));
+                            }
+                        }
+                        if let Some((cpu_id, cpu_cg)) = &cpu {
+                            if let Some(mut s) = cpu_sample(cpu_cg) {
+                                // v1 keeps CPU time in cpuacct, often a separate hierarchy:
+                                // use what the kernel programs accounted instead.
+                                if let crate::decider::CpuSignal::Sample {
+                                    usage_ns: u @ 0, ..
+                                } = &mut s
+                                {
+                                    let p = pipeline.lock().unwrap_or_else(|e| e.into_inner());
+                                    if let Some(st) = p.cpu_state(*cpu_id) {
+                                        *u = st.total_ns;
+                                    }
+                                }
+                                if let crate::decider::CpuSignal::Sample {
+                                    quota_us: Some(q), ..
+                                } = s
+                                {
+                                    peak_quota.fetch_max(q, Ordering::Relaxed);
+                                }
+                                sender(Command::CpuSample(*cpu_id, s));
+                            }
+                        }
+                    }
+                })?,
+        )
     } else {
         None
     };
@@ -298,10 +518,64 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     if let Some(s) = sampler {
         let _ = s.join();
     }
-    let kernel = pipeline.kernel_stats();
+    let (kernel, cpu_kernel_state, cpu_kernel_events) = {
+        let p = pipeline.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            p.kernel_stats(),
+            cpu_setup.as_ref().and_then(|c| p.cpu_state(c.id)),
+            p.cpu_enabled(),
+        )
+    };
     drop(pipeline);
-    let (actions, oom_events, reclaims, stall) =
-        collector.join().map_err(|_| anyhow::anyhow!("record collector panicked"))?;
+    let (actions, oom_events, reclaims, stall, near_events, runq_events) = collector
+        .join()
+        .map_err(|_| anyhow::anyhow!("record collector panicked"))?;
+    let cpu_summary = cpu_setup.as_ref().map(|c| {
+        let stat = c.cg.cpu_stat().unwrap_or_default();
+        let (quota, period_us) = c.cg.cpu_max().unwrap_or((CpuQuota::Max, c.period_us));
+        let start_us = CpuQuota::from_cores(c.start_cores, c.period_us);
+        let start_q = match start_us {
+            CpuQuota::Quota { quota_us, .. } => quota_us,
+            CpuQuota::Max => 0,
+        };
+        let peak_us = actions
+            .iter()
+            .filter(|a| {
+                a.action.resource == crate::decider::Resource::Cpu
+                    && a.outcome != WriteOutcome::Failed
+            })
+            .map(|a| a.action.new)
+            .chain([start_q, peak_quota.load(Ordering::Relaxed)])
+            .max()
+            .unwrap_or(start_q);
+        let hist = cpu_kernel_state.map(|s| s.runq_hist);
+        let usage_ns = stat.usage_ns.or_else(|| {
+            c.cg.read_optional("cpuacct.usage")
+                .ok()
+                .flatten()
+                .and_then(|s| s.trim().parse().ok())
+        });
+        CpuSummary {
+            cgroup: c.cg.path().to_string(),
+            start_quota_cores: c.start_cores,
+            final_quota_cores: quota.cores(),
+            peak_quota_cores: peak_us as f64 / period_us.max(1) as f64,
+            max_quota_cores: c.policy.max_cores,
+            period_us,
+            nr_periods: stat.nr_periods,
+            nr_throttled: stat.nr_throttled,
+            throttled_usec: stat.throttled_ns / 1000,
+            usage_usec: usage_ns
+                .or(cpu_kernel_state.map(|s| s.total_ns))
+                .map(|n: u64| n / 1000),
+            quota_near_events: near_events,
+            runq_latency_events: runq_events,
+            runq_samples: hist.map_or(0, |h| h.iter().sum()),
+            runq_p50_us: hist.and_then(|h| crate::cmd::watch::runq_percentile_us(&h, 0.5)),
+            runq_p99_us: hist.and_then(|h| crate::cmd::watch::runq_percentile_us(&h, 0.99)),
+            kernel_events: cpu_kernel_events,
+        }
+    });
     let (exit_code, signal) = exit_code_of(status);
     let mut lat: Vec<f64> = actions
         .iter()
@@ -344,6 +618,9 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         reaction_latency_us: Percentiles::of(&mut lat),
         kernel,
         records_dropped,
+        throttled_usec: cpu_summary.as_ref().map(|c| c.throttled_usec),
+        nr_throttled: cpu_summary.as_ref().map(|c| c.nr_throttled),
+        cpu: cpu_summary,
     };
     if !args.quiet {
         print_summary(&summary);
@@ -353,7 +630,96 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
     drop(guard);
+    if let Some(c) = cpu_setup {
+        drop(c.guard);
+    }
     Ok(ExitCode::from(u8::try_from(exit_code).unwrap_or(255)))
+}
+
+/// The command's cgroup in the cpu hierarchy, as set up by [`setup_cpu`].
+struct CpuSetup {
+    /// Owns the cpu cgroup when it is a separate directory (v1); `None` when the memory
+    /// guard's directory serves cpu as well (v2).
+    guard: Option<CgroupGuard>,
+    cg: Cgroup,
+    id: u64,
+    policy: CpuPolicy,
+    start_cores: f64,
+    period_us: u64,
+}
+
+/// Creates (or, on a shared v2 tree, reuses) the command's cpu cgroup, sets the starting
+/// quota, and watches it in the kernel.
+fn setup_cpu(
+    args: &ExecArgs,
+    start: f64,
+    budget: f64,
+    cpu_h: &Hierarchy,
+    mem_guard: &CgroupGuard,
+    pipeline: &mut Pipeline,
+) -> anyhow::Result<CpuSetup> {
+    let (guard, cg) = if let Some(cg) = mem_guard.cgroup(Controller::Cpu) {
+        // v2: the memory guard's directory, created with the cpu controller enabled.
+        (None, cg.clone())
+    } else {
+        let g = CgroupGuard::create_under_own(&[cpu_h], "scaler-exec")?;
+        let cg = g.cgroup(Controller::Cpu).context("cpu cgroup")?.clone();
+        (Some(g), cg)
+    };
+    let (_, period_us) = cg
+        .cpu_max()
+        .with_context(|| format!("reading the CFS period of {}", cg.dir().display()))?;
+    let mut policy = CpuPolicy {
+        max_cores: args.cpu_max.unwrap_or(budget).min(budget),
+        ..CpuPolicy::default()
+    };
+    policy.min_cores = args.cpu_min.unwrap_or(start);
+    if let Some(c) = args.cpu_cooldown {
+        policy.cooldown_ns = u64::try_from(c.as_nanos()).unwrap_or(u64::MAX);
+    }
+    if let Some(d) = args.cpu_down_interval {
+        policy.down_interval_ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    }
+    if let Some(n) = args.cpu_near {
+        anyhow::ensure!(
+            n > 0.0 && n <= 1.0,
+            "--cpu-near must be a fraction in (0, 1], not {n}"
+        );
+        policy.quota_near_fraction = n;
+    }
+    if let Some(t) = args.runq_target {
+        policy.runq_latency_target_us = u64::try_from(t.as_micros()).unwrap_or(u64::MAX);
+    }
+    anyhow::ensure!(
+        policy.max_cores >= start,
+        "--cpu-max {} is below --cpu {} (or the node has fewer CPUs)",
+        units::format_cores(policy.max_cores),
+        units::format_cores(start)
+    );
+    anyhow::ensure!(policy.min_cores <= start, "--cpu-min is above --cpu");
+    let quota = CpuQuota::from_cores(start, period_us);
+    CpuActuator::open(&cg)?.set_cpu_quota(quota)?;
+    let id = cg.id()?.0;
+    if pipeline.cpu_enabled() {
+        let runq_target = Duration::from_micros(policy.runq_latency_target_us);
+        pipeline.watch_cpu(
+            id,
+            crate::cmd::watch::cpu_watch(policy.quota_near_fraction, runq_target),
+        )?;
+    } else {
+        tracing::warn!(
+            "the scheduler programs are not attached: the CPU quota is managed from cpu.stat \
+             samples alone (every --sample-interval)"
+        );
+    }
+    Ok(CpuSetup {
+        guard,
+        cg,
+        id,
+        policy,
+        start_cores: start,
+        period_us,
+    })
 }
 
 fn engine_sender(engine: &Engine) -> impl Fn(Command) + Send + 'static {
@@ -371,7 +737,9 @@ fn print_summary(s: &Summary) {
         "scaler exec: {} exited {}{} after {:.2}s in {} ({})",
         s.command.join(" "),
         s.exit_code,
-        s.signal.map(|g| format!(" (signal {g})")).unwrap_or_default(),
+        s.signal
+            .map(|g| format!(" (signal {g})"))
+            .unwrap_or_default(),
         s.elapsed_s,
         s.cgroup,
         s.backend
@@ -385,6 +753,22 @@ fn print_summary(s: &Summary) {
         sz(s.max_limit_bytes),
         s.peak_utilization.map_or("-".into(), |u| format!("{u:.2}"))
     );
+    if let Some(c) = &s.cpu {
+        eprintln!(
+            "  cpu: quota start={} peak={} final={} max={} cores; throttled {} of {} periods, {:.1} ms; quota_near events={} runq_latency events={} runq p50<={}us p99<={}us",
+            units::format_cores(c.start_quota_cores),
+            units::format_cores(c.peak_quota_cores),
+            c.final_quota_cores.map_or("max".into(), units::format_cores),
+            units::format_cores(c.max_quota_cores),
+            c.nr_throttled,
+            c.nr_periods,
+            c.throttled_usec as f64 / 1000.0,
+            c.quota_near_events,
+            c.runq_latency_events,
+            c.runq_p50_us.map_or("-".into(), |v| v.to_string()),
+            c.runq_p99_us.map_or("-".into(), |v| v.to_string()),
+        );
+    }
     let r = &s.reaction_latency_us;
     eprintln!(
         "  actions={} reclaim_events={} reaction latency (event -> limit written): p50={:.1}us p99={:.1}us max={:.1}us over {} raises",
