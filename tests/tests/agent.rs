@@ -601,11 +601,22 @@ fn a_cgroup_created_after_start_is_managed_promptly_and_forgotten_when_removed()
         "inotify reported the new cgroup"
     );
 
-    // It is managed for real: rescued from a 64M limit.
+    // Managed the instant it appeared, before anyone set its limit: the limit set next (as a
+    // container runtime does) is adopted as its original once two samples confirm it.
+    assert_eq!(a.managed(&path).unwrap()["original_limit"], "max");
     g.set_memory_limit(Limit::Bytes(64 * M)).unwrap();
-    // The next samples (every 200 ms) tell the decider about the limit set behind its back.
-    std::thread::sleep(Duration::from_millis(600));
+    let end = Instant::now() + Duration::from_secs(3);
+    while a.managed(&path).unwrap()["original_limit"] != 64 * M {
+        assert!(
+            Instant::now() < end,
+            "the limit set after creation becomes the original"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(a.logged("adopted as the original"));
+    // It is managed for real: rescued from that 64M limit, which stays the original.
     run_steps(&g);
+    assert_eq!(a.managed(&path).unwrap()["original_limit"], 64 * M);
 
     drop(g);
     let took = a.wait_managed(&path, false, Duration::from_secs(2));

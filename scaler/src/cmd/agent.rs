@@ -38,14 +38,14 @@ use scaler_common::{EventKind, WatchConfig, WATCH_MEMORY, WATCH_USAGE_HIGH};
 use self::{
     discovery::{TreeChange, TreeWatcher},
     metrics::{limit_value, CgroupLabels, Metrics, ProgramLabels, ResultLabels},
-    state::{plan_restore, Restore, StateFile, StoredLimit},
+    state::{plan_restore, Observed, Restore, StateFile, StoredLimit},
     status::{ActionStatus, CounterStatus, ManagedStatus, Recent, StatusDoc},
 };
 use crate::{
     actuator::{MemoryActuator, MemoryOptions},
     cgroupfs::{CgroupIndex, Controller, Hierarchy, Limit},
     config::{Config, ConfigError, NodeInfo},
-    decider::{CgId, MemoryPolicy, Resource, WriteOutcome},
+    decider::{CgId, MemoryPolicy, MemorySignal, Resource, WriteOutcome},
     ebpf::{Pipeline, PipelineOptions},
     engine::{Command, Engine, EngineConfig, EngineStats, ManageRequest, ManagedSnapshot, Record},
     k8s::PodCgroup,
@@ -345,7 +345,7 @@ impl Agent {
             tracing::info!(
                 cgroup = %path,
                 policy = %policy_name,
-                pod = pod.as_ref().map(PodCgroup::display_name).unwrap_or_default(),
+                pod = pod.as_ref().map(|p| tracing::field::display(p.display_name())),
                 min = policy.min,
                 max = policy.max,
                 limit = %current,
@@ -395,16 +395,41 @@ impl Agent {
     }
 
     /// The slow path: a sample of each managed cgroup for scale-down and rate estimation.
+    ///
+    /// Also notices limits changed outside the agent (see [`StateFile::observe`]): such a
+    /// limit becomes the cgroup's original.
     fn sample(&self) {
-        let managed = lock(&self.state.managed);
-        for (id, m) in managed.iter() {
+        let mut managed = lock(&self.state.managed);
+        for (id, m) in managed.iter_mut() {
             let Ok(cg) = self.hierarchy.cgroup(&m.path) else {
                 continue;
             };
-            if let Some(s) = crate::cmd::exec::sample(&cg) {
-                self.engine.send(Command::Sample(*id, s));
+            let Some(s) = crate::cmd::exec::sample(&cg) else {
+                continue;
+            };
+            if let MemorySignal::Sample { limit, .. } = s {
+                let observed = Limit::from_bytes(limit);
+                if let Observed::Adopted { previous } =
+                    lock(&self.state.state).observe(&m.path, observed)
+                {
+                    tracing::info!(
+                        cgroup = %m.path,
+                        previous = %previous,
+                        original = %observed,
+                        "limit changed outside the agent: adopted as the original"
+                    );
+                    m.original = observed;
+                    self.state
+                        .metrics
+                        .original_limit_bytes
+                        .get_or_create(&m.labels)
+                        .set(limit_value(observed));
+                }
             }
+            self.engine.send(Command::Sample(*id, s));
         }
+        drop(managed);
+        self.state.save_state();
     }
 
     /// Refreshes the metrics kept by others: per-cgroup limits and usage (engine snapshot),

@@ -94,6 +94,23 @@ pub struct CgroupRecord {
     pub current: StoredLimit,
     /// Limit changes the agent made (written).
     pub changes: u64,
+    /// A limit seen in the cgroup that the agent did not set (awaiting confirmation by the
+    /// next sample; see [`StateFile::observe`]). Not persisted.
+    #[serde(skip)]
+    pub foreign: Option<StoredLimit>,
+}
+
+/// What [`StateFile::observe`] concluded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observed {
+    /// Not a recorded cgroup.
+    Unknown,
+    /// The limit is the one the agent last set (or the original it never changed).
+    AsSet,
+    /// A foreign value, seen once.
+    Pending,
+    /// A foreign value seen twice: adopted as the new original (and current).
+    Adopted { previous: Limit },
 }
 
 /// The file's content.
@@ -196,6 +213,7 @@ impl StateFile {
                 original: current.into(),
                 current: current.into(),
                 changes: 0,
+                foreign: None,
             },
         );
         self.dirty = true;
@@ -209,6 +227,32 @@ impl StateFile {
             r.changes += 1;
             self.dirty = true;
         }
+    }
+
+    /// Compares the limit observed in the cgroup with the one the agent last set. A limit
+    /// changed by someone else (the runtime setting a new cgroup's limit just after creating
+    /// it, an operator, an in-place pod resize) is that owner's intent: once the same foreign
+    /// value is seen twice in a row (the agent's own writes reach the state within
+    /// milliseconds, samples are `sample_interval` apart), it becomes the new original.
+    pub fn observe(&mut self, path: &str, observed: Limit) -> Observed {
+        let Some(r) = self.doc.cgroups.get_mut(path) else {
+            return Observed::Unknown;
+        };
+        let obs = StoredLimit::from(observed);
+        if r.current == obs {
+            r.foreign = None;
+            return Observed::AsSet;
+        }
+        if r.foreign != Some(obs) {
+            r.foreign = Some(obs);
+            return Observed::Pending;
+        }
+        let previous = r.original.into();
+        r.original = obs;
+        r.current = obs;
+        r.foreign = None;
+        self.dirty = true;
+        Observed::Adopted { previous }
     }
 
     /// Forgets `path` (removed, deselected or restored).
@@ -403,6 +447,34 @@ mod tests {
             StateFile::load(&path).unwrap_err(),
             StateError::Parse { .. }
         ));
+    }
+
+    #[test]
+    fn a_limit_changed_behind_the_agents_back_becomes_the_original() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = StateFile::load(&d.path().join("s.json")).unwrap();
+        // Managed the instant it was created: no limit yet.
+        assert_eq!(s.manage("/pod", 1, "p", Limit::Max), Limit::Max);
+        assert_eq!(s.observe("/pod", Limit::Max), Observed::AsSet);
+        // The runtime sets 64M: seen once, pending; seen again, adopted.
+        assert_eq!(s.observe("/pod", Limit::Bytes(64 * M)), Observed::Pending);
+        assert_eq!(
+            s.observe("/pod", Limit::Bytes(64 * M)),
+            Observed::Adopted {
+                previous: Limit::Max
+            }
+        );
+        assert_eq!(s.records()["/pod"].original, StoredLimit::Bytes(64 * M));
+        // The agent's own change is not foreign.
+        s.changed("/pod", Limit::Bytes(128 * M));
+        assert_eq!(s.observe("/pod", Limit::Bytes(128 * M)), Observed::AsSet);
+        // A foreign value that does not persist (seen once, then the agent's value again) is
+        // not adopted: the race of a sample with the agent's own write.
+        assert_eq!(s.observe("/pod", Limit::Bytes(96 * M)), Observed::Pending);
+        assert_eq!(s.observe("/pod", Limit::Bytes(128 * M)), Observed::AsSet);
+        assert_eq!(s.observe("/pod", Limit::Bytes(96 * M)), Observed::Pending);
+        assert_eq!(s.records()["/pod"].original, StoredLimit::Bytes(64 * M));
+        assert_eq!(s.observe("/nope", Limit::Max), Observed::Unknown);
     }
 
     #[test]
