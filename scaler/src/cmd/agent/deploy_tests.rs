@@ -138,6 +138,22 @@ fn the_daemonset_is_valid_and_consistent_with_its_configmap() {
         Some(false),
         "status socket dir mounted"
     );
+    // Started in the host's cgroup namespace (host paths; see the manifest's header).
+    let command: Vec<&str> = get(c, "command")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        command,
+        [
+            "nsenter",
+            "--cgroup=/proc/1/ns/cgroup",
+            "--",
+            "/usr/local/bin/scaler"
+        ]
+    );
     let args: Vec<&str> = get(c, "args")
         .as_sequence()
         .unwrap()
@@ -259,7 +275,7 @@ fn the_dashboard_is_valid_json_over_exported_metrics() {
     ] {
         assert!(used.contains(n), "no panel uses {n}");
     }
-    // Unique panel ids and no overlapping grid positions within a row band.
+    // Unique panel ids.
     let ids: BTreeSet<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
     assert_eq!(ids.len(), panels.len());
 }
