@@ -227,3 +227,28 @@ pub fn tempdir() -> PathBuf {
 pub fn kind(v: &serde_json::Value) -> &str {
     v["kind"].as_str().unwrap_or("")
 }
+
+// ---------------------------------------------------------------------------------------------
+// CPU helpers (tests/tests/cpu.rs)
+
+/// The cpu controller's hierarchy (v1 `/sys/fs/cgroup/cpu` here, the v2 tree in VMs).
+pub fn cpu_hierarchy() -> Hierarchy {
+    Hierarchy::discover(Path::new("/"), Controller::Cpu).expect("cpu controller")
+}
+
+/// A fresh cgroup of the cpu controller under our own, with a quota of `cores` (at the
+/// cgroup's period), removed on drop.
+pub fn cpu_cgroup(prefix: &str, cores: f64) -> CgroupGuard {
+    let h = cpu_hierarchy();
+    let g = CgroupGuard::create_under_own(&[&h], prefix).expect("creating a test cpu cgroup");
+    let cg = g.cgroup(Controller::Cpu).expect("cpu cgroup");
+    let (_, period) = cg.cpu_max().expect("reading the CFS period");
+    g.set_cpu_quota(scaler::cgroupfs::CpuQuota::from_cores(cores, period)).expect("setting the quota");
+    g
+}
+
+/// `(nr_throttled, throttled time in µs)` from a cgroup's `cpu.stat`.
+pub fn throttling(cg: &scaler::cgroupfs::Cgroup) -> (u64, u64) {
+    let s = cg.cpu_stat().expect("reading cpu.stat");
+    (s.nr_throttled, s.throttled_ns / 1000)
+}
