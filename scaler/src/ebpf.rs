@@ -580,6 +580,9 @@ impl Pipeline {
         let spawned = std::thread::Builder::new()
             .name("ebpf-log".into())
             .spawn(move || {
+                // Signals are for the command's own signal thread: a SIGINT delivered here
+                // would kill the process with its default action.
+                let _ = nix::sys::signal::SigSet::all().thread_block();
                 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
                 use std::os::fd::AsFd;
                 loop {

@@ -5,7 +5,8 @@
 //!    scaler-common, xtask), release profile so the eBPF build is shared with the next stages;
 //! 3. the root integration tests (`scaler-tests`) on the host, with `SCALER_BIN` set;
 //! 4. the same tests in a VM on a cgroup v2 kernel (`vm-test`);
-//! 5. `scaler bench --quick` (once the agent has a `bench` command).
+//! 5. `scaler bench --quick` (once the agent has a `bench` command);
+//! 6. (after the unit tests) the cargo-fuzz targets, bounded (`fuzz/run.sh`).
 
 use std::{
     path::{Path, PathBuf},
@@ -257,6 +258,21 @@ pub fn test(opts: &Options) -> Result<()> {
         let mut cmd = util::cargo();
         cmd.args(["test", "--profile", cargo::PROFILE]);
         run_counted(&mut cmd, counts)
+    });
+
+    // ---- fuzz stage (added by the hardening work, issue 8): every cargo-fuzz target for a
+    // bounded time (FUZZ_SECONDS, default 20 s each) through fuzz/run.sh, which picks a
+    // nightly-capable compiler and installs cargo-fuzz when it is missing.
+    report.stage("fuzz (bounded)", |_| {
+        let mut cmd = Command::new("bash");
+        cmd.arg(util::workspace_root().join("fuzz/run.sh"))
+            .env("PATH", util::path_with_cargo_bin());
+        let status = util::run_status(&mut cmd)?;
+        Ok(if status.success() {
+            Outcome::Passed
+        } else {
+            Outcome::Failed(format!("fuzz/run.sh exited with {status} (crash inputs under fuzz/artifacts/)"))
+        })
     });
 
     let mut agent = None;

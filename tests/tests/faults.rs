@@ -1,0 +1,623 @@
+//! Hardening: bad input is rejected cleanly, and the faults a node agent meets are survived.
+//!
+//! - Bad configuration (no root needed: these run everywhere): `scaler check-config` and
+//!   `scaler agent --config` reject malformed, contradictory and out-of-range files with a
+//!   message naming the key, exit status 2, and no panic.
+//! - Faults (root): a managed cgroup removed while its events are in flight; a limit write the
+//!   kernel refuses; the ring buffer overflowing; the agent's own cgroup under memory pressure;
+//!   an optional kernel program that is not there; missing capabilities.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    os::unix::process::ExitStatusExt,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use scaler::cgroupfs::{CgroupGuard, Controller, Limit};
+use scaler_tests::*;
+
+// ---------------------------------------------------------------------------------------------
+// Bad configuration.
+
+/// The binary, which these tests need even without root.
+fn bin() -> PathBuf {
+    let b = scaler_bin();
+    assert!(b.exists(), "scaler binary {} not found: set SCALER_BIN or run `cargo xtask test`", b.display());
+    b
+}
+
+/// Writes `text` to a fresh file and returns its path (in a directory the caller removes).
+fn config_file(dir: &Path, name: &str, text: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("writing the config file");
+    p
+}
+
+fn run(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("SCALER_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running scaler")
+}
+
+/// Runs `check-config FILE` and `agent --config FILE`, and checks both reject it with status 2,
+/// no panic, and a message containing every one of `expect`.
+fn assert_rejected(name: &str, text: &[u8], expect: &[&str]) {
+    let dir = tempdir();
+    let file = config_file(&dir, &format!("{name}.toml"), text);
+    for args in [vec!["check-config".as_ref(), file.as_os_str()], vec!["agent".as_ref(), "--config".as_ref(), file.as_os_str()]] {
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let what = format!("scaler {:?} on {name}", args[0]);
+        assert!(!stderr.contains("panicked"), "{what} panicked:\n{stderr}");
+        assert_eq!(out.status.code(), Some(2), "{what}: exit status 2 for an invalid configuration, got {} with:\n{stderr}", out.status);
+        for e in expect {
+            assert!(stderr.contains(e), "{what}: the message names {e:?}:\n{stderr}");
+        }
+        eprintln!("{what}: {}", stderr.trim());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Physical memory, for budgets above it.
+fn mem_total() -> u64 {
+    scaler::config::NodeInfo::detect().expect("/proc/meminfo").mem_total
+}
+
+#[test]
+fn config_min_above_max_is_rejected() {
+    assert_rejected(
+        "min_above_max",
+        b"[[policy]]\nname = \"web\"\nmatch = [\"/web/*\"]\n[policy.memory]\nmin = \"2G\"\nmax = \"1G\"\n",
+        &["policy[0].memory.max", "below min"],
+    );
+}
+
+#[test]
+fn config_sizes_that_do_not_parse_are_rejected() {
+    assert_rejected(
+        "bad_size",
+        b"[[policy]]\nname = \"web\"\nmatch = [\"/web/*\"]\n[policy.memory]\nmin = \"12Q\"\n",
+        &["min", "12Q"],
+    );
+    assert_rejected("negative_size", b"[node]\nmemory_reserve = -5\n", &["memory_reserve"]);
+    assert_rejected("huge_size", b"[node]\nmemory_budget = \"99999999999999T\"\n", &["memory_budget"]);
+}
+
+#[test]
+fn config_unknown_keys_are_rejected() {
+    assert_rejected("unknown_agent_key", b"[agent]\nmetrics = false\nbogus = 1\n", &["bogus", "agent"]);
+    assert_rejected(
+        "unknown_policy_key",
+        b"[[policy]]\nname = \"web\"\nmatch = [\"/web/*\"]\n[policy.memory]\nmin = \"16M\"\nmaxx = \"1G\"\n",
+        &["maxx"],
+    );
+    assert_rejected("unknown_section", b"[nodes]\nmemory_budget = \"1G\"\n", &["nodes"]);
+}
+
+#[test]
+fn config_budgets_above_physical_memory_are_rejected() {
+    let twice = format!("{}", mem_total() * 2);
+    assert_rejected(
+        "budget_above_memory",
+        format!("[node]\nmemory_budget = {twice}\n").as_bytes(),
+        &["node.memory_budget", "above this node's physical memory"],
+    );
+    assert_rejected(
+        "max_above_memory",
+        format!("[[policy]]\nname = \"web\"\nmatch = [\"/web/*\"]\n[policy.memory]\nmin = \"16M\"\nmax = {twice}\n").as_bytes(),
+        &["policy[0].memory.max", "above this node's physical memory"],
+    );
+    assert_rejected(
+        "reserve_above_memory",
+        format!("[node]\nmemory_reserve = {twice}\n").as_bytes(),
+        &["node.memory_reserve", "leaves no budget"],
+    );
+}
+
+#[test]
+fn config_contradictions_and_ranges_are_rejected_all_at_once() {
+    // Every problem is listed, each with its key.
+    assert_rejected(
+        "several",
+        b"[agent]\nsample_interval = \"0s\"\n[node]\nmemory_budget = \"1G\"\nmemory_reserve = \"1G\"\n\
+          [[policy]]\nname = \"a b\"\nmatch = [\"web/*\"]\n[policy.memory]\nmin = \"0\"\n",
+        &["agent.sample_interval", "node.memory_budget", "not both", "policy[0].name", "policy[0].match[0]", "policy[0].memory.min"],
+    );
+}
+
+#[test]
+fn config_garbage_is_rejected_without_a_panic() {
+    assert_rejected("not_toml", b"this is [not toml\n", &["invalid configuration"]);
+    assert_rejected("binary", &[0xff, 0xfe, 0x00, 0x9c, 0x12, b'[', 0x80], &["cannot read configuration file", "binary.toml", "UTF-8"]);
+    assert_rejected("wrong_type", b"[agent]\nmetrics = \"yes\"\n", &["metrics"]);
+    assert_rejected("policy_not_a_table", b"policy = 3\n", &["policy"]);
+}
+
+#[test]
+fn config_missing_file_is_rejected() {
+    let dir = tempdir();
+    let missing = dir.join("nope.toml");
+    for args in [vec!["check-config".as_ref(), missing.as_os_str()], vec!["agent".as_ref(), "--config".as_ref(), missing.as_os_str()]] {
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("nope.toml") && !stderr.contains("panicked"), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn config_valid_file_passes_check_config() {
+    let dir = tempdir();
+    let file = config_file(&dir, "ok.toml", b"[[policy]]\nname = \"web\"\nmatch = [\"/web/*\"]\n[policy.memory]\nmin = \"16M\"\nmax = \"1G\"\n");
+    let out = run(&["check-config".as_ref(), file.as_os_str()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the fault tests: an agent started with a configuration, its log lines collected.
+
+/// `scaler agent --config FILE`, optionally started inside a cgroup, with its log lines.
+struct AgentProc {
+    proc: Proc,
+    log: Arc<Mutex<Vec<String>>>,
+    lines: mpsc::Receiver<String>,
+    dir: PathBuf,
+}
+
+impl AgentProc {
+    /// Starts the agent with `policies` (TOML `[[policy]]` tables) and waits until it runs.
+    fn start(policies: &str, cgroup_dir: Option<&Path>) -> AgentProc {
+        use std::os::{fd::AsRawFd, unix::process::CommandExt};
+        let dir = tempdir();
+        let config = format!(
+            "[agent]\nmetrics = false\nobserve_all = false\nsample_interval = \"200ms\"\n\
+             status_socket = \"{d}/status.sock\"\nstate_file = \"{d}/state.json\"\n\n{policies}",
+            d = dir.display()
+        );
+        let file = config_file(&dir, "agent.toml", config.as_bytes());
+        let mut cmd = Command::new(scaler_bin());
+        cmd.args(["agent", "--config"]).arg(&file);
+        cmd.env("SCALER_LOG", "info").env("NO_COLOR", "1").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let procs = cgroup_dir.map(|d| std::fs::OpenOptions::new().write(true).open(d.join("cgroup.procs")).expect("cgroup.procs"));
+        if let Some(f) = &procs {
+            let fd = f.as_raw_fd();
+            // SAFETY: only write(2) between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("spawning scaler agent");
+        drop(procs);
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let l2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("  [agent] {line}");
+                l2.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut a = AgentProc { proc: Proc { child }, log, lines: rx, dir };
+        a.wait_for("agent running", Duration::from_secs(60), |l| l.contains("agent running"));
+        a
+    }
+
+    /// Waits for a log line (seen before or after this call) that satisfies `f`.
+    fn wait_for(&mut self, what: &str, timeout: Duration, f: impl Fn(&str) -> bool) -> String {
+        if let Some(l) = self.log.lock().unwrap().iter().find(|l| f(l)) {
+            return l.clone();
+        }
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(l) if f(&l) => return l,
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {
+                    if let Ok(Some(s)) = self.proc.child.try_wait() {
+                        panic!("the agent exited ({s}) while waiting for {what}");
+                    }
+                }
+                Err(_) => panic!("no log line {what} within {timeout:?}"),
+            }
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.proc.child.try_wait(), Ok(None))
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGINT; checks a clean exit with no panic.
+    fn stop(mut self) -> String {
+        let status = self.proc.interrupt(Duration::from_secs(20)).expect("the agent exits on SIGINT");
+        // Give the log reader a moment to take the last lines.
+        std::thread::sleep(Duration::from_millis(200));
+        let log = self.log_text();
+        assert!(status.success(), "the agent exits 0 on SIGINT: {status}\n{log}");
+        assert!(!log.contains("panicked"), "the agent panicked:\n{log}");
+        let _ = std::fs::remove_dir_all(&self.dir);
+        log
+    }
+}
+
+/// A memory policy managing cgroups that match `glob`.
+fn policy(name: &str, glob: &str, min: &str, max: &str, headroom: &str) -> String {
+    format!(
+        "[[policy]]\nname = \"{name}\"\nmatch = [\"{glob}\"]\n[policy.memory]\nmin = \"{min}\"\nmax = \"{max}\"\nheadroom = \"{headroom}\"\n\n"
+    )
+}
+
+/// `workload steps`: `total` in 8M steps every 10 ms.
+fn steps(total: &str) -> Vec<String> {
+    ["workload", "steps", "--total", total, "--step", "8M", "--interval", "10ms"].iter().map(|s| s.to_string()).collect()
+}
+
+fn spawn(dir: &Path, args: &[String]) -> Proc {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    spawn_in_cgroup(dir, &scaler_bin(), &a)
+}
+
+/// A child cgroup of `parent` (a guard), removed on drop.
+fn child_cgroup(env: &TestEnv, parent: &CgroupGuard, prefix: &str) -> CgroupGuard {
+    let p = parent.path(Controller::Memory).expect("memory path");
+    CgroupGuard::create(&[&env.memory], p, prefix).expect("creating a child cgroup")
+}
+
+fn dir_of(g: &CgroupGuard) -> PathBuf {
+    g.cgroup(Controller::Memory).unwrap().dir().to_path_buf()
+}
+
+fn path_of(g: &CgroupGuard) -> String {
+    g.path(Controller::Memory).unwrap().to_string()
+}
+
+/// `key=value` of a tracing log line (value up to the next space).
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[at..].split_whitespace().next().map(|v| v.trim_matches('"'))
+}
+
+// ---------------------------------------------------------------------------------------------
+// (a) A managed cgroup removed while its events are in flight.
+
+#[test]
+fn a_managed_cgroup_removed_mid_storm_is_forgotten_and_others_are_still_rescued() {
+    let Some(env) = env("fault_cgroup_removed") else { return };
+    let parent = memory_cgroup(&env, "scaler-fault-rm");
+    let victim = child_cgroup(&env, &parent, "victim");
+    victim.set_memory_limit(Limit::Bytes(64 << 20)).unwrap();
+    let glob = format!("{}/*", path_of(&parent));
+    let mut agent = AgentProc::start(&policy("faults", &glob, "16M", "1G", "16M"), None);
+    let vpath = path_of(&victim);
+    agent.wait_for("managing the victim", Duration::from_secs(20), |l| l.contains("managing") && l.contains(&vpath));
+
+    // A storm on the victim: four allocators racing past its limit (raises, reclaim, early
+    // warnings), then, mid-storm, the workload is killed and the cgroup removed.
+    let storm: Vec<Proc> = (0..4).map(|_| spawn(&dir_of(&victim), &steps("512M"))).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(storm); // SIGKILL and reap each, by pid
+    victim.remove().expect("removing the victim cgroup");
+    agent.wait_for("the victim forgotten", Duration::from_secs(20), |l| l.contains("no longer managed") && l.contains(&vpath));
+    assert!(agent.alive(), "the agent survives the removal");
+
+    // A cgroup created now (after the agent dropped CAP_BPF: watching it is a map update on an
+    // fd opened at load) is managed and rescued.
+    let other = child_cgroup(&env, &parent, "other");
+    other.set_memory_limit(Limit::Bytes(64 << 20)).unwrap();
+    let opath = path_of(&other);
+    agent.wait_for("managing the new cgroup", Duration::from_secs(20), |l| l.contains("managing") && l.contains(&opath));
+    let mut w = spawn(&dir_of(&other), &steps("256M"));
+    let status = w.wait_timeout(Duration::from_secs(60)).expect("the workload ends");
+    assert!(status.success(), "the new cgroup's 256M workload is rescued from its 64M limit: {status}");
+    let oc = other.cgroup(Controller::Memory).unwrap();
+    assert_eq!(oc.oom_kills().unwrap().unwrap_or(0), 0);
+    assert!(matches!(oc.memory_limit().unwrap(), Limit::Bytes(b) if b > 64 << 20));
+    let log = agent.stop();
+    assert!(log.contains("limit changed") && log.contains(&opath), "the rescue is in the audit trail");
+}
+
+// ---------------------------------------------------------------------------------------------
+// (b) A limit write the kernel refuses.
+
+#[test]
+fn a_refused_limit_write_is_an_error_naming_the_file_and_changes_nothing() {
+    use scaler::actuator::{ErrorKind, MemoryActuator, MemoryOptions};
+    let Some(env) = env("fault_write_refused") else { return };
+    let g = memory_cgroup(&env, "scaler-fault-ebusy");
+    let cg = g.cgroup(Controller::Memory).unwrap().clone();
+    g.set_memory_limit(Limit::Bytes(256 << 20)).unwrap();
+    let act = MemoryActuator::open(&cg, MemoryOptions::default()).unwrap();
+    let mut p = spawn(cg.dir(), &["workload", "idle", "--size", "64M", "--hold", "30s"].map(String::from));
+    let end = Instant::now() + Duration::from_secs(20);
+    while cg.memory_usage().unwrap() < 64 << 20 {
+        assert!(Instant::now() < end, "the workload did not touch its 64M");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if cg.version() == scaler::cgroupfs::CgroupVersion::V1 {
+        // v1: lowering the limit below unreclaimable usage (anonymous memory, no swap) is
+        // refused with EBUSY after the kernel's reclaim attempts.
+        let err = act.set_memory_limit(Limit::Bytes(16 << 20)).expect_err("lowering below usage is refused");
+        eprintln!("refused as expected: {err}");
+        assert_eq!(err.kind(), ErrorKind::Refused, "{err}");
+        assert_eq!(err.errno(), Some(nix::errno::Errno::EBUSY), "{err}");
+        assert!(err.to_string().contains(&cg.file("memory.limit_in_bytes").display().to_string()), "names the file: {err}");
+        assert_eq!(cg.memory_limit().unwrap(), Limit::Bytes(256 << 20), "the limit is unchanged");
+        assert_eq!(act.current_limit(), Limit::Bytes(256 << 20), "the actuator's view is unchanged");
+        assert!(p.child.try_wait().unwrap().is_none(), "the workload was not harmed");
+    } else {
+        eprintln!("v2: lowering memory.max below usage reclaims and OOM-kills instead of refusing; checking only the removed-cgroup case");
+    }
+    // Raising still works after the refusal.
+    act.set_memory_limit(Limit::Bytes(512 << 20)).expect("raising after a refusal");
+    assert_eq!(cg.memory_limit().unwrap(), Limit::Bytes(512 << 20));
+    // Writing through the pre-opened fd of a removed cgroup is `Gone`, not a crash.
+    drop(p);
+    g.remove().unwrap();
+    let err = act.set_memory_limit(Limit::Bytes(600 << 20)).expect_err("the cgroup is gone");
+    eprintln!("after removal: {err}");
+    assert_eq!(err.kind(), ErrorKind::Gone, "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// (c) The ring buffer overflowing under an event storm: counted, reported, and the stream
+// (and with it every decision) goes on.
+
+#[test]
+fn ring_buffer_overflow_is_counted_reported_and_the_stream_goes_on() {
+    let Some(env) = env("fault_ringbuf_overflow") else { return };
+    // `scaler watch` on every cgroup, whose stdout nobody reads for a while: the printer blocks
+    // on the full pipe, the consumer stops, and the 2 MiB ring buffer fills.
+    let mut child = Command::new(scaler_bin())
+        .args(["watch", "--json"])
+        .env("SCALER_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning scaler watch");
+    let mut stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut watch = Proc { child };
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("  [watch] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let end = Instant::now() + Duration::from_secs(60);
+    while !rx.recv_timeout(Duration::from_secs(1)).is_ok_and(|l| l.contains("streaming events")) {
+        assert!(Instant::now() < end, "scaler watch did not attach");
+    }
+
+    // The storm: page-cache workloads in tight cgroups reclaim continuously.
+    let tmp = tempdir();
+    let storm_parent = memory_cgroup(&env, "scaler-fault-storm");
+    let tight: Vec<CgroupGuard> = (0..4).map(|i| child_cgroup(&env, &storm_parent, &format!("tight{i}"))).collect();
+    let mut procs = Vec::new();
+    for (i, g) in tight.iter().enumerate() {
+        g.set_memory_limit(Limit::Bytes(16 << 20)).unwrap();
+        let file = tmp.join(format!("cache{i}"));
+        procs.push(spawn(&dir_of(g), &["workload", "pagecache", "--file", file.to_str().unwrap(), "--size", "384M"].map(String::from)));
+    }
+    for p in &mut procs {
+        let s = p.wait_timeout(Duration::from_secs(120)).expect("the page-cache workload ends");
+        assert!(s.success(), "{s}");
+    }
+
+    // Now read: first what was queued, then a fresh event proves the stream goes on.
+    let (otx, orx) = mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        let mut buf = String::new();
+        let mut chunk = [0u8; 65536];
+        while let Ok(n) = stdout.read(&mut chunk) {
+            if n == 0 {
+                return;
+            }
+            buf.push_str(&String::from_utf8_lossy(&chunk[..n]));
+            while let Some(i) = buf.find('\n') {
+                let line: String = buf.drain(..=i).collect();
+                if let Ok(v) = serde_json::from_str(&line) {
+                    if otx.send(v).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let oom = memory_cgroup(&env, "scaler-fault-after");
+    oom.set_memory_limit(Limit::Bytes(32 << 20)).unwrap();
+    let oom_id = oom.cgroup(Controller::Memory).unwrap().id().unwrap().0;
+    let mut victim = spawn(&dir_of(&oom), &steps("128M"));
+    assert_eq!(victim.wait_timeout(Duration::from_secs(60)).and_then(|s| s.signal()), Some(9), "the probe workload is OOM-killed");
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut seen = 0u64;
+    let mut after = false;
+    while Instant::now() < end && !after {
+        if let Ok(v) = orx.recv_timeout(Duration::from_millis(200)) {
+            seen += 1;
+            after = kind(&v) == "oom_kill" && v["cgroup_id"].as_u64() == Some(oom_id);
+        }
+    }
+    assert!(after, "the OOM kill after the overflow is reported ({seen} events read)");
+    let status = watch.interrupt(Duration::from_secs(20)).expect("watch exits on SIGINT");
+    assert!(status.success(), "{status}");
+    let detached = (0..50).find_map(|_| rx.recv_timeout(Duration::from_millis(200)).ok().filter(|l| l.contains("detached")));
+    let detached = detached.expect("the final `detached` line with the counters");
+    let dropped: u64 = field(&detached, "dropped").and_then(|v| v.parse().ok()).expect("dropped=N");
+    let submitted: u64 = field(&detached, "submitted").and_then(|v| v.parse().ok()).expect("submitted=N");
+    eprintln!("submitted {submitted}, dropped {dropped}, read {seen} after the reader resumed");
+    assert!(dropped > 0, "the storm overflowed the ring buffer and the drops were counted: {detached}");
+    drop(tight);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+// ---------------------------------------------------------------------------------------------
+// (d) The agent's own cgroup under memory pressure.
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_agent_locks_its_memory_and_rescues_while_its_own_cgroup_is_under_pressure() {
+    let Some(env) = env("fault_agent_pressure") else { return };
+    let parent = memory_cgroup(&env, "scaler-fault-tight");
+    let home = child_cgroup(&env, &parent, "agent");
+    let work = child_cgroup(&env, &parent, "work");
+    work.set_memory_limit(Limit::Bytes(64 << 20)).unwrap();
+    let wpath = path_of(&work);
+    let mut agent = AgentProc::start(&policy("work", &wpath, "16M", "1G", "16M"), Some(&dir_of(&home)));
+    agent.wait_for("managing", Duration::from_secs(20), |l| l.contains("managing") && l.contains(&wpath));
+    let pid = agent.proc.pid();
+    let (rss, locked) = (status_kib(pid, "VmRSS"), status_kib(pid, "VmLck"));
+    eprintln!("agent: VmRSS {rss} KiB, VmLck {locked} KiB");
+    assert!(locked > 0 && locked * 10 >= rss * 9, "the agent locked (nearly) all its memory: VmLck {locked} KiB of VmRSS {rss} KiB");
+
+    // Its cgroup gets a limit just above what it uses, and a page-cache hog beside it.
+    let home_cg = home.cgroup(Controller::Memory).unwrap();
+    let used = home_cg.memory_usage().unwrap();
+    home.set_memory_limit(Limit::Bytes(used + (24 << 20))).unwrap();
+    let tmp = tempdir();
+    let file = tmp.join("hog");
+    let mut hog = spawn(&dir_of(&home), &["workload", "pagecache", "--file", file.to_str().unwrap(), "--size", "1G"].map(String::from));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut w = spawn(&dir_of(&work), &steps("256M"));
+    let status = w.wait_timeout(Duration::from_secs(90)).expect("the workload ends");
+    let failcnt_or_events = home_cg
+        .read_optional("memory.failcnt")
+        .ok()
+        .flatten()
+        .or_else(|| home_cg.read_optional("memory.events").ok().flatten())
+        .unwrap_or_default();
+    eprintln!("agent cgroup pressure: {}", failcnt_or_events.trim());
+    assert!(status.success(), "the workload is rescued while the agent's cgroup is under pressure: {status}");
+    assert!(agent.alive(), "the agent survives its cgroup's pressure");
+    let _ = hog.wait_timeout(Duration::from_secs(120));
+    let hog_ok = hog.child.try_wait().ok().flatten().is_some_and(|s| s.success());
+    assert!(hog_ok, "the hog ran to its end (page cache is reclaimable, nobody was OOM-killed)");
+    assert_eq!(home_cg.oom_kills().unwrap().unwrap_or(0), 0, "no OOM kill in the agent's cgroup");
+    if home_cg.version() == scaler::cgroupfs::CgroupVersion::V1 {
+        let failcnt: u64 = failcnt_or_events.trim().parse().unwrap_or(0);
+        assert!(failcnt > 0, "the agent's cgroup was really at its limit (memory.failcnt {failcnt})");
+    }
+    assert!(status_kib(pid, "VmLck") > 0, "still locked");
+    agent.stop();
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Privileges: refused with a clear message when missing; dropped after load.
+
+#[test]
+fn missing_capabilities_are_refused_with_a_message_naming_them() {
+    let Some(_env) = env("privilege_missing") else { return };
+    if Command::new("capsh").arg("--help").output().is_err() {
+        panic!("capsh (libcap2-bin) is needed for this test: apt-get install libcap2-bin");
+    }
+    let bin = scaler_bin();
+    for (drop, expect) in [
+        ("cap_bpf,cap_perfmon,cap_sys_admin", vec!["CAP_BPF", "CAP_PERFMON"]),
+        ("cap_perfmon,cap_sys_admin", vec!["lacks CAP_PERFMON"]),
+    ] {
+        let out = Command::new("capsh")
+            .arg(format!("--drop={drop}"))
+            .arg("--")
+            .arg("-c")
+            .arg(format!("exec {} watch --count 1", bin.display()))
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!("without {drop}: {} {}", out.status, stderr.trim());
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        for e in expect.iter().chain(&["setcap", "docs/security.md"]) {
+            assert!(stderr.contains(e), "the message names {e:?}: {stderr}");
+        }
+        assert!(!stderr.contains("panicked"));
+    }
+}
+
+fn caps_of(status: &str) -> scaler::privilege::ProcessCaps {
+    scaler::privilege::ProcessCaps::parse_status(status).expect("status")
+}
+
+#[test]
+fn the_agent_drops_capabilities_after_loading() {
+    use scaler::privilege::Capability;
+    let Some(env) = env("privilege_dropped") else { return };
+    let g = memory_cgroup(&env, "scaler-priv");
+    let agent = AgentProc::start(&policy("p", &format!("{}/none", path_of(&g)), "16M", "1G", "16M"), None);
+    let pid = agent.proc.pid();
+    let main = caps_of(&std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap());
+    eprintln!("agent main thread after load: {main:?}");
+    for c in [Capability::Bpf, Capability::Perfmon, Capability::SysAdmin] {
+        assert!(!main.effective.has(c) && !main.permitted.has(c), "{c} dropped");
+        assert!(!main.bounding.has(c), "{c} gone from the bounding set too");
+    }
+    assert!(main.effective.has(Capability::DacOverride), "kept for cgroupfs writes");
+    let mut engine_seen = false;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let s = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        if s.contains("scaler-engine") {
+            engine_seen = true;
+            assert!(!caps_of(&s).effective.has(Capability::Bpf), "the engine thread has no CAP_BPF");
+        }
+    }
+    assert!(engine_seen, "found the engine thread");
+    // The status socket is the agent's only local endpoint: mode 0600.
+    let sock = agent.dir.join("status.sock");
+    match std::fs::metadata(&sock) {
+        Ok(m) => {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(m.permissions().mode() & 0o777, 0o600, "{} is the owner's alone", sock.display());
+        }
+        Err(e) => eprintln!("no status socket at {} ({e}): this agent has none", sock.display()),
+    }
+    agent.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// (e) An optional kernel program that is not there: the agent says so and runs without it.
+
+#[test]
+fn an_optional_program_left_out_is_named_and_the_stream_goes_on() {
+    let Some(env) = env("fault_optional_program") else { return };
+    let g = memory_cgroup(&env, "scaler-fault-opt");
+    g.set_memory_limit(Limit::Bytes(32 << 20)).unwrap();
+    let cg = g.cgroup(Controller::Memory).unwrap();
+    // Without --headroom the early-warning program (count_memcg_events) is not attached: the
+    // same path an older kernel without that tracepoint takes.
+    let watch = Watch::start(&["--cgroup", cg.path()]);
+    let mut p = spawn(cg.dir(), &steps("128M"));
+    let _ = p.wait_timeout(Duration::from_secs(60));
+    let ev = watch.collect(Duration::from_secs(10), |e| e.iter().any(|e| kind(e) == "oom_kill"));
+    assert!(ev.iter().any(|e| kind(e) == "reclaim_begin"), "reclaim events flow without the optional program");
+    assert!(ev.iter().any(|e| kind(e) == "oom_kill"));
+}
