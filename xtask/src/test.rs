@@ -271,7 +271,9 @@ pub fn test(opts: &Options) -> Result<()> {
         Ok(if status.success() {
             Outcome::Passed
         } else {
-            Outcome::Failed(format!("fuzz/run.sh exited with {status} (crash inputs under fuzz/artifacts/)"))
+            Outcome::Failed(format!(
+                "fuzz/run.sh exited with {status} (crash inputs under fuzz/artifacts/)"
+            ))
         })
     });
 

@@ -50,6 +50,9 @@ say "kernel $(uname -r), $(nproc) cpus, $(awk '/MemTotal/ {print $2 " kB"}' /pro
 for m in $(cat /modules.load); do
     insmod "/lib/modules/$m.ko" || say "insmod $m failed"
 done
+# Loopback (tests talk to the agent's metrics endpoint on 127.0.0.1); no other network.
+ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up || say "cannot bring up lo"
+hostname scaler-vm
 WORK=@WORK@
 R=/mnt/root
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot $R || die "cannot mount the host root over 9p"

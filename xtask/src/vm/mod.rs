@@ -105,7 +105,7 @@ impl VmConfig {
         };
         Self {
             timeout: Duration::from_secs(num("SCALER_VM_TIMEOUT", 10 * 60)),
-            memory_mib: num("SCALER_VM_MEMORY", 1024) as u32,
+            memory_mib: num("SCALER_VM_MEMORY", 2048) as u32,
             cpus: num("SCALER_VM_CPUS", 2) as u32,
             disk_mib: num("SCALER_VM_DISK", 4096) as u32,
         }
