@@ -92,13 +92,17 @@ restore_on_exit = {restore}
 sample_interval = "200ms"
 observe_all = false
 
+# Small enough for the 1 GiB VMs the suite also runs in.
+[node]
+memory_reserve = "128M"
+
 [[policy]]
 name = "test"
 match = [{matches}]
 
 [policy.memory]
 min = "16M"
-max = "1G"
+max = "512M"
 "#,
             port = self.port,
             socket = self.socket().display(),
@@ -542,7 +546,7 @@ fn sighup_applies_a_valid_config_and_rejects_an_invalid_one() {
     // Invalid: rejected with a message naming the problem, the old configuration keeps running.
     std::fs::write(
         conf.path(),
-        conf.text().replace("max = \"1G\"", "max = \"lots\""),
+        conf.text().replace("max = \"512M\"", "max = \"lots\""),
     )
     .unwrap();
     a.signal(Signal::SIGHUP);
