@@ -201,6 +201,8 @@ pub struct Sampled {
     pub peak_usage: u64,
     /// The foreign cgroup directory found, if any.
     pub foreign_dir: Option<PathBuf>,
+    /// The foreign cgroup's last PSI `some` total (v2), µs.
+    pub psi_some_total_us: Option<u64>,
 }
 
 /// A thread sampling the run's cgroup every `interval`.
@@ -244,6 +246,7 @@ impl Sampler {
                 let mut out = Sampled::default();
                 let mut usage_file: Option<PreOpened> = None;
                 let mut limit_file: Option<PreOpened> = None;
+                let mut psi_file: Option<PreOpened> = None;
                 let mut onset_limit = None;
                 let mut last_throttled = None;
                 let mut buf = [0u8; 64];
@@ -285,6 +288,22 @@ impl Sampler {
                                         Version::V2 => "memory.max",
                                     };
                                     limit_file = PreOpened::open(&d.join(lname), false).ok();
+                                    if *version == Version::V2 {
+                                        psi_file =
+                                            PreOpened::open(&d.join("memory.pressure"), false).ok();
+                                    }
+                                }
+                            }
+                            // v2: the cgroup's PSI total, kept while it exists (scaler exec
+                            // removes the cgroup when it exits).
+                            if let Some(f) = &psi_file {
+                                let mut pbuf = [0u8; 256];
+                                if let Some(t) = f
+                                    .read(&mut pbuf)
+                                    .ok()
+                                    .and_then(super::cgroups::psi_some_total_us)
+                                {
+                                    out.psi_some_total_us = Some(t);
                                 }
                             }
                             let (Some(u), Some(l)) = (

@@ -477,16 +477,19 @@ fn run_exec(
         &env.exe,
         wl_args,
     );
-    // Only the unified cgroup (PSI stall): exec makes its own memory and cpu cgroups.
-    let fds: Vec<i32> = cg.unified_procs_fd().into_iter().collect();
+    // exec makes its own memory and cpu cgroups under its own. With memory on v1 it goes into
+    // the run's unified cgroup (for the PSI stall); on v2 that would leave it in a cgroup with
+    // processes, which cannot delegate controllers: it stays in ours, and the stall is read
+    // from its cgroup while it runs.
+    let memory_v1 = matches!(env.hierarchies.memory, Some((Version::V1, _)));
+    let fds: Vec<i32> = if memory_v1 {
+        cg.unified_procs_fd().into_iter().collect()
+    } else {
+        Vec::new()
+    };
     let child = spawn(&env.exe, &args, &fds)?;
     let pid = child.id() as i32;
-    let version = env
-        .hierarchies
-        .memory
-        .as_ref()
-        .map(|(v, _)| *v)
-        .unwrap_or(Version::V1);
+    let version = if memory_v1 { Version::V1 } else { Version::V2 };
     let t0 = monotonic_ns();
     rec.t0_ns = t0;
     let sampler = match w.resource {
@@ -515,13 +518,16 @@ fn run_exec(
         .as_ref()
         .filter(|_| timeline)
         .map(|s| s.timeline.clone());
-    rec.stall_some_us = cg
-        .unified_file(match w.resource {
+    rec.stall_some_us = if memory_v1 {
+        cg.unified_file(match w.resource {
             Resource::Memory => "memory.pressure",
             Resource::Cpu => "cpu.pressure",
         })
         .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|s| psi_some_total_us(&s));
+        .and_then(|s| psi_some_total_us(&s))
+    } else {
+        sampled.as_ref().and_then(|s| s.psi_some_total_us)
+    };
     let summary = match summary {
         Ok(s) => s,
         Err(e) => {
