@@ -243,6 +243,15 @@ pub fn sample(cg: &Cgroup) -> Option<MemorySignal> {
 }
 
 pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
+    // Block SIGINT/SIGTERM before any thread starts (threads inherit the mask), so that
+    // only the signal thread started below takes them.
+    {
+        use nix::sys::signal::{SigSet, Signal};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGINT);
+        set.add(Signal::SIGTERM);
+        set.thread_block()?;
+    }
     let node = NodeInfo::detect().context("reading /proc/meminfo")?;
     let budget = Config::default().memory_budget(&node);
     let mem_h = Hierarchy::discover(Path::new("/"), Controller::Memory)?;

@@ -339,6 +339,15 @@ impl<W: Write> Handler for Printer<W> {
 }
 
 pub fn run(args: WatchArgs) -> anyhow::Result<std::process::ExitCode> {
+    // Block SIGINT/SIGTERM before any thread starts (threads inherit the mask), so that
+    // only the signal thread started below takes them.
+    {
+        use nix::sys::signal::{SigSet, Signal};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGINT);
+        set.add(Signal::SIGTERM);
+        set.thread_block()?;
+    }
     let h = Hierarchy::discover(Path::new("/"), Controller::Memory)?;
     let mut targets = Vec::new();
     for c in &args.cgroups {
