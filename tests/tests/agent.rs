@@ -92,7 +92,7 @@ restore_on_exit = {restore}
 sample_interval = "200ms"
 observe_all = false
 
-# Small enough for the 1 GiB VMs the suite also runs in.
+# Small enough for the test VMs (a few GiB of memory) as well as real nodes.
 [node]
 memory_reserve = "128M"
 
