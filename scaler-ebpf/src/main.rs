@@ -529,6 +529,14 @@ static CPU_STATE_ZERO: CpuState = CpuState::ZERO;
 /// Period used when the kernel reports none (should not happen): the CFS default, 100 ms.
 const DEFAULT_PERIOD_NS: u64 = 100_000_000;
 
+/// One field of [`CPU_OFFSETS`] (the hot paths read single fields, not the whole struct).
+macro_rules! cpu_offset {
+    ($field:ident) => {
+        // SAFETY: a plain read of a field of a global the loader fills before the programs run.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(CPU_OFFSETS.$field)) }
+    };
+}
+
 #[inline(always)]
 fn cpu_offsets() -> CpuOffsets {
     // SAFETY: as for `offsets()`.
@@ -547,7 +555,7 @@ fn shared_add(p: *mut u64, v: u64) {
 
 /// The task's `TASKS` entry, made (after reading its cpu cgroup) if missing or stale.
 #[inline(always)]
-fn task_entry(task: u64, gen: u32, o: &KernelOffsets) -> Result<*mut TaskCpu, i64> {
+fn task_entry(task: u64, gen: u32) -> Result<*mut TaskCpu, i64> {
     if let Some(p) = TASKS.get_ptr_mut(&task) {
         // SAFETY: pointer into the map value.
         if unsafe { (*p).gen } == gen {
@@ -555,8 +563,10 @@ fn task_entry(task: u64, gen: u32, o: &KernelOffsets) -> Result<*mut TaskCpu, i6
         }
     }
     count(stat::TASK_RESOLVES);
-    let css = task_css(task, o, o.cpu_cgrp_id)?;
-    let id = css_id(css, o)?;
+    // The offsets are copied only here, off the common (cached) path.
+    let o = offsets();
+    let css = task_css(task, &o, o.cpu_cgrp_id)?;
+    let id = css_id(css, &o)?;
     // SAFETY: only tested for presence.
     let watched = unsafe { CPU_WATCHED.get(&id) }.is_some();
     let v = TaskCpu {
@@ -688,14 +698,7 @@ fn runq_bucket(lat_ns: u64) -> usize {
 
 /// Records a run-queue latency sample of `task` (being switched in) in cpu cgroup `id`.
 #[inline(always)]
-fn runq_sample(
-    id: u64,
-    css: u64,
-    lat: u64,
-    now: u64,
-    task: u64,
-    o: &KernelOffsets,
-) -> Result<(), i64> {
+fn runq_sample(id: u64, css: u64, lat: u64, now: u64, task: u64) -> Result<(), i64> {
     count(stat::RUNQ_SAMPLES);
     // SAFETY: copied out at once.
     let Some(w) = (unsafe { CPU_WATCHED.get(&id) }).copied() else {
@@ -732,6 +735,7 @@ fn runq_sample(
         return Ok(());
     }
     st.runq_sent_period_ns = start;
+    let o = offsets();
     let tgid: i32 = read(task, o.task_tgid).unwrap_or(0);
     let pid: i32 = read(task, o.task_pid).unwrap_or(0);
     let ev = Event {
@@ -763,36 +767,40 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     let preempt: u64 = ctx.arg(0);
     let prev: u64 = ctx.arg(1);
     let next: u64 = ctx.arg(2);
-    let co = cpu_offsets();
     // Still runnable: preempted, or switched out in TASK_RUNNING (yield, throttling).
     let runnable = preempt as u8 != 0
-        || (co.switch_has_prev_state != 0 && {
+        || (cpu_offset!(switch_has_prev_state) != 0 && {
             let state: u64 = ctx.arg(3);
             state as u32 == 0
         });
-    let o = offsets();
+    let runtime_tp = cpu_offset!(runtime_tp);
     let gen = cpu_watch_gen();
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The clock is read only for watched tasks.
+    let mut now = 0;
     // prev: only needed when it stays runnable (its wait starts now) or when run time is
     // accounted here; a task going to sleep costs nothing.
-    if runnable || co.runtime_tp == 0 {
+    if runnable || runtime_tp == 0 {
         // SAFETY: pointer into the map value.
-        let t = unsafe { &mut *task_entry(prev, gen, &o)? };
+        let t = unsafe { &mut *task_entry(prev, gen)? };
         if t.cgroup_id != 0 {
-            if co.runtime_tp == 0 && t.oncpu_ns != 0 {
+            now = unsafe { bpf_ktime_get_ns() };
+            if runtime_tp == 0 && t.oncpu_ns != 0 {
                 account(t.cgroup_id, t.css, now.saturating_sub(t.oncpu_ns), now)?;
             }
             t.wakeup_ns = if runnable { now } else { 0 };
         }
     }
     // SAFETY: pointer into the map value.
-    let t = unsafe { &mut *task_entry(next, gen, &o)? };
+    let t = unsafe { &mut *task_entry(next, gen)? };
     if t.cgroup_id != 0 {
+        if now == 0 {
+            now = unsafe { bpf_ktime_get_ns() };
+        }
         t.oncpu_ns = now;
         if t.wakeup_ns != 0 {
             let lat = now.saturating_sub(t.wakeup_ns);
             t.wakeup_ns = 0;
-            runq_sample(t.cgroup_id, t.css, lat, now, next, &o)?;
+            runq_sample(t.cgroup_id, t.css, lat, now, next)?;
         }
     }
     Ok(0)
@@ -806,9 +814,8 @@ fn try_wakeup(ctx: &BtfTracePointContext, new_task: bool) -> Result<u32, i64> {
         // its exit may have made again): never trust an entry for it.
         let _ = TASKS.remove(&task);
     }
-    let o = offsets();
     // SAFETY: pointer into the map value.
-    let t = unsafe { &mut *task_entry(task, cpu_watch_gen(), &o)? };
+    let t = unsafe { &mut *task_entry(task, cpu_watch_gen())? };
     if t.cgroup_id != 0 {
         t.wakeup_ns = unsafe { bpf_ktime_get_ns() };
     }
@@ -838,9 +845,8 @@ pub fn sched_stat_runtime(ctx: BtfTracePointContext) -> u32 {
 fn try_stat_runtime(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     let task: u64 = ctx.arg(0);
     let runtime: u64 = ctx.arg(1);
-    let o = offsets();
     // SAFETY: pointer into the map value.
-    let t = unsafe { &*task_entry(task, cpu_watch_gen(), &o)? };
+    let t = unsafe { &*task_entry(task, cpu_watch_gen())? };
     if t.cgroup_id != 0 {
         let now = unsafe { bpf_ktime_get_ns() };
         account(t.cgroup_id, t.css, runtime, now)?;

@@ -34,6 +34,9 @@ pub enum Command {
     /// Run a synthetic workload (used by the tests and the benchmark).
     #[command(hide = true)]
     Workload(crate::workload::WorkloadArgs),
+    /// Measure what the scheduler programs cost (context-switch benchmark, with vs without).
+    #[command(hide = true)]
+    Overhead(crate::cmd::overhead::OverheadArgs),
 }
 
 fn init_tracing(filter: &str, json: bool) {
@@ -61,6 +64,7 @@ pub fn main() -> ExitCode {
         Command::Exec(a) => crate::cmd::exec::run(a),
         Command::Bench(a) => crate::bench::run(a.into()),
         Command::Workload(a) => crate::workload::run(a),
+        Command::Overhead(a) => crate::cmd::overhead::run(a),
     };
     match res {
         Ok(code) => code,

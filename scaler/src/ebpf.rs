@@ -554,6 +554,19 @@ impl Pipeline {
         }
     }
 
+    /// Turns the kernel's BPF run-time statistics on or off for this pipeline (they are on
+    /// after load). Measuring costs two clock reads per program run, so overhead benchmarks
+    /// measure slowdowns with them off. The kernel keeps them on while any process holds them.
+    pub fn set_bpf_stats(&mut self, on: bool) {
+        if on {
+            if self._stats_fd.is_none() {
+                self._stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+            }
+        } else {
+            self._stats_fd = None;
+        }
+    }
+
     /// Run time and run count per attached program (kernel BPF stats; zero when the kernel
     /// does not keep them).
     pub fn program_stats(&self) -> BTreeMap<&'static str, (Duration, u64)> {
