@@ -252,3 +252,19 @@ pub fn throttling(cg: &scaler::cgroupfs::Cgroup) -> (u64, u64) {
     let s = cg.cpu_stat().expect("reading cpu.stat");
     (s.nr_throttled, s.throttled_ns / 1000)
 }
+
+/// True inside the test VMs (`cargo xtask vm-test`): the kernel runs under software emulation,
+/// 10-50x slower than the host, so a workload's pace is scaled to keep the race meaningful.
+pub fn emulated() -> bool {
+    std::env::var_os("SCALER_VM_KERNEL").is_some()
+}
+
+/// The step interval of the `steps` workload: 10 ms (800 MiB/s with 8 MiB steps, the race of
+/// ../shared/FACTS.md) on real hardware, 100 ms under emulation.
+pub fn steps_interval() -> &'static str {
+    if emulated() {
+        "100ms"
+    } else {
+        "10ms"
+    }
+}

@@ -20,16 +20,10 @@ use nix::sys::signal::Signal;
 use scaler::cgroupfs::{CgroupGuard, Controller, Limit};
 use scaler_tests::*;
 
-const STEPS_256M: &[&str] = &[
-    "workload",
-    "steps",
-    "--total",
-    "256M",
-    "--step",
-    "8M",
-    "--interval",
-    "10ms",
-];
+/// 256 MiB in 8 MiB steps every 10 ms (100 ms under emulation: see `steps_interval`).
+fn steps_256m() -> Vec<&'static str> {
+    vec!["workload", "steps", "--total", "256M", "--step", "8M", "--interval", steps_interval()]
+}
 const M: u64 = 1 << 20;
 
 /// A free loopback port (bound and released; the agent binds it next).
@@ -285,7 +279,7 @@ fn limit_of(g: &CgroupGuard) -> Limit {
 /// Runs the 256M steps workload in `g` and asserts it completed without an OOM kill.
 fn run_steps(g: &CgroupGuard) {
     let cg = g.cgroup(Controller::Memory).unwrap();
-    let mut p = spawn_in_cgroup(cg.dir(), &scaler_bin(), STEPS_256M);
+    let mut p = spawn_in_cgroup(cg.dir(), &scaler_bin(), &steps_256m());
     let status = p
         .wait_timeout(Duration::from_secs(60))
         .expect("workload ended");

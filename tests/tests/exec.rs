@@ -6,7 +6,10 @@ use std::{os::unix::process::ExitStatusExt, time::Duration};
 use scaler::cgroupfs::{Controller, Limit};
 use scaler_tests::*;
 
-const STEPS_256M: &[&str] = &["workload", "steps", "--total", "256M", "--step", "8M", "--interval", "10ms"];
+/// 256 MiB in 8 MiB steps every 10 ms (100 ms under emulation: see `steps_interval`).
+fn steps_256m() -> Vec<&'static str> {
+    vec!["workload", "steps", "--total", "256M", "--step", "8M", "--interval", steps_interval()]
+}
 
 fn with_bin(args: &[&str]) -> Vec<String> {
     std::iter::once(scaler_bin().display().to_string()).chain(args.iter().map(|s| s.to_string())).collect()
@@ -24,7 +27,7 @@ fn a_plain_64m_limit_oom_kills_the_steps_workload() {
     let g = memory_cgroup(&env, "scaler-test-plain");
     let cg = g.cgroup(Controller::Memory).unwrap();
     g.set_memory_limit(Limit::Bytes(64 << 20)).unwrap();
-    let mut p = spawn_in_cgroup(cg.dir(), &scaler_bin(), STEPS_256M);
+    let mut p = spawn_in_cgroup(cg.dir(), &scaler_bin(), &steps_256m());
     let status = p.wait_timeout(Duration::from_secs(60)).expect("workload ended");
     assert_eq!(status.signal(), Some(9), "without the scaler the workload is OOM-killed: {status}");
     assert!(cg.oom_kills().unwrap().unwrap_or(0) >= 1);
@@ -33,7 +36,7 @@ fn a_plain_64m_limit_oom_kills_the_steps_workload() {
 #[test]
 fn exec_rescues_the_steps_workload() {
     let Some(_env) = env("exec_rescue") else { return };
-    let (status, s) = run_exec(&["--memory", "64M", "--memory-max", "2G"], STEPS_256M);
+    let (status, s) = run_exec(&["--memory", "64M", "--memory-max", "2G"], &steps_256m());
     assert!(status.success(), "scaler exec exits with the workload's status 0: {status} {s}");
     assert_eq!(s["oom_kills"], 0, "{s}");
     assert_eq!(s["exit_code"], 0);
@@ -54,7 +57,7 @@ fn exec_rescues_the_steps_workload() {
 #[test]
 fn exec_rescues_on_reclaim_alone() {
     let Some(_env) = env("exec_rescue_reclaim_only") else { return };
-    let (status, s) = run_exec(&["--memory", "64M", "--memory-max", "2G", "--no-early-warning"], STEPS_256M);
+    let (status, s) = run_exec(&["--memory", "64M", "--memory-max", "2G", "--no-early-warning"], &steps_256m());
     assert!(status.success(), "{status} {s}");
     assert_eq!(s["oom_kills"], 0, "{s}");
     let reasons: Vec<_> = s["actions"].as_array().unwrap().iter().map(|a| a["reason"].as_str().unwrap().to_string()).collect();
@@ -67,7 +70,7 @@ fn exec_rescues_a_multithreaded_allocator() {
     let Some(_env) = env("exec_rescue_threads") else { return };
     let (status, s) = run_exec(
         &["--memory", "64M", "--memory-max", "2G"],
-        &["workload", "steps", "--total", "256M", "--step", "8M", "--interval", "10ms", "--threads", "4"],
+        &["workload", "steps", "--total", "256M", "--step", "8M", "--interval", steps_interval(), "--threads", "4"],
     );
     assert!(status.success(), "{status} {s}");
     assert_eq!(s["oom_kills"], 0, "{s}");
@@ -76,7 +79,7 @@ fn exec_rescues_a_multithreaded_allocator() {
 #[test]
 fn memory_max_bounds_the_rescue() {
     let Some(_env) = env("exec_memory_max") else { return };
-    let (status, s) = run_exec(&["--memory", "64M", "--memory-max", "128M"], STEPS_256M);
+    let (status, s) = run_exec(&["--memory", "64M", "--memory-max", "128M"], &steps_256m());
     assert_eq!(status.code(), Some(128 + 9), "exit status 128+SIGKILL when the workload is OOM-killed: {status}");
     assert_eq!(s["signal"], 9);
     assert!(s["oom_kills"].as_u64().unwrap() >= 1, "{s}");

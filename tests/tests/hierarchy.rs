@@ -107,7 +107,7 @@ headroom = "16M"
         }
     });
     rx.recv_timeout(Duration::from_secs(60)).expect("agent started");
-    let mut w = spawn_in_cgroup(ccg.dir(), &scaler_bin(), &["workload", "steps", "--total", "256M", "--step", "8M", "--interval", "10ms"]);
+    let mut w = spawn_in_cgroup(ccg.dir(), &scaler_bin(), &["workload", "steps", "--total", "256M", "--step", "8M", "--interval", steps_interval()]);
     let st = w.wait_timeout(Duration::from_secs(60)).expect("workload ended");
     let parent_limit = pcg.memory_limit().unwrap();
     let child_limit = ccg.memory_limit().unwrap();
