@@ -211,20 +211,8 @@ impl Role {
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
     /// Capabilities required to load the kernel programs are missing.
-    #[error(
-        "{command} needs {needed} to load its eBPF programs, and this process lacks {}; run it \
-         as root, or grant the capabilities: `setcap {setcap}+ep {exe}` (or systemd \
-         `AmbientCapabilities={systemd}`). See docs/security.md.",
-        missing.iter().map(|c| c.name()).collect::<Vec<_>>().join(", "),
-    )]
-    Missing {
-        command: &'static str,
-        needed: String,
-        missing: Vec<Capability>,
-        setcap: String,
-        systemd: String,
-        exe: String,
-    },
+    #[error("{0}")]
+    Missing(Box<MissingCapabilities>),
     /// No write access to the cgroup directory the command works in.
     #[error(
         "{command} needs write access to {}: {source}; run it as root (or as the owner of a \
@@ -257,6 +245,42 @@ pub enum PrivilegeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What is missing to load the programs, and how to grant it (the message of
+/// [`PrivilegeError::Missing`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingCapabilities {
+    /// The command that refused (`scaler agent`).
+    pub command: &'static str,
+    /// What loading needs, in words (`CAP_BPF and CAP_PERFMON`).
+    pub needed: String,
+    /// What the effective set lacks.
+    pub missing: Vec<Capability>,
+    /// The `setcap` list that grants everything scaler uses (`cap_bpf,cap_perfmon,...`).
+    pub setcap: String,
+    /// The same for systemd's `AmbientCapabilities=`.
+    pub systemd: String,
+    /// This executable's path.
+    pub exe: String,
+}
+
+impl fmt::Display for MissingCapabilities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let missing: Vec<&str> = self.missing.iter().map(|c| c.name()).collect();
+        write!(
+            f,
+            "{} needs {} to load its eBPF programs, and this process lacks {}; run it as root, \
+             or grant the capabilities: `setcap {}+ep {}` (or systemd \
+             `AmbientCapabilities={}`). See docs/security.md.",
+            self.command,
+            self.needed,
+            missing.join(", "),
+            self.setcap,
+            self.exe,
+            self.systemd
+        )
+    }
 }
 
 /// The capabilities needed to load the programs, given the kernel's highest capability number
@@ -306,7 +330,7 @@ pub fn check_startup(role: Role, cgroup_dir: Option<&Path>) -> Result<(), Privil
             .chain(role.writes_cgroups().then_some(Capability::DacOverride))
             .chain([Capability::SysNice, Capability::IpcLock])
             .collect();
-        return Err(PrivilegeError::Missing {
+        return Err(PrivilegeError::Missing(Box::new(MissingCapabilities {
             command: role.command(),
             needed: needed
                 .iter()
@@ -318,7 +342,7 @@ pub fn check_startup(role: Role, cgroup_dir: Option<&Path>) -> Result<(), Privil
             systemd: all.iter().map(|c| c.name()).collect::<Vec<_>>().join(" "),
             exe: std::env::current_exe()
                 .map_or_else(|_| "scaler".into(), |p| p.display().to_string()),
-        });
+        })));
     }
     if let Some(dir) = cgroup_dir.filter(|_| role.writes_cgroups()) {
         writable(dir).map_err(|source| PrivilegeError::CgroupAccess {
@@ -688,14 +712,14 @@ mod tests {
 
     #[test]
     fn missing_message_names_the_capability_and_the_fix() {
-        let e = PrivilegeError::Missing {
+        let e = PrivilegeError::Missing(Box::new(MissingCapabilities {
             command: "scaler agent",
             needed: "CAP_BPF and CAP_PERFMON".into(),
             missing: vec![Capability::Perfmon],
             setcap: "cap_bpf,cap_perfmon".into(),
             systemd: "CAP_BPF CAP_PERFMON".into(),
             exe: "/usr/bin/scaler".into(),
-        };
+        }));
         let m = e.to_string();
         assert!(m.contains("lacks CAP_PERFMON"), "{m}");
         assert!(
