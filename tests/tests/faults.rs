@@ -378,6 +378,62 @@ fn a_refused_limit_write_is_an_error_naming_the_file_and_changes_nothing() {
     assert_eq!(err.kind(), ErrorKind::Gone, "{err}");
 }
 
+/// End to end through the agent: raises the kernel refuses (v1: a memory limit above the
+/// cgroup's memory+swap limit is EINVAL) are logged as failed writes with the errno, nothing is
+/// half-applied, the agent keeps running, and it keeps managing the cgroup: once the obstacle
+/// is gone (and the limit moved, see the ignored test below), the cgroup is rescued.
+fn refused_raises(env: &TestEnv, same_limit_retry: bool) {
+    let g = memory_cgroup(env, "scaler-fault-einval");
+    let cg = g.cgroup(Controller::Memory).unwrap().clone();
+    if cg.read_optional("memory.memsw.limit_in_bytes").ok().flatten().is_none() {
+        eprintln!("SKIP: no memory.memsw.limit_in_bytes (cgroup v2 or swap accounting off); the actuator test covers refusals");
+        return;
+    }
+    g.set_memory_limit(Limit::Bytes(64 << 20)).unwrap();
+    let path = path_of(&g);
+    let mut agent = AgentProc::start(&policy("einval", &path, "16M", "1G", "16M"), None);
+    agent.wait_for("managing", Duration::from_secs(20), |l| l.contains("managing") && l.contains(&path));
+    // Behind the agent's back (its actuator opened memsw as unlimited, so it does not move it):
+    // memory+swap capped at the current limit. Every raise is now EINVAL.
+    cg.write("memory.memsw.limit_in_bytes", &(64u64 << 20).to_string()).unwrap();
+    let mut w = spawn(cg.dir(), &steps("256M"));
+    let status = w.wait_timeout(Duration::from_secs(60)).expect("the workload ends");
+    assert_eq!(status.signal(), Some(9), "with every raise refused, the workload is OOM-killed at 64M: {status}");
+    let failed = agent.wait_for("a failed write", Duration::from_secs(10), |l| l.contains("limit write failed") && l.contains(&path));
+    assert_eq!(field(&failed, "errno"), Some("22"), "EINVAL is reported: {failed}");
+    assert!(agent.alive());
+    assert_eq!(cg.memory_limit().unwrap(), Limit::Bytes(64 << 20), "nothing was half-applied");
+    cg.write("memory.memsw.limit_in_bytes", "-1").unwrap();
+    if !same_limit_retry {
+        // A new limit (as an operator or a restart would set) clears the kernel programs'
+        // once-per-limit state; the agent adopts it from the next sample.
+        g.set_memory_limit(Limit::Bytes(80 << 20)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let mut w = spawn(cg.dir(), &steps("256M"));
+    let status = w.wait_timeout(Duration::from_secs(60)).expect("the workload ends");
+    assert!(status.success(), "rescued once raises are accepted again: {status}");
+    assert!(matches!(cg.memory_limit().unwrap(), Limit::Bytes(b) if b > 80 << 20));
+    agent.stop();
+}
+
+#[test]
+fn refused_raises_are_logged_with_the_errno_and_the_agent_keeps_managing() {
+    let Some(env) = env("fault_write_refused_agent") else { return };
+    refused_raises(&env, false);
+}
+
+/// Known gap: after refused raises, a retry at the *same* limit is not woken in time. The
+/// kernel programs wake the consumer once per limit value (early warning and first reclaim)
+/// and that state is not reset when the write fails, so the next pressure at 64M arrives only
+/// with the 100 ms tick, and the workload is OOM-killed (the raise lands ~2 ms late).
+#[test]
+#[ignore = "the once-per-limit wakeup state in the kernel programs is not reset after a refused write"]
+fn a_refused_raise_is_retried_in_time_at_the_same_limit() {
+    let Some(env) = env("fault_write_refused_same_limit") else { return };
+    refused_raises(&env, true);
+}
+
 // ---------------------------------------------------------------------------------------------
 // (c) The ring buffer overflowing under an event storm: counted, reported, and the stream
 // (and with it every decision) goes on.
