@@ -245,6 +245,9 @@ pub struct TaskCpu {
     /// `Settings::cpu_watch_gen` when this entry was made.
     pub gen: u32,
     pub _pad: u32,
+    /// The cgroup's `CPU_WATCHED` settings when this entry was made (userspace bumps the
+    /// generation when they change), so the hot paths need no second lookup.
+    pub watch: CpuWatch,
 }
 
 /// `SETTINGS` map (array of one): runtime switches userspace may change at any time.

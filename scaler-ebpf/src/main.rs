@@ -537,12 +537,6 @@ macro_rules! cpu_offset {
     };
 }
 
-#[inline(always)]
-fn cpu_offsets() -> CpuOffsets {
-    // SAFETY: as for `offsets()`.
-    unsafe { core::ptr::read_volatile(&CPU_OFFSETS) }
-}
-
 /// Adds to a counter shared by CPUs. Rust's core has no atomic read-modify-write for the BPF
 /// target, so this is a plain load and store: two CPUs charging the same cgroup at the same
 /// instant may lose one of the two deltas (an undercount of at most one tick's run time, which
@@ -567,15 +561,16 @@ fn task_entry(task: u64, gen: u32) -> Result<*mut TaskCpu, i64> {
     let o = offsets();
     let css = task_css(task, &o, o.cpu_cgrp_id)?;
     let id = css_id(css, &o)?;
-    // SAFETY: only tested for presence.
-    let watched = unsafe { CPU_WATCHED.get(&id) }.is_some();
+    // SAFETY: copied out at once.
+    let watch = unsafe { CPU_WATCHED.get(&id) }.copied();
     let v = TaskCpu {
-        cgroup_id: if watched { id } else { 0 },
+        cgroup_id: if watch.is_some() { id } else { 0 },
         css,
         wakeup_ns: 0,
         oncpu_ns: 0,
         gen,
         _pad: 0,
+        watch: watch.unwrap_or_default(),
     };
     TASKS.insert(&task, &v, 0)?;
     TASKS.get_ptr_mut(&task).ok_or(-1)
@@ -600,14 +595,15 @@ fn cpu_state(id: u64) -> Result<*mut CpuState, i64> {
 /// `(quota_ns, period_ns)` of the cpu cgroup whose css this is (`task_group.cfs_bandwidth`);
 /// quota `u64::MAX` is unlimited.
 #[inline(always)]
-fn bandwidth(css: u64, co: &CpuOffsets, want_quota: bool) -> Result<(u64, u64), i64> {
-    if co.tg_css == NO_OFFSET || co.tg_cfs_bandwidth == NO_OFFSET {
+fn bandwidth(css: u64, want_quota: bool) -> Result<(u64, u64), i64> {
+    let (tg_css, tg_cfs_b) = (cpu_offset!(tg_css), cpu_offset!(tg_cfs_bandwidth));
+    if tg_css == NO_OFFSET || tg_cfs_b == NO_OFFSET {
         return Err(-1);
     }
-    let cfs_b = css - co.tg_css as u64 + co.tg_cfs_bandwidth as u64;
-    let period: u64 = read(cfs_b, co.cfs_b_period)?;
+    let cfs_b = css - tg_css as u64 + tg_cfs_b as u64;
+    let period: u64 = read(cfs_b, cpu_offset!(cfs_b_period))?;
     let quota: u64 = if want_quota {
-        read(cfs_b, co.cfs_b_quota)?
+        read(cfs_b, cpu_offset!(cfs_b_quota))?
     } else {
         u64::MAX
     };
@@ -634,17 +630,13 @@ fn roll_period(st: &mut CpuState, now: u64, period: u64) -> u64 {
     start
 }
 
-/// Charges `delta` ns of run time to cpu cgroup `id`; reports the quota-near crossing once per
-/// period and quota. Runs in the context of the task that ran (`fill_current`).
+/// Charges `delta` ns of run time to the task's watched cpu cgroup; reports the quota-near crossing once per
+/// period and quota, naming `task` (the task charged).
 #[inline(always)]
-fn account(id: u64, css: u64, delta: u64, now: u64) -> Result<(), i64> {
+fn account(t: &TaskCpu, task: u64, delta: u64, now: u64) -> Result<(), i64> {
     count(stat::CPU_ACCOUNTED);
-    // SAFETY: copied out at once.
-    let Some(w) = (unsafe { CPU_WATCHED.get(&id) }).copied() else {
-        return Ok(());
-    };
-    let co = cpu_offsets();
-    let (quota, period) = bandwidth(css, &co, true)?;
+    let (id, w) = (t.cgroup_id, t.watch);
+    let (quota, period) = bandwidth(t.css, true)?;
     // SAFETY: pointer into the map value; concurrent updates from other CPUs are atomic adds
     // or idempotent stores.
     let st = unsafe { &mut *cpu_state(id)? };
@@ -679,9 +671,22 @@ fn account(id: u64, css: u64, delta: u64, now: u64) -> Result<(), i64> {
         flags: 0,
         comm: [0; 16],
     };
-    fill_current(&mut ev);
+    // The task charged, which is not always `current`: update_curr() also runs on a remote
+    // run queue (wakeups, load balancing).
+    fill_task(&mut ev, task);
     submit(&ev, true);
     Ok(())
+}
+
+/// The pid, tid and comm of `task` (not necessarily `current`) into `ev`; off the hot path.
+#[inline(always)]
+fn fill_task(ev: &mut Event, task: u64) {
+    let o = offsets();
+    let tgid: i32 = read(task, o.task_tgid).unwrap_or(0);
+    let pid: i32 = read(task, o.task_pid).unwrap_or(0);
+    ev.pid = tgid as u32;
+    ev.tid = pid as u32;
+    ev.comm = read(task, o.task_comm).unwrap_or([0u8; 16]);
 }
 
 /// log2 bucket of a latency (see `RUNQ_BUCKETS`).
@@ -698,12 +703,9 @@ fn runq_bucket(lat_ns: u64) -> usize {
 
 /// Records a run-queue latency sample of `task` (being switched in) in cpu cgroup `id`.
 #[inline(always)]
-fn runq_sample(id: u64, css: u64, lat: u64, now: u64, task: u64) -> Result<(), i64> {
+fn runq_sample(t: &TaskCpu, lat: u64, now: u64, task: u64) -> Result<(), i64> {
     count(stat::RUNQ_SAMPLES);
-    // SAFETY: copied out at once.
-    let Some(w) = (unsafe { CPU_WATCHED.get(&id) }).copied() else {
-        return Ok(());
-    };
+    let (id, w) = (t.cgroup_id, t.watch);
     // SAFETY: pointer into the map value.
     let st = unsafe { &mut *cpu_state(id)? };
     let b = runq_bucket(lat);
@@ -711,8 +713,7 @@ fn runq_sample(id: u64, css: u64, lat: u64, now: u64, task: u64) -> Result<(), i
     if w.flags & CPU_WATCH_RUNQ == 0 || w.runq_target_ns == 0 {
         return Ok(());
     }
-    let co = cpu_offsets();
-    let (_, period) = bandwidth(css, &co, false)?;
+    let (_, period) = bandwidth(t.css, false)?;
     let start = roll_period(st, now, period);
     shared_add(&mut st.runq_samples, 1);
     if lat <= w.runq_target_ns {
@@ -735,22 +736,20 @@ fn runq_sample(id: u64, css: u64, lat: u64, now: u64, task: u64) -> Result<(), i
         return Ok(());
     }
     st.runq_sent_period_ns = start;
-    let o = offsets();
-    let tgid: i32 = read(task, o.task_tgid).unwrap_or(0);
-    let pid: i32 = read(task, o.task_pid).unwrap_or(0);
-    let ev = Event {
+    let mut ev = Event {
         ts_ns: now,
         cgroup_id: id,
         target_id: id,
         usage: samples,
         limit: w.runq_target_ns,
         value: lat,
-        pid: tgid as u32,
-        tid: pid as u32,
+        pid: 0,
+        tid: 0,
         kind: EventKind::RunqLatency as u32,
         flags: 0,
-        comm: read(task, o.task_comm).unwrap_or([0u8; 16]),
+        comm: [0; 16],
     };
+    fill_task(&mut ev, task);
     submit(&ev, true);
     Ok(())
 }
@@ -785,7 +784,7 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, i64> {
         if t.cgroup_id != 0 {
             now = unsafe { bpf_ktime_get_ns() };
             if runtime_tp == 0 && t.oncpu_ns != 0 {
-                account(t.cgroup_id, t.css, now.saturating_sub(t.oncpu_ns), now)?;
+                account(t, prev, now.saturating_sub(t.oncpu_ns), now)?;
             }
             t.wakeup_ns = if runnable { now } else { 0 };
         }
@@ -800,7 +799,7 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, i64> {
         if t.wakeup_ns != 0 {
             let lat = now.saturating_sub(t.wakeup_ns);
             t.wakeup_ns = 0;
-            runq_sample(t.cgroup_id, t.css, lat, now, next)?;
+            runq_sample(t, lat, now, next)?;
         }
     }
     Ok(0)
@@ -849,7 +848,7 @@ fn try_stat_runtime(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     let t = unsafe { &*task_entry(task, cpu_watch_gen())? };
     if t.cgroup_id != 0 {
         let now = unsafe { bpf_ktime_get_ns() };
-        account(t.cgroup_id, t.css, runtime, now)?;
+        account(t, task, runtime, now)?;
     }
     Ok(0)
 }

@@ -473,17 +473,13 @@ impl Pipeline {
     /// and period are read by the programs from the kernel, so quota changes need no call.
     pub fn watch_cpu(&mut self, cgroup_id: u64, cfg: CpuWatch) -> Result<(), EbpfError> {
         let map = self.cpu_watched.as_mut().ok_or(EbpfError::CpuUnavailable)?;
-        let new = !matches!(map.get(&cgroup_id, 0), Ok(_));
         map.insert(cgroup_id, cfg, 0)
             .map_err(|source| EbpfError::Map {
                 map: names::CPU_WATCHED,
                 source,
             })?;
-        if new {
-            // Tasks cached as unwatched are looked up again.
-            self.bump_cpu_gen()?;
-        }
-        Ok(())
+        // Task entries cache whether their cgroup is watched, and its settings: look again.
+        self.bump_cpu_gen()
     }
 
     /// Stops watching a cpu cgroup and drops its kernel state; unknown ids are fine.

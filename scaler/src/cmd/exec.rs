@@ -71,7 +71,8 @@ pub struct ExecArgs {
     /// are not attached).
     #[arg(long, value_parser = units::parse_cores)]
     pub cpu: Option<f64>,
-    /// Highest CPU quota the scaler may set, in cores (default: the node's CPUs).
+    /// Highest CPU quota the scaler may set, in cores, at most the node's CPU count (default:
+    /// the node's CPUs minus the configured reserve).
     #[arg(long, value_parser = units::parse_cores)]
     pub cpu_max: Option<f64>,
     /// Lowest CPU quota scale-down may set, in cores (default: --cpu, so that the quota
@@ -324,7 +325,13 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     )?;
     // CPU: a cgroup in the cpu hierarchy (under our own cpu cgroup, which on v1 may be at a
     // different path from our memory cgroup), its starting quota, and the kernel watch.
-    let cpu_budget = Config::default().cpu_budget(&node);
+    // An explicit --cpu-max is honoured up to the node's CPU count (a quota above it cannot
+    // be used); without it, the default node budget (CPUs minus the reserve) bounds the quota.
+    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let cpu_budget = match args.cpu_max {
+        Some(m) => m.min(nproc),
+        None => Config::default().cpu_budget(&node),
+    };
     let cpu_setup = match (args.cpu, &cpu_h) {
         (Some(start), Some(ch)) => Some(setup_cpu(
             &args,
