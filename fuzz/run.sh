@@ -15,7 +15,8 @@ secs="${FUZZ_SECONDS:-20}"
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(config decode)
 
-if rustup run nightly rustc --version >/dev/null 2>&1; then
+# FUZZ_TOOLCHAIN=usr forces the Debian compiler even when rustup has a nightly.
+if [ "${FUZZ_TOOLCHAIN:-}" != usr ] && rustup run nightly rustc --version >/dev/null 2>&1; then
     toolchain=(rustup run nightly)
 elif /usr/bin/rustc --version >/dev/null 2>&1; then
     toolchain=(env RUSTC_BOOTSTRAP=1 rustup run /usr)

@@ -7,13 +7,24 @@ use scaler::config::{Config, ConfigError, NodeInfo};
 
 /// Nodes to validate against: a small one, this project's test machine, a huge one.
 const NODES: [NodeInfo; 3] = [
-    NodeInfo { mem_total: 512 << 20, nproc: 1 },
-    NodeInfo { mem_total: 24 << 30, nproc: 2 },
-    NodeInfo { mem_total: u64::MAX, nproc: u32::MAX },
+    NodeInfo {
+        mem_total: 512 << 20,
+        nproc: 1,
+    },
+    NodeInfo {
+        mem_total: 24 << 30,
+        nproc: 2,
+    },
+    NodeInfo {
+        mem_total: u64::MAX,
+        nproc: u32::MAX,
+    },
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     match Config::from_toml_str(text) {
         Ok(config) => {
             for node in &NODES {

@@ -15,7 +15,14 @@ fuzz_target!(|data: &[u8]| {
             let _ = ev.is_pressure();
             let raw_target = u64::from_le_bytes(data[16..24].try_into().unwrap());
             let flags = u32::from_le_bytes(data[60..64].try_into().unwrap());
-            assert_eq!(ev.target_id, if raw_target == 0 { ev.cgroup_id } else { raw_target });
+            assert_eq!(
+                ev.target_id,
+                if raw_target == 0 {
+                    ev.cgroup_id
+                } else {
+                    raw_target
+                }
+            );
             // Re-encode with the raw target and flags: the same 80 bytes come back.
             let back = Event {
                 ts_ns: ev.ts_ns,

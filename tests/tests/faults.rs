@@ -25,7 +25,11 @@ use scaler_tests::*;
 /// The binary, which these tests need even without root.
 fn bin() -> PathBuf {
     let b = scaler_bin();
-    assert!(b.exists(), "scaler binary {} not found: set SCALER_BIN or run `cargo xtask test`", b.display());
+    assert!(
+        b.exists(),
+        "scaler binary {} not found: set SCALER_BIN or run `cargo xtask test`",
+        b.display()
+    );
     b
 }
 
@@ -50,14 +54,25 @@ fn run(args: &[&std::ffi::OsStr]) -> Output {
 fn assert_rejected(name: &str, text: &[u8], expect: &[&str]) {
     let dir = tempdir();
     let file = config_file(&dir, &format!("{name}.toml"), text);
-    for args in [vec!["check-config".as_ref(), file.as_os_str()], vec!["agent".as_ref(), "--config".as_ref(), file.as_os_str()]] {
+    for args in [
+        vec!["check-config".as_ref(), file.as_os_str()],
+        vec!["agent".as_ref(), "--config".as_ref(), file.as_os_str()],
+    ] {
         let out = run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         let what = format!("scaler {:?} on {name}", args[0]);
         assert!(!stderr.contains("panicked"), "{what} panicked:\n{stderr}");
-        assert_eq!(out.status.code(), Some(2), "{what}: exit status 2 for an invalid configuration, got {} with:\n{stderr}", out.status);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{what}: exit status 2 for an invalid configuration, got {} with:\n{stderr}",
+            out.status
+        );
         for e in expect {
-            assert!(stderr.contains(e), "{what}: the message names {e:?}:\n{stderr}");
+            assert!(
+                stderr.contains(e),
+                "{what}: the message names {e:?}:\n{stderr}"
+            );
         }
         eprintln!("{what}: {}", stderr.trim());
     }
@@ -66,7 +81,9 @@ fn assert_rejected(name: &str, text: &[u8], expect: &[&str]) {
 
 /// Physical memory, for budgets above it.
 fn mem_total() -> u64 {
-    scaler::config::NodeInfo::detect().expect("/proc/meminfo").mem_total
+    scaler::config::NodeInfo::detect()
+        .expect("/proc/meminfo")
+        .mem_total
 }
 
 #[test]
@@ -85,19 +102,35 @@ fn config_sizes_that_do_not_parse_are_rejected() {
         b"[[policy]]\nname = \"web\"\nmatch = [\"/web/*\"]\n[policy.memory]\nmin = \"12Q\"\n",
         &["min", "12Q"],
     );
-    assert_rejected("negative_size", b"[node]\nmemory_reserve = -5\n", &["memory_reserve"]);
-    assert_rejected("huge_size", b"[node]\nmemory_budget = \"99999999999999T\"\n", &["memory_budget"]);
+    assert_rejected(
+        "negative_size",
+        b"[node]\nmemory_reserve = -5\n",
+        &["memory_reserve"],
+    );
+    assert_rejected(
+        "huge_size",
+        b"[node]\nmemory_budget = \"99999999999999T\"\n",
+        &["memory_budget"],
+    );
 }
 
 #[test]
 fn config_unknown_keys_are_rejected() {
-    assert_rejected("unknown_agent_key", b"[agent]\nmetrics = false\nbogus = 1\n", &["bogus", "agent"]);
+    assert_rejected(
+        "unknown_agent_key",
+        b"[agent]\nmetrics = false\nbogus = 1\n",
+        &["bogus", "agent"],
+    );
     assert_rejected(
         "unknown_policy_key",
         b"[[policy]]\nname = \"web\"\nmatch = [\"/web/*\"]\n[policy.memory]\nmin = \"16M\"\nmaxx = \"1G\"\n",
         &["maxx"],
     );
-    assert_rejected("unknown_section", b"[nodes]\nmemory_budget = \"1G\"\n", &["nodes"]);
+    assert_rejected(
+        "unknown_section",
+        b"[nodes]\nmemory_budget = \"1G\"\n",
+        &["nodes"],
+    );
 }
 
 #[test]
@@ -133,8 +166,16 @@ fn config_contradictions_and_ranges_are_rejected_all_at_once() {
 
 #[test]
 fn config_garbage_is_rejected_without_a_panic() {
-    assert_rejected("not_toml", b"this is [not toml\n", &["invalid configuration"]);
-    assert_rejected("binary", &[0xff, 0xfe, 0x00, 0x9c, 0x12, b'[', 0x80], &["cannot read configuration file", "binary.toml", "UTF-8"]);
+    assert_rejected(
+        "not_toml",
+        b"this is [not toml\n",
+        &["invalid configuration"],
+    );
+    assert_rejected(
+        "binary",
+        &[0xff, 0xfe, 0x00, 0x9c, 0x12, b'[', 0x80],
+        &["cannot read configuration file", "binary.toml", "UTF-8"],
+    );
     assert_rejected("wrong_type", b"[agent]\nmetrics = \"yes\"\n", &["metrics"]);
     assert_rejected("policy_not_a_table", b"policy = 3\n", &["policy"]);
 }
@@ -143,11 +184,17 @@ fn config_garbage_is_rejected_without_a_panic() {
 fn config_missing_file_is_rejected() {
     let dir = tempdir();
     let missing = dir.join("nope.toml");
-    for args in [vec!["check-config".as_ref(), missing.as_os_str()], vec!["agent".as_ref(), "--config".as_ref(), missing.as_os_str()]] {
+    for args in [
+        vec!["check-config".as_ref(), missing.as_os_str()],
+        vec!["agent".as_ref(), "--config".as_ref(), missing.as_os_str()],
+    ] {
         let out = run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert!(stderr.contains("nope.toml") && !stderr.contains("panicked"), "{stderr}");
+        assert!(
+            stderr.contains("nope.toml") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -157,7 +204,11 @@ fn config_valid_file_passes_check_config() {
     let dir = tempdir();
     let file = config_file(&dir, "ok.toml", b"[[policy]]\nname = \"web\"\nmatch = [\"/web/*\"]\n[policy.memory]\nmin = \"16M\"\nmax = \"1G\"\n");
     let out = run(&["check-config".as_ref(), file.as_os_str()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -186,8 +237,17 @@ impl AgentProc {
         let file = config_file(&dir, "agent.toml", config.as_bytes());
         let mut cmd = Command::new(scaler_bin());
         cmd.args(["agent", "--config"]).arg(&file);
-        cmd.env("SCALER_LOG", "info").env("NO_COLOR", "1").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let procs = cgroup_dir.map(|d| std::fs::OpenOptions::new().write(true).open(d.join("cgroup.procs")).expect("cgroup.procs"));
+        cmd.env("SCALER_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let procs = cgroup_dir.map(|d| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(d.join("cgroup.procs"))
+                .expect("cgroup.procs")
+        });
         if let Some(f) = &procs {
             let fd = f.as_raw_fd();
             // SAFETY: only write(2) between fork and exec.
@@ -213,8 +273,15 @@ impl AgentProc {
                 let _ = tx.send(line);
             }
         });
-        let mut a = AgentProc { proc: Proc { child }, log, lines: rx, dir };
-        a.wait_for("agent running", Duration::from_secs(60), |l| l.contains("agent running"));
+        let mut a = AgentProc {
+            proc: Proc { child },
+            log,
+            lines: rx,
+            dir,
+        };
+        a.wait_for("agent running", Duration::from_secs(60), |l| {
+            l.contains("agent running")
+        });
         a
     }
 
@@ -226,7 +293,10 @@ impl AgentProc {
         let end = Instant::now() + timeout;
         loop {
             let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left.min(Duration::from_millis(200))) {
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
                 Ok(l) if f(&l) => return l,
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {
@@ -249,11 +319,17 @@ impl AgentProc {
 
     /// SIGINT; checks a clean exit with no panic.
     fn stop(mut self) -> String {
-        let status = self.proc.interrupt(Duration::from_secs(20)).expect("the agent exits on SIGINT");
+        let status = self
+            .proc
+            .interrupt(Duration::from_secs(20))
+            .expect("the agent exits on SIGINT");
         // Give the log reader a moment to take the last lines.
         std::thread::sleep(Duration::from_millis(200));
         let log = self.log_text();
-        assert!(status.success(), "the agent exits 0 on SIGINT: {status}\n{log}");
+        assert!(
+            status.success(),
+            "the agent exits 0 on SIGINT: {status}\n{log}"
+        );
         assert!(!log.contains("panicked"), "the agent panicked:\n{log}");
         let _ = std::fs::remove_dir_all(&self.dir);
         log
@@ -269,7 +345,19 @@ fn policy(name: &str, glob: &str, min: &str, max: &str, headroom: &str) -> Strin
 
 /// `workload steps`: `total` in 8M steps every 10 ms.
 fn steps(total: &str) -> Vec<String> {
-    ["workload", "steps", "--total", total, "--step", "8M", "--interval", "10ms"].iter().map(|s| s.to_string()).collect()
+    [
+        "workload",
+        "steps",
+        "--total",
+        total,
+        "--step",
+        "8M",
+        "--interval",
+        "10ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 fn spawn(dir: &Path, args: &[String]) -> Proc {
@@ -294,7 +382,10 @@ fn path_of(g: &CgroupGuard) -> String {
 /// `key=value` of a tracing log line (value up to the next space).
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let at = line.find(&format!(" {key}="))? + key.len() + 2;
-    line[at..].split_whitespace().next().map(|v| v.trim_matches('"'))
+    line[at..]
+        .split_whitespace()
+        .next()
+        .map(|v| v.trim_matches('"'))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -302,22 +393,30 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 #[test]
 fn a_managed_cgroup_removed_mid_storm_is_forgotten_and_others_are_still_rescued() {
-    let Some(env) = env("fault_cgroup_removed") else { return };
+    let Some(env) = env("fault_cgroup_removed") else {
+        return;
+    };
     let parent = memory_cgroup(&env, "scaler-fault-rm");
     let victim = child_cgroup(&env, &parent, "victim");
     victim.set_memory_limit(Limit::Bytes(64 << 20)).unwrap();
     let glob = format!("{}/*", path_of(&parent));
     let mut agent = AgentProc::start(&policy("faults", &glob, "16M", "1G", "16M"), None);
     let vpath = path_of(&victim);
-    agent.wait_for("managing the victim", Duration::from_secs(20), |l| l.contains("managing") && l.contains(&vpath));
+    agent.wait_for("managing the victim", Duration::from_secs(20), |l| {
+        l.contains("managing") && l.contains(&vpath)
+    });
 
     // A storm on the victim: four allocators racing past its limit (raises, reclaim, early
     // warnings), then, mid-storm, the workload is killed and the cgroup removed.
-    let storm: Vec<Proc> = (0..4).map(|_| spawn(&dir_of(&victim), &steps("512M"))).collect();
+    let storm: Vec<Proc> = (0..4)
+        .map(|_| spawn(&dir_of(&victim), &steps("512M")))
+        .collect();
     std::thread::sleep(Duration::from_millis(300));
     drop(storm); // SIGKILL and reap each, by pid
     victim.remove().expect("removing the victim cgroup");
-    agent.wait_for("the victim forgotten", Duration::from_secs(20), |l| l.contains("no longer managed") && l.contains(&vpath));
+    agent.wait_for("the victim forgotten", Duration::from_secs(20), |l| {
+        l.contains("no longer managed") && l.contains(&vpath)
+    });
     assert!(agent.alive(), "the agent survives the removal");
 
     // A cgroup created now (after the agent dropped CAP_BPF: watching it is a map update on an
@@ -325,15 +424,25 @@ fn a_managed_cgroup_removed_mid_storm_is_forgotten_and_others_are_still_rescued(
     let other = child_cgroup(&env, &parent, "other");
     other.set_memory_limit(Limit::Bytes(64 << 20)).unwrap();
     let opath = path_of(&other);
-    agent.wait_for("managing the new cgroup", Duration::from_secs(20), |l| l.contains("managing") && l.contains(&opath));
+    agent.wait_for("managing the new cgroup", Duration::from_secs(20), |l| {
+        l.contains("managing") && l.contains(&opath)
+    });
     let mut w = spawn(&dir_of(&other), &steps("256M"));
-    let status = w.wait_timeout(Duration::from_secs(60)).expect("the workload ends");
-    assert!(status.success(), "the new cgroup's 256M workload is rescued from its 64M limit: {status}");
+    let status = w
+        .wait_timeout(Duration::from_secs(60))
+        .expect("the workload ends");
+    assert!(
+        status.success(),
+        "the new cgroup's 256M workload is rescued from its 64M limit: {status}"
+    );
     let oc = other.cgroup(Controller::Memory).unwrap();
     assert_eq!(oc.oom_kills().unwrap().unwrap_or(0), 0);
     assert!(matches!(oc.memory_limit().unwrap(), Limit::Bytes(b) if b > 64 << 20));
     let log = agent.stop();
-    assert!(log.contains("limit changed") && log.contains(&opath), "the rescue is in the audit trail");
+    assert!(
+        log.contains("limit changed") && log.contains(&opath),
+        "the rescue is in the audit trail"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -342,12 +451,17 @@ fn a_managed_cgroup_removed_mid_storm_is_forgotten_and_others_are_still_rescued(
 #[test]
 fn a_refused_limit_write_is_an_error_naming_the_file_and_changes_nothing() {
     use scaler::actuator::{ErrorKind, MemoryActuator, MemoryOptions};
-    let Some(env) = env("fault_write_refused") else { return };
+    let Some(env) = env("fault_write_refused") else {
+        return;
+    };
     let g = memory_cgroup(&env, "scaler-fault-ebusy");
     let cg = g.cgroup(Controller::Memory).unwrap().clone();
     g.set_memory_limit(Limit::Bytes(256 << 20)).unwrap();
     let act = MemoryActuator::open(&cg, MemoryOptions::default()).unwrap();
-    let mut p = spawn(cg.dir(), &["workload", "idle", "--size", "64M", "--hold", "30s"].map(String::from));
+    let mut p = spawn(
+        cg.dir(),
+        &["workload", "idle", "--size", "64M", "--hold", "30s"].map(String::from),
+    );
     let end = Instant::now() + Duration::from_secs(20);
     while cg.memory_usage().unwrap() < 64 << 20 {
         assert!(Instant::now() < end, "the workload did not touch its 64M");
@@ -356,24 +470,44 @@ fn a_refused_limit_write_is_an_error_naming_the_file_and_changes_nothing() {
     if cg.version() == scaler::cgroupfs::CgroupVersion::V1 {
         // v1: lowering the limit below unreclaimable usage (anonymous memory, no swap) is
         // refused with EBUSY after the kernel's reclaim attempts.
-        let err = act.set_memory_limit(Limit::Bytes(16 << 20)).expect_err("lowering below usage is refused");
+        let err = act
+            .set_memory_limit(Limit::Bytes(16 << 20))
+            .expect_err("lowering below usage is refused");
         eprintln!("refused as expected: {err}");
         assert_eq!(err.kind(), ErrorKind::Refused, "{err}");
         assert_eq!(err.errno(), Some(nix::errno::Errno::EBUSY), "{err}");
-        assert!(err.to_string().contains(&cg.file("memory.limit_in_bytes").display().to_string()), "names the file: {err}");
-        assert_eq!(cg.memory_limit().unwrap(), Limit::Bytes(256 << 20), "the limit is unchanged");
-        assert_eq!(act.current_limit(), Limit::Bytes(256 << 20), "the actuator's view is unchanged");
-        assert!(p.child.try_wait().unwrap().is_none(), "the workload was not harmed");
+        assert!(
+            err.to_string()
+                .contains(&cg.file("memory.limit_in_bytes").display().to_string()),
+            "names the file: {err}"
+        );
+        assert_eq!(
+            cg.memory_limit().unwrap(),
+            Limit::Bytes(256 << 20),
+            "the limit is unchanged"
+        );
+        assert_eq!(
+            act.current_limit(),
+            Limit::Bytes(256 << 20),
+            "the actuator's view is unchanged"
+        );
+        assert!(
+            p.child.try_wait().unwrap().is_none(),
+            "the workload was not harmed"
+        );
     } else {
         eprintln!("v2: lowering memory.max below usage reclaims and OOM-kills instead of refusing; checking only the removed-cgroup case");
     }
     // Raising still works after the refusal.
-    act.set_memory_limit(Limit::Bytes(512 << 20)).expect("raising after a refusal");
+    act.set_memory_limit(Limit::Bytes(512 << 20))
+        .expect("raising after a refusal");
     assert_eq!(cg.memory_limit().unwrap(), Limit::Bytes(512 << 20));
     // Writing through the pre-opened fd of a removed cgroup is `Gone`, not a crash.
     drop(p);
     g.remove().unwrap();
-    let err = act.set_memory_limit(Limit::Bytes(600 << 20)).expect_err("the cgroup is gone");
+    let err = act
+        .set_memory_limit(Limit::Bytes(600 << 20))
+        .expect_err("the cgroup is gone");
     eprintln!("after removal: {err}");
     assert_eq!(err.kind(), ErrorKind::Gone, "{err}");
 }
@@ -385,24 +519,48 @@ fn a_refused_limit_write_is_an_error_naming_the_file_and_changes_nothing() {
 fn refused_raises(env: &TestEnv, same_limit_retry: bool) {
     let g = memory_cgroup(env, "scaler-fault-einval");
     let cg = g.cgroup(Controller::Memory).unwrap().clone();
-    if cg.read_optional("memory.memsw.limit_in_bytes").ok().flatten().is_none() {
+    if cg
+        .read_optional("memory.memsw.limit_in_bytes")
+        .ok()
+        .flatten()
+        .is_none()
+    {
         eprintln!("SKIP: no memory.memsw.limit_in_bytes (cgroup v2 or swap accounting off); the actuator test covers refusals");
         return;
     }
     g.set_memory_limit(Limit::Bytes(64 << 20)).unwrap();
     let path = path_of(&g);
     let mut agent = AgentProc::start(&policy("einval", &path, "16M", "1G", "16M"), None);
-    agent.wait_for("managing", Duration::from_secs(20), |l| l.contains("managing") && l.contains(&path));
+    agent.wait_for("managing", Duration::from_secs(20), |l| {
+        l.contains("managing") && l.contains(&path)
+    });
     // Behind the agent's back (its actuator opened memsw as unlimited, so it does not move it):
     // memory+swap capped at the current limit. Every raise is now EINVAL.
-    cg.write("memory.memsw.limit_in_bytes", &(64u64 << 20).to_string()).unwrap();
+    cg.write("memory.memsw.limit_in_bytes", &(64u64 << 20).to_string())
+        .unwrap();
     let mut w = spawn(cg.dir(), &steps("256M"));
-    let status = w.wait_timeout(Duration::from_secs(60)).expect("the workload ends");
-    assert_eq!(status.signal(), Some(9), "with every raise refused, the workload is OOM-killed at 64M: {status}");
-    let failed = agent.wait_for("a failed write", Duration::from_secs(10), |l| l.contains("limit write failed") && l.contains(&path));
-    assert_eq!(field(&failed, "errno"), Some("22"), "EINVAL is reported: {failed}");
+    let status = w
+        .wait_timeout(Duration::from_secs(60))
+        .expect("the workload ends");
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "with every raise refused, the workload is OOM-killed at 64M: {status}"
+    );
+    let failed = agent.wait_for("a failed write", Duration::from_secs(10), |l| {
+        l.contains("limit write failed") && l.contains(&path)
+    });
+    assert_eq!(
+        field(&failed, "errno"),
+        Some("22"),
+        "EINVAL is reported: {failed}"
+    );
     assert!(agent.alive());
-    assert_eq!(cg.memory_limit().unwrap(), Limit::Bytes(64 << 20), "nothing was half-applied");
+    assert_eq!(
+        cg.memory_limit().unwrap(),
+        Limit::Bytes(64 << 20),
+        "nothing was half-applied"
+    );
     cg.write("memory.memsw.limit_in_bytes", "-1").unwrap();
     if !same_limit_retry {
         // A new limit (as an operator or a restart would set) clears the kernel programs'
@@ -411,15 +569,22 @@ fn refused_raises(env: &TestEnv, same_limit_retry: bool) {
     }
     std::thread::sleep(Duration::from_millis(600));
     let mut w = spawn(cg.dir(), &steps("256M"));
-    let status = w.wait_timeout(Duration::from_secs(60)).expect("the workload ends");
-    assert!(status.success(), "rescued once raises are accepted again: {status}");
+    let status = w
+        .wait_timeout(Duration::from_secs(60))
+        .expect("the workload ends");
+    assert!(
+        status.success(),
+        "rescued once raises are accepted again: {status}"
+    );
     assert!(matches!(cg.memory_limit().unwrap(), Limit::Bytes(b) if b > 80 << 20));
     agent.stop();
 }
 
 #[test]
 fn refused_raises_are_logged_with_the_errno_and_the_agent_keeps_managing() {
-    let Some(env) = env("fault_write_refused_agent") else { return };
+    let Some(env) = env("fault_write_refused_agent") else {
+        return;
+    };
     refused_raises(&env, false);
 }
 
@@ -430,7 +595,9 @@ fn refused_raises_are_logged_with_the_errno_and_the_agent_keeps_managing() {
 #[test]
 #[ignore = "the once-per-limit wakeup state in the kernel programs is not reset after a refused write"]
 fn a_refused_raise_is_retried_in_time_at_the_same_limit() {
-    let Some(env) = env("fault_write_refused_same_limit") else { return };
+    let Some(env) = env("fault_write_refused_same_limit") else {
+        return;
+    };
     refused_raises(&env, true);
 }
 
@@ -440,7 +607,9 @@ fn a_refused_raise_is_retried_in_time_at_the_same_limit() {
 
 #[test]
 fn ring_buffer_overflow_is_counted_reported_and_the_stream_goes_on() {
-    let Some(env) = env("fault_ringbuf_overflow") else { return };
+    let Some(env) = env("fault_ringbuf_overflow") else {
+        return;
+    };
     // `scaler watch` on every cgroup, whose stdout nobody reads for a while: the printer blocks
     // on the full pipe, the consumer stops, and the 2 MiB ring buffer fills.
     let mut child = Command::new(scaler_bin())
@@ -463,22 +632,40 @@ fn ring_buffer_overflow_is_counted_reported_and_the_stream_goes_on() {
         }
     });
     let end = Instant::now() + Duration::from_secs(60);
-    while !rx.recv_timeout(Duration::from_secs(1)).is_ok_and(|l| l.contains("streaming events")) {
+    while !rx
+        .recv_timeout(Duration::from_secs(1))
+        .is_ok_and(|l| l.contains("streaming events"))
+    {
         assert!(Instant::now() < end, "scaler watch did not attach");
     }
 
     // The storm: page-cache workloads in tight cgroups reclaim continuously.
     let tmp = tempdir();
     let storm_parent = memory_cgroup(&env, "scaler-fault-storm");
-    let tight: Vec<CgroupGuard> = (0..4).map(|i| child_cgroup(&env, &storm_parent, &format!("tight{i}"))).collect();
+    let tight: Vec<CgroupGuard> = (0..4)
+        .map(|i| child_cgroup(&env, &storm_parent, &format!("tight{i}")))
+        .collect();
     let mut procs = Vec::new();
     for (i, g) in tight.iter().enumerate() {
         g.set_memory_limit(Limit::Bytes(16 << 20)).unwrap();
         let file = tmp.join(format!("cache{i}"));
-        procs.push(spawn(&dir_of(g), &["workload", "pagecache", "--file", file.to_str().unwrap(), "--size", "384M"].map(String::from)));
+        procs.push(spawn(
+            &dir_of(g),
+            &[
+                "workload",
+                "pagecache",
+                "--file",
+                file.to_str().unwrap(),
+                "--size",
+                "384M",
+            ]
+            .map(String::from),
+        ));
     }
     for p in &mut procs {
-        let s = p.wait_timeout(Duration::from_secs(120)).expect("the page-cache workload ends");
+        let s = p
+            .wait_timeout(Duration::from_secs(120))
+            .expect("the page-cache workload ends");
         assert!(s.success(), "{s}");
     }
 
@@ -506,7 +693,13 @@ fn ring_buffer_overflow_is_counted_reported_and_the_stream_goes_on() {
     oom.set_memory_limit(Limit::Bytes(32 << 20)).unwrap();
     let oom_id = oom.cgroup(Controller::Memory).unwrap().id().unwrap().0;
     let mut victim = spawn(&dir_of(&oom), &steps("128M"));
-    assert_eq!(victim.wait_timeout(Duration::from_secs(60)).and_then(|s| s.signal()), Some(9), "the probe workload is OOM-killed");
+    assert_eq!(
+        victim
+            .wait_timeout(Duration::from_secs(60))
+            .and_then(|s| s.signal()),
+        Some(9),
+        "the probe workload is OOM-killed"
+    );
     let end = Instant::now() + Duration::from_secs(30);
     let mut seen = 0u64;
     let mut after = false;
@@ -516,15 +709,31 @@ fn ring_buffer_overflow_is_counted_reported_and_the_stream_goes_on() {
             after = kind(&v) == "oom_kill" && v["cgroup_id"].as_u64() == Some(oom_id);
         }
     }
-    assert!(after, "the OOM kill after the overflow is reported ({seen} events read)");
-    let status = watch.interrupt(Duration::from_secs(20)).expect("watch exits on SIGINT");
+    assert!(
+        after,
+        "the OOM kill after the overflow is reported ({seen} events read)"
+    );
+    let status = watch
+        .interrupt(Duration::from_secs(20))
+        .expect("watch exits on SIGINT");
     assert!(status.success(), "{status}");
-    let detached = (0..50).find_map(|_| rx.recv_timeout(Duration::from_millis(200)).ok().filter(|l| l.contains("detached")));
+    let detached = (0..50).find_map(|_| {
+        rx.recv_timeout(Duration::from_millis(200))
+            .ok()
+            .filter(|l| l.contains("detached"))
+    });
     let detached = detached.expect("the final `detached` line with the counters");
-    let dropped: u64 = field(&detached, "dropped").and_then(|v| v.parse().ok()).expect("dropped=N");
-    let submitted: u64 = field(&detached, "submitted").and_then(|v| v.parse().ok()).expect("submitted=N");
+    let dropped: u64 = field(&detached, "dropped")
+        .and_then(|v| v.parse().ok())
+        .expect("dropped=N");
+    let submitted: u64 = field(&detached, "submitted")
+        .and_then(|v| v.parse().ok())
+        .expect("submitted=N");
     eprintln!("submitted {submitted}, dropped {dropped}, read {seen} after the reader resumed");
-    assert!(dropped > 0, "the storm overflowed the ring buffer and the drops were counted: {detached}");
+    assert!(
+        dropped > 0,
+        "the storm overflowed the ring buffer and the drops were counted: {detached}"
+    );
     drop(tight);
     let _ = std::fs::remove_dir_all(&tmp);
 }
@@ -542,29 +751,53 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 
 #[test]
 fn the_agent_locks_its_memory_and_rescues_while_its_own_cgroup_is_under_pressure() {
-    let Some(env) = env("fault_agent_pressure") else { return };
+    let Some(env) = env("fault_agent_pressure") else {
+        return;
+    };
     let parent = memory_cgroup(&env, "scaler-fault-tight");
     let home = child_cgroup(&env, &parent, "agent");
     let work = child_cgroup(&env, &parent, "work");
     work.set_memory_limit(Limit::Bytes(64 << 20)).unwrap();
     let wpath = path_of(&work);
-    let mut agent = AgentProc::start(&policy("work", &wpath, "16M", "1G", "16M"), Some(&dir_of(&home)));
-    agent.wait_for("managing", Duration::from_secs(20), |l| l.contains("managing") && l.contains(&wpath));
+    let mut agent = AgentProc::start(
+        &policy("work", &wpath, "16M", "1G", "16M"),
+        Some(&dir_of(&home)),
+    );
+    agent.wait_for("managing", Duration::from_secs(20), |l| {
+        l.contains("managing") && l.contains(&wpath)
+    });
     let pid = agent.proc.pid();
     let (rss, locked) = (status_kib(pid, "VmRSS"), status_kib(pid, "VmLck"));
     eprintln!("agent: VmRSS {rss} KiB, VmLck {locked} KiB");
-    assert!(locked > 0 && locked * 10 >= rss * 9, "the agent locked (nearly) all its memory: VmLck {locked} KiB of VmRSS {rss} KiB");
+    assert!(
+        locked > 0 && locked * 10 >= rss * 9,
+        "the agent locked (nearly) all its memory: VmLck {locked} KiB of VmRSS {rss} KiB"
+    );
 
     // Its cgroup gets a limit just above what it uses, and a page-cache hog beside it.
     let home_cg = home.cgroup(Controller::Memory).unwrap();
     let used = home_cg.memory_usage().unwrap();
-    home.set_memory_limit(Limit::Bytes(used + (24 << 20))).unwrap();
+    home.set_memory_limit(Limit::Bytes(used + (24 << 20)))
+        .unwrap();
     let tmp = tempdir();
     let file = tmp.join("hog");
-    let mut hog = spawn(&dir_of(&home), &["workload", "pagecache", "--file", file.to_str().unwrap(), "--size", "1G"].map(String::from));
+    let mut hog = spawn(
+        &dir_of(&home),
+        &[
+            "workload",
+            "pagecache",
+            "--file",
+            file.to_str().unwrap(),
+            "--size",
+            "1G",
+        ]
+        .map(String::from),
+    );
     std::thread::sleep(Duration::from_millis(500));
     let mut w = spawn(&dir_of(&work), &steps("256M"));
-    let status = w.wait_timeout(Duration::from_secs(90)).expect("the workload ends");
+    let status = w
+        .wait_timeout(Duration::from_secs(90))
+        .expect("the workload ends");
     let failcnt_or_events = home_cg
         .read_optional("memory.failcnt")
         .ok()
@@ -572,15 +805,33 @@ fn the_agent_locks_its_memory_and_rescues_while_its_own_cgroup_is_under_pressure
         .or_else(|| home_cg.read_optional("memory.events").ok().flatten())
         .unwrap_or_default();
     eprintln!("agent cgroup pressure: {}", failcnt_or_events.trim());
-    assert!(status.success(), "the workload is rescued while the agent's cgroup is under pressure: {status}");
+    assert!(
+        status.success(),
+        "the workload is rescued while the agent's cgroup is under pressure: {status}"
+    );
     assert!(agent.alive(), "the agent survives its cgroup's pressure");
     let _ = hog.wait_timeout(Duration::from_secs(120));
-    let hog_ok = hog.child.try_wait().ok().flatten().is_some_and(|s| s.success());
-    assert!(hog_ok, "the hog ran to its end (page cache is reclaimable, nobody was OOM-killed)");
-    assert_eq!(home_cg.oom_kills().unwrap().unwrap_or(0), 0, "no OOM kill in the agent's cgroup");
+    let hog_ok = hog
+        .child
+        .try_wait()
+        .ok()
+        .flatten()
+        .is_some_and(|s| s.success());
+    assert!(
+        hog_ok,
+        "the hog ran to its end (page cache is reclaimable, nobody was OOM-killed)"
+    );
+    assert_eq!(
+        home_cg.oom_kills().unwrap().unwrap_or(0),
+        0,
+        "no OOM kill in the agent's cgroup"
+    );
     if home_cg.version() == scaler::cgroupfs::CgroupVersion::V1 {
         let failcnt: u64 = failcnt_or_events.trim().parse().unwrap_or(0);
-        assert!(failcnt > 0, "the agent's cgroup was really at its limit (memory.failcnt {failcnt})");
+        assert!(
+            failcnt > 0,
+            "the agent's cgroup was really at its limit (memory.failcnt {failcnt})"
+        );
     }
     assert!(status_kib(pid, "VmLck") > 0, "still locked");
     agent.stop();
@@ -592,13 +843,18 @@ fn the_agent_locks_its_memory_and_rescues_while_its_own_cgroup_is_under_pressure
 
 #[test]
 fn missing_capabilities_are_refused_with_a_message_naming_them() {
-    let Some(_env) = env("privilege_missing") else { return };
+    let Some(_env) = env("privilege_missing") else {
+        return;
+    };
     if Command::new("capsh").arg("--help").output().is_err() {
         panic!("capsh (libcap2-bin) is needed for this test: apt-get install libcap2-bin");
     }
     let bin = scaler_bin();
     for (drop, expect) in [
-        ("cap_bpf,cap_perfmon,cap_sys_admin", vec!["CAP_BPF", "CAP_PERFMON"]),
+        (
+            "cap_bpf,cap_perfmon,cap_sys_admin",
+            vec!["CAP_BPF", "CAP_PERFMON"],
+        ),
         ("cap_perfmon,cap_sys_admin", vec!["lacks CAP_PERFMON"]),
     ] {
         let out = Command::new("capsh")
@@ -627,23 +883,40 @@ fn caps_of(status: &str) -> scaler::privilege::ProcessCaps {
 #[test]
 fn the_agent_drops_capabilities_after_loading() {
     use scaler::privilege::Capability;
-    let Some(env) = env("privilege_dropped") else { return };
+    let Some(env) = env("privilege_dropped") else {
+        return;
+    };
     let g = memory_cgroup(&env, "scaler-priv");
-    let agent = AgentProc::start(&policy("p", &format!("{}/none", path_of(&g)), "16M", "1G", "16M"), None);
+    let agent = AgentProc::start(
+        &policy("p", &format!("{}/none", path_of(&g)), "16M", "1G", "16M"),
+        None,
+    );
     let pid = agent.proc.pid();
     let main = caps_of(&std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap());
     eprintln!("agent main thread after load: {main:?}");
     for c in [Capability::Bpf, Capability::Perfmon, Capability::SysAdmin] {
-        assert!(!main.effective.has(c) && !main.permitted.has(c), "{c} dropped");
+        assert!(
+            !main.effective.has(c) && !main.permitted.has(c),
+            "{c} dropped"
+        );
         assert!(!main.bounding.has(c), "{c} gone from the bounding set too");
     }
-    assert!(main.effective.has(Capability::DacOverride), "kept for cgroupfs writes");
+    assert!(
+        main.effective.has(Capability::DacOverride),
+        "kept for cgroupfs writes"
+    );
     let mut engine_seen = false;
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
         let s = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
         if s.contains("scaler-engine") {
             engine_seen = true;
-            assert!(!caps_of(&s).effective.has(Capability::Bpf), "the engine thread has no CAP_BPF");
+            assert!(
+                !caps_of(&s).effective.has(Capability::Bpf),
+                "the engine thread has no CAP_BPF"
+            );
         }
     }
     assert!(engine_seen, "found the engine thread");
@@ -652,9 +925,17 @@ fn the_agent_drops_capabilities_after_loading() {
     match std::fs::metadata(&sock) {
         Ok(m) => {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(m.permissions().mode() & 0o777, 0o600, "{} is the owner's alone", sock.display());
+            assert_eq!(
+                m.permissions().mode() & 0o777,
+                0o600,
+                "{} is the owner's alone",
+                sock.display()
+            );
         }
-        Err(e) => eprintln!("no status socket at {} ({e}): this agent has none", sock.display()),
+        Err(e) => eprintln!(
+            "no status socket at {} ({e}): this agent has none",
+            sock.display()
+        ),
     }
     agent.stop();
 }
@@ -664,7 +945,9 @@ fn the_agent_drops_capabilities_after_loading() {
 
 #[test]
 fn an_optional_program_left_out_is_named_and_the_stream_goes_on() {
-    let Some(env) = env("fault_optional_program") else { return };
+    let Some(env) = env("fault_optional_program") else {
+        return;
+    };
     let g = memory_cgroup(&env, "scaler-fault-opt");
     g.set_memory_limit(Limit::Bytes(32 << 20)).unwrap();
     let cg = g.cgroup(Controller::Memory).unwrap();
@@ -673,7 +956,12 @@ fn an_optional_program_left_out_is_named_and_the_stream_goes_on() {
     let watch = Watch::start(&["--cgroup", cg.path()]);
     let mut p = spawn(cg.dir(), &steps("128M"));
     let _ = p.wait_timeout(Duration::from_secs(60));
-    let ev = watch.collect(Duration::from_secs(10), |e| e.iter().any(|e| kind(e) == "oom_kill"));
-    assert!(ev.iter().any(|e| kind(e) == "reclaim_begin"), "reclaim events flow without the optional program");
+    let ev = watch.collect(Duration::from_secs(10), |e| {
+        e.iter().any(|e| kind(e) == "oom_kill")
+    });
+    assert!(
+        ev.iter().any(|e| kind(e) == "reclaim_begin"),
+        "reclaim events flow without the optional program"
+    );
     assert!(ev.iter().any(|e| kind(e) == "oom_kill"));
 }

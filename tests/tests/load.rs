@@ -33,7 +33,10 @@ use scaler::cgroupfs::{CgroupGuard, Controller, Limit};
 use scaler_tests::*;
 
 fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn status_kib(pid: u32, key: &str) -> u64 {
@@ -47,7 +50,10 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 /// `key=value` of a tracing log line.
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let at = line.find(&format!(" {key}="))? + key.len() + 2;
-    line[at..].split_whitespace().next().map(|v| v.trim_matches('"'))
+    line[at..]
+        .split_whitespace()
+        .next()
+        .map(|v| v.trim_matches('"'))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -74,14 +80,20 @@ fn a_thousand_managed_cgroups_under_an_event_storm() {
     let parent = memory_cgroup(&env, "scaler-load");
     let ppath = parent.path(Controller::Memory).unwrap().to_string();
     let mk = |prefix: &str, limit: u64| -> CgroupGuard {
-        let g = CgroupGuard::create(&[&env.memory], &ppath, prefix).expect("creating a load cgroup");
-        g.set_memory_limit(Limit::Bytes(limit)).expect("setting its limit");
+        let g =
+            CgroupGuard::create(&[&env.memory], &ppath, prefix).expect("creating a load cgroup");
+        g.set_memory_limit(Limit::Bytes(limit))
+            .expect("setting its limit");
         g
     };
     let t_setup = Instant::now();
     let idle: Vec<CgroupGuard> = (0..n_idle).map(|_| mk("idle", 16 << 20)).collect();
     let storm: Vec<CgroupGuard> = (0..n_storm).map(|_| mk("storm", 16 << 20)).collect();
-    eprintln!("created {} cgroups in {:.1}s", n_idle + n_storm, t_setup.elapsed().as_secs_f64());
+    eprintln!(
+        "created {} cgroups in {:.1}s",
+        n_idle + n_storm,
+        t_setup.elapsed().as_secs_f64()
+    );
 
     let dir = tempdir();
     let config = format!(
@@ -130,13 +142,22 @@ fn a_thousand_managed_cgroups_under_an_event_storm() {
             Ok(l) if l.contains("managing") && l.contains(&ppath) => managing += 1,
             Ok(_) => {}
             Err(_) => {
-                assert!(Instant::now() < end, "the agent manages {managing} of {want} cgroups after 120 s");
-                assert!(matches!(agent.child.try_wait(), Ok(None)), "the agent exited");
+                assert!(
+                    Instant::now() < end,
+                    "the agent manages {managing} of {want} cgroups after 120 s"
+                );
+                assert!(
+                    matches!(agent.child.try_wait(), Ok(None)),
+                    "the agent exited"
+                );
             }
         }
     }
     let t_managed = Instant::now();
-    eprintln!("agent manages {want} cgroups; VmRSS {} KiB", status_kib(pid, "VmRSS"));
+    eprintln!(
+        "agent manages {want} cgroups; VmRSS {} KiB",
+        status_kib(pid, "VmRSS")
+    );
 
     // RSS of the agent, every second, until the end.
     let done = Arc::new(AtomicBool::new(false));
@@ -163,8 +184,21 @@ fn a_thousand_managed_cgroups_under_an_event_storm() {
             std::thread::spawn(move || {
                 let mut runs = 0u32;
                 while Instant::now() < storm_end {
-                    let mut p = spawn_workload(&d, &["workload", "pagecache", "--file", file.to_str().unwrap(), "--size", "128M"]);
-                    let _ = p.wait_timeout(storm_end.saturating_duration_since(Instant::now()) + Duration::from_secs(30));
+                    let mut p = spawn_workload(
+                        &d,
+                        &[
+                            "workload",
+                            "pagecache",
+                            "--file",
+                            file.to_str().unwrap(),
+                            "--size",
+                            "128M",
+                        ],
+                    );
+                    let _ = p.wait_timeout(
+                        storm_end.saturating_duration_since(Instant::now())
+                            + Duration::from_secs(30),
+                    );
                     runs += 1;
                 }
                 runs
@@ -179,7 +213,10 @@ fn a_thousand_managed_cgroups_under_an_event_storm() {
     let mut hot_paths: Vec<String> = Vec::new();
     while Instant::now() + Duration::from_secs(5) < storm_end {
         let hot: Vec<CgroupGuard> = (0..n_hot).map(|_| mk("hot", 64 << 20)).collect();
-        let paths: Vec<String> = hot.iter().map(|g| g.path(Controller::Memory).unwrap().to_string()).collect();
+        let paths: Vec<String> = hot
+            .iter()
+            .map(|g| g.path(Controller::Memory).unwrap().to_string())
+            .collect();
         let mut pending: Vec<&String> = paths.iter().collect();
         let until = Instant::now() + Duration::from_secs(20);
         while !pending.is_empty() && Instant::now() < until {
@@ -189,10 +226,27 @@ fn a_thousand_managed_cgroups_under_an_event_storm() {
                 }
             }
         }
-        assert!(pending.is_empty(), "new cgroups {pending:?} not managed within 20 s");
+        assert!(
+            pending.is_empty(),
+            "new cgroups {pending:?} not managed within 20 s"
+        );
         let mut ps: Vec<Proc> = hot
             .iter()
-            .map(|g| spawn_workload(g.cgroup(Controller::Memory).unwrap().dir(), &["workload", "steps", "--total", "256M", "--step", "8M", "--interval", "10ms"]))
+            .map(|g| {
+                spawn_workload(
+                    g.cgroup(Controller::Memory).unwrap().dir(),
+                    &[
+                        "workload",
+                        "steps",
+                        "--total",
+                        "256M",
+                        "--step",
+                        "8M",
+                        "--interval",
+                        "10ms",
+                    ],
+                )
+            })
             .collect();
         for (i, p) in ps.iter_mut().enumerate() {
             match p.wait_timeout(Duration::from_secs(60)) {
@@ -218,22 +272,45 @@ fn a_thousand_managed_cgroups_under_an_event_storm() {
         .iter()
         .filter(|l| l.contains("limit changed"))
         .filter(|l| field(l, "cgroup").is_some_and(|c| hot_paths.iter().any(|h| h == c)))
-        .filter(|l| field(l, "new").zip(field(l, "old")).is_some_and(|(n, o)| n.parse::<u64>().unwrap_or(0) > o.parse::<u64>().unwrap_or(0)))
+        .filter(|l| {
+            field(l, "new")
+                .zip(field(l, "old"))
+                .is_some_and(|(n, o)| n.parse::<u64>().unwrap_or(0) > o.parse::<u64>().unwrap_or(0))
+        })
         .filter_map(|l| field(l, "latency_us")?.parse().ok())
         .collect();
     lat.sort_by(f64::total_cmp);
-    let last = log.iter().rev().find(|l| l.contains("exiting") && l.contains("submitted=")).cloned().unwrap_or_default();
-    let submitted: u64 = field(&last, "submitted").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let dropped: u64 = field(&last, "dropped").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let failed_writes = log.iter().filter(|l| l.contains("limit write failed")).count();
+    let last = log
+        .iter()
+        .rev()
+        .find(|l| l.contains("exiting") && l.contains("submitted="))
+        .cloned()
+        .unwrap_or_default();
+    let submitted: u64 = field(&last, "submitted")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let dropped: u64 = field(&last, "dropped")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let failed_writes = log
+        .iter()
+        .filter(|l| l.contains("limit write failed"))
+        .count();
     let third = rss.len() / 3;
     let rss_early = rss.iter().take(third.max(1)).copied().max().unwrap_or(0);
-    let rss_late = rss.iter().skip(rss.len() - third.max(1)).copied().max().unwrap_or(0);
+    let rss_late = rss
+        .iter()
+        .skip(rss.len() - third.max(1))
+        .copied()
+        .max()
+        .unwrap_or(0);
     let rss_max = rss.iter().copied().max().unwrap_or(0);
 
     eprintln!("==== load figures");
     eprintln!("managed cgroups: {want} ({n_idle} idle, {n_storm} storm) + {n_hot} fresh hot ones per round");
-    eprintln!("storm: {storm_secs:.1}s, {storm_runs} page-cache runs; hot rounds: {rounds} x {n_hot}");
+    eprintln!(
+        "storm: {storm_secs:.1}s, {storm_runs} page-cache runs; hot rounds: {rounds} x {n_hot}"
+    );
     eprintln!(
         "kernel events submitted: {submitted} ({:.0}/s over the agent's managed period), ring-buffer drops: {dropped}",
         submitted as f64 / storm_secs
@@ -249,17 +326,35 @@ fn a_thousand_managed_cgroups_under_an_event_storm() {
     eprintln!("failed limit writes: {failed_writes}; hot failures: {failures:?}");
 
     assert!(alive, "the agent survived the storm");
-    assert!(status.is_some_and(|s| s.success()), "the agent exits 0 on SIGINT: {status:?}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the agent exits 0 on SIGINT: {status:?}"
+    );
     assert!(!log.iter().any(|l| l.contains("panicked")), "no panic");
-    assert!(failures.is_empty(), "every hot workload was rescued: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "every hot workload was rescued: {failures:?}"
+    );
     assert!(rounds >= 1 && !lat.is_empty(), "hot raises were measured");
-    assert!(percentile(&lat, 0.99) < 10_000.0, "p99 reaction latency under 10 ms while managing {want} cgroups in a storm");
-    assert!(submitted > 0 && !last.is_empty(), "the agent reported its kernel counters at exit: {last}");
-    assert!(rss_late <= rss_early + rss_early / 4 + 8192, "agent memory bounded: early {rss_early} KiB, late {rss_late} KiB");
+    assert!(
+        percentile(&lat, 0.99) < 10_000.0,
+        "p99 reaction latency under 10 ms while managing {want} cgroups in a storm"
+    );
+    assert!(
+        submitted > 0 && !last.is_empty(),
+        "the agent reported its kernel counters at exit: {last}"
+    );
+    assert!(
+        rss_late <= rss_early + rss_early / 4 + 8192,
+        "agent memory bounded: early {rss_early} KiB, late {rss_late} KiB"
+    );
 
     drop(storm);
     let t_rm = Instant::now();
     drop(idle);
-    eprintln!("removed {want} cgroups in {:.1}s", t_rm.elapsed().as_secs_f64());
+    eprintln!(
+        "removed {want} cgroups in {:.1}s",
+        t_rm.elapsed().as_secs_f64()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
