@@ -84,7 +84,7 @@ mkdir -p "$R$WORK" 2>/dev/null
 mount --bind /mnt/work "$R$WORK" || die "cannot bind the work dir at $WORK"
 say "running the guest command"
 chroot $R /bin/sh "$WORK/run.sh"
-say "guest command exited with $?"
+say "guest command finished (chroot status $?; the test status is in the work dir)"
 sync
 umount "$R$WORK" /mnt/work 2>/dev/null
 reboot -f

@@ -81,7 +81,7 @@ pub struct Options {
 }
 
 /// Per-VM settings (environment overrides: SCALER_VM_TIMEOUT seconds, SCALER_VM_MEMORY MiB,
-/// SCALER_VM_CPUS, SCALER_VM_DISK MiB).
+/// SCALER_VM_CPUS, SCALER_VM_DISK MiB, SCALER_VM_TCG_THREAD=single|multi).
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     /// Kill the VM after this long.
@@ -92,6 +92,10 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Size of the scratch disk (the guest's /tmp) in MiB; sparse on the host.
     pub disk_mib: u32,
+    /// Run all vCPUs on one host thread (`-accel tcg,thread=single`). Multi-threaded TCG was
+    /// seen to oops a 6.12 guest (`int3` in `enqueue_entity`) while BPF programs attached to
+    /// scheduler tracepoints patched kernel text: cross-modifying code across host threads.
+    pub single_thread: bool,
 }
 
 impl VmConfig {
@@ -108,6 +112,7 @@ impl VmConfig {
             memory_mib: num("SCALER_VM_MEMORY", 2048) as u32,
             cpus: num("SCALER_VM_CPUS", 2) as u32,
             disk_mib: num("SCALER_VM_DISK", 4096) as u32,
+            single_thread: std::env::var("SCALER_VM_TCG_THREAD").map_or(true, |v| v != "multi"),
         }
     }
 }

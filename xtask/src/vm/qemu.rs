@@ -160,7 +160,11 @@ pub fn run(
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-accel",
-        "tcg",
+        if config.single_thread {
+            "tcg,thread=single"
+        } else {
+            "tcg,thread=multi"
+        },
         "-cpu",
         "max",
         "-display",
