@@ -62,6 +62,8 @@ const WAKE_BYTES: u64 = 64 * 1024;
 /// A charge reclaims when `usage + batch > max`; a level within this many pages of its limit is
 /// the one that binds (MEMCG_CHARGE_BATCH is 64 pages, plus the allocation's own order).
 const BINDING_SLACK_PAGES: u64 = 128;
+/// Page counters at or above this many pages are unlimited (PAGE_COUNTER_MAX is ~2^51).
+const UNLIMITED_PAGES: u64 = 1 << 50;
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -167,6 +169,13 @@ fn walk(memcg_css: u64, o: &KernelOffsets, watch_all: bool) -> Result<Chain, i64
     if usage + BINDING_SLACK_PAGES >= max {
         return Ok(chain);
     }
+    // If no level is within the slack when we look (other CPUs may have uncharged since the
+    // charge failed), the limited level closest to its limit is the one that bound.
+    let (mut best_gap, mut best_id, mut best_u, mut best_m, mut best_anc) =
+        (u64::MAX, id, usage, max, false);
+    if max < UNLIMITED_PAGES && max - usage <= max / 16 {
+        best_gap = max - usage;
+    }
     for _ in 1..MAX_ANCESTOR_LEVELS {
         let parent_pc: u64 = read(memcg + o.memcg_memory as u64, o.pc_parent)?;
         if parent_pc == 0 {
@@ -176,15 +185,23 @@ fn walk(memcg_css: u64, o: &KernelOffsets, watch_all: bool) -> Result<Chain, i64
         let lid = css_id(memcg + o.memcg_css as u64, o)?;
         let (u, m) = memcg_usage_max(memcg, o)?;
         let w = watched(lid).is_some();
+        chain.watched |= w;
         if u + BINDING_SLACK_PAGES >= m {
             chain.target_id = lid;
             chain.usage_pages = u;
             chain.max_pages = m;
             chain.target_is_ancestor = true;
-            chain.watched |= w;
             return Ok(chain);
         }
-        chain.watched |= w;
+        if m < UNLIMITED_PAGES && m - u <= m / 16 && m - u < best_gap {
+            (best_gap, best_id, best_u, best_m, best_anc) = (m - u, lid, u, m, true);
+        }
+    }
+    if best_gap != u64::MAX {
+        chain.target_id = best_id;
+        chain.usage_pages = best_u;
+        chain.max_pages = best_m;
+        chain.target_is_ancestor = best_anc;
     }
     Ok(chain)
 }
