@@ -268,3 +268,19 @@ pub fn steps_interval() -> &'static str {
         "10ms"
     }
 }
+
+/// Like [`env`], but also skips (loudly, with the reason) under software emulation: for tests
+/// whose subject is a speed or a rate (CPU throttling within a quota period, event storms of
+/// 100k/s), which a VM running 10-50x slower than real time cannot meaningfully reproduce. They
+/// run on real hardware (the host stage of `cargo xtask test`).
+pub fn env_native(test: &str, what: &str) -> Option<TestEnv> {
+    if emulated() {
+        eprintln!(
+            "SKIP {test}: {what} is not meaningful under software emulation (kernel {}); \
+             this test runs on the host stage",
+            std::env::var("SCALER_VM_KERNEL").unwrap_or_default()
+        );
+        return None;
+    }
+    env(test)
+}

@@ -32,7 +32,7 @@ fn with_bin(args: &[&str]) -> Vec<String> {
 /// --cpu-max 2`, in one run: the scaler must cut the throttled time by at least 90%.
 #[test]
 fn exec_cuts_throttling_of_a_bursty_workload_by_90_percent() {
-    let Some(_env) = env("cpu_throttling_static_vs_exec") else {
+    let Some(_env) = env_native("cpu_throttling_static_vs_exec", "CPU time per quota period") else {
         return;
     };
 
@@ -111,7 +111,7 @@ fn exec_cuts_throttling_of_a_bursty_workload_by_90_percent() {
 /// After the burst, the quota comes back down toward its starting value (short cooldown).
 #[test]
 fn exec_lowers_the_quota_after_the_burst() {
-    let Some(_env) = env("cpu_scale_down") else {
+    let Some(_env) = env_native("cpu_scale_down", "CPU time per quota period") else {
         return;
     };
     let workload = format!(
@@ -176,7 +176,7 @@ fn exec_lowers_the_quota_after_the_burst() {
 /// the same load.
 #[test]
 fn watch_reports_quota_near_only_for_the_watched_cgroup() {
-    let Some(_env) = env("cpu_watch_quota_near") else {
+    let Some(_env) = env_native("cpu_watch_quota_near", "CPU time per quota period") else {
         return;
     };
     let watched = cpu_cgroup("scaler-test-cpu-watched", 0.2);

@@ -607,7 +607,7 @@ fn a_refused_raise_is_retried_in_time_at_the_same_limit() {
 
 #[test]
 fn ring_buffer_overflow_is_counted_reported_and_the_stream_goes_on() {
-    let Some(env) = env("fault_ringbuf_overflow") else {
+    let Some(env) = env_native("fault_ringbuf_overflow", "overflowing the ring buffer with an event storm") else {
         return;
     };
     // `scaler watch` on every cgroup, whose stdout nobody reads for a while: the printer blocks

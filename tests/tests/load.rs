@@ -71,7 +71,7 @@ fn spawn_workload(dir: &Path, args: &[&str]) -> Proc {
 
 #[test]
 fn a_thousand_managed_cgroups_under_an_event_storm() {
-    let Some(env) = env("load") else { return };
+    let Some(env) = env_native("load", "a 100k events/s storm over 1,000 cgroups") else { return };
     let n_idle = knob("SCALER_LOAD_CGROUPS", 1000) as usize;
     let secs = knob("SCALER_LOAD_SECS", 30);
     let n_storm = knob("SCALER_LOAD_STORM", 6) as usize;
