@@ -272,7 +272,15 @@ pub struct CgState {
     pub reclaim_woken_at_limit: u64,
     /// The limit (bytes) at which the last early warning was sent (re-armed when it changes).
     pub warned_at_limit: u64,
+    /// When (CLOCK_MONOTONIC ns) userspace was last woken for reclaim of this cgroup: reclaim
+    /// at the same limit wakes it again after [`REWAKE_NS`], so a raise that failed (or a limit
+    /// set back behind the agent's back) is retried within the race, not on the next tick.
+    pub reclaim_woken_ns: u64,
 }
+
+/// See [`CgState::reclaim_woken_ns`]: 200 µs, well inside the 0.76 ms OOM race and long enough
+/// that one storm of reclaim rounds costs a handful of wakeups, not dozens.
+pub const REWAKE_NS: u64 = 200_000;
 
 /// Indexes of the per-CPU `STATS` counters.
 pub mod stat {

@@ -28,8 +28,8 @@ use aya_ebpf::{
 use scaler_common::{
     stat, CgState, CpuOffsets, CpuState, CpuWatch, Event, EventKind, KernelOffsets, Settings,
     TaskCpu, WatchConfig, CPU_WATCH_QUOTA, CPU_WATCH_RUNQ, EVENT_FLAG_ANCESTOR, EVENT_FLAG_WAKEUP,
-    MAX_ANCESTOR_LEVELS, MAX_TASKS, MAX_WATCHED, NO_OFFSET, RING_BUF_BYTES, RUNQ_BUCKETS,
-    WATCH_USAGE_HIGH,
+    MAX_ANCESTOR_LEVELS, MAX_TASKS, MAX_WATCHED, NO_OFFSET, REWAKE_NS, RING_BUF_BYTES,
+    RUNQ_BUCKETS, WATCH_USAGE_HIGH,
 };
 
 /// Field offsets from the running kernel's BTF, set by the loader (read-only data).
@@ -321,20 +321,26 @@ fn try_reclaim_begin(ctx: &BtfTracePointContext, kind: EventKind) -> Result<u32,
     let order: u32 = ctx.arg(0);
     ev.value = order as u64;
     fill_current(&mut ev);
-    // One storm, one wakeup: wake only for the first reclaim at this limit.
+    // One storm, one wakeup: wake for the first reclaim at this limit, and again only if the
+    // limit has not changed REWAKE_NS later (a raise that failed or was undone).
     let limit = ev.limit;
     let urgent = match CG_STATE.get_ptr_mut(&chain.target_id) {
         Some(st) => {
             // SAFETY: a pointer into the map value; racing updates only cost a spare wakeup.
             let st = unsafe { &mut *st };
-            let first = st.reclaim_woken_at_limit != limit;
-            st.reclaim_woken_at_limit = limit;
-            first
+            let wake = st.reclaim_woken_at_limit != limit
+                || now.saturating_sub(st.reclaim_woken_ns) > REWAKE_NS;
+            if wake {
+                st.reclaim_woken_at_limit = limit;
+                st.reclaim_woken_ns = now;
+            }
+            wake
         }
         None => {
             let st = CgState {
                 reclaim_woken_at_limit: limit,
                 warned_at_limit: 0,
+                reclaim_woken_ns: now,
             };
             let _ = CG_STATE.insert(&chain.target_id, &st, 0);
             true
@@ -489,6 +495,7 @@ fn try_count_memcg_events(ctx: &BtfTracePointContext) -> Result<u32, i64> {
             let st = CgState {
                 reclaim_woken_at_limit: 0,
                 warned_at_limit: max_b,
+                reclaim_woken_ns: 0,
             };
             let _ = CG_STATE.insert(&id, &st, 0);
         }

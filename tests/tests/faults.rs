@@ -593,7 +593,7 @@ fn refused_raises_are_logged_with_the_errno_and_the_agent_keeps_managing() {
 /// and that state is not reset when the write fails, so the next pressure at 64M arrives only
 /// with the 100 ms tick, and the workload is OOM-killed (the raise lands ~2 ms late).
 #[test]
-#[ignore = "the once-per-limit wakeup state in the kernel programs is not reset after a refused write"]
+#[ignore = "flaky: with the kernel re-waking after REWAKE_NS it passed 4 of 5 runs here; the miss is not understood yet"]
 fn a_refused_raise_is_retried_in_time_at_the_same_limit() {
     let Some(env) = env("fault_write_refused_same_limit") else {
         return;
