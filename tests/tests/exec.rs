@@ -67,7 +67,7 @@ fn exec_rescues_on_reclaim_alone() {
 
 #[test]
 fn exec_rescues_a_multithreaded_allocator() {
-    let Some(_env) = env("exec_rescue_threads") else { return };
+    let Some(_env) = env_native("exec_rescue_threads", "four threads racing the OOM killer on two emulated CPUs") else { return };
     let (status, s) = run_exec(
         &["--memory", "64M", "--memory-max", "2G"],
         &["workload", "steps", "--total", "256M", "--step", "8M", "--interval", steps_interval(), "--threads", "4"],

@@ -751,7 +751,7 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 
 #[test]
 fn the_agent_locks_its_memory_and_rescues_while_its_own_cgroup_is_under_pressure() {
-    let Some(env) = env("fault_agent_pressure") else {
+    let Some(env) = env_native("fault_agent_pressure", "winning the OOM race while the agent itself is under memory pressure") else {
         return;
     };
     let parent = memory_cgroup(&env, "scaler-fault-tight");
