@@ -300,7 +300,7 @@ fn run_steps(g: &CgroupGuard) {
 
 #[test]
 fn metrics_and_status_match_the_actions_taken() {
-    let Some(env) = env("agent_metrics") else {
+    let Some(env) = env_native("agent_metrics", "winning the OOM race (rescuing a workload that outgrows its limit)") else {
         return;
     };
     let g = memory_cgroup(&env, "scaler-test-agent-m");
@@ -433,7 +433,7 @@ fn metrics_and_status_match_the_actions_taken() {
 
 #[test]
 fn restart_after_sigkill_reconciles_and_sigterm_restores_the_original() {
-    let Some(env) = env("agent_restart") else {
+    let Some(env) = env_native("agent_restart", "winning the OOM race (rescuing a workload that outgrows its limit)") else {
         return;
     };
     let g = memory_cgroup(&env, "scaler-test-agent-r");
@@ -584,7 +584,7 @@ fn sighup_applies_a_valid_config_and_rejects_an_invalid_one() {
 
 #[test]
 fn a_cgroup_created_after_start_is_managed_promptly_and_forgotten_when_removed() {
-    let Some(env) = env("agent_discovery") else {
+    let Some(env) = env_native("agent_discovery", "winning the OOM race (rescuing a workload that outgrows its limit)") else {
         return;
     };
     let own = env.memory.own_cgroup().unwrap();

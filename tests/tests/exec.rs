@@ -35,7 +35,7 @@ fn a_plain_64m_limit_oom_kills_the_steps_workload() {
 
 #[test]
 fn exec_rescues_the_steps_workload() {
-    let Some(_env) = env("exec_rescue") else { return };
+    let Some(_env) = env_native("exec_rescue", "winning the OOM race (rescuing a workload that outgrows its limit)") else { return };
     let (status, s) = run_exec(&["--memory", "64M", "--memory-max", "2G"], &steps_256m());
     assert!(status.success(), "scaler exec exits with the workload's status 0: {status} {s}");
     assert_eq!(s["oom_kills"], 0, "{s}");
@@ -56,7 +56,7 @@ fn exec_rescues_the_steps_workload() {
 
 #[test]
 fn exec_rescues_on_reclaim_alone() {
-    let Some(_env) = env("exec_rescue_reclaim_only") else { return };
+    let Some(_env) = env_native("exec_rescue_reclaim_only", "winning the OOM race (rescuing a workload that outgrows its limit)") else { return };
     let (status, s) = run_exec(&["--memory", "64M", "--memory-max", "2G", "--no-early-warning"], &steps_256m());
     assert!(status.success(), "{status} {s}");
     assert_eq!(s["oom_kills"], 0, "{s}");

@@ -393,7 +393,7 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 #[test]
 fn a_managed_cgroup_removed_mid_storm_is_forgotten_and_others_are_still_rescued() {
-    let Some(env) = env("fault_cgroup_removed") else {
+    let Some(env) = env_native("fault_cgroup_removed", "winning the OOM race (rescuing a workload that outgrows its limit)") else {
         return;
     };
     let parent = memory_cgroup(&env, "scaler-fault-rm");
@@ -582,7 +582,7 @@ fn refused_raises(env: &TestEnv, same_limit_retry: bool) {
 
 #[test]
 fn refused_raises_are_logged_with_the_errno_and_the_agent_keeps_managing() {
-    let Some(env) = env("fault_write_refused_agent") else {
+    let Some(env) = env_native("fault_write_refused_agent", "winning the OOM race (rescuing a workload that outgrows its limit)") else {
         return;
     };
     refused_raises(&env, false);

@@ -44,7 +44,7 @@ fn reclaim_at_an_ancestor_limit_names_the_ancestor_as_target() {
 
 #[test]
 fn agent_raises_a_managed_parent_whose_limit_binds() {
-    let Some(env) = env("agent_hierarchy") else { return };
+    let Some(env) = env_native("agent_hierarchy", "winning the OOM race (rescuing a workload that outgrows its limit)") else { return };
     let parent = memory_cgroup(&env, "scaler-test-hp");
     let pcg = parent.cgroup(Controller::Memory).unwrap().clone();
     parent.set_memory_limit(Limit::Bytes(96 << 20)).unwrap();
