@@ -368,14 +368,16 @@ impl ScalingHandler {
     fn execute(&mut self) {
         for i in 0..self.decision.actions().len() {
             let a = self.decision.actions()[i];
-            let (outcome, errno) = if self.dry_run {
-                (WriteOutcome::DryRun, None)
+            // The actuator stamps its successful writes (`completed_ns`); reuse that rather
+            // than reading the clock a second time on the hot path.
+            let (outcome, errno, written_ns) = if self.dry_run {
+                (WriteOutcome::DryRun, None, None)
             } else {
                 let res = match a.resource {
                     Resource::Memory => self.managed.get(&a.cgroup).map(|m| {
                         m.actuator
                             .set_memory_limit(Limit::from_bytes(a.new))
-                            .map(|_| ())
+                            .map(|o| o.completed_ns)
                     }),
                     Resource::Cpu => self.cpu_managed.get(&a.cgroup).map(|m| {
                         m.actuator
@@ -383,19 +385,20 @@ impl ScalingHandler {
                                 quota_us: a.new,
                                 period_us: m.period_us,
                             })
-                            .map(|_| ())
+                            .map(|o| o.completed_ns)
                     }),
                 };
                 match res {
-                    Some(Ok(())) => (WriteOutcome::Written, None),
+                    Some(Ok(ns)) => (WriteOutcome::Written, None, Some(ns)),
                     Some(Err(e)) => (
                         WriteOutcome::Failed,
                         Some(e.errno().map_or(0, |e| e as i32)),
+                        None,
                     ),
-                    None => (WriteOutcome::Failed, Some(libc::ENOENT)),
+                    None => (WriteOutcome::Failed, Some(libc::ENOENT), None),
                 }
             };
-            let done_ns = monotonic_ns();
+            let done_ns = written_ns.unwrap_or_else(monotonic_ns);
             match a.resource {
                 Resource::Memory => self.decider.applied(&a, done_ns, outcome),
                 Resource::Cpu => self.cpu.applied(&a, done_ns, outcome),
