@@ -5,7 +5,7 @@
 //! get the real object (`cargo xtask setup`).
 use std::{env, fs, path::PathBuf, process::Command};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{anyhow, Context as _};
 
 const EBPF_PACKAGE: &str = "scaler-ebpf";
 /// The Rust toolchain that builds the BPF target: Debian's rustc-web, installed under /usr
@@ -20,13 +20,22 @@ fn main() -> anyhow::Result<()> {
 
     let skip_reason = if env::var("SCALER_SKIP_EBPF").is_ok_and(|v| v == "1" || v == "true") {
         Some("SCALER_SKIP_EBPF is set".to_string())
-    } else if Command::new("bpf-linker").arg("--version").output().is_err() {
+    } else if Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         Some("bpf-linker is not installed".to_string())
     } else {
         let toolchain =
             env::var("SCALER_EBPF_TOOLCHAIN").unwrap_or_else(|_| DEFAULT_TOOLCHAIN.into());
         let rustc = PathBuf::from(&toolchain).join("bin/rustc");
-        (!rustc.exists()).then(|| format!("the eBPF Rust toolchain ({}) is not installed", rustc.display()))
+        (!rustc.exists()).then(|| {
+            format!(
+                "the eBPF Rust toolchain ({}) is not installed",
+                rustc.display()
+            )
+        })
     };
     if let Some(reason) = skip_reason {
         println!(
@@ -36,7 +45,10 @@ fn main() -> anyhow::Result<()> {
         fs::write(&object, b"").with_context(|| format!("writing stub {}", object.display()))?;
         // A path that never exists: cargo reruns this script on every build until the real
         // object has been built (e.g. after `cargo xtask setup` installed bpf-linker).
-        println!("cargo:rerun-if-changed={}", out_dir.join("ebpf-build-skipped").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            out_dir.join("ebpf-build-skipped").display()
+        );
         return Ok(());
     }
 
@@ -52,7 +64,11 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: build scripts are single-threaded here.
     unsafe { env::set_var("RUSTC_BOOTSTRAP", "1") };
     aya_build::build_ebpf(
-        [aya_build::Package { name: EBPF_PACKAGE, root_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: EBPF_PACKAGE,
+            root_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::Custom(&toolchain),
     )
     .context("building the eBPF programs (run `cargo xtask setup` if the toolchain is missing)")
