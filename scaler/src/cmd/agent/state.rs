@@ -1,5 +1,6 @@
-//! The agent's state file: for each managed cgroup, the limit it had before the agent first
-//! changed it (its *original*) and the value the agent last set.
+//! The agent's state file: for each managed cgroup and resource (memory limit, CPU quota), the
+//! limit it had before the agent first changed it (its *original*) and the value the agent
+//! last set.
 //!
 //! The file is JSON, written atomically (a temporary file in the same directory, fsync, rename)
 //! with mode 0600 in a directory created 0700. A restart, also after SIGKILL, reads it back so
@@ -17,7 +18,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::cgroupfs::Limit;
+use crate::cgroupfs::{CpuQuota, Limit};
 
 /// Version of the file format.
 pub const STATE_VERSION: u32 = 1;
@@ -81,28 +82,73 @@ impl From<StoredLimit> for Limit {
     }
 }
 
-/// What is recorded about one managed cgroup.
+/// A CPU quota as stored: `{"quota_us": .., "period_us": ..}` or the word `"max"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StoredQuota {
+    Quota { quota_us: u64, period_us: u64 },
+    Word(MaxWord),
+}
+
+impl From<CpuQuota> for StoredQuota {
+    fn from(q: CpuQuota) -> Self {
+        match q {
+            CpuQuota::Max => StoredQuota::Word(MaxWord::Max),
+            CpuQuota::Quota {
+                quota_us,
+                period_us,
+            } => StoredQuota::Quota {
+                quota_us,
+                period_us,
+            },
+        }
+    }
+}
+
+impl From<StoredQuota> for CpuQuota {
+    fn from(s: StoredQuota) -> Self {
+        match s {
+            StoredQuota::Word(MaxWord::Max) => CpuQuota::Max,
+            StoredQuota::Quota {
+                quota_us,
+                period_us,
+            } => CpuQuota::Quota {
+                quota_us,
+                period_us,
+            },
+        }
+    }
+}
+
+/// What is recorded about one managed cgroup, for one resource: `L` is [`StoredLimit`] for
+/// memory, [`StoredQuota`] for CPU.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CgroupRecord {
+#[serde(bound(serialize = "L: Serialize", deserialize = "L: Deserialize<'de>"))]
+pub struct Record<L> {
     /// The cgroup's id (inode) when it was first managed.
     pub id: u64,
     /// The policy that manages it.
     pub policy: String,
-    /// The memory limit before the agent first changed it.
-    pub original: StoredLimit,
-    /// The memory limit the agent last set (equal to `original` until it changes it).
-    pub current: StoredLimit,
+    /// The limit before the agent first changed it.
+    pub original: L,
+    /// The limit the agent last set (equal to `original` until it changes it).
+    pub current: L,
     /// Limit changes the agent made (written).
     pub changes: u64,
     /// A limit seen in the cgroup that the agent did not set (awaiting confirmation by the
-    /// next sample; see [`StateFile::observe`]). Not persisted.
+    /// next sample; see [`Table::observe`]). Not persisted.
     #[serde(skip)]
-    pub foreign: Option<StoredLimit>,
+    pub foreign: Option<L>,
 }
 
-/// What [`StateFile::observe`] concluded.
+/// A memory record.
+pub type CgroupRecord = Record<StoredLimit>;
+/// A CPU (CFS quota) record.
+pub type CpuRecord = Record<StoredQuota>;
+
+/// What [`Table::observe`] concluded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Observed {
+pub enum Observed<L> {
     /// Not a recorded cgroup.
     Unknown,
     /// The limit is the one the agent last set (or the original it never changed).
@@ -110,15 +156,154 @@ pub enum Observed {
     /// A foreign value, seen once.
     Pending,
     /// A foreign value seen twice: adopted as the new original (and current).
-    Adopted { previous: Limit },
+    Adopted { previous: L },
+}
+
+/// The records of one resource, by cgroup path (relative to that resource's hierarchy root;
+/// on cgroup v1 the memory and cpu hierarchies are different trees with different ids).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(
+    transparent,
+    bound(serialize = "L: Serialize", deserialize = "L: Deserialize<'de>")
+)]
+pub struct Table<L> {
+    records: BTreeMap<String, Record<L>>,
+    /// Changes not yet written.
+    #[serde(skip)]
+    dirty: bool,
+}
+
+impl<L> Default for Table<L> {
+    fn default() -> Self {
+        Self {
+            records: BTreeMap::new(),
+            dirty: false,
+        }
+    }
+}
+
+impl<L: PartialEq> PartialEq for Table<L> {
+    fn eq(&self, other: &Self) -> bool {
+        self.records == other.records
+    }
+}
+
+impl<L: Eq> Eq for Table<L> {}
+
+impl<L: Copy + PartialEq> Table<L> {
+    /// The records.
+    pub fn records(&self) -> &BTreeMap<String, Record<L>> {
+        &self.records
+    }
+
+    /// True if nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The record of `path` if it is the same cgroup (`id`).
+    pub fn get(&self, path: &str, id: u64) -> Option<&Record<L>> {
+        self.records.get(path).filter(|r| r.id == id)
+    }
+
+    /// Starts managing `path`: returns its original limit. A record of the same cgroup keeps
+    /// its original (the agent may have set `current` itself, before a restart); otherwise
+    /// `current` is the original.
+    pub fn manage(&mut self, path: &str, id: u64, policy: &str, current: L) -> L {
+        if let Some(r) = self.records.get_mut(path).filter(|r| r.id == id) {
+            if r.policy != policy || r.current != current {
+                r.policy = policy.to_owned();
+                r.current = current;
+                self.dirty = true;
+            }
+            return r.original;
+        }
+        self.records.insert(
+            path.to_owned(),
+            Record {
+                id,
+                policy: policy.to_owned(),
+                original: current,
+                current,
+                changes: 0,
+                foreign: None,
+            },
+        );
+        self.dirty = true;
+        current
+    }
+
+    /// Records that the agent set `path`'s limit to `new`.
+    pub fn changed(&mut self, path: &str, new: L) {
+        if let Some(r) = self.records.get_mut(path) {
+            r.current = new;
+            r.changes += 1;
+            self.dirty = true;
+        }
+    }
+
+    /// Compares the limit observed in the cgroup with the one the agent last set. A limit
+    /// changed by someone else (the runtime setting a new cgroup's limit just after creating
+    /// it, an operator, an in-place pod resize) is that owner's intent: once the same foreign
+    /// value is seen twice in a row (the agent's own writes reach the state within
+    /// milliseconds, samples are `sample_interval` apart), it becomes the new original.
+    pub fn observe(&mut self, path: &str, observed: L) -> Observed<L> {
+        let Some(r) = self.records.get_mut(path) else {
+            return Observed::Unknown;
+        };
+        if r.current == observed {
+            r.foreign = None;
+            return Observed::AsSet;
+        }
+        if r.foreign != Some(observed) {
+            r.foreign = Some(observed);
+            return Observed::Pending;
+        }
+        let previous = r.original;
+        r.original = observed;
+        r.current = observed;
+        r.foreign = None;
+        self.dirty = true;
+        Observed::Adopted { previous }
+    }
+
+    /// Forgets `path` (removed, deselected or restored).
+    pub fn forget(&mut self, path: &str) -> Option<Record<L>> {
+        let r = self.records.remove(path);
+        self.dirty |= r.is_some();
+        r
+    }
+
+    /// Keeps only the records for which `keep(path, record)` is true; returns the dropped ones.
+    pub fn retain(
+        &mut self,
+        mut keep: impl FnMut(&str, &Record<L>) -> bool,
+    ) -> Vec<(String, Record<L>)> {
+        let drop: Vec<String> = self
+            .records
+            .iter()
+            .filter(|(p, r)| !keep(p, r))
+            .map(|(p, _)| p.clone())
+            .collect();
+        let dropped: Vec<(String, Record<L>)> = drop
+            .into_iter()
+            .filter_map(|p| self.records.remove(&p).map(|r| (p, r)))
+            .collect();
+        self.dirty |= !dropped.is_empty();
+        dropped
+    }
 }
 
 /// The file's content.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateDoc {
     pub version: u32,
-    /// Records by cgroup path (relative to the memory hierarchy root).
-    pub cgroups: BTreeMap<String, CgroupRecord>,
+    /// Memory records by cgroup path (relative to the memory hierarchy root).
+    pub cgroups: Table<StoredLimit>,
+    /// CPU quota records by cgroup path (relative to the cpu hierarchy root). Absent in files
+    /// written before the agent managed CPU.
+    #[serde(default, skip_serializing_if = "Table::is_empty")]
+    pub cpu: Table<StoredQuota>,
 }
 
 /// The state file and its in-memory copy.
@@ -149,7 +334,7 @@ impl StateFile {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateDoc {
                 version: STATE_VERSION,
-                cgroups: BTreeMap::new(),
+                ..StateDoc::default()
             },
             Err(source) => {
                 return Err(StateError::Read {
@@ -171,7 +356,7 @@ impl StateFile {
             path: path.to_owned(),
             doc: StateDoc {
                 version: STATE_VERSION,
-                cgroups: BTreeMap::new(),
+                ..StateDoc::default()
             },
             dirty: true,
         }
@@ -182,112 +367,82 @@ impl StateFile {
         &self.path
     }
 
-    /// The records.
-    pub fn records(&self) -> &BTreeMap<String, CgroupRecord> {
+    /// The memory records.
+    pub fn memory(&self) -> &Table<StoredLimit> {
         &self.doc.cgroups
     }
 
-    /// The record of `path` if it is the same cgroup (`id`).
+    /// The memory records, to change.
+    pub fn memory_mut(&mut self) -> &mut Table<StoredLimit> {
+        &mut self.doc.cgroups
+    }
+
+    /// The CPU quota records.
+    pub fn cpu(&self) -> &Table<StoredQuota> {
+        &self.doc.cpu
+    }
+
+    /// The CPU quota records, to change.
+    pub fn cpu_mut(&mut self) -> &mut Table<StoredQuota> {
+        &mut self.doc.cpu
+    }
+
+    /// The memory records.
+    pub fn records(&self) -> &BTreeMap<String, CgroupRecord> {
+        self.doc.cgroups.records()
+    }
+
+    /// The memory record of `path` if it is the same cgroup (`id`).
     pub fn get(&self, path: &str, id: u64) -> Option<&CgroupRecord> {
-        self.doc.cgroups.get(path).filter(|r| r.id == id)
+        self.doc.cgroups.get(path, id)
     }
 
-    /// Starts managing `path`: returns its original limit. A record of the same cgroup keeps
-    /// its original (the agent may have set `current` itself, before a restart); otherwise
-    /// `current` is the original.
+    /// [`Table::manage`] of the memory records.
     pub fn manage(&mut self, path: &str, id: u64, policy: &str, current: Limit) -> Limit {
-        if let Some(r) = self.doc.cgroups.get_mut(path).filter(|r| r.id == id) {
-            let cur = StoredLimit::from(current);
-            if r.policy != policy || r.current != cur {
-                r.policy = policy.to_owned();
-                r.current = cur;
-                self.dirty = true;
-            }
-            return r.original.into();
-        }
-        self.doc.cgroups.insert(
-            path.to_owned(),
-            CgroupRecord {
-                id,
-                policy: policy.to_owned(),
-                original: current.into(),
-                current: current.into(),
-                changes: 0,
-                foreign: None,
-            },
-        );
-        self.dirty = true;
-        current
+        self.doc
+            .cgroups
+            .manage(path, id, policy, current.into())
+            .into()
     }
 
-    /// Records that the agent set `path`'s limit to `new`.
+    /// [`Table::changed`] of the memory records.
     pub fn changed(&mut self, path: &str, new: Limit) {
-        if let Some(r) = self.doc.cgroups.get_mut(path) {
-            r.current = new.into();
-            r.changes += 1;
-            self.dirty = true;
+        self.doc.cgroups.changed(path, new.into());
+    }
+
+    /// [`Table::observe`] of the memory records.
+    pub fn observe(&mut self, path: &str, observed: Limit) -> Observed<Limit> {
+        match self.doc.cgroups.observe(path, observed.into()) {
+            Observed::Unknown => Observed::Unknown,
+            Observed::AsSet => Observed::AsSet,
+            Observed::Pending => Observed::Pending,
+            Observed::Adopted { previous } => Observed::Adopted {
+                previous: previous.into(),
+            },
         }
     }
 
-    /// Compares the limit observed in the cgroup with the one the agent last set. A limit
-    /// changed by someone else (the runtime setting a new cgroup's limit just after creating
-    /// it, an operator, an in-place pod resize) is that owner's intent: once the same foreign
-    /// value is seen twice in a row (the agent's own writes reach the state within
-    /// milliseconds, samples are `sample_interval` apart), it becomes the new original.
-    pub fn observe(&mut self, path: &str, observed: Limit) -> Observed {
-        let Some(r) = self.doc.cgroups.get_mut(path) else {
-            return Observed::Unknown;
-        };
-        let obs = StoredLimit::from(observed);
-        if r.current == obs {
-            r.foreign = None;
-            return Observed::AsSet;
-        }
-        if r.foreign != Some(obs) {
-            r.foreign = Some(obs);
-            return Observed::Pending;
-        }
-        let previous = r.original.into();
-        r.original = obs;
-        r.current = obs;
-        r.foreign = None;
-        self.dirty = true;
-        Observed::Adopted { previous }
-    }
-
-    /// Forgets `path` (removed, deselected or restored).
+    /// [`Table::forget`] of the memory records.
     pub fn forget(&mut self, path: &str) -> Option<CgroupRecord> {
-        let r = self.doc.cgroups.remove(path);
-        self.dirty |= r.is_some();
-        r
+        self.doc.cgroups.forget(path)
     }
 
-    /// Keeps only the records for which `keep(path, record)` is true; returns the dropped ones.
+    /// [`Table::retain`] of the memory records.
     pub fn retain(
         &mut self,
-        mut keep: impl FnMut(&str, &CgroupRecord) -> bool,
+        keep: impl FnMut(&str, &CgroupRecord) -> bool,
     ) -> Vec<(String, CgroupRecord)> {
-        let drop: Vec<String> = self
-            .doc
-            .cgroups
-            .iter()
-            .filter(|(p, r)| !keep(p, r))
-            .map(|(p, _)| p.clone())
-            .collect();
-        drop.into_iter()
-            .filter_map(|p| self.doc.cgroups.remove(&p).map(|r| (p, r)))
-            .inspect(|_| self.dirty = true)
-            .collect()
+        self.doc.cgroups.retain(keep)
     }
 
     /// True if there are changes not yet written.
     pub fn is_dirty(&self) -> bool {
-        self.dirty
+        self.dirty || self.doc.cgroups.dirty || self.doc.cpu.dirty
     }
 
     /// Writes the state if it changed since the last write.
     pub fn save_if_dirty(&mut self) -> Result<(), StateError> {
-        if self.dirty {
+        if self.is_dirty() {
             self.save()?;
         }
         Ok(())
@@ -334,6 +489,8 @@ impl StateFile {
             return Err(err(e));
         }
         self.dirty = false;
+        self.doc.cgroups.dirty = false;
+        self.doc.cpu.dirty = false;
         Ok(())
     }
 }
@@ -475,6 +632,55 @@ mod tests {
         assert_eq!(s.observe("/pod", Limit::Bytes(96 * M)), Observed::Pending);
         assert_eq!(s.records()["/pod"].original, StoredLimit::Bytes(64 * M));
         assert_eq!(s.observe("/nope", Limit::Max), Observed::Unknown);
+    }
+
+    #[test]
+    fn cpu_quotas_are_recorded_beside_memory_and_old_files_still_load() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("s.json");
+        // A file written before the agent managed CPU has no "cpu" table.
+        fs::write(
+            &path,
+            r#"{"version": 1, "cgroups": {"/m": {"id": 1, "policy": "p", "original": 1048576, "current": 2097152, "changes": 1}}}"#,
+        )
+        .unwrap();
+        let mut s = StateFile::load(&path).unwrap();
+        assert!(s.cpu().is_empty());
+        let q = |quota_us| CpuQuota::Quota {
+            quota_us,
+            period_us: 100_000,
+        };
+        assert_eq!(
+            s.cpu_mut().manage("/c", 5, "p", q(20_000).into()),
+            StoredQuota::from(q(20_000))
+        );
+        s.cpu_mut().changed("/c", q(150_000).into());
+        assert!(s.is_dirty());
+        s.save().unwrap();
+        assert!(!s.is_dirty());
+        let v: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["cpu"]["/c"]["original"]["quota_us"], 20_000);
+        assert_eq!(v["cpu"]["/c"]["current"]["quota_us"], 150_000);
+        assert_eq!(v["cgroups"]["/m"]["original"], 1_048_576);
+
+        // Restart: the CPU original survives the raise, like memory's.
+        let mut s = StateFile::load(&path).unwrap();
+        assert_eq!(
+            CpuQuota::from(s.cpu_mut().manage("/c", 5, "p", q(150_000).into())),
+            q(20_000)
+        );
+        assert_eq!(
+            s.cpu_mut().observe("/c", CpuQuota::Max.into()),
+            Observed::Pending
+        );
+        assert_eq!(
+            s.cpu_mut().observe("/c", CpuQuota::Max.into()),
+            Observed::Adopted {
+                previous: q(20_000).into()
+            }
+        );
+        assert_eq!(s.records()["/m"].changes, 1);
     }
 
     #[test]
