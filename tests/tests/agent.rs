@@ -22,7 +22,16 @@ use scaler_tests::*;
 
 /// 256 MiB in 8 MiB steps every 10 ms (100 ms under emulation: see `steps_interval`).
 fn steps_256m() -> Vec<&'static str> {
-    vec!["workload", "steps", "--total", "256M", "--step", "8M", "--interval", steps_interval()]
+    vec![
+        "workload",
+        "steps",
+        "--total",
+        "256M",
+        "--step",
+        "8M",
+        "--interval",
+        steps_interval(),
+    ]
 }
 const M: u64 = 1 << 20;
 
@@ -54,6 +63,8 @@ struct Conf {
     port: u16,
     matches: Vec<String>,
     restore_on_exit: bool,
+    /// Add a `[policy.cpu]` (0.2 to 2 cores, short cooldown) to the policy.
+    cpu: bool,
 }
 
 impl Conf {
@@ -63,6 +74,7 @@ impl Conf {
             port: free_port(),
             matches,
             restore_on_exit: false,
+            cpu: false,
         }
     }
     fn path(&self) -> PathBuf {
@@ -97,12 +109,17 @@ match = [{matches}]
 [policy.memory]
 min = "16M"
 max = "512M"
-"#,
+{cpu}"#,
             port = self.port,
             socket = self.socket().display(),
             state = self.state_file().display(),
             restore = self.restore_on_exit,
             matches = matches.join(", "),
+            cpu = if self.cpu {
+                "\n[policy.cpu]\nmin = 0.2\nmax = 2\ncooldown = \"3s\"\ndown_interval = \"500ms\"\n"
+            } else {
+                ""
+            },
         )
     }
     fn write(&self) {
@@ -300,7 +317,10 @@ fn run_steps(g: &CgroupGuard) {
 
 #[test]
 fn metrics_and_status_match_the_actions_taken() {
-    let Some(env) = env_native("agent_metrics", "winning the OOM race (rescuing a workload that outgrows its limit)") else {
+    let Some(env) = env_native(
+        "agent_metrics",
+        "winning the OOM race (rescuing a workload that outgrows its limit)",
+    ) else {
         return;
     };
     let g = memory_cgroup(&env, "scaler-test-agent-m");
@@ -433,7 +453,10 @@ fn metrics_and_status_match_the_actions_taken() {
 
 #[test]
 fn restart_after_sigkill_reconciles_and_sigterm_restores_the_original() {
-    let Some(env) = env_native("agent_restart", "winning the OOM race (rescuing a workload that outgrows its limit)") else {
+    let Some(env) = env_native(
+        "agent_restart",
+        "winning the OOM race (rescuing a workload that outgrows its limit)",
+    ) else {
         return;
     };
     let g = memory_cgroup(&env, "scaler-test-agent-r");
@@ -584,7 +607,10 @@ fn sighup_applies_a_valid_config_and_rejects_an_invalid_one() {
 
 #[test]
 fn a_cgroup_created_after_start_is_managed_promptly_and_forgotten_when_removed() {
-    let Some(env) = env_native("agent_discovery", "winning the OOM race (rescuing a workload that outgrows its limit)") else {
+    let Some(env) = env_native(
+        "agent_discovery",
+        "winning the OOM race (rescuing a workload that outgrows its limit)",
+    ) else {
         return;
     };
     let own = env.memory.own_cgroup().unwrap();
@@ -633,4 +659,145 @@ fn a_cgroup_created_after_start_is_managed_promptly_and_forgotten_when_removed()
         "its metrics are gone:\n{text}"
     );
     assert_eq!(a.stop(Signal::SIGTERM).code(), Some(0));
+}
+
+/// The CPU policy of the agent: the same bursty workload (about 2 cores in bursts) is throttled
+/// under a static 0.2-core quota and then, in a cgroup the agent manages with a `[policy.cpu]`
+/// (min 0.2, max 2 cores), throttled far less; the quota rises during the bursts, the state
+/// file records the original, metrics and `scaler status` show the quota, and SIGTERM with
+/// `restore_on_exit` puts the 0.2-core quota back.
+#[test]
+fn agent_cpu_policy_raises_the_quota_in_bursts_and_restores_it() {
+    let Some(_env) = env_native("agent_cpu_policy", "CPU time per quota period") else {
+        return;
+    };
+    let bursts = [
+        "workload",
+        "cpu",
+        "--busy-threads",
+        "2",
+        "--burst",
+        "2s",
+        "--idle",
+        "1s",
+        "--cycles",
+        "2",
+    ];
+    // Static 0.2-core quota, same workload, same run.
+    let g = cpu_cgroup("scaler-test-agent-cpu-static", 0.2);
+    let cg = g.cgroup(Controller::Cpu).unwrap().clone();
+    let mut p = spawn_in_cgroup(cg.dir(), &scaler_bin(), &bursts);
+    let st = p
+        .wait_timeout(Duration::from_secs(120))
+        .expect("static workload ended");
+    assert!(st.success(), "{st}");
+    let (static_nr, static_us) = throttling(&cg);
+    drop(g);
+    eprintln!("static 0.2-core quota: nr_throttled={static_nr} throttled_usec={static_us}");
+    assert!(
+        static_us >= 1_000_000,
+        "2-core bursts under 0.2 cores are throttled"
+    );
+
+    let g = cpu_cgroup("scaler-test-agent-cpu", 0.2);
+    let cg = g.cgroup(Controller::Cpu).unwrap().clone();
+    let path = g.path(Controller::Cpu).unwrap().to_string();
+    let (original, _) = cg.cpu_max().unwrap();
+    let mut conf = Conf::new(vec![glob_literal(&path)]);
+    conf.cpu = true;
+    conf.restore_on_exit = true;
+    let agent = Agent::start(&conf);
+    let start = Instant::now();
+    while !agent.status()["managed_cpu"]
+        .as_array()
+        .is_some_and(|v| v.iter().any(|m| m["cgroup"] == path.as_str()))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{path} managed for CPU within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut p = spawn_in_cgroup(cg.dir(), &scaler_bin(), &bursts);
+    let mut peak = 0.0f64;
+    let status = loop {
+        if let Some(s) = p.wait_timeout(Duration::from_millis(100)) {
+            break s;
+        }
+        if let Ok((q, _)) = cg.cpu_max() {
+            peak = peak.max(q.cores().unwrap_or(f64::INFINITY));
+        }
+    };
+    assert!(status.success(), "{status}");
+    let (nr, us) = throttling(&cg);
+    let cut = 1.0 - us as f64 / static_us as f64;
+    eprintln!(
+        "agent: nr_throttled={nr} throttled_usec={us} ({:.1}% less than static), peak quota {peak:.2} cores",
+        cut * 100.0
+    );
+    assert!(
+        peak >= 0.8,
+        "the agent raised the quota during the bursts (peak {peak})"
+    );
+    assert!(
+        peak <= 2.0 + 1e-9,
+        "never above the policy maximum (peak {peak})"
+    );
+    assert!(
+        cut >= 0.8,
+        "throttled at least 80% less than under the static quota: {us} vs {static_us} us"
+    );
+
+    // State file: the original quota, and the agent's changes.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(conf.state_file()).unwrap()).unwrap();
+    let rec = &state["cpu"][path.as_str()];
+    let scaler::cgroupfs::CpuQuota::Quota { quota_us, .. } = original else {
+        panic!("the test set a quota");
+    };
+    assert_eq!(rec["original"]["quota_us"], quota_us, "{state}");
+    assert!(rec["changes"].as_u64().unwrap() >= 1, "{state}");
+
+    // Metrics and status.
+    let text = agent.scrape();
+    let cg_label = format!("cgroup=\"{path}\"");
+    assert!(
+        metric(
+            &text,
+            "scaler_actions_total",
+            &["resource=\"cpu\"", "outcome=\"written\""]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "scaler_cgroup_cpu_original_quota_cores",
+            &[&cg_label]
+        ),
+        Some(0.2),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "scaler_cgroup_cpu_quota_cores", &[&cg_label]).is_some(),
+        "{text}"
+    );
+    assert!(agent.status_table().contains("\nCPU\n"));
+
+    // SIGTERM with restore_on_exit: the 0.2-core quota comes back.
+    let st = agent.stop(Signal::SIGTERM);
+    assert!(st.success(), "{st}");
+    assert_eq!(
+        cg.cpu_max().unwrap().0,
+        original,
+        "original quota restored on exit"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(conf.state_file()).unwrap()).unwrap();
+    assert!(
+        state["cpu"].get(path.as_str()).is_none(),
+        "restored cgroups leave the state file: {state}"
+    );
 }

@@ -97,6 +97,19 @@ pub enum CpuQuota {
     },
 }
 
+/// `max`, or `<quota_us> <period_us>` as v2 `cpu.max` writes it.
+impl std::fmt::Display for CpuQuota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CpuQuota::Max => f.write_str("max"),
+            CpuQuota::Quota {
+                quota_us,
+                period_us,
+            } => write!(f, "{quota_us} {period_us}"),
+        }
+    }
+}
+
 impl CpuQuota {
     /// Parses v2 `cpu.max` (`"max 100000"`, `"20000 100000"`). Returns the quota and the
     /// period (which is meaningful, and kept, even when the quota is `max`).

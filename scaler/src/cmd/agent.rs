@@ -37,17 +37,23 @@ use scaler_common::{EventKind, WatchConfig, WATCH_MEMORY, WATCH_USAGE_HIGH};
 
 use self::{
     discovery::{TreeChange, TreeWatcher},
-    metrics::{limit_value, CgroupLabels, Metrics, ProgramLabels, ResultLabels},
+    metrics::{
+        limit_value, quota_value, CgroupLabels, CgroupResourceLabels, Metrics, ProgramLabels,
+        ResultLabels,
+    },
     state::{plan_restore, Observed, Restore, StateFile, StoredLimit},
-    status::{ActionStatus, CounterStatus, ManagedStatus, Recent, StatusDoc},
+    status::{ActionStatus, CounterStatus, ManagedCpuStatus, ManagedStatus, Recent, StatusDoc},
 };
 use crate::{
-    actuator::{MemoryActuator, MemoryOptions},
-    cgroupfs::{CgroupIndex, Controller, Hierarchy, Limit},
-    config::{Config, ConfigError, NodeInfo},
-    decider::{CgId, MemoryPolicy, MemorySignal, Resource, WriteOutcome},
+    actuator::{CpuActuator, MemoryActuator, MemoryOptions},
+    cgroupfs::{CgroupIndex, Controller, CpuQuota, Hierarchy, Limit},
+    config::{Config, ConfigError, NodeInfo, PolicyConfig},
+    decider::{CgId, CpuPolicy, CpuSignal, MemoryPolicy, MemorySignal, Resource, WriteOutcome},
     ebpf::{Pipeline, PipelineOptions},
-    engine::{Command, Engine, EngineConfig, EngineStats, ManageRequest, ManagedSnapshot, Record},
+    engine::{
+        cpu_sample, Command, CpuManageRequest, CpuSnapshot, Engine, EngineConfig, EngineStats,
+        ManageRequest, ManagedSnapshot, Record,
+    },
     k8s::PodCgroup,
 };
 
@@ -117,6 +123,23 @@ pub struct ManagedCgroup {
     pub labels: CgroupLabels,
 }
 
+/// What the agent knows about one cgroup whose CPU quota it manages. On cgroup v1 this is a
+/// cgroup of the cpu hierarchy: a different directory, with a different id, from the memory
+/// cgroup of the same workload (the path relative to the hierarchy root is usually the same).
+#[derive(Clone, Debug)]
+pub struct ManagedCpu {
+    /// Path relative to the cpu hierarchy root.
+    pub path: String,
+    pub policy: String,
+    pub cpu: CpuPolicy,
+    /// The quota before the agent first changed it (from the state file after a restart).
+    pub original: CpuQuota,
+    /// The CFS period in force (µs), which the decider's quotas are expressed in.
+    pub period_us: u64,
+    /// Its metric labels.
+    pub labels: CgroupLabels,
+}
+
 /// Counters the agent keeps from the engine's records.
 #[derive(Debug, Default)]
 pub struct AgentCounters {
@@ -138,6 +161,8 @@ pub struct AgentInfo {
 /// Agent state shared between its threads.
 pub struct AgentState {
     pub managed: Mutex<HashMap<CgId, ManagedCgroup>>,
+    /// Cgroups whose CPU quota is managed, by their id in the cpu hierarchy.
+    pub cpu_managed: Mutex<HashMap<CgId, ManagedCpu>>,
     pub counters: AgentCounters,
     pub metrics: Arc<Metrics>,
     pub recent: Mutex<Recent>,
@@ -226,45 +251,77 @@ fn discovery_thread(mount: PathBuf, tx: Sender<AgentMsg>) {
     }
 }
 
+/// The cpu controller's side of the agent, once a policy manages CPU.
+struct CpuSide {
+    hierarchy: Hierarchy,
+    /// Its own index when the cpu hierarchy is a different tree from the memory one (cgroup
+    /// v1); `None` on a unified (v2) tree, where the memory index serves both.
+    index: Option<CgroupIndex>,
+}
+
 struct Agent {
     config: Config,
     node: NodeInfo,
     hierarchy: Hierarchy,
     index: CgroupIndex,
+    /// `None` until a policy manages CPU (or when the cpu controller is not available).
+    cpu: Option<CpuSide>,
+    /// The cpu hierarchy was looked for and not found (warned once).
+    cpu_unavailable: bool,
     pipeline: Pipeline,
     engine: Engine,
     state: Arc<AgentState>,
 }
 
+/// Cgroups of `index` that a policy selects, with what `pick` takes from the policy, parents
+/// before children (so that each finds its managed ancestor).
+fn selected<P>(
+    config: &Config,
+    hierarchy: &Hierarchy,
+    index: &CgroupIndex,
+    pick: impl Fn(&PolicyConfig) -> Option<P>,
+) -> Vec<(CgId, String, String, P)> {
+    let needs_xattr = config.policies.iter().any(|p| p.require_xattr);
+    let xattr_name = &config.agent.opt_in_xattr;
+    let mut wanted = Vec::new();
+    for (id, path) in index.iter() {
+        let xattr = if needs_xattr {
+            hierarchy
+                .cgroup(path)
+                .ok()
+                .and_then(|c| c.xattr(xattr_name).ok().flatten())
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+        } else {
+            None
+        };
+        if let Some(p) = config.policy_for(path, xattr.as_deref()) {
+            if let Some(v) = pick(p) {
+                wanted.push((id.0, path.to_string(), p.name.clone(), v));
+            }
+        }
+    }
+    wanted.sort_by_key(|(_, path, _, _)| path.matches('/').count());
+    wanted
+}
+
 impl Agent {
-    /// Brings the managed set in line with the configuration and the cgroups that exist:
-    /// new matching cgroups are managed, vanished or no-longer-selected ones forgotten.
+    /// Brings the managed sets (memory, then CPU) in line with the configuration and the
+    /// cgroups that exist: new matching cgroups are managed, vanished or no-longer-selected
+    /// ones forgotten.
     fn reconcile(&mut self) {
+        self.reconcile_memory();
+        self.reconcile_cpu();
+        self.state.save_state();
+    }
+
+    fn reconcile_memory(&mut self) {
         if let Err(e) = self.index.rescan() {
             tracing::warn!("rescanning {}: {e}", self.hierarchy.mount.display());
             return;
         }
-        let needs_xattr = self.config.policies.iter().any(|p| p.require_xattr);
-        let xattr_name = self.config.agent.opt_in_xattr.clone();
-        let mut wanted: Vec<(CgId, String, String, MemoryPolicy)> = Vec::new();
-        for (id, path) in self.index.iter() {
-            let xattr = if needs_xattr {
-                self.hierarchy
-                    .cgroup(path)
-                    .ok()
-                    .and_then(|c| c.xattr(&xattr_name).ok().flatten())
-                    .map(|v| String::from_utf8_lossy(&v).into_owned())
-            } else {
-                None
-            };
-            if let Some(p) = self.config.policy_for(path, xattr.as_deref()) {
-                if let Some(mp) = p.memory_policy() {
-                    wanted.push((id.0, path.to_string(), p.name.clone(), mp));
-                }
-            }
-        }
-        // Parents before children, so each finds its managed ancestor.
-        wanted.sort_by_key(|(_, path, _, _)| path.matches('/').count());
+        let wanted = selected(&self.config, &self.hierarchy, &self.index, |p| {
+            p.memory_policy()
+        });
         let wanted_ids: HashSet<CgId> = wanted.iter().map(|w| w.0).collect();
         let mut managed = lock(&self.state.managed);
         let metrics = &self.state.metrics;
@@ -279,9 +336,7 @@ impl Agent {
             self.engine.send(Command::Forget(id));
             let _ = self.pipeline.unwatch(id);
             lock(&self.state.state).forget(&m.path);
-            metrics.limit_bytes.remove(&m.labels);
-            metrics.original_limit_bytes.remove(&m.labels);
-            metrics.usage_bytes.remove(&m.labels);
+            metrics.forget_memory(&m.labels);
         }
         let mut path_to_id: HashMap<String, CgId> = managed
             .iter()
@@ -330,9 +385,7 @@ impl Agent {
             let pod = crate::k8s::parse(&path);
             let labels = CgroupLabels::new(&path, &policy_name);
             if let Some(old) = managed.get(&id).map(|m| m.labels.clone()) {
-                metrics.limit_bytes.remove(&old);
-                metrics.original_limit_bytes.remove(&old);
-                metrics.usage_bytes.remove(&old);
+                metrics.forget_memory(&old);
             }
             metrics
                 .original_limit_bytes
@@ -366,8 +419,164 @@ impl Agent {
             );
         }
         metrics.managed.set(managed.len() as i64);
-        drop(managed);
-        self.state.save_state();
+    }
+
+    /// Finds the cpu hierarchy the first time a policy manages CPU.
+    fn cpu_side(&mut self) -> Option<&mut CpuSide> {
+        if self.cpu.is_none() && !self.cpu_unavailable {
+            match Hierarchy::discover(Path::new("/"), Controller::Cpu) {
+                Ok(h) => {
+                    let index =
+                        (!h.same_tree(&self.hierarchy)).then(|| CgroupIndex::new(h.clone()));
+                    tracing::info!(cpu = %format!("{} at {}", h.version, h.mount.display()), "managing CPU quotas");
+                    self.cpu = Some(CpuSide {
+                        hierarchy: h,
+                        index,
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "a [policy.cpu] is configured but the cpu controller is not available \
+                         ({e}); CPU quotas are not managed (mount the cpu controller: cgroup v2 \
+                         with +cpu in cgroup.subtree_control, or the v1 cpu hierarchy)"
+                    );
+                    self.cpu_unavailable = true;
+                }
+            }
+        }
+        self.cpu.as_mut()
+    }
+
+    fn reconcile_cpu(&mut self) {
+        let wants = self.config.policies.iter().any(|p| p.cpu.is_some());
+        if !wants && lock(&self.state.cpu_managed).is_empty() {
+            return;
+        }
+        if wants && self.cpu_side().is_none() {
+            return;
+        }
+        let node = self.node;
+        let mut wanted = Vec::new();
+        if wants {
+            let (config, memory_h, memory_index) = (&self.config, &self.hierarchy, &self.index);
+            let side = self.cpu.as_mut().expect("found above");
+            let (h, index) = match &mut side.index {
+                Some(i) => {
+                    if let Err(e) = i.rescan() {
+                        tracing::warn!("rescanning {}: {e}", side.hierarchy.mount.display());
+                        return;
+                    }
+                    (&side.hierarchy, &*i)
+                }
+                None => (memory_h, memory_index),
+            };
+            wanted = selected(config, h, index, |p| p.cpu_policy(&node));
+        }
+        let Some(h) = self.cpu.as_ref().map(|c| c.hierarchy.clone()) else {
+            return;
+        };
+        let wanted_ids: HashSet<CgId> = wanted.iter().map(|w| w.0).collect();
+        let mut managed = lock(&self.state.cpu_managed);
+        let metrics = &self.state.metrics;
+        let gone: Vec<CgId> = managed
+            .keys()
+            .filter(|id| !wanted_ids.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            let m = managed.remove(&id).expect("listed");
+            tracing::info!(cgroup = %m.path, "CPU quota no longer managed (removed or deselected)");
+            self.engine.send(Command::ForgetCpu(id));
+            if self.pipeline.cpu_enabled() {
+                let _ = self.pipeline.unwatch_cpu(id);
+            }
+            lock(&self.state.state).cpu_mut().forget(&m.path);
+            metrics.forget_cpu(&m.labels);
+        }
+        let mut path_to_id: HashMap<String, CgId> = managed
+            .iter()
+            .map(|(id, m)| (m.path.clone(), *id))
+            .collect();
+        for (id, path, policy_name, policy) in wanted {
+            if let Some(m) = managed.get(&id) {
+                if m.cpu == policy && m.policy == policy_name {
+                    continue;
+                }
+            }
+            let cg = match h.cgroup(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(cgroup = %path, "{e}");
+                    continue;
+                }
+            };
+            let actuator = match CpuActuator::open(&cg) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(cgroup = %path, "cannot manage the CPU quota: {e}");
+                    continue;
+                }
+            };
+            let current = actuator.current_quota();
+            let period_us = cg.cpu_max().map_or(DEFAULT_CFS_PERIOD_US, |(_, p)| p);
+            let original: CpuQuota = lock(&self.state.state)
+                .cpu_mut()
+                .manage(&path, id, &policy_name, current.into())
+                .into();
+            let parent = ancestors(&path).find_map(|a| path_to_id.get(a).copied());
+            self.engine
+                .send(Command::ManageCpu(Box::new(CpuManageRequest {
+                    id,
+                    path: Arc::from(path.as_str()),
+                    parent,
+                    policy,
+                    actuator,
+                })));
+            if self.pipeline.cpu_enabled() {
+                let watch = crate::cmd::watch::cpu_watch(
+                    policy.quota_near_fraction,
+                    Duration::from_micros(policy.runq_latency_target_us),
+                );
+                if let Err(e) = self.pipeline.watch_cpu(id, watch) {
+                    tracing::warn!(cgroup = %path, "cannot watch CPU: {e}");
+                }
+            }
+            let labels = CgroupLabels::new(&path, &policy_name);
+            if let Some(old) = managed.get(&id).map(|m| m.labels.clone()) {
+                metrics.forget_cpu(&old);
+            }
+            metrics
+                .cpu_original_quota_cores
+                .get_or_create(&labels)
+                .set(quota_value(original));
+            metrics
+                .cpu_quota_cores
+                .get_or_create(&labels)
+                .set(quota_value(current));
+            tracing::info!(
+                cgroup = %path,
+                policy = %policy_name,
+                min_cores = policy.min_cores,
+                max_cores = policy.max_cores,
+                quota = %current,
+                original = %original,
+                kernel_events = self.pipeline.cpu_enabled(),
+                "managing the CPU quota"
+            );
+            path_to_id.insert(path.clone(), id);
+            managed.insert(
+                id,
+                ManagedCpu {
+                    path,
+                    policy: policy_name,
+                    cpu: policy,
+                    original,
+                    period_us,
+                    labels,
+                },
+            );
+        }
+        metrics.managed_cpu.set(managed.len() as i64);
     }
 
     /// Drops state records of cgroups that are not managed after the first reconcile: those
@@ -377,6 +586,21 @@ impl Agent {
             .values()
             .map(|m| m.path.clone())
             .collect();
+        let cpu_managed: HashSet<String> = lock(&self.state.cpu_managed)
+            .values()
+            .map(|m| m.path.clone())
+            .collect();
+        let cpu_dropped = lock(&self.state.state)
+            .cpu_mut()
+            .retain(|p, _| cpu_managed.contains(p));
+        for (path, r) in cpu_dropped {
+            tracing::info!(
+                cgroup = %path,
+                original = %CpuQuota::from(r.original),
+                current = %CpuQuota::from(r.current),
+                "state file: CPU quota no longer managed (cgroup gone or deselected); it stays as the agent left it"
+            );
+        }
         let dropped = lock(&self.state.state).retain(|p, _| managed.contains(p));
         for (path, r) in dropped {
             let exists = self.hierarchy.cgroup(&path).is_ok_and(|c| c.exists());
@@ -429,7 +653,71 @@ impl Agent {
             self.engine.send(Command::Sample(*id, s));
         }
         drop(managed);
+        self.sample_cpu();
         self.state.save_state();
+    }
+
+    /// The CPU slow path: a `cpu.stat` + quota sample of each managed cpu cgroup (usage for
+    /// scale-down, throttling as a pressure signal), and quotas changed outside the agent.
+    fn sample_cpu(&self) {
+        let Some(side) = &self.cpu else {
+            return;
+        };
+        let mut managed = lock(&self.state.cpu_managed);
+        for (id, m) in managed.iter_mut() {
+            let Ok(cg) = side.hierarchy.cgroup(&m.path) else {
+                continue;
+            };
+            let Some(mut s) = cpu_sample(&cg) else {
+                continue;
+            };
+            if let CpuSignal::Sample {
+                usage_ns: u @ 0, ..
+            } = &mut s
+            {
+                // v1 keeps CPU time in cpuacct, often not mounted with cpu: use what the
+                // kernel programs accounted instead.
+                if let Some(st) = self.pipeline.cpu_state(*id) {
+                    *u = st.total_ns;
+                }
+            }
+            if let CpuSignal::Sample {
+                quota_us,
+                period_us,
+                throttled_ns,
+                ..
+            } = s
+            {
+                m.period_us = period_us;
+                let observed = quota_us.map_or(CpuQuota::Max, |quota_us| CpuQuota::Quota {
+                    quota_us,
+                    period_us,
+                });
+                if let Observed::Adopted { previous } = lock(&self.state.state)
+                    .cpu_mut()
+                    .observe(&m.path, observed.into())
+                {
+                    tracing::info!(
+                        cgroup = %m.path,
+                        previous = %CpuQuota::from(previous),
+                        original = %observed,
+                        "CPU quota changed outside the agent: adopted as the original"
+                    );
+                    m.original = observed;
+                    self.state
+                        .metrics
+                        .cpu_original_quota_cores
+                        .get_or_create(&m.labels)
+                        .set(quota_value(observed));
+                }
+                self.state
+                    .metrics
+                    .cpu_throttled_seconds
+                    .get_or_create(&m.labels)
+                    .set(throttled_ns as f64 / 1e9);
+            }
+            self.engine.send(Command::CpuSample(*id, s));
+        }
     }
 
     /// Refreshes the metrics kept by others: per-cgroup limits and usage (engine snapshot),
@@ -450,6 +738,37 @@ impl Agent {
                 }
                 if let Some(u) = s.usage {
                     m.usage_bytes.get_or_create(&c.labels).set(u as i64);
+                }
+                if let Some(u) = s.utilization {
+                    m.utilization
+                        .get_or_create(&CgroupResourceLabels {
+                            cgroup: c.labels.clone(),
+                            resource: "memory",
+                        })
+                        .set(u);
+                }
+            }
+        }
+        if self.cpu.is_some() {
+            let snapshot = self.engine.cpu_snapshot();
+            let managed = lock(&self.state.cpu_managed);
+            for s in &snapshot {
+                let Some(c) = managed.get(&s.id) else {
+                    continue;
+                };
+                m.cpu_quota_cores
+                    .get_or_create(&c.labels)
+                    .set(s.quota_cores.unwrap_or(f64::INFINITY));
+                if let Some(u) = s.usage_cores {
+                    m.cpu_usage_cores.get_or_create(&c.labels).set(u);
+                }
+                if let Some(u) = s.utilization {
+                    m.utilization
+                        .get_or_create(&CgroupResourceLabels {
+                            cgroup: c.labels.clone(),
+                            resource: "cpu",
+                        })
+                        .set(u);
                 }
             }
         }
@@ -513,6 +832,15 @@ impl Agent {
                 }
                 self.engine
                     .send(Command::SetBudget(c.memory_budget(&self.node)));
+                self.engine
+                    .send(Command::SetCpuBudget(c.cpu_budget(&self.node)));
+                if c.policies.iter().any(|p| p.cpu.is_some()) && !self.pipeline.cpu_enabled() {
+                    tracing::warn!(
+                        "a [policy.cpu] is configured but the scheduler programs were not \
+                         attached at start: CPU quotas are managed from cpu.stat samples \
+                         (every agent.sample_interval) until the agent is restarted"
+                    );
+                }
                 lock(&self.state.info).restore_on_exit = c.agent.restore_on_exit;
                 // Keep the addresses the agent actually uses.
                 c.agent.metrics = self.config.agent.metrics;
@@ -553,6 +881,46 @@ fn ancestors(path: &str) -> impl Iterator<Item = &str> {
         cur = Some(parent);
         Some(parent)
     })
+}
+
+/// At shutdown with `restore_on_exit`: writes each changed cgroup's original CPU quota back
+/// (a quota can always be lowered: the cost is throttling, not a kill). Restored cgroups leave
+/// the state file; the others stay.
+fn restore_cpu_originals(hierarchy: &Hierarchy, agent_state: &AgentState) {
+    let records: Vec<(String, state::CpuRecord)> = lock(&agent_state.state)
+        .cpu()
+        .records()
+        .iter()
+        .map(|(p, r)| (p.clone(), r.clone()))
+        .collect();
+    for (path, r) in records {
+        let cg = match hierarchy.cgroup(&path) {
+            Ok(c) if c.exists() && c.id().is_ok_and(|id| id.0 == r.id) => c,
+            _ => {
+                lock(&agent_state.state).cpu_mut().forget(&path);
+                continue;
+            }
+        };
+        let original = CpuQuota::from(r.original);
+        let res = CpuActuator::open(&cg).and_then(|a| {
+            let current = a.current_quota();
+            if current == original {
+                return Ok(None);
+            }
+            a.set_cpu_quota(original).map(|_| Some(current))
+        });
+        match res {
+            Ok(Some(current)) => {
+                tracing::info!(target: "scaler::audit", cgroup = %path, resource = "cpu", old = %current, new = %original, reason = "restore_on_exit", "CPU quota restored");
+                lock(&agent_state.state).cpu_mut().forget(&path);
+            }
+            Ok(None) => {
+                lock(&agent_state.state).cpu_mut().forget(&path);
+            }
+            Err(e) => tracing::warn!(cgroup = %path, "restoring the CPU quota {original}: {e}"),
+        }
+    }
+    agent_state.save_state();
 }
 
 /// At shutdown with `restore_on_exit`: writes each changed cgroup's original limit back,
@@ -607,6 +975,7 @@ fn restore_originals(hierarchy: &Hierarchy, agent_state: &AgentState) {
 fn status_doc(
     state: &AgentState,
     snapshot: Vec<ManagedSnapshot>,
+    cpu_snapshot: Vec<CpuSnapshot>,
     engine: &EngineStats,
 ) -> StatusDoc {
     let info = lock(&state.info).clone();
@@ -635,6 +1004,24 @@ fn status_doc(
         .collect();
     drop(managed);
     list.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
+    let cpu_snaps: HashMap<CgId, CpuSnapshot> =
+        cpu_snapshot.into_iter().map(|s| (s.id, s)).collect();
+    let mut cpu_list: Vec<ManagedCpuStatus> = lock(&state.cpu_managed)
+        .iter()
+        .map(|(id, m)| {
+            let s = cpu_snaps.get(id);
+            ManagedCpuStatus {
+                cgroup: m.path.clone(),
+                id: *id,
+                policy: m.policy.clone(),
+                quota_cores: s.and_then(|s| s.quota_cores),
+                original_quota_cores: m.original.cores(),
+                usage_cores: s.and_then(|s| s.usage_cores),
+                utilization: s.and_then(|s| s.utilization),
+            }
+        })
+        .collect();
+    cpu_list.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
     let recent = lock(&state.recent);
     let c = &state.counters;
     let events = c
@@ -657,6 +1044,7 @@ fn status_doc(
         state_file: info.state_file,
         metrics_addr: info.metrics_addr,
         managed: list,
+        managed_cpu: cpu_list,
         counters: CounterStatus {
             events,
             actions: c.actions.load(Ordering::Relaxed),
@@ -715,12 +1103,24 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     };
     let status_listener = status::bind(&config.agent.status_socket)
         .context("the status socket (agent.status_socket)")?;
-    let mut pipeline = Pipeline::load(&PipelineOptions {
-        watch_all: config.agent.observe_all,
-        default_headroom_bytes: 0,
-        early_warning: true,
-    })?;
+    // The scheduler programs cost every context switch something: attach them only when a
+    // policy manages CPU.
+    let wants_cpu = config.policies.iter().any(|p| p.cpu.is_some());
+    let mut pipeline = Pipeline::load_with_cpu(
+        &PipelineOptions {
+            watch_all: config.agent.observe_all,
+            default_headroom_bytes: 0,
+            early_warning: true,
+        },
+        wants_cpu,
+    )?;
     crate::privilege::after_load(crate::privilege::Role::Agent);
+    if wants_cpu && !pipeline.cpu_enabled() {
+        tracing::warn!(
+            "the scheduler programs are not attached: CPU quotas are managed from cpu.stat \
+             samples alone (every agent.sample_interval), without quota-near or run-queue events"
+        );
+    }
     for p in pipeline.programs() {
         if !p.attached {
             tracing::warn!(
@@ -735,6 +1135,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         ring,
         EngineConfig {
             memory_budget: config.memory_budget(&node),
+            cpu_budget_cores: config.cpu_budget(&node),
             dry_run: config.agent.dry_run,
             ..EngineConfig::default()
         },
@@ -742,6 +1143,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let records = engine.take_records().context("records")?;
     let state = Arc::new(AgentState {
         managed: Mutex::new(HashMap::new()),
+        cpu_managed: Mutex::new(HashMap::new()),
         counters: AgentCounters::default(),
         metrics,
         recent: Mutex::new(Recent::default()),
@@ -775,7 +1177,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             } else {
                 Vec::new()
             };
-            status_doc(&state, snapshot, &stats)
+            let (tx, rx) = sync_channel(1);
+            let cpu_snapshot = if commands.send(Command::CpuSnapshot(tx)).is_ok() {
+                wake.wake();
+                rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            status_doc(&state, snapshot, cpu_snapshot, &stats)
         })?;
     }
     let mut agent = Agent {
@@ -783,6 +1192,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         node,
         hierarchy,
         index,
+        cpu: None,
+        cpu_unavailable: false,
         pipeline,
         engine,
         state,
@@ -794,6 +1205,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(
         memory = %format!("{} at {}", agent.hierarchy.version, agent.hierarchy.mount.display()),
         managed = lock(&agent.state.managed).len(),
+        cpu_managed = lock(&agent.state.cpu_managed).len(),
+        cpu_kernel_events = agent.pipeline.cpu_enabled(),
         state_file = %agent.config.agent.state_file.display(),
         known_from_state = known,
         observe_all = agent.config.agent.observe_all,
@@ -858,6 +1271,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         state,
         config,
         hierarchy,
+        cpu,
         ..
     } = agent;
     engine.stop()?;
@@ -869,6 +1283,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     if restore && !config.agent.dry_run {
         // The engine is stopped: nothing races the restore.
         restore_originals(&hierarchy, &state);
+        if let Some(c) = &cpu {
+            restore_cpu_originals(&c.hierarchy, &state);
+        }
     }
     let _ = std::fs::remove_file(&config.agent.status_socket);
     tracing::info!(
@@ -878,6 +1295,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// The CFS period assumed when a cgroup's cannot be read (the kernel's default, 100 ms).
+const DEFAULT_CFS_PERIOD_US: u64 = 100_000;
 
 /// How often the cgroup tree is rescanned for new and removed cgroups (inotify reports them
 /// sooner; this is the safety net).
@@ -895,24 +1315,45 @@ fn consume(records: Receiver<Record>, state: &AgentState, h: Hierarchy) {
                     .fetch_add(1, Ordering::Relaxed);
             }
             state.metrics.record_action(&a);
-            let managed = lock(&state.managed)
-                .get(&a.action.cgroup)
-                .map(|m| (m.path.clone(), m.labels.clone()));
-            let path = match &managed {
-                Some((p, _)) => Some(p.clone()),
-                None => index.path_of(a.action.cgroup).map(str::to_owned),
-            };
-            if a.outcome == WriteOutcome::Written && a.action.resource == Resource::Memory {
-                if let Some((p, labels)) = &managed {
-                    let new = Limit::from_bytes(a.action.new);
-                    lock(&state.state).changed(p, new);
-                    state
-                        .metrics
-                        .limit_bytes
-                        .get_or_create(labels)
-                        .set(limit_value(new));
+            // On cgroup v1 the memory and cpu cgroups of a workload have different ids.
+            let path = match a.action.resource {
+                Resource::Memory => {
+                    let managed = lock(&state.managed)
+                        .get(&a.action.cgroup)
+                        .map(|m| (m.path.clone(), m.labels.clone()));
+                    if let (WriteOutcome::Written, Some((p, labels))) = (a.outcome, &managed) {
+                        let new = Limit::from_bytes(a.action.new);
+                        lock(&state.state).changed(p, new);
+                        state
+                            .metrics
+                            .limit_bytes
+                            .get_or_create(labels)
+                            .set(limit_value(new));
+                    }
+                    managed.map(|(p, _)| p)
                 }
-            }
+                Resource::Cpu => {
+                    let managed = lock(&state.cpu_managed)
+                        .get(&a.action.cgroup)
+                        .map(|m| (m.path.clone(), m.labels.clone(), m.period_us));
+                    if let (WriteOutcome::Written, Some((p, labels, period_us))) =
+                        (a.outcome, &managed)
+                    {
+                        let new = CpuQuota::Quota {
+                            quota_us: a.action.new,
+                            period_us: *period_us,
+                        };
+                        lock(&state.state).cpu_mut().changed(p, new.into());
+                        state
+                            .metrics
+                            .cpu_quota_cores
+                            .get_or_create(labels)
+                            .set(quota_value(new));
+                    }
+                    managed.map(|(p, _, _)| p)
+                }
+            };
+            let path = path.or_else(|| index.path_of(a.action.cgroup).map(str::to_owned));
             crate::cmd::audit(&a, path.as_deref());
             lock(&state.recent).push(
                 ActionStatus {

@@ -127,6 +127,32 @@ pub struct Metrics {
     pub resident_bytes: Gauge,
     /// `scaler_config_reloads_total{result}`.
     pub reloads: Family<ResultLabels, Counter>,
+    /// `scaler_managed_cpu_cgroups`: cgroups whose CPU quota the agent manages.
+    pub managed_cpu: Gauge,
+    /// `scaler_cgroup_cpu_quota_cores{...}` (+Inf: no quota).
+    pub cpu_quota_cores: Family<CgroupLabels, F64Gauge>,
+    /// `scaler_cgroup_cpu_original_quota_cores{...}` (+Inf: no quota before the agent).
+    pub cpu_original_quota_cores: Family<CgroupLabels, F64Gauge>,
+    /// `scaler_cgroup_cpu_usage_cores{...}`: CPU used over the last sample interval.
+    pub cpu_usage_cores: Family<CgroupLabels, F64Gauge>,
+    /// `scaler_cgroup_cpu_throttled_seconds{...}`: `cpu.stat` throttled time, as read.
+    pub cpu_throttled_seconds: Family<CgroupLabels, F64Gauge>,
+    /// `scaler_cgroup_utilization{...,resource}`: U = R/C, usage over limit (memory) or CPU
+    /// used over quota (cpu), as the decider sees it.
+    pub utilization: Family<CgroupResourceLabels, F64Gauge>,
+}
+
+/// A managed cgroup's labels plus the resource (`memory`, `cpu`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CgroupResourceLabels {
+    #[prometheus(flatten)]
+    pub cgroup: CgroupLabels,
+    pub resource: &'static str,
+}
+
+/// A CPU quota as a gauge value: cores, `+Inf` for no quota.
+pub fn quota_value(q: crate::cgroupfs::CpuQuota) -> f64 {
+    q.cores().unwrap_or(f64::INFINITY)
 }
 
 /// `{result}` of a reload: `ok` or `rejected`.
@@ -170,6 +196,12 @@ impl Metrics {
             cpu_seconds: F64Counter::default(),
             resident_bytes: Gauge::default(),
             reloads: Family::default(),
+            managed_cpu: Gauge::default(),
+            cpu_quota_cores: Family::default(),
+            cpu_original_quota_cores: Family::default(),
+            cpu_usage_cores: Family::default(),
+            cpu_throttled_seconds: Family::default(),
+            utilization: Family::default(),
         };
         {
             let r = root.sub_registry_with_prefix("scaler");
@@ -254,6 +286,41 @@ impl Metrics {
                 m.bpf_runs.clone(),
             );
             r.register(
+                "managed_cpu_cgroups",
+                "Cgroups whose CPU quota the agent manages",
+                m.managed_cpu.clone(),
+            );
+            for (name, help, family) in [
+                (
+                    "cgroup_cpu_quota_cores",
+                    "CFS quota of a managed cpu cgroup in cores (+Inf: none)",
+                    &m.cpu_quota_cores,
+                ),
+                (
+                    "cgroup_cpu_original_quota_cores",
+                    "CFS quota of a managed cpu cgroup before the agent first changed it (+Inf: none)",
+                    &m.cpu_original_quota_cores,
+                ),
+                (
+                    "cgroup_cpu_usage_cores",
+                    "CPU used by a managed cpu cgroup over the last sample interval, in cores",
+                    &m.cpu_usage_cores,
+                ),
+            ] {
+                r.register(name, help, family.clone());
+            }
+            r.register_with_unit(
+                "cgroup_cpu_throttled",
+                "Throttled time of a managed cpu cgroup (cpu.stat), as last read",
+                Unit::Seconds,
+                m.cpu_throttled_seconds.clone(),
+            );
+            r.register(
+                "cgroup_utilization",
+                "Utilization U = R/C of a managed cgroup: memory usage over limit, CPU used over quota",
+                m.utilization.clone(),
+            );
+            r.register(
                 "config_reloads",
                 "SIGHUP reloads, by result (ok, rejected)",
                 m.reloads.clone(),
@@ -278,6 +345,34 @@ impl Metrics {
             registry: root,
             ..m
         }
+    }
+
+    /// Drops the per-cgroup memory series of a cgroup the agent no longer manages.
+    pub fn forget_memory(&self, labels: &CgroupLabels) {
+        for f in [&self.limit_bytes, &self.original_limit_bytes] {
+            f.remove(labels);
+        }
+        self.usage_bytes.remove(labels);
+        self.utilization.remove(&CgroupResourceLabels {
+            cgroup: labels.clone(),
+            resource: "memory",
+        });
+    }
+
+    /// Drops the per-cgroup CPU series of a cgroup the agent no longer manages.
+    pub fn forget_cpu(&self, labels: &CgroupLabels) {
+        for f in [
+            &self.cpu_quota_cores,
+            &self.cpu_original_quota_cores,
+            &self.cpu_usage_cores,
+            &self.cpu_throttled_seconds,
+        ] {
+            f.remove(labels);
+        }
+        self.utilization.remove(&CgroupResourceLabels {
+            cgroup: labels.clone(),
+            resource: "cpu",
+        });
     }
 
     /// Counts one action and, unless it failed, observes its latency.
@@ -595,6 +690,48 @@ mod tests {
         );
         assert!(m.limit_bytes.remove(&l));
         assert!(!m.encode().contains("scaler_cgroup_limit_bytes{"));
+    }
+
+    #[test]
+    fn cpu_series_and_utilization_are_exported_and_forgotten() {
+        let m = Metrics::new();
+        let l = CgroupLabels::new("/batch/job", "elastic");
+        m.cpu_quota_cores.get_or_create(&l).set(0.2);
+        m.cpu_original_quota_cores
+            .get_or_create(&l)
+            .set(quota_value(crate::cgroupfs::CpuQuota::Max));
+        m.utilization
+            .get_or_create(&CgroupResourceLabels {
+                cgroup: l.clone(),
+                resource: "cpu",
+            })
+            .set(0.75);
+        let t = m.encode();
+        let labels = r#"cgroup="/batch/job",policy="elastic",qos="",pod_uid="",container_id="""#;
+        assert_eq!(
+            sample(&t, &format!("scaler_cgroup_cpu_quota_cores{{{labels}}}")),
+            Some(0.2),
+            "{t}"
+        );
+        // prometheus-client writes infinity as `inf`, which Prometheus parses (Go ParseFloat).
+        assert!(
+            t.contains(&format!(
+                "scaler_cgroup_cpu_original_quota_cores{{{labels}}} inf"
+            )),
+            "{t}"
+        );
+        assert_eq!(
+            sample(
+                &t,
+                &format!("scaler_cgroup_utilization{{{labels},resource=\"cpu\"}}")
+            ),
+            Some(0.75),
+            "{t}"
+        );
+        m.forget_cpu(&l);
+        let t = m.encode();
+        assert!(!t.contains("scaler_cgroup_cpu_quota_cores{"), "{t}");
+        assert!(!t.contains("scaler_cgroup_utilization{"), "{t}");
     }
 
     #[test]

@@ -63,6 +63,23 @@ pub struct ManagedStatus {
     pub allocation_rate: Option<f64>,
 }
 
+/// One cgroup whose CPU quota the agent manages (a cgroup of the cpu hierarchy: on cgroup v1
+/// a different directory, with a different id, from the memory cgroup of the same workload).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ManagedCpuStatus {
+    pub cgroup: String,
+    pub id: u64,
+    pub policy: String,
+    /// The quota in force in cores (as the decider sees it; `None`: no quota).
+    pub quota_cores: Option<f64>,
+    /// The quota before the agent first changed it, in cores (`None`: no quota).
+    pub original_quota_cores: Option<f64>,
+    /// CPU used over the last sample interval, in cores.
+    pub usage_cores: Option<f64>,
+    /// usage / quota.
+    pub utilization: Option<f64>,
+}
+
 /// One recent action.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ActionStatus {
@@ -113,6 +130,9 @@ pub struct StatusDoc {
     pub state_file: String,
     pub metrics_addr: Option<String>,
     pub managed: Vec<ManagedStatus>,
+    /// Cgroups whose CPU quota is managed (absent from agents that predate CPU management).
+    #[serde(default)]
+    pub managed_cpu: Vec<ManagedCpuStatus>,
     pub counters: CounterStatus,
     pub recent_actions: Vec<ActionStatus>,
     pub reaction_latency_us: LatencySummary,
@@ -356,6 +376,29 @@ pub fn render(d: &StatusDoc, now: f64) -> String {
         ]);
     }
     table(&mut o, &rows);
+    if !d.managed_cpu.is_empty() {
+        let cores = |c: Option<f64>| c.map_or("max".into(), crate::units::format_cores);
+        let _ = writeln!(o, "\nCPU");
+        let mut rows = vec![[
+            "CGROUP".to_string(),
+            "POLICY".into(),
+            "QUOTA".into(),
+            "ORIGINAL".into(),
+            "USAGE".into(),
+            "U".into(),
+        ]];
+        for m in &d.managed_cpu {
+            rows.push([
+                m.cgroup.clone(),
+                m.policy.clone(),
+                cores(m.quota_cores),
+                cores(m.original_quota_cores),
+                m.usage_cores.map_or("-".into(), crate::units::format_cores),
+                m.utilization.map_or("-".into(), |u| format!("{u:.2}")),
+            ]);
+        }
+        table(&mut o, &rows);
+    }
     if !d.recent_actions.is_empty() {
         let _ = writeln!(o, "\nRECENT ACTIONS");
         let mut rows = vec![[
@@ -371,7 +414,7 @@ pub fn render(d: &StatusDoc, now: f64) -> String {
             let (old, new) = if a.resource == "memory" {
                 (format_size(a.old), format_size(a.new))
             } else {
-                (a.old.to_string(), a.new.to_string())
+                (format!("{}us", a.old), format!("{}us", a.new))
             };
             rows.push([
                 duration_str(now - a.time_unix),
@@ -471,6 +514,15 @@ mod tests {
                 utilization: Some(0.8333),
                 allocation_rate: None,
             }],
+            managed_cpu: vec![ManagedCpuStatus {
+                cgroup: "/batch/job".into(),
+                id: 9,
+                policy: "elastic".into(),
+                quota_cores: Some(1.5),
+                original_quota_cores: Some(0.2),
+                usage_cores: Some(1.2),
+                utilization: Some(0.8),
+            }],
             counters: CounterStatus {
                 events: [("reclaim_begin".to_string(), 3)].into_iter().collect(),
                 actions: 1,
@@ -512,6 +564,26 @@ mod tests {
         assert!(t.contains("RECENT ACTIONS"), "{t}");
         assert!(t.contains("10.0s"), "{t}");
         assert!(t.contains("42.5us"), "{t}");
+        // The CPU table: quota, original, usage in cores and U.
+        let cpu_row = t
+            .lines()
+            .find(|l| l.starts_with("/batch/job"))
+            .unwrap_or_else(|| panic!("{t}"));
+        let cols: Vec<&str> = cpu_row.split_whitespace().collect();
+        assert_eq!(
+            cols,
+            ["/batch/job", "elastic", "1.5", "0.2", "1.2", "0.80"],
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn a_document_without_cpu_from_an_older_agent_still_reads() {
+        let mut v = serde_json::to_value(doc()).unwrap();
+        v.as_object_mut().unwrap().remove("managed_cpu");
+        let d: StatusDoc = serde_json::from_value(v).unwrap();
+        assert!(d.managed_cpu.is_empty());
+        assert!(!render(&d, 1010.0).contains("\nCPU\n"));
     }
 
     #[test]
