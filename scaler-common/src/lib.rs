@@ -102,6 +102,10 @@ impl EventKind {
 pub const EVENT_FLAG_WAKEUP: u32 = 1;
 /// `Event::flags`: `target_id` is an ancestor of `cgroup_id` (an ancestor's limit binds).
 pub const EVENT_FLAG_ANCESTOR: u32 = 2;
+/// `Event::flags`: a synthetic event written by the load-testing injector (`scaler
+/// load-test`, [`inject`]), never by the pressure programs. It is decoded and decided on like
+/// any other event; the flag lets it be told apart and counted separately.
+pub const EVENT_FLAG_INJECTED: u32 = 4;
 
 /// One ring-buffer record. 80 bytes, no padding, the same layout in kernel and user code.
 #[repr(C)]
@@ -421,6 +425,58 @@ impl CpuOffsets {
         switch_has_prev_state: 0,
         runtime_tp: 0,
     };
+}
+
+/// The load-testing event injector (`scaler load-test`): a raw-tracepoint program that is
+/// never attached, only run on demand through `BPF_PROG_TEST_RUN` by a separate process that
+/// shares a running agent's `EVENTS` ring buffer and `STATS` counters. The agent itself never
+/// loads it.
+///
+/// One run writes `args[0]` (at most [`inject::MAX_BATCH`]) [`EventKind::ReclaimBegin`] events
+/// flagged [`EVENT_FLAG_INJECTED`], for the targets in slots `INJECT_TARGETS[args[1]..]` in
+/// turn (wrapping at [`inject::MAX_TARGETS`]; userspace fills every slot, repeating its
+/// targets; empty slots, `cgroup_id == 0`, are skipped). `args[2]` says which wake the
+/// consumer: [`inject::WAKE_EVERY`] each (as the reclaim program does for a cgroup reclaiming
+/// at the same limit more than [`REWAKE_NS`] later), [`inject::WAKE_BATCH`] the last of the
+/// run (and any once 64 KiB are pending, as for the programs' non-urgent events).
+pub mod inject {
+    /// The program (fn name).
+    pub const PROG_INJECT_EVENTS: &str = "inject_events";
+    /// Array of [`InjectTarget`], indexed from 0.
+    pub const INJECT_TARGETS: &str = "INJECT_TARGETS";
+    /// Per-CPU counters of the injector, indexed by [`SUBMITTED`] and [`DROPPED`].
+    pub const INJECT_STATS: &str = "INJECT_STATS";
+    /// Most events one run writes.
+    pub const MAX_BATCH: u64 = 256;
+    /// `args[2]`: every injected event wakes the consumer.
+    pub const WAKE_EVERY: u64 = 0;
+    /// `args[2]`: the last event of each run wakes the consumer (others on volume).
+    pub const WAKE_BATCH: u64 = 1;
+    /// Slots of `INJECT_TARGETS` (a power of two), hence the most distinct targets.
+    pub const MAX_TARGETS: u32 = super::MAX_WATCHED;
+    /// `INJECT_STATS` index: injected events that went into the ring buffer.
+    pub const SUBMITTED: u32 = 0;
+    /// `INJECT_STATS` index: injected events that did not fit (also counted in the shared
+    /// `STATS` as `RINGBUF_DROPPED`, with the real ones).
+    pub const DROPPED: u32 = 1;
+    /// Entries of `INJECT_STATS`.
+    pub const STATS_COUNT: u32 = 2;
+
+    /// One target of the injector: a memory cgroup and the figures its events carry.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct InjectTarget {
+        /// Kernfs id of the memory cgroup (`cgroup_id` and `target_id` of its events).
+        pub cgroup_id: u64,
+        /// `usage` of its events (bytes).
+        pub usage: u64,
+        /// `limit` of its events (bytes).
+        pub limit: u64,
+    }
+
+    // SAFETY: #[repr(C)], Copy, integers only, no padding.
+    #[cfg(feature = "user")]
+    unsafe impl aya::Pod for InjectTarget {}
 }
 
 #[cfg(feature = "user")]

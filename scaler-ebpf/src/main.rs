@@ -15,6 +15,9 @@
 #![no_std]
 #![no_main]
 
+/// Load testing only (`scaler load-test`): never loaded by the agent.
+mod inject;
+
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{

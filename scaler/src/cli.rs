@@ -37,6 +37,9 @@ pub enum Command {
     /// Measure what the scheduler programs cost (context-switch benchmark, with vs without).
     #[command(hide = true)]
     Overhead(crate::cmd::overhead::OverheadArgs),
+    /// LOAD TESTING ONLY: inject a synthetic event storm into a running agent's ring buffer.
+    #[command(hide = true)]
+    LoadTest(crate::inject::LoadTestArgs),
 }
 
 fn init_tracing(filter: &str, json: bool) {
@@ -65,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Bench(a) => crate::bench::run(a.into()),
         Command::Workload(a) => crate::workload::run(a),
         Command::Overhead(a) => crate::cmd::overhead::run(a),
+        Command::LoadTest(a) => crate::inject::run(a),
     };
     match res {
         Ok(code) => code,

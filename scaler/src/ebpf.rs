@@ -46,6 +46,19 @@ pub enum EbpfError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// A required tracepoint is not in the running kernel (its BTF has no `btf_trace_*` type).
+    #[error(
+        "the running kernel has no tracepoint `{tracepoint}`, which program `{program}` needs: \
+         {what}. scaler cannot work without it; run it on a kernel built with CONFIG_MEMCG, \
+         CONFIG_TRACEPOINTS and CONFIG_DEBUG_INFO_BTF (Linux 5.5 or later), and check that \
+         /sys/kernel/btf/vmlinux belongs to the running kernel"
+    )]
+    MissingTracepoint {
+        program: &'static str,
+        tracepoint: &'static str,
+        /// What the tracepoint gives scaler.
+        what: &'static str,
+    },
     #[error(
         "CPU tracking is not available: the scheduler programs are not attached (load the \
          pipeline with the `cpu` option on a kernel with the cpu controller, CFS bandwidth \
@@ -58,6 +71,16 @@ pub enum EbpfError {
         #[source]
         source: aya::maps::MapError,
     },
+}
+
+/// The embedded eBPF object, for the load-testing injector (`scaler load-test`), which loads
+/// its own copy sharing a running agent's maps.
+pub(crate) fn object() -> Result<&'static [u8], EbpfError> {
+    if EBPF_OBJECT.is_empty() {
+        Err(EbpfError::NoObject)
+    } else {
+        Ok(EBPF_OBJECT)
+    }
 }
 
 /// What to attach.
@@ -271,10 +294,11 @@ impl Pipeline {
                     format!("the running kernel has no tracepoint {tp}")
                 };
                 if required {
-                    return Err(EbpfError::Program {
+                    return Err(EbpfError::MissingTracepoint {
                         program: prog,
                         tracepoint: tp,
-                        source: aya::programs::ProgramError::UnexpectedProgramType,
+                        what: "memory-cgroup reclaim (vmscan/mm_vmscan_memcg_reclaim_*), the \
+                               signal that a cgroup hit its limit",
                     });
                 }
                 tracing::warn!(program = prog, "{note}; continuing without it");

@@ -15,6 +15,7 @@ pub mod decider;
 pub mod ebpf;
 pub mod engine;
 pub mod events;
+pub mod inject;
 pub mod k8s;
 pub mod privilege;
 pub mod units;

@@ -393,7 +393,10 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 #[test]
 fn a_managed_cgroup_removed_mid_storm_is_forgotten_and_others_are_still_rescued() {
-    let Some(env) = env_native("fault_cgroup_removed", "winning the OOM race (rescuing a workload that outgrows its limit)") else {
+    let Some(env) = env_native(
+        "fault_cgroup_removed",
+        "winning the OOM race (rescuing a workload that outgrows its limit)",
+    ) else {
         return;
     };
     let parent = memory_cgroup(&env, "scaler-fault-rm");
@@ -582,7 +585,10 @@ fn refused_raises(env: &TestEnv, same_limit_retry: bool) {
 
 #[test]
 fn refused_raises_are_logged_with_the_errno_and_the_agent_keeps_managing() {
-    let Some(env) = env_native("fault_write_refused_agent", "winning the OOM race (rescuing a workload that outgrows its limit)") else {
+    let Some(env) = env_native(
+        "fault_write_refused_agent",
+        "winning the OOM race (rescuing a workload that outgrows its limit)",
+    ) else {
         return;
     };
     refused_raises(&env, false);
@@ -607,7 +613,10 @@ fn a_refused_raise_is_retried_in_time_at_the_same_limit() {
 
 #[test]
 fn ring_buffer_overflow_is_counted_reported_and_the_stream_goes_on() {
-    let Some(env) = env_native("fault_ringbuf_overflow", "overflowing the ring buffer with an event storm") else {
+    let Some(env) = env_native(
+        "fault_ringbuf_overflow",
+        "overflowing the ring buffer with an event storm",
+    ) else {
         return;
     };
     // `scaler watch` on every cgroup, whose stdout nobody reads for a while: the printer blocks
@@ -751,7 +760,10 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 
 #[test]
 fn the_agent_locks_its_memory_and_rescues_while_its_own_cgroup_is_under_pressure() {
-    let Some(env) = env_native("fault_agent_pressure", "winning the OOM race while the agent itself is under memory pressure") else {
+    let Some(env) = env_native(
+        "fault_agent_pressure",
+        "winning the OOM race while the agent itself is under memory pressure",
+    ) else {
         return;
     };
     let parent = memory_cgroup(&env, "scaler-fault-tight");
@@ -905,21 +917,41 @@ fn the_agent_drops_capabilities_after_loading() {
         main.effective.has(Capability::DacOverride),
         "kept for cgroupfs writes"
     );
-    let mut engine_seen = false;
+    // Every thread, including those started before the programs were loaded (the signal
+    // thread): nothing beyond what the agent keeps, in the effective and permitted sets, and
+    // nothing to regain from the bounding set.
+    let kept = scaler::privilege::keep_after_load(scaler::privilege::Role::Agent, true);
+    let mut names = Vec::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .flatten()
     {
         let s = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-        if s.contains("scaler-engine") {
-            engine_seen = true;
+        let name = s
+            .lines()
+            .find_map(|l| l.strip_prefix("Name:"))
+            .map(|n| n.trim().to_owned())
+            .unwrap_or_default();
+        let c = caps_of(&s);
+        eprintln!("thread {name}: {c:?}");
+        assert!(
+            kept.contains(c.effective) && kept.contains(c.permitted),
+            "thread {name} ({}) has only the kept capabilities: {c:?}",
+            t.path().display()
+        );
+        for cap in [Capability::Bpf, Capability::Perfmon, Capability::SysAdmin] {
             assert!(
-                !caps_of(&s).effective.has(Capability::Bpf),
-                "the engine thread has no CAP_BPF"
+                !c.bounding.has(cap),
+                "thread {name}: {cap} gone from the bounding set"
             );
         }
+        names.push(name);
     }
-    assert!(engine_seen, "found the engine thread");
+    assert!(
+        names.len() >= 3 && names.iter().any(|n| n == "signals"),
+        "checked the engine's and the other threads, among them the signal thread started \
+         before loading: {names:?}"
+    );
     // The status socket is the agent's only local endpoint: mode 0600.
     let sock = agent.dir.join("status.sock");
     match std::fs::metadata(&sock) {
