@@ -17,7 +17,8 @@ pub mod names {
     pub const CPU_OFFSETS: &str = "CPU_OFFSETS";
     pub const CPU_WATCHED: &str = "CPU_WATCHED";
     pub const CPU_STATE: &str = "CPU_STATE";
-    pub const TASKS: &str = "TASKS";
+    pub const CPU_FILTER: &str = "CPU_FILTER";
+    pub const TASK_WAKEUP: &str = "TASK_WAKEUP";
 
     pub const PROG_MEMCG_RECLAIM_BEGIN: &str = "memcg_reclaim_begin";
     pub const PROG_MEMCG_RECLAIM_END: &str = "memcg_reclaim_end";
@@ -30,16 +31,17 @@ pub mod names {
     pub const PROG_SCHED_WAKEUP: &str = "sched_wakeup";
     pub const PROG_SCHED_WAKEUP_NEW: &str = "sched_wakeup_new";
     pub const PROG_SCHED_STAT_RUNTIME: &str = "sched_stat_runtime";
-    pub const PROG_SCHED_PROCESS_EXIT: &str = "sched_process_exit";
-    pub const PROG_CGROUP_ATTACH_TASK: &str = "cgroup_attach_task";
+    pub const PROG_CPU_TICK: &str = "cpu_tick";
+    /// An empty `sched_switch` program, for overhead measurements only.
+    pub const PROG_SCHED_SWITCH_FLOOR: &str = "sched_switch_floor";
 }
 
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
 pub const RING_BUF_BYTES: u32 = 1 << 21;
 /// Capacity of the watched-cgroup map.
 pub const MAX_WATCHED: u32 = 8192;
-/// Capacity of the per-task scheduler map (LRU: least recently seen tasks are evicted and
-/// looked up again when next seen).
+/// Capacity of the per-task wakeup-time map of the run-queue-latency fallback (LRU; used only
+/// on kernels without `task_struct.sched_info.last_queued`, and only for watched tasks).
 pub const MAX_TASKS: u32 = 65536;
 /// How many levels up the memory-cgroup tree the programs look for the limit that binds.
 pub const MAX_ANCESTOR_LEVELS: usize = 8;
@@ -229,29 +231,20 @@ impl CpuState {
     };
 }
 
-/// Per-task scheduler bookkeeping (`TASKS`, LRU hash keyed by the `task_struct` address).
-/// Every task a scheduler program sees gets one (a negative one, `cgroup_id == 0`, when its
-/// cpu cgroup is not watched), so that each program pays one lookup per task; entries are
-/// revalidated when `Settings::cpu_watch_gen` changes, dropped when the task changes cgroup
-/// (`cgroup/cgroup_attach_task`) or exits (`sched/sched_process_exit`), and never trusted for a
-/// new task (`sched/sched_wakeup_new`: it may reuse an exited task's address).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TaskCpu {
-    /// Kernfs id of the task's cpu cgroup if watched, else 0.
-    pub cgroup_id: u64,
-    /// The cgroup's `cgroup_subsys_state *` (to read its `task_group`'s bandwidth).
-    pub css: u64,
-    /// When the task became runnable (wakeup or preemption), ns; 0 if not waiting.
-    pub wakeup_ns: u64,
-    /// When the task was last switched in, ns.
-    pub oncpu_ns: u64,
-    /// `Settings::cpu_watch_gen` when this entry was made.
-    pub gen: u32,
-    pub _pad: u32,
-    /// The cgroup's `CPU_WATCHED` settings when this entry was made (userspace bumps the
-    /// generation when they change), so the hot paths need no second lookup.
-    pub watch: CpuWatch,
+/// Words (`u64`) of the `CPU_FILTER` bitmap: 65,536 bits.
+pub const CPU_FILTER_WORDS: u32 = 1024;
+
+/// Where a cpu cgroup's kernfs id sits in the `CPU_FILTER` bitmap: `(word, bit mask)`. The
+/// scheduler programs test this bit for the task being switched in (an inlined array lookup:
+/// the one map lookup an unwatched task pays); only when it is set do they look the id up in
+/// `CPU_WATCHED`. Userspace sets the bit of every watched cgroup (ids sharing a bit cost a
+/// spare lookup, nothing else).
+#[inline(always)]
+pub const fn cpu_filter_slot(cgroup_id: u64) -> (u32, u64) {
+    (
+        ((cgroup_id >> 6) as u32) & (CPU_FILTER_WORDS - 1),
+        1u64 << (cgroup_id & 63),
+    )
 }
 
 /// `SETTINGS` map (array of one): runtime switches userspace may change at any time.
@@ -260,8 +253,8 @@ pub struct TaskCpu {
 pub struct Settings {
     /// Non-zero: report every cgroup, watched or not (`scaler watch` with no --cgroup).
     pub watch_all: u32,
-    /// Bumped by userspace whenever `CPU_WATCHED` changes: per-task entries made under an
-    /// older generation are revalidated.
+    /// Bumped by userspace whenever `CPU_WATCHED` changes (informational: the scheduler
+    /// programs keep no per-task cache any more, they read each task's cpu cgroup live).
     pub cpu_watch_gen: u32,
     /// Headroom for early warnings of cgroups seen through `watch_all` (0: none).
     pub default_headroom_bytes: u64,
@@ -302,7 +295,8 @@ pub mod stat {
     pub const UNMATCHED_END: u32 = 5;
     /// Page-fault accounting events seen by the early-warning program.
     pub const USAGE_CHECKS: u32 = 6;
-    /// Tasks whose cpu cgroup was looked up (no valid `TASKS` entry).
+    /// Switched-in tasks whose cpu cgroup passed the `CPU_FILTER` bitmap and was looked up in
+    /// `CPU_WATCHED` (watched tasks, and unwatched ones sharing a bit with a watched cgroup).
     pub const TASK_RESOLVES: u32 = 7;
     /// Run-queue latency samples of watched cgroups.
     pub const RUNQ_SAMPLES: u32 = 8;
@@ -396,11 +390,23 @@ impl KernelOffsets {
     };
 }
 
+/// `CpuOffsets::runq_source`: run-queue latency from the kernel's own
+/// `task_struct.sched_info.last_queued` (CONFIG_SCHED_INFO), read at switch-in against the run
+/// queue's clock: no wakeup program needed.
+pub const RUNQ_FROM_SCHED_INFO: u32 = 1;
+/// `CpuOffsets::runq_source`: run-queue latency from the `sched_wakeup(_new)` programs'
+/// timestamps (kernels without CONFIG_SCHED_INFO).
+pub const RUNQ_FROM_WAKEUP: u32 = 2;
+
 /// Offsets and switches of the scheduler programs, from the running kernel's BTF (a separate
-/// read-only global from [`KernelOffsets`]).
+/// read-only global from [`KernelOffsets`], which gives the cgroup chain: `cgroup_subsys_state
+/// .cgroup`, `cgroup.kn`, `kernfs_node.id`). The hot path follows these with direct (BTF-typed)
+/// loads, so they must be exact; the verifier checks each against the kernel's BTF.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuOffsets {
+    /// `task_struct.sched_task_group` (the task's cpu-controller `task_group`).
+    pub task_sched_task_group: u32,
     /// `task_group.css` (the cpu controller's css is embedded in its task_group).
     pub tg_css: u32,
     /// `task_group.cfs_bandwidth`.
@@ -409,21 +415,37 @@ pub struct CpuOffsets {
     pub cfs_b_period: u32,
     /// `cfs_bandwidth.quota` (ns; RUNTIME_INF = u64::MAX when unlimited).
     pub cfs_b_quota: u32,
-    /// Non-zero when `sched_switch` passes `prev_state` (5.18+); else `preempt` is used.
+    /// `task_struct.sched_info` + `sched_info.last_queued` (rq clock when the task was last
+    /// queued: woken or preempted; 0 once it runs); `NO_OFFSET` without CONFIG_SCHED_INFO.
+    pub task_last_queued: u32,
+    /// `task_struct.se` + `sched_entity.cfs_rq`.
+    pub task_se_cfs_rq: u32,
+    /// `cfs_rq.rq`.
+    pub cfs_rq_rq: u32,
+    /// `rq.clock`.
+    pub rq_clock: u32,
+    /// Non-zero when `sched_switch` passes `prev_state` (5.18+); else `preempt` is used (only
+    /// the [`RUNQ_FROM_WAKEUP`] fallback needs it).
     pub switch_has_prev_state: u32,
-    /// Non-zero when the `sched_stat_runtime` program is attached and accounts run time;
-    /// otherwise `sched_switch` accounts each slice at switch-out.
-    pub runtime_tp: u32,
+    /// [`RUNQ_FROM_SCHED_INFO`], [`RUNQ_FROM_WAKEUP`], or 0 (no run-queue latency).
+    pub runq_source: u32,
+    pub _pad: u32,
 }
 
 impl CpuOffsets {
     pub const ZERO: Self = Self {
+        task_sched_task_group: NO_OFFSET,
         tg_css: NO_OFFSET,
         tg_cfs_bandwidth: NO_OFFSET,
         cfs_b_period: NO_OFFSET,
         cfs_b_quota: NO_OFFSET,
+        task_last_queued: NO_OFFSET,
+        task_se_cfs_rq: NO_OFFSET,
+        cfs_rq_rq: NO_OFFSET,
+        rq_clock: NO_OFFSET,
         switch_has_prev_state: 0,
-        runtime_tp: 0,
+        runq_source: 0,
+        _pad: 0,
     };
 }
 
@@ -490,5 +512,4 @@ mod pod {
     unsafe impl aya::Pod for super::CpuOffsets {}
     unsafe impl aya::Pod for super::CpuWatch {}
     unsafe impl aya::Pod for super::CpuState {}
-    unsafe impl aya::Pod for super::TaskCpu {}
 }
