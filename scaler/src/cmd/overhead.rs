@@ -1,16 +1,24 @@
 //! `scaler overhead` (hidden): what the scheduler programs cost.
 //!
 //! Runs a context-switch-heavy benchmark (`perf bench sched pipe`, or a built-in pipe
-//! ping-pong between two threads when perf is not installed) alternately without and with the
-//! kernel programs attached (memory and scheduler programs, one cpu cgroup watched), several
-//! rounds in one run, and reports the medians side by side with their ratio, plus the kernel's
-//! BPF statistics: run time per event of each scheduler program. The kernel's statistics cost
-//! two clock reads per program run, so they are off during the timed "with" runs and on during
-//! a separate, untimed run per round that yields the per-event figures.
+//! ping-pong between two threads when perf is not installed) in four arms, interleaved within
+//! each round (the order rotates from round to round), several rounds in one run:
 //!
-//! Two placements of the benchmark: `unwatched` (in our own cgroup: what every other task on
-//! the node pays) and `watched` (inside the watched cpu cgroup, quota unlimited: what a managed
-//! workload pays).
+//! - `without`: no programs of ours;
+//! - `floor`: only an empty program on `sched_switch`, i.e. what the kernel's dispatch of any
+//!   BPF program on that tracepoint costs (the part no program code can remove);
+//! - `memory`: the agent's memory programs only (no CPU watched);
+//! - `agent`: the agent's memory and scheduler programs, one cpu cgroup watched (its quota
+//!   set to all CPUs, so the quota checks run but never throttle).
+//!
+//! It reports the medians with their ratio to `without`, plus the kernel's BPF statistics:
+//! run time per event of each program. The statistics cost two clock reads per program run,
+//! so they are off during the timed runs and on during separate, untimed runs per round that
+//! yield the per-event figures (the empty program's figure is that measuring cost).
+//!
+//! Two placements of the benchmark: `unwatched` (in a sibling cgroup: what every other task
+//! on the node pays) and `watched` (inside the watched cpu cgroup: what a managed workload
+//! pays).
 
 use std::{
     collections::BTreeMap,
@@ -25,7 +33,7 @@ use serde::Serialize;
 
 use crate::{
     cgroupfs::{Cgroup, CgroupGuard, Controller, CpuQuota, Hierarchy},
-    ebpf::{Pipeline, PipelineOptions, SCHED_PROGRAMS},
+    ebpf::{Pipeline, PipelineOptions, SwitchFloor},
 };
 
 #[derive(Debug, clap::Args)]
@@ -43,6 +51,15 @@ pub struct OverheadArgs {
     /// Use the built-in pipe ping-pong even if `perf` is installed.
     #[arg(long)]
     pub builtin: bool,
+    /// The CPU the benchmark's processes are pinned to (default: the last one), so that each
+    /// run measures the same thing: two tasks switching on one CPU. Without pinning, other
+    /// work on the machine moves them apart at times, and cross-CPU wakeups cost ten times
+    /// as much, which swamps the figures.
+    #[arg(long, value_name = "CPU")]
+    pub pin: Option<usize>,
+    /// Do not pin the benchmark.
+    #[arg(long, conflicts_with = "pin")]
+    pub no_pin: bool,
     /// Write the figures as JSON here.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -52,22 +69,77 @@ pub struct OverheadArgs {
     pub pingpong: Option<u64>,
 }
 
+/// The arms of each round, in the order of the first round.
+const ARMS: [Arm; 4] = [Arm::Without, Arm::Floor, Arm::Memory, Arm::Agent];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arm {
+    Without,
+    Floor,
+    Memory,
+    Agent,
+}
+
+/// Figures of one arm in one placement.
+#[derive(Debug, Serialize)]
+pub struct ArmResult {
+    /// µs per round trip of each run.
+    pub runs_us: Vec<f64>,
+    pub median_us: f64,
+    /// Smallest and largest run.
+    pub min_us: f64,
+    pub max_us: f64,
+    /// Median of the per-round ratios to the same round's `without` run, minus 1, in percent
+    /// (pairing within a round cancels slow drifts of the machine).
+    pub slowdown_percent: f64,
+    /// Smallest and largest per-round slowdown, in percent.
+    pub slowdown_min_percent: f64,
+    pub slowdown_max_percent: f64,
+}
+
+/// The four arms in one measure (wall-clock or CPU time per round trip).
+#[derive(Debug, Serialize)]
+pub struct Arms {
+    pub without: ArmResult,
+    /// Only an empty program on sched_switch.
+    pub floor: ArmResult,
+    /// The memory programs only.
+    pub memory: ArmResult,
+    /// Memory and scheduler programs (the agent managing CPU).
+    pub agent: ArmResult,
+}
+
 /// Figures of one placement.
 #[derive(Debug, Serialize)]
 pub struct PlacementResult {
     pub placement: &'static str,
-    /// µs per round trip of each run, without the programs.
-    pub without_us: Vec<f64>,
-    /// µs per round trip of each run, with the programs.
-    pub with_us: Vec<f64>,
-    pub median_without_us: f64,
-    pub median_with_us: f64,
-    /// `median_with / median_without`.
-    pub ratio: f64,
-    /// `(ratio - 1) * 100`.
-    pub slowdown_percent: f64,
-    /// Per scheduler program, over the runs with the kernel's BPF statistics on.
+    /// µs per round trip as the benchmark reports it (wall-clock).
+    pub wall: Arms,
+    /// CPU time (user + system) of the benchmark's processes per round trip, µs.
+    pub cpu: Arms,
+    /// Per program of the agent (and `sched_switch_floor`), over the runs with the kernel's
+    /// BPF statistics on.
     pub programs: BTreeMap<&'static str, ProgramCost>,
+    /// Program runs per benchmark round trip, over the same runs.
+    pub runs_per_round_trip: BTreeMap<&'static str, f64>,
+}
+
+fn arm_result(runs: Vec<f64>, without: &[f64]) -> ArmResult {
+    let ratios: Vec<f64> = runs
+        .iter()
+        .zip(without)
+        .map(|(w, base)| (w / base - 1.0) * 100.0)
+        .collect();
+    let fold = |v: &[f64], f: fn(f64, f64) -> f64, init: f64| v.iter().copied().fold(init, f);
+    ArmResult {
+        median_us: median(&runs),
+        min_us: fold(&runs, f64::min, f64::INFINITY),
+        max_us: fold(&runs, f64::max, f64::NEG_INFINITY),
+        slowdown_percent: median(&ratios),
+        slowdown_min_percent: fold(&ratios, f64::min, f64::INFINITY),
+        slowdown_max_percent: fold(&ratios, f64::max, f64::NEG_INFINITY),
+        runs_us: runs,
+    }
 }
 
 /// Kernel BPF statistics of one program.
@@ -84,6 +156,8 @@ pub struct OverheadReport {
     pub benchmark: String,
     pub kernel: String,
     pub cpus: usize,
+    /// The CPU the benchmark was pinned to.
+    pub pinned_cpu: Option<usize>,
     pub rounds: u32,
     pub loops: u64,
     pub placements: Vec<PlacementResult>,
@@ -141,8 +215,11 @@ impl Bench {
     }
 
     /// Runs once inside `cgroup` (its cgroup.procs is written by the child before exec);
-    /// returns µs per round trip.
-    fn run(&self, loops: u64, cgroup: &Cgroup) -> anyhow::Result<f64> {
+    /// returns µs per round trip, wall-clock (as the benchmark reports it) and in CPU time of
+    /// the benchmark's processes (user + system, from the kernel's exact run-time accounting;
+    /// unlike wall time, this does not grow when other work on the machine delays the
+    /// benchmark, but it does include what the kernel programs cost in its context).
+    fn run(&self, loops: u64, cgroup: &Cgroup, pin: Option<usize>) -> anyhow::Result<Us> {
         let mut cmd = match self {
             Bench::Perf => {
                 let mut c = Command::new("perf");
@@ -166,10 +243,19 @@ impl Bench {
                 if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                     return Err(std::io::Error::last_os_error());
                 }
+                if let Some(cpu) = pin {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
+        let cpu0 = children_cpu_us();
         let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output()?;
+        let cpu_us = (children_cpu_us() - cpu0) / loops as f64;
         drop(procs);
         anyhow::ensure!(
             out.status.success(),
@@ -178,9 +264,26 @@ impl Bench {
             String::from_utf8_lossy(&out.stderr).trim()
         );
         let text = String::from_utf8_lossy(&out.stdout);
-        parse_usecs_per_op(&text)
-            .with_context(|| format!("no \"usecs/op\" in the output of {}: {text}", self.name()))
+        let wall = parse_usecs_per_op(&text)
+            .with_context(|| format!("no \"usecs/op\" in the output of {}: {text}", self.name()))?;
+        Ok(Us { wall, cpu: cpu_us })
     }
+}
+
+/// µs per round trip of one run.
+#[derive(Clone, Copy, Debug)]
+struct Us {
+    wall: f64,
+    cpu: f64,
+}
+
+/// User + system CPU time of this process's waited-for children so far, µs.
+fn children_cpu_us() -> f64 {
+    // SAFETY: getrusage fills the struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// The `usecs/op` figure of `perf bench sched pipe` (and of the built-in benchmark).
@@ -229,13 +332,22 @@ pub fn run(args: OverheadArgs) -> anyhow::Result<ExitCode> {
         .cgroup(Controller::Cpu)
         .context("cpu cgroup")?
         .clone();
-    watched.set_cpu_quota(CpuQuota::Max)?;
+    // A quota of all CPUs: the programs' quota checks run, the benchmark is never throttled.
+    watched.set_cpu_quota(CpuQuota::Quota {
+        quota_us: 100_000 * std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+        period_us: 100_000,
+    })?;
     let wid = wcg.id()?.0;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
         .trim()
         .to_string();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin = if args.no_pin {
+        None
+    } else {
+        Some(args.pin.unwrap_or(cpus - 1))
+    };
     eprintln!(
         "scaler overhead: {} x {} round trips, {} rounds, kernel {kernel}, {cpus} CPUs",
         bench.name(),
@@ -243,86 +355,140 @@ pub fn run(args: OverheadArgs) -> anyhow::Result<ExitCode> {
         args.rounds
     );
     // Warm up (page cache, CPU frequency).
-    bench.run(args.loops / 4 + 1, &ucg)?;
+    bench.run(args.loops / 4 + 1, &ucg, pin)?;
 
     let mut results = Vec::new();
     for &placement in placements {
         let cg = if placement == "watched" { &wcg } else { &ucg };
-        let mut without = Vec::new();
-        let mut with = Vec::new();
+        let mut runs: BTreeMap<&'static str, Vec<Us>> = BTreeMap::new();
         let mut totals: BTreeMap<&'static str, (u64, u64)> = BTreeMap::new();
+        let mut stats_round_trips = 0u64;
+        let add = |totals: &mut BTreeMap<&'static str, (u64, u64)>,
+                   before: &BTreeMap<&'static str, (Duration, u64)>,
+                   after: BTreeMap<&'static str, (Duration, u64)>| {
+            for (name, (t1, n1)) in after {
+                let (t0, n0) = before.get(name).copied().unwrap_or_default();
+                let e = totals.entry(name).or_default();
+                e.0 += (t1.saturating_sub(t0)).as_nanos() as u64;
+                e.1 += n1.saturating_sub(n0);
+            }
+        };
         for round in 0..args.rounds {
-            for attached in if round % 2 == 0 {
-                [false, true]
-            } else {
-                [true, false]
-            } {
-                if !attached {
-                    without.push(bench.run(args.loops, cg)?);
-                    continue;
-                }
-                let mut p = Pipeline::load_with_cpu(&PipelineOptions::default(), true)?;
-                anyhow::ensure!(
-                    p.cpu_enabled(),
-                    "the scheduler programs did not attach (see the warnings above)"
-                );
-                p.watch_cpu(
-                    wid,
-                    crate::cmd::watch::cpu_watch(0.8, Duration::from_millis(5)),
-                )?;
-                // Timed run: statistics off.
-                p.set_bpf_stats(false);
-                with.push(bench.run(args.loops, cg)?);
-                // Untimed run: statistics on, for the per-event run time.
-                p.set_bpf_stats(true);
-                let before = p.program_stats();
-                bench.run(args.loops, cg)?;
-                let after = p.program_stats();
-                for (name, (t1, n1)) in after {
-                    let (t0, n0) = before.get(name).copied().unwrap_or_default();
-                    let e = totals.entry(name).or_default();
-                    e.0 += (t1.saturating_sub(t0)).as_nanos() as u64;
-                    e.1 += n1.saturating_sub(n0);
-                }
-                drop(p);
+            let mut line = Vec::new();
+            for i in 0..ARMS.len() {
+                let arm = ARMS[(i + round as usize) % ARMS.len()];
+                let us = match arm {
+                    Arm::Without => bench.run(args.loops, cg, pin)?,
+                    Arm::Floor => {
+                        let f = SwitchFloor::attach()?;
+                        let us = bench.run(args.loops, cg, pin)?;
+                        drop(f);
+                        us
+                    }
+                    Arm::Memory => {
+                        let mut p = Pipeline::load_with_cpu(&PipelineOptions::default(), false)?;
+                        p.set_bpf_stats(false);
+                        let us = bench.run(args.loops, cg, pin)?;
+                        drop(p);
+                        us
+                    }
+                    Arm::Agent => {
+                        let mut p = Pipeline::load_with_cpu(&PipelineOptions::default(), true)?;
+                        anyhow::ensure!(
+                            p.cpu_enabled(),
+                            "the scheduler programs did not attach (see the warnings above)"
+                        );
+                        p.watch_cpu(
+                            wid,
+                            crate::cmd::watch::cpu_watch(0.8, Duration::from_millis(5)),
+                        )?;
+                        // Timed run: statistics off.
+                        p.set_bpf_stats(false);
+                        let us = bench.run(args.loops, cg, pin)?;
+                        // Untimed run: statistics on, for the per-event run time.
+                        p.set_bpf_stats(true);
+                        let before = p.program_stats();
+                        bench.run(args.loops, cg, pin)?;
+                        add(&mut totals, &before, p.program_stats());
+                        stats_round_trips += args.loops;
+                        drop(p);
+                        // And the empty program's, the same way.
+                        let f = SwitchFloor::attach()?;
+                        let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+                        let before = BTreeMap::from([(PROG_FLOOR, f.stats())]);
+                        bench.run(args.loops, cg, pin)?;
+                        add(
+                            &mut totals,
+                            &before,
+                            BTreeMap::from([(PROG_FLOOR, f.stats())]),
+                        );
+                        drop(stats);
+                        drop(f);
+                        us
+                    }
+                };
+                runs.entry(arm_name(arm)).or_default().push(us);
+                line.push(format!(
+                    "{} {:.3} ({:.3} cpu)",
+                    arm_name(arm),
+                    us.wall,
+                    us.cpu
+                ));
             }
             eprintln!(
-                "  {placement} round {}: without {:.3} us/op, with {:.3} us/op",
+                "  {placement} round {}: {} us/op",
                 round + 1,
-                without[without.len() - 1],
-                with[with.len() - 1]
+                line.join(", ")
             );
         }
-        let (mw, mwith) = (median(&without), median(&with));
-        let programs = SCHED_PROGRAMS
+        let arms = |f: fn(&Us) -> f64| {
+            let get = |name| {
+                runs.get(name)
+                    .map_or(Vec::new(), |v| v.iter().map(f).collect())
+            };
+            let without: Vec<f64> = get("without");
+            Arms {
+                floor: arm_result(get("floor"), &without),
+                memory: arm_result(get("memory"), &without),
+                agent: arm_result(get("agent"), &without),
+                without: arm_result(without.clone(), &without),
+            }
+        };
+        let (wall, cpu) = (arms(|u| u.wall), arms(|u| u.cpu));
+        let programs: BTreeMap<_, _> = totals
             .iter()
-            .filter_map(|(name, _)| {
-                let (t, n) = totals.get(name).copied()?;
-                Some((
+            .filter(|(_, (_, n))| *n > 0)
+            .map(|(name, &(t, n))| {
+                (
                     *name,
                     ProgramCost {
                         run_count: n,
                         run_time_ns: t,
-                        ns_per_event: if n > 0 { t as f64 / n as f64 } else { 0.0 },
+                        ns_per_event: t as f64 / n as f64,
                     },
-                ))
+                )
+            })
+            .collect();
+        let runs_per_round_trip = programs
+            .iter()
+            .map(|(name, c)| {
+                // The floor program ran in as many stats runs as the agent's.
+                (*name, c.run_count as f64 / stats_round_trips.max(1) as f64)
             })
             .collect();
         results.push(PlacementResult {
             placement,
-            without_us: without,
-            with_us: with,
-            median_without_us: mw,
-            median_with_us: mwith,
-            ratio: mwith / mw,
-            slowdown_percent: (mwith / mw - 1.0) * 100.0,
+            wall,
+            cpu,
             programs,
+            runs_per_round_trip,
         });
     }
     let report = OverheadReport {
         benchmark: bench.name(),
         kernel,
         cpus,
+        pinned_cpu: pin,
         rounds: args.rounds,
         loops: args.loops,
         placements: results,
@@ -337,20 +503,56 @@ pub fn run(args: OverheadArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+const PROG_FLOOR: &str = scaler_common::names::PROG_SCHED_SWITCH_FLOOR;
+
+fn arm_name(arm: Arm) -> &'static str {
+    match arm {
+        Arm::Without => "without",
+        Arm::Floor => "floor",
+        Arm::Memory => "memory",
+        Arm::Agent => "agent",
+    }
+}
+
 fn print_report(r: &OverheadReport) {
     println!(
-        "{} ({} round trips x {} rounds, alternating), kernel {}, {} CPUs",
-        r.benchmark, r.loops, r.rounds, r.kernel, r.cpus
+        "{} ({} round trips x {} rounds, arms interleaved), kernel {}, {} CPUs, {}",
+        r.benchmark,
+        r.loops,
+        r.rounds,
+        r.kernel,
+        r.cpus,
+        r.pinned_cpu
+            .map_or("not pinned".to_string(), |c| format!("pinned to CPU {c}"))
     );
     for p in &r.placements {
         println!(
-            "  benchmark {:<9}: median {:.3} us/op without, {:.3} us/op with the programs: ratio {:.4} ({:+.2}%)",
-            p.placement, p.median_without_us, p.median_with_us, p.ratio, p.slowdown_percent
+            "  benchmark {} (median us/op; slowdown: median of per-round ratios [min, max]):",
+            p.placement
         );
+        for (measure, arms) in [("wall", &p.wall), ("cpu", &p.cpu)] {
+            println!(
+                "    {measure:<4} without {:.3} [{:.3}, {:.3}]",
+                arms.without.median_us, arms.without.min_us, arms.without.max_us
+            );
+            for (name, a) in [
+                ("floor", &arms.floor),
+                ("memory", &arms.memory),
+                ("agent", &arms.agent),
+            ] {
+                println!(
+                    "    {measure:<4} {name:<7} {:.3}: {:+.2}% [{:+.2}%, {:+.2}%]",
+                    a.median_us, a.slowdown_percent, a.slowdown_min_percent, a.slowdown_max_percent
+                );
+            }
+        }
         for (name, c) in &p.programs {
             println!(
-                "    {:<20} {:>10} runs  {:>7.1} ns/event",
-                name, c.run_count, c.ns_per_event
+                "    {:<22} {:>10} runs ({:.2}/round trip) {:>7.1} ns/event",
+                name,
+                c.run_count,
+                p.runs_per_round_trip.get(name).copied().unwrap_or(0.0),
+                c.ns_per_event
             );
         }
     }
