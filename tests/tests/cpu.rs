@@ -268,3 +268,97 @@ fn watch_reports_quota_near_only_for_the_watched_cgroup() {
     let (nr, _) = throttling(wcg);
     assert!(nr > 0, "the kernel still throttles (watch only observes)");
 }
+
+/// `scaler watch --cpu-cgroup --runq-target` reports run-queue latency (taken at switch-in from
+/// the kernel's own `sched_info.last_queued`) for the watched cgroup only, attributed to the
+/// task that waited, at most once per period; an unwatched sibling competing for the same
+/// CPUs is not reported.
+#[test]
+fn watch_reports_runq_latency_only_for_the_watched_cgroup() {
+    let Some(_env) = env_race("cpu_watch_runq_latency", "run-queue waits of a few ms") else {
+        return;
+    };
+    // Quotas far above the machine: nothing is throttled, the waits are the run queue's.
+    let watched = cpu_cgroup("scaler-test-runq-watched", 64.0);
+    let other = cpu_cgroup("scaler-test-runq-other", 64.0);
+    let wcg = watched.cgroup(Controller::Cpu).unwrap();
+    let ocg = other.cgroup(Controller::Cpu).unwrap();
+    let wid = wcg.id().unwrap().0;
+    let w = Watch::start(&[
+        "--cpu-cgroup",
+        wcg.path(),
+        "--cpu-near",
+        "0.8",
+        "--runq-target",
+        "500us",
+    ]);
+    // Three busy threads in each cgroup: six on this machine's CPUs, so every one waits.
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = (cpus + 1).to_string();
+    let args = [
+        "workload",
+        "cpu",
+        "--busy-threads",
+        &threads,
+        "--burst",
+        "1500ms",
+        "--idle",
+        "0s",
+        "--cycles",
+        "1",
+    ];
+    let t0 = Instant::now();
+    let mut a = spawn_in_cgroup(wcg.dir(), &scaler_bin(), &args);
+    let mut b = spawn_in_cgroup(ocg.dir(), &scaler_bin(), &args);
+    let events = w.collect(Duration::from_secs(5), |_| {
+        t0.elapsed() > Duration::from_millis(1700)
+    });
+    assert!(a
+        .wait_timeout(Duration::from_secs(30))
+        .expect("workload a")
+        .success());
+    assert!(b
+        .wait_timeout(Duration::from_secs(30))
+        .expect("workload b")
+        .success());
+    let runq: Vec<_> = events
+        .iter()
+        .filter(|e| kind(e) == "runq_latency")
+        .collect();
+    eprintln!(
+        "{} runq_latency events, e.g. {:?}",
+        runq.len(),
+        runq.first()
+    );
+    assert!(
+        runq.len() >= 3,
+        "{threads} busy threads per cgroup on {cpus} CPUs wait over 500 us: {events:?}"
+    );
+    for e in &runq {
+        assert_eq!(
+            e["cgroup_id"].as_u64(),
+            Some(wid),
+            "only the watched cgroup is reported: {e}"
+        );
+        assert_eq!(
+            e["pid"].as_u64(),
+            Some(u64::from(a.pid())),
+            "attributed to the watched workload's task that waited: {e}"
+        );
+        let lat = e["latency_us"].as_f64().unwrap();
+        assert!(lat > 500.0 && lat < 5_000_000.0, "a plausible wait: {e}");
+        assert_eq!(e["target_us"].as_f64(), Some(500.0), "{e}");
+    }
+    assert!(
+        !events.iter().any(|e| kind(e) == "cpu_quota_near"),
+        "a 64-core quota is never near: {events:?}"
+    );
+    let (_, period_us) = wcg.cpu_max().unwrap();
+    let ts: Vec<u64> = runq.iter().map(|e| e["ts_ns"].as_u64().unwrap()).collect();
+    let span_periods = (ts[ts.len() - 1] - ts[0]) / (period_us * 1000) + 1;
+    assert!(
+        ts.len() as u64 <= span_periods + 1,
+        "at most one per period: {} events over {span_periods} periods",
+        ts.len()
+    );
+}
