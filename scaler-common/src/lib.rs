@@ -273,7 +273,16 @@ pub struct CgState {
     /// at the same limit wakes it again after [`REWAKE_NS`], so a raise that failed (or a limit
     /// set back behind the agent's back) is retried within the race, not on the next tick.
     pub reclaim_woken_ns: u64,
+    /// When the last early warning was sent: a cgroup still (or again) above its early-warning
+    /// mark at the same limit is warned again after [`REWARN_NS`], so a raise that failed (a
+    /// refused write, and the OOM kill it could not prevent) is retried ahead of reclaim rather
+    /// than only within the sub-millisecond race from the first reclaim to the next OOM kill.
+    pub warned_ns: u64,
 }
+
+/// See [`CgState::warned_ns`]: 100 ms (a cgroup that stays above its mark at a limit that
+/// cannot rise costs the consumer ten warnings a second, which the decider coalesces).
+pub const REWARN_NS: u64 = 100_000_000;
 
 /// See [`CgState::reclaim_woken_ns`]: 200 µs, well inside the 0.76 ms OOM race and long enough
 /// that one storm of reclaim rounds costs a handful of wakeups, not dozens.

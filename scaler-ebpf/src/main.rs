@@ -345,6 +345,7 @@ fn try_reclaim_begin(ctx: &BtfTracePointContext, kind: EventKind) -> Result<u32,
                 reclaim_woken_at_limit: limit,
                 warned_at_limit: 0,
                 reclaim_woken_ns: now,
+                warned_ns: 0,
             };
             let _ = CG_STATE.insert(&chain.target_id, &st, 0);
             true
@@ -455,7 +456,8 @@ fn try_mark_victim(ctx: &BtfTracePointContext) -> Result<u32, i64> {
 // ---------------------------------------------------------------------------------------------
 // memcg/count_memcg_events: fires on memcg event accounting, including every page fault
 // (PGFAULT). Used for early warnings: a watched cgroup whose usage crossed `limit - headroom`
-// is reported once per limit, so the limit can rise before reclaim starts. Unwatched cgroups
+// is reported once per limit (and again after REWARN_NS if it still is, or is again, at the
+// same limit: a raise that failed), so the limit can rise before reclaim starts. Unwatched cgroups
 // cost three reads and one lookup.
 
 #[btf_tracepoint(function = "count_memcg_events")]
@@ -490,16 +492,22 @@ fn try_count_memcg_events(ctx: &BtfTracePointContext) -> Result<u32, i64> {
         Some(st) => {
             // SAFETY: pointer into the map value.
             let st = unsafe { &mut *st };
-            if st.warned_at_limit == max_b {
+            // Once per limit; again at the same limit after REWARN_NS (a raise that failed).
+            let now = unsafe { bpf_ktime_get_ns() };
+            if st.warned_at_limit == max_b
+                && now.saturating_sub(st.warned_ns) <= scaler_common::REWARN_NS
+            {
                 return Ok(0);
             }
             st.warned_at_limit = max_b;
+            st.warned_ns = now;
         }
         None => {
             let st = CgState {
                 reclaim_woken_at_limit: 0,
                 warned_at_limit: max_b,
                 reclaim_woken_ns: 0,
+                warned_ns: unsafe { bpf_ktime_get_ns() },
             };
             let _ = CG_STATE.insert(&id, &st, 0);
         }

@@ -580,7 +580,19 @@ fn refused_raises(env: &TestEnv, same_limit_retry: bool) {
         "rescued once raises are accepted again: {status}"
     );
     assert!(matches!(cg.memory_limit().unwrap(), Limit::Bytes(b) if b > 80 << 20));
-    agent.stop();
+    let log = agent.stop();
+    if same_limit_retry {
+        // The rescue came ahead of reclaim: the early warning was re-armed by the OOM kill.
+        let rescue = log
+            .lines()
+            .find(|l| l.contains("limit changed") && l.contains(&path))
+            .unwrap_or_else(|| panic!("the rescue is in the audit trail: {log}"));
+        assert_eq!(
+            field(rescue, "reason"),
+            Some("early_warning"),
+            "the retry at the same limit came from a fresh early warning: {rescue}"
+        );
+    }
 }
 
 #[test]
@@ -594,14 +606,18 @@ fn refused_raises_are_logged_with_the_errno_and_the_agent_keeps_managing() {
     refused_raises(&env, false);
 }
 
-/// Known gap: after refused raises, a retry at the *same* limit is not woken in time. The
-/// kernel programs wake the consumer once per limit value (early warning and first reclaim)
-/// and that state is not reset when the write fails, so the next pressure at 64M arrives only
-/// with the 100 ms tick, and the workload is OOM-killed (the raise lands ~2 ms late).
+/// After refused raises and the OOM kill they could not prevent, the same workload at the
+/// *same* limit is rescued once the obstacle is gone. The kernel programs warn and wake once
+/// per limit value; the OOM kill re-arms that state (`rearm` in the kernel programs), so the
+/// retry comes from an early warning, ahead of reclaim. Before it did, the only signal left at
+/// the same limit was the first reclaim, a 0.76 ms race from reclaim to OOM kill, which an
+/// engine thread delayed on a busy 2-core machine lost about one run in five.
 #[test]
-#[ignore = "flaky: with the kernel re-waking after REWAKE_NS it passed 4 of 5 runs here; the miss is not understood yet"]
 fn a_refused_raise_is_retried_in_time_at_the_same_limit() {
-    let Some(env) = env("fault_write_refused_same_limit") else {
+    let Some(env) = env_native(
+        "fault_write_refused_same_limit",
+        "winning the OOM race (rescuing a workload that outgrows its limit)",
+    ) else {
         return;
     };
     refused_raises(&env, true);
