@@ -574,6 +574,20 @@ mod tests {
     }
 
     #[test]
+    fn slowdowns_are_paired_within_rounds() {
+        // Round 2 ran on a slow machine for both arms: paired, it is +10% like the others.
+        let without = [2.0, 4.0, 2.0];
+        let with = [2.2, 4.4, 2.3];
+        let a = arm_result(with.to_vec(), &without);
+        assert!((a.slowdown_percent - 10.0).abs() < 1e-9, "{a:?}");
+        assert!((a.slowdown_min_percent - 10.0).abs() < 1e-9);
+        assert!((a.slowdown_max_percent - 15.0).abs() < 1e-9);
+        assert_eq!((a.min_us, a.max_us, a.median_us), (2.2, 4.4, 2.3));
+        let same = arm_result(without.to_vec(), &without);
+        assert_eq!(same.slowdown_percent, 0.0);
+    }
+
+    #[test]
     fn medians() {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
