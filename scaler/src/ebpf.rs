@@ -962,3 +962,28 @@ mod cpu_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_required_tracepoint_is_named_with_what_to_do() {
+        let e = EbpfError::MissingTracepoint {
+            program: names::PROG_MEMCG_RECLAIM_BEGIN,
+            tracepoint: "mm_vmscan_memcg_reclaim_begin",
+            what: "memory-cgroup reclaim",
+        };
+        let m = e.to_string();
+        assert!(
+            m.contains("no tracepoint `mm_vmscan_memcg_reclaim_begin`"),
+            "{m}"
+        );
+        assert!(m.contains("program `memcg_reclaim_begin`"), "{m}");
+        assert!(
+            m.contains("CONFIG_DEBUG_INFO_BTF") && m.contains("/sys/kernel/btf/vmlinux"),
+            "{m}"
+        );
+        assert!(!m.to_lowercase().contains("unexpected program type"), "{m}");
+    }
+}
