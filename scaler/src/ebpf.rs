@@ -391,6 +391,9 @@ impl Pipeline {
                 &cpu_offsets.unwrap_or(CpuOffsets::ZERO),
                 true,
             )
+            // The load-testing injector's table is only used by `scaler load-test`'s own copy
+            // of the object: one slot here instead of 8,192.
+            .map_max_entries(scaler_common::inject::INJECT_TARGETS, 1)
             .load(EBPF_OBJECT)
             .map_err(EbpfError::Load)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
