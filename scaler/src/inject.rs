@@ -49,9 +49,7 @@ use crate::{
 /// Errors of the injector.
 #[derive(Debug, thiserror::Error)]
 pub enum InjectError {
-    #[error(
-        "reading the BPF maps of process {pid} ({path}): {source}; is it running, and are we root?"
-    )]
+    #[error("reading the BPF maps of process {pid} ({path}); is it running, and are we root?")]
     Fdinfo {
         pid: u32,
         path: PathBuf,
@@ -67,20 +65,20 @@ pub enum InjectError {
         name: &'static str,
         kind: &'static str,
     },
-    #[error("opening BPF map id {id} (`{name}`) of the agent: {source}; this needs CAP_SYS_ADMIN")]
+    #[error("opening BPF map id {id} (`{name}`) of the agent (this needs CAP_SYS_ADMIN)")]
     OpenMap {
         id: u32,
         name: &'static str,
         #[source]
         source: MapError,
     },
-    #[error("{what}: {source}; the injector needs root (CAP_SYS_ADMIN) to share the agent's maps")]
+    #[error("{what} (the injector needs root, CAP_SYS_ADMIN, to share the agent's maps)")]
     Namespace {
         what: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("pinning the agent's map `{name}` in the private bpffs at {path}: {source}")]
+    #[error("pinning the agent's map `{name}` in the private bpffs at {path}")]
     Pin {
         name: &'static str,
         path: PathBuf,
@@ -89,34 +87,34 @@ pub enum InjectError {
     },
     #[error(transparent)]
     Object(#[from] crate::ebpf::EbpfError),
-    #[error("loading the injector's copy of the eBPF object: {0}")]
+    #[error("loading the injector's copy of the eBPF object")]
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no {what} `{name}` (a build mismatch; rebuild scaler)")]
     Missing {
         what: &'static str,
         name: &'static str,
     },
-    #[error("map `{map}`: {source}")]
+    #[error("map `{map}`")]
     Map {
         map: &'static str,
         #[source]
         source: MapError,
     },
     #[error(
-        "program `{}`: {source}; BPF_PROG_TEST_RUN of raw tracepoints needs Linux 5.10 or later",
+        "program `{}` (BPF_PROG_TEST_RUN of raw tracepoints needs Linux 5.10 or later)",
         inject::PROG_INJECT_EVENTS
     )]
     Program {
         #[source]
         source: ProgramError,
     },
-    #[error("target cgroups under {under}: {source}")]
+    #[error("target cgroups under {under}")]
     Targets {
         under: String,
         #[source]
         source: CgroupError,
     },
-    #[error("listing {dir}: {source}")]
+    #[error("listing {dir}")]
     ListTargets {
         dir: PathBuf,
         #[source]
