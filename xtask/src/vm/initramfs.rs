@@ -23,13 +23,64 @@ pub const WORK_TAG: &str = "work";
 
 /// The init script. `@WORK@` is the work dir's host path, `@EXPOSE@` the host paths under
 /// /tmp that the guest needs to see through the tmpfs (binaries built under /tmp).
-pub fn init_script(work: &Path, expose_under_tmp: &[PathBuf]) -> String {
+///
+/// `pin` names tracepoints to keep enabled for the whole boot (see [`pinned_tracepoints`]);
+/// with a non-empty list the BPF run-time statistics are kept enabled too.
+pub fn init_script(work: &Path, expose_under_tmp: &[PathBuf], pin: &[String]) -> String {
     let expose: Vec<String> = expose_under_tmp
         .iter()
         .map(|p| shell_quote(&p.to_string_lossy()))
         .collect();
+    let pin: Vec<String> = pin
+        .iter()
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .cloned()
+        .collect();
     INIT.replace("@WORK@", &shell_quote(&work.to_string_lossy()))
         .replace("@EXPOSE@", &expose.join(" "))
+        .replace("@PIN@", &pin.join(" "))
+}
+
+/// The tracepoints the agent's embedded eBPF object attaches to, from its section names
+/// (`tp_btf/NAME`, `raw_tracepoint/NAME`, `tracepoint/CATEGORY/NAME`) found in the binary.
+///
+/// Under multi-threaded TCG the guest keeps these tracepoints enabled for the whole boot, in
+/// two tracing instances that record nothing, and keeps the BPF statistics static key on: then
+/// attaching and detaching the agent's programs while tests run adds and removes probes of
+/// already-active tracepoints, which patches no kernel text. Multi-threaded TCG was seen to
+/// execute a stale `int3` left by the kernel's live text patching (an oops in
+/// `enqueue_entity`/`ttwu_do_activate` while the scheduler programs attached); measured with
+/// ftrace in the guest, one attach/detach cycle of the agent's programs went from 68 text-poke
+/// batches to 14 with the scheduler and memory tracepoints pinned, and the rest came from the
+/// remaining tracepoints and the statistics key, now pinned as well.
+pub fn pinned_tracepoints(agent: &[u8]) -> Vec<String> {
+    let mut names = Vec::new();
+    for prefix in [&b"tp_btf/"[..], b"raw_tracepoint/", b"tracepoint/"] {
+        let mut at = 0;
+        while let Some(pos) = find(&agent[at..], prefix) {
+            let start = at + pos + prefix.len();
+            let len = agent[start..]
+                .iter()
+                .take_while(|&&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'/')
+                .count();
+            let path = String::from_utf8_lossy(&agent[start..start + len]).into_owned();
+            // `raw_tracepoint/NAME` also contains `tracepoint/NAME`: counted once.
+            let preceded_by_raw = prefix == b"tracepoint/" && agent[..at + pos].ends_with(b"raw_");
+            if let Some(name) = path.rsplit('/').next().filter(|n| !n.is_empty()) {
+                if !preceded_by_raw {
+                    names.push(name.to_string());
+                }
+            }
+            at = start + len;
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 fn shell_quote(s: &str) -> String {
@@ -77,6 +128,23 @@ say "cgroup2 controllers: $(cat $R/sys/fs/cgroup/cgroup.controllers); subtree_co
 mount -t bpf bpf $R/sys/fs/bpf || say "no bpffs"
 mount -t tracefs tracefs $R/sys/kernel/tracing || say "no tracefs"
 mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
+# Under multi-threaded TCG: keep the agent's tracepoints (and the BPF statistics key) enabled
+# for the whole boot, so that attaching BPF programs while tests run patches no kernel text
+# (see pinned_tracepoints in xtask/src/vm/initramfs.rs).
+T=$R/sys/kernel/tracing
+pinned=""
+for tp in @PIN@; do
+    for i in a b; do
+        mkdir -p $T/instances/scaler-vm-pin-$i 2>/dev/null && echo 0 > $T/instances/scaler-vm-pin-$i/tracing_on
+        for e in $T/instances/scaler-vm-pin-$i/events/*/$tp/enable; do
+            [ -e "$e" ] && echo 1 > "$e" && [ $i = a ] && pinned="$pinned $tp"
+        done
+    done
+done
+if [ -n "@PIN@" ]; then
+    echo 1 > $R/proc/sys/kernel/bpf_stats_enabled || say "cannot enable the BPF statistics"
+    say "tracepoints kept enabled (no text patching while tests attach):$pinned"
+fi
 for p in @EXPOSE@; do
     mkdir -p "$R$p" && mount --bind "/mnt/hosttmp${p#/tmp}" "$R$p" || say "cannot expose $p"
 done
@@ -179,10 +247,21 @@ mod tests {
         let s = init_script(
             Path::new("/root/.cache/scaler-vm/runs/6.12-1"),
             &[PathBuf::from("/tmp/t x")],
+            &["sched_switch".into(), "bad name;".into()],
         );
         assert!(s.contains("WORK='/root/.cache/scaler-vm/runs/6.12-1'"));
         assert!(s.contains("for p in '/tmp/t x'; do"));
+        assert!(s.contains("for tp in sched_switch; do"));
         assert!(!s.contains('@'));
+    }
+
+    #[test]
+    fn finds_the_tracepoints_of_an_embedded_object() {
+        let blob = b"\0tp_btf/sched_switch\0.text\0raw_tracepoint/inject_x\0tracepoint/sched/sched_wakeup\0tp_btf/sched_switch\0tp_btf/\0";
+        assert_eq!(
+            pinned_tracepoints(blob),
+            ["inject_x", "sched_switch", "sched_wakeup"]
+        );
     }
 
     #[test]

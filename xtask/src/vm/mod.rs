@@ -81,7 +81,8 @@ pub struct Options {
 }
 
 /// Per-VM settings (environment overrides: SCALER_VM_TIMEOUT seconds, SCALER_VM_MEMORY MiB,
-/// SCALER_VM_CPUS, SCALER_VM_DISK MiB, SCALER_VM_TCG_THREAD=single|multi).
+/// SCALER_VM_CPUS, SCALER_VM_DISK MiB, SCALER_VM_TCG_THREAD=multi|single, SCALER_VM_APPEND extra
+/// kernel command-line words).
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     /// Kill the VM after this long.
@@ -92,10 +93,17 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Size of the scratch disk (the guest's /tmp) in MiB; sparse on the host.
     pub disk_mib: u32,
-    /// Run all vCPUs on one host thread (`-accel tcg,thread=single`). Multi-threaded TCG was
-    /// seen to oops a 6.12 guest (`int3` in `enqueue_entity`) while BPF programs attached to
-    /// scheduler tracepoints patched kernel text: cross-modifying code across host threads.
+    /// Run all vCPUs on one host thread (`-accel tcg,thread=single`) instead of one host thread
+    /// per vCPU (`thread=multi`, the default). Multi-threaded TCG is what lets the workload and
+    /// the scaler's engine run at the same time, which the rescue and CPU tests need (under
+    /// single-threaded TCG they skip). It oopsed 6.12 guests (`int3` in `enqueue_entity`, then
+    /// in `ttwu_do_activate`: a vCPU ran a stale `int3` of the kernel's live text patching while
+    /// BPF programs attached to scheduler tracepoints), so under it the guest keeps the agent's
+    /// tracepoints enabled for the whole boot and attaching patches no kernel text (see
+    /// [`initramfs::pinned_tracepoints`]); the console is checked for an oops after every run.
     pub single_thread: bool,
+    /// Extra kernel command-line words (`SCALER_VM_APPEND`).
+    pub append: String,
 }
 
 impl VmConfig {
@@ -112,7 +120,8 @@ impl VmConfig {
             memory_mib: num("SCALER_VM_MEMORY", 2048) as u32,
             cpus: num("SCALER_VM_CPUS", 2) as u32,
             disk_mib: num("SCALER_VM_DISK", 4096) as u32,
-            single_thread: std::env::var("SCALER_VM_TCG_THREAD").map_or(true, |v| v != "multi"),
+            single_thread: std::env::var("SCALER_VM_TCG_THREAD").is_ok_and(|v| v == "single"),
+            append: std::env::var("SCALER_VM_APPEND").unwrap_or_default(),
         }
     }
 }

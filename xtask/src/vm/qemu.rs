@@ -21,12 +21,17 @@ fn quote(s: &str) -> String {
 
 /// The chroot-side script: runs the guest command, tees each test binary's output into the work
 /// dir, and writes the overall status to `exit-status`.
-pub fn run_script(command: &GuestCommand, work: &Path, kernel: &str) -> String {
+pub fn run_script(command: &GuestCommand, work: &Path, kernel: &str, config: &VmConfig) -> String {
     let w = quote(&work.to_string_lossy());
+    let tcg = if config.single_thread {
+        "single"
+    } else {
+        "multi"
+    };
     let mut s = format!(
         "#!/bin/sh\n\
          export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
-         export HOME=/tmp RUST_BACKTRACE=1 SCALER_VM_KERNEL={kernel}\n\
+         export HOME=/tmp RUST_BACKTRACE=1 SCALER_VM_KERNEL={kernel} SCALER_VM_TCG={tcg}\n\
          export W={w}\nstatus=0\n"
     );
     for (key, value) in forwarded_env() {
@@ -104,6 +109,38 @@ fn under_tmp(command: &GuestCommand, work: &Path) -> Vec<PathBuf> {
     paths
 }
 
+/// Whether a console line is the start of a guest kernel oops or BUG report.
+fn is_kernel_oops(line: &str) -> bool {
+    // Kernel messages carry a `[ seconds.micros]` stamp; test output quoting them does not start
+    // with one.
+    let Some(msg) = line
+        .trim_start()
+        .strip_prefix('[')
+        .and_then(|l| l.split_once(']'))
+        .filter(|(stamp, _)| {
+            stamp.trim().split_once('.').is_some_and(|(secs, micros)| {
+                !secs.is_empty()
+                    && secs.bytes().all(|b| b.is_ascii_digit())
+                    && micros.len() == 6
+                    && micros.bytes().all(|b| b.is_ascii_digit())
+            })
+        })
+        .map(|(_, m)| m.trim_start())
+    else {
+        return false;
+    };
+    [
+        "Oops:",
+        "BUG:",
+        "kernel BUG at",
+        "general protection fault",
+        "int3: 0000",
+    ]
+    .iter()
+    .any(|p| msg.starts_with(p))
+        || msg.contains("] int3")
+}
+
 /// A sparse raw disk with an empty ext4 file system, the guest's /tmp: tmpfs pages cannot be
 /// reclaimed without swap, so tests that need reclaimable page cache need a real disk. No
 /// metadata checksums, so that older kernels need no crc32c driver to mount it.
@@ -141,13 +178,26 @@ pub fn run(
     let work = work.canonicalize()?;
     fs::write(
         work.join("run.sh"),
-        run_script(command, &work, &kernel.name),
+        run_script(command, &work, &kernel.name, config),
     )?;
 
     let boot = runs.join(format!("{}-{}-boot", kernel.name, std::process::id()));
     fs::create_dir_all(&boot)?;
     let initrd = boot.join("initramfs.cpio");
-    let init = initramfs::init_script(&work, &under_tmp(command, &work));
+    // The agent whose tracepoints stay enabled under multi-threaded TCG: the one under test, or
+    // for a shell command the one named by SCALER_BIN on the host, if any.
+    let pin_from = match command {
+        GuestCommand::Tests { agent, .. } => Some(agent.clone()),
+        GuestCommand::Shell(_) => std::env::var_os("SCALER_BIN").map(PathBuf::from),
+    };
+    let pin = match pin_from.filter(|_| !config.single_thread) {
+        Some(agent) => {
+            let bytes = fs::read(&agent).with_context(|| format!("reading {}", agent.display()))?;
+            initramfs::pinned_tracepoints(&bytes)
+        }
+        None => Vec::new(),
+    };
+    let init = initramfs::init_script(&work, &under_tmp(command, &work), &pin);
     initramfs::build(&boot.join("stage"), &initrd, &kernel.modules, &init)?;
     let scratch = boot.join("scratch.img");
     make_scratch_disk(&scratch, config.disk_mib)?;
@@ -184,7 +234,14 @@ pub fn run(
     .arg(&kernel.vmlinux)
     .arg("-initrd")
     .arg(&initrd)
-    .args(["-append", "console=ttyS0 panic=-1 cgroup_no_v1=all quiet"])
+    .args([
+        "-append",
+        format!(
+            "console=ttyS0 panic=-1 cgroup_no_v1=all quiet {}",
+            config.append
+        )
+        .trim(),
+    ])
     .arg("-drive")
     .arg(format!(
         "file={},format=raw,if=virtio,cache=unsafe",
@@ -210,9 +267,14 @@ pub fn run(
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     println!(
-        "vm: booting {} ({}), timeout {}s; console log {}",
+        "vm: booting {} ({}) under {} TCG, timeout {}s; console log {}",
         kernel.name,
         kernel.package,
+        if config.single_thread {
+            "single-threaded"
+        } else {
+            "multi-threaded"
+        },
         config.timeout.as_secs(),
         console_log.display()
     );
@@ -235,6 +297,7 @@ pub fn run(
     let lines = util::line_reader(child.stdout.take().context("qemu stdout")?);
     let errs = util::line_reader(child.stderr.take().context("qemu stderr")?);
     let mut problem = None;
+    let mut oops: Option<String> = None;
     loop {
         let left = config.timeout.saturating_sub(start.elapsed());
         if left.is_zero() {
@@ -248,6 +311,9 @@ pub fn run(
         }
         match lines.recv_timeout(left.min(Duration::from_millis(500))) {
             Ok(line) => {
+                if oops.is_none() && is_kernel_oops(&line) {
+                    oops = Some(line.trim().to_string());
+                }
                 println!("[{}] {line}", kernel.name);
                 let _ = writeln!(log, "{line}");
             }
@@ -269,6 +335,16 @@ pub fn run(
         problem = Some(format!("qemu exited with {status}"));
     }
 
+    if let Some(line) = oops {
+        // A guest kernel oops fails the run even when the tests passed: it is either the
+        // product's bug or the emulator's (multi-threaded TCG and kernel text patching), and
+        // either way the run proves nothing.
+        problem = Some(format!(
+            "the guest kernel oopsed: `{line}` (under multi-threaded TCG an int3 oops in \
+             scheduler code is the emulator's cross-modifying-code problem; rerun, or set \
+             SCALER_VM_TCG_THREAD=single to confirm)"
+        ));
+    }
     let guest_status = fs::read_to_string(work.join("exit-status"))
         .ok()
         .and_then(|s| s.trim().parse().ok());
@@ -316,12 +392,24 @@ pub fn run(
 mod tests {
     use super::*;
 
+    fn config(single_thread: bool) -> VmConfig {
+        VmConfig {
+            timeout: Duration::from_secs(60),
+            memory_mib: 1024,
+            cpus: 2,
+            disk_mib: 64,
+            single_thread,
+            append: String::new(),
+        }
+    }
+
     #[test]
     fn shell_script_reports_the_command_status() {
         let s = run_script(
             &GuestCommand::Shell("exit 3".into()),
             Path::new("/w d"),
             "6.12",
+            &config(false),
         );
         assert!(s.contains("export W='/w d'"), "{s}");
         assert!(
@@ -341,9 +429,12 @@ mod tests {
             agent: "/t/scaler".into(),
             filter: vec!["memory".into()],
         };
-        let s = run_script(&cmd, Path::new("/w"), "6.1");
+        let s = run_script(&cmd, Path::new("/w"), "6.1", &config(false));
         assert!(s.contains("export SCALER_BIN='/t/scaler'"), "{s}");
-        assert!(s.contains("SCALER_VM_KERNEL=6.1"), "{s}");
+        assert!(
+            s.contains("SCALER_VM_KERNEL=6.1 SCALER_VM_TCG=multi"),
+            "{s}"
+        );
         assert!(
             s.contains("{ '/t/a' --test-threads=1 'memory'; echo $? > \"$W/rc.0\"; }"),
             "{s}"
@@ -352,6 +443,24 @@ mod tests {
             s.contains("{ '/t/b' --test-threads=1 'memory'; echo $? > \"$W/rc.1\"; }"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn recognizes_kernel_oopses_only_in_kernel_messages() {
+        assert!(is_kernel_oops(
+            "[   41.123456] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI"
+        ));
+        assert!(is_kernel_oops(
+            "[    3.000001] BUG: kernel NULL pointer dereference, address: 0000000000000008"
+        ));
+        assert!(is_kernel_oops(
+            "[   12.500000] general protection fault, probably for non-canonical address"
+        ));
+        assert!(!is_kernel_oops(
+            "[    7.819099] Memory cgroup out of memory: Killed process 203 (scaler)"
+        ));
+        assert!(!is_kernel_oops("test foo ... Oops: not a kernel line"));
+        assert!(!is_kernel_oops("[6.12] BUG: quoted"));
     }
 
     #[test]
