@@ -234,6 +234,11 @@ impl CpuState {
 /// Words (`u64`) of the `CPU_FILTER` bitmap: 65,536 bits.
 pub const CPU_FILTER_WORDS: u32 = 1024;
 
+/// Index of the `CPU_FILTER` entry after the bitmap: a generation userspace bumps after every
+/// change of the bits, so that the programs' per-CPU memo of the last unwatched task group is
+/// dropped when the watched set changes.
+pub const CPU_FILTER_GEN: u32 = CPU_FILTER_WORDS;
+
 /// Where a cpu cgroup's kernfs id sits in the `CPU_FILTER` bitmap: `(word, bit mask)`. The
 /// scheduler programs test this bit for the task being switched in (an inlined array lookup:
 /// the one map lookup an unwatched task pays); only when it is set do they look the id up in

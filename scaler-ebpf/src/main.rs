@@ -30,10 +30,10 @@ use aya_ebpf::{
 };
 use scaler_common::{
     cpu_filter_slot, stat, CgState, CpuOffsets, CpuState, CpuWatch, Event, EventKind,
-    KernelOffsets, Settings, WatchConfig, CPU_FILTER_WORDS, CPU_WATCH_QUOTA, CPU_WATCH_RUNQ,
-    EVENT_FLAG_ANCESTOR, EVENT_FLAG_WAKEUP, MAX_ANCESTOR_LEVELS, MAX_TASKS, MAX_WATCHED, NO_OFFSET,
-    REWAKE_NS, RING_BUF_BYTES, RUNQ_BUCKETS, RUNQ_FROM_SCHED_INFO, RUNQ_FROM_WAKEUP,
-    WATCH_USAGE_HIGH,
+    KernelOffsets, Settings, WatchConfig, CPU_FILTER_GEN, CPU_FILTER_WORDS, CPU_WATCH_QUOTA,
+    CPU_WATCH_RUNQ, EVENT_FLAG_ANCESTOR, EVENT_FLAG_WAKEUP, MAX_ANCESTOR_LEVELS, MAX_TASKS,
+    MAX_WATCHED, NO_OFFSET, REWAKE_NS, RING_BUF_BYTES, RUNQ_BUCKETS, RUNQ_FROM_SCHED_INFO,
+    RUNQ_FROM_WAKEUP, WATCH_USAGE_HIGH,
 };
 
 /// Field offsets from the running kernel's BTF, set by the loader (read-only data).
@@ -567,7 +567,7 @@ static CPU_WATCHED: HashMap<u64, CpuWatch> = HashMap::with_max_entries(MAX_WATCH
 
 /// Bitmap of watched cpu cgroup ids (see [`cpu_filter_slot`]), kept by userspace.
 #[map]
-static CPU_FILTER: Array<u64> = Array::with_max_entries(CPU_FILTER_WORDS, 0);
+static CPU_FILTER: Array<u64> = Array::with_max_entries(CPU_FILTER_WORDS + 1, 0);
 
 /// Per watched cpu cgroup: period accounting and histogram.
 #[map]
@@ -614,6 +614,10 @@ struct Running {
     pend_max_task: u64,
     /// Their histogram.
     pend_hist: [u64; RUNQ_BUCKETS],
+    /// The last task group found unwatched on this CPU, and the filter generation then: a
+    /// switch to a task of that group, from an unwatched one, costs two loads and returns.
+    unwatched_tg: u64,
+    unwatched_gen: u64,
 }
 
 /// Pending run time that forces a flush at switch time (between ticks).
@@ -651,9 +655,21 @@ fn kload(base: u64, off: u32) -> u64 {
 #[inline(always)]
 fn task_cpu_cgroup(task: u64) -> (u64, u64) {
     let tg = kload(task, cpu_offset!(task_sched_task_group));
+    (tg_cgroup_id(tg), tg)
+}
+
+/// Kernfs id of a BTF-typed `task_group *`'s cgroup (`tg->css.cgroup->kn->id`), 0 if none.
+#[inline(always)]
+fn tg_cgroup_id(tg: u64) -> u64 {
     let cgrp = kload(tg, cpu_offset!(tg_css) + offset!(css_cgroup));
     let kn = kload(cgrp, offset!(cgroup_kn));
-    (kload(kn, offset!(kn_id)), tg)
+    kload(kn, offset!(kn_id))
+}
+
+/// The filter's generation (bumped by userspace after every change of its bits).
+#[inline(always)]
+fn filter_gen() -> u64 {
+    CPU_FILTER.get(CPU_FILTER_GEN).map_or(0, |v| *v)
 }
 
 /// Whether `id` may be watched: its bit in `CPU_FILTER` (an inlined array lookup).
@@ -951,7 +967,20 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile (interrupts are off).
     let run = unsafe { &mut *run };
     let next: u64 = ctx.arg(2);
-    let (id, tg) = task_cpu_cgroup(next);
+    let tg = kload(next, cpu_offset!(task_sched_task_group));
+    let gen = filter_gen();
+    if run.cgroup_id == 0 && tg == run.unwatched_tg && gen == run.unwatched_gen {
+        // The commonest case on a node: from an unwatched task to one of a task group last
+        // found unwatched here, with the watched set unchanged since.
+        return Ok(0);
+    }
+    // Next is in the slot's (watched) cgroup: no need to read its id.
+    let same = run.cgroup_id != 0 && tg == run.tg;
+    let id = if same {
+        run.cgroup_id
+    } else {
+        tg_cgroup_id(tg)
+    };
     let mut now = 0;
     if run.cgroup_id != 0 {
         let prev: u64 = ctx.arg(1);
@@ -975,14 +1004,16 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, i64> {
             run.cgroup_id = 0;
         }
     }
-    if !maybe_watched(id) {
+    if !same && !maybe_watched(id) {
         if run.cgroup_id != 0 {
             // (Only if the cgroup was unwatched meanwhile: its pending figures are dropped.)
             drop_slot(run);
         }
+        run.unwatched_tg = tg;
+        run.unwatched_gen = gen;
         return Ok(0);
     }
-    switch_in(run, next, id, tg, now)
+    switch_in(run, next, id, tg, now, gen)
 }
 
 /// Whether `prev` stays runnable (preempted, or switched out in TASK_RUNNING).
@@ -1000,12 +1031,22 @@ fn still_runnable(ctx: &BtfTracePointContext) -> bool {
 /// take its run-queue latency. If the slot still holds `id` (the task switched out was of the
 /// same cgroup), the cgroup is watched with the slot's settings and nothing is looked up.
 #[inline(always)]
-fn switch_in(run: &mut Running, next: u64, id: u64, tg: u64, now: u64) -> Result<u32, i64> {
+fn switch_in(
+    run: &mut Running,
+    next: u64,
+    id: u64,
+    tg: u64,
+    now: u64,
+    gen: u64,
+) -> Result<u32, i64> {
     if run.cgroup_id != id {
         count(stat::TASK_RESOLVES);
         // SAFETY: copied out at once.
         let Some(w) = (unsafe { CPU_WATCHED.get(&id) }).copied() else {
+            // Its filter bit is another cgroup's.
             run.cgroup_id = 0;
+            run.unwatched_tg = tg;
+            run.unwatched_gen = gen;
             return Ok(0);
         };
         cpu_state_or_insert(id)?;

@@ -12,7 +12,7 @@ use aya::{
 };
 use scaler_common::{
     cpu_filter_slot, names, stat, CpuOffsets, CpuState, CpuWatch, KernelOffsets, Settings,
-    WatchConfig, NO_OFFSET, RUNQ_FROM_SCHED_INFO, RUNQ_FROM_WAKEUP,
+    WatchConfig, CPU_FILTER_GEN, NO_OFFSET, RUNQ_FROM_SCHED_INFO, RUNQ_FROM_WAKEUP,
 };
 
 use crate::btf::{Features, KernelBtf};
@@ -672,7 +672,7 @@ impl Pipeline {
         if v & mask == 0 {
             filter.set(word, v | mask, 0).map_err(err)?;
         }
-        Ok(())
+        bump_filter_gen(filter)
     }
 
     /// Stops watching a cpu cgroup and drops its kernel state; unknown ids are fine.
@@ -700,6 +700,7 @@ impl Pipeline {
             };
             let v = filter.get(&word, 0).map_err(err)?;
             filter.set(word, v & !mask, 0).map_err(err)?;
+            bump_filter_gen(filter)?;
         }
         self.bump_cpu_gen()
     }
@@ -816,6 +817,19 @@ impl Pipeline {
             tracing::warn!("cannot forward eBPF logs: {e}");
         }
     }
+}
+
+/// Bumps the filter's generation word (after its bits changed): the programs forget which task
+/// groups they found unwatched.
+fn bump_filter_gen(filter: &mut Array<MapData, u64>) -> Result<(), EbpfError> {
+    let err = |source| EbpfError::Map {
+        map: names::CPU_FILTER,
+        source,
+    };
+    let g = filter.get(&CPU_FILTER_GEN, 0).map_err(err)?;
+    filter
+        .set(CPU_FILTER_GEN, g.wrapping_add(1), 0)
+        .map_err(err)
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
