@@ -20,19 +20,6 @@ use nix::sys::signal::Signal;
 use scaler::cgroupfs::{CgroupGuard, Controller, Limit};
 use scaler_tests::*;
 
-/// 256 MiB in 8 MiB steps every 10 ms (100 ms under emulation: see `steps_interval`).
-fn steps_256m() -> Vec<&'static str> {
-    vec![
-        "workload",
-        "steps",
-        "--total",
-        "256M",
-        "--step",
-        "8M",
-        "--interval",
-        steps_interval(),
-    ]
-}
 const M: u64 = 1 << 20;
 
 /// A free loopback port (bound and released; the agent binds it next).
@@ -293,19 +280,15 @@ fn limit_of(g: &CgroupGuard) -> Limit {
         .unwrap()
 }
 
-/// Runs the 256M steps workload in `g` and asserts it completed without an OOM kill.
+/// Runs the race workload (256 MiB; natively 8 MiB steps every 10 ms, under emulation cushioned
+/// and paced from the measured reaction latency: see [`RaceWorkload`]) in `g` and asserts it
+/// completed without an OOM kill.
 fn run_steps(g: &CgroupGuard) {
     let cg = g.cgroup(Controller::Memory).unwrap();
-    // Under software emulation a step is an instantaneous 8 MiB burst on a 10-50x slower
-    // machine, which no reaction can race; there the same 256 MiB grows as a steady ramp.
-    let workload: Vec<&str> = if emulated() {
-        vec!["workload", "ramp", "--total", "256M", "--rate", "32M/s"]
-    } else {
-        steps_256m()
-    };
-    let mut p = spawn_in_cgroup(cg.dir(), &scaler_bin(), &workload);
+    let w = RaceWorkload::steps(1);
+    let mut p = w.spawn_in(cg.dir());
     let status = p
-        .wait_timeout(Duration::from_secs(90))
+        .wait_timeout(Duration::from_secs(120))
         .expect("workload ended");
     assert!(
         status.success(),
@@ -317,7 +300,7 @@ fn run_steps(g: &CgroupGuard) {
 
 #[test]
 fn metrics_and_status_match_the_actions_taken() {
-    let Some(env) = env_native(
+    let Some(env) = env_race(
         "agent_metrics",
         "winning the OOM race (rescuing a workload that outgrows its limit)",
     ) else {
@@ -453,7 +436,7 @@ fn metrics_and_status_match_the_actions_taken() {
 
 #[test]
 fn restart_after_sigkill_reconciles_and_sigterm_restores_the_original() {
-    let Some(env) = env_native(
+    let Some(env) = env_race(
         "agent_restart",
         "winning the OOM race (rescuing a workload that outgrows its limit)",
     ) else {
@@ -607,7 +590,7 @@ fn sighup_applies_a_valid_config_and_rejects_an_invalid_one() {
 
 #[test]
 fn a_cgroup_created_after_start_is_managed_promptly_and_forgotten_when_removed() {
-    let Some(env) = env_native(
+    let Some(env) = env_race(
         "agent_discovery",
         "winning the OOM race (rescuing a workload that outgrows its limit)",
     ) else {
@@ -668,7 +651,7 @@ fn a_cgroup_created_after_start_is_managed_promptly_and_forgotten_when_removed()
 /// `restore_on_exit` puts the 0.2-core quota back.
 #[test]
 fn agent_cpu_policy_raises_the_quota_in_bursts_and_restores_it() {
-    let Some(_env) = env_native("agent_cpu_policy", "CPU time per quota period") else {
+    let Some(_env) = env_race("agent_cpu_policy", "reacting within a CPU quota period") else {
         return;
     };
     let bursts = [
@@ -743,9 +726,13 @@ fn agent_cpu_policy_raises_the_quota_in_bursts_and_restores_it() {
         peak <= 2.0 + 1e-9,
         "never above the policy maximum (peak {peak})"
     );
+    // Under emulation the agent's reaction (and the busy threads' share of the host) is slower:
+    // there the bar is 60% less throttling than the static quota in the same run.
+    let bar = if emulated() { 0.6 } else { 0.8 };
     assert!(
-        cut >= 0.8,
-        "throttled at least 80% less than under the static quota: {us} vs {static_us} us"
+        cut >= bar,
+        "throttled at least {:.0}% less than under the static quota: {us} vs {static_us} us",
+        bar * 100.0
     );
 
     // State file: the original quota, and the agent's changes.

@@ -6,13 +6,31 @@ use std::{os::unix::process::ExitStatusExt, time::Duration};
 use scaler::cgroupfs::{Controller, Limit};
 use scaler_tests::*;
 
-/// 256 MiB in 8 MiB steps every 10 ms (100 ms under emulation: see `steps_interval`).
+/// 256 MiB in 8 MiB steps every 10 ms (100 ms under emulation: see `steps_interval`), for the
+/// tests that do not race.
 fn steps_256m() -> Vec<&'static str> {
-    vec!["workload", "steps", "--total", "256M", "--step", "8M", "--interval", steps_interval()]
+    vec![
+        "workload",
+        "steps",
+        "--total",
+        "256M",
+        "--step",
+        "8M",
+        "--interval",
+        steps_interval(),
+    ]
+}
+
+/// The race workload (natively the plain 8M/10ms steps; under emulation cushioned and paced
+/// from the measured reaction latency, see [`RaceWorkload`]).
+fn run_exec_race(args: &[&str], w: &RaceWorkload) -> (std::process::ExitStatus, serde_json::Value) {
+    scaler_exec(args, &w.argv())
 }
 
 fn with_bin(args: &[&str]) -> Vec<String> {
-    std::iter::once(scaler_bin().display().to_string()).chain(args.iter().map(|s| s.to_string())).collect()
+    std::iter::once(scaler_bin().display().to_string())
+        .chain(args.iter().map(|s| s.to_string()))
+        .collect()
 }
 
 fn run_exec(args: &[&str], workload: &[&str]) -> (std::process::ExitStatus, serde_json::Value) {
@@ -23,27 +41,52 @@ fn run_exec(args: &[&str], workload: &[&str]) -> (std::process::ExitStatus, serd
 
 #[test]
 fn a_plain_64m_limit_oom_kills_the_steps_workload() {
-    let Some(env) = env("plain_limit_baseline") else { return };
+    let Some(env) = env("plain_limit_baseline") else {
+        return;
+    };
     let g = memory_cgroup(&env, "scaler-test-plain");
     let cg = g.cgroup(Controller::Memory).unwrap();
     g.set_memory_limit(Limit::Bytes(64 << 20)).unwrap();
-    let mut p = spawn_in_cgroup(cg.dir(), &scaler_bin(), &steps_256m());
-    let status = p.wait_timeout(Duration::from_secs(60)).expect("workload ended");
-    assert_eq!(status.signal(), Some(9), "without the scaler the workload is OOM-killed: {status}");
+    // The very workload the rescue tests race (cushioned and paced under emulation).
+    let w = RaceWorkload::steps(1);
+    let mut p = w.spawn_in(cg.dir());
+    let status = p
+        .wait_timeout(Duration::from_secs(120))
+        .expect("workload ended");
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "without the scaler the workload is OOM-killed: {status}"
+    );
     assert!(cg.oom_kills().unwrap().unwrap_or(0) >= 1);
 }
 
 #[test]
 fn exec_rescues_the_steps_workload() {
-    let Some(_env) = env_native("exec_rescue", "winning the OOM race (rescuing a workload that outgrows its limit)") else { return };
-    let (status, s) = run_exec(&["--memory", "64M", "--memory-max", "2G"], &steps_256m());
-    assert!(status.success(), "scaler exec exits with the workload's status 0: {status} {s}");
+    let Some(_env) = env_race(
+        "exec_rescue",
+        "winning the OOM race (rescuing a workload that outgrows its limit)",
+    ) else {
+        return;
+    };
+    let w = RaceWorkload::steps(1);
+    let (status, s) = run_exec_race(&["--memory", "64M", "--memory-max", "2G"], &w);
+    assert!(
+        status.success(),
+        "scaler exec exits with the workload's status 0: {status} {s}"
+    );
     assert_eq!(s["oom_kills"], 0, "{s}");
     assert_eq!(s["exit_code"], 0);
     let peak = s["peak_usage_bytes"].as_u64().unwrap();
     let fin = s["final_limit_bytes"].as_u64().unwrap();
-    assert!(peak >= 256 << 20, "the workload touched its 256M: peak {peak}");
-    assert!(fin >= peak && fin <= 2 << 30, "final limit {fin} within [peak, max]");
+    assert!(
+        peak >= 256 << 20,
+        "the workload touched its 256M: peak {peak}"
+    );
+    assert!(
+        fin >= peak && fin <= 2 << 30,
+        "final limit {fin} within [peak, max]"
+    );
     let actions = s["actions"].as_array().unwrap();
     assert!(!actions.is_empty());
     for a in actions {
@@ -56,50 +99,102 @@ fn exec_rescues_the_steps_workload() {
 
 #[test]
 fn exec_rescues_on_reclaim_alone() {
-    let Some(_env) = env_native("exec_rescue_reclaim_only", "winning the OOM race (rescuing a workload that outgrows its limit)") else { return };
-    let (status, s) = run_exec(&["--memory", "64M", "--memory-max", "2G", "--no-early-warning"], &steps_256m());
+    let Some(_env) = env_race(
+        "exec_rescue_reclaim_only",
+        "winning the OOM race (rescuing a workload that outgrows its limit)",
+    ) else {
+        return;
+    };
+    let w = RaceWorkload::steps(1);
+    let (status, s) = run_exec_race(
+        &[
+            "--memory",
+            "64M",
+            "--memory-max",
+            "2G",
+            "--no-early-warning",
+        ],
+        &w,
+    );
     assert!(status.success(), "{status} {s}");
     assert_eq!(s["oom_kills"], 0, "{s}");
-    let reasons: Vec<_> = s["actions"].as_array().unwrap().iter().map(|a| a["reason"].as_str().unwrap().to_string()).collect();
-    assert!(reasons.iter().all(|r| r == "pressure"), "only reclaim-driven raises: {reasons:?}");
+    let reasons: Vec<_> = s["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        reasons.iter().all(|r| r == "pressure"),
+        "only reclaim-driven raises: {reasons:?}"
+    );
     assert!(s["reclaim_events"].as_u64().unwrap() >= 1, "{s}");
 }
 
 #[test]
 fn exec_rescues_a_multithreaded_allocator() {
-    let Some(_env) = env_native("exec_rescue_threads", "four threads racing the OOM killer on two emulated CPUs") else { return };
-    let (status, s) = run_exec(
-        &["--memory", "64M", "--memory-max", "2G"],
-        &["workload", "steps", "--total", "256M", "--step", "8M", "--interval", steps_interval(), "--threads", "4"],
-    );
+    let Some(_env) = env_race("exec_rescue_threads", "four threads racing the OOM killer") else {
+        return;
+    };
+    let w = RaceWorkload::steps(4);
+    let (status, s) = run_exec_race(&["--memory", "64M", "--memory-max", "2G"], &w);
     assert!(status.success(), "{status} {s}");
     assert_eq!(s["oom_kills"], 0, "{s}");
 }
 
 #[test]
 fn memory_max_bounds_the_rescue() {
-    let Some(_env) = env("exec_memory_max") else { return };
+    let Some(_env) = env("exec_memory_max") else {
+        return;
+    };
     let (status, s) = run_exec(&["--memory", "64M", "--memory-max", "128M"], &steps_256m());
-    assert_eq!(status.code(), Some(128 + 9), "exit status 128+SIGKILL when the workload is OOM-killed: {status}");
+    assert_eq!(
+        status.code(),
+        Some(128 + 9),
+        "exit status 128+SIGKILL when the workload is OOM-killed: {status}"
+    );
     assert_eq!(s["signal"], 9);
     assert!(s["oom_kills"].as_u64().unwrap() >= 1, "{s}");
     let max = 128u64 << 20;
     assert!(s["final_limit_bytes"].as_u64().unwrap() <= max, "{s}");
     for a in s["actions"].as_array().unwrap() {
-        assert!(a["new"].as_u64().unwrap() <= max, "no action above --memory-max: {a}");
+        assert!(
+            a["new"].as_u64().unwrap() <= max,
+            "no action above --memory-max: {a}"
+        );
     }
 }
 
 #[test]
 fn an_idle_cgroup_gives_memory_back() {
-    let Some(_env) = env("exec_scale_down") else { return };
+    let Some(_env) = env("exec_scale_down") else {
+        return;
+    };
     let (status, s) = run_exec(
-        &["--memory", "512M", "--memory-min", "32M", "--headroom", "16M", "--cooldown", "1s", "--down-interval", "500ms", "--sample-interval", "200ms"],
+        &[
+            "--memory",
+            "512M",
+            "--memory-min",
+            "32M",
+            "--headroom",
+            "16M",
+            "--cooldown",
+            "1s",
+            "--down-interval",
+            "500ms",
+            "--sample-interval",
+            "200ms",
+        ],
         &["workload", "idle", "--size", "64M", "--hold", "6s"],
     );
     assert!(status.success(), "{status} {s}");
     assert_eq!(s["oom_kills"], 0);
-    let downs: Vec<_> = s["actions"].as_array().unwrap().iter().filter(|a| a["reason"] == "scale_down").collect();
+    let downs: Vec<_> = s["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["reason"] == "scale_down")
+        .collect();
     assert!(!downs.is_empty(), "the limit was lowered: {s}");
     let peak = s["peak_usage_bytes"].as_u64().unwrap();
     let fin = s["final_limit_bytes"].as_u64().unwrap();
@@ -107,13 +202,18 @@ fn an_idle_cgroup_gives_memory_back() {
     assert!(fin >= peak, "never below usage: final {fin} peak {peak}");
     for a in &downs {
         assert!(a["new"].as_u64().unwrap() < a["old"].as_u64().unwrap());
-        assert!(a["new"].as_u64().unwrap() >= 64 << 20, "never below the 64M in use: {a}");
+        assert!(
+            a["new"].as_u64().unwrap() >= 64 << 20,
+            "never below the 64M in use: {a}"
+        );
     }
 }
 
 #[test]
 fn exec_passes_the_exit_status_through() {
-    let Some(_env) = env("exec_status") else { return };
+    let Some(_env) = env("exec_status") else {
+        return;
+    };
     let (status, s) = scaler_exec(&["--memory", "64M"], &["sh", "-c", "exit 7"]);
     assert_eq!(status.code(), Some(7));
     assert_eq!(s["exit_code"], 7);

@@ -12,7 +12,9 @@ use scaler_tests::*;
 
 #[test]
 fn reclaim_at_an_ancestor_limit_names_the_ancestor_as_target() {
-    let Some(env) = env("ancestor_attribution") else { return };
+    let Some(env) = env("ancestor_attribution") else {
+        return;
+    };
     let parent = memory_cgroup(&env, "scaler-test-parent");
     let pcg = parent.cgroup(Controller::Memory).unwrap().clone();
     parent.set_memory_limit(Limit::Bytes(48 << 20)).unwrap();
@@ -21,20 +23,37 @@ fn reclaim_at_an_ancestor_limit_names_the_ancestor_as_target() {
     // The child has no limit of its own: the parent's binds.
     let pid = std::fs::metadata(pcg.dir()).unwrap().ino();
     let cid = std::fs::metadata(ccg.dir()).unwrap().ino();
+    let fill = PageCacheWorkload::new(160 << 20);
     let watch = Watch::start(&["--cgroup", pcg.path()]);
-    let dir = tempdir();
-    let file = dir.join("fill");
-    let mut p = spawn_in_cgroup(ccg.dir(), &scaler_bin(), &["workload", "pagecache", "--file", file.to_str().unwrap(), "--size", "160M"]);
-    let st = p.wait_timeout(Duration::from_secs(120)).expect("workload ended");
-    let _ = std::fs::remove_dir_all(&dir);
+    let mut p = fill.spawn_in(ccg.dir());
+    let st = p
+        .wait_timeout(Duration::from_secs(120))
+        .expect("workload ended");
+    drop(fill);
     assert!(st.success(), "{st}");
-    let events = watch.collect(Duration::from_secs(5), |ev| ev.iter().filter(|e| kind(e) == "reclaim_begin").count() >= 2);
-    let begins: Vec<_> = events.iter().filter(|e| kind(e) == "reclaim_begin").collect();
-    assert!(!begins.is_empty(), "reclaim in the child reported through the watched parent: {events:?}");
+    let events = watch.collect(Duration::from_secs(5), |ev| {
+        ev.iter().filter(|e| kind(e) == "reclaim_begin").count() >= 2
+    });
+    let begins: Vec<_> = events
+        .iter()
+        .filter(|e| kind(e) == "reclaim_begin")
+        .collect();
+    assert!(
+        !begins.is_empty(),
+        "reclaim in the child reported through the watched parent: {events:?}"
+    );
     for b in begins {
-        assert_eq!(b["cgroup_id"].as_u64(), Some(cid), "the task's own memory cgroup: {b}");
+        assert_eq!(
+            b["cgroup_id"].as_u64(),
+            Some(cid),
+            "the task's own memory cgroup: {b}"
+        );
         assert_eq!(b["cgroup"].as_str(), Some(ccg.path()));
-        assert_eq!(b["target_id"].as_u64(), Some(pid), "the binding limit is the parent's: {b}");
+        assert_eq!(
+            b["target_id"].as_u64(),
+            Some(pid),
+            "the binding limit is the parent's: {b}"
+        );
         assert_eq!(b["target"].as_str(), Some(pcg.path()));
         assert_eq!(b["limit_bytes"].as_u64(), Some(48 << 20));
     }
@@ -44,7 +63,12 @@ fn reclaim_at_an_ancestor_limit_names_the_ancestor_as_target() {
 
 #[test]
 fn agent_raises_a_managed_parent_whose_limit_binds() {
-    let Some(env) = env_native("agent_hierarchy", "winning the OOM race (rescuing a workload that outgrows its limit)") else { return };
+    let Some(env) = env_race(
+        "agent_hierarchy",
+        "winning the OOM race (rescuing a workload that outgrows its limit)",
+    ) else {
+        return;
+    };
     let parent = memory_cgroup(&env, "scaler-test-hp");
     let pcg = parent.cgroup(Controller::Memory).unwrap().clone();
     parent.set_memory_limit(Limit::Bytes(96 << 20)).unwrap();
@@ -97,7 +121,10 @@ headroom = "16M"
     std::thread::spawn(move || {
         use std::io::BufRead;
         let mut tx = Some(tx);
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             eprintln!("  [agent] {line}");
             if line.contains("agent running") {
                 if let Some(t) = tx.take() {
@@ -106,16 +133,29 @@ headroom = "16M"
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(60)).expect("agent started");
-    let mut w = spawn_in_cgroup(ccg.dir(), &scaler_bin(), &["workload", "steps", "--total", "256M", "--step", "8M", "--interval", steps_interval()]);
-    let st = w.wait_timeout(Duration::from_secs(60)).expect("workload ended");
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("agent started");
+    let race = RaceWorkload::steps(1);
+    let mut w = race.spawn_in(ccg.dir());
+    let st = w
+        .wait_timeout(Duration::from_secs(120))
+        .expect("workload ended");
     let parent_limit = pcg.memory_limit().unwrap();
     let child_limit = ccg.memory_limit().unwrap();
     let _ = agent.interrupt(Duration::from_secs(10));
     let _ = std::fs::remove_dir_all(&dir);
     assert!(st.success(), "the workload in the child survived: {st}");
-    assert!(parent_limit > Limit::Bytes(96 << 20), "the parent was raised: {parent_limit:?}");
-    assert!(child_limit > Limit::Bytes(64 << 20), "the child was raised: {child_limit:?}");
-    assert!(parent_limit <= Limit::Bytes(1 << 30) && child_limit <= Limit::Bytes(1 << 30), "within max");
+    assert!(
+        parent_limit > Limit::Bytes(96 << 20),
+        "the parent was raised: {parent_limit:?}"
+    );
+    assert!(
+        child_limit > Limit::Bytes(64 << 20),
+        "the child was raised: {child_limit:?}"
+    );
+    assert!(
+        parent_limit <= Limit::Bytes(1 << 30) && child_limit <= Limit::Bytes(1 << 30),
+        "within max"
+    );
     drop(child);
 }
