@@ -88,7 +88,7 @@ observe_all = false
 # Small enough for the test VMs (a few GiB of memory) as well as real nodes.
 [node]
 memory_reserve = "128M"
-
+{cpu_node}
 [[policy]]
 name = "test"
 match = [{matches}]
@@ -102,6 +102,8 @@ max = "512M"
             state = self.state_file().display(),
             restore = self.restore_on_exit,
             matches = matches.join(", "),
+            // The whole node's CPUs as the budget: the workload's 2-core bursts must fit.
+            cpu_node = if self.cpu { "cpu_reserve = 0\n" } else { "" },
             cpu = if self.cpu {
                 "\n[policy.cpu]\nmin = 0.2\nmax = 2\ncooldown = \"3s\"\ndown_interval = \"500ms\"\n"
             } else {
