@@ -2,7 +2,8 @@
 //! loaded once for the whole benchmark, watching each run's memory cgroup.
 //!
 //! Onset is then the kernel timestamp (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) of the first
-//! early-warning (`usage >= limit - headroom`, reported once per limit by the kernel side) or
+//! early-warning (`usage >= limit - headroom`, reported once per limit, and again after 100 ms
+//! at an unchanged one, by the kernel side) or
 //! memcg-reclaim event for each limit in force: the same events, from the same programs, as the
 //! eBPF scaler measures its own reaction from. So every competitor's reaction latency is
 //! "kernel event to limit written", measured the same way.
