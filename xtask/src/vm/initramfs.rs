@@ -132,6 +132,8 @@ mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
 # for the whole boot, so that attaching BPF programs while tests run patches no kernel text
 # (see pinned_tracepoints in xtask/src/vm/initramfs.rs).
 T=$R/sys/kernel/tracing
+# Enabled from the kernel command line (trace_event=) in early boot; record nothing.
+[ -e $T/tracing_on ] && echo 0 > $T/tracing_on
 pinned=""
 for tp in @PIN@; do
     for i in a b; do

@@ -237,7 +237,15 @@ pub fn run(
     .args([
         "-append",
         format!(
-            "console=ttyS0 panic=-1 cgroup_no_v1=all quiet {}",
+            "console=ttyS0 panic=-1 cgroup_no_v1=all quiet {}{}",
+            // The pinned tracepoints are enabled by the kernel itself in early boot, while
+            // only the boot CPU runs (text patched with no other vCPU to race), so that the
+            // init script's pinning below finds them on and patches nothing either.
+            if pin.is_empty() {
+                String::new()
+            } else {
+                format!("trace_event={} trace_buf_size=4K ", pin.join(","))
+            },
             config.append
         )
         .trim(),
