@@ -423,6 +423,11 @@ impl Config {
         }
     }
 
+    /// True if some policy manages CPU (has a `[policy.cpu]`).
+    pub fn manages_cpu(&self) -> bool {
+        self.policies.iter().any(|p| p.cpu.is_some())
+    }
+
     /// The policy that manages the cgroup at `path` (relative to the hierarchy root, e.g.
     /// `/batch/job1`), given the value of its `agent.opt_in_xattr` attribute if it has one.
     /// `None`: observe only.

@@ -448,7 +448,7 @@ impl Agent {
     }
 
     fn reconcile_cpu(&mut self) {
-        let wants = self.config.policies.iter().any(|p| p.cpu.is_some());
+        let wants = self.config.manages_cpu();
         if !wants && lock(&self.state.cpu_managed).is_empty() {
             return;
         }
@@ -834,7 +834,7 @@ impl Agent {
                     .send(Command::SetBudget(c.memory_budget(&self.node)));
                 self.engine
                     .send(Command::SetCpuBudget(c.cpu_budget(&self.node)));
-                if c.policies.iter().any(|p| p.cpu.is_some()) && !self.pipeline.cpu_enabled() {
+                if c.manages_cpu() && !self.pipeline.cpu_enabled() {
                     tracing::warn!(
                         "a [policy.cpu] is configured but the scheduler programs were not \
                          attached at start: CPU quotas are managed from cpu.stat samples \
@@ -1105,7 +1105,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .context("the status socket (agent.status_socket)")?;
     // The scheduler programs cost every context switch something: attach them only when a
     // policy manages CPU.
-    let wants_cpu = config.policies.iter().any(|p| p.cpu.is_some());
+    let wants_cpu = config.manages_cpu();
     let mut pipeline = Pipeline::load_with_cpu(
         &PipelineOptions {
             watch_all: config.agent.observe_all,
@@ -1170,20 +1170,22 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         let (commands, wake) = engine.command_sender();
         let stats = engine.stats().clone();
         status::serve(status_listener, move || {
-            let (tx, rx) = sync_channel(1);
-            let snapshot = if commands.send(Command::Snapshot(tx)).is_ok() {
-                wake.wake();
+            // Asks the engine thread for a snapshot (waits up to a second for it).
+            fn ask<T>(
+                commands: &std::sync::mpsc::Sender<Command>,
+                wake: &impl Fn(),
+                request: impl FnOnce(std::sync::mpsc::SyncSender<Vec<T>>) -> Command,
+            ) -> Vec<T> {
+                let (tx, rx) = sync_channel(1);
+                if commands.send(request(tx)).is_err() {
+                    return Vec::new();
+                }
+                wake();
                 rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
-            } else {
-                Vec::new()
-            };
-            let (tx, rx) = sync_channel(1);
-            let cpu_snapshot = if commands.send(Command::CpuSnapshot(tx)).is_ok() {
-                wake.wake();
-                rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
-            } else {
-                Vec::new()
-            };
+            }
+            let wake = || wake.wake();
+            let snapshot = ask(&commands, &wake, Command::Snapshot);
+            let cpu_snapshot = ask(&commands, &wake, Command::CpuSnapshot);
             status_doc(&state, snapshot, cpu_snapshot, &stats)
         })?;
     }
