@@ -402,16 +402,29 @@ fn metrics_and_status_match_the_actions_taken() {
     assert_eq!(
         metric(
             &text,
-            "scaler_cgroup_original_limit_bytes",
-            &[&cg_label, "policy=\"test\""]
+            "scaler_cgroup_original_limit",
+            &[
+                &cg_label,
+                "policy=\"test\"",
+                "resource=\"memory\"",
+                "unit=\"byte\""
+            ]
         ),
         Some((64 * M) as f64)
     );
     let m = agent.managed(&path).unwrap();
     assert_eq!(m["original_limit"], 64 * M);
-    let current = metric(&text, "scaler_cgroup_limit_bytes", &[&cg_label]).unwrap();
+    let current = metric(
+        &text,
+        "scaler_cgroup_limit",
+        &[&cg_label, "resource=\"memory\""],
+    )
+    .unwrap();
     assert!(current > (64 * M) as f64, "{current}");
-    assert_eq!(metric(&text, "scaler_managed_cgroups", &[]), Some(1.0));
+    assert_eq!(
+        metric(&text, "scaler_managed_cgroups", &["resource=\"memory\""]),
+        Some(1.0)
+    );
     // Drops are exported (and none happened), the agent's own resources too.
     for name in [
         "scaler_ringbuf_dropped_total",
@@ -494,8 +507,8 @@ fn restart_after_sigkill_reconciles_and_sigterm_restores_the_original() {
     assert_eq!(
         metric(
             &text,
-            "scaler_cgroup_original_limit_bytes",
-            &[&format!("cgroup=\"{path}\"")]
+            "scaler_cgroup_original_limit",
+            &[&format!("cgroup=\"{path}\""), "resource=\"memory\""]
         ),
         Some((64 * M) as f64)
     );
@@ -763,14 +776,19 @@ fn agent_cpu_policy_raises_the_quota_in_bursts_and_restores_it() {
     assert_eq!(
         metric(
             &text,
-            "scaler_cgroup_cpu_original_quota_cores",
-            &[&cg_label]
+            "scaler_cgroup_original_limit",
+            &[&cg_label, "resource=\"cpu\"", "unit=\"core\""]
         ),
         Some(0.2),
         "{text}"
     );
     assert!(
-        metric(&text, "scaler_cgroup_cpu_quota_cores", &[&cg_label]).is_some(),
+        metric(
+            &text,
+            "scaler_cgroup_limit",
+            &[&cg_label, "resource=\"cpu\""]
+        )
+        .is_some(),
         "{text}"
     );
     assert!(agent.status_table().contains("\nCPU\n"));

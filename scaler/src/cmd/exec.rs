@@ -16,23 +16,17 @@ use std::{
 };
 
 use anyhow::Context as _;
-use scaler_common::{EventKind, WatchConfig, WATCH_MEMORY, WATCH_USAGE_HIGH};
-
-use crate::{
-    actuator::CpuActuator,
-    cgroupfs::CpuQuota,
-    decider::CpuPolicy,
-    engine::{cpu_sample, CpuManageRequest},
-};
+use scaler_common::EventKind;
 use serde::Serialize;
 
 use crate::{
-    actuator::{MemoryActuator, MemoryOptions},
-    cgroupfs::{Cgroup, CgroupGuard, Controller, Hierarchy, Limit},
+    actuator::CpuActuator,
+    cgroupfs::{Cgroup, CgroupGuard, Controller, CpuQuota, Hierarchy, Limit},
     config::{Config, NodeInfo},
-    decider::{MemoryPolicy, MemorySignal, WriteOutcome},
-    ebpf::{monotonic_ns, Pipeline, PipelineOptions},
-    engine::{ActionRecord, Command, Engine, EngineConfig, ManageRequest, Record},
+    decider::{CpuPolicy, MemoryPolicy, WriteOutcome},
+    ebpf::{Pipeline, PipelineOptions},
+    engine::{ActionRecord, Command, Engine, EngineConfig, ManageRequest, Policy, Record, Signal},
+    resource::{self, ManagedResource as _},
     units,
 };
 
@@ -222,27 +216,6 @@ fn exit_code_of(status: std::process::ExitStatus) -> (i32, Option<i32>) {
     }
 }
 
-/// Reads a sample of the managed cgroup for the decider (slow path).
-pub fn sample(cg: &Cgroup) -> Option<MemorySignal> {
-    let usage = cg.memory_usage().ok()?;
-    let limit = match cg.memory_limit().ok()? {
-        Limit::Bytes(b) => b,
-        Limit::Max => u64::MAX,
-    };
-    let working_set = cg
-        .memory_stat()
-        .map(|s| usage.saturating_sub(s.inactive_file))
-        .unwrap_or(usage);
-    let psi = cg.memory_pressure().ok().flatten().map(|p| p.some.total_us);
-    Some(MemorySignal::Sample {
-        ts_ns: monotonic_ns(),
-        usage,
-        limit,
-        working_set,
-        psi_some_total_us: psi,
-    })
-}
-
 pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     // Block SIGINT/SIGTERM before any thread starts (threads inherit the mask), so that
     // only the signal thread started below takes them.
@@ -284,8 +257,10 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         guard.set_memory_limit(Limit::Bytes(m))?;
     }
     let id = cg.id()?.0;
-    let mut policy = MemoryPolicy::default();
-    policy.max = args.memory_max.unwrap_or(budget).min(budget);
+    let mut policy = MemoryPolicy {
+        max: args.memory_max.unwrap_or(budget).min(budget),
+        ..MemoryPolicy::default()
+    };
     if let Some(m) = args.memory_min {
         policy.min = m;
     }
@@ -312,16 +287,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let managed = args.memory.is_some();
     pipeline.watch(
         id,
-        WatchConfig {
-            flags: WATCH_MEMORY
-                | if managed && !args.no_early_warning {
-                    WATCH_USAGE_HIGH
-                } else {
-                    0
-                },
-            _pad: 0,
-            headroom_bytes: headroom,
-        },
+        resource::memory::watch_config(headroom, managed && !args.no_early_warning),
     )?;
     // CPU: a cgroup in the cpu hierarchy (under our own cpu cgroup, which on v1 may be at a
     // different path from our memory cgroup), its starting quota, and the kernel watch.
@@ -356,28 +322,27 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         },
     )?;
     if let Some(c) = &cpu_setup {
-        let actuator = CpuActuator::open(&c.cg)?;
-        engine.send(Command::ManageCpu(Box::new(CpuManageRequest {
+        engine.send(Command::Manage(Box::new(ManageRequest {
             id: c.id,
             path: Arc::from(c.cg.path()),
             parent: None,
-            policy: c.policy,
-            actuator,
+            policy: Policy::Cpu(c.policy),
+            writer: resource::Cpu.open(&c.cg)?,
+            usage: 0,
         })));
         // A baseline sample, so that the first periodic one measures an interval.
-        if let Some(s) = cpu_sample(&c.cg) {
-            engine.send(Command::CpuSample(c.id, s));
+        if let Some(s) = resource::cpu::sample(&c.cg) {
+            engine.send(Command::Signal(c.id, Signal::Cpu(s)));
         }
     }
     if managed {
-        let actuator = MemoryActuator::open(&cg, MemoryOptions::default())?;
         engine.send(Command::Manage(Box::new(ManageRequest {
             id,
             path: Arc::from(cg.path()),
             parent: None,
-            policy,
-            actuator,
-            usage: cg.memory_usage().unwrap_or(0),
+            policy: Policy::Memory(policy),
+            writer: resource::Memory.open(&cg)?,
+            usage: resource::Memory.usage(&cg),
         })));
     }
     let records = engine.take_records().context("records")?;
@@ -487,30 +452,25 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
                     while !done.load(Ordering::Relaxed) {
                         std::thread::sleep(interval);
                         if managed {
-                            if let Some(s) = sample(&cg) {
-                                sender(Command::Sample(id, s));
+                            if let Some(s) = resource::Memory.sample(&cg, None) {
+                                sender(Command::Signal(id, s.signal));
                             }
                         }
                         if let Some((cpu_id, cpu_cg)) = &cpu {
-                            if let Some(mut s) = cpu_sample(cpu_cg) {
-                                // v1 keeps CPU time in cpuacct, often a separate hierarchy:
-                                // use what the kernel programs accounted instead.
-                                if let crate::decider::CpuSignal::Sample {
-                                    usage_ns: u @ 0, ..
-                                } = &mut s
+                            let p = pipeline.lock().unwrap_or_else(|e| e.into_inner());
+                            // v1 keeps CPU time in cpuacct, often a separate hierarchy: the
+                            // sample takes what the kernel programs accounted instead.
+                            let s = resource::Cpu.sample(cpu_cg, Some((&p, *cpu_id)));
+                            drop(p);
+                            if let Some(s) = s {
+                                if let crate::actuator::Setting::Cpu(CpuQuota::Quota {
+                                    quota_us,
+                                    ..
+                                }) = s.observed
                                 {
-                                    let p = pipeline.lock().unwrap_or_else(|e| e.into_inner());
-                                    if let Some(st) = p.cpu_state(*cpu_id) {
-                                        *u = st.total_ns;
-                                    }
+                                    peak_quota.fetch_max(quota_us, Ordering::Relaxed);
                                 }
-                                if let crate::decider::CpuSignal::Sample {
-                                    quota_us: Some(q), ..
-                                } = s
-                                {
-                                    peak_quota.fetch_max(q, Ordering::Relaxed);
-                                }
-                                sender(Command::CpuSample(*cpu_id, s));
+                                sender(Command::Signal(*cpu_id, s.signal));
                             }
                         }
                     }
@@ -720,7 +680,7 @@ fn setup_cpu(
         let runq_target = Duration::from_micros(policy.runq_latency_target_us);
         pipeline.watch_cpu(
             id,
-            crate::cmd::watch::cpu_watch(policy.quota_near_fraction, runq_target),
+            resource::cpu::watch_config(policy.quota_near_fraction, runq_target),
         )?;
     } else {
         tracing::warn!(

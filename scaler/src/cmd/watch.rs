@@ -11,9 +11,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use scaler_common::{
-    CpuWatch, WatchConfig, CPU_WATCH_QUOTA, CPU_WATCH_RUNQ, WATCH_MEMORY, WATCH_USAGE_HIGH,
-};
+use scaler_common::{WatchConfig, WATCH_MEMORY, WATCH_USAGE_HIGH};
 
 use crate::{
     cgroupfs::{CgroupIndex, Controller, Hierarchy},
@@ -101,16 +99,7 @@ pub fn runq_percentile_us(hist: &[u64], p: f64) -> Option<u64> {
     None
 }
 
-/// The kernel watch settings for `near` (fraction of the quota) and a latency target.
-pub fn cpu_watch(near: f64, runq_target: Duration) -> CpuWatch {
-    let permille = (near.clamp(0.0, 1.0) * 1000.0).round() as u32;
-    let target = u64::try_from(runq_target.as_nanos()).unwrap_or(u64::MAX);
-    CpuWatch {
-        flags: CPU_WATCH_QUOTA | if target > 0 { CPU_WATCH_RUNQ } else { 0 },
-        near_permille: permille,
-        runq_target_ns: target,
-    }
-}
+pub use crate::resource::cpu::watch_config as cpu_watch;
 
 /// Resolves a user-given cgroup to its path relative to the hierarchy root and its directory.
 pub fn resolve_cgroup(h: &Hierarchy, arg: &str) -> anyhow::Result<(String, PathBuf)> {
@@ -466,6 +455,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<std::process::ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use scaler_common::{CPU_WATCH_QUOTA, CPU_WATCH_RUNQ};
 
     #[test]
     fn cpu_watch_from_flags() {

@@ -7,7 +7,9 @@ use std::{collections::BTreeSet, path::PathBuf};
 
 use serde_yaml::Value;
 
-use super::metrics::{CgroupLabels, KindLabels, Metrics, ProgramLabels, ResultLabels};
+use super::metrics::{
+    CgroupLabels, KindLabels, LimitLabels, Metrics, ProgramLabels, ResourceLabels, ResultLabels,
+};
 use crate::{
     config::{Config, NodeInfo},
     decider::{Action, Reason, Resource, WriteOutcome},
@@ -190,16 +192,21 @@ fn exported_names() -> BTreeSet<String> {
         latency_ns: 1,
         outcome: WriteOutcome::Written,
         errno: None,
+        written: None,
     });
     m.events
         .get_or_create(&KindLabels {
             kind: "reclaim_begin",
         })
         .inc();
-    let l = CgroupLabels::new("/a", "p");
-    m.limit_bytes.get_or_create(&l).set(1.0);
-    m.original_limit_bytes.get_or_create(&l).set(1.0);
-    m.usage_bytes.get_or_create(&l).set(1);
+    let l = LimitLabels::new(&CgroupLabels::new("/a", "p"), &crate::resource::Memory);
+    m.limit.get_or_create(&l).set(1.0);
+    m.original_limit.get_or_create(&l).set(1.0);
+    m.usage.get_or_create(&l).set(1.0);
+    m.utilization.get_or_create(&l.utilization()).set(0.5);
+    m.managed
+        .get_or_create(&ResourceLabels { resource: "memory" })
+        .set(1);
     m.bpf_runs
         .get_or_create(&ProgramLabels { program: "p" })
         .inc();
@@ -268,7 +275,7 @@ fn the_dashboard_is_valid_json_over_exported_metrics() {
         "scaler_reaction_latency_seconds_bucket",
         "scaler_events_total",
         "scaler_actions_total",
-        "scaler_cgroup_limit_bytes",
+        "scaler_cgroup_limit",
         "scaler_ringbuf_dropped_total",
         "scaler_bpf_program_run_seconds_total",
         "process_cpu_seconds_total",

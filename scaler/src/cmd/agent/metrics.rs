@@ -82,9 +82,34 @@ type LatencyFamily = Family<ResourceLabels, Histogram, fn() -> Histogram>;
 type F64Counter = Counter<f64, AtomicU64>;
 type F64Gauge = Gauge<f64, AtomicU64>;
 
-/// A limit as a gauge value: bytes, `+Inf` for no limit.
-pub fn limit_value(l: crate::cgroupfs::Limit) -> f64 {
-    l.bytes().map_or(f64::INFINITY, |b| b as f64)
+/// A managed cgroup's labels plus the resource and the unit of the value (`byte`, `core`), as
+/// kube-state-metrics labels its resource families
+/// (`kube_pod_container_resource_limits{resource, unit}`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    #[prometheus(flatten)]
+    pub cgroup: CgroupLabels,
+    pub resource: &'static str,
+    pub unit: &'static str,
+}
+
+impl LimitLabels {
+    /// The labels of `cgroup`'s series for `resource`.
+    pub fn new(cgroup: &CgroupLabels, resource: &dyn crate::resource::ManagedResource) -> Self {
+        Self {
+            cgroup: cgroup.clone(),
+            resource: resource.resource().as_str(),
+            unit: resource.unit(),
+        }
+    }
+
+    /// The utilization series' labels (no unit: a ratio).
+    pub fn utilization(&self) -> CgroupResourceLabels {
+        CgroupResourceLabels {
+            cgroup: self.cgroup.clone(),
+            resource: self.resource,
+        }
+    }
 }
 
 /// Every metric the agent exports. Cheap to share (`Arc`); all updates are lock-free except
@@ -97,14 +122,15 @@ pub struct Metrics {
     pub events: Family<KindLabels, Counter>,
     /// `scaler_actions_total{resource,reason,outcome}`.
     pub actions: Family<ActionLabels, Counter>,
-    /// `scaler_managed_cgroups`.
-    pub managed: Gauge,
-    /// `scaler_cgroup_limit_bytes{cgroup,policy,qos,pod_uid,container_id}` (+Inf: no limit).
-    pub limit_bytes: Family<CgroupLabels, F64Gauge>,
-    /// `scaler_cgroup_original_limit_bytes{...}` (+Inf: no limit before the agent changed it).
-    pub original_limit_bytes: Family<CgroupLabels, F64Gauge>,
-    /// `scaler_cgroup_usage_bytes{...}`.
-    pub usage_bytes: Family<CgroupLabels, Gauge>,
+    /// `scaler_managed_cgroups{resource}`.
+    pub managed: Family<ResourceLabels, Gauge>,
+    /// `scaler_cgroup_limit{cgroup,policy,qos,pod_uid,container_id,resource,unit}`: bytes of
+    /// memory, cores of CPU quota (+Inf: no limit).
+    pub limit: Family<LimitLabels, F64Gauge>,
+    /// `scaler_cgroup_original_limit{...}`: before the agent first changed it (+Inf: none).
+    pub original_limit: Family<LimitLabels, F64Gauge>,
+    /// `scaler_cgroup_usage{...}`: memory in use; CPU used over the last sample interval.
+    pub usage: Family<LimitLabels, F64Gauge>,
     /// `scaler_ringbuf_dropped_total`: events the kernel could not submit (ring buffer full).
     pub ringbuf_dropped: Counter,
     /// `scaler_ringbuf_records_total`: records the engine read.
@@ -127,14 +153,6 @@ pub struct Metrics {
     pub resident_bytes: Gauge,
     /// `scaler_config_reloads_total{result}`.
     pub reloads: Family<ResultLabels, Counter>,
-    /// `scaler_managed_cpu_cgroups`: cgroups whose CPU quota the agent manages.
-    pub managed_cpu: Gauge,
-    /// `scaler_cgroup_cpu_quota_cores{...}` (+Inf: no quota).
-    pub cpu_quota_cores: Family<CgroupLabels, F64Gauge>,
-    /// `scaler_cgroup_cpu_original_quota_cores{...}` (+Inf: no quota before the agent).
-    pub cpu_original_quota_cores: Family<CgroupLabels, F64Gauge>,
-    /// `scaler_cgroup_cpu_usage_cores{...}`: CPU used over the last sample interval.
-    pub cpu_usage_cores: Family<CgroupLabels, F64Gauge>,
     /// `scaler_cgroup_cpu_throttled_seconds{...}`: `cpu.stat` throttled time, as read.
     pub cpu_throttled_seconds: Family<CgroupLabels, F64Gauge>,
     /// `scaler_cgroup_utilization{...,resource}`: U = R/C, usage over limit (memory) or CPU
@@ -148,11 +166,6 @@ pub struct CgroupResourceLabels {
     #[prometheus(flatten)]
     pub cgroup: CgroupLabels,
     pub resource: &'static str,
-}
-
-/// A CPU quota as a gauge value: cores, `+Inf` for no quota.
-pub fn quota_value(q: crate::cgroupfs::CpuQuota) -> f64 {
-    q.cores().unwrap_or(f64::INFINITY)
 }
 
 /// `{result}` of a reload: `ok` or `rejected`.
@@ -181,10 +194,10 @@ impl Metrics {
             reaction_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             events: Family::default(),
             actions: Family::default(),
-            managed: Gauge::default(),
-            limit_bytes: Family::default(),
-            original_limit_bytes: Family::default(),
-            usage_bytes: Family::default(),
+            managed: Family::default(),
+            limit: Family::default(),
+            original_limit: Family::default(),
+            usage: Family::default(),
             ringbuf_dropped: Counter::default(),
             ringbuf_records: Counter::default(),
             records_dropped: Counter::default(),
@@ -196,10 +209,6 @@ impl Metrics {
             cpu_seconds: F64Counter::default(),
             resident_bytes: Gauge::default(),
             reloads: Family::default(),
-            managed_cpu: Gauge::default(),
-            cpu_quota_cores: Family::default(),
-            cpu_original_quota_cores: Family::default(),
-            cpu_usage_cores: Family::default(),
             cpu_throttled_seconds: Family::default(),
             utilization: Family::default(),
         };
@@ -223,26 +232,26 @@ impl Metrics {
             );
             r.register(
                 "managed_cgroups",
-                "Cgroups the agent manages",
+                "Cgroups the agent manages, by resource",
                 m.managed.clone(),
             );
-            r.register_with_unit(
+            r.register(
                 "cgroup_limit",
-                "Current limit of a managed cgroup (as the decider sees it)",
-                Unit::Bytes,
-                m.limit_bytes.clone(),
+                "Current limit of a managed cgroup as the decider sees it, in the unit label's \
+                 unit: memory in bytes, CPU quota in cores (+Inf: unlimited)",
+                m.limit.clone(),
             );
-            r.register_with_unit(
+            r.register(
                 "cgroup_original_limit",
-                "Limit of a managed cgroup before the agent first changed it (+Inf: unlimited)",
-                Unit::Bytes,
-                m.original_limit_bytes.clone(),
+                "Limit of a managed cgroup before the agent first changed it, in the unit \
+                 label's unit (+Inf: unlimited)",
+                m.original_limit.clone(),
             );
-            r.register_with_unit(
+            r.register(
                 "cgroup_usage",
-                "Memory usage of a managed cgroup at the last sample",
-                Unit::Bytes,
-                m.usage_bytes.clone(),
+                "Usage of a managed cgroup at the last sample, in the unit label's unit: memory \
+                 in bytes, CPU in cores over the last sample interval",
+                m.usage.clone(),
             );
             r.register(
                 "ringbuf_dropped",
@@ -285,30 +294,6 @@ impl Metrics {
                 "Runs of each BPF program (kernel.bpf_stats_enabled=1)",
                 m.bpf_runs.clone(),
             );
-            r.register(
-                "managed_cpu_cgroups",
-                "Cgroups whose CPU quota the agent manages",
-                m.managed_cpu.clone(),
-            );
-            for (name, help, family) in [
-                (
-                    "cgroup_cpu_quota_cores",
-                    "CFS quota of a managed cpu cgroup in cores (+Inf: none)",
-                    &m.cpu_quota_cores,
-                ),
-                (
-                    "cgroup_cpu_original_quota_cores",
-                    "CFS quota of a managed cpu cgroup before the agent first changed it (+Inf: none)",
-                    &m.cpu_original_quota_cores,
-                ),
-                (
-                    "cgroup_cpu_usage_cores",
-                    "CPU used by a managed cpu cgroup over the last sample interval, in cores",
-                    &m.cpu_usage_cores,
-                ),
-            ] {
-                r.register(name, help, family.clone());
-            }
             r.register_with_unit(
                 "cgroup_cpu_throttled",
                 "Throttled time of a managed cpu cgroup (cpu.stat), as last read",
@@ -347,32 +332,15 @@ impl Metrics {
         }
     }
 
-    /// Drops the per-cgroup memory series of a cgroup the agent no longer manages.
-    pub fn forget_memory(&self, labels: &CgroupLabels) {
-        for f in [&self.limit_bytes, &self.original_limit_bytes] {
+    /// Drops a cgroup's series of one resource when the agent no longer manages it.
+    pub fn forget(&self, labels: &LimitLabels) {
+        for f in [&self.limit, &self.original_limit, &self.usage] {
             f.remove(labels);
         }
-        self.usage_bytes.remove(labels);
-        self.utilization.remove(&CgroupResourceLabels {
-            cgroup: labels.clone(),
-            resource: "memory",
-        });
-    }
-
-    /// Drops the per-cgroup CPU series of a cgroup the agent no longer manages.
-    pub fn forget_cpu(&self, labels: &CgroupLabels) {
-        for f in [
-            &self.cpu_quota_cores,
-            &self.cpu_original_quota_cores,
-            &self.cpu_usage_cores,
-            &self.cpu_throttled_seconds,
-        ] {
-            f.remove(labels);
+        if labels.resource == crate::decider::Resource::Cpu.as_str() {
+            self.cpu_throttled_seconds.remove(&labels.cgroup);
         }
-        self.utilization.remove(&CgroupResourceLabels {
-            cgroup: labels.clone(),
-            resource: "cpu",
-        });
+        self.utilization.remove(&labels.utilization());
     }
 
     /// Counts one action and, unless it failed, observes its latency.
@@ -578,6 +546,7 @@ fn handle(stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::decider::{Action, Reason, Resource};
+    use crate::resource::ManagedResource as _;
 
     fn action(latency_ns: u64, outcome: WriteOutcome, reason: Reason) -> ActionRecord {
         ActionRecord {
@@ -593,6 +562,7 @@ mod tests {
             latency_ns,
             outcome,
             errno: None,
+            written: None,
         }
     }
 
@@ -680,43 +650,56 @@ mod tests {
             "elastic",
         );
         assert_eq!(l.qos, "burstable");
-        m.limit_bytes.get_or_create(&l).set((64 << 20) as f64);
+        let l = LimitLabels::new(&l, &crate::resource::Memory);
+        m.limit.get_or_create(&l).set((64 << 20) as f64);
         let t = m.encode();
         assert!(
             t.contains(
-                "scaler_cgroup_limit_bytes{cgroup=\"/kubepods/burstable/pod0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d/0123456789abcdef\",policy=\"elastic\",qos=\"burstable\",pod_uid=\"0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d\",container_id=\"0123456789abcdef\"} 67108864.0"
+                "scaler_cgroup_limit{cgroup=\"/kubepods/burstable/pod0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d/0123456789abcdef\",policy=\"elastic\",qos=\"burstable\",pod_uid=\"0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d\",container_id=\"0123456789abcdef\",resource=\"memory\",unit=\"byte\"} 67108864.0"
             ),
             "{t}"
         );
-        assert!(m.limit_bytes.remove(&l));
-        assert!(!m.encode().contains("scaler_cgroup_limit_bytes{"));
+        assert!(m.limit.remove(&l));
+        assert!(!m.encode().contains("scaler_cgroup_limit{"));
     }
 
     #[test]
-    fn cpu_series_and_utilization_are_exported_and_forgotten() {
+    fn every_resource_shares_the_families_and_is_forgotten_alone() {
         let m = Metrics::new();
-        let l = CgroupLabels::new("/batch/job", "elastic");
-        m.cpu_quota_cores.get_or_create(&l).set(0.2);
-        m.cpu_original_quota_cores
-            .get_or_create(&l)
-            .set(quota_value(crate::cgroupfs::CpuQuota::Max));
-        m.utilization
-            .get_or_create(&CgroupResourceLabels {
-                cgroup: l.clone(),
-                resource: "cpu",
-            })
-            .set(0.75);
+        let c = CgroupLabels::new("/batch/job", "elastic");
+        let cpu = LimitLabels::new(&c, &crate::resource::Cpu);
+        let mem = LimitLabels::new(&c, &crate::resource::Memory);
+        m.limit.get_or_create(&cpu).set(0.2);
+        m.original_limit
+            .get_or_create(&cpu)
+            .set(crate::resource::Cpu.gauge(crate::actuator::Setting::Cpu(
+                crate::cgroupfs::CpuQuota::Max,
+            )));
+        m.utilization.get_or_create(&cpu.utilization()).set(0.75);
+        m.cpu_throttled_seconds.get_or_create(&c).set(1.5);
+        m.limit.get_or_create(&mem).set(1024.0);
         let t = m.encode();
         let labels = r#"cgroup="/batch/job",policy="elastic",qos="",pod_uid="",container_id="""#;
         assert_eq!(
-            sample(&t, &format!("scaler_cgroup_cpu_quota_cores{{{labels}}}")),
+            sample(
+                &t,
+                &format!("scaler_cgroup_limit{{{labels},resource=\"cpu\",unit=\"core\"}}")
+            ),
             Some(0.2),
+            "{t}"
+        );
+        assert_eq!(
+            sample(
+                &t,
+                &format!("scaler_cgroup_limit{{{labels},resource=\"memory\",unit=\"byte\"}}")
+            ),
+            Some(1024.0),
             "{t}"
         );
         // prometheus-client writes infinity as `inf`, which Prometheus parses (Go ParseFloat).
         assert!(
             t.contains(&format!(
-                "scaler_cgroup_cpu_original_quota_cores{{{labels}}} inf"
+                "scaler_cgroup_original_limit{{{labels},resource=\"cpu\",unit=\"core\"}} inf"
             )),
             "{t}"
         );
@@ -728,10 +711,12 @@ mod tests {
             Some(0.75),
             "{t}"
         );
-        m.forget_cpu(&l);
+        m.forget(&cpu);
         let t = m.encode();
-        assert!(!t.contains("scaler_cgroup_cpu_quota_cores{"), "{t}");
+        assert!(!t.contains("resource=\"cpu\",unit"), "{t}");
         assert!(!t.contains("scaler_cgroup_utilization{"), "{t}");
+        assert!(!t.contains("scaler_cgroup_cpu_throttled_seconds{"), "{t}");
+        assert!(t.contains("resource=\"memory\",unit=\"byte\"} 1024"), "{t}");
     }
 
     #[test]

@@ -18,7 +18,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::cgroupfs::{CpuQuota, Limit};
+use crate::{
+    actuator::Setting,
+    cgroupfs::{CpuQuota, Limit},
+    decider::Resource,
+};
 
 /// Version of the file format.
 pub const STATE_VERSION: u32 = 1;
@@ -157,6 +161,20 @@ pub enum Observed<L> {
     Pending,
     /// A foreign value seen twice: adopted as the new original (and current).
     Adopted { previous: L },
+}
+
+impl<L> Observed<L> {
+    /// The same outcome with the value converted.
+    pub fn map<M>(self, f: impl FnOnce(L) -> M) -> Observed<M> {
+        match self {
+            Observed::Unknown => Observed::Unknown,
+            Observed::AsSet => Observed::AsSet,
+            Observed::Pending => Observed::Pending,
+            Observed::Adopted { previous } => Observed::Adopted {
+                previous: f(previous),
+            },
+        }
+    }
 }
 
 /// The records of one resource, by cgroup path (relative to that resource's hierarchy root;
@@ -412,14 +430,10 @@ impl StateFile {
 
     /// [`Table::observe`] of the memory records.
     pub fn observe(&mut self, path: &str, observed: Limit) -> Observed<Limit> {
-        match self.doc.cgroups.observe(path, observed.into()) {
-            Observed::Unknown => Observed::Unknown,
-            Observed::AsSet => Observed::AsSet,
-            Observed::Pending => Observed::Pending,
-            Observed::Adopted { previous } => Observed::Adopted {
-                previous: previous.into(),
-            },
-        }
+        self.doc
+            .cgroups
+            .observe(path, observed.into())
+            .map(Into::into)
     }
 
     /// [`Table::forget`] of the memory records.
@@ -433,6 +447,108 @@ impl StateFile {
         keep: impl FnMut(&str, &CgroupRecord) -> bool,
     ) -> Vec<(String, CgroupRecord)> {
         self.doc.cgroups.retain(keep)
+    }
+
+    /// One record of any resource, as [`Setting`]s: `(path, id, original, current)`.
+    fn settings_of<L: Copy + PartialEq>(
+        t: &Table<L>,
+        to: impl Fn(L) -> Setting,
+    ) -> Vec<(String, u64, Setting, Setting)> {
+        t.records()
+            .iter()
+            .map(|(p, r)| (p.clone(), r.id, to(r.original), to(r.current)))
+            .collect()
+    }
+
+    /// The records of `resource`: `(path, id, original, current)`.
+    pub fn settings(&self, resource: Resource) -> Vec<(String, u64, Setting, Setting)> {
+        match resource {
+            Resource::Memory => Self::settings_of(&self.doc.cgroups, |l| Setting::Memory(l.into())),
+            Resource::Cpu => Self::settings_of(&self.doc.cpu, |q| Setting::Cpu(q.into())),
+        }
+    }
+
+    /// [`Table::manage`] of the setting's resource: returns the original.
+    pub fn manage_setting(
+        &mut self,
+        path: &str,
+        id: u64,
+        policy: &str,
+        current: Setting,
+    ) -> Setting {
+        match current {
+            Setting::Memory(l) => Setting::Memory(self.manage(path, id, policy, l)),
+            Setting::Cpu(q) => Setting::Cpu(self.doc.cpu.manage(path, id, policy, q.into()).into()),
+        }
+    }
+
+    /// [`Table::changed`] of the setting's resource.
+    pub fn changed_setting(&mut self, path: &str, new: Setting) {
+        match new {
+            Setting::Memory(l) => self.changed(path, l),
+            Setting::Cpu(q) => self.doc.cpu.changed(path, q.into()),
+        }
+    }
+
+    /// [`Table::observe`] of the setting's resource.
+    pub fn observe_setting(&mut self, path: &str, observed: Setting) -> Observed<Setting> {
+        match observed {
+            Setting::Memory(l) => self.observe(path, l).map(Setting::Memory),
+            Setting::Cpu(q) => self
+                .doc
+                .cpu
+                .observe(path, q.into())
+                .map(|q| Setting::Cpu(q.into())),
+        }
+    }
+
+    /// [`Table::forget`] of `resource`'s records.
+    pub fn forget_setting(&mut self, resource: Resource, path: &str) {
+        match resource {
+            Resource::Memory => {
+                self.doc.cgroups.forget(path);
+            }
+            Resource::Cpu => {
+                self.doc.cpu.forget(path);
+            }
+        }
+    }
+
+    /// [`Table::retain`] of `resource`'s records, by path: returns the dropped ones as
+    /// `(path, original, current)`.
+    pub fn retain_settings(
+        &mut self,
+        resource: Resource,
+        mut keep: impl FnMut(&str) -> bool,
+    ) -> Vec<(String, Setting, Setting)> {
+        match resource {
+            Resource::Memory => self
+                .doc
+                .cgroups
+                .retain(|p, _| keep(p))
+                .into_iter()
+                .map(|(p, r)| {
+                    (
+                        p,
+                        Setting::Memory(r.original.into()),
+                        Setting::Memory(r.current.into()),
+                    )
+                })
+                .collect(),
+            Resource::Cpu => self
+                .doc
+                .cpu
+                .retain(|p, _| keep(p))
+                .into_iter()
+                .map(|(p, r)| {
+                    (
+                        p,
+                        Setting::Cpu(r.original.into()),
+                        Setting::Cpu(r.current.into()),
+                    )
+                })
+                .collect(),
+        }
     }
 
     /// True if there are changes not yet written.

@@ -1,0 +1,572 @@
+//! The memory limit writer: v1 `memory.limit_in_bytes` (with `memory.memsw.limit_in_bytes`
+//! kept above it), v2 `memory.max` (with `memory.high` at a fraction of it, and
+//! `memory.reclaim`).
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
+    time::Instant,
+};
+
+use nix::errno::Errno;
+
+use super::{
+    monotonic_ns, ActuatorError, ControlFile, ErrorKind, LimitWriter, NumberFile, Setting,
+    ValueBuf, WriteOutcome,
+};
+use crate::{
+    cgroupfs::{Cgroup, CgroupVersion, Limit},
+    decider::Resource,
+};
+
+/// How `memory.high` is managed on cgroup v2.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum HighPolicy {
+    /// Never written.
+    #[default]
+    Unmanaged,
+    /// Kept at `max` (no throttling below the hard limit).
+    Max,
+    /// Kept at this fraction (0 < f <= 1) of `memory.max`; `max` when the limit is `max`.
+    Fraction(f64),
+}
+
+impl HighPolicy {
+    fn target(self, limit: Limit) -> Option<Limit> {
+        match self {
+            HighPolicy::Unmanaged => None,
+            HighPolicy::Max => Some(Limit::Max),
+            HighPolicy::Fraction(f) => Some(match limit {
+                Limit::Max => Limit::Max,
+                Limit::Bytes(b) => Limit::Bytes((b as f64 * f.clamp(0.0, 1.0)) as u64),
+            }),
+        }
+    }
+}
+
+/// Options for [`MemoryActuator::open`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct MemoryOptions {
+    /// v2 `memory.high` management (ignored on v1, which has no `memory.high`).
+    pub high: HighPolicy,
+}
+
+/// Which file a planned write goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MemFile {
+    /// v1 `memory.limit_in_bytes` / v2 `memory.max`.
+    Limit,
+    /// v1 `memory.memsw.limit_in_bytes`.
+    Memsw,
+    /// v2 `memory.high`.
+    High,
+}
+
+/// What the actuator believes the kernel has (last written or read at open).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct MemState {
+    pub(crate) limit: Limit,
+    /// The managed memsw limit and the swap allowance kept above the memory limit; `None`
+    /// when memsw is absent or unlimited (it never binds then).
+    pub(crate) memsw: Option<(Limit, u64)>,
+    /// The managed `memory.high`, `None` when unmanaged.
+    pub(crate) high: Option<Limit>,
+}
+
+/// Up to three ordered writes.
+pub(crate) type MemPlan = [Option<(MemFile, Limit)>; 3];
+
+/// Plans the writes that move `state` to limit `new` (pure; the ordering rules live here).
+pub(crate) fn plan_memory(
+    state: &MemState,
+    new: Limit,
+    high_policy: HighPolicy,
+) -> (MemPlan, MemState) {
+    let raising = new > state.limit;
+    let mut next = *state;
+    next.limit = new;
+    let mut plan: MemPlan = [None; 3];
+    let mut n = 0;
+    let mut push = |plan: &mut MemPlan, step| {
+        plan[n] = Some(step);
+        n += 1;
+    };
+    // v1 memsw: keep memsw - limit constant; only write when it changes.
+    let memsw_step = state.memsw.and_then(|(cur, gap)| {
+        let target = match new {
+            Limit::Max => Limit::Max,
+            Limit::Bytes(b) => Limit::from_bytes(b.saturating_add(gap)),
+        };
+        next.memsw = Some((target, gap));
+        (target != cur).then_some((MemFile::Memsw, target))
+    });
+    // v2 high: only when managed and changing.
+    let high_step = state.high.and_then(|cur| {
+        let target = high_policy.target(new)?;
+        next.high = Some(target);
+        (target != cur).then_some((MemFile::High, target))
+    });
+    let limit_step = (MemFile::Limit, new);
+    if raising {
+        if let Some(s) = memsw_step {
+            push(&mut plan, s);
+        }
+        push(&mut plan, limit_step);
+        if let Some(s) = high_step {
+            push(&mut plan, s);
+        }
+    } else {
+        if let Some(s) = high_step {
+            push(&mut plan, s);
+        }
+        push(&mut plan, limit_step);
+        if let Some(s) = memsw_step {
+            push(&mut plan, s);
+        }
+    }
+    (plan, next)
+}
+
+/// Pre-opened memory limit files of one cgroup.
+#[derive(Debug)]
+pub struct MemoryActuator {
+    dir: PathBuf,
+    version: CgroupVersion,
+    high_policy: HighPolicy,
+    limit: ControlFile,
+    memsw: Option<ControlFile>,
+    high: Option<ControlFile>,
+    reclaim: Option<ControlFile>,
+    usage: NumberFile,
+    state: Mutex<MemState>,
+}
+
+pub(crate) const LIMIT_HINT_V1: &str =
+    "v1 refuses a limit below current usage with EBUSY when it cannot \
+                             reclaim enough, and a limit above memory.memsw.limit_in_bytes with \
+                             EINVAL";
+const LIMIT_HINT_V2: &str = "memory.max rejects malformed values with EINVAL";
+const MEMSW_HINT: &str = "memory.memsw.limit_in_bytes must be >= memory.limit_in_bytes (EINVAL) \
+                          and >= memory+swap usage (EBUSY)";
+const HIGH_HINT: &str = "memory.high rejects malformed values with EINVAL";
+
+impl MemoryActuator {
+    /// Opens the memory limit files of `cgroup` and reads their current values.
+    pub fn open(cgroup: &Cgroup, options: MemoryOptions) -> Result<Self, ActuatorError> {
+        let dir = cgroup.dir().to_path_buf();
+        let version = cgroup.version();
+        let limit_now = cgroup.memory_limit()?;
+        let (limit_name, usage_name) = match version {
+            CgroupVersion::V1 => ("memory.limit_in_bytes", "memory.usage_in_bytes"),
+            CgroupVersion::V2 => ("memory.max", "memory.current"),
+        };
+        let limit = ControlFile::open(dir.join(limit_name))?;
+        let usage = NumberFile::open(dir.join(usage_name))?;
+        let mut memsw = None;
+        let mut memsw_state = None;
+        let mut high = None;
+        let mut high_state = None;
+        let mut reclaim = None;
+        match version {
+            CgroupVersion::V1 => {
+                if let Some(Limit::Bytes(m)) = cgroup.memsw_limit()? {
+                    // memsw >= limit always holds in the kernel; guard anyway.
+                    let gap = m.saturating_sub(limit_now.bytes().unwrap_or(m));
+                    memsw = ControlFile::open_optional(&dir, "memory.memsw.limit_in_bytes")?;
+                    if memsw.is_some() {
+                        memsw_state = Some((Limit::Bytes(m), gap));
+                    }
+                }
+                if options.high != HighPolicy::Unmanaged {
+                    tracing::warn!(
+                        cgroup = %dir.display(),
+                        "memory.high management requested on cgroup v1, which has no \
+                         memory.high: ignored"
+                    );
+                }
+            }
+            CgroupVersion::V2 => {
+                if options.high != HighPolicy::Unmanaged {
+                    high = Some(ControlFile::open(dir.join("memory.high"))?);
+                    high_state = Some(cgroup.memory_high()?.unwrap_or(Limit::Max));
+                }
+                reclaim = ControlFile::open_optional(&dir, "memory.reclaim")?;
+            }
+        }
+        Ok(MemoryActuator {
+            dir,
+            version,
+            high_policy: options.high,
+            limit,
+            memsw,
+            high,
+            reclaim,
+            usage,
+            state: Mutex::new(MemState {
+                limit: limit_now,
+                memsw: memsw_state,
+                high: high_state,
+            }),
+        })
+    }
+
+    /// The cgroup's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The limit last written (or read at open).
+    pub fn current_limit(&self) -> Limit {
+        self.lock().limit
+    }
+
+    /// True when v1 memsw is managed alongside the limit.
+    pub fn manages_memsw(&self) -> bool {
+        self.memsw.is_some()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MemState> {
+        // A panic while holding the lock cannot leave the state inconsistent in a way that
+        // matters more than losing the actuator: keep going with what is there.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn format(&self, limit: Limit, buf: &mut ValueBuf) {
+        match (limit, self.version) {
+            (Limit::Max, CgroupVersion::V1) => buf.push_str("-1"),
+            (Limit::Max, CgroupVersion::V2) => buf.push_str("max"),
+            (Limit::Bytes(b), _) => buf.push_u64(b),
+        };
+    }
+
+    /// Sets the hard memory limit (and the managed memsw / high files) with one `pwrite` per
+    /// file, in an order the kernel accepts. On error, the state reflects the writes that
+    /// succeeded.
+    pub fn set_memory_limit(&self, new: Limit) -> Result<WriteOutcome<Limit>, ActuatorError> {
+        let mut state = self.lock();
+        let previous = state.limit;
+        let raising = new > previous;
+        let (plan, mut next) = plan_memory(&state, new, self.high_policy);
+        let start = Instant::now();
+        let mut writes = 0u8;
+        for (file, value) in plan.into_iter().flatten() {
+            let mut buf = ValueBuf::new();
+            self.format(value, &mut buf);
+            let (cf, hint) = match file {
+                MemFile::Limit => (
+                    &self.limit,
+                    match self.version {
+                        CgroupVersion::V1 => LIMIT_HINT_V1,
+                        CgroupVersion::V2 => LIMIT_HINT_V2,
+                    },
+                ),
+                MemFile::Memsw => match &self.memsw {
+                    Some(f) => (f, MEMSW_HINT),
+                    None => continue,
+                },
+                MemFile::High => match &self.high {
+                    Some(f) => (f, HIGH_HINT),
+                    None => continue,
+                },
+            };
+            match cf.write(&buf, hint) {
+                Ok(()) => {}
+                // Lowering memsw after the limit went down keeps memsw >= limit even when the
+                // kernel refuses (memory+swap usage above the new value): the memory limit,
+                // which is what was asked for, is in force. Keep the old memsw and go on.
+                Err(e) if file == MemFile::Memsw && !raising && e.kind() == ErrorKind::Refused => {
+                    tracing::debug!(error = %e, "memsw not lowered with the limit");
+                    next.memsw = state.memsw;
+                    writes += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            writes += 1;
+            match file {
+                MemFile::Limit => state.limit = value,
+                MemFile::Memsw => state.memsw = next.memsw,
+                MemFile::High => state.high = Some(value),
+            }
+        }
+        *state = next;
+        Ok(WriteOutcome {
+            previous,
+            applied: new,
+            writes,
+            elapsed: start.elapsed(),
+            completed_ns: monotonic_ns(),
+        })
+    }
+
+    /// Current usage (v1 `memory.usage_in_bytes`, v2 `memory.current`) via a pre-opened fd.
+    pub fn usage(&self) -> Result<u64, ActuatorError> {
+        self.usage.read_u64()
+    }
+
+    /// True when the kernel has v2 `memory.reclaim` (5.19+).
+    pub fn supports_reclaim(&self) -> bool {
+        self.reclaim.is_some()
+    }
+
+    /// Asks the kernel to reclaim `bytes` from the cgroup (v2 `memory.reclaim`) without
+    /// changing the limit: a gentle scale-down step.
+    pub fn reclaim(&self, bytes: u64) -> Result<ReclaimOutcome, ActuatorError> {
+        let Some(file) = &self.reclaim else {
+            return Ok(ReclaimOutcome::Unsupported);
+        };
+        let mut buf = ValueBuf::new();
+        buf.push_u64(bytes);
+        match file.write(
+            &buf,
+            "memory.reclaim returns EAGAIN when it reclaimed less than asked",
+        ) {
+            Ok(()) => Ok(ReclaimOutcome::Reclaimed),
+            Err(ActuatorError::Refused {
+                errno: Errno::EAGAIN,
+                ..
+            }) => Ok(ReclaimOutcome::Incomplete),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The result of [`MemoryActuator::reclaim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReclaimOutcome {
+    /// The kernel reclaimed the amount asked for.
+    Reclaimed,
+    /// The kernel could not reclaim it all (EAGAIN).
+    Incomplete,
+    /// No `memory.reclaim` (cgroup v1, or a kernel older than 5.19).
+    Unsupported,
+}
+
+impl LimitWriter for MemoryActuator {
+    fn resource(&self) -> Resource {
+        Resource::Memory
+    }
+
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn current(&self) -> Setting {
+        Setting::Memory(self.current_limit())
+    }
+
+    fn write(&self, new: u64) -> Result<u64, ActuatorError> {
+        self.set_memory_limit(Limit::from_bytes(new))
+            .map(|o| o.completed_ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::actuator::tests::{first_line, v1_cgroup};
+
+    fn steps(plan: &MemPlan) -> Vec<(MemFile, Limit)> {
+        plan.iter().flatten().copied().collect()
+    }
+
+    #[test]
+    fn v1_memsw_is_raised_first_and_lowered_last() {
+        let state = MemState {
+            limit: Limit::Bytes(100),
+            memsw: Some((Limit::Bytes(150), 50)),
+            high: None,
+        };
+        let (plan, next) = plan_memory(&state, Limit::Bytes(200), HighPolicy::Unmanaged);
+        assert_eq!(
+            steps(&plan),
+            vec![
+                (MemFile::Memsw, Limit::Bytes(250)),
+                (MemFile::Limit, Limit::Bytes(200))
+            ]
+        );
+        assert_eq!(next.memsw, Some((Limit::Bytes(250), 50)));
+        let (plan, _) = plan_memory(&next, Limit::Bytes(80), HighPolicy::Unmanaged);
+        assert_eq!(
+            steps(&plan),
+            vec![
+                (MemFile::Limit, Limit::Bytes(80)),
+                (MemFile::Memsw, Limit::Bytes(130))
+            ]
+        );
+        // To and from unlimited.
+        let (plan, next) = plan_memory(&state, Limit::Max, HighPolicy::Unmanaged);
+        assert_eq!(
+            steps(&plan),
+            vec![(MemFile::Memsw, Limit::Max), (MemFile::Limit, Limit::Max)]
+        );
+        let (plan, _) = plan_memory(&next, Limit::Bytes(10), HighPolicy::Unmanaged);
+        assert_eq!(
+            steps(&plan),
+            vec![
+                (MemFile::Limit, Limit::Bytes(10)),
+                (MemFile::Memsw, Limit::Bytes(60))
+            ]
+        );
+    }
+
+    fn limit_strategy() -> impl proptest::strategy::Strategy<Value = Limit> {
+        use proptest::prelude::*;
+        prop_oneof![1 => Just(Limit::Max), 9 => (0u64..1 << 40).prop_map(Limit::Bytes)]
+    }
+
+    proptest::proptest! {
+        /// Whatever the state and the target, every intermediate state of the v1 plan keeps
+        /// memsw >= limit (the kernel's rule), and the end state is the target.
+        #[test]
+        fn v1_plan_never_breaks_memsw_over_limit(
+            cur in limit_strategy(),
+            gap in 0u64..1 << 36,
+            new in limit_strategy(),
+        ) {
+            let memsw = match cur {
+                Limit::Max => Limit::Max,
+                Limit::Bytes(b) => Limit::from_bytes(b + gap),
+            };
+            let state = MemState { limit: cur, memsw: Some((memsw, gap)), high: None };
+            let (plan, next) = plan_memory(&state, new, HighPolicy::Unmanaged);
+            let (mut limit, mut sw) = (cur, memsw);
+            for (file, value) in plan.iter().flatten() {
+                match file {
+                    MemFile::Limit => limit = *value,
+                    MemFile::Memsw => sw = *value,
+                    MemFile::High => unreachable!(),
+                }
+                proptest::prop_assert!(sw >= limit, "{limit:?} > memsw {sw:?} in {plan:?}");
+            }
+            proptest::prop_assert_eq!(limit, new);
+            proptest::prop_assert_eq!(next.limit, new);
+            proptest::prop_assert_eq!(next.memsw.map(|m| m.0), Some(sw));
+        }
+    }
+
+    #[test]
+    fn unmanaged_memsw_and_same_value_writes_only_the_limit() {
+        let state = MemState {
+            limit: Limit::Bytes(100),
+            memsw: None,
+            high: None,
+        };
+        for new in [
+            Limit::Bytes(50),
+            Limit::Bytes(100),
+            Limit::Bytes(500),
+            Limit::Max,
+        ] {
+            let (plan, _) = plan_memory(&state, new, HighPolicy::Unmanaged);
+            assert_eq!(steps(&plan), vec![(MemFile::Limit, new)]);
+        }
+    }
+
+    #[test]
+    fn v2_high_follows_max_in_a_safe_order() {
+        let state = MemState {
+            limit: Limit::Bytes(1000),
+            memsw: None,
+            high: Some(Limit::Bytes(900)),
+        };
+        let policy = HighPolicy::Fraction(0.9);
+        let (plan, next) = plan_memory(&state, Limit::Bytes(2000), policy);
+        assert_eq!(
+            steps(&plan),
+            vec![
+                (MemFile::Limit, Limit::Bytes(2000)),
+                (MemFile::High, Limit::Bytes(1800))
+            ]
+        );
+        let (plan, _) = plan_memory(&next, Limit::Bytes(500), policy);
+        assert_eq!(
+            steps(&plan),
+            vec![
+                (MemFile::High, Limit::Bytes(450)),
+                (MemFile::Limit, Limit::Bytes(500))
+            ]
+        );
+        // Unchanged high is not rewritten.
+        let (plan, _) = plan_memory(&state, Limit::Bytes(1000), policy);
+        assert_eq!(steps(&plan), vec![(MemFile::Limit, Limit::Bytes(1000))]);
+        let (plan, _) = plan_memory(&state, Limit::Max, HighPolicy::Max);
+        assert_eq!(
+            steps(&plan),
+            vec![(MemFile::Limit, Limit::Max), (MemFile::High, Limit::Max)]
+        );
+    }
+
+    #[test]
+    fn v1_actuator_writes_files_and_tracks_state() {
+        let (_t, cg) = v1_cgroup("104857600", Some("157286400"));
+        let act = MemoryActuator::open(&cg, MemoryOptions::default()).unwrap();
+        assert!(act.manages_memsw());
+        assert_eq!(act.current_limit(), Limit::Bytes(100 << 20));
+        assert_eq!(act.usage().unwrap(), 4096);
+        let before = monotonic_ns();
+        let out = act.set_memory_limit(Limit::Bytes(200 << 20)).unwrap();
+        assert!(out.completed_ns >= before && out.completed_ns <= monotonic_ns());
+        assert_eq!(out.previous, Limit::Bytes(100 << 20));
+        assert_eq!(out.writes, 2);
+        assert_eq!(first_line(&cg.file("memory.limit_in_bytes")), "209715200");
+        assert_eq!(
+            first_line(&cg.file("memory.memsw.limit_in_bytes")),
+            (250u64 << 20).to_string()
+        );
+        act.set_memory_limit(Limit::Max).unwrap();
+        assert_eq!(first_line(&cg.file("memory.limit_in_bytes")), "-1");
+        assert_eq!(first_line(&cg.file("memory.memsw.limit_in_bytes")), "-1");
+        assert_eq!(act.current_limit(), Limit::Max);
+        assert!(matches!(
+            act.reclaim(4096).unwrap(),
+            ReclaimOutcome::Unsupported
+        ));
+    }
+
+    #[test]
+    fn v1_unlimited_memsw_is_left_alone() {
+        let (_t, cg) = v1_cgroup("9223372036854771712", Some("9223372036854771712"));
+        let act = MemoryActuator::open(&cg, MemoryOptions::default()).unwrap();
+        assert!(!act.manages_memsw());
+        let out = act.set_memory_limit(Limit::Bytes(64 << 20)).unwrap();
+        assert_eq!(out.writes, 1);
+        assert_eq!(
+            fs::read_to_string(cg.file("memory.memsw.limit_in_bytes")).unwrap(),
+            "9223372036854771712\n"
+        );
+        assert_eq!(first_line(&cg.file("memory.limit_in_bytes")), "67108864");
+    }
+
+    #[test]
+    fn v2_actuator_with_high_and_reclaim() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cg");
+        fs::create_dir(&dir).unwrap();
+        for (f, c) in [
+            ("memory.max", "max\n"),
+            ("memory.high", "max\n"),
+            ("memory.current", "12345\n"),
+            ("memory.reclaim", ""),
+        ] {
+            fs::write(dir.join(f), c).unwrap();
+        }
+        let cg = Cgroup::new(dir, "/cg".into(), CgroupVersion::V2);
+        let act = MemoryActuator::open(
+            &cg,
+            MemoryOptions {
+                high: HighPolicy::Fraction(0.5),
+            },
+        )
+        .unwrap();
+        let out = act.set_memory_limit(Limit::Bytes(1000)).unwrap();
+        assert_eq!(out.writes, 2);
+        assert_eq!(first_line(&cg.file("memory.max")), "1000");
+        assert_eq!(first_line(&cg.file("memory.high")), "500");
+        assert_eq!(act.usage().unwrap(), 12345);
+        assert_eq!(act.reclaim(1 << 20).unwrap(), ReclaimOutcome::Reclaimed);
+        assert_eq!(first_line(&cg.file("memory.reclaim")), "1048576");
+    }
+}

@@ -1,0 +1,450 @@
+//! The actuator: the hot path that rewrites cgroup limits.
+//!
+//! Limit files are opened once, ahead of time (`O_WRONLY|O_CLOEXEC`), and each change is one
+//! `pwrite` per file of a number formatted on the stack: no allocation, no path lookup, no
+//! `open`/`close` per write. Measured on the v1 development machine (6.18, 20,000 writes
+//! alternating two values on an idle cgroup): 0.32 µs median, 0.35-0.49 µs p99 per
+//! `memory.limit_in_bytes` or `cpu.cfs_quota_us` write; 0.56 µs for limit + memsw.
+//!
+//! Ordering rules the kernel enforces are handled here:
+//! - v1: `memory.memsw.limit_in_bytes` (memory+swap) must stay >= `memory.limit_in_bytes`.
+//!   When memsw is limited, the actuator keeps the swap allowance (memsw - limit) seen when it
+//!   was opened: raising writes memsw first, lowering writes the limit first. An unlimited memsw
+//!   never binds and is left alone.
+//! - v2: `memory.high` can be managed at a fraction of `memory.max` ([`HighPolicy`]); raising
+//!   writes `memory.max` first, lowering writes `memory.high` first (gentle reclaim before the
+//!   hard limit moves).
+//!
+//! Every writer of limits goes through [`LimitWriter`]: the engine (agent and `scaler exec`),
+//! restores, the benchmark's competitors and the tests. Its implementations are
+//! [`MemoryActuator`] (v1 `memory.limit_in_bytes` + `memory.memsw.limit_in_bytes`, v2
+//! `memory.max` + `memory.high`) and [`CpuActuator`] (v1 `cpu.cfs_quota_us`/`cpu.cfs_period_us`,
+//! v2 `cpu.max`); the cgroup version's file names, value syntax and ordering rules live behind
+//! them ([`memory`], [`cpu`]).
+//!
+//! Errors say whether the kernel refused the value ([`ErrorKind::Refused`], e.g. v1's EBUSY
+//! when lowering below usage) or the cgroup is gone ([`ErrorKind::Gone`], ENOENT/ENODEV after
+//! rmdir): callers react differently to each.
+
+pub mod cpu;
+pub mod memory;
+
+use std::{
+    fmt,
+    fs::{File, OpenOptions},
+    io,
+    os::unix::fs::{FileExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use nix::errno::Errno;
+
+pub use self::{
+    cpu::CpuActuator,
+    memory::{HighPolicy, MemoryActuator, MemoryOptions, ReclaimOutcome},
+};
+pub use crate::clock::monotonic_ns;
+use crate::{
+    cgroupfs::{CgroupError, CpuQuota, Limit},
+    decider::Resource,
+};
+
+/// A limit as a [`LimitWriter`] reads or writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    /// The memory hard limit.
+    Memory(Limit),
+    /// The CPU bandwidth limit (quota and period).
+    Cpu(CpuQuota),
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Setting::Memory(l) => l.fmt(f),
+            Setting::Cpu(q) => q.fmt(f),
+        }
+    }
+}
+
+/// Writes one resource's limit of one cgroup through files opened ahead of time: the hot path.
+///
+/// A write is one `pwrite` per file, of a number formatted on the stack, in the order the
+/// kernel accepts; no allocation, no path lookup. Implementations keep what they last wrote
+/// (or read when opened) as [`current`](Self::current).
+pub trait LimitWriter: Send + fmt::Debug {
+    /// Which limit it writes.
+    fn resource(&self) -> Resource;
+    /// The cgroup's directory.
+    fn dir(&self) -> &Path;
+    /// The setting last written, or read when the files were opened.
+    fn current(&self) -> Setting;
+    /// Writes `new`, in the unit of the decider's actions for this resource: bytes for memory;
+    /// for CPU the CFS quota in µs per period, at the period in force (which it leaves as it
+    /// is). Returns the `CLOCK_MONOTONIC` time (ns) at which the last write returned: the end of
+    /// the reaction that the kernel's event timestamp began.
+    fn write(&self, new: u64) -> Result<u64, ActuatorError>;
+}
+
+/// What kind of failure an [`ActuatorError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The kernel rejected the value (EBUSY, EINVAL, EAGAIN): the cgroup is still there and
+    /// keeps its previous setting.
+    Refused,
+    /// The cgroup was removed (ENOENT, ENODEV): stop managing it.
+    Gone,
+    /// Anything else (permissions, I/O).
+    Other,
+}
+
+/// Errors of the actuator. Each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ActuatorError {
+    /// Opening a control file failed.
+    #[error("opening {path} for writing")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel refused a value.
+    #[error("the kernel refused {value:?} for {path}: {errno} ({hint})")]
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// The value written.
+        value: String,
+        /// The error number.
+        errno: Errno,
+        /// What the errno usually means for this file.
+        hint: &'static str,
+    },
+    /// The cgroup is gone.
+    #[error("writing {path}: the cgroup is gone ({errno})")]
+    Gone {
+        /// The file.
+        path: PathBuf,
+        /// ENOENT or ENODEV.
+        errno: Errno,
+    },
+    /// Any other write failure.
+    #[error("writing {value:?} to {path}: {errno}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The value written.
+        value: String,
+        /// The error number.
+        errno: Errno,
+    },
+    /// The kernel accepted only part of the value.
+    #[error("short write of {value:?} to {path}: {written} bytes")]
+    ShortWrite {
+        /// The file.
+        path: PathBuf,
+        /// The value written.
+        value: String,
+        /// Bytes accepted.
+        written: usize,
+    },
+    /// Reading the current state failed.
+    #[error(transparent)]
+    Read(#[from] CgroupError),
+    /// The requested operation does not exist for this cgroup version or kernel.
+    #[error("{what} is not supported by {path}")]
+    Unsupported {
+        /// What was asked for.
+        what: &'static str,
+        /// The cgroup directory.
+        path: PathBuf,
+    },
+}
+
+impl ActuatorError {
+    /// Classifies the error: refused by the kernel, cgroup gone, or other.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ActuatorError::Refused { .. } => ErrorKind::Refused,
+            ActuatorError::Gone { .. } => ErrorKind::Gone,
+            ActuatorError::Open { source, .. } if crate::cgroupfs::io_is_gone(source) => {
+                ErrorKind::Gone
+            }
+            ActuatorError::Read(e) if e.is_gone() => ErrorKind::Gone,
+            _ => ErrorKind::Other,
+        }
+    }
+
+    /// The errno of a failed write, if the error is one.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            ActuatorError::Refused { errno, .. }
+            | ActuatorError::Gone { errno, .. }
+            | ActuatorError::Write { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
+fn errno_of(e: &io::Error) -> Errno {
+    e.raw_os_error()
+        .map_or(Errno::UnknownErrno, Errno::from_raw)
+}
+
+/// A small stack buffer for the text written to a control file.
+#[derive(Clone, Copy)]
+pub(crate) struct ValueBuf {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl ValueBuf {
+    pub(crate) const fn new() -> Self {
+        ValueBuf {
+            buf: [0; 48],
+            len: 0,
+        }
+    }
+
+    pub(crate) fn push_str(&mut self, s: &str) -> &mut Self {
+        let end = self.len + s.len();
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        self
+    }
+
+    pub(crate) fn push_u64(&mut self, mut v: u64) -> &mut Self {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        let n = digits.len() - i;
+        self.buf[self.len..self.len + n].copy_from_slice(&digits[i..]);
+        self.len += n;
+        self
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn to_lossy_string(self) -> String {
+        String::from_utf8_lossy(self.as_bytes()).into_owned()
+    }
+}
+
+/// A pre-opened, write-only cgroup control file.
+#[derive(Debug)]
+pub struct ControlFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl ControlFile {
+    /// Opens `path` with `O_WRONLY|O_CLOEXEC`.
+    pub fn open(path: PathBuf) -> Result<Self, ActuatorError> {
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(file) => Ok(ControlFile { file, path }),
+            Err(source) => Err(ActuatorError::Open { path, source }),
+        }
+    }
+
+    /// Opens `path` if it exists; `Ok(None)` when it does not (the cgroup must exist).
+    pub(crate) fn open_optional(dir: &Path, name: &str) -> Result<Option<Self>, ActuatorError> {
+        match Self::open(dir.join(name)) {
+            Ok(f) => Ok(Some(f)),
+            Err(ActuatorError::Open { source, .. })
+                if source.raw_os_error() == Some(libc::ENOENT) && dir.is_dir() =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// One `pwrite(fd, value + "\n", 0)`, like `echo value > file` (every cgroup file strips
+    /// or accepts the trailing newline; it also keeps fake regular files readable in tests).
+    /// `hint` explains a refusal for this file.
+    pub(crate) fn write(&self, value: &ValueBuf, hint: &'static str) -> Result<(), ActuatorError> {
+        let mut line = *value;
+        line.push_str("\n");
+        let bytes = line.as_bytes();
+        match self.file.write_at(bytes, 0) {
+            Ok(n) if n == bytes.len() => Ok(()),
+            Ok(written) => Err(ActuatorError::ShortWrite {
+                path: self.path.clone(),
+                value: value.to_lossy_string(),
+                written,
+            }),
+            Err(e) => Err(self.classify(errno_of(&e), value, hint)),
+        }
+    }
+
+    fn classify(&self, errno: Errno, value: &ValueBuf, hint: &'static str) -> ActuatorError {
+        match errno {
+            Errno::ENOENT | Errno::ENODEV => ActuatorError::Gone {
+                path: self.path.clone(),
+                errno,
+            },
+            Errno::EBUSY | Errno::EINVAL | Errno::EAGAIN => ActuatorError::Refused {
+                path: self.path.clone(),
+                value: value.to_lossy_string(),
+                errno,
+                hint,
+            },
+            _ => ActuatorError::Write {
+                path: self.path.clone(),
+                value: value.to_lossy_string(),
+                errno,
+            },
+        }
+    }
+}
+
+/// A pre-opened, read-only cgroup file holding one number (e.g. `memory.current`).
+#[derive(Debug)]
+pub struct NumberFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl NumberFile {
+    /// Opens `path` read-only with `O_CLOEXEC`.
+    pub fn open(path: PathBuf) -> Result<Self, ActuatorError> {
+        match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(file) => Ok(NumberFile { file, path }),
+            Err(source) => Err(ActuatorError::Open { path, source }),
+        }
+    }
+
+    /// Reads the number with one `pread` into a stack buffer (no allocation on success).
+    pub fn read_u64(&self) -> Result<u64, ActuatorError> {
+        let mut buf = [0u8; 32];
+        let n = self.file.read_at(&mut buf, 0).map_err(|source| {
+            ActuatorError::Read(if crate::cgroupfs::io_is_gone(&source) {
+                CgroupError::Gone {
+                    path: self.path.clone(),
+                }
+            } else {
+                CgroupError::Read {
+                    path: self.path.clone(),
+                    source,
+                }
+            })
+        })?;
+        std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| {
+                ActuatorError::Read(CgroupError::Parse {
+                    path: self.path.clone(),
+                    content: String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    reason: "expected an unsigned number",
+                })
+            })
+    }
+}
+
+/// The result of a successful change.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WriteOutcome<T> {
+    /// The setting before the change (as last written or read at open).
+    pub previous: T,
+    /// The setting now in force.
+    pub applied: T,
+    /// Number of write syscalls issued.
+    pub writes: u8,
+    /// Time spent from the first to the end of the last write.
+    pub elapsed: Duration,
+    /// `CLOCK_MONOTONIC` when the last write completed, in ns: the clock of the kernel
+    /// programs' event timestamps (`bpf_ktime_get_ns`), so `completed_ns - event.ts_ns` is the
+    /// reaction latency.
+    pub completed_ns: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroupfs::{Cgroup, CgroupVersion};
+    use std::fs;
+
+    /// The value last written: a write at offset 0 over a longer old value leaves the old
+    /// tail after the newline in a regular file (real cgroup files have no such tail).
+    pub(crate) fn first_line(p: &Path) -> String {
+        fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    pub(crate) fn v1_cgroup(limit: &str, memsw: Option<&str>) -> (tempfile::TempDir, Cgroup) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cg");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("memory.limit_in_bytes"), format!("{limit}\n")).unwrap();
+        fs::write(dir.join("memory.usage_in_bytes"), "4096\n").unwrap();
+        if let Some(m) = memsw {
+            fs::write(dir.join("memory.memsw.limit_in_bytes"), format!("{m}\n")).unwrap();
+        }
+        (tmp, Cgroup::new(dir, "/cg".into(), CgroupVersion::V1))
+    }
+
+    #[test]
+    fn value_buf_formats_numbers() {
+        for v in [0u64, 7, 10, 4096, 123456789, u64::MAX] {
+            let mut b = ValueBuf::new();
+            b.push_u64(v);
+            assert_eq!(b.as_bytes(), v.to_string().as_bytes());
+        }
+        let mut b = ValueBuf::new();
+        b.push_u64(20000).push_str(" ").push_u64(100000);
+        assert_eq!(b.as_bytes(), b"20000 100000");
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        let (_t, cg) = v1_cgroup("100", None);
+        let f = ControlFile::open(cg.file("memory.limit_in_bytes")).unwrap();
+        let v = ValueBuf::new();
+        assert_eq!(f.classify(Errno::EBUSY, &v, "").kind(), ErrorKind::Refused);
+        assert_eq!(f.classify(Errno::EINVAL, &v, "").kind(), ErrorKind::Refused);
+        assert_eq!(f.classify(Errno::ENODEV, &v, "").kind(), ErrorKind::Gone);
+        assert_eq!(f.classify(Errno::ENOENT, &v, "").kind(), ErrorKind::Gone);
+        assert_eq!(f.classify(Errno::EACCES, &v, "").kind(), ErrorKind::Other);
+        let err = f
+            .classify(Errno::EBUSY, &v, memory::LIMIT_HINT_V1)
+            .to_string();
+        assert!(
+            err.contains("memory.limit_in_bytes") && err.contains("EBUSY"),
+            "{err}"
+        );
+        // Opening in a removed cgroup reports Gone.
+        fs::remove_dir_all(cg.dir()).unwrap();
+        let e = MemoryActuator::open(&cg, MemoryOptions::default()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Gone, "{e}");
+    }
+}

@@ -1,0 +1,664 @@
+//! The agent's managed sets, one per resource, kept in line with the configuration and the
+//! cgroups that exist; their periodic samples, metrics, status and restore — written once for
+//! every resource over [`ManagedResource`].
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    sync::{atomic::Ordering, Arc},
+};
+
+use super::{
+    lock,
+    metrics::{CgroupLabels, LimitLabels, Metrics, ProgramLabels, ResultLabels},
+    state::Observed,
+    status::{ManagedCpuStatus, ManagedStatus, StatusDoc},
+    AgentState, Managed,
+};
+use crate::{
+    actuator::Setting,
+    cgroupfs::{CgroupIndex, Hierarchy},
+    config::{Config, NodeInfo, PolicyConfig},
+    decider::{CgId, Resource},
+    ebpf::Pipeline,
+    engine::{Budget, Command, Engine, EngineStats, ManageRequest, Snapshot},
+    resource::{self, ManagedResource, Restored},
+};
+
+/// Where one resource's cgroups live.
+pub struct Side {
+    pub hierarchy: Hierarchy,
+    /// Its own index when the resource's hierarchy is a different tree from the memory one
+    /// (cgroup v1 cpu); `None` on a unified (v2) tree, where the memory index serves both.
+    pub index: Option<CgroupIndex>,
+}
+
+/// The agent: configuration, hierarchies, programs, engine, and what it manages.
+pub struct Agent {
+    pub config: Config,
+    pub node: NodeInfo,
+    /// The memory hierarchy (always present: the agent does not start without it).
+    pub hierarchy: Hierarchy,
+    pub index: CgroupIndex,
+    /// The other resources' hierarchies, found the first time a policy manages them.
+    pub sides: HashMap<Resource, Side>,
+    /// Resources whose controller was looked for and not found (said once).
+    pub unavailable: HashSet<Resource>,
+    pub pipeline: Pipeline,
+    pub engine: Engine,
+    pub state: Arc<AgentState>,
+}
+
+/// Cgroups of `index` that a policy selects, with what `pick` takes from the policy, parents
+/// before children (so that each finds its managed ancestor).
+fn selected<P>(
+    config: &Config,
+    hierarchy: &Hierarchy,
+    index: &CgroupIndex,
+    pick: impl Fn(&PolicyConfig) -> Option<P>,
+) -> Vec<(CgId, String, String, P)> {
+    let needs_xattr = config.policies.iter().any(|p| p.require_xattr);
+    let xattr_name = &config.agent.opt_in_xattr;
+    let mut wanted = Vec::new();
+    for (id, path) in index.iter() {
+        let xattr = if needs_xattr {
+            hierarchy
+                .cgroup(path)
+                .ok()
+                .and_then(|c| c.xattr(xattr_name).ok().flatten())
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+        } else {
+            None
+        };
+        if let Some(p) = config.policy_for(path, xattr.as_deref()) {
+            if let Some(v) = pick(p) {
+                wanted.push((id.0, path.to_string(), p.name.clone(), v));
+            }
+        }
+    }
+    wanted.sort_by_key(|(_, path, _, _)| path.matches('/').count());
+    wanted
+}
+
+/// `/a/b/c` -> `/a/b`, `/a`, `/`.
+pub fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    let mut cur = Some(path);
+    std::iter::from_fn(move || {
+        let p = cur?;
+        let parent = match p.rfind('/') {
+            Some(0) if p.len() > 1 => "/",
+            Some(0) | None => {
+                cur = None;
+                return None;
+            }
+            Some(i) => &p[..i],
+        };
+        cur = Some(parent);
+        Some(parent)
+    })
+}
+
+impl Agent {
+    /// Whether a policy manages `r`.
+    fn wants(&self, r: &dyn ManagedResource) -> bool {
+        self.config
+            .policies
+            .iter()
+            .any(|p| r.policy(p, &self.node).is_some())
+    }
+
+    /// The hierarchy of resource `r`: memory's own, or the one found for it (looked for the
+    /// first time a policy manages `r`; `None` when its controller is not available).
+    fn hierarchy_of(&mut self, r: &dyn ManagedResource) -> Option<&Hierarchy> {
+        let res = r.resource();
+        if res == Resource::Memory {
+            return Some(&self.hierarchy);
+        }
+        if !self.sides.contains_key(&res) && !self.unavailable.contains(&res) {
+            match Hierarchy::discover(Path::new("/"), r.controller()) {
+                Ok(h) => {
+                    let index =
+                        (!h.same_tree(&self.hierarchy)).then(|| CgroupIndex::new(h.clone()));
+                    tracing::info!(
+                        resource = res.as_str(),
+                        hierarchy = %format!("{} at {}", h.version, h.mount.display()),
+                        "managing {}", res.as_str()
+                    );
+                    self.sides.insert(
+                        res,
+                        Side {
+                            hierarchy: h,
+                            index,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(
+                        resource = res.as_str(),
+                        "a policy manages {} but the {} controller is not available ({e}); it \
+                         is not managed (mount the controller: cgroup v2 with +{} in \
+                         cgroup.subtree_control, or its v1 hierarchy)",
+                        res.as_str(),
+                        r.controller(),
+                        r.controller(),
+                    );
+                    self.unavailable.insert(res);
+                }
+            }
+        }
+        self.sides.get(&res).map(|s| &s.hierarchy)
+    }
+
+    /// Brings every resource's managed set in line with the configuration and the cgroups that
+    /// exist: new matching cgroups are managed, vanished or no-longer-selected ones forgotten.
+    pub fn reconcile(&mut self) {
+        if let Err(e) = self.index.rescan() {
+            tracing::warn!("rescanning {}: {e}", self.hierarchy.mount.display());
+            return;
+        }
+        for r in resource::ALL {
+            self.reconcile_resource(r);
+        }
+        self.state.save_state();
+    }
+
+    fn reconcile_resource(&mut self, r: &dyn ManagedResource) {
+        let res = r.resource();
+        let wants = self.wants(r);
+        if !wants && lock(self.state.managed(res)).is_empty() {
+            return;
+        }
+        if wants && self.hierarchy_of(r).is_none() {
+            return;
+        }
+        let h = match res {
+            Resource::Memory => self.hierarchy.clone(),
+            _ => match self.sides.get(&res) {
+                Some(s) => s.hierarchy.clone(),
+                None => return,
+            },
+        };
+        let mut wanted = Vec::new();
+        if wants {
+            let node = self.node;
+            let index = match self.sides.get_mut(&res).and_then(|s| s.index.as_mut()) {
+                Some(i) => {
+                    if let Err(e) = i.rescan() {
+                        tracing::warn!("rescanning {}: {e}", h.mount.display());
+                        return;
+                    }
+                    &*i
+                }
+                None => &self.index,
+            };
+            wanted = selected(&self.config, &h, index, |p| r.policy(p, &node));
+        }
+        let wanted_ids: HashSet<CgId> = wanted.iter().map(|w| w.0).collect();
+        let mut managed = lock(self.state.managed(res));
+        let metrics = &self.state.metrics;
+        let gone: Vec<CgId> = managed
+            .keys()
+            .filter(|id| !wanted_ids.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            let m = managed.remove(&id).expect("listed");
+            tracing::info!(
+                cgroup = %m.path,
+                resource = res.as_str(),
+                "no longer managed (removed or deselected)"
+            );
+            self.engine.send(Command::Forget(res, id));
+            r.unwatch(&mut self.pipeline, id);
+            lock(&self.state.state).forget_setting(res, &m.path);
+            metrics.forget(&m.labels);
+        }
+        let mut path_to_id: HashMap<String, CgId> = managed
+            .iter()
+            .map(|(id, m)| (m.path.clone(), *id))
+            .collect();
+        for (id, path, policy_name, policy) in wanted {
+            if let Some(m) = managed.get(&id) {
+                if m.policy == policy && m.policy_name == policy_name {
+                    continue;
+                }
+            }
+            let cg = match h.cgroup(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(cgroup = %path, resource = res.as_str(), "{e}");
+                    continue;
+                }
+            };
+            let writer = match r.open(&cg) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(cgroup = %path, resource = res.as_str(), "cannot manage: {e}");
+                    continue;
+                }
+            };
+            let current = writer.current();
+            let original = lock(&self.state.state).manage_setting(&path, id, &policy_name, current);
+            let parent = ancestors(&path).find_map(|a| path_to_id.get(a).copied());
+            self.engine.send(Command::Manage(Box::new(ManageRequest {
+                id,
+                path: Arc::from(path.as_str()),
+                parent,
+                policy,
+                writer,
+                usage: r.usage(&cg),
+            })));
+            let kernel_events = match r.watch(&mut self.pipeline, id, &policy) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(cgroup = %path, resource = res.as_str(), "cannot watch: {e}");
+                    false
+                }
+            };
+            let pod = crate::k8s::parse(&path);
+            let labels = LimitLabels::new(&CgroupLabels::new(&path, &policy_name), r);
+            if let Some(old) = managed.get(&id).map(|m| m.labels.clone()) {
+                metrics.forget(&old);
+            }
+            metrics
+                .original_limit
+                .get_or_create(&labels)
+                .set(r.gauge(original));
+            metrics.limit.get_or_create(&labels).set(r.gauge(current));
+            let (min, max) = r.bounds(&policy);
+            tracing::info!(
+                cgroup = %path,
+                resource = res.as_str(),
+                policy = %policy_name,
+                pod = pod.as_ref().map(|p| tracing::field::display(p.display_name())),
+                min = %min,
+                max = %max,
+                limit = %current,
+                original = %original,
+                kernel_events,
+                "managing"
+            );
+            path_to_id.insert(path.clone(), id);
+            managed.insert(
+                id,
+                Managed {
+                    path,
+                    policy_name,
+                    policy,
+                    original,
+                    pod,
+                    labels,
+                },
+            );
+        }
+        metrics
+            .managed
+            .get_or_create(&super::metrics::ResourceLabels {
+                resource: res.as_str(),
+            })
+            .set(managed.len() as i64);
+    }
+
+    /// Drops state records of cgroups that are not managed after the first reconcile: those
+    /// that vanished while the agent was down, or that the configuration no longer selects.
+    pub fn drop_stale_state(&self) {
+        for r in resource::ALL {
+            let res = r.resource();
+            let managed: HashSet<String> = lock(self.state.managed(res))
+                .values()
+                .map(|m| m.path.clone())
+                .collect();
+            let dropped = lock(&self.state.state).retain_settings(res, |p| managed.contains(p));
+            let h = match res {
+                Resource::Memory => Some(&self.hierarchy),
+                _ => self.sides.get(&res).map(|s| &s.hierarchy),
+            };
+            for (path, original, current) in dropped {
+                let exists = h.is_some_and(|h| h.cgroup(&path).is_ok_and(|c| c.exists()));
+                if exists {
+                    tracing::warn!(
+                        cgroup = %path,
+                        resource = res.as_str(),
+                        original = %original,
+                        current = %current,
+                        "state file: no longer selected by the configuration; its limit stays \
+                         as the agent left it"
+                    );
+                } else {
+                    tracing::info!(
+                        cgroup = %path,
+                        resource = res.as_str(),
+                        "state file: cgroup vanished while the agent was down; forgotten"
+                    );
+                }
+            }
+        }
+        self.state.save_state();
+    }
+
+    /// The slow path: a sample of each managed cgroup of each resource (scale-down, rate
+    /// estimation, throttling), which also notices limits changed outside the agent (see
+    /// [`super::state::Table::observe`]): such a limit becomes the cgroup's original.
+    pub fn sample(&self) {
+        for r in resource::ALL {
+            let res = r.resource();
+            let h = match res {
+                Resource::Memory => &self.hierarchy,
+                _ => match self.sides.get(&res) {
+                    Some(s) => &s.hierarchy,
+                    None => continue,
+                },
+            };
+            let mut managed = lock(self.state.managed(res));
+            for (id, m) in managed.iter_mut() {
+                let Ok(cg) = h.cgroup(&m.path) else {
+                    continue;
+                };
+                let Some(s) = r.sample(&cg, Some((&self.pipeline, *id))) else {
+                    continue;
+                };
+                if let Observed::Adopted { previous } =
+                    lock(&self.state.state).observe_setting(&m.path, s.observed)
+                {
+                    tracing::info!(
+                        cgroup = %m.path,
+                        resource = res.as_str(),
+                        previous = %previous,
+                        original = %s.observed,
+                        "limit changed outside the agent: adopted as the original"
+                    );
+                    m.original = s.observed;
+                    self.state
+                        .metrics
+                        .original_limit
+                        .get_or_create(&m.labels)
+                        .set(r.gauge(s.observed));
+                }
+                if let Some(t) = s.throttled_seconds {
+                    self.state
+                        .metrics
+                        .cpu_throttled_seconds
+                        .get_or_create(&m.labels.cgroup)
+                        .set(t);
+                }
+                self.engine.send(Command::Signal(*id, s.signal));
+            }
+        }
+        self.state.save_state();
+    }
+
+    /// Refreshes the metrics kept by others: per-cgroup limits and usage (engine snapshots),
+    /// kernel and engine counters, BPF program statistics.
+    pub fn refresh_metrics(&self) {
+        let m = &self.state.metrics;
+        for r in resource::ALL {
+            let res = r.resource();
+            if res != Resource::Memory && !self.sides.contains_key(&res) {
+                continue;
+            }
+            let snapshot = self.engine.snapshot(res);
+            let managed = lock(self.state.managed(res));
+            for s in &snapshot {
+                let Some(c) = managed.get(&s.id) else {
+                    continue;
+                };
+                m.limit.get_or_create(&c.labels).set(r.gauge(s.limit));
+                if let Some(u) = s.usage {
+                    m.usage.get_or_create(&c.labels).set(u);
+                }
+                if let Some(u) = s.utilization {
+                    m.utilization.get_or_create(&c.labels.utilization()).set(u);
+                }
+            }
+        }
+        let k = self.pipeline.kernel_stats();
+        Metrics::set_total(&m.ringbuf_dropped, k.ringbuf_dropped);
+        let e: &EngineStats = self.engine.stats();
+        Metrics::set_total(
+            &m.ringbuf_records,
+            e.loop_stats.records.load(Ordering::Relaxed),
+        );
+        Metrics::set_total(
+            &m.decode_errors,
+            e.loop_stats.decode_errors.load(Ordering::Relaxed),
+        );
+        Metrics::set_total(
+            &m.records_dropped,
+            e.records_dropped.load(Ordering::Relaxed),
+        );
+        Metrics::set_total(&m.failed_writes, e.failed_writes.load(Ordering::Relaxed));
+        Metrics::set_total(
+            &m.unmanaged_ancestor_binds,
+            e.unmanaged_ancestor_binds.load(Ordering::Relaxed),
+        );
+        for (program, (run_time, runs)) in self.pipeline.program_stats() {
+            let l = ProgramLabels { program };
+            Metrics::set_total_f64(&m.bpf_run_seconds.get_or_create(&l), run_time.as_secs_f64());
+            Metrics::set_total(&m.bpf_runs.get_or_create(&l), runs);
+        }
+    }
+
+    /// SIGHUP: loads the configuration again; a valid one replaces the old one (budgets and
+    /// policies at once; addresses and files at the next start), an invalid one is rejected.
+    pub fn reload(&mut self, path: Option<&Path>) {
+        let reloads = &self.state.metrics.reloads;
+        match super::load_config(path, &self.node) {
+            Ok(mut c) => {
+                c.agent.dry_run = self.config.agent.dry_run;
+                for (key, old, new) in [
+                    (
+                        "metrics_addr",
+                        self.config.agent.metrics_addr.to_string(),
+                        c.agent.metrics_addr.to_string(),
+                    ),
+                    (
+                        "metrics",
+                        self.config.agent.metrics.to_string(),
+                        c.agent.metrics.to_string(),
+                    ),
+                    (
+                        "status_socket",
+                        self.config.agent.status_socket.display().to_string(),
+                        c.agent.status_socket.display().to_string(),
+                    ),
+                    (
+                        "state_file",
+                        self.config.agent.state_file.display().to_string(),
+                        c.agent.state_file.display().to_string(),
+                    ),
+                ] {
+                    if old != new {
+                        tracing::warn!("agent.{key} changed from {old} to {new}: takes effect at the next start");
+                    }
+                }
+                self.engine.send(Command::SetBudget(Budget::Memory(
+                    c.memory_budget(&self.node),
+                )));
+                self.engine
+                    .send(Command::SetBudget(Budget::Cpu(c.cpu_budget(&self.node))));
+                if c.manages_cpu() && !self.pipeline.cpu_enabled() {
+                    tracing::warn!(
+                        "a [policy.cpu] is configured but the scheduler programs were not \
+                         attached at start: CPU quotas are managed from cpu.stat samples \
+                         (every agent.sample_interval) until the agent is restarted"
+                    );
+                }
+                lock(&self.state.info).restore_on_exit = c.agent.restore_on_exit;
+                // Keep the addresses the agent actually uses.
+                c.agent.metrics = self.config.agent.metrics;
+                c.agent.metrics_addr = self.config.agent.metrics_addr;
+                c.agent.status_socket = self.config.agent.status_socket.clone();
+                c.agent.state_file = self.config.agent.state_file.clone();
+                self.config = c;
+                reloads.get_or_create(&ResultLabels { result: "ok" }).inc();
+                tracing::info!(
+                    policies = self.config.policies.len(),
+                    "configuration reloaded"
+                );
+                self.reconcile();
+            }
+            Err(e) => {
+                reloads
+                    .get_or_create(&ResultLabels { result: "rejected" })
+                    .inc();
+                tracing::error!("configuration reload rejected, the old one keeps running: {e}");
+            }
+        }
+    }
+
+    /// The hierarchies the restore needs, by resource.
+    pub fn hierarchies(&self) -> HashMap<Resource, Hierarchy> {
+        let mut m: HashMap<Resource, Hierarchy> = self
+            .sides
+            .iter()
+            .map(|(r, s)| (*r, s.hierarchy.clone()))
+            .collect();
+        m.insert(Resource::Memory, self.hierarchy.clone());
+        m
+    }
+}
+
+/// At shutdown with `restore_on_exit`: writes each changed cgroup's original limit back, for
+/// every resource (memory never below its current usage). Restored cgroups leave the state
+/// file; the others stay (so the next start still knows their original).
+pub fn restore_originals(hierarchies: &HashMap<Resource, Hierarchy>, state: &AgentState) {
+    for r in resource::ALL {
+        let res = r.resource();
+        let Some(h) = hierarchies.get(&res) else {
+            continue;
+        };
+        let records = lock(&state.state).settings(res);
+        for (path, id, original, _) in records {
+            let cg = match h.cgroup(&path) {
+                Ok(c) if c.exists() && c.id().is_ok_and(|i| i.0 == id) => c,
+                _ => {
+                    lock(&state.state).forget_setting(res, &path);
+                    continue;
+                }
+            };
+            match r.restore(&cg, original) {
+                Ok(Restored::Written { replaced }) => {
+                    tracing::info!(
+                        target: "scaler::audit",
+                        cgroup = %path,
+                        resource = res.as_str(),
+                        old = %replaced,
+                        new = %original,
+                        reason = "restore_on_exit",
+                        "limit restored"
+                    );
+                    lock(&state.state).forget_setting(res, &path);
+                }
+                Ok(Restored::Unchanged) => lock(&state.state).forget_setting(res, &path),
+                Ok(Restored::Kept { why, current }) => tracing::warn!(
+                    cgroup = %path,
+                    resource = res.as_str(),
+                    original = %original,
+                    current = %current,
+                    "not restored: {why}"
+                ),
+                Err(e) => tracing::warn!(
+                    cgroup = %path,
+                    resource = res.as_str(),
+                    "restoring {original}: {e}"
+                ),
+            }
+        }
+    }
+    state.save_state();
+}
+
+/// Builds the status document from the shared state and the engine's snapshots.
+pub fn status_doc(
+    state: &AgentState,
+    snapshots: &HashMap<Resource, Vec<Snapshot>>,
+    engine: &EngineStats,
+) -> StatusDoc {
+    use super::status::{self, CounterStatus};
+    let info = lock(&state.info).clone();
+    let mut memory = Vec::new();
+    let mut cpu = Vec::new();
+    for r in resource::ALL {
+        let res = r.resource();
+        let snaps: HashMap<CgId, &Snapshot> = snapshots
+            .get(&res)
+            .into_iter()
+            .flatten()
+            .map(|s| (s.id, s))
+            .collect();
+        for (id, m) in lock(state.managed(res)).iter() {
+            let s = snaps.get(id);
+            match m.original {
+                Setting::Memory(original) => memory.push(ManagedStatus {
+                    cgroup: m.path.clone(),
+                    id: *id,
+                    policy: m.policy_name.clone(),
+                    qos: m.pod.as_ref().map(|p| p.qos.as_str().to_owned()),
+                    pod_uid: m.pod.as_ref().and_then(|p| p.pod_uid.clone()),
+                    container_id: m.pod.as_ref().and_then(|p| p.container_id.clone()),
+                    limit: s.and_then(|s| s.memory_limit()).map(Into::into),
+                    original_limit: original.into(),
+                    usage_bytes: s.and_then(|s| s.usage).map(|u| u as u64),
+                    utilization: s.and_then(|s| s.utilization),
+                    allocation_rate: s.and_then(|s| s.growth_rate),
+                }),
+                Setting::Cpu(original) => cpu.push(ManagedCpuStatus {
+                    cgroup: m.path.clone(),
+                    id: *id,
+                    policy: m.policy_name.clone(),
+                    quota_cores: s.and_then(|s| s.quota_cores()),
+                    original_quota_cores: original.cores(),
+                    usage_cores: s.and_then(|s| s.usage),
+                    utilization: s.and_then(|s| s.utilization),
+                }),
+            }
+        }
+    }
+    memory.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
+    cpu.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
+    let recent = lock(&state.recent);
+    let c = &state.counters;
+    let events = c
+        .events_by_kind
+        .iter()
+        .enumerate()
+        .filter_map(|(k, n)| {
+            let n = n.load(Ordering::Relaxed);
+            let kind = scaler_common::EventKind::from_u32(k as u32)?;
+            (n > 0).then(|| (kind.as_str().to_owned(), n))
+        })
+        .collect();
+    StatusDoc {
+        version: status::STATUS_VERSION,
+        pid: std::process::id(),
+        uptime_seconds: state.started.elapsed().as_secs_f64(),
+        dry_run: info.dry_run,
+        restore_on_exit: info.restore_on_exit,
+        memory_hierarchy: info.memory_hierarchy,
+        state_file: info.state_file,
+        metrics_addr: info.metrics_addr,
+        managed: memory,
+        managed_cpu: cpu,
+        counters: CounterStatus {
+            events,
+            actions: c.actions.load(Ordering::Relaxed),
+            failed_actions: c.failed_actions.load(Ordering::Relaxed),
+            records_dropped: engine.records_dropped.load(Ordering::Relaxed),
+            ringbuf_dropped: state.metrics.ringbuf_dropped.get(),
+        },
+        recent_actions: recent.actions(),
+        reaction_latency_us: recent.latency(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ancestors;
+
+    #[test]
+    fn ancestors_walk_to_the_root() {
+        assert_eq!(ancestors("/a/b/c").collect::<Vec<_>>(), ["/a/b", "/a", "/"]);
+        assert_eq!(ancestors("/a").collect::<Vec<_>>(), ["/"]);
+        assert_eq!(ancestors("/").count(), 0);
+    }
+}

@@ -1,0 +1,553 @@
+//! `scaler agent`: the node agent, and `scaler check-config`.
+//!
+//! The built-in default configuration observes every cgroup (reclaim and OOM events of all of
+//! them are counted and logged) and manages none: only cgroups that a `[[policy]]` selects
+//! (by path glob, optionally requiring an opt-in xattr) have their limits changed. So running
+//! it with no flags is safe on any host.
+//!
+//! Operating it:
+//! - metrics ([`metrics`]): Prometheus/OpenMetrics on `agent.metrics_addr` (`GET /metrics`);
+//! - state ([`state`]): each managed cgroup's original limit and the agent's changes, in
+//!   `agent.state_file`, so that a restart (also after SIGKILL) reconciles instead of starting
+//!   blind; `agent.restore_on_exit` puts the originals back on SIGTERM/SIGINT;
+//! - discovery ([`discovery`]): inotify on the cgroupfs tree, plus a periodic rescan;
+//! - status ([`status`]): `scaler status` reads the agent over `agent.status_socket`.
+
+#[cfg(test)]
+mod deploy_tests;
+pub mod discovery;
+pub mod managed;
+pub mod metrics;
+pub mod state;
+pub mod status;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError},
+        Arc, Mutex, MutexGuard,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use scaler_common::EventKind;
+
+use self::{
+    discovery::{TreeChange, TreeWatcher},
+    managed::{restore_originals, status_doc, Agent},
+    metrics::{LimitLabels, Metrics},
+    state::StateFile,
+    status::{ActionStatus, Recent},
+};
+use crate::{
+    actuator::Setting,
+    cgroupfs::{CgroupIndex, Controller, Hierarchy},
+    config::{Config, ConfigError, NodeInfo},
+    decider::{CgId, Resource, WriteOutcome},
+    ebpf::{Pipeline, PipelineOptions},
+    engine::{snapshot_via, Engine, EngineConfig, Record},
+    k8s::PodCgroup,
+    resource,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Configuration file (TOML; see config/scaler.example.toml). Without it the built-in
+    /// default is used: observe every cgroup, manage none.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log every decision, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckConfigArgs {
+    /// The configuration file to validate.
+    pub file: PathBuf,
+}
+
+/// Exit status for an invalid configuration.
+pub const EXIT_BAD_CONFIG: u8 = 2;
+
+fn load_config(path: Option<&Path>, node: &NodeInfo) -> Result<Config, ConfigError> {
+    let c = Config::load(path)?;
+    c.validate(node)?;
+    Ok(c)
+}
+
+pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
+    let node = NodeInfo::detect().context("reading /proc/meminfo")?;
+    match load_config(Some(&args.file), &node) {
+        Ok(c) => {
+            println!(
+                "{}: OK ({} {}, memory budget {}, cpu budget {:.2} cores)",
+                args.file.display(),
+                c.policies.len(),
+                if c.policies.len() == 1 {
+                    "policy"
+                } else {
+                    "policies"
+                },
+                crate::units::format_size(c.memory_budget(&node)),
+                c.cpu_budget(&node)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("scaler: {e}");
+            Ok(ExitCode::from(EXIT_BAD_CONFIG))
+        }
+    }
+}
+
+/// What the agent knows about one cgroup it manages, for one resource. On cgroup v1 the memory
+/// and cpu cgroups of a workload are different directories with different ids (the path
+/// relative to the hierarchy root is usually the same).
+#[derive(Clone, Debug)]
+pub struct Managed {
+    /// Path relative to the resource's hierarchy root.
+    pub path: String,
+    /// The name of the `[[policy]]` that selects it.
+    pub policy_name: String,
+    pub policy: crate::engine::Policy,
+    /// The limit before the agent first changed it (from the state file if the agent managed
+    /// this cgroup before a restart).
+    pub original: Setting,
+    /// The pod and container, for Kubernetes cgroups.
+    pub pod: Option<PodCgroup>,
+    /// Its metric labels.
+    pub labels: LimitLabels,
+}
+
+/// Counters the agent keeps from the engine's records.
+#[derive(Debug, Default)]
+pub struct AgentCounters {
+    pub events_by_kind: [AtomicU64; 8],
+    pub actions: AtomicU64,
+    pub failed_actions: AtomicU64,
+}
+
+/// Settings the status document reports (they may change on reload).
+#[derive(Clone, Debug)]
+pub struct AgentInfo {
+    pub dry_run: bool,
+    pub restore_on_exit: bool,
+    pub memory_hierarchy: String,
+    pub state_file: String,
+    pub metrics_addr: Option<String>,
+}
+
+/// Agent state shared between its threads.
+pub struct AgentState {
+    /// Managed cgroups by resource (index: [`resource_index`]), by their id in that resource's
+    /// hierarchy.
+    pub managed: [Mutex<HashMap<CgId, Managed>>; 2],
+    pub counters: AgentCounters,
+    pub metrics: Arc<Metrics>,
+    pub recent: Mutex<Recent>,
+    pub state: Mutex<StateFile>,
+    pub info: Mutex<AgentInfo>,
+    pub started: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking thread cannot leave these in a state worse than losing them: keep going.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The index of `r` in [`AgentState::managed`].
+pub const fn resource_index(r: Resource) -> usize {
+    match r {
+        Resource::Memory => 0,
+        Resource::Cpu => 1,
+    }
+}
+
+impl AgentState {
+    /// The managed set of resource `r`.
+    pub fn managed(&self, r: Resource) -> &Mutex<HashMap<CgId, Managed>> {
+        &self.managed[resource_index(r)]
+    }
+
+    /// Writes the state file if it changed; a failure is logged (the agent keeps running).
+    fn save_state(&self) {
+        let mut st = lock(&self.state);
+        if let Err(e) = st.save_if_dirty() {
+            tracing::error!("{e}");
+        }
+    }
+}
+
+/// What the main loop reacts to.
+enum AgentMsg {
+    Stop(&'static str),
+    Reload,
+    Tree(Vec<TreeChange>),
+}
+
+fn signal_thread(tx: Sender<AgentMsg>) -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGHUP);
+    set.thread_block()?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let msg = match set.wait() {
+                Ok(Signal::SIGHUP) => AgentMsg::Reload,
+                Ok(Signal::SIGINT) => AgentMsg::Stop("SIGINT"),
+                Ok(_) => AgentMsg::Stop("SIGTERM"),
+                Err(_) => return,
+            };
+            if tx.send(msg).is_err() {
+                return;
+            }
+        })?;
+    Ok(())
+}
+
+/// Watches the cgroup tree with inotify from a background thread (best effort: without it,
+/// the periodic rescan still finds new cgroups).
+fn discovery_thread(mount: PathBuf, tx: Sender<AgentMsg>) {
+    let mut w = match TreeWatcher::new(&mount) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(mount = %mount.display(), "inotify unavailable ({e}); new cgroups are found by the periodic rescan only");
+            return;
+        }
+    };
+    tracing::debug!(dirs = w.len(), "watching the cgroup tree");
+    let spawned = std::thread::Builder::new()
+        .name("discovery".into())
+        .spawn(move || loop {
+            match w.wait() {
+                Ok(ch) if ch.is_empty() => {}
+                Ok(ch) => {
+                    if tx.send(AgentMsg::Tree(ch)).is_err() {
+                        return;
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        "inotify read failed ({e}); falling back to the periodic rescan"
+                    );
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("discovery thread: {e}");
+    }
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let node = NodeInfo::detect().context("reading /proc/meminfo")?;
+    let mut config = match load_config(args.config.as_deref(), &node) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("scaler: {e}");
+            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+        }
+    };
+    if args.dry_run {
+        config.agent.dry_run = true;
+    }
+    crate::privilege::check_startup(crate::privilege::Role::Agent, None)?;
+    // Block the signals before any thread starts, so that only the signal thread takes them.
+    let (tx, rx) = channel();
+    signal_thread(tx.clone())?;
+    let hierarchy = Hierarchy::discover(Path::new("/"), Controller::Memory)?;
+    let state_file = match StateFile::load(&config.agent.state_file) {
+        Ok(s) => s,
+        Err(e @ (state::StateError::Parse { .. } | state::StateError::Version { .. })) => {
+            let aside = config.agent.state_file.with_extension("json.bad");
+            tracing::error!(
+                "{e}; moved to {} and starting without history",
+                aside.display()
+            );
+            let _ = std::fs::rename(&config.agent.state_file, &aside);
+            StateFile::empty(&config.agent.state_file)
+        }
+        Err(e) => return Err(e).context("the state file (agent.state_file)"),
+    };
+    let known = state_file.records().len();
+    let metrics = Arc::new(Metrics::new());
+    let metrics_addr = if config.agent.metrics {
+        let a = metrics::serve(config.agent.metrics_addr, metrics.clone()).with_context(|| {
+            format!(
+                "serving metrics on {} (agent.metrics_addr; set agent.metrics = false to disable)",
+                config.agent.metrics_addr
+            )
+        })?;
+        tracing::info!(addr = %a, "serving Prometheus metrics at http://{a}/metrics");
+        Some(a.to_string())
+    } else {
+        None
+    };
+    let status_listener = status::bind(&config.agent.status_socket)
+        .context("the status socket (agent.status_socket)")?;
+    // The scheduler programs cost every context switch something: attach them only when a
+    // policy manages CPU.
+    let wants_cpu = config.manages_cpu();
+    let mut pipeline = Pipeline::load_with_cpu(
+        &PipelineOptions {
+            watch_all: config.agent.observe_all,
+            default_headroom_bytes: 0,
+            early_warning: true,
+        },
+        wants_cpu,
+    )?;
+    crate::privilege::after_load(crate::privilege::Role::Agent);
+    if wants_cpu && !pipeline.cpu_enabled() {
+        tracing::warn!(
+            "the scheduler programs are not attached: CPU quotas are managed from cpu.stat \
+             samples alone (every agent.sample_interval), without quota-near or run-queue events"
+        );
+    }
+    for p in pipeline.programs() {
+        if !p.attached {
+            tracing::warn!(
+                program = p.program,
+                "not attached: {}",
+                p.note.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    let ring = pipeline.take_events().context("event ring buffer")?;
+    let mut engine = Engine::start(
+        ring,
+        EngineConfig {
+            memory_budget: config.memory_budget(&node),
+            cpu_budget_cores: config.cpu_budget(&node),
+            dry_run: config.agent.dry_run,
+            ..EngineConfig::default()
+        },
+    )?;
+    let records = engine.take_records().context("records")?;
+    let state = Arc::new(AgentState {
+        managed: Default::default(),
+        counters: AgentCounters::default(),
+        metrics,
+        recent: Mutex::new(Recent::default()),
+        state: Mutex::new(state_file),
+        info: Mutex::new(AgentInfo {
+            dry_run: config.agent.dry_run,
+            restore_on_exit: config.agent.restore_on_exit,
+            memory_hierarchy: format!("{} at {}", hierarchy.version, hierarchy.mount.display()),
+            state_file: config.agent.state_file.display().to_string(),
+            metrics_addr,
+        }),
+        started: Instant::now(),
+    });
+    let index = CgroupIndex::new(hierarchy.clone());
+    let recorder = {
+        let state = state.clone();
+        let index_h = hierarchy.clone();
+        std::thread::Builder::new()
+            .name("records".into())
+            .spawn(move || consume(records, &state, index_h))?
+    };
+    {
+        let state = state.clone();
+        let (commands, wake) = engine.command_sender();
+        let stats = engine.stats().clone();
+        status::serve(status_listener, move || {
+            let snapshots = resource::ALL
+                .iter()
+                .map(|r| {
+                    let res = r.resource();
+                    (res, snapshot_via(&commands, &wake, res))
+                })
+                .collect();
+            status_doc(&state, &snapshots, &stats)
+        })?;
+    }
+    let mut agent = Agent {
+        config,
+        node,
+        hierarchy,
+        index,
+        sides: HashMap::new(),
+        unavailable: Default::default(),
+        pipeline,
+        engine,
+        state,
+    };
+    agent.reconcile();
+    agent.drop_stale_state();
+    discovery_thread(agent.hierarchy.mount.clone(), tx.clone());
+    drop(tx);
+    tracing::info!(
+        memory = %format!("{} at {}", agent.hierarchy.version, agent.hierarchy.mount.display()),
+        managed = lock(agent.state.managed(Resource::Memory)).len(),
+        cpu_managed = lock(agent.state.managed(Resource::Cpu)).len(),
+        cpu_kernel_events = agent.pipeline.cpu_enabled(),
+        state_file = %agent.config.agent.state_file.display(),
+        known_from_state = known,
+        observe_all = agent.config.agent.observe_all,
+        dry_run = agent.config.agent.dry_run,
+        budget = %crate::units::format_size(agent.config.memory_budget(&agent.node)),
+        "agent running"
+    );
+    let mut next_discovery = Instant::now() + DISCOVERY_INTERVAL;
+    let mut next_sample = Instant::now();
+    let stop_reason = loop {
+        let tick = agent.config.agent.sample_interval.0;
+        let wait = next_sample.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(AgentMsg::Stop(sig)) => break sig,
+            Ok(AgentMsg::Reload) => agent.reload(args.config.as_deref()),
+            Ok(AgentMsg::Tree(changes)) => {
+                // Coalesce a burst (a pod start creates several cgroups at once).
+                let mut overflow = false;
+                let mut n = 0;
+                let mut pending = None;
+                let mut handle = |c: Vec<TreeChange>| {
+                    overflow |= c.contains(&TreeChange::Overflow);
+                    n += c.len();
+                };
+                handle(changes);
+                loop {
+                    match rx.try_recv() {
+                        Ok(AgentMsg::Tree(c)) => handle(c),
+                        Ok(other) => {
+                            pending = Some(other);
+                            break;
+                        }
+                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                    }
+                }
+                tracing::debug!(changes = n, overflow, "cgroup tree changed");
+                agent.reconcile();
+                next_discovery = Instant::now() + DISCOVERY_INTERVAL;
+                match pending {
+                    Some(AgentMsg::Stop(sig)) => break sig,
+                    Some(AgentMsg::Reload) => agent.reload(args.config.as_deref()),
+                    _ => {}
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break "signal thread gone",
+        }
+        if Instant::now() >= next_sample {
+            agent.sample();
+            agent.refresh_metrics();
+            next_sample = Instant::now() + tick;
+        }
+        if Instant::now() >= next_discovery {
+            agent.reconcile();
+            next_discovery = Instant::now() + DISCOVERY_INTERVAL;
+        }
+    };
+    tracing::info!("{stop_reason}: detaching");
+    let hierarchies = agent.hierarchies();
+    let Agent {
+        engine,
+        pipeline,
+        state,
+        config,
+        ..
+    } = agent;
+    engine.stop()?;
+    let k = pipeline.kernel_stats();
+    drop(pipeline);
+    let _ = recorder.join();
+    state.save_state();
+    let restore = lock(&state.info).restore_on_exit;
+    if restore && !config.agent.dry_run {
+        // The engine is stopped: nothing races the restore.
+        restore_originals(&hierarchies, &state);
+    }
+    let _ = std::fs::remove_file(&config.agent.status_socket);
+    tracing::info!(
+        submitted = k.submitted,
+        dropped = k.ringbuf_dropped,
+        "programs detached; exiting"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How often the cgroup tree is rescanned for new and removed cgroups (inotify reports them
+/// sooner; this is the safety net).
+const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
+
+fn consume(records: Receiver<Record>, state: &AgentState, h: Hierarchy) {
+    let mut index = CgroupIndex::new(h);
+    let mut handle = |r: Record| match r {
+        Record::Action(a) => {
+            state.counters.actions.fetch_add(1, Ordering::Relaxed);
+            if a.outcome == WriteOutcome::Failed {
+                state
+                    .counters
+                    .failed_actions
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            state.metrics.record_action(&a);
+            // On cgroup v1 the memory and cpu cgroups of a workload have different ids.
+            let res = a.action.resource;
+            let managed = lock(state.managed(res))
+                .get(&a.action.cgroup)
+                .map(|m| (m.path.clone(), m.labels.clone()));
+            if let (Some(new), Some((p, labels))) = (a.written, &managed) {
+                lock(&state.state).changed_setting(p, new);
+                state
+                    .metrics
+                    .limit
+                    .get_or_create(labels)
+                    .set(resource::of(res).gauge(new));
+            }
+            let path = managed.map(|(p, _)| p);
+            let path = path.or_else(|| index.path_of(a.action.cgroup).map(str::to_owned));
+            crate::cmd::audit(&a, path.as_deref());
+            lock(&state.recent).push(
+                ActionStatus {
+                    time_unix: status::now_unix(),
+                    cgroup: path.unwrap_or_else(|| format!("id:{}", a.action.cgroup)),
+                    resource: a.action.resource.as_str().to_owned(),
+                    old: a.action.old,
+                    new: a.action.new,
+                    reason: a.action.reason.as_str().to_owned(),
+                    outcome: metrics::outcome_str(a.outcome).to_owned(),
+                    latency_us: a.latency_ns as f64 / 1000.0,
+                },
+                (a.outcome != WriteOutcome::Failed).then_some(a.latency_ns),
+            );
+        }
+        Record::Event(ev) => {
+            let k = ev.kind as usize;
+            if let Some(c) = state.counters.events_by_kind.get(k) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+            state
+                .metrics
+                .events
+                .get_or_create(&metrics::KindLabels {
+                    kind: ev.kind.as_str(),
+                })
+                .inc();
+            if matches!(ev.kind, EventKind::OomKill) {
+                let path = index.path_of(ev.target_id).unwrap_or("?").to_string();
+                tracing::warn!(cgroup = %path, pid = ev.pid, comm = ev.comm(), "OOM kill");
+            } else if ev.woke {
+                let path = index.path_of(ev.target_id).unwrap_or("?").to_string();
+                tracing::debug!(cgroup = %path, kind = ev.kind.as_str(), usage = ev.usage, limit = ev.limit, "pressure");
+            }
+        }
+    };
+    while let Ok(r) = records.recv() {
+        handle(r);
+        // Drain a burst, then write the state file once for it.
+        while let Ok(r) = records.try_recv() {
+            handle(r);
+        }
+        state.save_state();
+    }
+}

@@ -1,0 +1,181 @@
+//! The hot loop: ring buffer -> decode -> handler, on a dedicated OS thread.
+//!
+//! A plain thread blocked in `poll(2)` on the ring buffer's fd is woken by the kernel's
+//! `BPF_RB_FORCE_WAKEUP` and runs the handler (decide and write) before anything else: no async
+//! hop, no allocation, no I/O besides the handler's limit write. A second fd (an eventfd) stops
+//! the loop; a timeout lets the handler do periodic work (draining events submitted without a
+//! wakeup, slow-path commands).
+//!
+//! [`Engine`] runs that loop with the scaling handler ([`scaling`]): event -> decider -> limit
+//! writer -> feedback, for every resource through one set of [`Command`]s.
+
+mod scaling;
+#[cfg(test)]
+mod tests;
+
+pub use self::scaling::{
+    snapshot_via, ActionRecord, Budget, Command, Engine, EngineConfig, EngineStats, ManageRequest,
+    Policy, Record, Signal, Snapshot,
+};
+
+use std::{
+    os::fd::{AsFd, BorrowedFd},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use nix::{
+    poll::{poll, PollFd, PollFlags, PollTimeout},
+    sys::eventfd::{EfdFlags, EventFd},
+};
+
+use crate::events::{decode, DecodeError, MemEvent};
+
+/// Stops a [`run_ring_loop`] from another thread, or wakes it to handle commands.
+#[derive(Clone)]
+pub struct StopHandle {
+    fd: Arc<EventFd>,
+    wake: Arc<EventFd>,
+}
+
+impl StopHandle {
+    pub fn new() -> std::io::Result<Self> {
+        let new = || {
+            EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .map_err(std::io::Error::from)
+        };
+        Ok(Self {
+            fd: Arc::new(new()?),
+            wake: Arc::new(new()?),
+        })
+    }
+
+    /// Wakes the loop so that it runs [`Handler::on_tick`] now (for commands).
+    pub fn wake(&self) {
+        let _ = self.wake.write(1);
+    }
+
+    /// Asks the loop to stop; it returns after the events already read are handled.
+    pub fn stop(&self) {
+        let _ = self.fd.write(1);
+    }
+
+    fn is_stopped(&self) -> bool {
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+    }
+}
+
+/// Where the loop reads kernel records from: the BPF ring buffer, or a fake one in tests.
+pub trait RecordSource {
+    /// A file descriptor that polls readable when records are waiting.
+    fn fd(&self) -> BorrowedFd<'_>;
+    /// Hands the next record to `f` and consumes it; false when there is none.
+    fn next_record(&mut self, f: impl FnOnce(&[u8])) -> bool;
+}
+
+impl RecordSource for RingBuf<MapData> {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.as_fd()
+    }
+
+    fn next_record(&mut self, f: impl FnOnce(&[u8])) -> bool {
+        match self.next() {
+            Some(item) => {
+                f(&item);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Reads one record and decodes it; the record is released back to the kernel before the
+/// handler runs. `None` when the source is empty.
+fn next_event(source: &mut impl RecordSource) -> Option<Result<MemEvent, DecodeError>> {
+    let mut out = None;
+    source.next_record(|bytes| out = Some(decode(bytes)));
+    out
+}
+
+/// Counters of the consumer side.
+#[derive(Debug, Default)]
+pub struct LoopStats {
+    /// Records read from the ring buffer.
+    pub records: AtomicU64,
+    /// Records that did not decode.
+    pub decode_errors: AtomicU64,
+    /// Times the loop was woken with data.
+    pub wakeups: AtomicU64,
+}
+
+/// What the loop asks of its handler.
+pub trait Handler {
+    /// One decoded event. Hot path: no allocation, no blocking I/O besides the limit write.
+    fn on_event(&mut self, ev: &MemEvent);
+    /// A record that did not decode (counted; the default ignores it).
+    fn on_decode_error(&mut self, _err: DecodeError) {}
+    /// Called after each drain of the ring buffer and at least every `tick`; slow-path work.
+    fn on_tick(&mut self) {}
+}
+
+/// Reads `source` until `stop`, calling `handler` for each event.
+pub fn run_ring_loop(
+    source: &mut impl RecordSource,
+    stop: &StopHandle,
+    tick: Duration,
+    stats: &LoopStats,
+    handler: &mut impl Handler,
+) -> std::io::Result<()> {
+    let timeout = PollTimeout::try_from(tick.as_millis().min(i32::MAX as u128) as i32)
+        .unwrap_or(PollTimeout::NONE);
+    loop {
+        // Drain first: events submitted without a wakeup are read here too.
+        let mut n = 0u64;
+        while let Some(ev) = next_event(source) {
+            n += 1;
+            match ev {
+                Ok(ev) => handler.on_event(&ev),
+                Err(e) => {
+                    stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    handler.on_decode_error(e);
+                }
+            }
+        }
+        if n > 0 {
+            stats.records.fetch_add(n, Ordering::Relaxed);
+        }
+        handler.on_tick();
+        let mut fds = [
+            PollFd::new(source.fd(), PollFlags::POLLIN),
+            PollFd::new(stop.fd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.wake.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
+        let stop_ready = ready(&fds[1]);
+        if ready(&fds[0]) {
+            stats.wakeups.fetch_add(1, Ordering::Relaxed);
+        }
+        if ready(&fds[2]) {
+            let _ = stop.wake.read();
+        }
+        if stop_ready || stop.is_stopped() {
+            // Handle what is already there, then stop.
+            while let Some(ev) = next_event(source) {
+                if let Ok(ev) = ev {
+                    handler.on_event(&ev);
+                }
+            }
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,760 @@
+//! The scaling handler: kernel event -> decider -> limit writer -> feedback, on the engine
+//! thread, for every managed resource alike.
+//!
+//! Each resource (memory, CPU) is a [`Slot`]: its decider and the pre-opened
+//! [`LimitWriter`]s of the cgroups it manages. The slow side talks to the slots through one set
+//! of [`Command`]s (manage, forget, signal, snapshot, budget) tagged with the resource; the
+//! engine answers with [`Record`]s (events and performed actions) on a bounded channel that
+//! never makes a decision wait.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc::{sync_channel, Receiver, SyncSender},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use scaler_common::EventKind;
+
+use super::{run_ring_loop, Handler, LoopStats, RecordSource, StopHandle};
+use crate::{
+    actuator::{LimitWriter, Setting},
+    cgroupfs::{CpuQuota, Limit},
+    clock::monotonic_ns,
+    decider::{
+        Action, CgId, CpuDecider, CpuPolicy, CpuSignal, Decision, MemoryDecider, MemoryPolicy,
+        MemorySignal, Resource, WriteOutcome,
+    },
+    events::{CpuEvent, DecodeError, MemEvent},
+};
+
+/// A completed (or failed) limit change, with its measured reaction latency.
+#[derive(Clone, Copy, Debug)]
+pub struct ActionRecord {
+    pub action: Action,
+    /// CLOCK_MONOTONIC ns when the write returned.
+    pub done_ns: u64,
+    /// `done_ns - action.trigger_ts_ns`: from the kernel's event to the limit in place.
+    pub latency_ns: u64,
+    pub outcome: WriteOutcome,
+    /// errno of a failed write.
+    pub errno: Option<i32>,
+    /// What the writer holds after a successful write (the CPU quota with its period).
+    pub written: Option<Setting>,
+}
+
+/// What the engine thread reports to the slow side.
+#[derive(Clone, Copy, Debug)]
+pub enum Record {
+    Event(MemEvent),
+    Action(ActionRecord),
+}
+
+/// A resource's policy for one cgroup.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Policy {
+    Memory(MemoryPolicy),
+    Cpu(CpuPolicy),
+}
+
+impl Policy {
+    /// The resource it governs.
+    pub fn resource(&self) -> Resource {
+        match self {
+            Policy::Memory(_) => Resource::Memory,
+            Policy::Cpu(_) => Resource::Cpu,
+        }
+    }
+}
+
+/// A signal from the slow path (periodic samples) for one resource's decider.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Signal {
+    Memory(MemorySignal),
+    Cpu(CpuSignal),
+}
+
+impl Signal {
+    /// The resource it is about.
+    pub fn resource(&self) -> Resource {
+        match self {
+            Signal::Memory(_) => Resource::Memory,
+            Signal::Cpu(_) => Resource::Cpu,
+        }
+    }
+}
+
+/// A node budget for the sum of a resource's top-level managed limits.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Budget {
+    /// Bytes.
+    Memory(u64),
+    /// Cores.
+    Cpu(f64),
+}
+
+/// A cgroup to manage for one resource. On cgroup v1 the memory and cpu cgroups of a workload
+/// are different directories with different ids; each is managed by its own request.
+pub struct ManageRequest {
+    /// Kernfs id of the cgroup in the resource's hierarchy (what the kernel's events carry).
+    pub id: CgId,
+    /// Path relative to the hierarchy root (for logs).
+    pub path: Arc<str>,
+    /// Nearest managed ancestor (same resource).
+    pub parent: Option<CgId>,
+    pub policy: Policy,
+    /// The pre-opened limit files; their current setting is what the decider starts from.
+    pub writer: Box<dyn LimitWriter>,
+    /// Current usage (bytes for memory; ignored for CPU, whose usage comes from samples).
+    pub usage: u64,
+}
+
+/// Requests from the slow side to the engine thread.
+pub enum Command {
+    Manage(Box<ManageRequest>),
+    Forget(Resource, CgId),
+    /// A periodic sample (scale-down, rate estimation, throttling, external changes).
+    Signal(CgId, Signal),
+    /// Reply with a snapshot of the resource's decider.
+    Snapshot(Resource, SyncSender<Vec<Snapshot>>),
+    SetBudget(Budget),
+}
+
+/// The decider's view of one managed cgroup, for one resource.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub resource: Resource,
+    pub id: CgId,
+    pub path: String,
+    /// The limit in force or being written.
+    pub limit: Setting,
+    /// Latest usage, in the resource's unit (bytes; cores over the last sample interval).
+    pub usage: Option<f64>,
+    /// U = R / C.
+    pub utilization: Option<f64>,
+    /// How fast usage grows (bytes/s; memory only).
+    pub growth_rate: Option<f64>,
+}
+
+impl Snapshot {
+    /// The memory limit, if this is a memory snapshot.
+    pub fn memory_limit(&self) -> Option<Limit> {
+        match self.limit {
+            Setting::Memory(l) => Some(l),
+            Setting::Cpu(_) => None,
+        }
+    }
+
+    /// The CPU quota in cores (`None`: unlimited, or not a CPU snapshot).
+    pub fn quota_cores(&self) -> Option<f64> {
+        match self.limit {
+            Setting::Cpu(q) => q.cores(),
+            Setting::Memory(_) => None,
+        }
+    }
+}
+
+/// What the engine needs of a resource's decider: the hot path's resource interface. Memory
+/// and CPU are its two implementations (below).
+trait ResourceDecider: Send + 'static {
+    const RESOURCE: Resource;
+    type Signal: Copy;
+    fn signal_of(s: Signal) -> Option<Self::Signal>;
+    fn register(&mut self, req: &ManageRequest, now_ns: u64);
+    fn forget(&mut self, id: CgId) -> bool;
+    fn is_managed(&self, id: CgId) -> bool;
+    fn on_signal(&mut self, id: CgId, s: Self::Signal, out: &mut Decision);
+    fn applied(&mut self, a: &Action, done_ns: u64, outcome: WriteOutcome);
+    fn set_budget(&mut self, b: Budget);
+    /// What the decider holds about `id`.
+    fn view(&self, id: CgId) -> Option<View>;
+}
+
+/// A decider's view of one cgroup (see [`Snapshot`]).
+struct View {
+    limit: Setting,
+    usage: Option<f64>,
+    utilization: Option<f64>,
+    growth_rate: Option<f64>,
+}
+
+impl ResourceDecider for MemoryDecider {
+    const RESOURCE: Resource = Resource::Memory;
+    type Signal = MemorySignal;
+
+    fn signal_of(s: Signal) -> Option<MemorySignal> {
+        match s {
+            Signal::Memory(m) => Some(m),
+            Signal::Cpu(_) => None,
+        }
+    }
+
+    fn register(&mut self, req: &ManageRequest, now_ns: u64) {
+        let (Policy::Memory(policy), Setting::Memory(limit)) = (req.policy, req.writer.current())
+        else {
+            return;
+        };
+        let limit = limit.bytes().unwrap_or(u64::MAX);
+        self.manage(req.id, req.parent, policy, limit, req.usage, now_ns);
+    }
+
+    fn forget(&mut self, id: CgId) -> bool {
+        MemoryDecider::forget(self, id)
+    }
+
+    fn is_managed(&self, id: CgId) -> bool {
+        MemoryDecider::is_managed(self, id)
+    }
+
+    fn on_signal(&mut self, id: CgId, s: MemorySignal, out: &mut Decision) {
+        MemoryDecider::on_signal(self, id, s, out);
+    }
+
+    fn applied(&mut self, a: &Action, done_ns: u64, outcome: WriteOutcome) {
+        MemoryDecider::applied(self, a, done_ns, outcome);
+    }
+
+    fn set_budget(&mut self, b: Budget) {
+        if let Budget::Memory(b) = b {
+            MemoryDecider::set_budget(self, b);
+        }
+    }
+
+    fn view(&self, id: CgId) -> Option<View> {
+        Some(View {
+            limit: Setting::Memory(Limit::from_bytes(self.limit(id)?)),
+            usage: self.usage(id).map(|u| u as f64),
+            utilization: self.utilization(id),
+            growth_rate: self.allocation_rate(id),
+        })
+    }
+}
+
+/// The CFS period assumed for an unlimited quota (the kernel's default, 100 ms).
+const DEFAULT_CFS_PERIOD_US: u64 = 100_000;
+
+impl ResourceDecider for CpuDecider {
+    const RESOURCE: Resource = Resource::Cpu;
+    type Signal = CpuSignal;
+
+    fn signal_of(s: Signal) -> Option<CpuSignal> {
+        match s {
+            Signal::Cpu(c) => Some(c),
+            Signal::Memory(_) => None,
+        }
+    }
+
+    fn register(&mut self, req: &ManageRequest, now_ns: u64) {
+        let (Policy::Cpu(policy), Setting::Cpu(quota)) = (req.policy, req.writer.current()) else {
+            return;
+        };
+        let (quota, period_us) = match quota {
+            CpuQuota::Max => (None, DEFAULT_CFS_PERIOD_US),
+            CpuQuota::Quota {
+                quota_us,
+                period_us,
+            } => (Some(quota_us), period_us),
+        };
+        self.manage(req.id, req.parent, policy, quota, period_us, now_ns);
+    }
+
+    fn forget(&mut self, id: CgId) -> bool {
+        CpuDecider::forget(self, id)
+    }
+
+    fn is_managed(&self, id: CgId) -> bool {
+        CpuDecider::is_managed(self, id)
+    }
+
+    fn on_signal(&mut self, id: CgId, s: CpuSignal, out: &mut Decision) {
+        CpuDecider::on_signal(self, id, s, out);
+    }
+
+    fn applied(&mut self, a: &Action, done_ns: u64, outcome: WriteOutcome) {
+        CpuDecider::applied(self, a, done_ns, outcome);
+    }
+
+    fn set_budget(&mut self, b: Budget) {
+        if let Budget::Cpu(c) = b {
+            CpuDecider::set_budget(self, c);
+        }
+    }
+
+    fn view(&self, id: CgId) -> Option<View> {
+        let quota = match self.quota_us(id)? {
+            None => CpuQuota::Max,
+            Some(quota_us) => CpuQuota::Quota {
+                quota_us,
+                period_us: self.period_us(id).unwrap_or(DEFAULT_CFS_PERIOD_US),
+            },
+        };
+        Some(View {
+            limit: Setting::Cpu(quota),
+            usage: self.usage_cores(id),
+            utilization: self.utilization(id),
+            growth_rate: None,
+        })
+    }
+}
+
+/// A managed cgroup's limit files.
+struct Writer {
+    path: Arc<str>,
+    writer: Box<dyn LimitWriter>,
+}
+
+/// One resource on the engine thread: its decider and the writers of the cgroups it manages.
+struct Slot<D> {
+    decider: D,
+    writers: HashMap<CgId, Writer>,
+}
+
+/// A [`Slot`] of any resource, as the handler drives it.
+trait SlotOps: Send {
+    fn manage(&mut self, req: ManageRequest);
+    fn forget(&mut self, id: CgId);
+    fn is_managed(&self, id: CgId) -> bool;
+    fn signal(&mut self, id: CgId, s: Signal, out: &mut Decision);
+    fn applied(&mut self, a: &Action, done_ns: u64, outcome: WriteOutcome);
+    fn writer(&self, id: CgId) -> Option<&dyn LimitWriter>;
+    fn set_budget(&mut self, b: Budget);
+    fn snapshot(&self) -> Vec<Snapshot>;
+}
+
+impl<D: ResourceDecider> SlotOps for Slot<D> {
+    fn manage(&mut self, req: ManageRequest) {
+        if req.policy.resource() != D::RESOURCE {
+            return;
+        }
+        self.decider.register(&req, monotonic_ns());
+        self.writers.insert(
+            req.id,
+            Writer {
+                path: req.path,
+                writer: req.writer,
+            },
+        );
+    }
+
+    fn forget(&mut self, id: CgId) {
+        self.decider.forget(id);
+        self.writers.remove(&id);
+    }
+
+    fn is_managed(&self, id: CgId) -> bool {
+        self.decider.is_managed(id)
+    }
+
+    fn signal(&mut self, id: CgId, s: Signal, out: &mut Decision) {
+        match D::signal_of(s) {
+            Some(s) => self.decider.on_signal(id, s, out),
+            None => out.clear(),
+        }
+    }
+
+    fn applied(&mut self, a: &Action, done_ns: u64, outcome: WriteOutcome) {
+        self.decider.applied(a, done_ns, outcome);
+    }
+
+    fn writer(&self, id: CgId) -> Option<&dyn LimitWriter> {
+        self.writers.get(&id).map(|w| &*w.writer)
+    }
+
+    fn set_budget(&mut self, b: Budget) {
+        self.decider.set_budget(b);
+    }
+
+    fn snapshot(&self) -> Vec<Snapshot> {
+        self.writers
+            .iter()
+            .filter_map(|(id, w)| {
+                let v = self.decider.view(*id)?;
+                Some(Snapshot {
+                    resource: D::RESOURCE,
+                    id: *id,
+                    path: w.path.to_string(),
+                    limit: v.limit,
+                    usage: v.usage,
+                    utilization: v.utilization,
+                    growth_rate: v.growth_rate,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Node budget for the sum of top-level managed memory limits (bytes).
+    pub memory_budget: u64,
+    /// Node budget for the sum of top-level managed CPU quotas (cores).
+    pub cpu_budget_cores: f64,
+    /// Decide and log, but write nothing.
+    pub dry_run: bool,
+    /// Capacity of the record channel to the slow side (records beyond it are counted and
+    /// dropped; decisions never wait for the slow side).
+    pub record_capacity: usize,
+    /// Poll timeout: events submitted without a wakeup are read at least this often.
+    pub tick: Duration,
+    /// Run the engine thread SCHED_FIFO at this priority (best effort; None: normal).
+    pub realtime_priority: Option<i32>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            memory_budget: u64::MAX,
+            cpu_budget_cores: f64::INFINITY,
+            dry_run: false,
+            record_capacity: 65536,
+            tick: Duration::from_millis(100),
+            realtime_priority: Some(10),
+        }
+    }
+}
+
+/// Counters of the engine thread, shared with the slow side.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub loop_stats: LoopStats,
+    /// Records the slow side was too slow to take.
+    pub records_dropped: AtomicU64,
+    pub actions: AtomicU64,
+    pub failed_writes: AtomicU64,
+    /// Pressure on a managed cgroup whose binding limit is an unmanaged ancestor's.
+    pub unmanaged_ancestor_binds: AtomicU64,
+    /// CPU events (quota-near, run-queue latency) for managed cpu cgroups.
+    pub cpu_signals: AtomicU64,
+}
+
+/// The handler of the engine thread's loop.
+struct ScalingHandler {
+    /// Indexed by [`slot_index`].
+    slots: [Box<dyn SlotOps>; 2],
+    decision: Decision,
+    dry_run: bool,
+    records: SyncSender<Record>,
+    commands: Receiver<Command>,
+    stats: Arc<EngineStats>,
+}
+
+const fn slot_index(r: Resource) -> usize {
+    match r {
+        Resource::Memory => 0,
+        Resource::Cpu => 1,
+    }
+}
+
+impl ScalingHandler {
+    fn new(
+        cfg: &EngineConfig,
+        records: SyncSender<Record>,
+        commands: Receiver<Command>,
+        stats: Arc<EngineStats>,
+    ) -> Self {
+        Self {
+            slots: [
+                Box::new(Slot {
+                    decider: MemoryDecider::new(cfg.memory_budget),
+                    writers: HashMap::new(),
+                }),
+                Box::new(Slot {
+                    decider: CpuDecider::new(cfg.cpu_budget_cores),
+                    writers: HashMap::new(),
+                }),
+            ],
+            decision: Decision::new(),
+            dry_run: cfg.dry_run,
+            records,
+            commands,
+            stats,
+        }
+    }
+
+    fn slot(&mut self, r: Resource) -> &mut dyn SlotOps {
+        &mut *self.slots[slot_index(r)]
+    }
+
+    fn send(&self, r: Record) {
+        if self.records.try_send(r).is_err() {
+            self.stats.records_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Decides about `signal` for `id` and performs the decision; hot path.
+    fn decide(&mut self, id: CgId, signal: Signal) {
+        let slot = &mut *self.slots[slot_index(signal.resource())];
+        slot.signal(id, signal, &mut self.decision);
+        self.execute();
+    }
+
+    /// Performs the decided actions in order (ancestors first); hot path.
+    fn execute(&mut self) {
+        for i in 0..self.decision.actions().len() {
+            let a = self.decision.actions()[i];
+            let slot = &mut *self.slots[slot_index(a.resource)];
+            let mut written = None;
+            let (outcome, errno, done_ns) = if self.dry_run {
+                (WriteOutcome::DryRun, None, monotonic_ns())
+            } else {
+                // The writer stamps its completion; the clock is not read a second time.
+                match slot.writer(a.cgroup).map(|w| (w, w.write(a.new))) {
+                    Some((w, Ok(ns))) => {
+                        written = Some(w.current());
+                        (WriteOutcome::Written, None, ns)
+                    }
+                    Some((_, Err(e))) => (
+                        WriteOutcome::Failed,
+                        Some(e.errno().map_or(0, |e| e as i32)),
+                        monotonic_ns(),
+                    ),
+                    None => (WriteOutcome::Failed, Some(libc::ENOENT), monotonic_ns()),
+                }
+            };
+            slot.applied(&a, done_ns, outcome);
+            self.stats.actions.fetch_add(1, Ordering::Relaxed);
+            if outcome == WriteOutcome::Failed {
+                self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
+            }
+            self.send(Record::Action(ActionRecord {
+                action: a,
+                done_ns,
+                latency_ns: done_ns.saturating_sub(a.trigger_ts_ns),
+                outcome,
+                errno,
+                written,
+            }));
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Manage(req) => {
+                let r = req.policy.resource();
+                self.slot(r).manage(*req);
+            }
+            Command::Forget(r, id) => self.slot(r).forget(id),
+            Command::Signal(id, s) => self.decide(id, s),
+            Command::Snapshot(r, reply) => {
+                let _ = reply.try_send(self.slot(r).snapshot());
+            }
+            Command::SetBudget(b) => {
+                let r = match b {
+                    Budget::Memory(_) => Resource::Memory,
+                    Budget::Cpu(_) => Resource::Cpu,
+                };
+                self.slot(r).set_budget(b);
+            }
+        }
+    }
+
+    /// The kernel's event as a decider signal, with the cgroup it is for.
+    fn signal_of(&self, ev: &MemEvent) -> Option<(CgId, Signal)> {
+        if let Some(c) = ev.cpu() {
+            let signal = match c {
+                CpuEvent::QuotaNear {
+                    used_ns,
+                    quota_ns,
+                    period_ns,
+                } => CpuSignal::QuotaNear {
+                    ts_ns: ev.ts_ns,
+                    used_ns_in_period: used_ns,
+                    quota_ns,
+                    period_ns,
+                },
+                // The kernel reports when the period's p99 so far went above the target; the
+                // sample that pushed it there stands for the p99.
+                CpuEvent::RunqLatency { latency_ns, .. } => CpuSignal::RunqLatency {
+                    ts_ns: ev.ts_ns,
+                    p99_us: latency_ns / 1000,
+                },
+            };
+            return Some((ev.cgroup_id, Signal::Cpu(signal)));
+        }
+        if !ev.is_pressure() {
+            return None;
+        }
+        let signal = match ev.kind {
+            EventKind::ReclaimBegin => MemorySignal::Reclaim {
+                ts_ns: ev.ts_ns,
+                usage: ev.usage,
+                limit: ev.limit,
+            },
+            EventKind::UsageHigh => MemorySignal::UsageHigh {
+                ts_ns: ev.ts_ns,
+                usage: ev.usage,
+                limit: ev.limit,
+            },
+            _ => MemorySignal::OomKill { ts_ns: ev.ts_ns },
+        };
+        // Decide for the cgroup whose limit binds (the event's figures are that cgroup's).
+        Some((ev.target_id, Signal::Memory(signal)))
+    }
+}
+
+impl Handler for ScalingHandler {
+    fn on_event(&mut self, ev: &MemEvent) {
+        if let Some((id, signal)) = self.signal_of(ev) {
+            let r = signal.resource();
+            if self.slot(r).is_managed(id) {
+                if r == Resource::Cpu {
+                    self.stats.cpu_signals.fetch_add(1, Ordering::Relaxed);
+                }
+                self.decide(id, signal);
+            } else if r == Resource::Memory
+                && ev.target_id != ev.cgroup_id
+                && self.slot(r).is_managed(ev.cgroup_id)
+            {
+                // An unmanaged ancestor's limit binds: no limit we may change would help.
+                self.stats
+                    .unmanaged_ancestor_binds
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.send(Record::Event(*ev));
+    }
+
+    fn on_decode_error(&mut self, err: DecodeError) {
+        tracing::warn!("undecodable ring-buffer record: {err}");
+    }
+
+    fn on_tick(&mut self) {
+        while let Ok(c) = self.commands.try_recv() {
+            self.command(c);
+        }
+    }
+}
+
+/// The running engine: a thread that owns the record source, the deciders and the writers.
+pub struct Engine {
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+    control: StopHandle,
+    commands: std::sync::mpsc::Sender<Command>,
+    records: Option<Receiver<Record>>,
+    stats: Arc<EngineStats>,
+}
+
+impl Engine {
+    /// Starts the engine thread on `source` (the BPF ring buffer).
+    pub fn start(
+        mut source: impl RecordSource + Send + 'static,
+        cfg: EngineConfig,
+    ) -> std::io::Result<Self> {
+        let control = StopHandle::new()?;
+        let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
+        let (rec_tx, rec_rx) = sync_channel(cfg.record_capacity);
+        let stats = Arc::new(EngineStats::default());
+        let mut handler = ScalingHandler::new(&cfg, rec_tx, cmd_rx, stats.clone());
+        let ctl = control.clone();
+        let st = stats.clone();
+        let tick = cfg.tick;
+        let prio = cfg.realtime_priority;
+        let thread = std::thread::Builder::new()
+            .name("scaler-engine".into())
+            .spawn(move || {
+                if let Some(p) = prio {
+                    set_realtime(p);
+                }
+                run_ring_loop(&mut source, &ctl, tick, &st.loop_stats, &mut handler)
+            })?;
+        Ok(Self {
+            thread: Some(thread),
+            control,
+            commands: cmd_tx,
+            records: Some(rec_rx),
+            stats,
+        })
+    }
+
+    /// Sends a command; the engine handles it before its next poll.
+    pub fn send(&self, c: Command) {
+        if self.commands.send(c).is_ok() {
+            self.control.wake();
+        }
+    }
+
+    /// A command sender usable from other threads, with the handle that wakes the engine.
+    pub fn command_sender(&self) -> (std::sync::mpsc::Sender<Command>, StopHandle) {
+        (self.commands.clone(), self.control.clone())
+    }
+
+    /// Takes the receiving end of the record channel (once).
+    pub fn take_records(&mut self) -> Option<Receiver<Record>> {
+        self.records.take()
+    }
+
+    pub fn stats(&self) -> &Arc<EngineStats> {
+        &self.stats
+    }
+
+    /// A snapshot of one resource's managed cgroups (waits up to a second for the engine).
+    pub fn snapshot(&self, resource: Resource) -> Vec<Snapshot> {
+        snapshot_via(&self.commands, &self.control, resource)
+    }
+
+    pub fn control(&self) -> &StopHandle {
+        &self.control
+    }
+
+    /// Whether the engine thread is still running (false once it returned or panicked).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Stops the thread after it handled what it already read.
+    pub fn stop(mut self) -> std::io::Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> std::io::Result<()> {
+        self.control.stop();
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("engine thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Asks the engine (through a command sender from [`Engine::command_sender`]) for a snapshot
+/// of one resource; waits up to a second, and returns nothing if the engine does not answer.
+pub fn snapshot_via(
+    commands: &std::sync::mpsc::Sender<Command>,
+    wake: &StopHandle,
+    resource: Resource,
+) -> Vec<Snapshot> {
+    let (tx, rx) = sync_channel(1);
+    if commands.send(Command::Snapshot(resource, tx)).is_err() {
+        return Vec::new();
+    }
+    wake.wake();
+    rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// Best effort: SCHED_FIFO for the engine thread, so that a busy node does not delay the
+/// reaction. Needs CAP_SYS_NICE; without it, logs and continues.
+fn set_realtime(priority: i32) {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: valid param for the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if rc != 0 {
+        tracing::debug!(
+            "engine thread stays SCHED_OTHER (SCHED_FIFO {priority}: {})",
+            std::io::Error::last_os_error()
+        );
+    }
+}

@@ -1,0 +1,404 @@
+//! The engine loop with a fake ring buffer and fake limit writers: events in, writes and
+//! records out, on the real engine thread.
+
+use std::{
+    collections::VecDeque,
+    os::fd::{AsFd, BorrowedFd},
+    path::{Path, PathBuf},
+    sync::{mpsc::Receiver, Arc, Mutex},
+    time::Duration,
+};
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use scaler_common::{Event, EventKind, EVENT_FLAG_WAKEUP};
+
+use super::*;
+use crate::{
+    actuator::{ActuatorError, LimitWriter, Setting},
+    cgroupfs::{CpuQuota, Limit},
+    clock::monotonic_ns,
+    decider::{CpuPolicy, MemoryPolicy, MemorySignal, Reason, Resource, WriteOutcome},
+    events::encode,
+};
+
+const MIB: u64 = 1 << 20;
+
+/// Records pushed by the test, readable through an eventfd like a ring buffer's fd.
+#[derive(Clone)]
+struct FakeRing {
+    queue: Arc<Mutex<VecDeque<Vec<u8>>>>,
+    ready: Arc<EventFd>,
+}
+
+impl FakeRing {
+    fn new() -> Self {
+        Self {
+            queue: Arc::default(),
+            ready: Arc::new(
+                EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).unwrap(),
+            ),
+        }
+    }
+
+    fn push_bytes(&self, b: Vec<u8>) {
+        self.queue.lock().unwrap().push_back(b);
+        self.ready.write(1).unwrap();
+    }
+
+    fn push(&self, ev: Event) {
+        self.push_bytes(encode(&ev).to_vec());
+    }
+}
+
+impl RecordSource for FakeRing {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.ready.as_fd()
+    }
+
+    fn next_record(&mut self, f: impl FnOnce(&[u8])) -> bool {
+        let next = self.queue.lock().unwrap().pop_front();
+        match next {
+            Some(b) => {
+                f(&b);
+                true
+            }
+            None => {
+                let _ = self.ready.read();
+                false
+            }
+        }
+    }
+}
+
+/// What a fake writer was asked to write.
+type Writes = Arc<Mutex<Vec<u64>>>;
+
+#[derive(Debug)]
+struct FakeWriter {
+    resource: Resource,
+    current: Mutex<Setting>,
+    writes: Writes,
+    refuse: bool,
+}
+
+impl FakeWriter {
+    fn boxed(current: Setting, refuse: bool) -> (Box<dyn LimitWriter>, Writes) {
+        let writes = Writes::default();
+        let resource = match current {
+            Setting::Memory(_) => Resource::Memory,
+            Setting::Cpu(_) => Resource::Cpu,
+        };
+        let w = FakeWriter {
+            resource,
+            current: Mutex::new(current),
+            writes: writes.clone(),
+            refuse,
+        };
+        (Box::new(w), writes)
+    }
+}
+
+impl LimitWriter for FakeWriter {
+    fn resource(&self) -> Resource {
+        self.resource
+    }
+
+    fn dir(&self) -> &Path {
+        Path::new("/fake")
+    }
+
+    fn current(&self) -> Setting {
+        *self.current.lock().unwrap()
+    }
+
+    fn write(&self, new: u64) -> Result<u64, ActuatorError> {
+        self.writes.lock().unwrap().push(new);
+        if self.refuse {
+            return Err(ActuatorError::Refused {
+                path: PathBuf::from("/fake/memory.limit_in_bytes"),
+                value: new.to_string(),
+                errno: nix::errno::Errno::EBUSY,
+                hint: "test",
+            });
+        }
+        let mut cur = self.current.lock().unwrap();
+        *cur = match *cur {
+            Setting::Memory(_) => Setting::Memory(Limit::from_bytes(new)),
+            Setting::Cpu(q) => Setting::Cpu(CpuQuota::Quota {
+                quota_us: new,
+                period_us: match q {
+                    CpuQuota::Quota { period_us, .. } => period_us,
+                    CpuQuota::Max => 100_000,
+                },
+            }),
+        };
+        Ok(monotonic_ns())
+    }
+}
+
+fn start(ring: &FakeRing, dry_run: bool) -> (Engine, Receiver<Record>) {
+    let mut e = Engine::start(
+        ring.clone(),
+        EngineConfig {
+            dry_run,
+            realtime_priority: None,
+            tick: Duration::from_millis(10),
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap();
+    let rx = e.take_records().unwrap();
+    (e, rx)
+}
+
+fn memory_policy() -> MemoryPolicy {
+    MemoryPolicy {
+        max: 1 << 30,
+        ..MemoryPolicy::default()
+    }
+}
+
+fn manage_memory(e: &Engine, id: u64, limit: u64, refuse: bool) -> Writes {
+    let (writer, writes) = FakeWriter::boxed(Setting::Memory(Limit::Bytes(limit)), refuse);
+    e.send(Command::Manage(Box::new(ManageRequest {
+        id,
+        path: Arc::from(format!("/test/{id}").as_str()),
+        parent: None,
+        policy: Policy::Memory(memory_policy()),
+        writer,
+        usage: limit / 2,
+    })));
+    writes
+}
+
+/// An event with every field zero but these.
+fn event(kind: EventKind, cgroup_id: u64, target_id: u64, usage: u64, limit: u64) -> Event {
+    Event {
+        ts_ns: monotonic_ns(),
+        cgroup_id,
+        target_id,
+        usage,
+        limit,
+        value: 0,
+        pid: 1,
+        tid: 1,
+        kind: kind as u32,
+        flags: EVENT_FLAG_WAKEUP,
+        comm: [0; 16],
+    }
+}
+
+fn reclaim(cgroup: u64, target: u64, usage: u64, limit: u64) -> Event {
+    event(EventKind::ReclaimBegin, cgroup, target, usage, limit)
+}
+
+/// The next action record (events are skipped), or a panic after 5 s.
+fn next_action(rx: &Receiver<Record>) -> ActionRecord {
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Record::Action(a)) => return a,
+            Ok(Record::Event(_)) => {}
+            Err(e) => panic!("no action record within 5 s: {e}"),
+        }
+    }
+}
+
+/// Waits until the engine has handled every command sent so far (a snapshot is a round trip).
+fn sync(e: &Engine) -> Vec<Snapshot> {
+    e.snapshot(Resource::Memory)
+}
+
+#[test]
+fn pressure_on_a_managed_cgroup_is_written_once_per_storm_with_its_latency() {
+    let ring = FakeRing::new();
+    let (e, rx) = start(&ring, false);
+    let writes = manage_memory(&e, 7, 64 * MIB, false);
+    sync(&e);
+    let ev = reclaim(7, 7, 64 * MIB, 64 * MIB);
+    ring.push(ev);
+    let a = next_action(&rx);
+    assert_eq!(a.action.cgroup, 7);
+    assert_eq!(a.action.resource, Resource::Memory);
+    assert_eq!(a.action.reason, Reason::Pressure);
+    assert_eq!(a.action.old, 64 * MIB);
+    assert!(a.action.new > 64 * MIB);
+    assert_eq!(a.outcome, WriteOutcome::Written);
+    assert_eq!(a.action.trigger_ts_ns, ev.ts_ns);
+    assert_eq!(a.latency_ns, a.done_ns - ev.ts_ns);
+    assert_eq!(*writes.lock().unwrap(), vec![a.action.new]);
+    // The rest of the storm (queued before the write completed, at the old limit) is coalesced.
+    let mut late = reclaim(7, 7, 64 * MIB, 64 * MIB);
+    late.ts_ns = ev.ts_ns + 1;
+    ring.push(late);
+    let snap = sync(&e);
+    assert_eq!(writes.lock().unwrap().len(), 1, "one write per storm");
+    assert_eq!(snap.len(), 1);
+    assert_eq!(snap[0].memory_limit(), Some(Limit::Bytes(a.action.new)));
+    assert_eq!(e.stats().actions.load(Ordering::Relaxed), 1);
+    assert!(e.stats().loop_stats.records.load(Ordering::Relaxed) >= 2);
+    e.stop().unwrap();
+}
+
+#[test]
+fn a_refused_write_is_reported_with_its_errno_and_reverted() {
+    let ring = FakeRing::new();
+    let (e, rx) = start(&ring, false);
+    let writes = manage_memory(&e, 3, 64 * MIB, true);
+    sync(&e);
+    ring.push(reclaim(3, 3, 64 * MIB, 64 * MIB));
+    let a = next_action(&rx);
+    assert_eq!(a.outcome, WriteOutcome::Failed);
+    assert_eq!(a.errno, Some(libc::EBUSY));
+    assert_eq!(writes.lock().unwrap().len(), 1);
+    // The decider went back to the limit the kernel kept.
+    let snap = sync(&e);
+    assert_eq!(snap[0].memory_limit(), Some(Limit::Bytes(64 * MIB)));
+    assert_eq!(e.stats().failed_writes.load(Ordering::Relaxed), 1);
+    e.stop().unwrap();
+}
+
+#[test]
+fn dry_run_decides_and_writes_nothing() {
+    let ring = FakeRing::new();
+    let (e, rx) = start(&ring, true);
+    let writes = manage_memory(&e, 5, 64 * MIB, false);
+    sync(&e);
+    ring.push(reclaim(5, 5, 64 * MIB, 64 * MIB));
+    let a = next_action(&rx);
+    assert_eq!(a.outcome, WriteOutcome::DryRun);
+    assert!(writes.lock().unwrap().is_empty());
+    e.stop().unwrap();
+}
+
+#[test]
+fn unmanaged_cgroups_and_binding_ancestors_write_nothing_and_are_counted() {
+    let ring = FakeRing::new();
+    let (e, rx) = start(&ring, false);
+    let writes = manage_memory(&e, 10, 64 * MIB, false);
+    sync(&e);
+    // Pressure in an unmanaged cgroup: nothing.
+    ring.push(reclaim(99, 99, 64 * MIB, 64 * MIB));
+    // Pressure in the managed cgroup, but its unmanaged parent (11) binds: counted.
+    ring.push(reclaim(10, 11, 128 * MIB, 128 * MIB));
+    // And a record that does not decode.
+    ring.push_bytes(vec![1, 2, 3]);
+    sync(&e);
+    assert!(writes.lock().unwrap().is_empty());
+    let s = e.stats();
+    assert_eq!(s.unmanaged_ancestor_binds.load(Ordering::Relaxed), 1);
+    assert_eq!(s.loop_stats.decode_errors.load(Ordering::Relaxed), 1);
+    assert_eq!(s.actions.load(Ordering::Relaxed), 0);
+    // Both events still reach the slow side.
+    let events = rx
+        .try_iter()
+        .filter(|r| matches!(r, Record::Event(_)))
+        .count();
+    assert_eq!(events, 2);
+    e.stop().unwrap();
+}
+
+#[test]
+fn cpu_quota_near_raises_the_quota_through_the_cpu_writer() {
+    let ring = FakeRing::new();
+    let (e, rx) = start(&ring, false);
+    let (writer, writes) = FakeWriter::boxed(
+        Setting::Cpu(CpuQuota::Quota {
+            quota_us: 20_000,
+            period_us: 100_000,
+        }),
+        false,
+    );
+    e.send(Command::Manage(Box::new(ManageRequest {
+        id: 21,
+        path: Arc::from("/cpu/21"),
+        parent: None,
+        policy: Policy::Cpu(CpuPolicy {
+            max_cores: 2.0,
+            ..CpuPolicy::default()
+        }),
+        writer,
+        usage: 0,
+    })));
+    // A memory manage of the same id is a different slot: it must not see CPU signals.
+    let mem_writes = manage_memory(&e, 21, 64 * MIB, false);
+    sync(&e);
+    ring.push(Event {
+        value: 100_000_000,
+        ..event(EventKind::CpuQuotaNear, 21, 21, 17_000_000, 20_000_000)
+    });
+    let a = next_action(&rx);
+    assert_eq!(a.action.resource, Resource::Cpu);
+    assert_eq!(a.action.reason, Reason::CpuQuotaNear);
+    assert_eq!(a.action.old, 20_000);
+    assert!(a.action.new > 20_000);
+    assert_eq!(*writes.lock().unwrap(), vec![a.action.new]);
+    assert!(mem_writes.lock().unwrap().is_empty());
+    let cpu = e.snapshot(Resource::Cpu);
+    assert_eq!(cpu.len(), 1);
+    assert_eq!(
+        cpu[0].limit,
+        Setting::Cpu(CpuQuota::Quota {
+            quota_us: a.action.new,
+            period_us: 100_000
+        })
+    );
+    assert_eq!(e.stats().cpu_signals.load(Ordering::Relaxed), 1);
+    // Forgotten: no longer in the snapshot, and its events decide nothing.
+    e.send(Command::Forget(Resource::Cpu, 21));
+    assert!(e.snapshot(Resource::Cpu).is_empty());
+    assert_eq!(e.snapshot(Resource::Memory).len(), 1);
+    e.stop().unwrap();
+}
+
+#[test]
+fn samples_drive_scale_down_through_the_same_path() {
+    let ring = FakeRing::new();
+    let (e, rx) = start(&ring, false);
+    let writes = manage_memory(&e, 8, 1 << 30, false);
+    sync(&e);
+    // A policy max below the limit is enforced by the first sample, cooldown or not.
+    let mut p = memory_policy();
+    p.max = 512 * MIB;
+    let (writer, writes2) = FakeWriter::boxed(Setting::Memory(Limit::Bytes(1 << 30)), false);
+    e.send(Command::Manage(Box::new(ManageRequest {
+        id: 9,
+        path: Arc::from("/test/9"),
+        parent: None,
+        policy: Policy::Memory(p),
+        writer,
+        usage: 16 * MIB,
+    })));
+    e.send(Command::Signal(
+        9,
+        Signal::Memory(MemorySignal::Sample {
+            ts_ns: monotonic_ns(),
+            usage: 16 * MIB,
+            limit: 1 << 30,
+            working_set: 16 * MIB,
+            psi_some_total_us: None,
+        }),
+    ));
+    let a = next_action(&rx);
+    assert_eq!(a.action.cgroup, 9);
+    assert_eq!(a.action.reason, Reason::ScaleDown);
+    assert_eq!(a.action.new, 512 * MIB);
+    assert_eq!(*writes2.lock().unwrap(), vec![512 * MIB]);
+    assert!(writes.lock().unwrap().is_empty());
+    e.send(Command::SetBudget(Budget::Memory(1 << 40)));
+    sync(&e);
+    e.stop().unwrap();
+}
+
+#[test]
+fn stop_handles_what_was_already_queued() {
+    let ring = FakeRing::new();
+    let (e, rx) = start(&ring, false);
+    let writes = manage_memory(&e, 4, 64 * MIB, false);
+    sync(&e);
+    ring.push(reclaim(4, 4, 64 * MIB, 64 * MIB));
+    e.stop().unwrap();
+    assert_eq!(writes.lock().unwrap().len(), 1);
+    assert!(rx.try_iter().any(|r| matches!(r, Record::Action(_))));
+}

@@ -1,0 +1,146 @@
+//! Memory: the hard limit (v1 `memory.limit_in_bytes`, v2 `memory.max`), raised on reclaim,
+//! early warnings and OOM kills, lowered from samples of usage, working set and PSI.
+
+use scaler_common::{WatchConfig, WATCH_MEMORY, WATCH_USAGE_HIGH};
+
+use super::{ManagedResource, Restored, Sample};
+use crate::{
+    actuator::{ActuatorError, LimitWriter, MemoryActuator, MemoryOptions, Setting},
+    cgroupfs::{Cgroup, Controller, Limit},
+    clock::monotonic_ns,
+    cmd::agent::state::{plan_restore, Restore},
+    config::{NodeInfo, PolicyConfig},
+    decider::{CgId, MemorySignal, Resource},
+    ebpf::{EbpfError, Pipeline},
+    engine::{Policy, Signal},
+    units::format_size,
+};
+
+/// The memory resource.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Memory;
+
+/// Reads a sample of a memory cgroup for the decider (slow path). The timestamp is taken
+/// before the files are read, so that the values are never older than it says.
+pub fn sample(cg: &Cgroup) -> Option<MemorySignal> {
+    let ts_ns = monotonic_ns();
+    let usage = cg.memory_usage().ok()?;
+    let limit = cg.memory_limit().ok()?.as_u64_saturating();
+    let working_set = cg
+        .memory_stat()
+        .map(|s| usage.saturating_sub(s.inactive_file))
+        .unwrap_or(usage);
+    let psi = cg.memory_pressure().ok().flatten().map(|p| p.some.total_us);
+    Some(MemorySignal::Sample {
+        ts_ns,
+        usage,
+        limit,
+        working_set,
+        psi_some_total_us: psi,
+    })
+}
+
+/// What the kernel programs are told about a managed memory cgroup: report its pressure, and
+/// warn when usage comes within `headroom` of its limit.
+pub fn watch_config(headroom: u64, early_warning: bool) -> WatchConfig {
+    WatchConfig {
+        flags: WATCH_MEMORY | if early_warning { WATCH_USAGE_HIGH } else { 0 },
+        _pad: 0,
+        headroom_bytes: headroom,
+    }
+}
+
+impl ManagedResource for Memory {
+    fn resource(&self) -> Resource {
+        Resource::Memory
+    }
+
+    fn controller(&self) -> Controller {
+        Controller::Memory
+    }
+
+    fn policy(&self, policy: &PolicyConfig, _node: &NodeInfo) -> Option<Policy> {
+        policy.memory_policy().map(Policy::Memory)
+    }
+
+    fn open(&self, cg: &Cgroup) -> Result<Box<dyn LimitWriter>, ActuatorError> {
+        Ok(Box::new(MemoryActuator::open(
+            cg,
+            MemoryOptions::default(),
+        )?))
+    }
+
+    fn usage(&self, cg: &Cgroup) -> u64 {
+        cg.memory_usage().unwrap_or(0)
+    }
+
+    fn watch(&self, pipeline: &mut Pipeline, id: CgId, policy: &Policy) -> Result<bool, EbpfError> {
+        let Policy::Memory(p) = policy else {
+            return Ok(false);
+        };
+        pipeline.watch(id, watch_config(p.headroom, true))?;
+        Ok(true)
+    }
+
+    fn unwatch(&self, pipeline: &mut Pipeline, id: CgId) {
+        let _ = pipeline.unwatch(id);
+    }
+
+    fn sample(&self, cg: &Cgroup, _kernel: Option<(&Pipeline, CgId)>) -> Option<Sample> {
+        let signal = sample(cg)?;
+        let MemorySignal::Sample { limit, .. } = signal else {
+            return None;
+        };
+        Some(Sample {
+            signal: Signal::Memory(signal),
+            observed: Setting::Memory(Limit::from_bytes(limit)),
+            throttled_seconds: None,
+        })
+    }
+
+    fn restore(&self, cg: &Cgroup, original: Setting) -> Result<Restored, ActuatorError> {
+        let Setting::Memory(original) = original else {
+            return Ok(Restored::Unchanged);
+        };
+        let current = cg.memory_limit()?;
+        let usage = cg.memory_usage()?;
+        match plan_restore(original, current, usage) {
+            Restore::Unchanged => Ok(Restored::Unchanged),
+            Restore::BelowUsage { .. } => Ok(Restored::Kept {
+                why: "the original limit is below current usage; the current limit stays",
+                current: Setting::Memory(current),
+            }),
+            Restore::Write(l) => {
+                MemoryActuator::open(cg, MemoryOptions::default())?.set_memory_limit(l)?;
+                Ok(Restored::Written {
+                    replaced: Setting::Memory(current),
+                })
+            }
+        }
+    }
+
+    fn bounds(&self, policy: &Policy) -> (String, String) {
+        match policy {
+            Policy::Memory(p) => (
+                format_size(p.min),
+                if p.max == u64::MAX {
+                    "none".into()
+                } else {
+                    format_size(p.max)
+                },
+            ),
+            Policy::Cpu(_) => Default::default(),
+        }
+    }
+
+    fn gauge(&self, setting: Setting) -> f64 {
+        match setting {
+            Setting::Memory(l) => l.bytes().map_or(f64::INFINITY, |b| b as f64),
+            Setting::Cpu(_) => f64::NAN,
+        }
+    }
+
+    fn unit(&self) -> &'static str {
+        "byte"
+    }
+}
