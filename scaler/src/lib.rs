@@ -20,5 +20,6 @@ pub mod inject;
 pub mod k8s;
 pub mod privilege;
 pub mod resource;
+pub mod stats;
 pub mod units;
 pub mod workload;

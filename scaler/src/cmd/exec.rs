@@ -131,8 +131,8 @@ impl Percentiles {
         if v.is_empty() {
             return Self::default();
         }
-        v.sort_by(|a, b| a.total_cmp(b));
-        let rank = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        v.sort_by(f64::total_cmp);
+        let rank = |p: f64| crate::stats::percentile(v, p).unwrap_or(f64::NAN);
         Self {
             count: v.len(),
             p50: rank(0.50),

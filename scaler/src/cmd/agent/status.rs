@@ -171,18 +171,12 @@ impl Recent {
     pub fn latency(&self) -> LatencySummary {
         let mut v: Vec<u64> = self.latencies_ns.iter().copied().collect();
         v.sort_unstable();
-        let pct = |p: f64| -> Option<f64> {
-            if v.is_empty() {
-                return None;
-            }
-            let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
-            Some(v[rank.min(v.len()) - 1] as f64 / 1000.0)
-        };
+        let pct = |p: f64| crate::stats::percentile(&v, p).map(|ns| ns as f64 / 1000.0);
         LatencySummary {
             count: self.count,
             window: v.len(),
-            p50: pct(50.0),
-            p99: pct(99.0),
+            p50: pct(0.50),
+            p99: pct(0.99),
             max: v.last().map(|m| *m as f64 / 1000.0),
         }
     }
