@@ -4,11 +4,25 @@
 //! Every test creates its cgroups under the test process's own cgroup, with unique names,
 //! through [`scaler::cgroupfs::CgroupGuard`], which removes them on drop (also when the test
 //! fails); it ends only the processes it started, by pid.
+//!
+//! Tests that run the agent use [`TestAgent`] (see [`agent`]) and assert on what it exposes in
+//! structured form: JSON log events ([`LogQuery`]), the audit trail ([`AuditRecord`]), `scaler
+//! status --json` ([`Status`]) and `/metrics` ([`Scrape`], metric names in [`metric`]).
+
+pub mod agent;
+pub mod log;
+pub mod metrics;
+
+pub use agent::{
+    msg, AgentConfig, AuditOutcome, AuditRecord, Status, TestAgent, AGENT_DEBUG_LOG, AUDIT_TARGET,
+};
+pub use log::{JsonLog, LogEvent, LogQuery};
+pub use metrics::{metric, Metric, Sample, Scrape};
 
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
     sync::mpsc::{channel, Receiver},
     time::{Duration, Instant},
 };
@@ -124,19 +138,15 @@ impl Drop for Proc {
     }
 }
 
-/// Runs `scaler workload ARGS` inside `cgroup_procs` (a cgroup.procs path): the child moves
-/// itself in before exec, so no allocation of the workload happens outside the cgroup.
-pub fn spawn_in_cgroup(cgroup_dir: &Path, program: &Path, args: &[&str]) -> Proc {
+/// Makes `cmd` move itself into the cgroup at `cgroup_dir` before exec (so nothing it does
+/// happens outside the cgroup). Keep the returned `cgroup.procs` file open until the spawn.
+pub fn enter_cgroup_on_exec(cmd: &mut Command, cgroup_dir: &Path) -> std::fs::File {
     use std::os::{fd::AsRawFd, unix::process::CommandExt};
     let procs = std::fs::OpenOptions::new()
         .write(true)
         .open(cgroup_dir.join("cgroup.procs"))
         .expect("cgroup.procs");
     let fd = procs.as_raw_fd();
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
     // SAFETY: only write(2) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -146,31 +156,86 @@ pub fn spawn_in_cgroup(cgroup_dir: &Path, program: &Path, args: &[&str]) -> Proc
             Ok(())
         });
     }
+    procs
+}
+
+/// Runs `scaler workload ARGS` inside `cgroup_procs` (a cgroup.procs path): the child moves
+/// itself in before exec, so no allocation of the workload happens outside the cgroup.
+pub fn spawn_in_cgroup(cgroup_dir: &Path, program: &Path, args: &[&str]) -> Proc {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let procs = enter_cgroup_on_exec(&mut cmd, cgroup_dir);
     let child = cmd.spawn().expect("spawning workload");
     drop(procs);
     Proc { child }
 }
 
-/// `scaler watch --json ...`, with its stdout lines parsed as they come.
+/// The message `scaler watch` logs once it has attached.
+pub const WATCH_ATTACHED: &str = "attached; streaming events (Ctrl-C detaches)";
+/// The message `scaler watch` logs at exit, with its kernel counters (`submitted`, `dropped`).
+pub const WATCH_DETACHED: &str = "detached";
+
+/// `scaler --log-json watch --json ...`, with its stdout lines parsed as they come and its JSON
+/// log collected.
 pub struct Watch {
     pub proc: Proc,
     pub lines: Receiver<serde_json::Value>,
+    pub log: JsonLog,
+    /// Stdout while nobody reads it (see [`Watch::start_unread`]).
+    stdout: Option<ChildStdout>,
 }
 
 impl Watch {
     /// Starts `scaler watch --json` with `args` and waits until it has attached.
     pub fn start(args: &[&str]) -> Watch {
+        let mut w = Watch::start_unread(args);
+        w.read_stdout();
+        w
+    }
+
+    /// Like [`Watch::start`], but leaves stdout unread (the pipe fills, the printer blocks)
+    /// until [`Watch::read_stdout`].
+    pub fn start_unread(args: &[&str]) -> Watch {
         let mut child = Command::new(scaler_bin())
+            .arg("--log-json")
             .arg("watch")
             .arg("--json")
             .args(args)
             .env("SCALER_LOG", "info")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawning scaler watch");
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
+        let log = JsonLog::collect(stderr, "watch", &[]);
+        let mut w = Watch {
+            proc: Proc { child },
+            lines: channel().1,
+            log,
+            stdout: Some(stdout),
+        };
+        if let Err(why) = w.log.wait(
+            &LogQuery::message(WATCH_ATTACHED),
+            1,
+            Duration::from_secs(60),
+        ) {
+            let status = w.proc.wait_timeout(Duration::from_secs(1));
+            panic!(
+                "scaler watch did not attach: {why} (exit: {status:?})\n{}",
+                w.log.tail()
+            );
+        }
+        w
+    }
+
+    /// Starts reading stdout into [`Watch::lines`].
+    pub fn read_stdout(&mut self) {
+        let stdout = self.stdout.take().expect("stdout not read yet");
         let (tx, rx) = channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -184,27 +249,7 @@ impl Watch {
                 }
             }
         });
-        let (rtx, rrx) = channel();
-        std::thread::spawn(move || {
-            let mut ready = Some(rtx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("  [watch] {line}");
-                if line.contains("streaming events") {
-                    if let Some(t) = ready.take() {
-                        let _ = t.send(());
-                    }
-                }
-            }
-        });
-        let mut w = Watch {
-            proc: Proc { child },
-            lines: rx,
-        };
-        if rrx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let status = w.proc.wait_timeout(Duration::from_secs(1));
-            panic!("scaler watch did not attach within 60 s (exit: {status:?})");
-        }
-        w
+        self.lines = rx;
     }
 
     /// Collects events until `until` returns true or `timeout` passes.

@@ -501,7 +501,11 @@ impl Agent {
                 reloads
                     .get_or_create(&ResultLabels { result: "rejected" })
                     .inc();
-                tracing::error!("configuration reload rejected, the old one keeps running: {e}");
+                tracing::error!(
+                    config = path.map(|p| tracing::field::display(p.display())),
+                    error = %e,
+                    "configuration reload rejected, the old one keeps running: {e}"
+                );
             }
         }
     }

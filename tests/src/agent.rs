@@ -1,0 +1,633 @@
+//! The one fixture that runs `scaler agent` for the tests: a private configuration in a temp
+//! dir (state file, status socket, metrics on a loopback port the kernel picks), the binary
+//! started with `--log-json`, its log events collected, and typed queries over what the agent
+//! exposes: log events ([`LogQuery`]), the audit trail ([`AuditRecord`]), `scaler status
+//! --json` ([`Status`]) and `/metrics` ([`Scrape`]). The process is ended by pid and the temp
+//! dir removed on drop.
+
+use std::{
+    fmt,
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::{
+    enter_cgroup_on_exec,
+    log::{JsonLog, LogEvent, LogQuery},
+    metrics::Scrape,
+    scaler_bin, tempdir, Proc,
+};
+
+/// Log messages the fixture and tests wait for (the agent's wording, in one place).
+pub mod msg {
+    /// Startup done: programs attached, cgroups reconciled, status socket bound.
+    pub const RUNNING: &str = "agent running";
+    /// A memory cgroup taken under management (`cgroup`, `policy`, `limit`, `original`).
+    pub const MANAGING: &str = "managing";
+    /// A managed memory cgroup let go (`cgroup`).
+    pub const NO_LONGER_MANAGED: &str = "no longer managed (removed or deselected)";
+    /// A limit set from outside the agent, adopted as the original (`cgroup`, `original`).
+    pub const ADOPTED: &str = "limit changed outside the agent: adopted as the original";
+    /// Inotify (or the rescan) saw the cgroup tree change (debug; `changes`, `overflow`).
+    pub const TREE_CHANGED: &str = "cgroup tree changed";
+    /// SIGHUP applied a valid configuration (`policies`).
+    pub const RELOADED: &str = "configuration reloaded";
+    /// The last line: kernel counters (`submitted`, `dropped`).
+    pub const EXITING: &str = "programs detached; exiting";
+}
+
+/// The audit trail's target and messages.
+pub const AUDIT_TARGET: &str = "scaler::audit";
+const AUDIT_CHANGED: &str = "limit changed";
+const AUDIT_FAILED: &str = "limit write failed";
+
+/// The log filter of the agent's tests: info, and the agent's own debug events (the cgroup
+/// tree changes).
+pub const AGENT_DEBUG_LOG: &str = "info,scaler::cmd::agent=debug";
+
+/// How an audited limit write ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditOutcome {
+    Written,
+    DryRun,
+    Failed,
+}
+
+/// One record of the audit trail (target `scaler::audit`): a limit change, or a write the
+/// kernel refused.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditRecord {
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    /// `memory` or `cpu`.
+    pub resource: String,
+    pub old: u64,
+    pub new: u64,
+    /// `pressure`, `early_warning`, ...
+    pub reason: String,
+    pub outcome: AuditOutcome,
+    /// Kernel event to write completion (not for failed writes).
+    pub latency_us: Option<f64>,
+    /// The errno of a failed write.
+    pub errno: Option<i64>,
+}
+
+impl AuditRecord {
+    /// The record an event carries, if it is one of the audit trail's.
+    pub fn from_event(e: &LogEvent) -> Option<AuditRecord> {
+        if e.target != AUDIT_TARGET {
+            return None;
+        }
+        let outcome = match e.message.as_str() {
+            AUDIT_CHANGED if e.bool("dry_run") == Some(true) => AuditOutcome::DryRun,
+            AUDIT_CHANGED => AuditOutcome::Written,
+            AUDIT_FAILED => AuditOutcome::Failed,
+            _ => return None,
+        };
+        let bad = |f: &str| -> ! { panic!("audit record without a valid {f}: {e}") };
+        Some(AuditRecord {
+            cgroup: e.text("cgroup").unwrap_or_else(|| bad("cgroup")),
+            cgroup_id: e.u64("cgroup_id").unwrap_or_else(|| bad("cgroup_id")),
+            resource: e.text("resource").unwrap_or_else(|| bad("resource")),
+            old: e.u64("old").unwrap_or_else(|| bad("old")),
+            new: e.u64("new").unwrap_or_else(|| bad("new")),
+            reason: e.text("reason").unwrap_or_else(|| bad("reason")),
+            outcome,
+            latency_us: e.f64("latency_us"),
+            errno: e.i64("errno"),
+        })
+    }
+
+    /// A written raise (new limit above the old).
+    pub fn is_raise(&self) -> bool {
+        self.outcome == AuditOutcome::Written && self.new > self.old
+    }
+}
+
+impl fmt::Display for AuditRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} {} {} {} -> {} ({})",
+            self.outcome, self.resource, self.cgroup, self.old, self.new, self.reason
+        )?;
+        if let Some(l) = self.latency_us {
+            write!(f, " in {l} us")?;
+        }
+        if let Some(e) = self.errno {
+            write!(f, " errno {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `scaler status --json`: the agent's status document (see the agent's `status.rs`).
+#[derive(Clone, Debug)]
+pub struct Status(pub Value);
+
+impl Status {
+    /// The `managed` entry of a memory cgroup.
+    pub fn managed(&self, cgroup: &str) -> Option<&Value> {
+        find_cgroup(&self.0["managed"], cgroup)
+    }
+
+    /// The `managed_cpu` entry of a cpu cgroup.
+    pub fn managed_cpu(&self, cgroup: &str) -> Option<&Value> {
+        find_cgroup(&self.0["managed_cpu"], cgroup)
+    }
+
+    /// `counters.actions`.
+    pub fn actions(&self) -> u64 {
+        self.0["counters"]["actions"]
+            .as_u64()
+            .expect("counters.actions")
+    }
+
+    /// `counters.failed_actions`.
+    pub fn failed_actions(&self) -> u64 {
+        self.0["counters"]["failed_actions"]
+            .as_u64()
+            .expect("counters.failed_actions")
+    }
+
+    /// `recent_actions`.
+    pub fn recent_actions(&self) -> &[Value] {
+        self.0["recent_actions"]
+            .as_array()
+            .map(Vec::as_slice)
+            .expect("recent_actions")
+    }
+}
+
+fn find_cgroup<'a>(list: &'a Value, cgroup: &str) -> Option<&'a Value> {
+    list.as_array()?.iter().find(|m| m["cgroup"] == cgroup)
+}
+
+impl std::ops::Deref for Status {
+    type Target = Value;
+    fn deref(&self) -> &Value {
+        &self.0
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What the agent is started with. The fixture owns the `[agent]` table's paths (state file,
+/// status socket, metrics address); the test gives the rest.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The configuration after the `[agent]` table: `[node]`, `[[policy]]` tables.
+    pub body: String,
+    /// More `[agent]` keys, as TOML lines (`restore_on_exit = true`).
+    pub agent_keys: Vec<String>,
+    pub sample_interval: String,
+    pub observe_all: bool,
+    /// Serve `/metrics` (on 127.0.0.1, a port the kernel picks).
+    pub metrics: bool,
+    /// `SCALER_LOG`.
+    pub log_filter: String,
+    /// A cgroup directory the agent starts in.
+    pub cgroup: Option<PathBuf>,
+    /// Log messages not echoed on the test's output (per-cgroup lines of the load tests).
+    pub quiet: Vec<&'static str>,
+}
+
+impl AgentConfig {
+    /// `body` after an `[agent]` table with metrics on, `observe_all = false`, a 200 ms
+    /// sample interval and the info log level.
+    pub fn new(body: impl Into<String>) -> AgentConfig {
+        AgentConfig {
+            body: body.into(),
+            agent_keys: Vec::new(),
+            sample_interval: "200ms".into(),
+            observe_all: false,
+            metrics: true,
+            log_filter: "info".into(),
+            cgroup: None,
+            quiet: Vec::new(),
+        }
+    }
+
+    /// Adds `key = value` (TOML) to the `[agent]` table.
+    pub fn agent_key(mut self, key: &str, value: &str) -> Self {
+        self.agent_keys.push(format!("{key} = {value}"));
+        self
+    }
+
+    pub fn sample_interval(mut self, interval: &str) -> Self {
+        self.sample_interval = interval.into();
+        self
+    }
+
+    pub fn observe_all(mut self, on: bool) -> Self {
+        self.observe_all = on;
+        self
+    }
+
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.metrics = on;
+        self
+    }
+
+    pub fn log_filter(mut self, filter: &str) -> Self {
+        self.log_filter = filter.into();
+        self
+    }
+
+    /// Starts the agent inside this cgroup (its `cgroup.procs` is written before exec).
+    pub fn in_cgroup(mut self, dir: &Path) -> Self {
+        self.cgroup = Some(dir.to_owned());
+        self
+    }
+
+    pub fn quiet(mut self, messages: &[&'static str]) -> Self {
+        self.quiet.extend_from_slice(messages);
+        self
+    }
+
+    /// Starts the agent (see [`TestAgent::start`]).
+    pub fn start(self) -> TestAgent {
+        TestAgent::start(self)
+    }
+}
+
+/// A running (or stopped) `scaler agent` of a test, with its private directory.
+pub struct TestAgent {
+    dir: PathBuf,
+    conf: AgentConfig,
+    proc: Option<Proc>,
+    exit: Option<ExitStatus>,
+    log: JsonLog,
+    /// The metrics address of this run (from the status document).
+    metrics_addr: Mutex<Option<String>>,
+}
+
+impl TestAgent {
+    /// Writes the configuration into a fresh temp dir, starts `scaler --log-json agent
+    /// --config FILE`, and waits (up to 60 s) until it logs that it runs.
+    pub fn start(conf: AgentConfig) -> TestAgent {
+        let dir = tempdir();
+        let mut a = TestAgent {
+            dir,
+            conf,
+            proc: None,
+            exit: None,
+            log: JsonLog::empty("agent"),
+            metrics_addr: Mutex::new(None),
+        };
+        a.write_config_text(&a.config_text());
+        a.spawn();
+        a
+    }
+
+    /// Starts the agent again with the same configuration, state file and status socket (the
+    /// previous run must have ended: see [`TestAgent::stop`]).
+    pub fn restart(&mut self) {
+        assert!(self.proc.is_none(), "restart: the agent is still running");
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(scaler_bin());
+        cmd.arg("--log-json")
+            .arg("agent")
+            .arg("--config")
+            .arg(self.config_path())
+            .env("SCALER_LOG", &self.conf.log_filter)
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let procs = self
+            .conf
+            .cgroup
+            .as_ref()
+            .map(|d| enter_cgroup_on_exec(&mut cmd, d));
+        let mut child = cmd.spawn().expect("spawning scaler agent");
+        drop(procs);
+        let stderr = child.stderr.take().expect("stderr");
+        self.log = JsonLog::collect(stderr, "agent", &self.conf.quiet);
+        self.proc = Some(Proc { child });
+        self.exit = None;
+        *self.metrics_addr.lock().unwrap() = None;
+        if let Err(why) =
+            self.log
+                .wait(&LogQuery::message(msg::RUNNING), 1, Duration::from_secs(60))
+        {
+            let status = self.wait_exit(Duration::from_secs(5));
+            panic!(
+                "scaler agent did not start: {why} (exit status {status:?})\n{}",
+                self.log.tail()
+            );
+        }
+    }
+
+    /// The agent's private directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("scaler.toml")
+    }
+
+    pub fn status_socket(&self) -> PathBuf {
+        self.dir.join("run/scaler/status.sock")
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("lib/scaler/state.json")
+    }
+
+    /// The configuration file's text for the current [`AgentConfig`].
+    pub fn config_text(&self) -> String {
+        let c = &self.conf;
+        let mut s = format!(
+            "[agent]\nstatus_socket = \"{}\"\nstate_file = \"{}\"\nsample_interval = \"{}\"\nobserve_all = {}\n",
+            self.status_socket().display(),
+            self.state_file().display(),
+            c.sample_interval,
+            c.observe_all
+        );
+        if c.metrics {
+            s.push_str("metrics_addr = \"127.0.0.1:0\"\n");
+        } else {
+            s.push_str("metrics = false\n");
+        }
+        for k in &c.agent_keys {
+            s.push_str(k);
+            s.push('\n');
+        }
+        s.push('\n');
+        s.push_str(&c.body);
+        s
+    }
+
+    /// Rewrites the configuration file with a new body (applied on SIGHUP or restart).
+    pub fn set_body(&mut self, body: impl Into<String>) {
+        self.conf.body = body.into();
+        self.write_config_text(&self.config_text());
+    }
+
+    /// Writes `text` as the configuration file, as it is.
+    pub fn write_config_text(&self, text: &str) {
+        std::fs::write(self.config_path(), text).expect("writing the agent's configuration");
+    }
+
+    /// The pid of the current run.
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().expect("the agent runs").pid()
+    }
+
+    /// Whether the current run is still running.
+    pub fn alive(&mut self) -> bool {
+        match &mut self.proc {
+            Some(p) => matches!(p.child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Sends `sig` to the agent, by pid.
+    pub fn signal(&self, sig: Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig)
+            .expect("signalling the agent");
+    }
+
+    /// Waits up to `t` for the agent to exit; then every log line is read.
+    pub fn wait_exit(&mut self, t: Duration) -> Option<ExitStatus> {
+        if let Some(s) = self.exit {
+            return Some(s);
+        }
+        let s = self.proc.as_mut()?.wait_timeout(t)?;
+        self.exit = Some(s);
+        self.proc = None;
+        assert!(
+            self.log.wait_closed(Duration::from_secs(10)),
+            "the agent exited ({s}) but its stderr stays open"
+        );
+        Some(s)
+    }
+
+    /// Sends `sig` and waits (up to 30 s) for the agent to exit; every log line is then read.
+    pub fn stop(&mut self, sig: Signal) -> ExitStatus {
+        self.signal(sig);
+        self.wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("the agent did not exit within 30 s of {sig}"))
+    }
+
+    /// [`TestAgent::stop`], asserting a clean exit: status 0, and nothing but JSON log
+    /// events on stderr (a panic's message, or anything else printed past the logger, is
+    /// not).
+    pub fn stop_cleanly(&mut self, sig: Signal) {
+        let s = self.stop(sig);
+        assert!(
+            s.success(),
+            "the agent exits 0 on {sig}: {s}\n{}",
+            self.log.tail()
+        );
+        self.assert_only_json_on_stderr();
+    }
+
+    /// Every stderr line was a JSON log event: no panic message, nothing printed past the
+    /// logger.
+    pub fn assert_only_json_on_stderr(&self) {
+        let stray = self.log.stray();
+        assert!(
+            stray.is_empty(),
+            "the agent wrote lines that are not JSON log events (a panic?):\n{}",
+            stray.join("\n")
+        );
+    }
+
+    // --- log events
+
+    /// The log of the current (or last) run.
+    pub fn log(&self) -> &JsonLog {
+        &self.log
+    }
+
+    /// The events so far that match `q`.
+    pub fn events(&self, q: &LogQuery) -> Vec<LogEvent> {
+        self.log.find(q)
+    }
+
+    /// Whether an event matching `q` was logged.
+    pub fn logged(&self, q: &LogQuery) -> bool {
+        self.log.count(q) > 0
+    }
+
+    /// How many events so far match `q`.
+    pub fn count(&self, q: &LogQuery) -> usize {
+        self.log.count(q)
+    }
+
+    /// Waits (up to `t`) for an event matching `q`, logged before or after the call; panics
+    /// naming `q`, why (timeout or exit) and the last lines.
+    pub fn wait_event(&self, q: &LogQuery, t: Duration) -> LogEvent {
+        self.log.wait_one(q, t)
+    }
+
+    /// Waits (up to `t`) until `n` events match `q`.
+    pub fn wait_events(&self, q: &LogQuery, n: usize, t: Duration) -> Vec<LogEvent> {
+        self.log.wait(q, n, t).unwrap_or_else(|why| {
+            panic!("waited for {n} events of {q}: {why}\n{}", self.log.tail())
+        })
+    }
+
+    // --- the audit trail
+
+    /// The audit records so far.
+    pub fn audit(&self) -> Vec<AuditRecord> {
+        self.log
+            .find(&LogQuery::any().target(AUDIT_TARGET))
+            .iter()
+            .filter_map(AuditRecord::from_event)
+            .collect()
+    }
+
+    /// The audit records of `cgroup` so far.
+    pub fn audit_of(&self, cgroup: &str) -> Vec<AuditRecord> {
+        self.audit()
+            .into_iter()
+            .filter(|r| r.cgroup == cgroup)
+            .collect()
+    }
+
+    /// Waits (up to `t`) for an audit record `pred` accepts (`what` names it on failure).
+    pub fn wait_audit(
+        &self,
+        what: &str,
+        t: Duration,
+        pred: impl Fn(&AuditRecord) -> bool,
+    ) -> AuditRecord {
+        let found = self
+            .log
+            .wait_for(&format!("the audit trail: {what}"), 1, t, |e| {
+                AuditRecord::from_event(e).is_some_and(|r| pred(&r))
+            })
+            .unwrap_or_else(|why| panic!("waited for {what}: {why}\n{}", self.log.tail()));
+        AuditRecord::from_event(&found[0]).expect("an audit record")
+    }
+
+    // --- the status API
+
+    /// `scaler status --json --socket SOCKET`.
+    pub fn status(&self) -> Status {
+        let out = Command::new(scaler_bin())
+            .args(["status", "--json", "--socket"])
+            .arg(self.status_socket())
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("running scaler status");
+        assert!(
+            out.status.success(),
+            "scaler status: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log.tail()
+        );
+        Status(serde_json::from_slice(&out.stdout).expect("status JSON"))
+    }
+
+    /// `scaler status --socket SOCKET` (the table).
+    pub fn status_table(&self) -> String {
+        let out = Command::new(scaler_bin())
+            .args(["status", "--socket"])
+            .arg(self.status_socket())
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("running scaler status");
+        assert!(
+            out.status.success(),
+            "scaler status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 table")
+    }
+
+    /// Polls the status until `pred` holds (up to `t`); returns it.
+    pub fn wait_status(&self, what: &str, t: Duration, pred: impl Fn(&Status) -> bool) -> Status {
+        let start = Instant::now();
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < t,
+                "waited {t:?} for the status to show {what}; last status: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the memory cgroup `path` is managed (or not), up to `t`; returns how long
+    /// it took.
+    pub fn wait_managed(&self, path: &str, managed: bool, t: Duration) -> Duration {
+        let start = Instant::now();
+        let what = format!("{path} {}", if managed { "managed" } else { "not managed" });
+        self.wait_status(&what, t, |s| s.managed(path).is_some() == managed);
+        start.elapsed()
+    }
+
+    // --- metrics
+
+    /// Where this run serves `/metrics` (the status document's `metrics_addr`).
+    pub fn metrics_addr(&self) -> String {
+        let mut cached = self.metrics_addr.lock().unwrap();
+        if cached.is_none() {
+            let s = self.status();
+            *cached = Some(
+                s["metrics_addr"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("the agent serves no metrics: {s}"))
+                    .to_owned(),
+            );
+        }
+        cached.clone().unwrap()
+    }
+
+    /// `GET /metrics`, checked to be a 200 with the OpenMetrics content type, parsed.
+    pub fn scrape(&self) -> Scrape {
+        let addr = self.metrics_addr();
+        let mut s = TcpStream::connect(&addr)
+            .unwrap_or_else(|e| panic!("connecting to the metrics address {addr}: {e}"));
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .expect("sending the request");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("reading the response");
+        let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
+        let mut lines = head.lines();
+        let status = lines.next().unwrap_or_default();
+        assert!(status.starts_with("HTTP/1.1 200"), "{head}");
+        let content_type = lines
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_default();
+        assert!(
+            content_type.starts_with("application/openmetrics-text"),
+            "Content-Type {content_type:?}"
+        );
+        Scrape::parse(body)
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        // Proc's drop kills (by pid) and reaps a run still going.
+        self.proc = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
