@@ -29,11 +29,13 @@ use crate::{
 pub mod msg {
     /// Startup done: programs attached, cgroups reconciled, status socket bound.
     pub const RUNNING: &str = "agent running";
-    /// A memory cgroup taken under management (`cgroup`, `policy`, `limit`, `original`).
+    /// A cgroup taken under management for one resource (`cgroup`, `resource`, `policy`,
+    /// `limit`, `original`).
     pub const MANAGING: &str = "managing";
-    /// A managed memory cgroup let go (`cgroup`).
+    /// A managed cgroup let go (`cgroup`, `resource`).
     pub const NO_LONGER_MANAGED: &str = "no longer managed (removed or deselected)";
-    /// A limit set from outside the agent, adopted as the original (`cgroup`, `original`).
+    /// A limit set from outside the agent, adopted as the original (`cgroup`, `resource`,
+    /// `original`).
     pub const ADOPTED: &str = "limit changed outside the agent: adopted as the original";
     /// Inotify (or the rescan) saw the cgroup tree change (debug; `changes`, `overflow`).
     pub const TREE_CHANGED: &str = "cgroup tree changed";
@@ -400,12 +402,14 @@ impl TestAgent {
     }
 
     /// Sends `sig` to the agent, by pid.
+    #[track_caller]
     pub fn signal(&self, sig: Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig)
             .expect("signalling the agent");
     }
 
     /// Waits up to `t` for the agent to exit; then every log line is read.
+    #[track_caller]
     pub fn wait_exit(&mut self, t: Duration) -> Option<ExitStatus> {
         if let Some(s) = self.exit {
             return Some(s);
@@ -421,15 +425,19 @@ impl TestAgent {
     }
 
     /// Sends `sig` and waits (up to 30 s) for the agent to exit; every log line is then read.
+    #[track_caller]
     pub fn stop(&mut self, sig: Signal) -> ExitStatus {
         self.signal(sig);
-        self.wait_exit(Duration::from_secs(30))
-            .unwrap_or_else(|| panic!("the agent did not exit within 30 s of {sig}"))
+        match self.wait_exit(Duration::from_secs(30)) {
+            Some(s) => s,
+            None => panic!("the agent did not exit within 30 s of {sig}"),
+        }
     }
 
     /// [`TestAgent::stop`], asserting a clean exit: status 0, and nothing but JSON log
     /// events on stderr (a panic's message, or anything else printed past the logger, is
     /// not).
+    #[track_caller]
     pub fn stop_cleanly(&mut self, sig: Signal) {
         let s = self.stop(sig);
         assert!(
@@ -442,6 +450,7 @@ impl TestAgent {
 
     /// Every stderr line was a JSON log event: no panic message, nothing printed past the
     /// logger.
+    #[track_caller]
     pub fn assert_only_json_on_stderr(&self) {
         let stray = self.log.stray();
         assert!(
@@ -475,15 +484,18 @@ impl TestAgent {
 
     /// Waits (up to `t`) for an event matching `q`, logged before or after the call; panics
     /// naming `q`, why (timeout or exit) and the last lines.
+    #[track_caller]
     pub fn wait_event(&self, q: &LogQuery, t: Duration) -> LogEvent {
         self.log.wait_one(q, t)
     }
 
     /// Waits (up to `t`) until `n` events match `q`.
+    #[track_caller]
     pub fn wait_events(&self, q: &LogQuery, n: usize, t: Duration) -> Vec<LogEvent> {
-        self.log.wait(q, n, t).unwrap_or_else(|why| {
-            panic!("waited for {n} events of {q}: {why}\n{}", self.log.tail())
-        })
+        match self.log.wait(q, n, t) {
+            Ok(v) => v,
+            Err(why) => panic!("{why}\n{}", self.log.tail()),
+        }
     }
 
     // --- the audit trail
@@ -505,7 +517,20 @@ impl TestAgent {
             .collect()
     }
 
+    /// Waits (up to `t`) until the audit trail has at least `n` records; returns them all.
+    #[track_caller]
+    pub fn wait_audit_records(&self, n: usize, t: Duration) -> Vec<AuditRecord> {
+        let found = self.log.wait_for(&"the audit trail", n, t, |e| {
+            AuditRecord::from_event(e).is_some()
+        });
+        match found {
+            Ok(_) => self.audit(),
+            Err(why) => panic!("{why}\n{}", self.log.tail()),
+        }
+    }
+
     /// Waits (up to `t`) for an audit record `pred` accepts (`what` names it on failure).
+    #[track_caller]
     pub fn wait_audit(
         &self,
         what: &str,
@@ -516,14 +541,17 @@ impl TestAgent {
             .log
             .wait_for(&format!("the audit trail: {what}"), 1, t, |e| {
                 AuditRecord::from_event(e).is_some_and(|r| pred(&r))
-            })
-            .unwrap_or_else(|why| panic!("waited for {what}: {why}\n{}", self.log.tail()));
-        AuditRecord::from_event(&found[0]).expect("an audit record")
+            });
+        match found {
+            Ok(v) => AuditRecord::from_event(&v[0]).expect("an audit record"),
+            Err(why) => panic!("{why}\n{}", self.log.tail()),
+        }
     }
 
     // --- the status API
 
     /// `scaler status --json --socket SOCKET`.
+    #[track_caller]
     pub fn status(&self) -> Status {
         let out = Command::new(scaler_bin())
             .args(["status", "--json", "--socket"])
@@ -541,6 +569,7 @@ impl TestAgent {
     }
 
     /// `scaler status --socket SOCKET` (the table).
+    #[track_caller]
     pub fn status_table(&self) -> String {
         let out = Command::new(scaler_bin())
             .args(["status", "--socket"])
@@ -557,6 +586,7 @@ impl TestAgent {
     }
 
     /// Polls the status until `pred` holds (up to `t`); returns it.
+    #[track_caller]
     pub fn wait_status(&self, what: &str, t: Duration, pred: impl Fn(&Status) -> bool) -> Status {
         let start = Instant::now();
         loop {
@@ -574,6 +604,7 @@ impl TestAgent {
 
     /// Waits until the memory cgroup `path` is managed (or not), up to `t`; returns how long
     /// it took.
+    #[track_caller]
     pub fn wait_managed(&self, path: &str, managed: bool, t: Duration) -> Duration {
         let start = Instant::now();
         let what = format!("{path} {}", if managed { "managed" } else { "not managed" });
@@ -584,21 +615,21 @@ impl TestAgent {
     // --- metrics
 
     /// Where this run serves `/metrics` (the status document's `metrics_addr`).
+    #[track_caller]
     pub fn metrics_addr(&self) -> String {
         let mut cached = self.metrics_addr.lock().unwrap();
         if cached.is_none() {
             let s = self.status();
-            *cached = Some(
-                s["metrics_addr"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("the agent serves no metrics: {s}"))
-                    .to_owned(),
-            );
+            let Some(addr) = s["metrics_addr"].as_str() else {
+                panic!("the agent serves no metrics: {s}");
+            };
+            *cached = Some(addr.to_owned());
         }
         cached.clone().unwrap()
     }
 
     /// `GET /metrics`, checked to be a 200 with the OpenMetrics content type, parsed.
+    #[track_caller]
     pub fn scrape(&self) -> Scrape {
         let addr = self.metrics_addr();
         let mut s = TcpStream::connect(&addr)

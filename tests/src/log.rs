@@ -280,22 +280,25 @@ impl JsonLog {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
                 let mut l = lock.lock().unwrap();
                 let seq = l.events.len();
-                match LogEvent::parse(seq, &line) {
+                let shown = match LogEvent::parse(seq, &line) {
                     Some(e) => {
+                        let shown = e.to_string();
                         if !quiet.contains(&e.message) {
-                            eprintln!("{prefix} {e}");
+                            eprintln!("{prefix} {shown}");
                         }
                         l.events.push(e);
+                        shown
                     }
                     None => {
                         eprintln!("{prefix} (not JSON) {line}");
                         l.stray.push(line.clone());
+                        format!("(not JSON) {line}")
                     }
-                }
+                };
                 if l.tail.len() == TAIL {
                     l.tail.pop_front();
                 }
-                l.tail.push_back(line);
+                l.tail.push_back(shown);
                 cv.notify_all();
             }
             lock.lock().unwrap().closed = true;
@@ -385,7 +388,8 @@ impl JsonLog {
             }
             if l.closed {
                 return Err(format!(
-                    "the log of {} ended (the process exited) with {} of {n} events of {what}",
+                    "the log of {} ended (the process exited) while waiting for {n} event(s) of \
+                     {what}: {} seen",
                     self.name,
                     found.len()
                 ));
@@ -393,9 +397,9 @@ impl JsonLog {
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(format!(
-                    "{} of {n} events of {what} in the log of {} within {timeout:?}",
-                    found.len(),
-                    self.name
+                    "waited {timeout:?} for {n} event(s) of {what} in the log of {}: {} seen",
+                    self.name,
+                    found.len()
                 ));
             }
             l = cv.wait_timeout(l, left).unwrap().0;
@@ -412,10 +416,11 @@ impl JsonLog {
 
     /// Like [`JsonLog::wait`] for one event; panics on failure with what it waited for and
     /// the last lines.
+    #[track_caller]
     pub fn wait_one(&self, q: &LogQuery, timeout: Duration) -> LogEvent {
         match self.wait(q, 1, timeout) {
             Ok(mut v) => v.remove(0),
-            Err(why) => panic!("waited for an event of {q}: {why}\n{}", self.tail()),
+            Err(why) => panic!("{why}\n{}", self.tail()),
         }
     }
 }

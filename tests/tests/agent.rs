@@ -7,12 +7,8 @@
 //! and status socket in a private temp dir.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
     os::unix::{fs::PermissionsExt, process::ExitStatusExt},
-    path::{Path, PathBuf},
-    process::{Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -21,15 +17,6 @@ use scaler::cgroupfs::{CgroupGuard, Controller, Limit};
 use scaler_tests::*;
 
 const M: u64 = 1 << 20;
-
-/// A free loopback port (bound and released; the agent binds it next).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Escapes glob metacharacters of a literal path.
 fn glob_literal(p: &str) -> String {
@@ -44,48 +31,13 @@ fn glob_literal(p: &str) -> String {
         .collect()
 }
 
-/// The agent's configuration for a test.
-struct Conf {
-    dir: PathBuf,
-    port: u16,
-    matches: Vec<String>,
-    restore_on_exit: bool,
-    /// Add a `[policy.cpu]` (0.2 to 2 cores, short cooldown) to the policy.
-    cpu: bool,
-}
-
-impl Conf {
-    fn new(matches: Vec<String>) -> Self {
-        Conf {
-            dir: tempdir(),
-            port: free_port(),
-            matches,
-            restore_on_exit: false,
-            cpu: false,
-        }
-    }
-    fn path(&self) -> PathBuf {
-        self.dir.join("scaler.toml")
-    }
-    fn socket(&self) -> PathBuf {
-        self.dir.join("run/scaler/status.sock")
-    }
-    fn state_file(&self) -> PathBuf {
-        self.dir.join("lib/scaler/state.json")
-    }
-    fn text(&self) -> String {
-        let matches: Vec<String> = self.matches.iter().map(|m| format!("{m:?}")).collect();
-        format!(
-            r#"
-[agent]
-metrics_addr = "127.0.0.1:{port}"
-status_socket = "{socket}"
-state_file = "{state}"
-restore_on_exit = {restore}
-sample_interval = "200ms"
-observe_all = false
-
-# Small enough for the test VMs (a few GiB of memory) as well as real nodes.
+/// The policy of these tests: the cgroups matching `matches`, memory 16M to 512M, and with
+/// `cpu` a `[policy.cpu]` (0.2 to 2 cores, short cooldown) with the whole node's CPUs as the
+/// budget (the workload's 2-core bursts must fit).
+fn body(matches: &[String], cpu: bool) -> String {
+    let matches: Vec<String> = matches.iter().map(|m| format!("{m:?}")).collect();
+    format!(
+        r#"# Small enough for the test VMs (a few GiB of memory) as well as real nodes.
 [node]
 memory_reserve = "128M"
 {cpu_node}
@@ -97,178 +49,25 @@ match = [{matches}]
 min = "16M"
 max = "512M"
 {cpu}"#,
-            port = self.port,
-            socket = self.socket().display(),
-            state = self.state_file().display(),
-            restore = self.restore_on_exit,
-            matches = matches.join(", "),
-            // The whole node's CPUs as the budget: the workload's 2-core bursts must fit.
-            cpu_node = if self.cpu { "cpu_reserve = 0\n" } else { "" },
-            cpu = if self.cpu {
-                "\n[policy.cpu]\nmin = 0.2\nmax = 2\ncooldown = \"3s\"\ndown_interval = \"500ms\"\n"
-            } else {
-                ""
-            },
-        )
-    }
-    fn write(&self) {
-        std::fs::write(self.path(), self.text()).unwrap();
-    }
+        matches = matches.join(", "),
+        cpu_node = if cpu { "cpu_reserve = 0\n" } else { "" },
+        cpu = if cpu {
+            "\n[policy.cpu]\nmin = 0.2\nmax = 2\ncooldown = \"3s\"\ndown_interval = \"500ms\"\n"
+        } else {
+            ""
+        },
+    )
 }
 
-impl Drop for Conf {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// The agent of these tests: metrics on, a 200 ms sample interval, the agent's debug events
+/// logged.
+fn conf(matches: &[String]) -> AgentConfig {
+    AgentConfig::new(body(matches, false)).log_filter(AGENT_DEBUG_LOG)
 }
 
-/// A running `scaler agent`, killed (by pid) on drop.
-struct Agent {
-    proc: Proc,
-    log: Arc<Mutex<Vec<String>>>,
-    socket: PathBuf,
-    port: u16,
-}
-
-impl Agent {
-    fn start(conf: &Conf) -> Agent {
-        conf.write();
-        let mut child = Command::new(scaler_bin())
-            .arg("agent")
-            .arg("--config")
-            .arg(conf.path())
-            .env("SCALER_LOG", "info,scaler::cmd::agent=debug")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning scaler agent");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let l = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("  [agent] {line}");
-                l.lock().unwrap().push(line);
-            }
-        });
-        let mut a = Agent {
-            proc: Proc { child },
-            log,
-            socket: conf.socket(),
-            port: conf.port,
-        };
-        let end = Instant::now() + Duration::from_secs(60);
-        while !a.logged("agent running") {
-            if let Some(s) = a.proc.wait_timeout(Duration::from_millis(50)) {
-                panic!("scaler agent exited before running: {s}");
-            }
-            assert!(
-                Instant::now() < end,
-                "scaler agent did not start within 60 s"
-            );
-        }
-        a
-    }
-
-    fn logged(&self, what: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(what))
-    }
-
-    fn count_logged(&self, what: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(what))
-            .count()
-    }
-
-    fn signal(&self, sig: Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.proc.pid() as i32), sig).unwrap();
-    }
-
-    fn stop(mut self, sig: Signal) -> ExitStatus {
-        self.signal(sig);
-        self.proc
-            .wait_timeout(Duration::from_secs(30))
-            .expect("agent exits")
-    }
-
-    /// `scaler status --json --socket ...`.
-    fn status(&self) -> serde_json::Value {
-        let out = Command::new(scaler_bin())
-            .args(["status", "--json", "--socket"])
-            .arg(&self.socket)
-            .output()
-            .expect("running scaler status");
-        assert!(
-            out.status.success(),
-            "scaler status: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("status JSON")
-    }
-
-    fn status_table(&self) -> String {
-        let out = Command::new(scaler_bin())
-            .args(["status", "--socket"])
-            .arg(&self.socket)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// The managed entry for `path`, if managed.
-    fn managed(&self, path: &str) -> Option<serde_json::Value> {
-        self.status()["managed"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["cgroup"] == path)
-            .cloned()
-    }
-
-    /// Waits until `path` is managed (or not), up to `t`; returns how long it took.
-    fn wait_managed(&self, path: &str, managed: bool, t: Duration) -> Duration {
-        let start = Instant::now();
-        while self.managed(path).is_some() != managed {
-            assert!(
-                start.elapsed() < t,
-                "{path} {} managed within {t:?}",
-                if managed { "not" } else { "still" }
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        start.elapsed()
-    }
-
-    /// GET /metrics over HTTP.
-    fn scrape(&self) -> String {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("metrics port");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP response");
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert!(head.contains("application/openmetrics-text"), "{head}");
-        body.to_string()
-    }
-}
-
-/// Sum of the samples of `name` whose labels contain every `label="value"` in `labels`.
-fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    let mut found = None;
-    for l in text.lines().filter(|l| !l.starts_with('#')) {
-        let (key, value) = l.rsplit_once(' ')?;
-        let (n, lab) = key.split_once('{').map_or((key, ""), |(n, r)| (n, r));
-        if n == name && labels.iter().all(|want| lab.contains(want)) {
-            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap();
-        }
-    }
-    found
+/// A managed cgroup's label in the per-cgroup metrics.
+fn cgroup_label(path: &str) -> [(&'static str, &str); 1] {
+    [("cgroup", path)]
 }
 
 fn memory_path(g: &CgroupGuard) -> String {
@@ -311,8 +110,7 @@ fn metrics_and_status_match_the_actions_taken() {
     let g = memory_cgroup(&env, "scaler-test-agent-m");
     g.set_memory_limit(Limit::Bytes(64 * M)).unwrap();
     let path = memory_path(&g);
-    let conf = Conf::new(vec![glob_literal(&path)]);
-    let agent = Agent::start(&conf);
+    let mut agent = conf(&[glob_literal(&path)]).start();
     agent.wait_managed(&path, true, Duration::from_secs(5));
 
     run_steps(&g);
@@ -322,71 +120,82 @@ fn metrics_and_status_match_the_actions_taken() {
     );
 
     // Metrics and status are read at two moments: take a pair that brackets no new action.
-    let (status, text) = (0..20)
+    let (status, scrape) = (0..20)
         .find_map(|_| {
             std::thread::sleep(Duration::from_millis(500));
             let before = agent.status();
-            let text = agent.scrape();
+            let scrape = agent.scrape();
             let after = agent.status();
-            (before["counters"]["actions"] == after["counters"]["actions"]).then_some((after, text))
+            (before.actions() == after.actions()).then_some((after, scrape))
         })
         .expect("a quiet moment to compare metrics and status");
-    let actions = status["counters"]["actions"].as_u64().unwrap();
-    let failed = status["counters"]["failed_actions"].as_u64().unwrap();
+    let actions = status.actions();
+    let failed = status.failed_actions();
     assert!(actions >= 1, "{status}");
-    let written = metric(&text, "scaler_actions_total", &["outcome=\"written\""]).unwrap_or(0.0);
-    let all = metric(&text, "scaler_actions_total", &[]).unwrap_or(0.0);
+    let written = scrape
+        .sum(metric::ACTIONS, &[("outcome", "written")])
+        .unwrap_or(0.0);
+    let all = scrape.sum(metric::ACTIONS, &[]).unwrap_or(0.0);
     assert_eq!(
-        all as u64, actions,
-        "scaler_actions_total matches the agent's action count"
+        all as u64,
+        actions,
+        "{} matches the agent's action count",
+        metric::ACTIONS
     );
     assert_eq!(written as u64, actions - failed);
-    let raises = metric(
-        &text,
-        "scaler_actions_total",
-        &["outcome=\"written\"", "reason=\"pressure\""],
-    )
-    .unwrap_or(0.0)
-        + metric(
-            &text,
-            "scaler_actions_total",
-            &["outcome=\"written\"", "reason=\"early_warning\""],
-        )
-        .unwrap_or(0.0);
+    let raises = ["pressure", "early_warning"]
+        .iter()
+        .map(|reason| {
+            scrape
+                .sum(
+                    metric::ACTIONS,
+                    &[("outcome", "written"), ("reason", reason)],
+                )
+                .unwrap_or(0.0)
+        })
+        .sum::<f64>();
     assert!(
         raises >= 1.0,
-        "at least one raise on pressure or early warning:\n{text}"
+        "at least one raise on pressure or early warning:\n{}",
+        scrape.text
     );
     // Every non-failed action has one latency observation.
-    let count = metric(
-        &text,
-        "scaler_reaction_latency_seconds_count",
-        &["resource=\"memory\""],
-    )
-    .unwrap();
+    let count = scrape
+        .value(metric::REACTION_LATENCY_COUNT, &[("resource", "memory")])
+        .unwrap();
     assert_eq!(count as u64, actions - failed);
     assert_eq!(
         status["reaction_latency_us"]["count"].as_u64().unwrap(),
         count as u64
     );
-    let inf = metric(
-        &text,
-        "scaler_reaction_latency_seconds_bucket",
-        &["le=\"+Inf\""],
-    )
-    .unwrap();
+    let inf = scrape
+        .sum(metric::REACTION_LATENCY_BUCKET, &[("le", "+Inf")])
+        .unwrap();
     assert_eq!(inf, count);
-    let sum_us = metric(&text, "scaler_reaction_latency_seconds_sum", &[]).unwrap() * 1e6;
+    let sum_us = scrape.sum(metric::REACTION_LATENCY_SUM, &[]).unwrap() * 1e6;
     let max_us = status["reaction_latency_us"]["max"].as_f64().unwrap();
     assert!(
         sum_us >= max_us * 0.999,
         "sum {sum_us} us >= max {max_us} us"
     );
-    let recent = status["recent_actions"].as_array().unwrap();
+    let recent = status.recent_actions();
     assert_eq!(recent.len() as u64, actions.min(64));
     assert!(
         recent.iter().all(|a| a["cgroup"] == path.as_str()),
         "{status}"
+    );
+    // The audit trail has one record per action, each with its latency.
+    let audit = agent.wait_audit_records(actions as usize, Duration::from_secs(5));
+    assert_eq!(audit.len() as u64, actions, "{audit:?}");
+    assert!(
+        audit
+            .iter()
+            .all(|r| r.cgroup == path && r.resource == "memory"),
+        "{audit:?}"
+    );
+    assert_eq!(
+        audit.iter().filter(|r| r.latency_us.is_some()).count() as u64,
+        count as u64
     );
     eprintln!(
         "actions {actions}, reaction latency {}",
@@ -394,50 +203,41 @@ fn metrics_and_status_match_the_actions_taken() {
     );
 
     // Events by kind: the pressure that triggered the raises was counted.
-    let pressure = metric(&text, "scaler_events_total", &["kind=\"reclaim_begin\""]).unwrap_or(0.0)
-        + metric(&text, "scaler_events_total", &["kind=\"usage_high\""]).unwrap_or(0.0);
-    assert!(pressure >= 1.0, "{text}");
+    let pressure = ["reclaim_begin", "usage_high"]
+        .iter()
+        .map(|kind| scrape.sum(metric::EVENTS, &[("kind", kind)]).unwrap_or(0.0))
+        .sum::<f64>();
+    assert!(pressure >= 1.0, "{}", scrape.text);
     // Limits per cgroup: original 64M, current what the cgroup has now.
-    let cg_label = format!("cgroup=\"{path}\"");
     assert_eq!(
-        metric(
-            &text,
-            "scaler_cgroup_original_limit",
-            &[
-                &cg_label,
-                "policy=\"test\"",
-                "resource=\"memory\"",
-                "unit=\"byte\""
-            ]
+        scrape.value(
+            metric::MEMORY_ORIGINAL_LIMIT,
+            &[("cgroup", &path), ("policy", "test")]
         ),
         Some((64 * M) as f64)
     );
-    let m = agent.managed(&path).unwrap();
+    let m = status.managed(&path).unwrap();
     assert_eq!(m["original_limit"], 64 * M);
-    let current = metric(
-        &text,
-        "scaler_cgroup_limit",
-        &[&cg_label, "resource=\"memory\""],
-    )
-    .unwrap();
+    let current = scrape
+        .value(metric::MEMORY_LIMIT, &cgroup_label(&path))
+        .unwrap();
     assert!(current > (64 * M) as f64, "{current}");
-    assert_eq!(
-        metric(&text, "scaler_managed_cgroups", &["resource=\"memory\""]),
-        Some(1.0)
-    );
+    assert_eq!(scrape.value(metric::MANAGED_MEMORY_CGROUPS, &[]), Some(1.0));
     // Drops are exported (and none happened), the agent's own resources too.
-    for name in [
-        "scaler_ringbuf_dropped_total",
-        "scaler_records_dropped_total",
-        "scaler_decode_errors_total",
+    for m in [
+        metric::RINGBUF_DROPPED,
+        metric::RECORDS_DROPPED,
+        metric::DECODE_ERRORS,
     ] {
-        assert_eq!(metric(&text, name, &[]), Some(0.0), "{name}");
+        assert_eq!(scrape.value(m, &[]), Some(0.0), "{m}");
     }
-    assert!(metric(&text, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
-    assert!(metric(&text, "process_cpu_seconds_total", &[]).unwrap() > 0.0);
-    assert!(
-        text.contains("# TYPE scaler_bpf_program_runs counter"),
-        "{text}"
+    assert!(scrape.value(metric::PROCESS_RESIDENT_MEMORY, &[]).unwrap() > 1e6);
+    assert!(scrape.value(metric::PROCESS_CPU, &[]).unwrap() > 0.0);
+    assert_eq!(
+        scrape.type_of(metric::BPF_PROGRAM_RUNS),
+        Some("counter"),
+        "{}",
+        scrape.text
     );
     // The table names the cgroup and its actions.
     let table = agent.status_table();
@@ -447,6 +247,7 @@ fn metrics_and_status_match_the_actions_taken() {
     );
 
     assert_eq!(agent.stop(Signal::SIGTERM).code(), Some(0));
+    agent.assert_only_json_on_stderr();
 }
 
 #[test]
@@ -460,18 +261,22 @@ fn restart_after_sigkill_reconciles_and_sigterm_restores_the_original() {
     let g = memory_cgroup(&env, "scaler-test-agent-r");
     g.set_memory_limit(Limit::Bytes(64 * M)).unwrap();
     let path = memory_path(&g);
-    let mut conf = Conf::new(vec![glob_literal(&path)]);
-    conf.restore_on_exit = true;
-
-    let a = Agent::start(&conf);
+    let mut a = conf(&[glob_literal(&path)])
+        .agent_key("restore_on_exit", "true")
+        .start();
     a.wait_managed(&path, true, Duration::from_secs(5));
     run_steps(&g);
     let raised = limit_of(&g).as_u64_saturating();
     assert!(raised > 64 * M);
+    // The audit trail has the raise up to the limit the cgroup has now.
+    let first = a.wait_audit("a raise from 64M", Duration::from_secs(5), |r| {
+        r.cgroup == path && r.is_raise() && r.old == 64 * M
+    });
+    eprintln!("first raise: {first}");
     // The state file records the original and the agent's change (written after each burst).
     let end = Instant::now() + Duration::from_secs(5);
     let state = loop {
-        let text = std::fs::read_to_string(conf.state_file()).unwrap_or_default();
+        let text = std::fs::read_to_string(a.state_file()).unwrap_or_default();
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
             if v["cgroups"][&path]["changes"].as_u64().unwrap_or(0) >= 1 {
                 break v;
@@ -485,10 +290,10 @@ fn restart_after_sigkill_reconciles_and_sigterm_restores_the_original() {
     };
     assert_eq!(state["cgroups"][&path]["original"], 64 * M, "{state}");
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&conf.state_file()), 0o600);
-    assert_eq!(mode(conf.state_file().parent().unwrap()), 0o700);
-    assert_eq!(mode(&conf.socket()), 0o600);
-    assert_eq!(mode(conf.socket().parent().unwrap()), 0o700);
+    assert_eq!(mode(&a.state_file()), 0o600);
+    assert_eq!(mode(a.state_file().parent().unwrap()), 0o700);
+    assert_eq!(mode(&a.status_socket()), 0o600);
+    assert_eq!(mode(a.status_socket().parent().unwrap()), 0o700);
 
     // SIGKILL: no chance to restore or clean up.
     let killed = a.stop(Signal::SIGKILL);
@@ -500,16 +305,31 @@ fn restart_after_sigkill_reconciles_and_sigterm_restores_the_original() {
     );
 
     // The restarted agent takes the original from the state file, not the raised limit.
-    let b = Agent::start(&conf);
-    let m = b.managed(&path).expect("managed again right after start");
-    assert_eq!(m["original_limit"], 64 * M, "{m}");
-    let text = b.scrape();
+    a.restart();
+    let managing = a.wait_event(
+        &LogQuery::message(msg::MANAGING)
+            .field("cgroup", &path)
+            .field("resource", "memory"),
+        Duration::ZERO,
+    );
     assert_eq!(
-        metric(
-            &text,
-            "scaler_cgroup_original_limit",
-            &[&format!("cgroup=\"{path}\""), "resource=\"memory\""]
-        ),
+        managing.u64("original"),
+        Some(64 * M),
+        "the original from the state file: {managing}"
+    );
+    let running = a.wait_event(&LogQuery::message(msg::RUNNING), Duration::ZERO);
+    assert!(
+        running.u64("known_from_state").is_some_and(|n| n >= 1),
+        "{running}"
+    );
+    let status = a.status();
+    let m = status
+        .managed(&path)
+        .expect("managed again right after start");
+    assert_eq!(m["original_limit"], 64 * M, "{m}");
+    assert_eq!(
+        a.scrape()
+            .value(metric::MEMORY_ORIGINAL_LIMIT, &cgroup_label(&path)),
         Some((64 * M) as f64)
     );
 
@@ -521,17 +341,18 @@ fn restart_after_sigkill_reconciles_and_sigterm_restores_the_original() {
         .memory_usage()
         .unwrap();
     assert!(usage < 64 * M, "usage {usage}");
-    let status = b.stop(Signal::SIGTERM);
+    let status = a.stop(Signal::SIGTERM);
     assert_eq!(status.code(), Some(0), "clean exit on SIGTERM");
+    a.assert_only_json_on_stderr();
     assert_eq!(limit_of(&g), Limit::Bytes(64 * M), "original restored");
     let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(conf.state_file()).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(a.state_file()).unwrap()).unwrap();
     assert!(
         state["cgroups"].get(&path).is_none(),
         "restored cgroups leave the state file: {state}"
     );
     assert!(
-        !conf.socket().exists(),
+        !a.status_socket().exists(),
         "the status socket is removed on exit"
     );
 }
@@ -544,63 +365,68 @@ fn sighup_applies_a_valid_config_and_rejects_an_invalid_one() {
     let g1 = memory_cgroup(&env, "scaler-test-agent-h1");
     let g2 = memory_cgroup(&env, "scaler-test-agent-h2");
     let (p1, p2) = (memory_path(&g1), memory_path(&g2));
-    let mut conf = Conf::new(vec![glob_literal(&p1)]);
-    let mut a = Agent::start(&conf);
+    let mut a = conf(&[glob_literal(&p1)]).start();
     a.wait_managed(&p1, true, Duration::from_secs(5));
-    assert!(a.managed(&p2).is_none());
+    assert!(a.status().managed(&p2).is_none());
 
     // Valid: now select g2 instead of g1.
-    conf.matches = vec![glob_literal(&p2)];
-    conf.write();
+    a.set_body(body(&[glob_literal(&p2)], false));
     a.signal(Signal::SIGHUP);
     a.wait_managed(&p2, true, Duration::from_secs(5));
     a.wait_managed(&p1, false, Duration::from_secs(5));
-    assert!(a.logged("configuration reloaded"));
+    let reloaded = a.wait_event(&LogQuery::message(msg::RELOADED), Duration::ZERO);
+    assert_eq!(reloaded.u64("policies"), Some(1), "{reloaded}");
+    a.wait_event(
+        &LogQuery::message(msg::NO_LONGER_MANAGED)
+            .field("cgroup", &p1)
+            .field("resource", "memory"),
+        Duration::ZERO,
+    );
     assert_eq!(
-        metric(
-            &a.scrape(),
-            "scaler_config_reloads_total",
-            &["result=\"ok\""]
-        ),
+        a.scrape()
+            .value(metric::CONFIG_RELOADS, &[("result", "ok")]),
         Some(1.0)
     );
 
-    // Invalid: rejected with a message naming the problem, the old configuration keeps running.
-    std::fs::write(
-        conf.path(),
-        conf.text().replace("max = \"512M\"", "max = \"lots\""),
-    )
-    .unwrap();
+    // Invalid: rejected with an error naming the problem, the old configuration keeps running.
+    let invalid = a.config_text().replace("max = \"512M\"", "max = \"lots\"");
+    assert!(invalid.contains("\"lots\""), "the test broke the config");
+    a.write_config_text(&invalid);
     a.signal(Signal::SIGHUP);
-    let end = Instant::now() + Duration::from_secs(5);
-    while !a.logged("reload rejected") {
-        assert!(
-            Instant::now() < end,
-            "the invalid configuration is rejected with a message"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // The message names the file and the offending value.
-    let log = a.log.lock().unwrap().join("\n");
-    let msg = &log[log.find("reload rejected").unwrap()..];
-    assert!(msg.contains("scaler.toml") && msg.contains("lots"), "{msg}");
+    // The error event names the file (field `config`) and the offending value (its `error`).
+    let config = a.config_path().display().to_string();
+    let rejected = a.wait_event(
+        &LogQuery::any()
+            .level("ERROR")
+            .field("config", &config)
+            .has_field("error"),
+        Duration::from_secs(5),
+    );
+    let error = rejected.text("error").unwrap();
     assert!(
-        a.proc.wait_timeout(Duration::from_millis(300)).is_none(),
+        error.contains("lots"),
+        "the error names the offending value: {rejected}"
+    );
+    assert_eq!(
+        a.count(&LogQuery::message(msg::RELOADED)),
+        1,
+        "the invalid configuration was not applied"
+    );
+    assert!(
+        a.wait_exit(Duration::from_millis(300)).is_none(),
         "still running"
     );
     assert!(
-        a.managed(&p2).is_some(),
+        a.status().managed(&p2).is_some(),
         "the old configuration keeps running"
     );
     assert_eq!(
-        metric(
-            &a.scrape(),
-            "scaler_config_reloads_total",
-            &["result=\"rejected\""]
-        ),
+        a.scrape()
+            .value(metric::CONFIG_RELOADS, &[("result", "rejected")]),
         Some(1.0)
     );
     assert_eq!(a.stop(Signal::SIGINT).code(), Some(0));
+    a.assert_only_json_on_stderr();
 }
 
 #[test]
@@ -613,50 +439,72 @@ fn a_cgroup_created_after_start_is_managed_promptly_and_forgotten_when_removed()
     };
     let own = env.memory.own_cgroup().unwrap();
     let prefix = format!("scaler-test-agent-d{}", std::process::id());
-    let conf = Conf::new(vec![format!(
+    let mut a = conf(&[format!(
         "{}/{prefix}-*",
         glob_literal(own.trim_end_matches('/'))
-    )]);
-    let a = Agent::start(&conf);
+    )])
+    .start();
     assert_eq!(a.status()["managed"].as_array().unwrap().len(), 0);
-    let changes_before = a.count_logged("cgroup tree changed");
+    let tree_changed = LogQuery::message(msg::TREE_CHANGED);
+    let changes_before = a.count(&tree_changed);
 
     let g = memory_cgroup(&env, &prefix);
     let path = memory_path(&g);
     let took = a.wait_managed(&path, true, Duration::from_secs(2));
     eprintln!("new cgroup managed after {took:?}");
     assert!(
-        a.count_logged("cgroup tree changed") > changes_before,
+        a.count(&tree_changed) > changes_before,
         "inotify reported the new cgroup"
+    );
+    let managing = a.wait_event(
+        &LogQuery::message(msg::MANAGING)
+            .field("cgroup", &path)
+            .field("resource", "memory"),
+        Duration::ZERO,
+    );
+    assert_eq!(
+        managing.text("policy").as_deref(),
+        Some("test"),
+        "{managing}"
     );
 
     // Managed the instant it appeared, before anyone set its limit: the limit set next (as a
     // container runtime does) is adopted as its original once two samples confirm it.
-    assert_eq!(a.managed(&path).unwrap()["original_limit"], "max");
+    assert_eq!(a.status().managed(&path).unwrap()["original_limit"], "max");
     g.set_memory_limit(Limit::Bytes(64 * M)).unwrap();
-    let end = Instant::now() + Duration::from_secs(3);
-    while a.managed(&path).unwrap()["original_limit"] != 64 * M {
-        assert!(
-            Instant::now() < end,
-            "the limit set after creation becomes the original"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(a.logged("adopted as the original"));
+    a.wait_status(
+        "the limit set after creation as the original",
+        Duration::from_secs(3),
+        |s| s.managed(&path).unwrap()["original_limit"] == 64 * M,
+    );
+    a.wait_event(
+        &LogQuery::message(msg::ADOPTED)
+            .field("cgroup", &path)
+            .field("resource", "memory")
+            .field("original", 64 * M),
+        Duration::ZERO,
+    );
     // It is managed for real: rescued from that 64M limit, which stays the original.
     run_steps(&g);
-    assert_eq!(a.managed(&path).unwrap()["original_limit"], 64 * M);
+    assert_eq!(a.status().managed(&path).unwrap()["original_limit"], 64 * M);
+    a.wait_audit("a raise from 64M", Duration::from_secs(5), |r| {
+        r.cgroup == path && r.is_raise() && r.old == 64 * M
+    });
 
     drop(g);
     let took = a.wait_managed(&path, false, Duration::from_secs(2));
     eprintln!("removed cgroup forgotten after {took:?}");
-    assert!(a.logged("no longer managed"));
-    let text = a.scrape();
-    assert!(
-        !text.contains(&format!("cgroup=\"{path}\"")),
-        "its metrics are gone:\n{text}"
+    a.wait_event(
+        &LogQuery::message(msg::NO_LONGER_MANAGED)
+            .field("cgroup", &path)
+            .field("resource", "memory"),
+        Duration::ZERO,
     );
+    let scrape = a.scrape();
+    let left = scrape.with_label("cgroup", &path);
+    assert!(left.is_empty(), "its metrics are gone: {left:?}");
     assert_eq!(a.stop(Signal::SIGTERM).code(), Some(0));
+    a.assert_only_json_on_stderr();
 }
 
 /// The CPU policy of the agent: the same bursty workload (about 2 cores in bursts) is throttled
@@ -701,21 +549,15 @@ fn agent_cpu_policy_raises_the_quota_in_bursts_and_restores_it() {
     let cg = g.cgroup(Controller::Cpu).unwrap().clone();
     let path = g.path(Controller::Cpu).unwrap().to_string();
     let (original, _) = cg.cpu_max().unwrap();
-    let mut conf = Conf::new(vec![glob_literal(&path)]);
-    conf.cpu = true;
-    conf.restore_on_exit = true;
-    let agent = Agent::start(&conf);
-    let start = Instant::now();
-    while !agent.status()["managed_cpu"]
-        .as_array()
-        .is_some_and(|v| v.iter().any(|m| m["cgroup"] == path.as_str()))
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{path} managed for CPU within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut agent = AgentConfig::new(body(&[glob_literal(&path)], true))
+        .log_filter(AGENT_DEBUG_LOG)
+        .agent_key("restore_on_exit", "true")
+        .start();
+    agent.wait_status(
+        &format!("{path} managed for CPU"),
+        Duration::from_secs(10),
+        |s| s.managed_cpu(&path).is_some(),
+    );
     let mut p = spawn_in_cgroup(cg.dir(), &scaler_bin(), &bursts);
     let mut peak = 0.0f64;
     let status = loop {
@@ -752,57 +594,66 @@ fn agent_cpu_policy_raises_the_quota_in_bursts_and_restores_it() {
 
     // State file: the original quota, and the agent's changes.
     let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(conf.state_file()).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(agent.state_file()).unwrap()).unwrap();
     let rec = &state["cpu"][path.as_str()];
     let scaler::cgroupfs::CpuQuota::Quota { quota_us, .. } = original else {
         panic!("the test set a quota");
     };
     assert_eq!(rec["original"]["quota_us"], quota_us, "{state}");
     assert!(rec["changes"].as_u64().unwrap() >= 1, "{state}");
+    // The audit trail: CPU raises of this cgroup.
+    let cpu_raises: Vec<AuditRecord> = agent
+        .audit_of(&path)
+        .into_iter()
+        .filter(|r| r.resource == "cpu" && r.is_raise())
+        .collect();
+    assert!(!cpu_raises.is_empty(), "{:?}", agent.audit());
 
     // Metrics and status.
-    let text = agent.scrape();
-    let cg_label = format!("cgroup=\"{path}\"");
+    let scrape = agent.scrape();
     assert!(
-        metric(
-            &text,
-            "scaler_actions_total",
-            &["resource=\"cpu\"", "outcome=\"written\""]
-        )
-        .unwrap_or(0.0)
+        scrape
+            .sum(
+                metric::ACTIONS,
+                &[("resource", "cpu"), ("outcome", "written")]
+            )
+            .unwrap_or(0.0)
             >= 1.0,
-        "{text}"
+        "{}",
+        scrape.text
     );
     assert_eq!(
-        metric(
-            &text,
-            "scaler_cgroup_original_limit",
-            &[&cg_label, "resource=\"cpu\"", "unit=\"core\""]
-        ),
+        scrape.value(metric::CPU_ORIGINAL_QUOTA, &cgroup_label(&path)),
         Some(0.2),
-        "{text}"
+        "{}",
+        scrape.text
     );
     assert!(
-        metric(
-            &text,
-            "scaler_cgroup_limit",
-            &[&cg_label, "resource=\"cpu\""]
-        )
-        .is_some(),
-        "{text}"
+        scrape
+            .value(metric::CPU_QUOTA, &cgroup_label(&path))
+            .is_some(),
+        "{}",
+        scrape.text
+    );
+    let status = agent.status();
+    assert_eq!(
+        status.managed_cpu(&path).unwrap()["original_quota_cores"],
+        0.2,
+        "{status}"
     );
     assert!(agent.status_table().contains("\nCPU\n"));
 
     // SIGTERM with restore_on_exit: the 0.2-core quota comes back.
     let st = agent.stop(Signal::SIGTERM);
     assert!(st.success(), "{st}");
+    agent.assert_only_json_on_stderr();
     assert_eq!(
         cg.cpu_max().unwrap().0,
         original,
         "original quota restored on exit"
     );
     let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(conf.state_file()).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(agent.state_file()).unwrap()).unwrap();
     assert!(
         state["cpu"].get(path.as_str()).is_none(),
         "restored cgroups leave the state file: {state}"
