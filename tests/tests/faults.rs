@@ -8,13 +8,13 @@
 //!   an optional kernel program that is not there; missing capabilities.
 
 use std::{
-    io::{BufRead, BufReader, Read},
     os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
-    sync::{mpsc, Arc, Mutex},
     time::{Duration, Instant},
 };
+
+use nix::sys::signal::Signal;
 
 use scaler::cgroupfs::{CgroupGuard, Controller, Limit};
 use scaler_tests::*;
@@ -214,126 +214,26 @@ fn config_valid_file_passes_check_config() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Helpers for the fault tests: an agent started with a configuration, its log lines collected.
+// Helpers for the fault tests: an agent started with a configuration (see [`TestAgent`]).
 
-/// `scaler agent --config FILE`, optionally started inside a cgroup, with its log lines.
-struct AgentProc {
-    proc: Proc,
-    log: Arc<Mutex<Vec<String>>>,
-    lines: mpsc::Receiver<String>,
-    dir: PathBuf,
+/// The fault tests' agent: `policies` (TOML `[[policy]]` tables), no metrics, started inside
+/// `cgroup_dir` if given; waits until it runs.
+fn start_agent(policies: &str, cgroup_dir: Option<&Path>) -> TestAgent {
+    let mut c = AgentConfig::new(policies).metrics(false);
+    if let Some(d) = cgroup_dir {
+        c = c.in_cgroup(d);
+    }
+    c.start()
 }
 
-impl AgentProc {
-    /// Starts the agent with `policies` (TOML `[[policy]]` tables) and waits until it runs.
-    fn start(policies: &str, cgroup_dir: Option<&Path>) -> AgentProc {
-        use std::os::{fd::AsRawFd, unix::process::CommandExt};
-        let dir = tempdir();
-        let config = format!(
-            "[agent]\nmetrics = false\nobserve_all = false\nsample_interval = \"200ms\"\n\
-             status_socket = \"{d}/status.sock\"\nstate_file = \"{d}/state.json\"\n\n{policies}",
-            d = dir.display()
-        );
-        let file = config_file(&dir, "agent.toml", config.as_bytes());
-        let mut cmd = Command::new(scaler_bin());
-        cmd.args(["agent", "--config"]).arg(&file);
-        cmd.env("SCALER_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let procs = cgroup_dir.map(|d| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(d.join("cgroup.procs"))
-                .expect("cgroup.procs")
-        });
-        if let Some(f) = &procs {
-            let fd = f.as_raw_fd();
-            // SAFETY: only write(2) between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let mut child = cmd.spawn().expect("spawning scaler agent");
-        drop(procs);
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let l2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("  [agent] {line}");
-                l2.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let mut a = AgentProc {
-            proc: Proc { child },
-            log,
-            lines: rx,
-            dir,
-        };
-        a.wait_for("agent running", Duration::from_secs(60), |l| {
-            l.contains("agent running")
-        });
-        a
-    }
-
-    /// Waits for a log line (seen before or after this call) that satisfies `f`.
-    fn wait_for(&mut self, what: &str, timeout: Duration, f: impl Fn(&str) -> bool) -> String {
-        if let Some(l) = self.log.lock().unwrap().iter().find(|l| f(l)) {
-            return l.clone();
-        }
-        let end = Instant::now() + timeout;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self
-                .lines
-                .recv_timeout(left.min(Duration::from_millis(200)))
-            {
-                Ok(l) if f(&l) => return l,
-                Ok(_) => {}
-                Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {
-                    if let Ok(Some(s)) = self.proc.child.try_wait() {
-                        panic!("the agent exited ({s}) while waiting for {what}");
-                    }
-                }
-                Err(_) => panic!("no log line {what} within {timeout:?}"),
-            }
-        }
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.proc.child.try_wait(), Ok(None))
-    }
-
-    fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// SIGINT; checks a clean exit with no panic.
-    fn stop(mut self) -> String {
-        let status = self
-            .proc
-            .interrupt(Duration::from_secs(20))
-            .expect("the agent exits on SIGINT");
-        // Give the log reader a moment to take the last lines.
-        std::thread::sleep(Duration::from_millis(200));
-        let log = self.log_text();
-        assert!(
-            status.success(),
-            "the agent exits 0 on SIGINT: {status}\n{log}"
-        );
-        assert!(!log.contains("panicked"), "the agent panicked:\n{log}");
-        let _ = std::fs::remove_dir_all(&self.dir);
-        log
-    }
+/// Waits until the agent manages the memory cgroup `path`.
+fn wait_managing(agent: &TestAgent, path: &str) {
+    agent.wait_event(
+        &LogQuery::message(msg::MANAGING)
+            .field("resource", "memory")
+            .field("cgroup", path),
+        Duration::from_secs(20),
+    );
 }
 
 /// A memory policy managing cgroups that match `glob`.
@@ -379,15 +279,6 @@ fn path_of(g: &CgroupGuard) -> String {
     g.path(Controller::Memory).unwrap().to_string()
 }
 
-/// `key=value` of a tracing log line (value up to the next space).
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let at = line.find(&format!(" {key}="))? + key.len() + 2;
-    line[at..]
-        .split_whitespace()
-        .next()
-        .map(|v| v.trim_matches('"'))
-}
-
 // ---------------------------------------------------------------------------------------------
 // (a) A managed cgroup removed while its events are in flight.
 
@@ -403,11 +294,9 @@ fn a_managed_cgroup_removed_mid_storm_is_forgotten_and_others_are_still_rescued(
     let victim = child_cgroup(&env, &parent, "victim");
     victim.set_memory_limit(Limit::Bytes(64 << 20)).unwrap();
     let glob = format!("{}/*", path_of(&parent));
-    let mut agent = AgentProc::start(&policy("faults", &glob, "16M", "1G", "16M"), None);
+    let mut agent = start_agent(&policy("faults", &glob, "16M", "1G", "16M"), None);
     let vpath = path_of(&victim);
-    agent.wait_for("managing the victim", Duration::from_secs(20), |l| {
-        l.contains("managing") && l.contains(&vpath)
-    });
+    wait_managing(&agent, &vpath);
 
     // A storm on the victim: four allocators racing past its limit (raises, reclaim, early
     // warnings), then, mid-storm, the workload is killed and the cgroup removed.
@@ -417,9 +306,12 @@ fn a_managed_cgroup_removed_mid_storm_is_forgotten_and_others_are_still_rescued(
     std::thread::sleep(Duration::from_millis(300));
     drop(storm); // SIGKILL and reap each, by pid
     victim.remove().expect("removing the victim cgroup");
-    agent.wait_for("the victim forgotten", Duration::from_secs(20), |l| {
-        l.contains("no longer managed") && l.contains(&vpath)
-    });
+    agent.wait_event(
+        &LogQuery::message(msg::NO_LONGER_MANAGED)
+            .field("resource", "memory")
+            .field("cgroup", &vpath),
+        Duration::from_secs(20),
+    );
     assert!(agent.alive(), "the agent survives the removal");
 
     // A cgroup created now (after the agent dropped CAP_BPF: watching it is a map update on an
@@ -427,9 +319,7 @@ fn a_managed_cgroup_removed_mid_storm_is_forgotten_and_others_are_still_rescued(
     let other = child_cgroup(&env, &parent, "other");
     other.set_memory_limit(Limit::Bytes(64 << 20)).unwrap();
     let opath = path_of(&other);
-    agent.wait_for("managing the new cgroup", Duration::from_secs(20), |l| {
-        l.contains("managing") && l.contains(&opath)
-    });
+    wait_managing(&agent, &opath);
     let mut w = spawn(&dir_of(&other), &steps("256M"));
     let status = w
         .wait_timeout(Duration::from_secs(60))
@@ -441,10 +331,15 @@ fn a_managed_cgroup_removed_mid_storm_is_forgotten_and_others_are_still_rescued(
     let oc = other.cgroup(Controller::Memory).unwrap();
     assert_eq!(oc.oom_kills().unwrap().unwrap_or(0), 0);
     assert!(matches!(oc.memory_limit().unwrap(), Limit::Bytes(b) if b > 64 << 20));
-    let log = agent.stop();
+    agent.stop_cleanly(Signal::SIGINT);
+    let raises: Vec<AuditRecord> = agent
+        .audit_of(&opath)
+        .into_iter()
+        .filter(AuditRecord::is_raise)
+        .collect();
     assert!(
-        log.contains("limit changed") && log.contains(&opath),
-        "the rescue is in the audit trail"
+        raises.iter().any(|r| r.old == 64 << 20),
+        "the rescue (a raise from 64M) is in the audit trail: {raises:?}"
     );
 }
 
@@ -453,7 +348,7 @@ fn a_managed_cgroup_removed_mid_storm_is_forgotten_and_others_are_still_rescued(
 
 #[test]
 fn a_refused_limit_write_is_an_error_naming_the_file_and_changes_nothing() {
-    use scaler::actuator::{ErrorKind, MemoryActuator, MemoryOptions};
+    use scaler::actuator::{ActuatorError, ErrorKind, MemoryActuator, MemoryOptions};
     let Some(env) = env("fault_write_refused") else {
         return;
     };
@@ -479,11 +374,15 @@ fn a_refused_limit_write_is_an_error_naming_the_file_and_changes_nothing() {
         eprintln!("refused as expected: {err}");
         assert_eq!(err.kind(), ErrorKind::Refused, "{err}");
         assert_eq!(err.errno(), Some(nix::errno::Errno::EBUSY), "{err}");
-        assert!(
-            err.to_string()
-                .contains(&cg.file("memory.limit_in_bytes").display().to_string()),
-            "names the file: {err}"
-        );
+        // The error names the file at fault (its `path` field, which its message shows).
+        match &err {
+            ActuatorError::Refused { path, .. } => assert_eq!(
+                path,
+                &cg.file("memory.limit_in_bytes"),
+                "names the file: {err}"
+            ),
+            other => panic!("a refusal, not {other:?}"),
+        }
         assert_eq!(
             cg.memory_limit().unwrap(),
             Limit::Bytes(256 << 20),
@@ -533,10 +432,8 @@ fn refused_raises(env: &TestEnv, same_limit_retry: bool) {
     }
     g.set_memory_limit(Limit::Bytes(64 << 20)).unwrap();
     let path = path_of(&g);
-    let mut agent = AgentProc::start(&policy("einval", &path, "16M", "1G", "16M"), None);
-    agent.wait_for("managing", Duration::from_secs(20), |l| {
-        l.contains("managing") && l.contains(&path)
-    });
+    let mut agent = start_agent(&policy("einval", &path, "16M", "1G", "16M"), None);
+    wait_managing(&agent, &path);
     // Behind the agent's back (its actuator opened memsw as unlimited, so it does not move it):
     // memory+swap capped at the current limit. Every raise is now EINVAL.
     cg.write("memory.memsw.limit_in_bytes", &(64u64 << 20).to_string())
@@ -550,14 +447,16 @@ fn refused_raises(env: &TestEnv, same_limit_retry: bool) {
         Some(9),
         "with every raise refused, the workload is OOM-killed at 64M: {status}"
     );
-    let failed = agent.wait_for("a failed write", Duration::from_secs(10), |l| {
-        l.contains("limit write failed") && l.contains(&path)
+    let failed = agent.wait_audit("a failed write", Duration::from_secs(10), |r| {
+        r.cgroup == path && r.outcome == AuditOutcome::Failed
     });
+    assert_eq!(failed.errno, Some(22), "EINVAL is reported: {failed}");
     assert_eq!(
-        field(&failed, "errno"),
-        Some("22"),
-        "EINVAL is reported: {failed}"
+        failed.old,
+        64 << 20,
+        "a raise from 64M was refused: {failed}"
     );
+    assert!(failed.new > failed.old, "a raise was refused: {failed}");
     assert!(agent.alive());
     assert_eq!(
         cg.memory_limit().unwrap(),
@@ -580,16 +479,16 @@ fn refused_raises(env: &TestEnv, same_limit_retry: bool) {
         "rescued once raises are accepted again: {status}"
     );
     assert!(matches!(cg.memory_limit().unwrap(), Limit::Bytes(b) if b > 80 << 20));
-    let log = agent.stop();
+    agent.stop_cleanly(Signal::SIGINT);
     if same_limit_retry {
         // The rescue came ahead of reclaim: the early warning was re-armed by the OOM kill.
-        let rescue = log
-            .lines()
-            .find(|l| l.contains("limit changed") && l.contains(&path))
-            .unwrap_or_else(|| panic!("the rescue is in the audit trail: {log}"));
+        let audit = agent.audit_of(&path);
+        let rescue = audit
+            .iter()
+            .find(|r| r.outcome == AuditOutcome::Written)
+            .unwrap_or_else(|| panic!("the rescue is in the audit trail: {audit:?}"));
         assert_eq!(
-            field(rescue, "reason"),
-            Some("early_warning"),
+            rescue.reason, "early_warning",
             "the retry at the same limit came from a fresh early warning: {rescue}"
         );
     }
@@ -637,32 +536,7 @@ fn ring_buffer_overflow_is_counted_reported_and_the_stream_goes_on() {
     };
     // `scaler watch` on every cgroup, whose stdout nobody reads for a while: the printer blocks
     // on the full pipe, the consumer stops, and the 2 MiB ring buffer fills.
-    let mut child = Command::new(scaler_bin())
-        .args(["watch", "--json"])
-        .env("SCALER_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning scaler watch");
-    let mut stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut watch = Proc { child };
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("  [watch] {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let end = Instant::now() + Duration::from_secs(60);
-    while !rx
-        .recv_timeout(Duration::from_secs(1))
-        .is_ok_and(|l| l.contains("streaming events"))
-    {
-        assert!(Instant::now() < end, "scaler watch did not attach");
-    }
+    let mut watch = Watch::start_unread(&[]);
 
     // The storm: page-cache workloads in tight cgroups reclaim continuously.
     let tmp = tempdir();
@@ -695,25 +569,7 @@ fn ring_buffer_overflow_is_counted_reported_and_the_stream_goes_on() {
     }
 
     // Now read: first what was queued, then a fresh event proves the stream goes on.
-    let (otx, orx) = mpsc::channel::<serde_json::Value>();
-    std::thread::spawn(move || {
-        let mut buf = String::new();
-        let mut chunk = [0u8; 65536];
-        while let Ok(n) = stdout.read(&mut chunk) {
-            if n == 0 {
-                return;
-            }
-            buf.push_str(&String::from_utf8_lossy(&chunk[..n]));
-            while let Some(i) = buf.find('\n') {
-                let line: String = buf.drain(..=i).collect();
-                if let Ok(v) = serde_json::from_str(&line) {
-                    if otx.send(v).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    watch.read_stdout();
     let oom = memory_cgroup(&env, "scaler-fault-after");
     oom.set_memory_limit(Limit::Bytes(32 << 20)).unwrap();
     let oom_id = oom.cgroup(Controller::Memory).unwrap().id().unwrap().0;
@@ -729,7 +585,7 @@ fn ring_buffer_overflow_is_counted_reported_and_the_stream_goes_on() {
     let mut seen = 0u64;
     let mut after = false;
     while Instant::now() < end && !after {
-        if let Ok(v) = orx.recv_timeout(Duration::from_millis(200)) {
+        if let Ok(v) = watch.lines.recv_timeout(Duration::from_millis(200)) {
             seen += 1;
             after = kind(&v) == "oom_kill" && v["cgroup_id"].as_u64() == Some(oom_id);
         }
@@ -739,21 +595,15 @@ fn ring_buffer_overflow_is_counted_reported_and_the_stream_goes_on() {
         "the OOM kill after the overflow is reported ({seen} events read)"
     );
     let status = watch
+        .proc
         .interrupt(Duration::from_secs(20))
         .expect("watch exits on SIGINT");
     assert!(status.success(), "{status}");
-    let detached = (0..50).find_map(|_| {
-        rx.recv_timeout(Duration::from_millis(200))
-            .ok()
-            .filter(|l| l.contains("detached"))
-    });
-    let detached = detached.expect("the final `detached` line with the counters");
-    let dropped: u64 = field(&detached, "dropped")
-        .and_then(|v| v.parse().ok())
-        .expect("dropped=N");
-    let submitted: u64 = field(&detached, "submitted")
-        .and_then(|v| v.parse().ok())
-        .expect("submitted=N");
+    let detached = watch
+        .log
+        .wait_one(&LogQuery::message(WATCH_DETACHED), Duration::from_secs(10));
+    let dropped = detached.u64("dropped").expect("dropped=N");
+    let submitted = detached.u64("submitted").expect("submitted=N");
     eprintln!("submitted {submitted}, dropped {dropped}, read {seen} after the reader resumed");
     assert!(
         dropped > 0,
@@ -787,14 +637,12 @@ fn the_agent_locks_its_memory_and_rescues_while_its_own_cgroup_is_under_pressure
     let work = child_cgroup(&env, &parent, "work");
     work.set_memory_limit(Limit::Bytes(64 << 20)).unwrap();
     let wpath = path_of(&work);
-    let mut agent = AgentProc::start(
+    let mut agent = start_agent(
         &policy("work", &wpath, "16M", "1G", "16M"),
         Some(&dir_of(&home)),
     );
-    agent.wait_for("managing", Duration::from_secs(20), |l| {
-        l.contains("managing") && l.contains(&wpath)
-    });
-    let pid = agent.proc.pid();
+    wait_managing(&agent, &wpath);
+    let pid = agent.pid();
     let (rss, locked) = (status_kib(pid, "VmRSS"), status_kib(pid, "VmLck"));
     eprintln!("agent: VmRSS {rss} KiB, VmLck {locked} KiB");
     assert!(
@@ -862,7 +710,7 @@ fn the_agent_locks_its_memory_and_rescues_while_its_own_cgroup_is_under_pressure
         );
     }
     assert!(status_kib(pid, "VmLck") > 0, "still locked");
-    agent.stop();
+    agent.stop_cleanly(Signal::SIGINT);
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
@@ -915,11 +763,11 @@ fn the_agent_drops_capabilities_after_loading() {
         return;
     };
     let g = memory_cgroup(&env, "scaler-priv");
-    let agent = AgentProc::start(
+    let mut agent = start_agent(
         &policy("p", &format!("{}/none", path_of(&g)), "16M", "1G", "16M"),
         None,
     );
-    let pid = agent.proc.pid();
+    let pid = agent.pid();
     let main = caps_of(&std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap());
     eprintln!("agent main thread after load: {main:?}");
     for c in [Capability::Bpf, Capability::Perfmon, Capability::SysAdmin] {
@@ -969,7 +817,7 @@ fn the_agent_drops_capabilities_after_loading() {
          before loading: {names:?}"
     );
     // The status socket is the agent's only local endpoint: mode 0600.
-    let sock = agent.dir.join("status.sock");
+    let sock = agent.status_socket();
     match std::fs::metadata(&sock) {
         Ok(m) => {
             use std::os::unix::fs::PermissionsExt;
@@ -985,7 +833,7 @@ fn the_agent_drops_capabilities_after_loading() {
             sock.display()
         ),
     }
-    agent.stop();
+    agent.stop_cleanly(Signal::SIGINT);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1002,6 +850,17 @@ fn an_optional_program_left_out_is_named_and_the_stream_goes_on() {
     // Without --headroom the early-warning program (count_memcg_events) is not attached: the
     // same path an older kernel without that tracepoint takes.
     let watch = Watch::start(&["--cgroup", cg.path()]);
+    // It is named: a warning whose `program` field is the one left out.
+    let named = watch.log.find(
+        &LogQuery::any()
+            .level("WARN")
+            .field("program", "count_memcg_events"),
+    );
+    assert!(
+        !named.is_empty(),
+        "a warning names the program left out\n{}",
+        watch.log.tail()
+    );
     let mut p = spawn(cg.dir(), &steps("128M"));
     let _ = p.wait_timeout(Duration::from_secs(60));
     let ev = watch.collect(Duration::from_secs(10), |e| {
