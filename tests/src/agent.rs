@@ -43,12 +43,15 @@ pub mod msg {
     pub const RELOADED: &str = "configuration reloaded";
     /// The last line: kernel counters (`submitted`, `dropped`).
     pub const EXITING: &str = "programs detached; exiting";
+    /// The audit trail (target [`super::AUDIT_TARGET`]): a limit written (see
+    /// [`super::AuditRecord`]).
+    pub const LIMIT_CHANGED: &str = "limit changed";
+    /// The audit trail: a write the kernel refused.
+    pub const LIMIT_WRITE_FAILED: &str = "limit write failed";
 }
 
-/// The audit trail's target and messages.
+/// The audit trail's target.
 pub const AUDIT_TARGET: &str = "scaler::audit";
-const AUDIT_CHANGED: &str = "limit changed";
-const AUDIT_FAILED: &str = "limit write failed";
 
 /// The log filter of the agent's tests: info, and the agent's own debug events (the cgroup
 /// tree changes).
@@ -88,9 +91,9 @@ impl AuditRecord {
             return None;
         }
         let outcome = match e.message.as_str() {
-            AUDIT_CHANGED if e.bool("dry_run") == Some(true) => AuditOutcome::DryRun,
-            AUDIT_CHANGED => AuditOutcome::Written,
-            AUDIT_FAILED => AuditOutcome::Failed,
+            msg::LIMIT_CHANGED if e.bool("dry_run") == Some(true) => AuditOutcome::DryRun,
+            msg::LIMIT_CHANGED => AuditOutcome::Written,
+            msg::LIMIT_WRITE_FAILED => AuditOutcome::Failed,
             _ => return None,
         };
         let bad = |f: &str| -> ! { panic!("audit record without a valid {f}: {e}") };

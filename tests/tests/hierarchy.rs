@@ -1,12 +1,9 @@
 //! Hierarchies: the limit that binds may be an ancestor's. The kernel programs find it by
 //! walking the page-counter parents; the agent raises a managed ancestor within its own policy.
 
-use std::{
-    os::unix::fs::MetadataExt,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{os::unix::fs::MetadataExt, time::Duration};
 
+use nix::sys::signal::Signal;
 use scaler::cgroupfs::{CgroupGuard, Controller, Limit};
 use scaler_tests::*;
 
@@ -75,19 +72,8 @@ fn agent_raises_a_managed_parent_whose_limit_binds() {
     let child = CgroupGuard::create(&[&env.memory], pcg.path(), "job").expect("child cgroup");
     let ccg = child.cgroup(Controller::Memory).unwrap().clone();
     child.set_memory_limit(Limit::Bytes(64 << 20)).unwrap();
-    let dir = tempdir();
-    let config = dir.join("scaler.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[agent]
-metrics = false
-observe_all = false
-sample_interval = "200ms"
-state_file = "{state}"
-status_socket = "{sock}"
-
-[[policy]]
+    let mut agent = AgentConfig::new(format!(
+        r#"[[policy]]
 name = "parent"
 match = ["{parent}"]
 [policy.memory]
@@ -101,40 +87,11 @@ match = ["{child}"]
 max = "1G"
 headroom = "16M"
 "#,
-            state = dir.join("state.json").display(),
-            sock = dir.join("status.sock").display(),
-            parent = pcg.path(),
-            child = ccg.path()
-        ),
-    )
-    .unwrap();
-    let agent = Command::new(scaler_bin())
-        .args(["agent", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("agent");
-    let mut agent = Proc { child: agent };
-    let stderr = agent.child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut tx = Some(tx);
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            eprintln!("  [agent] {line}");
-            if line.contains("agent running") {
-                if let Some(t) = tx.take() {
-                    let _ = t.send(());
-                }
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("agent started");
+        parent = pcg.path(),
+        child = ccg.path()
+    ))
+    .metrics(false)
+    .start();
     let race = RaceWorkload::steps(1);
     let mut w = race.spawn_in(ccg.dir());
     let st = w
@@ -142,8 +99,7 @@ headroom = "16M"
         .expect("workload ended");
     let parent_limit = pcg.memory_limit().unwrap();
     let child_limit = ccg.memory_limit().unwrap();
-    let _ = agent.interrupt(Duration::from_secs(10));
-    let _ = std::fs::remove_dir_all(&dir);
+    let exit = agent.stop(Signal::SIGINT);
     assert!(st.success(), "the workload in the child survived: {st}");
     assert!(
         parent_limit > Limit::Bytes(96 << 20),
@@ -157,5 +113,19 @@ headroom = "16M"
         parent_limit <= Limit::Bytes(1 << 30) && child_limit <= Limit::Bytes(1 << 30),
         "within max"
     );
+    // The audit trail has both raises, each within its policy.
+    for (path, from) in [(pcg.path(), 96 << 20), (ccg.path(), 64 << 20)] {
+        let raises: Vec<AuditRecord> = agent
+            .audit_of(path)
+            .into_iter()
+            .filter(AuditRecord::is_raise)
+            .collect();
+        assert!(
+            raises.iter().any(|r| r.old == from) && raises.iter().all(|r| r.new <= 1 << 30),
+            "{path} raised from {from} within max: {raises:?}"
+        );
+    }
+    assert!(exit.success(), "the agent exits 0 on SIGINT: {exit}");
+    agent.assert_only_json_on_stderr();
     drop(child);
 }
