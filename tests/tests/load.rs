@@ -61,11 +61,9 @@ fn status_kib(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The project's nearest-rank percentile (NaN for no samples, which fails any bound).
 fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
+    scaler::stats::percentile(sorted, p).unwrap_or(f64::NAN)
 }
 
 /// A workload in `dir`; its one-line JSON report stays in the pipe (closing the pipe would
