@@ -9,6 +9,7 @@
 //! - `lint`: rustfmt and clippy on the userspace crates.
 
 mod cargo;
+mod report;
 mod setup;
 mod test;
 mod util;

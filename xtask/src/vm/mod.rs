@@ -21,7 +21,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     cargo, setup,
-    test::{Counts, Outcome, Report},
+    report::{Counts, Outcome, Report},
 };
 
 pub use kernel::Kernel;

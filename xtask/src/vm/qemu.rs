@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use super::{initramfs, kernel::Prepared, GuestCommand, VmConfig, VmResult};
-use crate::{test::Counts, util};
+use crate::{report::Counts, util};
 
 fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
