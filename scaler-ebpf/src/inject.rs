@@ -21,7 +21,7 @@ use scaler_common::{
     stat, Event, EventKind, EVENT_FLAG_INJECTED, EVENT_FLAG_WAKEUP,
 };
 
-use crate::{count, EVENTS};
+use crate::helpers::{count, EVENTS, WAKE_BYTES};
 
 /// The cgroups to write events for, filled by the injector.
 #[map]
@@ -69,7 +69,7 @@ pub fn inject_events(ctx: RawTracePointContext) -> u32 {
             continue;
         }
         let urgent =
-            wake_every || i + 1 == n || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= crate::WAKE_BYTES;
+            wake_every || i + 1 == n || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKE_BYTES;
         let ev = Event {
             // SAFETY: no preconditions.
             ts_ns: unsafe { bpf_ktime_get_ns() },
