@@ -18,22 +18,13 @@
 //! load: map updates (watch/unwatch), ring-buffer reads and program info need no capability
 //! once the fds exist, so dropping `CAP_BPF` and `CAP_PERFMON` after loading is safe.
 //!
-//! Capabilities are per thread on Linux: [`drop_after_load`] changes the calling thread, and
-//! threads started after it inherit its sets. Threads that were already running (the signal
-//! thread, the metrics server) would keep theirs, so [`drop_in_all_threads`] carries the same
-//! drop to every other thread of the process with a real-time signal whose handler makes the
-//! same system calls in that thread (what glibc does for `setuid` and libcap's psx for
-//! capabilities), and [`threads_holding`] checks the result.
+//! Capabilities are per thread on Linux, and a thread starts with the sets of the thread that
+//! creates it. The commands block their signals, load the programs and call [`after_load`] in
+//! their main thread before they start any other (signal waiter, metrics and status servers,
+//! engine, discovery), so the one drop in that thread ([`drop_after_load`]) holds for every
+//! thread of the process.
 
-use std::{
-    fmt,
-    path::Path,
-    sync::{
-        atomic::{AtomicU32, AtomicU64, Ordering},
-        Mutex,
-    },
-    time::{Duration, Instant},
-};
+use std::{fmt, path::Path};
 
 /// A Linux capability (the ones scaler cares about, by their kernel numbers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -519,200 +510,32 @@ pub fn drop_after_load(keep: CapSet, bounding: bool) -> Result<Dropped, Privileg
     })
 }
 
-// ---------------------------------------------------------------------------------------------
-// The same drop in every thread of the process.
-
-/// The set every thread is reduced to, as the two 32-bit words of the capset ABI (effective =
-/// permitted), and the bounding-set capabilities to drop, for [`apply_in_this_thread`].
-static SYNC_KEEP: [AtomicU32; 2] = [AtomicU32::new(0), AtomicU32::new(0)];
-static SYNC_BOUNDING: AtomicU64 = AtomicU64::new(0);
-/// Threads that ran the handler, and those whose capset failed.
-static SYNC_DONE: AtomicU32 = AtomicU32::new(0);
-static SYNC_FAILED: AtomicU32 = AtomicU32::new(0);
-/// One process-wide drop at a time.
-static SYNC_LOCK: Mutex<()> = Mutex::new(());
-
-/// The signal that carries the drop to the other threads: a real-time signal (queued per
-/// thread, never coalesced with another sender's) that nothing else in scaler uses. Its
-/// handler stays installed once set (a signal still pending in a thread that blocks it must
-/// never meet the default action, which ends the process).
-pub fn sync_signal() -> libc::c_int {
-    libc::SIGRTMAX() - 2
-}
-
-/// The signal handler: the calling thread drops what [`drop_after_load`] dropped in the
-/// thread that started the drop. Only async-signal-safe system calls; errno is preserved.
-extern "C" fn apply_in_this_thread(_sig: libc::c_int) {
-    // SAFETY: errno is thread-local; saved and restored around the raw system calls below.
-    let errno = unsafe { *libc::__errno_location() };
-    let bounding = SYNC_BOUNDING.load(Ordering::SeqCst);
-    for n in 0..64u32 {
-        if bounding & (1u64 << n) != 0 {
-            // SAFETY: prctl with integer arguments.
-            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(n), 0, 0, 0) };
-        }
-    }
-    // SAFETY: prctl with integer arguments (EINVAL on kernels without ambient capabilities).
-    unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
-    let w = [
-        SYNC_KEEP[0].load(Ordering::SeqCst),
-        SYNC_KEEP[1].load(Ordering::SeqCst),
-    ];
-    let data = [
-        CapData {
-            effective: w[0],
-            permitted: w[0],
-            inheritable: 0,
-        },
-        CapData {
-            effective: w[1],
-            permitted: w[1],
-            inheritable: 0,
-        },
-    ];
-    let mut h = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    // SAFETY: header and a 2-element data array, as the v3 ABI requires; pid 0 is this thread.
-    let r = unsafe { libc::syscall(libc::SYS_capset, &mut h as *mut CapHeader, data.as_ptr()) };
-    if r != 0 {
-        SYNC_FAILED.fetch_add(1, Ordering::SeqCst);
-    }
-    SYNC_DONE.fetch_add(1, Ordering::SeqCst);
-    // SAFETY: as above.
-    unsafe { *libc::__errno_location() = errno };
-}
-
-/// What [`drop_in_all_threads`] did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DroppedEverywhere {
-    /// The drop in the calling thread.
-    pub dropped: Dropped,
-    /// Other threads signalled.
-    pub signalled: u32,
-    /// Of which the drop failed in (capset refused).
-    pub failed: u32,
-    /// Threads (tid, name) that still have more than `dropped.after` (they block the signal,
-    /// did not run it in time, or were started meanwhile by a thread that had not dropped).
-    pub holding: Vec<(u32, String)>,
-}
-
-/// [`drop_after_load`] in the calling thread, then the same in every other thread of the
-/// process (see the module docs), waiting up to `timeout` for them.
-pub fn drop_in_all_threads(
-    keep: CapSet,
-    bounding: bool,
-    timeout: Duration,
-) -> Result<DroppedEverywhere, PrivilegeError> {
-    let _one = SYNC_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let before = ProcessCaps::current()?;
-    let d = drop_after_load(keep, bounding)?;
-    let w = words(d.after.0);
-    SYNC_KEEP[0].store(w[0], Ordering::SeqCst);
-    SYNC_KEEP[1].store(w[1], Ordering::SeqCst);
-    let drop_bounding = if d.bounding {
-        before.bounding.0 & !d.after.0
-    } else {
-        0
-    };
-    SYNC_BOUNDING.store(drop_bounding, Ordering::SeqCst);
-    SYNC_DONE.store(0, Ordering::SeqCst);
-    SYNC_FAILED.store(0, Ordering::SeqCst);
-    let sig = sync_signal();
-    // SAFETY: a zeroed sigaction with a plain handler, an empty mask and SA_RESTART (so that
-    // interrupted system calls in the other threads restart).
-    let rc = unsafe {
-        let mut act: libc::sigaction = std::mem::zeroed();
-        act.sa_sigaction = apply_in_this_thread as extern "C" fn(libc::c_int) as usize;
-        act.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut act.sa_mask);
-        libc::sigaction(sig, &act, std::ptr::null_mut())
-    };
-    if rc != 0 {
-        return Err(PrivilegeError::Sys {
-            call: "sigaction",
-            source: std::io::Error::last_os_error(),
-        });
-    }
+/// Threads of this process other than the calling one, by tid and name: none when the caller
+/// is the only thread, as [`after_load`] expects.
+pub fn other_threads() -> Vec<(u32, String)> {
     // SAFETY: no preconditions.
-    let (pid, me) = unsafe { (libc::getpid(), libc::gettid()) };
-    let mut signalled = 0u32;
-    for tid in thread_ids() {
-        if tid as libc::pid_t == me {
-            continue;
-        }
-        // SAFETY: tgkill with our own pid: at worst ESRCH for a thread that just exited.
-        let r = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid as libc::pid_t, sig) };
-        if r == 0 {
-            signalled += 1;
-        }
-    }
-    let end = Instant::now() + timeout;
-    while SYNC_DONE.load(Ordering::SeqCst) < signalled && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    Ok(DroppedEverywhere {
-        dropped: d,
-        signalled,
-        failed: SYNC_FAILED.load(Ordering::SeqCst),
-        holding: threads_holding(d.after),
-    })
-}
-
-/// Thread ids of this process.
-fn thread_ids() -> Vec<u32> {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Threads of this process (by tid and name) whose effective or permitted set has more than
-/// `allowed` (empty after a successful [`drop_in_all_threads`]).
-pub fn threads_holding(allowed: CapSet) -> Vec<(u32, String)> {
-    let mut out = Vec::new();
+    let me = unsafe { libc::gettid() } as u32;
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return out;
+        return Vec::new();
     };
-    for e in dir.flatten() {
-        let Ok(tid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(text) = std::fs::read_to_string(e.path().join("status")) else {
-            continue;
-        };
-        let Ok(caps) = ProcessCaps::parse_status(&text) else {
-            continue;
-        };
-        if !allowed.contains(caps.effective) || !allowed.contains(caps.permitted) {
-            let name = text
-                .lines()
-                .find_map(|l| l.strip_prefix("Name:"))
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_default();
-            out.push((tid, name));
-        }
-    }
-    out
+    dir.flatten()
+        .filter_map(|e| {
+            let tid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            (tid != me).then(|| (tid, name.trim().to_owned()))
+        })
+        .collect()
 }
 
 /// The hardening step after the programs are loaded and attached: locks memory, then drops
 /// every capability `role` no longer needs (with the bounding set for the agent and watch,
 /// not for exec, whose command should run with the caller's privileges). Failures are logged,
-/// not fatal: the agent works without them, only less hardened. Call it on the main thread
-/// before the engine and other long-lived threads start.
+/// not fatal: the agent works without them, only less hardened.
+///
+/// Capabilities are per thread, and a thread starts with the sets of the thread that creates
+/// it: call this in the main thread before any other thread starts (signal waiter, servers,
+/// engine), and the drop is process-wide. A thread already running would keep its sets: it is
+/// named in a warning.
 pub fn after_load(role: Role) {
     let locked = match lock_memory() {
         Ok(()) => {
@@ -728,21 +551,20 @@ pub fn after_load(role: Role) {
         }
     };
     let keep = keep_after_load(role, locked);
-    match drop_in_all_threads(keep, role != Role::Exec, Duration::from_secs(2)) {
-        Ok(all) => {
-            let d = all.dropped;
+    let running = other_threads();
+    match drop_after_load(keep, role != Role::Exec) {
+        Ok(d) => {
             tracing::debug!(
                 before = ?d.before,
                 after = ?d.after,
                 bounding = d.bounding,
-                other_threads = all.signalled,
-                "capabilities dropped in every thread"
+                "capabilities dropped before any other thread started"
             );
-            if !all.holding.is_empty() || all.failed > 0 {
+            if !running.is_empty() {
                 tracing::warn!(
-                    threads = ?all.holding,
-                    failed = all.failed,
-                    "some threads keep capabilities the agent no longer needs"
+                    threads = ?running,
+                    "some threads keep capabilities the agent no longer needs (started before \
+                     the drop)"
                 );
             }
         }
@@ -919,111 +741,94 @@ mod tests {
         assert!(c.permitted.contains(c.effective));
     }
 
-    /// In a child process (the drop is process-wide; the test harness's other threads must
-    /// keep theirs): threads started before the drop, one of them blocked in a system call,
-    /// end up with the kept set only. Needs CAP_BPF to begin with (root); skipped otherwise.
     #[test]
-    fn dropping_in_all_threads_reaches_threads_started_before() {
-        const CHILD: &str = "SCALER_PRIVILEGE_TEST_CHILD";
+    fn other_threads_are_every_thread_but_the_caller() {
+        // SAFETY: no preconditions.
+        let me = unsafe { libc::gettid() } as u32;
+        let (tid, others) = std::thread::spawn(|| {
+            // SAFETY: as above.
+            (unsafe { libc::gettid() } as u32, other_threads())
+        })
+        .join()
+        .unwrap();
+        assert!(others.iter().any(|(t, _)| *t == me), "{others:?}");
+        assert!(!others.iter().any(|(t, _)| *t == tid), "{others:?}");
+    }
+
+    /// The drop is made in one thread, before the threads it starts: those (one blocked in a
+    /// read, one in sigwait, like the agent's signal thread) have the kept set only, and the
+    /// reduced bounding set, read from inside and from `/proc` as an outside observer would.
+    /// It runs in a thread of its own so that the rest of the test process keeps its
+    /// capabilities (they are per thread). Needs CAP_BPF to begin with (root); skipped
+    /// otherwise.
+    #[test]
+    fn threads_started_after_the_drop_inherit_the_kept_set() {
         let start = ProcessCaps::current().unwrap();
         if !start.effective.has(Capability::Bpf) {
             eprintln!("skipping: no CAP_BPF to drop");
             return;
         }
-        if std::env::var_os(CHILD).is_some() {
-            let keep = CapSet::of(&[Capability::SysNice, Capability::DacOverride]);
-            // SIGUSR1 is for the waiter's sigwait: blocked in every thread (inherited).
+        let keep = CapSet::of(&[Capability::SysNice, Capability::DacOverride]);
+        let bounding = start.effective.has(Capability::SetPcap);
+        let (d, seen) = std::thread::spawn(move || {
+            // SIGUSR1 is for the waiter's sigwait: blocked before it starts (inherited).
             let mut set = nix::sys::signal::SigSet::empty();
             set.add(nix::sys::signal::Signal::SIGUSR1);
             set.thread_block().unwrap();
-            let (tx, rx) = std::sync::mpsc::channel::<()>();
-            // Already running when the drop happens: one asleep in a blocking read, one
-            // sleeping, one in sigwait (like the agent's signal thread).
+            let d = drop_after_load(keep, bounding).unwrap();
             let (r, mut w) = std::os::unix::net::UnixStream::pair().unwrap();
+            let (tids, started) = std::sync::mpsc::channel();
+            let tx = tids.clone();
             let reader = std::thread::spawn(move || {
                 use std::io::Read;
-                let mut b = [0u8; 1];
-                let _ = (&r).read(&mut b);
-                ProcessCaps::current().unwrap()
-            });
-            let sleeper = std::thread::spawn(move || {
-                let _ = rx.recv();
+                // SAFETY: no preconditions.
+                tx.send(unsafe { libc::gettid() }).unwrap();
+                let _ = (&r).read(&mut [0u8; 1]);
                 ProcessCaps::current().unwrap()
             });
             let waiter = std::thread::spawn(move || {
+                // SAFETY: no preconditions.
+                tids.send(unsafe { libc::gettid() }).unwrap();
                 let _ = set.wait();
                 ProcessCaps::current().unwrap()
             });
-            std::thread::sleep(Duration::from_millis(50));
-            let all = drop_in_all_threads(keep, true, Duration::from_secs(2)).unwrap();
-            assert_eq!(all.dropped.after, keep.and(start.permitted));
-            assert!(all.signalled >= 3, "{all:?}");
-            assert_eq!(all.failed, 0, "{all:?}");
-            assert!(all.holding.is_empty(), "{all:?}");
-            // Every thread, read the way an outside observer would.
-            for tid in thread_ids() {
+            // While they block (or are about to): their sets as /proc shows them.
+            let mut seen = Vec::new();
+            for tid in [started.recv().unwrap(), started.recv().unwrap()] {
                 let text =
                     std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
-                let c = ProcessCaps::parse_status(&text).unwrap();
-                assert!(keep.contains(c.effective), "thread {tid}: {c:?}");
-                assert!(keep.contains(c.permitted), "thread {tid}: {c:?}");
-                assert!(!c.bounding.has(Capability::Bpf), "thread {tid}: {c:?}");
+                seen.push((
+                    format!("thread {tid}"),
+                    ProcessCaps::parse_status(&text).unwrap(),
+                ));
             }
             use std::io::Write;
             w.write_all(b"x").unwrap();
-            tx.send(()).unwrap();
             {
                 use std::os::unix::thread::JoinHandleExt;
                 // SAFETY: the thread is alive (joined below).
                 let r = unsafe { libc::pthread_kill(waiter.as_pthread_t(), libc::SIGUSR1) };
                 assert_eq!(r, 0);
             }
-            for (name, t) in [("reader", reader), ("sleeper", sleeper), ("waiter", waiter)] {
-                let c = t.join().unwrap();
-                assert!(keep.contains(c.effective), "{name}: {c:?}");
-                assert!(!c.effective.has(Capability::Bpf), "{name}");
-            }
-            return;
-        }
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "privilege::tests::dropping_in_all_threads_reaches_threads_started_before",
-                "--test-threads=1",
-                "--nocapture",
-            ])
-            .env(CHILD, "1")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "child failed: {text}");
-        assert!(text.contains("1 passed"), "the child ran the test: {text}");
-    }
-
-    /// Drops capabilities in a thread of its own (capabilities are per thread), so the rest of
-    /// the test process keeps them. Needs CAP_BPF to begin with (root); skipped otherwise.
-    #[test]
-    fn dropping_in_a_thread_leaves_only_the_kept_set() {
-        let start = ProcessCaps::current().unwrap();
-        if !start.effective.has(Capability::Bpf) {
-            eprintln!("skipping: no CAP_BPF to drop");
-            return;
-        }
-        let keep = CapSet::of(&[Capability::SysNice]);
-        let (d, threads) = std::thread::spawn(move || {
-            let d = drop_after_load(keep, false).unwrap();
-            (d, threads_holding(d.after))
+            seen.push(("reader".into(), reader.join().unwrap()));
+            seen.push(("waiter".into(), waiter.join().unwrap()));
+            seen.push(("dropping thread".into(), ProcessCaps::current().unwrap()));
+            (d, seen)
         })
         .join()
         .unwrap();
         assert_eq!(d.after, keep.and(start.permitted));
-        assert!(!d.after.has(Capability::Bpf));
-        assert!(!d.bounding);
-        assert!(
-            !threads.is_empty(),
-            "this thread still has its capabilities"
-        );
-        assert_eq!(ProcessCaps::current().unwrap().effective, start.effective);
+        assert_eq!(d.bounding, bounding);
+        assert_eq!(seen.len(), 5);
+        for (who, c) in &seen {
+            assert!(keep.contains(c.effective), "{who}: {c:?}");
+            assert!(keep.contains(c.permitted), "{who}: {c:?}");
+            assert!(!c.effective.has(Capability::Bpf), "{who}: {c:?}");
+            if bounding {
+                assert!(!c.bounding.has(Capability::Bpf), "{who}: {c:?}");
+            }
+        }
+        // This thread, not started from the dropping one, keeps its sets.
+        assert_eq!(ProcessCaps::current().unwrap(), start);
     }
 }

@@ -781,9 +781,9 @@ fn the_agent_drops_capabilities_after_loading() {
         main.effective.has(Capability::DacOverride),
         "kept for cgroupfs writes"
     );
-    // Every thread, including those started before the programs were loaded (the signal
-    // thread): nothing beyond what the agent keeps, in the effective and permitted sets, and
-    // nothing to regain from the bounding set.
+    // Every thread (all started after the programs were loaded and the capabilities dropped,
+    // the signal thread among them): nothing beyond what the agent keeps, in the effective and
+    // permitted sets, and nothing to regain from the bounding set.
     let kept = scaler::privilege::keep_after_load(scaler::privilege::Role::Agent, true);
     let mut names = Vec::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -813,8 +813,7 @@ fn the_agent_drops_capabilities_after_loading() {
     }
     assert!(
         names.len() >= 3 && names.iter().any(|n| n == "signals"),
-        "checked the engine's and the other threads, among them the signal thread started \
-         before loading: {names:?}"
+        "checked the engine's and the other threads, among them the signal thread: {names:?}"
     );
     // The status socket is the agent's only local endpoint: mode 0600.
     let sock = agent.status_socket();

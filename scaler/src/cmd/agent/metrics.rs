@@ -439,10 +439,9 @@ impl ProcessStats {
     }
 }
 
-/// Serves `GET /metrics` on `addr` from a background thread. Returns the bound address (for
-/// port 0) once listening.
-pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+/// Serves `GET /metrics` on `listener` (bound by the caller, e.g. before capabilities are
+/// dropped) from a background thread. Returns its address (for port 0).
+pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
     let local = listener.local_addr()?;
     std::thread::Builder::new()
         .name("metrics-http".into())
@@ -758,7 +757,7 @@ mod tests {
                 kind: "reclaim_begin",
             })
             .inc_by(7);
-        let addr = serve("127.0.0.1:0".parse().unwrap(), m).unwrap();
+        let addr = serve(TcpListener::bind("127.0.0.1:0").unwrap(), m).unwrap();
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap();

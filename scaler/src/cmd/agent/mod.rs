@@ -261,9 +261,16 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         config.agent.dry_run = true;
     }
     crate::privilege::check_startup(crate::privilege::Role::Agent, None)?;
-    // Block the signals before any thread starts, so that only the signal thread takes them.
-    let (tx, rx) = channel();
-    signal_thread(tx.clone())?;
+    // Block the signals first: every thread inherits the mask, so only the signal thread
+    // (started once the programs are loaded) takes them, and one sent meanwhile waits for it.
+    {
+        use nix::sys::signal::{SigSet, Signal};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGINT);
+        set.add(Signal::SIGTERM);
+        set.add(Signal::SIGHUP);
+        set.thread_block()?;
+    }
     let hierarchy = Hierarchy::discover(Path::new("/"), Controller::Memory)?;
     let state_file = match StateFile::load(&config.agent.state_file) {
         Ok(s) => s,
@@ -280,15 +287,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     };
     let known = state_file.records().len();
     let metrics = Arc::new(Metrics::new());
-    let metrics_addr = if config.agent.metrics {
-        let a = metrics::serve(config.agent.metrics_addr, metrics.clone()).with_context(|| {
-            format!(
-                "serving metrics on {} (agent.metrics_addr; set agent.metrics = false to disable)",
-                config.agent.metrics_addr
-            )
-        })?;
-        tracing::info!(addr = %a, "serving Prometheus metrics at http://{a}/metrics");
-        Some(a.to_string())
+    let metrics_context = || {
+        format!(
+            "serving metrics on {} (agent.metrics_addr; set agent.metrics = false to disable)",
+            config.agent.metrics_addr
+        )
+    };
+    // Sockets are bound before the capabilities are dropped, served after.
+    let metrics_listener = if config.agent.metrics {
+        Some(std::net::TcpListener::bind(config.agent.metrics_addr).with_context(metrics_context)?)
     } else {
         None
     };
@@ -305,7 +312,18 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         },
         wants_cpu,
     )?;
+    // In the only thread so far: every thread started from here on inherits the reduced sets.
     crate::privilege::after_load(crate::privilege::Role::Agent);
+    let (tx, rx) = channel();
+    signal_thread(tx.clone())?;
+    let metrics_addr = match metrics_listener {
+        Some(l) => {
+            let a = metrics::serve(l, metrics.clone()).with_context(metrics_context)?;
+            tracing::info!(addr = %a, "serving Prometheus metrics at http://{a}/metrics");
+            Some(a.to_string())
+        }
+        None => None,
+    };
     if wants_cpu && !pipeline.cpu_enabled() {
         tracing::warn!(
             "the scheduler programs are not attached: CPU quotas are managed from cpu.stat \
