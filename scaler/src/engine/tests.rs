@@ -210,6 +210,22 @@ fn sync(e: &Engine) -> Vec<Snapshot> {
     e.snapshot(Resource::Memory)
 }
 
+/// Waits until the engine has read `n` records in all (the ring is drained before commands
+/// are, but a command may be taken while records pushed after it are still queued), then for
+/// the commands sent so far.
+fn drained(e: &Engine, n: u64) -> Vec<Snapshot> {
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while e.stats().loop_stats.records.load(Ordering::Relaxed) < n {
+        assert!(
+            std::time::Instant::now() < end,
+            "the engine read {} of {n} records within 5 s",
+            e.stats().loop_stats.records.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    sync(e)
+}
+
 #[test]
 fn pressure_on_a_managed_cgroup_is_written_once_per_storm_with_its_latency() {
     let ring = FakeRing::new();
@@ -232,7 +248,7 @@ fn pressure_on_a_managed_cgroup_is_written_once_per_storm_with_its_latency() {
     let mut late = reclaim(7, 7, 64 * MIB, 64 * MIB);
     late.ts_ns = ev.ts_ns + 1;
     ring.push(late);
-    let snap = sync(&e);
+    let snap = drained(&e, 2);
     assert_eq!(writes.lock().unwrap().len(), 1, "one write per storm");
     assert_eq!(snap.len(), 1);
     assert_eq!(snap[0].memory_limit(), Some(Limit::Bytes(a.action.new)));
@@ -284,7 +300,7 @@ fn unmanaged_cgroups_and_binding_ancestors_write_nothing_and_are_counted() {
     ring.push(reclaim(10, 11, 128 * MIB, 128 * MIB));
     // And a record that does not decode.
     ring.push_bytes(vec![1, 2, 3]);
-    sync(&e);
+    drained(&e, 3);
     assert!(writes.lock().unwrap().is_empty());
     let s = e.stats();
     assert_eq!(s.unmanaged_ancestor_binds.load(Ordering::Relaxed), 1);
