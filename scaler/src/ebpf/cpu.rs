@@ -18,7 +18,50 @@ use scaler_common::{
 };
 
 use super::{EbpfError, Pipeline, ProgramStatus, EBPF_OBJECT};
-use crate::btf::KernelBtf;
+use crate::btf::{BtfError, KernelBtf};
+
+/// Why the scheduler programs, or one of them, cannot run here. Each is a warning (CPU quotas
+/// are then managed from `cpu.stat` samples alone), except where `scaler overhead` needs one.
+#[derive(Debug, thiserror::Error)]
+pub enum CpuTrackingError {
+    #[error("the kernel has no cpu controller (cpu_cgrp_id; CONFIG_CGROUP_SCHED)")]
+    NoCpuController,
+    #[error("the kernel has no sched_switch tracepoint")]
+    NoSchedSwitch,
+    #[error("{source} (CPU quota tracking needs CONFIG_CFS_BANDWIDTH)")]
+    NoBandwidthControl {
+        #[source]
+        source: BtfError,
+    },
+    #[error("the running kernel has no tracepoint {0}")]
+    NoTracepoint(String),
+    #[error("the eBPF object has no program {0}; rebuild scaler")]
+    NoProgram(&'static str),
+    #[error("program {program}: {source}")]
+    ProgramType {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("failed to attach: {0}")]
+    Attach(#[source] aya::programs::ProgramError),
+    #[error("reading {path}: {source}")]
+    OnlineCpus {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading: {0}")]
+    Load(#[source] aya::programs::ProgramError),
+    #[error("opening a cpu-clock perf event on CPU {cpu}: {source}")]
+    PerfEvent {
+        cpu: u32,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("{FORCE_CPU_FALLBACKS}=1")]
+    FallbacksForced,
+}
 
 /// Scheduler programs (attached with [`Pipeline::load_with_cpu`]): (program fn name, where it
 /// attaches). `sched_switch` does the work; `cpu_tick` (a per-CPU perf-event timer, every
@@ -51,16 +94,19 @@ pub const CPU_TICK: Duration = Duration::from_millis(2);
 /// (CONFIG_CFS_BANDWIDTH, which implies CONFIG_FAIR_GROUP_SCHED), or no `sched_switch`
 /// tracepoint. Run-queue latency comes from `task_struct.sched_info.last_queued` where the
 /// kernel has it (CONFIG_SCHED_INFO), else from the wakeup tracepoints, else it is off.
-pub fn cpu_offsets(kbtf: &KernelBtf, offsets: &KernelOffsets) -> Result<CpuOffsets, String> {
+pub fn cpu_offsets(
+    kbtf: &KernelBtf,
+    offsets: &KernelOffsets,
+) -> Result<CpuOffsets, CpuTrackingError> {
     if offsets.cpu_cgrp_id == NO_OFFSET {
-        return Err("the kernel has no cpu controller (cpu_cgrp_id; CONFIG_CGROUP_SCHED)".into());
+        return Err(CpuTrackingError::NoCpuController);
     }
     let switch_arity = kbtf
         .tracepoint_arity("sched_switch")
-        .ok_or("the kernel has no sched_switch tracepoint")?;
+        .ok_or(CpuTrackingError::NoSchedSwitch)?;
     let off = |ty: &str, m: &str| {
         kbtf.member_offset(ty, m)
-            .map_err(|e| format!("{e} (CPU quota tracking needs CONFIG_CFS_BANDWIDTH)"))
+            .map_err(|source| CpuTrackingError::NoBandwidthControl { source })
     };
     let rq_off = |ty: &str, m: &str| kbtf.member_offset(ty, m).ok();
     let last_queued = rq_off("task_struct", "sched_info")
@@ -117,26 +163,38 @@ pub(super) fn load_offsets(
 }
 
 /// Loads and attaches one `tp_btf` scheduler program.
-fn attach_sched_tp(ebpf: &mut Ebpf, btf: &Btf, prog: &'static str, tp: &str) -> Result<(), String> {
+fn attach_sched_tp(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    prog: &'static str,
+    tp: &str,
+) -> Result<(), CpuTrackingError> {
     let p: &mut BtfTracePoint = ebpf
         .program_mut(prog)
-        .ok_or_else(|| format!("the eBPF object has no program {prog}; rebuild scaler"))?
+        .ok_or(CpuTrackingError::NoProgram(prog))?
         .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+        .map_err(|source| CpuTrackingError::ProgramType {
+            program: prog,
+            source,
+        })?;
     p.load(tp, btf)
         .and_then(|()| p.attach().map(|_| ()))
-        .map_err(|e| format!("failed to attach: {e}"))
+        .map_err(CpuTrackingError::Attach)
 }
 
 /// Loads `cpu_tick` and attaches it to a cpu-clock timer on every online CPU.
-fn attach_cpu_tick(ebpf: &mut Ebpf) -> Result<(), String> {
-    let cpus = aya::util::online_cpus().map_err(|(path, e)| format!("reading {path}: {e}"))?;
+fn attach_cpu_tick(ebpf: &mut Ebpf) -> Result<(), CpuTrackingError> {
+    let cpus = aya::util::online_cpus()
+        .map_err(|(path, source)| CpuTrackingError::OnlineCpus { path, source })?;
     let p: &mut PerfEvent = ebpf
         .program_mut(names::PROG_CPU_TICK)
-        .ok_or("the eBPF object has no program cpu_tick; rebuild scaler")?
+        .ok_or(CpuTrackingError::NoProgram(names::PROG_CPU_TICK))?
         .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    p.load().map_err(|e| format!("loading: {e}"))?;
+        .map_err(|source| CpuTrackingError::ProgramType {
+            program: names::PROG_CPU_TICK,
+            source,
+        })?;
+    p.load().map_err(CpuTrackingError::Load)?;
     for cpu in cpus {
         p.attach(
             PerfEventConfig::Software(SoftwareEvent::CpuClock),
@@ -144,7 +202,7 @@ fn attach_cpu_tick(ebpf: &mut Ebpf) -> Result<(), String> {
             SamplePolicy::Period(CPU_TICK.as_nanos() as u64),
             false,
         )
-        .map_err(|e| format!("opening a cpu-clock perf event on CPU {cpu}: {e}"))?;
+        .map_err(|source| CpuTrackingError::PerfEvent { cpu, source })?;
     }
     Ok(())
 }
@@ -160,9 +218,9 @@ pub(super) fn attach_programs(
     fallbacks: bool,
     programs: &mut Vec<ProgramStatus>,
 ) -> bool {
-    let mut status = |prog: &'static str, tp: &'static str, res: Result<(), String>| {
+    let mut status = |prog: &'static str, tp: &'static str, res: Result<(), CpuTrackingError>| {
         let attached = res.is_ok();
-        let note = res.err();
+        let note = res.err().map(|e| e.to_string());
         if let Some(note) = &note {
             tracing::warn!(
                 program = prog,
@@ -182,14 +240,14 @@ pub(super) fn attach_programs(
         if kbtf.has_tracepoint(tp) {
             attach_sched_tp(ebpf, btf, prog, tp)
         } else {
-            Err(format!("the running kernel has no tracepoint {tp}"))
+            Err(CpuTrackingError::NoTracepoint(tp.to_owned()))
         }
     };
     let res = tp_res(ebpf, names::PROG_SCHED_SWITCH, "sched_switch");
     let sched_attached = status(names::PROG_SCHED_SWITCH, "sched_switch", res);
     if sched_attached {
         let res = if fallbacks {
-            Err(format!("{FORCE_CPU_FALLBACKS}=1"))
+            Err(CpuTrackingError::FallbacksForced)
         } else {
             attach_cpu_tick(ebpf)
         };
@@ -255,13 +313,9 @@ impl SwitchFloor {
             names::PROG_SCHED_SWITCH_FLOOR,
             "sched_switch",
         )
-        .map_err(|note| EbpfError::Program {
+        .map_err(|source| EbpfError::Cpu {
             program: names::PROG_SCHED_SWITCH_FLOOR,
-            tracepoint: "sched_switch",
-            source: aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
-                call: "attach",
-                io_error: std::io::Error::other(note),
-            }),
+            source,
         })?;
         Ok(Self { ebpf })
     }
@@ -471,7 +525,8 @@ mod tests {
     fn no_cpu_controller_is_named() {
         let k = KernelBtf::from_bytes(&fake_sched_kernel(true)).unwrap();
         let e = cpu_offsets(&k, &KernelOffsets::ZERO).unwrap_err();
-        assert!(e.contains("cpu controller"), "{e}");
+        assert!(matches!(e, CpuTrackingError::NoCpuController), "{e}");
+        assert!(e.to_string().contains("cpu controller"), "{e}");
     }
 
     #[test]

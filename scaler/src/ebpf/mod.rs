@@ -19,7 +19,9 @@ use crate::btf::{Features, KernelBtf};
 mod cpu;
 mod memory;
 
-pub use cpu::{cpu_offsets, SwitchFloor, CPU_TICK, FORCE_CPU_FALLBACKS, SCHED_PROGRAMS};
+pub use cpu::{
+    cpu_offsets, CpuTrackingError, SwitchFloor, CPU_TICK, FORCE_CPU_FALLBACKS, SCHED_PROGRAMS,
+};
 
 /// The eBPF object built by `build.rs` (empty when built without bpf-linker).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/scaler"));
@@ -73,6 +75,12 @@ pub enum EbpfError {
          control and the sched_switch tracepoint; see the warnings logged at load)"
     )]
     CpuUnavailable,
+    #[error("program `{program}`: {source}")]
+    Cpu {
+        program: &'static str,
+        #[source]
+        source: cpu::CpuTrackingError,
+    },
     #[error("map `{map}`: {source}")]
     Map {
         map: &'static str,
@@ -392,17 +400,7 @@ where
     T::try_from(map).map_err(|source| EbpfError::Map { map: name, source })
 }
 
-/// CLOCK_MONOTONIC now, in ns: the clock of `bpf_ktime_get_ns()`.
-#[inline]
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use crate::clock::monotonic_ns;
 
 #[cfg(test)]
 mod tests {
