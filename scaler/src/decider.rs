@@ -8,8 +8,11 @@
 //! The loop it is one step of: the engine turns a kernel event or a periodic sample into a
 //! signal ([`MemorySignal`], [`CpuSignal`]), asks the decider, performs the [`Action`]s in order
 //! (ancestors first), and reports each completed write back through `applied(...)`. That
-//! completion time is what separates one reclaim storm from the next (see
-//! [`memory`] for the rules).
+//! completion time is what separates one reclaim storm from the next (see [`ledger`] for the
+//! rules both resources share, [`memory`] and [`cpu`] for each one's own).
+//!
+//! Both deciders keep their cgroups in one [`ledger`], generic over the resource, and can be
+//! driven alike through [`Decide`].
 //!
 //! Values in an [`Action`]: for [`Resource::Memory`], `old`/`new` are hard limits in **bytes**
 //! (v2 `memory.max`, v1 `memory.limit_in_bytes`); for [`Resource::Cpu`], they are the CFS quota in
@@ -19,9 +22,11 @@
 //! precede a lowered `memory.max` with `memory.reclaim`, on v1 it writes the limit itself).
 
 pub mod cpu;
+pub mod ledger;
 pub mod memory;
 
 pub use cpu::{CpuDecider, CpuPolicy, CpuSignal};
+pub use ledger::Stats;
 pub use memory::{MemoryDecider, MemoryPolicy, MemorySignal};
 
 /// A cgroup, by its kernfs id (the inode number of its directory; what the kernel programs
@@ -230,6 +235,50 @@ pub enum WriteOutcome {
     DryRun,
     /// The write failed (EBUSY, EINVAL, cgroup gone...): the decider reverts to the old value.
     Failed,
+}
+
+/// What callers can do with either decider without knowing its resource ([`MemoryDecider`],
+/// [`CpuDecider`]; each has the same methods as inherent ones, so callers need not import
+/// this). Object safe: `&mut dyn Decide<Signal = MemorySignal>` works.
+pub trait Decide {
+    /// What the engine tells the decider ([`MemorySignal`], [`CpuSignal`]).
+    type Signal: Copy;
+
+    /// The resource whose limits it decides (the `resource` of its actions).
+    fn resource(&self) -> Resource;
+
+    /// Decides what to do about `signal` for cgroup `id`; writes the outcome into `out`
+    /// (cleared first). Does not allocate.
+    fn on_signal(&mut self, id: CgId, signal: Self::Signal, out: &mut Decision);
+
+    /// Feedback: the engine performed (or failed to perform) `action`, completing at
+    /// `write_done_ns`. Must be called for every action (those of the other resource are
+    /// ignored).
+    fn applied(&mut self, action: &Action, write_done_ns: u64, outcome: WriteOutcome);
+
+    /// Stops managing a cgroup (its managed children are re-parented); returns whether it was
+    /// managed.
+    fn forget(&mut self, id: CgId) -> bool;
+
+    /// Whether the cgroup is managed.
+    fn is_managed(&self, id: CgId) -> bool;
+
+    /// U = R / C: the latest known usage over the limit.
+    fn utilization(&self, id: CgId) -> Option<f64>;
+
+    /// Counters of the whole decider.
+    fn stats(&self) -> &Stats;
+
+    /// Counters of one cgroup.
+    fn cgroup_stats(&self, id: CgId) -> Option<&Stats>;
+
+    /// Number of managed cgroups.
+    fn len(&self) -> usize;
+
+    /// True if no cgroup is managed.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Per-cgroup rate limit on raises, as a generic cell rate algorithm (a token bucket in

@@ -66,12 +66,10 @@
 //! The actions are emitted ancestor first. When the kernel reports that an ancestor's limit is
 //! what binds, the engine passes that ancestor's id and the decision is made for it.
 
-use std::collections::HashMap;
-
-use super::{
-    mul_frac, Action, Cap, CgId, Decision, RateEstimator, RateLimiter, Reason, Resource, Skip,
-    WriteOutcome, MAX_ACTIONS,
-};
+use super::ledger::{decider_api, Entry, Ext, Ledger};
+use super::{mul_frac, Cap, CgId, Decision, RateEstimator, Reason, Resource, Skip};
+#[cfg(test)]
+use super::{Action, WriteOutcome};
 use crate::units::MIB;
 
 /// Granularity of kernel memory limits: the largest page size (64 KiB on some arm64 and
@@ -187,119 +185,58 @@ impl MemorySignal {
     }
 }
 
-/// Counters, per cgroup and for the whole decider.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MemoryStats {
-    /// Signals received.
-    pub signals: u64,
-    /// Raises decided (including ancestors').
-    pub raises: u64,
-    /// Lowerings decided.
-    pub scale_downs: u64,
-    /// Pressure signals folded into an answered storm.
-    pub coalesced: u64,
-    /// Raises refused by the rate limit.
-    pub rate_limited: u64,
-    /// Raises bounded to nothing (reported once per storm).
-    pub capped: u64,
-    /// Signals for cgroups that are not managed.
-    pub unmanaged: u64,
-    /// OOM kills seen.
-    pub oom_kills: u64,
-    /// Writes the engine reported as failed.
-    pub failed_writes: u64,
-}
-
+/// A memory cgroup's own decision state: the extension of its ledger entry.
 #[derive(Clone, Debug)]
-struct MemState {
-    policy: MemoryPolicy,
-    parent: Option<CgId>,
-    /// The limit in force, or being written (the decided value).
-    limit: u64,
-    /// A decided write that `applied` has not confirmed yet: `(old, new)`.
-    inflight: Option<(u64, u64)>,
+struct Mem {
     usage: u64,
     working_set: u64,
     rate: RateEstimator,
-    limiter: RateLimiter,
-    escalation: u32,
-    /// Timestamp of the last pressure round that led to a raise.
-    last_round_ns: Option<u64>,
-    /// Last sign of pressure of any kind (restarts the cooldown).
-    last_pressure_ns: u64,
-    /// Completion of the last raise.
-    last_raise_done_ns: Option<u64>,
-    /// Completion of the last write of any kind.
-    last_write_done_ns: u64,
-    /// Time of the last decided change (spaces lowering steps).
-    last_change_ns: u64,
-    /// The limit at which `Capped` was last reported (once per storm).
-    capped_reported_at: Option<u64>,
+    /// The previous PSI sample: `(ts_ns, some_total_us)`.
     psi_prev: Option<(u64, u64)>,
-    stats: MemoryStats,
 }
 
-impl MemState {
-    /// What the cgroup's limit counts for in the budget: the decided limit, or the old one
-    /// while a lowering is in flight.
-    fn counted(&self) -> u64 {
-        match self.inflight {
-            Some((old, _)) => old.max(self.limit),
-            None => self.limit,
-        }
-    }
-}
+impl Ext for Mem {
+    const RESOURCE: Resource = Resource::Memory;
+    type Policy = MemoryPolicy;
 
-/// Applies `f` to `st`, keeping the top-level sum in step with `st`'s counted limit.
-fn update(sum: &mut u128, st: &mut MemState, f: impl FnOnce(&mut MemState)) {
-    let before = st.counted();
-    f(st);
-    if st.parent.is_none() {
-        *sum = *sum - u128::from(before) + u128::from(st.counted());
+    /// A limit counts for its bytes.
+    fn weight(&self, limit: u64) -> u64 {
+        limit
     }
 }
 
 /// The memory decider: registered cgroups and the node budget. See the module docs.
 #[derive(Clone, Debug)]
 pub struct MemoryDecider {
-    cgroups: HashMap<CgId, MemState>,
-    budget: u64,
-    /// Sum of [`MemState::counted`] over top-level managed cgroups (u128: unlimited cgroups
-    /// count as `u64::MAX` without overflow).
-    top_level_sum: u128,
-    stats: MemoryStats,
+    ledger: Ledger<Mem>,
 }
 
-/// A raise being assembled: `(cgroup, old, new)`.
-type Step = (CgId, u64, u64);
+decider_api!(MemoryDecider, MemorySignal, MemoryPolicy);
 
 impl MemoryDecider {
     /// A decider whose top-level managed limits may add up to `budget` bytes.
     pub fn new(budget: u64) -> Self {
         Self {
-            cgroups: HashMap::new(),
-            budget,
-            top_level_sum: 0,
-            stats: MemoryStats::default(),
+            ledger: Ledger::new(budget),
         }
     }
 
     /// The node budget (bytes).
     pub fn budget(&self) -> u64 {
-        self.budget
+        self.ledger.budget()
     }
 
     /// Changes the node budget (configuration reload). Lowering it below the current sum
     /// takes nothing away; it only blocks raises until scale-downs bring the sum under it.
     pub fn set_budget(&mut self, budget: u64) {
-        self.budget = budget;
+        self.ledger.set_budget(budget);
     }
 
     /// Sum of the limits of managed cgroups without a managed ancestor (what the budget
     /// bounds). A lowering still in flight counts at its old value: the memory it frees is not
     /// handed to anyone else until the kernel has accepted the lower limit.
     pub fn committed(&self) -> u128 {
-        self.top_level_sum
+        self.ledger.committed()
     }
 
     /// Registers (or re-registers, keeping its history) a cgroup. `parent` is the nearest
@@ -314,135 +251,53 @@ impl MemoryDecider {
         usage: u64,
         now_ns: u64,
     ) {
-        let parent = parent.filter(|p| *p != id && self.cgroups.contains_key(p));
-        if let Some(old) = self.cgroups.get(&id) {
-            if old.parent.is_none() {
-                self.top_level_sum -= u128::from(old.counted());
-            }
-        }
-        let st = self.cgroups.entry(id).or_insert_with(|| MemState {
-            policy,
-            parent,
-            limit: current_limit,
-            inflight: None,
+        let fresh = Mem {
             usage,
             working_set: usage,
             rate: RateEstimator::default(),
-            limiter: RateLimiter::new(policy.max_raises_per_sec),
-            escalation: 0,
-            last_round_ns: None,
-            last_pressure_ns: now_ns,
-            last_raise_done_ns: None,
-            last_write_done_ns: 0,
-            last_change_ns: 0,
-            capped_reported_at: None,
             psi_prev: None,
-            stats: MemoryStats::default(),
-        });
-        if st.policy.max_raises_per_sec != policy.max_raises_per_sec {
-            st.limiter = RateLimiter::new(policy.max_raises_per_sec);
-        }
-        st.policy = policy;
-        st.parent = parent;
-        st.limit = current_limit;
-        st.inflight = None;
-        st.usage = usage;
-        st.rate.observe(now_ns, usage);
-        if parent.is_none() {
-            self.top_level_sum += u128::from(current_limit);
-        }
-    }
-
-    /// Stops managing a cgroup (removed, or no longer selected). Its managed children are
-    /// re-parented to its own managed parent (or become top-level). Returns whether it was
-    /// managed.
-    pub fn forget(&mut self, id: CgId) -> bool {
-        let Some(gone) = self.cgroups.remove(&id) else {
-            return false;
         };
-        if gone.parent.is_none() {
-            self.top_level_sum -= u128::from(gone.counted());
-        }
-        for st in self.cgroups.values_mut() {
-            if st.parent == Some(id) {
-                st.parent = gone.parent;
-                if gone.parent.is_none() {
-                    self.top_level_sum += u128::from(st.counted());
-                }
-            }
-        }
-        true
-    }
-
-    /// Whether the cgroup is managed.
-    pub fn is_managed(&self, id: CgId) -> bool {
-        self.cgroups.contains_key(&id)
+        self.ledger
+            .manage(id, parent, policy, current_limit, now_ns, fresh, |m| {
+                m.usage = usage;
+                m.rate.observe(now_ns, usage);
+            });
     }
 
     /// The limit in force or being written (bytes).
     pub fn limit(&self, id: CgId) -> Option<u64> {
-        self.cgroups.get(&id).map(|s| s.limit)
+        self.ledger.get(id).map(Entry::limit)
     }
 
     /// The latest known usage (bytes).
     pub fn usage(&self, id: CgId) -> Option<u64> {
-        self.cgroups.get(&id).map(|s| s.usage)
+        self.ledger.get(id).map(|s| s.ext.usage)
     }
 
     /// U = R / C: latest known usage over the limit.
     pub fn utilization(&self, id: CgId) -> Option<f64> {
-        self.cgroups
-            .get(&id)
-            .map(|s| s.usage as f64 / s.limit.max(1) as f64)
+        self.ledger
+            .get(id)
+            .map(|s| s.ext.usage as f64 / s.limit().max(1) as f64)
     }
 
     /// The latest working set (bytes): with [`usage`](Self::usage), how much the engine may
     /// ask v2 `memory.reclaim` to reclaim before a scale-down step.
     pub fn working_set(&self, id: CgId) -> Option<u64> {
-        self.cgroups.get(&id).map(|s| s.working_set)
+        self.ledger.get(id).map(|s| s.ext.working_set)
     }
 
     /// Estimated allocation rate (bytes/s).
     pub fn allocation_rate(&self, id: CgId) -> Option<f64> {
-        self.cgroups.get(&id).map(|s| s.rate.rate())
-    }
-
-    /// The cgroup's policy.
-    pub fn policy(&self, id: CgId) -> Option<&MemoryPolicy> {
-        self.cgroups.get(&id).map(|s| &s.policy)
-    }
-
-    /// Counters of one cgroup.
-    pub fn cgroup_stats(&self, id: CgId) -> Option<&MemoryStats> {
-        self.cgroups.get(&id).map(|s| &s.stats)
-    }
-
-    /// Counters of the whole decider.
-    pub fn stats(&self) -> &MemoryStats {
-        &self.stats
-    }
-
-    /// Number of managed cgroups.
-    pub fn len(&self) -> usize {
-        self.cgroups.len()
-    }
-
-    /// True if no cgroup is managed.
-    pub fn is_empty(&self) -> bool {
-        self.cgroups.is_empty()
+        self.ledger.get(id).map(|s| s.ext.rate.rate())
     }
 
     /// Decides what to do about `signal` for cgroup `id` (the cgroup whose limit binds).
     /// Writes the outcome into `out` (cleared first). Does not allocate.
     pub fn on_signal(&mut self, id: CgId, signal: MemorySignal, out: &mut Decision) {
-        out.clear();
-        self.stats.signals += 1;
-        let Some(st) = self.cgroups.get_mut(&id) else {
-            self.stats.unmanaged += 1;
-            out.skip(Skip::Unmanaged);
+        if self.ledger.receive(id, out).is_none() {
             return;
-        };
-        st.stats.signals += 1;
+        }
         match signal {
             MemorySignal::Reclaim {
                 ts_ns,
@@ -455,8 +310,7 @@ impl MemoryDecider {
                 limit,
             } => self.pressure(id, Reason::EarlyWarning, ts_ns, Some((usage, limit)), out),
             MemorySignal::OomKill { ts_ns } => {
-                st.stats.oom_kills += 1;
-                self.stats.oom_kills += 1;
+                self.ledger.count(id, |s| &mut s.oom_kills);
                 self.pressure(id, Reason::OomRecovery, ts_ns, None, out)
             }
             MemorySignal::Sample {
@@ -469,54 +323,6 @@ impl MemoryDecider {
         }
     }
 
-    /// Feedback: the engine performed (or failed to perform) `action` and the write completed
-    /// at `write_done_ns` (same clock as the signals). Must be called for every action.
-    pub fn applied(&mut self, action: &Action, write_done_ns: u64, outcome: WriteOutcome) {
-        if action.resource != Resource::Memory {
-            return;
-        }
-        let Some(st) = self.cgroups.get_mut(&action.cgroup) else {
-            return;
-        };
-        let this_write = st.inflight == Some((action.old, action.new));
-        match outcome {
-            WriteOutcome::Written | WriteOutcome::DryRun => {
-                update(&mut self.top_level_sum, st, |st| {
-                    if this_write {
-                        st.inflight = None;
-                    }
-                });
-                st.last_write_done_ns = st.last_write_done_ns.max(write_done_ns);
-                if action.is_raise() {
-                    st.last_raise_done_ns =
-                        Some(st.last_raise_done_ns.unwrap_or(0).max(write_done_ns));
-                }
-            }
-            WriteOutcome::Failed => {
-                st.stats.failed_writes += 1;
-                self.stats.failed_writes += 1;
-                update(&mut self.top_level_sum, st, |st| {
-                    if this_write {
-                        st.inflight = None;
-                        if st.limit == action.new {
-                            st.limit = action.old;
-                        }
-                    }
-                });
-            }
-        }
-    }
-
-    /// Room left in the budget for `st`'s limit if it is top-level (`u64::MAX` otherwise).
-    fn budget_allows(&self, st: &MemState) -> u64 {
-        if st.parent.is_some() {
-            return u64::MAX;
-        }
-        let others = self.top_level_sum - u128::from(st.counted());
-        let room = u128::from(self.budget).saturating_sub(others);
-        u64::try_from(room).unwrap_or(u64::MAX)
-    }
-
     fn pressure(
         &mut self,
         id: CgId,
@@ -525,174 +331,83 @@ impl MemoryDecider {
         seen: Option<(u64, u64)>,
         out: &mut Decision,
     ) {
-        let Some(st) = self.cgroups.get_mut(&id) else {
+        let Some(st) = self.ledger.get_mut(id) else {
             return;
         };
         // Monitor: what the signal tells about usage, whatever is decided.
-        let prev_pressure_ns = st.last_pressure_ns;
-        st.last_pressure_ns = st.last_pressure_ns.max(ts);
         if let Some((usage, _)) = seen {
-            st.usage = usage;
-            st.rate.observe(ts, usage);
+            st.ext.usage = usage;
+            st.ext.rate.observe(ts, usage);
         }
-        // Coalescing.
-        let stale_ts = st.last_raise_done_ns.is_some_and(|done| ts < done);
-        let stale_limit = match seen {
+        // The reported limit: stale if it is from before one of our writes.
+        let ours = st.limit();
+        let stale = match seen {
             // The kernel keeps limits in pages (it truncates what is written): a reported
             // limit within one page of ours is ours.
-            Some((_, limit)) if limit.saturating_add(LIMIT_GRANULARITY) <= st.limit => true,
-            Some((_, limit)) if limit > st.limit.saturating_add(LIMIT_GRANULARITY) => {
-                if st.inflight.is_none() && ts >= st.last_write_done_ns {
-                    // Raised behind our back (or our write raced): adopt what the kernel saw.
-                    update(&mut self.top_level_sum, st, |st| st.limit = limit);
-                    false
-                } else {
-                    // Saw a limit from before one of our writes.
-                    true
-                }
+            Some((_, limit)) if limit.saturating_add(LIMIT_GRANULARITY) <= ours => true,
+            // Raised behind our back (or our write raced): adopt what the kernel saw, unless
+            // it saw a limit from before one of our writes.
+            Some((_, limit)) if limit > ours.saturating_add(LIMIT_GRANULARITY) => {
+                !self.ledger.adopt(id, ts, limit, |_| {})
             }
             _ => false,
         };
-        if stale_ts || stale_limit || st.inflight.is_some() {
-            st.stats.coalesced += 1;
-            self.stats.coalesced += 1;
-            out.skip(Skip::Coalesced);
+        let Some(escalation) = self.ledger.open_round(id, ts, stale, out) else {
             return;
-        }
-        if !st.limiter.allows(ts) {
-            st.stats.rate_limited += 1;
-            self.stats.rate_limited += 1;
-            out.skip(Skip::RateLimited);
+        };
+        let Some(st) = self.ledger.get(id) else {
             return;
-        }
-        // A new storm if the previous sign of pressure is older than the escalation window.
-        let new_storm = ts.saturating_sub(prev_pressure_ns) > st.policy.escalation_window_ns;
-        if new_storm {
-            st.capped_reported_at = None;
-        }
-        let escalation = match st.last_round_ns {
-            Some(last) if ts.saturating_sub(last) <= st.policy.escalation_window_ns => {
-                (st.escalation + 1).min(st.policy.max_escalation)
-            }
-            _ => 0,
         };
 
         // Decide the target's new limit.
         let p = st.policy;
-        let base = st.usage.max(st.limit);
+        let (limit, usage) = (st.limit(), st.ext.usage);
         let mut step = p
             .step_min
-            .max(mul_frac(st.limit, p.step_fraction))
-            .max(mul_frac(p.lookahead_ns, st.rate.rate() / 1e9));
+            .max(mul_frac(limit, p.step_fraction))
+            .max(mul_frac(p.lookahead_ns, st.ext.rate.rate() / 1e9));
         step = step.saturating_mul(1u64 << escalation.min(32));
         if reason == Reason::OomRecovery {
             step = step.saturating_mul(2);
         }
-        let mut new = page_floor(base.saturating_add(step));
+        let mut new = page_floor(usage.max(limit).saturating_add(step));
         let mut cap = None;
         if new > p.max {
             new = p.max;
             cap = Some(Cap::AtMax);
         }
-        let room = self.budget_allows(&self.cgroups[&id]);
+        let room = self.ledger.room(id);
         if new > room {
             new = room;
             cap = Some(Cap::Budget);
         }
-        let st = self.cgroups.get_mut(&id).expect("looked up above");
-        if new <= st.limit || new < st.usage || new - st.limit < p.min_change {
-            let skip = match cap {
-                Some(c) => Skip::Capped(c),
-                None => Skip::BelowHysteresis,
-            };
-            if st.capped_reported_at == Some(st.limit) {
-                st.stats.coalesced += 1;
-                self.stats.coalesced += 1;
-                out.skip(Skip::Coalesced);
-            } else {
-                st.capped_reported_at = Some(st.limit);
-                st.stats.capped += 1;
-                self.stats.capped += 1;
-                out.skip(skip);
-            }
+        if new <= limit || new < usage || new - limit < p.min_change {
+            let skip = cap.map_or(Skip::BelowHysteresis, Skip::Capped);
+            self.ledger.bounded(id, skip, out);
             return;
         }
 
-        // Hierarchy: raise managed ancestors whose limit would bind.
-        let mut chain: [Step; MAX_ACTIONS - 1] = [(0, 0, 0); MAX_ACTIONS - 1];
-        let mut n = 0;
-        let mut delta = new - st.limit;
-        let mut up = st.parent;
-        while let Some(pid) = up {
-            if n == chain.len() {
-                break;
-            }
-            let Some(ps) = self.cgroups.get(&pid) else {
-                break;
-            };
-            let need = ps
-                .usage
-                .saturating_add(delta)
-                .saturating_add(ps.policy.headroom);
-            if ps.limit >= need {
-                break;
-            }
-            if ps.inflight.is_some() || !ps.limiter.allows(ts) {
-                break;
+        // Hierarchy: a managed ancestor binds when its limit is below its known usage plus the
+        // raise plus its own headroom; it is raised to that (at least its step_min more),
+        // within its own policy.
+        let ancestor = |ps: &Entry<Mem>, delta: u64, room: u64| {
+            let (p, limit, usage) = (ps.policy, ps.limit(), ps.ext.usage);
+            let need = usage.saturating_add(delta).saturating_add(p.headroom);
+            if limit >= need {
+                return None;
             }
             let pnew = page_floor(
-                need.max(ps.limit.saturating_add(ps.policy.step_min))
-                    .min(ps.policy.max)
-                    .min(self.budget_allows(ps)),
+                need.max(limit.saturating_add(p.step_min))
+                    .min(p.max)
+                    .min(room),
             );
-            if pnew <= ps.limit || pnew < ps.usage || pnew - ps.limit < ps.policy.min_change {
-                break;
+            if pnew <= limit || pnew < usage || pnew - limit < p.min_change {
+                return None;
             }
-            chain[n] = (pid, ps.limit, pnew);
-            n += 1;
-            delta = pnew - ps.limit;
-            up = ps.parent;
-        }
-
-        // Execute (in the decision) and remember.
-        for &(pid, old, pnew) in chain[..n].iter().rev() {
-            let ps = self.cgroups.get_mut(&pid).expect("walked above");
-            Self::commit_raise(&mut self.top_level_sum, ps, pnew, ts);
-            self.stats.raises += 1;
-            out.push(Action {
-                cgroup: pid,
-                resource: Resource::Memory,
-                old,
-                new: pnew,
-                reason: Reason::Ancestor,
-                trigger_ts_ns: ts,
-            });
-        }
-        let st = self.cgroups.get_mut(&id).expect("looked up above");
-        let old = st.limit;
-        Self::commit_raise(&mut self.top_level_sum, st, new, ts);
-        st.escalation = escalation;
-        st.last_round_ns = Some(ts);
-        self.stats.raises += 1;
-        out.push(Action {
-            cgroup: id,
-            resource: Resource::Memory,
-            old,
-            new,
-            reason,
-            trigger_ts_ns: ts,
-        });
-    }
-
-    fn commit_raise(sum: &mut u128, st: &mut MemState, new: u64, ts: u64) {
-        update(sum, st, |st| {
-            st.inflight = Some((st.limit, new));
-            st.limit = new;
-        });
-        st.limiter.commit(ts);
-        st.last_change_ns = ts;
-        st.capped_reported_at = None;
-        st.stats.raises += 1;
+            Some((pnew, pnew - limit))
+        };
+        self.ledger
+            .raise(id, new, new - limit, escalation, reason, ts, out, ancestor);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -706,32 +421,36 @@ impl MemoryDecider {
         psi_total_us: Option<u64>,
         out: &mut Decision,
     ) {
-        let Some(st) = self.cgroups.get_mut(&id) else {
+        let Some(st) = self.ledger.get_mut(id) else {
             return;
         };
-        st.usage = usage;
-        st.working_set = working_set.min(usage);
-        st.rate.observe(ts, usage);
+        let m = &mut st.ext;
+        m.usage = usage;
+        m.working_set = working_set.min(usage);
+        m.rate.observe(ts, usage);
+        let mut stalled = false;
         if let Some(total) = psi_total_us {
-            if let Some((pts, ptotal)) = st.psi_prev {
+            if let Some((pts, ptotal)) = m.psi_prev {
                 if ts > pts {
                     let stalled_ns = total.saturating_sub(ptotal) as f64 * 1e3;
-                    if stalled_ns / (ts - pts) as f64 > st.policy.psi_threshold {
-                        st.last_pressure_ns = st.last_pressure_ns.max(ts);
-                    }
+                    stalled = stalled_ns / (ts - pts) as f64 > st.policy.psi_threshold;
                 }
             }
-            st.psi_prev = Some((ts, total));
+            m.psi_prev = Some((ts, total));
         }
-        if st.inflight.is_some() {
+        if stalled {
+            st.note_pressure(ts);
+        }
+        if st.in_flight() {
             return;
         }
-        if limit != st.limit && ts >= st.last_write_done_ns {
-            // The kernel's value is authoritative (an external change, or a dry run).
-            update(&mut self.top_level_sum, st, |st| st.limit = limit);
-        }
+        // The kernel's value is authoritative (an external change, or a dry run).
+        self.ledger.adopt(id, ts, limit, |_| {});
+        let Some(st) = self.ledger.get(id) else {
+            return;
+        };
 
-        let p = st.policy;
+        let (p, limit) = (st.policy, st.limit());
         let hard_floor = p.min.max(usage.saturating_add(p.safety_margin));
         // A lower limit would put today's usage inside the early-warning band (`limit -
         // headroom`): the kernel would warn at once, the limit would go up again and the
@@ -741,7 +460,7 @@ impl MemoryDecider {
                 .saturating_add(p.headroom)
                 .saturating_add(p.safety_margin),
         );
-        let new = if st.limit > p.max {
+        let new = if limit > p.max {
             // Enforce the bound at once (an unlimited cgroup that was just opted in), unless
             // usage is above the maximum: then wait for it to drop rather than cut below it.
             if hard_floor > p.max {
@@ -749,44 +468,24 @@ impl MemoryDecider {
             }
             p.max
         } else {
-            if ts < st.last_pressure_ns.saturating_add(p.cooldown_ns)
-                || ts < st.last_change_ns.saturating_add(p.down_interval_ns)
-            {
+            if !st.may_lower(ts) {
                 return;
             }
             // The working set (<= usage) cannot bind below that floor: it reaches the limit
             // through usage, once the engine has reclaimed the rest (v2 memory.reclaim).
             let goal = floor;
-            if goal >= st.limit {
+            if goal >= limit {
                 return;
             }
-            let gap = st.limit - goal;
+            let gap = limit - goal;
             let dec = mul_frac(gap, p.down_fraction).max(p.min_change).min(gap);
             if dec < p.min_change {
                 return;
             }
             // Page aligned, rounded up so the floor holds.
-            page_ceil(st.limit - dec)
+            page_ceil(limit - dec)
         };
-        if new >= st.limit {
-            return;
-        }
-        let old = st.limit;
-        update(&mut self.top_level_sum, st, |st| {
-            st.inflight = Some((old, new));
-            st.limit = new;
-        });
-        st.last_change_ns = ts;
-        st.stats.scale_downs += 1;
-        self.stats.scale_downs += 1;
-        out.push(Action {
-            cgroup: id,
-            resource: Resource::Memory,
-            old,
-            new,
-            reason: Reason::ScaleDown,
-            trigger_ts_ns: ts,
-        });
+        self.ledger.lower(id, new, Reason::ScaleDown, ts, out);
     }
 }
 

@@ -1,0 +1,753 @@
+//! The ledger of managed cgroups: the rules memory and CPU share.
+//!
+//! Both deciders keep one [`Ledger`] of the cgroups they manage, generic over the resource. The
+//! ledger holds, per cgroup, what the decision loop needs whatever the resource (the nearest
+//! managed ancestor, the limit in force or being written, the write in flight, the storm and
+//! rate-limit bookkeeping, the counters) plus the resource's own decision state as an
+//! extension ([`Entry::ext`]: memory's usage and allocation rate, CPU's period and throttling
+//! samples). The resource ([`Ext`]) says what a limit counts for in the node budget (bytes,
+//! microcores) and sizes every step; the ledger applies the rules below. The resource rules are
+//! in [`memory`](super::memory) and [`cpu`](super::cpu).
+//!
+//! Limits are kept in the unit of an [`Action`] (bytes; quota µs per period, `u64::MAX` for
+//! unlimited); budgets and the room left in them in the resource's *weight* ([`Ext::weight`]).
+//!
+//! # Coalescing (one storm, one decision)
+//! A pressure signal belongs to the storm that was already answered, and is counted as
+//! [`Skip::Coalesced`], when
+//! * its kernel timestamp is earlier than the completion of the last raise (reported by
+//!   `applied`): it was queued before the new limit existed;
+//! * the limit it reports shows it saw a limit from before one of our writes (the resource
+//!   says when: see [`Ledger::open_round`]); or
+//! * a write for the cgroup is still in flight (decided but not yet `applied`).
+//!
+//! Pressure after the raise completed is new pressure, and escalates the step.
+//!
+//! # Escalation, storms and capping
+//! Every sign of pressure, coalesced or not, is remembered (it restarts the cooldown). A round
+//! of pressure less than `escalation_window` after the previous raise round escalates the step
+//! (one more doubling, at most `max_escalation`); a quiet window resets it. A signal more than
+//! `escalation_window` after the previous sign of pressure starts a new *storm*. When a raise
+//! is bounded to nothing (at `max`, by the budget, or below the hysteresis), [`Skip::Capped`]
+//! (or [`Skip::BelowHysteresis`]) is reported for the first signal of the storm at that limit
+//! and `Coalesced` for the rest, so the engine logs it once.
+//!
+//! # Rate limit
+//! Each cgroup's raises (its own and those as an ancestor) go through a token bucket of
+//! `max_raises_per_sec` with bursts of the same size; a refused raise is
+//! [`Skip::RateLimited`].
+//!
+//! # Node budget
+//! The sum of the limits of managed cgroups **without a managed ancestor** never exceeds the
+//! budget through a raise: a descendant's limit nests inside its ancestor's (the ancestor's
+//! limit bounds the whole subtree), so counting descendants too would double-count. A lowering
+//! still in flight counts at its old value: what it frees is not handed to anyone else until
+//! the kernel has accepted the lower limit. Lowering is always allowed, so a node registered
+//! (or a budget reloaded) over budget only moves back toward it. When a cgroup is forgotten,
+//! its managed children are re-parented to its own managed parent, or become top-level and
+//! count from then on.
+//!
+//! # Hierarchy
+//! Cgroups are registered with their nearest *managed* ancestor (register ancestors first).
+//! When a raise would not fit under a managed ancestor's limit (the resource decides what the
+//! ancestor needs for it, and what it may be raised to within its own policy: max, budget if
+//! top-level, hysteresis), the ancestor is raised too, if it has no write in flight and its
+//! rate limit allows, and so on up (at most [`MAX_ACTIONS`] - 1 ancestors). The actions are
+//! emitted ancestor first. When the kernel reports that an ancestor's limit is what binds, the
+//! engine passes that ancestor's id and the decision is made for it.
+//!
+//! # Scale down
+//! A cgroup's limit is lowered only after `cooldown` without any sign of pressure, and at most
+//! once per `down_interval` (counted from its last change, raise or lowering); the resource
+//! decides by how much, and may bring a limit above its policy `max` down at once.
+//!
+//! # External changes and failed writes
+//! A limit the kernel reports that differs from ours, with no write of ours in flight and
+//! reported after our last write completed, was changed behind our back (or is the real one
+//! after a dry run): the ledger adopts it ([`Ledger::adopt`]). A failed write is reverted: the
+//! limit goes back to the action's `old` value, unless a later decision has replaced it.
+
+use std::collections::HashMap;
+
+use super::{
+    Action, CgId, CpuPolicy, Decision, MemoryPolicy, RateLimiter, Reason, Resource, Skip,
+    WriteOutcome, MAX_ACTIONS,
+};
+
+/// Counters, per cgroup and for a whole decider. The same for both resources; a counter that
+/// does not apply to a resource stays 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Signals received.
+    pub signals: u64,
+    /// Raises decided (including ancestors').
+    pub raises: u64,
+    /// Lowerings decided.
+    pub scale_downs: u64,
+    /// Pressure signals folded into an answered storm.
+    pub coalesced: u64,
+    /// Raises refused by the rate limit.
+    pub rate_limited: u64,
+    /// Raises bounded to nothing (reported once per storm).
+    pub capped: u64,
+    /// Signals for cgroups that are not managed.
+    pub unmanaged: u64,
+    /// Memory: OOM kills seen.
+    pub oom_kills: u64,
+    /// CPU: latency signals ignored because the cgroup was not quota-bound.
+    pub not_quota_bound: u64,
+    /// CPU: sample intervals in which the cgroup was throttled.
+    pub throttled_intervals: u64,
+    /// Writes the engine reported as failed.
+    pub failed_writes: u64,
+}
+
+/// One of the [`Stats`] counters.
+pub(super) type Counter = fn(&mut Stats) -> &mut u64;
+
+/// The timing fields of a policy the ledger applies (both policies have them, by name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Pacing {
+    pub max_raises_per_sec: u32,
+    pub escalation_window_ns: u64,
+    pub max_escalation: u32,
+    pub cooldown_ns: u64,
+    pub down_interval_ns: u64,
+}
+
+/// A per-cgroup policy, as far as the ledger is concerned.
+pub(super) trait Policy: Copy + std::fmt::Debug {
+    fn pacing(&self) -> Pacing;
+}
+
+macro_rules! paced {
+    ($($policy:ty),+) => {$(
+        impl Policy for $policy {
+            fn pacing(&self) -> Pacing {
+                Pacing {
+                    max_raises_per_sec: self.max_raises_per_sec,
+                    escalation_window_ns: self.escalation_window_ns,
+                    max_escalation: self.max_escalation,
+                    cooldown_ns: self.cooldown_ns,
+                    down_interval_ns: self.down_interval_ns,
+                }
+            }
+        }
+    )+};
+}
+paced!(MemoryPolicy, CpuPolicy);
+
+/// A resource's side of a ledger entry: its own decision state (the entry's extension), and
+/// what the ledger needs to know about its limits.
+pub(super) trait Ext: Clone + std::fmt::Debug {
+    /// The controller the actions change.
+    const RESOURCE: Resource;
+    /// The per-cgroup policy.
+    type Policy: Policy;
+    /// What `limit` (in [`Action`] units) counts for in the node budget (bytes for memory,
+    /// microcores for CPU). Must not decrease as `limit` grows.
+    fn weight(&self, limit: u64) -> u64;
+}
+
+/// One managed cgroup: the shared bookkeeping, and the resource's extension `ext`.
+#[derive(Clone, Debug)]
+pub(super) struct Entry<X: Ext> {
+    /// The cgroup's policy.
+    pub policy: X::Policy,
+    /// The resource's own decision state.
+    pub ext: X,
+    /// Counters of this cgroup.
+    pub stats: Stats,
+    /// Nearest managed ancestor.
+    parent: Option<CgId>,
+    /// The limit in force, or being written (the decided value).
+    limit: u64,
+    /// A decided write that `applied` has not confirmed yet: `(old, new)`.
+    inflight: Option<(u64, u64)>,
+    limiter: RateLimiter,
+    escalation: u32,
+    /// Timestamp of the last pressure round that led to a raise.
+    last_round_ns: Option<u64>,
+    /// Last sign of pressure of any kind (restarts the cooldown).
+    last_pressure_ns: u64,
+    /// Completion of the last raise.
+    last_raise_done_ns: Option<u64>,
+    /// Completion of the last write of any kind.
+    last_write_done_ns: u64,
+    /// Time of the last decided change (spaces lowering steps).
+    last_change_ns: u64,
+    /// The limit at which `Capped` was last reported (once per storm).
+    capped_reported_at: Option<u64>,
+}
+
+impl<X: Ext> Entry<X> {
+    /// The limit in force or being written.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// The limit's weight ([`Ext::weight`]).
+    pub fn weight(&self) -> u64 {
+        self.ext.weight(self.limit)
+    }
+
+    /// Whether a decided write has not been confirmed yet.
+    pub fn in_flight(&self) -> bool {
+        self.inflight.is_some()
+    }
+
+    /// What the cgroup counts for in the budget: the decided limit, or the old one while a
+    /// lowering is in flight.
+    fn counted(&self) -> u64 {
+        let limit = match self.inflight {
+            Some((old, _)) => old.max(self.limit),
+            None => self.limit,
+        };
+        self.ext.weight(limit)
+    }
+
+    /// A sign of pressure at `ts` that leads to no raise (it restarts the cooldown).
+    pub fn note_pressure(&mut self, ts: u64) {
+        self.last_pressure_ns = self.last_pressure_ns.max(ts);
+    }
+
+    /// True unless a raise completed after `ts`.
+    pub fn no_raise_completed_after(&self, ts: u64) -> bool {
+        self.last_raise_done_ns.is_none_or(|done| ts >= done)
+    }
+
+    /// True if no write of ours can explain a limit the kernel reported at `ts`: none is in
+    /// flight and the last one completed by then.
+    pub fn settled(&self, ts: u64) -> bool {
+        self.inflight.is_none() && ts >= self.last_write_done_ns
+    }
+
+    /// True if the limit may be lowered at `ts`: the cooldown since the last sign of pressure
+    /// and the down interval since the last change have passed.
+    pub fn may_lower(&self, ts: u64) -> bool {
+        let p = self.policy.pacing();
+        ts >= self.last_pressure_ns.saturating_add(p.cooldown_ns)
+            && ts >= self.last_change_ns.saturating_add(p.down_interval_ns)
+    }
+}
+
+/// Applies `f` to `st`, keeping the top-level sum in step with `st`'s counted limit.
+fn update<X: Ext>(sum: &mut u128, st: &mut Entry<X>, f: impl FnOnce(&mut Entry<X>)) {
+    let before = st.counted();
+    f(st);
+    if st.parent.is_none() {
+        *sum = *sum - u128::from(before) + u128::from(st.counted());
+    }
+}
+
+/// Counts on both the cgroup's counters and the decider's.
+fn tally(total: &mut Stats, one: &mut Stats, counter: Counter) {
+    *counter(total) += 1;
+    *counter(one) += 1;
+}
+
+/// The managed cgroups of one resource and the node budget. See the module docs.
+#[derive(Clone, Debug)]
+pub(super) struct Ledger<X: Ext> {
+    entries: HashMap<CgId, Entry<X>>,
+    /// The node budget, in weight units.
+    budget: u64,
+    /// Sum of [`Entry::counted`] over top-level managed cgroups (u128: unlimited cgroups count
+    /// as `u64::MAX` without overflow).
+    top_level_sum: u128,
+    stats: Stats,
+}
+
+impl<X: Ext> Ledger<X> {
+    /// A ledger whose top-level limits may weigh `budget` in all.
+    pub fn new(budget: u64) -> Self {
+        Self {
+            entries: HashMap::new(),
+            budget,
+            top_level_sum: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The resource whose limits the ledger holds.
+    pub fn resource(&self) -> Resource {
+        X::RESOURCE
+    }
+
+    /// The node budget (weight units).
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    /// Changes the node budget. Lowering it below the current sum takes nothing away; it only
+    /// blocks raises until scale-downs bring the sum under it.
+    pub fn set_budget(&mut self, budget: u64) {
+        self.budget = budget;
+    }
+
+    /// The weight of the top-level limits (lowerings in flight at their old value).
+    pub fn committed(&self) -> u128 {
+        self.top_level_sum
+    }
+
+    /// Registers (or re-registers, keeping its history) a cgroup at `limit`. `parent` is the
+    /// nearest managed ancestor, which must already be managed (otherwise the cgroup counts as
+    /// top-level). A new cgroup gets the extension `fresh`; new or not, `renew` then brings
+    /// the extension up to date (before the limit is counted). Cooldown starts at `now_ns`.
+    /// May allocate.
+    #[allow(clippy::too_many_arguments)]
+    pub fn manage(
+        &mut self,
+        id: CgId,
+        parent: Option<CgId>,
+        policy: X::Policy,
+        limit: u64,
+        now_ns: u64,
+        fresh: X,
+        renew: impl FnOnce(&mut X),
+    ) {
+        let parent = parent.filter(|p| *p != id && self.entries.contains_key(p));
+        if let Some(old) = self.entries.get(&id) {
+            if old.parent.is_none() {
+                self.top_level_sum -= u128::from(old.counted());
+            }
+        }
+        let rate = policy.pacing().max_raises_per_sec;
+        let st = self.entries.entry(id).or_insert_with(|| Entry {
+            policy,
+            ext: fresh,
+            stats: Stats::default(),
+            parent,
+            limit,
+            inflight: None,
+            limiter: RateLimiter::new(rate),
+            escalation: 0,
+            last_round_ns: None,
+            last_pressure_ns: now_ns,
+            last_raise_done_ns: None,
+            last_write_done_ns: 0,
+            last_change_ns: 0,
+            capped_reported_at: None,
+        });
+        if st.policy.pacing().max_raises_per_sec != rate {
+            st.limiter = RateLimiter::new(rate);
+        }
+        st.policy = policy;
+        st.parent = parent;
+        st.limit = limit;
+        st.inflight = None;
+        renew(&mut st.ext);
+        if parent.is_none() {
+            self.top_level_sum += u128::from(st.counted());
+        }
+    }
+
+    /// Stops managing a cgroup. Its managed children are re-parented to its own managed parent
+    /// (or become top-level, and count against the budget). Returns whether it was managed.
+    pub fn forget(&mut self, id: CgId) -> bool {
+        let Some(gone) = self.entries.remove(&id) else {
+            return false;
+        };
+        if gone.parent.is_none() {
+            self.top_level_sum -= u128::from(gone.counted());
+        }
+        for st in self.entries.values_mut() {
+            if st.parent == Some(id) {
+                st.parent = gone.parent;
+                if gone.parent.is_none() {
+                    self.top_level_sum += u128::from(st.counted());
+                }
+            }
+        }
+        true
+    }
+
+    /// The cgroup's entry.
+    pub fn get(&self, id: CgId) -> Option<&Entry<X>> {
+        self.entries.get(&id)
+    }
+
+    /// The cgroup's entry, to update its extension.
+    pub fn get_mut(&mut self, id: CgId) -> Option<&mut Entry<X>> {
+        self.entries.get_mut(&id)
+    }
+
+    /// Number of managed cgroups.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Counters of the whole ledger.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Starts a signal: clears `out` and counts the signal. Returns the cgroup's entry, or
+    /// `None` (with [`Skip::Unmanaged`] in `out`) if it is not managed.
+    pub fn receive(&mut self, id: CgId, out: &mut Decision) -> Option<&mut Entry<X>> {
+        out.clear();
+        self.stats.signals += 1;
+        let Some(st) = self.entries.get_mut(&id) else {
+            self.stats.unmanaged += 1;
+            out.skip(Skip::Unmanaged);
+            return None;
+        };
+        st.stats.signals += 1;
+        Some(st)
+    }
+
+    /// Counts on the cgroup's counters and the ledger's.
+    pub fn count(&mut self, id: CgId, counter: Counter) {
+        if let Some(st) = self.entries.get_mut(&id) {
+            tally(&mut self.stats, &mut st.stats, counter);
+        }
+    }
+
+    /// Feedback: the engine performed (or failed to perform) `action`, completing at
+    /// `write_done_ns`. A completed raise ends the storm it answered (signals timestamped
+    /// earlier are coalesced); a failed write is reverted.
+    pub fn applied(&mut self, action: &Action, write_done_ns: u64, outcome: WriteOutcome) {
+        if action.resource != X::RESOURCE {
+            return;
+        }
+        let Some(st) = self.entries.get_mut(&action.cgroup) else {
+            return;
+        };
+        let this_write = st.inflight == Some((action.old, action.new));
+        match outcome {
+            WriteOutcome::Written | WriteOutcome::DryRun => {
+                update(&mut self.top_level_sum, st, |st| {
+                    if this_write {
+                        st.inflight = None;
+                    }
+                });
+                st.last_write_done_ns = st.last_write_done_ns.max(write_done_ns);
+                if action.is_raise() {
+                    st.last_raise_done_ns =
+                        Some(st.last_raise_done_ns.unwrap_or(0).max(write_done_ns));
+                }
+            }
+            WriteOutcome::Failed => {
+                tally(&mut self.stats, &mut st.stats, |s| &mut s.failed_writes);
+                update(&mut self.top_level_sum, st, |st| {
+                    if this_write {
+                        st.inflight = None;
+                        if st.limit == action.new {
+                            st.limit = action.old;
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// Room left in the budget for the cgroup's limit (weight units): the budget less the
+    /// other top-level limits; `u64::MAX` for a cgroup with a managed ancestor.
+    pub fn room(&self, id: CgId) -> u64 {
+        self.entries
+            .get(&id)
+            .map_or(u64::MAX, |st| self.room_for(st))
+    }
+
+    fn room_for(&self, st: &Entry<X>) -> u64 {
+        if st.parent.is_some() {
+            return u64::MAX;
+        }
+        let others = self.top_level_sum - u128::from(st.counted());
+        u64::try_from(u128::from(self.budget).saturating_sub(others)).unwrap_or(u64::MAX)
+    }
+
+    /// Adopts `limit`, as reported by the kernel at `ts`, if no write of ours can explain it
+    /// ([`Entry::settled`]), with `ext` updating the extension at the same time (before the
+    /// limit is counted again). Returns whether it did.
+    pub fn adopt(&mut self, id: CgId, ts: u64, limit: u64, ext: impl FnOnce(&mut X)) -> bool {
+        let Some(st) = self.entries.get_mut(&id) else {
+            return false;
+        };
+        if !st.settled(ts) {
+            return false;
+        }
+        update(&mut self.top_level_sum, st, |st| {
+            st.limit = limit;
+            ext(&mut st.ext);
+        });
+        true
+    }
+
+    /// Opens a pressure round for the cgroup at `ts`: notes the pressure, then coalesces the
+    /// signal (when `stale`, the resource's verdict on the limit it reported, or when it is
+    /// older than the last raise's completion, or a write is in flight) or refuses it by the
+    /// rate limit, with the skip in `out`. Otherwise returns the round's escalation (doublings
+    /// of the step), and forgets the capped report if a new storm began.
+    pub fn open_round(
+        &mut self,
+        id: CgId,
+        ts: u64,
+        stale: bool,
+        out: &mut Decision,
+    ) -> Option<u32> {
+        let st = self.entries.get_mut(&id)?;
+        let prev_pressure_ns = st.last_pressure_ns;
+        st.note_pressure(ts);
+        let stale_ts = st.last_raise_done_ns.is_some_and(|done| ts < done);
+        if stale || stale_ts || st.inflight.is_some() {
+            tally(&mut self.stats, &mut st.stats, |s| &mut s.coalesced);
+            out.skip(Skip::Coalesced);
+            return None;
+        }
+        if !st.limiter.allows(ts) {
+            tally(&mut self.stats, &mut st.stats, |s| &mut s.rate_limited);
+            out.skip(Skip::RateLimited);
+            return None;
+        }
+        let p = st.policy.pacing();
+        // A new storm if the previous sign of pressure is older than the escalation window.
+        if ts.saturating_sub(prev_pressure_ns) > p.escalation_window_ns {
+            st.capped_reported_at = None;
+        }
+        Some(match st.last_round_ns {
+            Some(last) if ts.saturating_sub(last) <= p.escalation_window_ns => {
+                (st.escalation + 1).min(p.max_escalation)
+            }
+            _ => 0,
+        })
+    }
+
+    /// The round's raise is bounded to nothing: reports `skip` for the first signal of the
+    /// storm at this limit, `Coalesced` for the rest.
+    pub fn bounded(&mut self, id: CgId, skip: Skip, out: &mut Decision) {
+        let Some(st) = self.entries.get_mut(&id) else {
+            return;
+        };
+        if st.capped_reported_at == Some(st.limit) {
+            tally(&mut self.stats, &mut st.stats, |s| &mut s.coalesced);
+            out.skip(Skip::Coalesced);
+        } else {
+            st.capped_reported_at = Some(st.limit);
+            tally(&mut self.stats, &mut st.stats, |s| &mut s.capped);
+            out.skip(skip);
+        }
+    }
+
+    /// Raises the cgroup to `new` for `reason` (a round opened by [`open_round`] with this
+    /// `escalation`), and first the managed ancestors whose limit would bind. `delta` is what
+    /// the raise adds, in the resource's terms; for each ancestor in turn (without a write in
+    /// flight, and allowed by its rate limit), `ancestor(entry, delta, room)` gives its new
+    /// limit and what that adds, or `None` if it needs no raise or cannot have one (`room`: what
+    /// is left of the budget for it). The actions go into `out`, ancestors first.
+    ///
+    /// [`open_round`]: Self::open_round
+    #[allow(clippy::too_many_arguments)]
+    pub fn raise(
+        &mut self,
+        id: CgId,
+        new: u64,
+        delta: u64,
+        escalation: u32,
+        reason: Reason,
+        ts: u64,
+        out: &mut Decision,
+        mut ancestor: impl FnMut(&Entry<X>, u64, u64) -> Option<(u64, u64)>,
+    ) {
+        let Some(st) = self.entries.get(&id) else {
+            return;
+        };
+        // Walk up while the ancestors' limits bind: `(cgroup, old, new)`.
+        let mut chain = [(0, 0, 0); MAX_ACTIONS - 1];
+        let mut n = 0;
+        let mut delta = delta;
+        let mut up = st.parent;
+        while let Some(pid) = up {
+            if n == chain.len() {
+                break;
+            }
+            let Some(ps) = self.entries.get(&pid) else {
+                break;
+            };
+            if ps.inflight.is_some() || !ps.limiter.allows(ts) {
+                break;
+            }
+            let Some((pnew, pdelta)) = ancestor(ps, delta, self.room_for(ps)) else {
+                break;
+            };
+            chain[n] = (pid, ps.limit, pnew);
+            n += 1;
+            delta = pdelta;
+            up = ps.parent;
+        }
+
+        // Execute (in the decision) and remember.
+        for &(pid, old, pnew) in chain[..n].iter().rev() {
+            self.commit_raise(pid, pnew, ts);
+            out.push(Self::action(pid, old, pnew, Reason::Ancestor, ts));
+        }
+        let Some(old) = self.commit_raise(id, new, ts) else {
+            return;
+        };
+        if let Some(st) = self.entries.get_mut(&id) {
+            st.escalation = escalation;
+            st.last_round_ns = Some(ts);
+        }
+        out.push(Self::action(id, old, new, reason, ts));
+    }
+
+    /// Decides a raise to `new`: the limit changes now, the write is in flight. Returns the
+    /// old limit.
+    fn commit_raise(&mut self, id: CgId, new: u64, ts: u64) -> Option<u64> {
+        let st = self.entries.get_mut(&id)?;
+        let old = st.limit;
+        update(&mut self.top_level_sum, st, |st| {
+            st.inflight = Some((old, new));
+            st.limit = new;
+        });
+        st.limiter.commit(ts);
+        st.last_change_ns = ts;
+        st.capped_reported_at = None;
+        tally(&mut self.stats, &mut st.stats, |s| &mut s.raises);
+        Some(old)
+    }
+
+    /// Lowers the cgroup to `new` for `reason` (if that is lower), once the resource has
+    /// checked [`Entry::may_lower`] or its own reasons to lower at once.
+    pub fn lower(&mut self, id: CgId, new: u64, reason: Reason, ts: u64, out: &mut Decision) {
+        let Some(st) = self.entries.get_mut(&id) else {
+            return;
+        };
+        if new >= st.limit {
+            return;
+        }
+        let old = st.limit;
+        update(&mut self.top_level_sum, st, |st| {
+            st.inflight = Some((old, new));
+            st.limit = new;
+        });
+        st.last_change_ns = ts;
+        tally(&mut self.stats, &mut st.stats, |s| &mut s.scale_downs);
+        out.push(Self::action(id, old, new, reason, ts));
+    }
+
+    /// The action changing `cgroup`'s limit from `old` to `new`.
+    fn action(cgroup: CgId, old: u64, new: u64, reason: Reason, ts: u64) -> Action {
+        Action {
+            cgroup,
+            resource: X::RESOURCE,
+            old,
+            new,
+            reason,
+            trigger_ts_ns: ts,
+        }
+    }
+}
+
+/// The part of a decider's API that is the ledger's, for a decider `$decider` with a field
+/// `ledger: Ledger<_>`, signals `$signal` and policy `$policy`: the inherent methods callers
+/// use, and the [`Decide`](super::Decide) implementation (which calls the inherent
+/// `on_signal` and `utilization` too).
+macro_rules! decider_api {
+    ($decider:ident, $signal:ty, $policy:ty) => {
+        impl $decider {
+            /// Stops managing a cgroup (removed, or no longer selected). Its managed children
+            /// are re-parented to its own managed parent (or become top-level). Returns whether
+            /// it was managed.
+            pub fn forget(&mut self, id: $crate::decider::CgId) -> bool {
+                self.ledger.forget(id)
+            }
+
+            /// Whether the cgroup is managed.
+            pub fn is_managed(&self, id: $crate::decider::CgId) -> bool {
+                self.ledger.get(id).is_some()
+            }
+
+            /// The cgroup's policy.
+            pub fn policy(&self, id: $crate::decider::CgId) -> Option<&$policy> {
+                self.ledger.get(id).map(|s| &s.policy)
+            }
+
+            /// Counters of one cgroup.
+            pub fn cgroup_stats(
+                &self,
+                id: $crate::decider::CgId,
+            ) -> Option<&$crate::decider::Stats> {
+                self.ledger.get(id).map(|s| &s.stats)
+            }
+
+            /// Counters of the whole decider.
+            pub fn stats(&self) -> &$crate::decider::Stats {
+                self.ledger.stats()
+            }
+
+            /// Number of managed cgroups.
+            pub fn len(&self) -> usize {
+                self.ledger.len()
+            }
+
+            /// True if no cgroup is managed.
+            pub fn is_empty(&self) -> bool {
+                self.ledger.len() == 0
+            }
+
+            /// Feedback: the engine performed (or failed to perform) `action` and the write
+            /// completed at `write_done_ns` (same clock as the signals). Must be called for
+            /// every action (those of the other resource are ignored).
+            pub fn applied(
+                &mut self,
+                action: &$crate::decider::Action,
+                write_done_ns: u64,
+                outcome: $crate::decider::WriteOutcome,
+            ) {
+                self.ledger.applied(action, write_done_ns, outcome)
+            }
+        }
+
+        impl $crate::decider::Decide for $decider {
+            type Signal = $signal;
+
+            fn resource(&self) -> $crate::decider::Resource {
+                self.ledger.resource()
+            }
+
+            fn on_signal(
+                &mut self,
+                id: $crate::decider::CgId,
+                signal: $signal,
+                out: &mut $crate::decider::Decision,
+            ) {
+                <$decider>::on_signal(self, id, signal, out)
+            }
+
+            fn applied(
+                &mut self,
+                action: &$crate::decider::Action,
+                write_done_ns: u64,
+                outcome: $crate::decider::WriteOutcome,
+            ) {
+                <$decider>::applied(self, action, write_done_ns, outcome)
+            }
+
+            fn forget(&mut self, id: $crate::decider::CgId) -> bool {
+                <$decider>::forget(self, id)
+            }
+
+            fn is_managed(&self, id: $crate::decider::CgId) -> bool {
+                <$decider>::is_managed(self, id)
+            }
+
+            fn utilization(&self, id: $crate::decider::CgId) -> Option<f64> {
+                <$decider>::utilization(self, id)
+            }
+
+            fn stats(&self) -> &$crate::decider::Stats {
+                <$decider>::stats(self)
+            }
+
+            fn cgroup_stats(&self, id: $crate::decider::CgId) -> Option<&$crate::decider::Stats> {
+                <$decider>::cgroup_stats(self, id)
+            }
+
+            fn len(&self) -> usize {
+                <$decider>::len(self)
+            }
+        }
+    };
+}
+pub(super) use decider_api;
