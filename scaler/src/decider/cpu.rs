@@ -44,12 +44,10 @@
 //! managed ancestor; a raise of `d` cores that does not fit in a managed ancestor's quota
 //! (its quota minus its observed usage) raises the ancestor first, within its own policy.
 
-use std::collections::HashMap;
-
-use super::{
-    mul_frac, Action, Cap, CgId, Decision, RateLimiter, Reason, Resource, Skip, WriteOutcome,
-    MAX_ACTIONS,
-};
+use super::ledger::{decider_api, Entry, Ext, Ledger};
+use super::{mul_frac, Cap, CgId, Decision, Reason, Resource, Skip};
+#[cfg(test)]
+use super::{Action, WriteOutcome};
 
 /// Per-cgroup CPU policy, in cores, fractions, microseconds and nanoseconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -185,31 +183,6 @@ impl CpuSignal {
     }
 }
 
-/// Counters, per cgroup and for the whole CPU decider.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CpuStats {
-    /// Signals received.
-    pub signals: u64,
-    /// Raises decided (including ancestors').
-    pub raises: u64,
-    /// Lowerings decided.
-    pub scale_downs: u64,
-    /// Pressure signals folded into an answered round.
-    pub coalesced: u64,
-    /// Raises refused by the rate limit.
-    pub rate_limited: u64,
-    /// Raises bounded to nothing (reported once per storm).
-    pub capped: u64,
-    /// Latency signals ignored because the cgroup was not quota-bound.
-    pub not_quota_bound: u64,
-    /// Signals for cgroups that are not managed.
-    pub unmanaged: u64,
-    /// Sample intervals in which the cgroup was throttled.
-    pub throttled_intervals: u64,
-    /// Writes the engine reported as failed.
-    pub failed_writes: u64,
-}
-
 #[derive(Clone, Copy, Debug)]
 struct PrevSample {
     ts_ns: u64,
@@ -217,93 +190,60 @@ struct PrevSample {
     nr_throttled: u64,
 }
 
+/// A CPU cgroup's own decision state: the extension of its ledger entry.
 #[derive(Clone, Debug)]
-struct CpuState {
-    policy: CpuPolicy,
-    parent: Option<CgId>,
+struct Cpu {
+    /// The period the quota is per (µs).
     period_us: u64,
-    /// Quota in force or being written, µs per period (`u64::MAX`: unlimited).
-    quota_us: u64,
-    /// A decided write not yet confirmed: `(old, new)` quota.
-    inflight: Option<(u64, u64)>,
     /// Usage over the last sample interval (microcores).
     usage_uc: u64,
     /// The last sample interval saw throttling.
     throttled_recently: bool,
     prev: Option<PrevSample>,
     last_quota_near_ns: Option<u64>,
-    limiter: RateLimiter,
-    escalation: u32,
-    last_round_ns: Option<u64>,
-    last_pressure_ns: u64,
-    last_raise_done_ns: Option<u64>,
-    last_write_done_ns: u64,
-    last_change_ns: u64,
-    capped_reported_at: Option<u64>,
-    stats: CpuStats,
 }
 
-impl CpuState {
-    fn quota_uc(&self) -> u64 {
-        quota_to_microcores(self.quota_us, self.period_us)
-    }
+impl Ext for Cpu {
+    const RESOURCE: Resource = Resource::Cpu;
+    type Policy = CpuPolicy;
 
-    /// What the quota counts for in the budget: a lowering in flight counts at its old value.
-    fn counted(&self) -> u64 {
-        let q = match self.inflight {
-            Some((old, _)) => old.max(self.quota_us),
-            None => self.quota_us,
-        };
-        quota_to_microcores(q, self.period_us)
-    }
-}
-
-fn update(sum: &mut u128, st: &mut CpuState, f: impl FnOnce(&mut CpuState)) {
-    let before = st.counted();
-    f(st);
-    if st.parent.is_none() {
-        *sum = *sum - u128::from(before) + u128::from(st.counted());
+    /// A quota counts for its microcores at the cgroup's period.
+    fn weight(&self, quota_us: u64) -> u64 {
+        quota_to_microcores(quota_us, self.period_us)
     }
 }
 
 /// The CPU decider: registered cgroups and the node's CPU budget. See the module docs.
 #[derive(Clone, Debug)]
 pub struct CpuDecider {
-    cgroups: HashMap<CgId, CpuState>,
-    /// Budget in microcores.
-    budget_uc: u64,
-    top_level_sum: u128,
-    stats: CpuStats,
+    /// Quotas in µs per period, weighed in microcores.
+    ledger: Ledger<Cpu>,
 }
 
-/// An ancestor raise being assembled: `(cgroup, old quota, new quota)`.
-type Step = (CgId, u64, u64);
+decider_api!(CpuDecider, CpuSignal, CpuPolicy);
 
 impl CpuDecider {
     /// A decider whose top-level managed quotas may add up to `budget_cores`.
     pub fn new(budget_cores: f64) -> Self {
         Self {
-            cgroups: HashMap::new(),
-            budget_uc: cores_to_microcores(budget_cores),
-            top_level_sum: 0,
-            stats: CpuStats::default(),
+            ledger: Ledger::new(cores_to_microcores(budget_cores)),
         }
     }
 
     /// The node budget (cores).
     pub fn budget_cores(&self) -> f64 {
-        self.budget_uc as f64 / MICROCORES as f64
+        self.ledger.budget() as f64 / MICROCORES as f64
     }
 
     /// Changes the node budget (configuration reload); see [`MemoryDecider::set_budget`](super::MemoryDecider::set_budget).
     pub fn set_budget(&mut self, budget_cores: f64) {
-        self.budget_uc = cores_to_microcores(budget_cores);
+        self.ledger.set_budget(cores_to_microcores(budget_cores));
     }
 
     /// Sum of the top-level managed quotas, in microcores (lowerings in flight at their old
     /// value).
     pub fn committed_microcores(&self) -> u128 {
-        self.top_level_sum
+        self.ledger.committed()
     }
 
     /// Registers (or re-registers) a cgroup with its quota (`None`: unlimited) at `period_us`.
@@ -317,142 +257,63 @@ impl CpuDecider {
         period_us: u64,
         now_ns: u64,
     ) {
-        let parent = parent.filter(|p| *p != id && self.cgroups.contains_key(p));
-        if let Some(old) = self.cgroups.get(&id) {
-            if old.parent.is_none() {
-                self.top_level_sum -= u128::from(old.counted());
-            }
-        }
-        let st = self.cgroups.entry(id).or_insert_with(|| CpuState {
-            policy,
-            parent,
+        let fresh = Cpu {
             period_us,
-            quota_us: u64::MAX,
-            inflight: None,
             usage_uc: 0,
             throttled_recently: false,
             prev: None,
             last_quota_near_ns: None,
-            limiter: RateLimiter::new(policy.max_raises_per_sec),
-            escalation: 0,
-            last_round_ns: None,
-            last_pressure_ns: now_ns,
-            last_raise_done_ns: None,
-            last_write_done_ns: 0,
-            last_change_ns: 0,
-            capped_reported_at: None,
-            stats: CpuStats::default(),
-        });
-        if st.policy.max_raises_per_sec != policy.max_raises_per_sec {
-            st.limiter = RateLimiter::new(policy.max_raises_per_sec);
-        }
-        st.policy = policy;
-        st.parent = parent;
-        st.period_us = period_us.max(1);
-        st.quota_us = quota_us.unwrap_or(u64::MAX);
-        st.inflight = None;
-        if parent.is_none() {
-            self.top_level_sum += u128::from(st.counted());
-        }
-    }
-
-    /// Stops managing a cgroup; its managed children are re-parented to its parent.
-    pub fn forget(&mut self, id: CgId) -> bool {
-        let Some(gone) = self.cgroups.remove(&id) else {
-            return false;
         };
-        if gone.parent.is_none() {
-            self.top_level_sum -= u128::from(gone.counted());
-        }
-        for st in self.cgroups.values_mut() {
-            if st.parent == Some(id) {
-                st.parent = gone.parent;
-                if gone.parent.is_none() {
-                    self.top_level_sum += u128::from(st.counted());
-                }
-            }
-        }
-        true
-    }
-
-    /// Whether the cgroup is managed.
-    pub fn is_managed(&self, id: CgId) -> bool {
-        self.cgroups.contains_key(&id)
+        let quota_us = quota_us.unwrap_or(u64::MAX);
+        self.ledger
+            .manage(id, parent, policy, quota_us, now_ns, fresh, |c| {
+                c.period_us = period_us.max(1);
+            });
     }
 
     /// The quota in force or being written, µs per period (`None`: unlimited).
     pub fn quota_us(&self, id: CgId) -> Option<Option<u64>> {
-        self.cgroups
-            .get(&id)
-            .map(|s| (s.quota_us != u64::MAX).then_some(s.quota_us))
+        self.ledger
+            .get(id)
+            .map(|s| (s.limit() != u64::MAX).then_some(s.limit()))
     }
 
     /// The quota in cores (`f64::INFINITY`: unlimited).
     pub fn quota_cores(&self, id: CgId) -> Option<f64> {
-        self.cgroups.get(&id).map(|s| {
-            if s.quota_us == u64::MAX {
+        self.ledger.get(id).map(|s| {
+            if s.limit() == u64::MAX {
                 f64::INFINITY
             } else {
-                s.quota_us as f64 / s.period_us as f64
+                s.limit() as f64 / s.ext.period_us as f64
             }
         })
     }
 
     /// The period the cgroup was registered with (µs).
     pub fn period_us(&self, id: CgId) -> Option<u64> {
-        self.cgroups.get(&id).map(|s| s.period_us)
+        self.ledger.get(id).map(|s| s.ext.period_us)
     }
 
     /// Usage over the last sample interval, in cores.
     pub fn usage_cores(&self, id: CgId) -> Option<f64> {
-        self.cgroups
-            .get(&id)
-            .map(|s| s.usage_uc as f64 / MICROCORES as f64)
+        self.ledger
+            .get(id)
+            .map(|s| s.ext.usage_uc as f64 / MICROCORES as f64)
     }
 
     /// U = R / C: usage over the last sample interval divided by the quota (0 if unlimited).
     pub fn utilization(&self, id: CgId) -> Option<f64> {
-        self.cgroups
-            .get(&id)
-            .map(|s| s.usage_uc as f64 / s.quota_uc().max(1) as f64)
-    }
-
-    /// The cgroup's policy.
-    pub fn policy(&self, id: CgId) -> Option<&CpuPolicy> {
-        self.cgroups.get(&id).map(|s| &s.policy)
-    }
-
-    /// Counters of one cgroup.
-    pub fn cgroup_stats(&self, id: CgId) -> Option<&CpuStats> {
-        self.cgroups.get(&id).map(|s| &s.stats)
-    }
-
-    /// Counters of the whole decider.
-    pub fn stats(&self) -> &CpuStats {
-        &self.stats
-    }
-
-    /// Number of managed cgroups.
-    pub fn len(&self) -> usize {
-        self.cgroups.len()
-    }
-
-    /// True if no cgroup is managed.
-    pub fn is_empty(&self) -> bool {
-        self.cgroups.is_empty()
+        self.ledger
+            .get(id)
+            .map(|s| s.ext.usage_uc as f64 / s.weight().max(1) as f64)
     }
 
     /// Decides what to do about `signal` for cgroup `id`; writes into `out` (cleared first).
     /// Does not allocate.
     pub fn on_signal(&mut self, id: CgId, signal: CpuSignal, out: &mut Decision) {
-        out.clear();
-        self.stats.signals += 1;
-        let Some(st) = self.cgroups.get_mut(&id) else {
-            self.stats.unmanaged += 1;
-            out.skip(Skip::Unmanaged);
+        let Some(st) = self.ledger.receive(id, out) else {
             return;
         };
-        st.stats.signals += 1;
         match signal {
             CpuSignal::QuotaNear {
                 ts_ns,
@@ -460,27 +321,27 @@ impl CpuDecider {
                 period_ns,
                 ..
             } => {
-                st.last_quota_near_ns = Some(ts_ns);
+                st.ext.last_quota_near_ns = Some(ts_ns);
+                // Stale if it saw a lower quota than ours, or a higher one that a write of ours
+                // can explain (a quota raised behind our back is not adopted here: the next
+                // sample does that).
                 let seen_uc = quota_to_microcores(quota_ns, period_ns);
-                let cur_uc = st.quota_uc();
-                let stale = seen_uc < cur_uc
-                    || (seen_uc > cur_uc
-                        && (st.inflight.is_some() || ts_ns < st.last_write_done_ns));
+                let cur_uc = st.weight();
+                let stale = seen_uc < cur_uc || (seen_uc > cur_uc && !st.settled(ts_ns));
                 self.raise(id, Reason::CpuQuotaNear, ts_ns, stale, out);
             }
             CpuSignal::RunqLatency { ts_ns, p99_us } => {
                 if p99_us <= st.policy.runq_latency_target_us {
                     return;
                 }
-                let p = st.policy;
-                let near = st
+                let (p, c) = (st.policy, &st.ext);
+                let near = c
                     .last_quota_near_ns
                     .is_some_and(|t| ts_ns >= t && ts_ns - t <= p.escalation_window_ns);
-                let busy = st.usage_uc as f64 >= p.quota_near_fraction * st.quota_uc() as f64;
-                if !(st.throttled_recently || near || busy) {
-                    st.last_pressure_ns = st.last_pressure_ns.max(ts_ns);
-                    st.stats.not_quota_bound += 1;
-                    self.stats.not_quota_bound += 1;
+                let busy = c.usage_uc as f64 >= p.quota_near_fraction * st.weight() as f64;
+                if !(c.throttled_recently || near || busy) {
+                    st.note_pressure(ts_ns);
+                    self.ledger.count(id, |s| &mut s.not_quota_bound);
                     out.skip(Skip::NotQuotaBound);
                     return;
                 }
@@ -497,84 +358,16 @@ impl CpuDecider {
         }
     }
 
-    /// Feedback: the engine performed (or failed) `action`, completing at `write_done_ns`.
-    /// Must be called for every action.
-    pub fn applied(&mut self, action: &Action, write_done_ns: u64, outcome: WriteOutcome) {
-        if action.resource != Resource::Cpu {
-            return;
-        }
-        let Some(st) = self.cgroups.get_mut(&action.cgroup) else {
-            return;
-        };
-        let this_write = st.inflight == Some((action.old, action.new));
-        match outcome {
-            WriteOutcome::Written | WriteOutcome::DryRun => {
-                update(&mut self.top_level_sum, st, |st| {
-                    if this_write {
-                        st.inflight = None;
-                    }
-                });
-                st.last_write_done_ns = st.last_write_done_ns.max(write_done_ns);
-                if action.is_raise() {
-                    st.last_raise_done_ns =
-                        Some(st.last_raise_done_ns.unwrap_or(0).max(write_done_ns));
-                }
-            }
-            WriteOutcome::Failed => {
-                st.stats.failed_writes += 1;
-                self.stats.failed_writes += 1;
-                update(&mut self.top_level_sum, st, |st| {
-                    if this_write {
-                        st.inflight = None;
-                        if st.quota_us == action.new {
-                            st.quota_us = action.old;
-                        }
-                    }
-                });
-            }
-        }
-    }
-
-    /// Room left in the budget for `st`'s quota, in microcores, if it is top-level.
-    fn budget_allows_uc(&self, st: &CpuState) -> u64 {
-        if st.parent.is_some() {
-            return u64::MAX;
-        }
-        let others = self.top_level_sum - u128::from(st.counted());
-        u64::try_from(u128::from(self.budget_uc).saturating_sub(others)).unwrap_or(u64::MAX)
-    }
-
     fn raise(&mut self, id: CgId, reason: Reason, ts: u64, stale: bool, out: &mut Decision) {
-        let Some(st) = self.cgroups.get_mut(&id) else {
+        let Some(escalation) = self.ledger.open_round(id, ts, stale, out) else {
             return;
         };
-        let prev_pressure_ns = st.last_pressure_ns;
-        st.last_pressure_ns = st.last_pressure_ns.max(ts);
-        let stale_ts = st.last_raise_done_ns.is_some_and(|done| ts < done);
-        if stale || stale_ts || st.inflight.is_some() {
-            st.stats.coalesced += 1;
-            self.stats.coalesced += 1;
-            out.skip(Skip::Coalesced);
+        let Some(st) = self.ledger.get(id) else {
             return;
-        }
-        if !st.limiter.allows(ts) {
-            st.stats.rate_limited += 1;
-            self.stats.rate_limited += 1;
-            out.skip(Skip::RateLimited);
-            return;
-        }
-        if ts.saturating_sub(prev_pressure_ns) > st.policy.escalation_window_ns {
-            st.capped_reported_at = None;
-        }
-        let escalation = match st.last_round_ns {
-            Some(last) if ts.saturating_sub(last) <= st.policy.escalation_window_ns => {
-                (st.escalation + 1).min(st.policy.max_escalation)
-            }
-            _ => 0,
         };
-        let p = st.policy;
-        let cur_uc = st.quota_uc();
-        let max_uc = cores_to_microcores(p.max_cores).min(MAX_MICROCORES);
+        let (p, quota, period) = (st.policy, st.limit(), st.ext.period_us);
+        let cur_uc = st.weight();
+        let max_uc = max_microcores(&p);
         let step_uc = cores_to_microcores(p.step_cores)
             .max(mul_frac(cur_uc, p.step_fraction))
             .saturating_mul(1u64 << escalation.min(32));
@@ -584,111 +377,55 @@ impl CpuDecider {
             new_uc = max_uc;
             cap = Some(Cap::AtMax);
         }
-        let room = self.budget_allows_uc(&self.cgroups[&id]);
+        let room = self.ledger.room(id);
         if new_uc > room {
             new_uc = room;
             cap = Some(Cap::Budget);
         }
-        let st = self.cgroups.get_mut(&id).expect("looked up above");
-        let new_q = microcores_to_quota(new_uc, st.period_us, false);
-        let new_uc = quota_to_microcores(new_q, st.period_us);
+        let new_q = microcores_to_quota(new_uc, period, false);
+        let new_uc = quota_to_microcores(new_q, period);
         let min_change_uc = cores_to_microcores(p.min_change_cores);
-        if st.quota_us == u64::MAX
-            || new_q <= st.quota_us
-            || new_uc.saturating_sub(cur_uc) < min_change_uc
-        {
-            let skip = match (st.quota_us == u64::MAX, cap) {
+        if quota == u64::MAX || new_q <= quota || new_uc.saturating_sub(cur_uc) < min_change_uc {
+            // An unlimited quota cannot be raised: it is as good as at max.
+            let skip = match (quota == u64::MAX, cap) {
                 (true, _) => Skip::Capped(Cap::AtMax),
                 (false, Some(c)) => Skip::Capped(c),
                 (false, None) => Skip::BelowHysteresis,
             };
-            if st.capped_reported_at == Some(st.quota_us) {
-                st.stats.coalesced += 1;
-                self.stats.coalesced += 1;
-                out.skip(Skip::Coalesced);
-            } else {
-                st.capped_reported_at = Some(st.quota_us);
-                st.stats.capped += 1;
-                self.stats.capped += 1;
-                out.skip(skip);
-            }
+            self.ledger.bounded(id, skip, out);
             return;
         }
 
-        // Managed ancestors whose quota has no room for this raise go first.
-        let mut chain: [Step; MAX_ACTIONS - 1] = [(0, 0, 0); MAX_ACTIONS - 1];
-        let mut n = 0;
-        let mut delta_uc = new_uc - cur_uc;
-        let mut up = st.parent;
-        while let Some(pid) = up {
-            if n == chain.len() {
-                break;
-            }
-            let Some(ps) = self.cgroups.get(&pid) else {
-                break;
-            };
-            let p_uc = ps.quota_uc();
-            let need = ps.usage_uc.saturating_add(delta_uc);
-            if ps.quota_us == u64::MAX || p_uc >= need {
-                break;
-            }
-            if ps.inflight.is_some() || !ps.limiter.allows(ts) {
-                break;
+        // A managed ancestor binds when its quota is below its observed usage plus the raise;
+        // it is raised to that (at least its step more), within its own policy.
+        let ancestor = |ps: &Entry<Cpu>, delta_uc: u64, room: u64| {
+            let (p, quota, period) = (ps.policy, ps.limit(), ps.ext.period_us);
+            let p_uc = ps.weight();
+            let need = ps.ext.usage_uc.saturating_add(delta_uc);
+            if quota == u64::MAX || p_uc >= need {
+                return None;
             }
             let pnew_uc = need
-                .max(p_uc.saturating_add(cores_to_microcores(ps.policy.step_cores)))
-                .min(cores_to_microcores(ps.policy.max_cores).min(MAX_MICROCORES))
-                .min(self.budget_allows_uc(ps));
-            let pnew = microcores_to_quota(pnew_uc, ps.period_us, false);
-            let pnew_uc = quota_to_microcores(pnew, ps.period_us);
-            if pnew <= ps.quota_us
-                || pnew_uc - p_uc < cores_to_microcores(ps.policy.min_change_cores)
-            {
-                break;
+                .max(p_uc.saturating_add(cores_to_microcores(p.step_cores)))
+                .min(max_microcores(&p))
+                .min(room);
+            let pnew = microcores_to_quota(pnew_uc, period, false);
+            let pnew_uc = quota_to_microcores(pnew, period);
+            if pnew <= quota || pnew_uc - p_uc < cores_to_microcores(p.min_change_cores) {
+                return None;
             }
-            chain[n] = (pid, ps.quota_us, pnew);
-            n += 1;
-            delta_uc = pnew_uc - p_uc;
-            up = ps.parent;
-        }
-        for &(pid, old, pnew) in chain[..n].iter().rev() {
-            let ps = self.cgroups.get_mut(&pid).expect("walked above");
-            Self::commit_raise(&mut self.top_level_sum, ps, pnew, ts);
-            self.stats.raises += 1;
-            out.push(Action {
-                cgroup: pid,
-                resource: Resource::Cpu,
-                old,
-                new: pnew,
-                reason: Reason::Ancestor,
-                trigger_ts_ns: ts,
-            });
-        }
-        let st = self.cgroups.get_mut(&id).expect("looked up above");
-        let old = st.quota_us;
-        Self::commit_raise(&mut self.top_level_sum, st, new_q, ts);
-        st.escalation = escalation;
-        st.last_round_ns = Some(ts);
-        self.stats.raises += 1;
-        out.push(Action {
-            cgroup: id,
-            resource: Resource::Cpu,
-            old,
-            new: new_q,
+            Some((pnew, pnew_uc - p_uc))
+        };
+        self.ledger.raise(
+            id,
+            new_q,
+            new_uc - cur_uc,
+            escalation,
             reason,
-            trigger_ts_ns: ts,
-        });
-    }
-
-    fn commit_raise(sum: &mut u128, st: &mut CpuState, new: u64, ts: u64) {
-        update(sum, st, |st| {
-            st.inflight = Some((st.quota_us, new));
-            st.quota_us = new;
-        });
-        st.limiter.commit(ts);
-        st.last_change_ns = ts;
-        st.capped_reported_at = None;
-        st.stats.raises += 1;
+            ts,
+            out,
+            ancestor,
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -702,14 +439,15 @@ impl CpuDecider {
         period_us: u64,
         out: &mut Decision,
     ) {
-        let Some(st) = self.cgroups.get_mut(&id) else {
+        let Some(st) = self.ledger.get_mut(id) else {
             return;
         };
         // Usage and throttling over the interval since the previous sample (counters that
         // went backwards belong to a recreated cgroup: start over).
+        let mut throttled = false;
         let mut throttled_after_raise = false;
-        st.throttled_recently = false;
-        match st.prev {
+        st.ext.throttled_recently = false;
+        match st.ext.prev {
             Some(prev)
                 if ts > prev.ts_ns
                     && usage_ns >= prev.usage_ns
@@ -717,45 +455,46 @@ impl CpuDecider {
             {
                 let uc = u128::from(usage_ns - prev.usage_ns) * u128::from(MICROCORES)
                     / u128::from(ts - prev.ts_ns);
-                st.usage_uc = u64::try_from(uc).unwrap_or(u64::MAX);
+                st.ext.usage_uc = u64::try_from(uc).unwrap_or(u64::MAX);
                 if nr_throttled > prev.nr_throttled {
-                    st.throttled_recently = true;
-                    st.stats.throttled_intervals += 1;
-                    self.stats.throttled_intervals += 1;
-                    throttled_after_raise =
-                        st.last_raise_done_ns.is_none_or(|done| prev.ts_ns >= done);
-                    st.last_pressure_ns = st.last_pressure_ns.max(ts);
+                    throttled = true;
+                    st.ext.throttled_recently = true;
+                    throttled_after_raise = st.no_raise_completed_after(prev.ts_ns);
+                    st.note_pressure(ts);
                 }
             }
             _ => {}
         }
-        st.prev = Some(PrevSample {
+        st.ext.prev = Some(PrevSample {
             ts_ns: ts,
             usage_ns,
             nr_throttled,
         });
-        if st.inflight.is_some() {
+        let in_flight = st.in_flight();
+        if throttled {
+            self.ledger.count(id, |s| &mut s.throttled_intervals);
+        }
+        if in_flight {
             return;
         }
+        // The kernel's value is authoritative (an external change, or a dry run).
         let seen = quota_us.unwrap_or(u64::MAX);
-        if (seen != st.quota_us || period_us != st.period_us) && ts >= st.last_write_done_ns {
-            // The kernel's value is authoritative (an external change, or a dry run).
-            update(&mut self.top_level_sum, st, |st| {
-                st.quota_us = seen;
-                st.period_us = period_us.max(1);
-            });
-        }
+        self.ledger
+            .adopt(id, ts, seen, |c| c.period_us = period_us.max(1));
         if throttled_after_raise {
             self.raise(id, Reason::CpuThrottled, ts, false, out);
             return;
         }
+        let Some(st) = self.ledger.get(id) else {
+            return;
+        };
 
-        let p = st.policy;
-        let cur_uc = st.quota_uc();
+        let (p, period) = (st.policy, st.ext.period_us);
+        let cur_uc = st.weight();
         let min_uc = cores_to_microcores(p.min_cores);
-        let max_uc = cores_to_microcores(p.max_cores).min(MAX_MICROCORES);
+        let max_uc = max_microcores(&p);
         let min_change_uc = cores_to_microcores(p.min_change_cores);
-        let floor = min_uc.max(st.usage_uc);
+        let floor = min_uc.max(st.ext.usage_uc);
         let new_uc = if cur_uc > max_uc {
             if floor > max_uc {
                 // Usage above the maximum: wait for it to drop rather than cut below it.
@@ -763,16 +502,15 @@ impl CpuDecider {
             }
             max_uc
         } else {
-            if ts < st.last_pressure_ns.saturating_add(p.cooldown_ns)
-                || ts < st.last_change_ns.saturating_add(p.down_interval_ns)
-            {
+            if !st.may_lower(ts) {
                 return;
             }
             // Usage should sit below the quota-near mark, with headroom: lower, the kernel would
             // report quota-near right away and the quota would bounce back up.
             let factor = (1.0 + p.headroom_fraction) / p.quota_near_fraction.clamp(0.05, 1.0);
-            let goal = mul_frac(st.usage_uc, factor)
-                .max(st.usage_uc.saturating_add(min_change_uc))
+            let usage_uc = st.ext.usage_uc;
+            let goal = mul_frac(usage_uc, factor)
+                .max(usage_uc.saturating_add(min_change_uc))
                 .min(max_uc)
                 .max(floor);
             if goal >= cur_uc {
@@ -786,31 +524,18 @@ impl CpuDecider {
             cur_uc - dec
         };
         // Round up: the quota written is never below the goal (nor the usage under it)...
-        let mut new_q = microcores_to_quota(new_uc, st.period_us, true);
-        if quota_to_microcores(new_q, st.period_us) > max_uc {
+        let mut new_q = microcores_to_quota(new_uc, period, true);
+        if quota_to_microcores(new_q, period) > max_uc {
             // ...unless that would cross the maximum (new_uc >= floor still holds).
-            new_q = microcores_to_quota(max_uc, st.period_us, false);
+            new_q = microcores_to_quota(max_uc, period, false);
         }
-        if new_q >= st.quota_us {
-            return;
-        }
-        let old = st.quota_us;
-        update(&mut self.top_level_sum, st, |st| {
-            st.inflight = Some((old, new_q));
-            st.quota_us = new_q;
-        });
-        st.last_change_ns = ts;
-        st.stats.scale_downs += 1;
-        self.stats.scale_downs += 1;
-        out.push(Action {
-            cgroup: id,
-            resource: Resource::Cpu,
-            old,
-            new: new_q,
-            reason: Reason::CpuScaleDown,
-            trigger_ts_ns: ts,
-        });
+        self.ledger.lower(id, new_q, Reason::CpuScaleDown, ts, out);
     }
+}
+
+/// The policy's maximum in microcores, at most [`MAX_MICROCORES`].
+fn max_microcores(p: &CpuPolicy) -> u64 {
+    cores_to_microcores(p.max_cores).min(MAX_MICROCORES)
 }
 
 #[cfg(test)]
