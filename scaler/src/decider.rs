@@ -24,6 +24,8 @@
 pub mod cpu;
 pub mod ledger;
 pub mod memory;
+#[cfg(test)]
+mod testing;
 
 pub use cpu::{CpuDecider, CpuPolicy, CpuSignal};
 pub use ledger::Stats;

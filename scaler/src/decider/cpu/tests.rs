@@ -1,6 +1,7 @@
 //! Sequences of CPU signals in, decisions out.
 
 use super::*;
+use crate::decider::testing::{self, only};
 use crate::decider::Decision;
 
 const MS: u64 = 1_000_000;
@@ -22,32 +23,13 @@ fn policy() -> CpuPolicy {
     }
 }
 
-struct Loop {
-    d: CpuDecider,
-    out: Decision,
-    actions: Vec<Action>,
-    /// Cumulative counters of each cgroup's fake cpu.stat: (usage_ns, nr_throttled).
-    stat: std::collections::HashMap<CgId, (u64, u64)>,
-}
+/// The decider and the engine's side of the loop, with each cgroup's fake `cpu.stat`
+/// counters: (usage_ns, nr_throttled).
+type Loop = testing::Loop<CpuDecider, std::collections::HashMap<CgId, (u64, u64)>>;
 
 impl Loop {
     fn new(budget: f64) -> Self {
-        Self {
-            d: CpuDecider::new(budget),
-            out: Decision::new(),
-            actions: Vec::new(),
-            stat: Default::default(),
-        }
-    }
-
-    fn signal(&mut self, id: CgId, s: CpuSignal) -> Decision {
-        self.d.on_signal(id, s, &mut self.out);
-        for a in self.out.actions() {
-            self.d
-                .applied(a, s.ts_ns() + WRITE_NS, WriteOutcome::Written);
-            self.actions.push(*a);
-        }
-        self.out.clone()
+        Self::with(CpuDecider::new(budget), WRITE_NS)
     }
 
     fn quota_near(&mut self, id: CgId, ts_ns: u64) -> Decision {
@@ -82,11 +64,6 @@ impl Loop {
             },
         )
     }
-}
-
-fn only(d: &Decision) -> Action {
-    assert_eq!(d.actions().len(), 1, "{d:?}");
-    d.actions()[0]
 }
 
 #[test]

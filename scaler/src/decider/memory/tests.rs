@@ -1,6 +1,7 @@
 //! Sequences of signals in, decisions out.
 
 use super::*;
+use crate::decider::testing::{self, only};
 use crate::decider::Decision;
 
 const MS: u64 = 1_000_000;
@@ -18,37 +19,12 @@ fn policy() -> MemoryPolicy {
     }
 }
 
-/// The decider plus the engine's side of the loop: perform every action, report completion.
-struct Loop {
-    d: MemoryDecider,
-    out: Decision,
-    actions: Vec<Action>,
-}
+/// The decider plus the engine's side of the loop.
+type Loop = testing::Loop<MemoryDecider>;
 
 impl Loop {
     fn new(budget: u64) -> Self {
-        Self {
-            d: MemoryDecider::new(budget),
-            out: Decision::new(),
-            actions: Vec::new(),
-        }
-    }
-
-    /// Signal, then apply every action `WRITE_NS` after the signal. Returns the decision.
-    fn signal(&mut self, id: CgId, s: MemorySignal) -> Decision {
-        self.d.on_signal(id, s, &mut self.out);
-        let done = s.ts_ns() + WRITE_NS;
-        for a in self.out.actions() {
-            self.d.applied(a, done, WriteOutcome::Written);
-            self.actions.push(*a);
-        }
-        self.out.clone()
-    }
-
-    /// Signal without applying (a write still in flight).
-    fn signal_only(&mut self, id: CgId, s: MemorySignal) -> Decision {
-        self.d.on_signal(id, s, &mut self.out);
-        self.out.clone()
+        Self::with(MemoryDecider::new(budget), WRITE_NS)
     }
 
     fn reclaim(&mut self, id: CgId, ts_ns: u64, usage: u64, limit: u64) -> Decision {
@@ -75,11 +51,6 @@ impl Loop {
             },
         )
     }
-}
-
-fn only(d: &Decision) -> Action {
-    assert_eq!(d.actions().len(), 1, "{d:?}");
-    d.actions()[0]
 }
 
 #[test]
