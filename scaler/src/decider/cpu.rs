@@ -1,10 +1,12 @@
 //! CPU rules: raise a CFS quota before throttling hurts, give it back after a burst.
 //!
-//! Same shape as the [memory rules](super::memory), in CPU terms. Quotas are handled as
+//! Same shape as the [memory rules](super::memory), in CPU terms, on the same
+//! [ledger](super::ledger) (coalescing, escalation and storms, rate limit, node budget,
+//! hierarchy walk, scale-down gating, external changes). Quotas are handled as
 //! **microcores** (millionths of a core: `quota_us * 1e6 / period_us`) so that budgets and
-//! bounds are exact integer sums; [`Action`]s carry the quota in **microseconds per period**
-//! at the period the cgroup was registered with (a quota that was unlimited, v2 `max` or v1
-//! `-1`, appears as `old == u64::MAX`; `new` is never unlimited).
+//! bounds are exact integer sums; [`Action`](super::Action)s carry the quota in
+//! **microseconds per period** at the period the cgroup was registered with (a quota that was
+//! unlimited, v2 `max` or v1 `-1`, appears as `old == u64::MAX`; `new` is never unlimited).
 //!
 //! # Scale up
 //! Pressure is [`CpuSignal::QuotaNear`] (the kernel saw the cgroup use `quota_near` of its
@@ -20,29 +22,36 @@
 //! step = max(step, step_fraction * quota) * 2^escalation
 //! ```
 //!
-//! with escalation as for memory (consecutive rounds within `escalation_window`, up to
-//! `max_escalation`), clamped to `max` and, for a cgroup without a managed ancestor, to the
-//! node's CPU budget. From a 0.2-core quota under a 1.5-core burst, the defaults go
-//! 0.2 -> 0.4 -> 0.8 -> 1.6 in three rounds (three 100 ms periods).
+//! with [escalation](super::ledger#escalation-storms-and-capping) as for memory (consecutive
+//! rounds within `escalation_window`, up to `max_escalation`), clamped to `max` and, for a
+//! cgroup without a managed ancestor, to the node's CPU budget. An unlimited quota is never
+//! raised (reported as capped at max). From a 0.2-core quota under a 1.5-core burst, the
+//! defaults go 0.2 -> 0.4 -> 0.8 -> 1.6 in three rounds (three 100 ms periods).
 //!
 //! # Coalescing
-//! A pressure signal is part of an answered round when its timestamp is before the last
-//! raise's completion, when it reports a quota below the one already decided, or while a
-//! write is in flight.
+//! A pressure signal is part of an answered round as in the
+//! [ledger](super::ledger#coalescing-one-storm-one-decision) (its timestamp is before the last
+//! raise's completion, or a write is in flight), and when it reports a quota below the one
+//! already decided, or above it while a write of ours can explain that. A quota-near signal
+//! that reports a quota raised behind our back is answered from our quota; the next sample
+//! adopts the kernel's quota and period.
 //!
 //! # Scale down
 //! After `cooldown` without pressure (any of the signals above, including latency above the
 //! target that did not lead to a raise), each sample may lower the quota by `down_fraction`
 //! of its distance to the goal `max(min, usage * (1 + headroom) / quota_near, usage +
 //! min_change)` (so usage ends up below the quota-near mark, with headroom: with the defaults
-//! at 64% of the quota), at most once per `down_interval`, never below the usage observed over
-//! the last sample interval. A quota above `max` (for example unlimited) is brought to `max` by the first
-//! sample.
+//! at 64% of the quota), at most once per `down_interval` (the
+//! [ledger's gating](super::ledger#scale-down)), never below the usage observed over the last
+//! sample interval. A quota above `max` (for example unlimited) is brought to `max` by the
+//! first sample.
 //!
 //! # Hierarchy and budget
-//! As for memory: the budget bounds the sum of the quotas of managed cgroups without a
-//! managed ancestor; a raise of `d` cores that does not fit in a managed ancestor's quota
-//! (its quota minus its observed usage) raises the ancestor first, within its own policy.
+//! As for memory: the [budget](super::ledger#node-budget), in microcores, bounds the sum of the
+//! quotas of managed cgroups without a managed ancestor; a raise of `d` cores that does not
+//! fit in a managed ancestor's quota (its quota minus its observed usage) raises the ancestor
+//! first to its usage plus `d` (at least `step` more), within its own policy (the
+//! [ledger's walk](super::ledger#hierarchy)); an unlimited ancestor is left alone.
 
 use super::ledger::{decider_api, Entry, Ext, Ledger};
 use super::{mul_frac, Cap, CgId, Decision, Reason, Resource, Skip};

@@ -11,7 +11,9 @@
 //!
 //! `allocation_rate` (bytes/s) is estimated from the successive usage values of events and
 //! samples; `escalation` counts consecutive rounds less than `escalation_window` apart (capped
-//! at `max_escalation`) and resets after a quiet window; an OOM kill doubles the step once more.
+//! at `max_escalation`) and resets after a quiet window (see the
+//! [ledger](super::ledger#escalation-storms-and-capping)); an OOM kill doubles the step once
+//! more.
 //! The result is clamped to the policy's `max` and, for a top-level managed cgroup, to what is
 //! left of the node budget.
 //!
@@ -23,48 +25,49 @@
 //! before reclaim starts at all.
 //!
 //! # Coalescing (one storm, one decision)
-//! A pressure signal belongs to the storm that was already answered, and is counted as
-//! [`Skip::Coalesced`], when
-//! * its kernel timestamp is earlier than the completion of the last raise (reported by
-//!   [`MemoryDecider::applied`]): it was queued before the new limit existed;
-//! * its `limit` is below the limit already decided for the cgroup (it saw the old limit); or
-//! * a write for the cgroup is still in flight (decided but not yet `applied`).
-//!
-//! Pressure after the raise completed is new pressure, and escalates the step. When a raise
-//! is bounded to nothing (at `max`, or by the budget), [`Skip::Capped`] is reported for the
-//! first signal of the storm and `Coalesced` for the rest, so the engine logs it once.
+//! The [ledger's rules](super::ledger#coalescing-one-storm-one-decision) (a signal older than
+//! the completion of the last raise, reported by [`MemoryDecider::applied`], or one while a
+//! write is in flight, is part of the answered storm), plus the `limit` the signal reports:
+//! below the limit already decided for the cgroup, it saw the old limit. The kernel keeps
+//! limits in pages (it truncates what is written), so a reported limit within
+//! [`LIMIT_GRANULARITY`] of ours is ours. One above ours was raised behind our back (or our
+//! write raced) and is adopted, unless a write of ours can explain it: then it too is from
+//! before one of our writes. A raise bounded to nothing (at `max`, or by the budget) is
+//! [reported once per storm](super::ledger#escalation-storms-and-capping) as [`Skip::Capped`].
 //!
 //! # Scale down
 //! After `cooldown` without any sign of pressure (pressure signals, coalesced or not, and PSI
 //! `some` stall above `psi_threshold` of the sample interval all count, and each restarts the
 //! cooldown), each [`MemorySignal::Sample`] may lower the limit by `down_fraction` of the
 //! distance to the goal `max(min, usage + headroom + safety_margin)` (at least `min_change`,
-//! at most once per `down_interval`). Not lower: with the limit closer than `headroom` to the
-//! current usage, the kernel would send an early warning at once and the limit would bounce
-//! straight back up, restarting the cooldown (a slow oscillation). So the limit follows
-//! *usage* down, not the working set directly; to bring it toward the working set on v2, the
-//! engine can write `memory.reclaim` (usage minus working set) first, and the next sample's
-//! lower usage lets the limit follow. A limit above the policy `max`
-//! (for example an unlimited cgroup that was just opted in) is brought down to `max` by the
-//! first sample, cooldown or not (never below `usage + safety_margin`: with usage that high,
-//! it waits).
+//! at most once per `down_interval`: the [ledger's gating](super::ledger#scale-down)). Not
+//! lower: with the limit closer than `headroom` to the current usage, the kernel would send
+//! an early warning at once and the limit would bounce straight back up, restarting the
+//! cooldown (a slow oscillation). So the limit follows *usage* down, not the working set
+//! directly; to bring it toward the working set on v2, the engine can write `memory.reclaim`
+//! (usage minus working set) first, and the next sample's lower usage lets the limit follow.
+//! A limit above the policy `max` (for example an unlimited cgroup that was just opted in) is
+//! brought down to `max` by the first sample, cooldown or not (never below `usage +
+//! safety_margin`: with usage that high, it waits). A sample's limit that differs from ours is
+//! [adopted](super::ledger#external-changes-and-failed-writes) when no write of ours explains
+//! it.
 //!
 //! # Bounds
-//! * Per cgroup: `min`, `max`, a rate limit on raises (`max_raises_per_sec`, burst of the
-//!   same size) and hysteresis (`min_change`: smaller changes are not made).
-//! * Node budget: the sum of the limits of managed cgroups **without a managed ancestor**
-//!   never exceeds the budget through a raise. A descendant's limit nests inside its
-//!   ancestor's (the ancestor's limit bounds the whole subtree), so counting descendants too
-//!   would double-count the same memory. Lowering is always allowed, so a node registered
-//!   over budget only moves back toward it.
+//! * Per cgroup: `min`, `max`, a [rate limit](super::ledger#rate-limit) on raises
+//!   (`max_raises_per_sec`) and hysteresis (`min_change`: smaller changes are not made).
+//! * The [node budget](super::ledger#node-budget), in bytes: the sum of the limits of managed
+//!   cgroups **without a managed ancestor** never exceeds it through a raise. Lowering is
+//!   always allowed.
 //!
 //! # Hierarchy
 //! Cgroups are registered with their nearest *managed* ancestor (register ancestors first).
 //! When a raise of `d` bytes would not fit under a managed ancestor's limit (its limit minus
-//! its known usage is less than `d` plus its own `headroom`), the ancestor is raised too,
-//! within its own policy (max, budget if top-level, rate limit, hysteresis), and so on up.
-//! The actions are emitted ancestor first. When the kernel reports that an ancestor's limit is
-//! what binds, the engine passes that ancestor's id and the decision is made for it.
+//! its known usage is less than `d` plus its own `headroom`), the ancestor is raised to its
+//! usage plus `d` plus its headroom (at least `step_min` more, page aligned), within its own
+//! policy (max, budget if top-level, rate limit, hysteresis), and so on up: the
+//! [ledger's walk](super::ledger#hierarchy). The actions are emitted ancestor first. When the
+//! kernel reports that an ancestor's limit is what binds, the engine passes that ancestor's id
+//! and the decision is made for it.
 
 use super::ledger::{decider_api, Entry, Ext, Ledger};
 use super::{mul_frac, Cap, CgId, Decision, RateEstimator, Reason, Resource, Skip};
