@@ -539,6 +539,74 @@ mod tests {
         assert!(mem.stats().raises > 100 && cpu.stats().raises > 100);
     }
 
+    /// One signal through the trait, every action applied at `done_ns`.
+    fn drive<D: Decide + ?Sized>(d: &mut D, s: D::Signal, done_ns: u64) -> Decision {
+        let mut out = Decision::new();
+        d.on_signal(1, s, &mut out);
+        for a in out.actions() {
+            assert_eq!(a.resource, d.resource());
+            d.applied(a, done_ns, WriteOutcome::Written);
+        }
+        out
+    }
+
+    /// What callers see of any decider.
+    fn summary<D: Decide + ?Sized>(d: &D) -> (usize, bool, u64, u64, u64) {
+        let s = d.stats();
+        let one = d.cgroup_stats(1).map_or(0, |c| c.raises);
+        (d.len(), d.is_managed(1), s.signals, s.raises, one)
+    }
+
+    #[test]
+    fn both_deciders_can_be_driven_alike_through_decide() {
+        const S: u64 = 1_000_000_000;
+        let mut mem = MemoryDecider::new(64 << 30);
+        let mut cpu = CpuDecider::new(16.0);
+        mem.manage(1, None, MemoryPolicy::default(), 64 << 20, 64 << 20, 0);
+        cpu.manage(1, None, CpuPolicy::default(), Some(20_000), 100_000, 0);
+
+        let m: &mut dyn Decide<Signal = MemorySignal> = &mut mem;
+        assert_eq!(m.resource(), Resource::Memory);
+        let reclaim = MemorySignal::Reclaim {
+            ts_ns: S,
+            usage: 64 << 20,
+            limit: 64 << 20,
+        };
+        assert_eq!(drive(m, reclaim, S + 100_000).actions().len(), 1);
+        assert_eq!(summary(m), (1, true, 1, 1, 1));
+        assert!(m.utilization(1).unwrap() < 1.0);
+
+        let c: &mut dyn Decide<Signal = CpuSignal> = &mut cpu;
+        assert_eq!(c.resource(), Resource::Cpu);
+        let near = CpuSignal::QuotaNear {
+            ts_ns: S,
+            used_ns_in_period: 16_000_000,
+            quota_ns: 20_000_000,
+            period_ns: 100_000_000,
+        };
+        assert_eq!(drive(c, near, S + 10_000).actions().len(), 1);
+        assert_eq!(summary(c), (1, true, 1, 1, 1));
+
+        // The same Stats for both, and each ignores the other's actions.
+        assert_eq!(mem.stats(), cpu.stats());
+        let mut out = Decision::new();
+        mem.on_signal(1, reclaim, &mut out);
+        assert_eq!(out.skip, Some(Skip::Coalesced));
+        let other = Action {
+            cgroup: 1,
+            resource: Resource::Cpu,
+            ..Action::default()
+        };
+        Decide::applied(&mut mem, &other, S, WriteOutcome::Failed);
+        assert_eq!(mem.stats().failed_writes, 0);
+
+        let m: &mut dyn Decide<Signal = MemorySignal> = &mut mem;
+        assert!(m.forget(1) && !m.forget(1));
+        assert!(m.is_empty() && !m.is_managed(1));
+        assert!(Decide::forget(&mut cpu, 1));
+        assert!(Decide::is_empty(&cpu));
+    }
+
     #[test]
     fn names_are_stable() {
         assert_eq!(Reason::Pressure.as_str(), "pressure");
