@@ -386,7 +386,7 @@ impl CpuDecider {
             new_uc = max_uc;
             cap = Some(Cap::AtMax);
         }
-        let room = self.ledger.room(id);
+        let room = self.ledger.room(st);
         if new_uc > room {
             new_uc = room;
             cap = Some(Cap::Budget);
@@ -480,16 +480,19 @@ impl CpuDecider {
             nr_throttled,
         });
         let in_flight = st.in_flight();
+        let seen = quota_us.unwrap_or(u64::MAX);
+        let changed = seen != st.limit() || period_us != st.ext.period_us;
         if throttled {
             self.ledger.count(id, |s| &mut s.throttled_intervals);
         }
         if in_flight {
             return;
         }
-        // The kernel's value is authoritative (an external change, or a dry run).
-        let seen = quota_us.unwrap_or(u64::MAX);
-        self.ledger
-            .adopt(id, ts, seen, |c| c.period_us = period_us.max(1));
+        if changed {
+            // The kernel's value is authoritative (an external change, or a dry run).
+            self.ledger
+                .adopt(id, ts, seen, |c| c.period_us = period_us.max(1));
+        }
         if throttled_after_raise {
             self.raise(id, Reason::CpuThrottled, ts, false, out);
             return;

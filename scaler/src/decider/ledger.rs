@@ -64,8 +64,8 @@
 //! # External changes and failed writes
 //! A limit the kernel reports that differs from ours, with no write of ours in flight and
 //! reported after our last write completed, was changed behind our back (or is the real one
-//! after a dry run): the ledger adopts it. A failed write is reverted: the
-//! limit goes back to the action's `old` value, unless a later decision has replaced it.
+//! after a dry run): the ledger adopts it. A failed write is reverted: the limit goes back to
+//! the action's `old` value, unless a later decision has replaced it.
 
 use std::collections::HashMap;
 
@@ -441,15 +441,9 @@ impl<X: Ext> Ledger<X> {
         }
     }
 
-    /// Room left in the budget for the cgroup's limit (weight units): the budget less the
-    /// other top-level limits; `u64::MAX` for a cgroup with a managed ancestor.
-    pub fn room(&self, id: CgId) -> u64 {
-        self.entries
-            .get(&id)
-            .map_or(u64::MAX, |st| self.room_for(st))
-    }
-
-    fn room_for(&self, st: &Entry<X>) -> u64 {
+    /// Room left in the budget for `st`'s limit (weight units): the budget less the other
+    /// top-level limits; `u64::MAX` for a cgroup with a managed ancestor.
+    pub fn room(&self, st: &Entry<X>) -> u64 {
         if st.parent.is_some() {
             return u64::MAX;
         }
@@ -567,7 +561,7 @@ impl<X: Ext> Ledger<X> {
             if ps.inflight.is_some() || !ps.limiter.allows(ts) {
                 break;
             }
-            let Some((pnew, pdelta)) = ancestor(ps, delta, self.room_for(ps)) else {
+            let Some((pnew, pdelta)) = ancestor(ps, delta, self.room(ps)) else {
                 break;
             };
             chain[n] = (pid, ps.limit, pnew);
@@ -577,34 +571,46 @@ impl<X: Ext> Ledger<X> {
         }
 
         // Execute (in the decision) and remember.
+        let Self {
+            entries,
+            top_level_sum: sum,
+            stats,
+            ..
+        } = self;
         for &(pid, old, pnew) in chain[..n].iter().rev() {
-            self.commit_raise(pid, pnew, ts);
-            out.push(Self::action(pid, old, pnew, Reason::Ancestor, ts));
+            if let Some(ps) = entries.get_mut(&pid) {
+                Self::commit_raise(sum, stats, ps, pnew, ts);
+                out.push(Self::action(pid, old, pnew, Reason::Ancestor, ts));
+            }
         }
-        let Some(old) = self.commit_raise(id, new, ts) else {
+        let Some(st) = entries.get_mut(&id) else {
             return;
         };
-        if let Some(st) = self.entries.get_mut(&id) {
-            st.escalation = escalation;
-            st.last_round_ns = Some(ts);
-        }
+        let old = Self::commit_raise(sum, stats, st, new, ts);
+        st.escalation = escalation;
+        st.last_round_ns = Some(ts);
         out.push(Self::action(id, old, new, reason, ts));
     }
 
-    /// Decides a raise to `new`: the limit changes now, the write is in flight. Returns the
-    /// old limit.
-    fn commit_raise(&mut self, id: CgId, new: u64, ts: u64) -> Option<u64> {
-        let st = self.entries.get_mut(&id)?;
+    /// Decides a raise of `st` to `new`: the limit changes now, the write is in flight.
+    /// Returns the old limit.
+    fn commit_raise(
+        sum: &mut u128,
+        stats: &mut Stats,
+        st: &mut Entry<X>,
+        new: u64,
+        ts: u64,
+    ) -> u64 {
         let old = st.limit;
-        update(&mut self.top_level_sum, st, |st| {
+        update(sum, st, |st| {
             st.inflight = Some((old, new));
             st.limit = new;
         });
         st.limiter.commit(ts);
         st.last_change_ns = ts;
         st.capped_reported_at = None;
-        tally(&mut self.stats, &mut st.stats, |s| &mut s.raises);
-        Some(old)
+        tally(stats, &mut st.stats, |s| &mut s.raises);
+        old
     }
 
     /// Lowers the cgroup to `new` for `reason` (if that is lower), once the resource has
@@ -828,9 +834,9 @@ mod tests {
         // A parent that is not managed: top-level.
         manage(&mut l, 5, Some(99), 80);
         assert_eq!(l.committed(), 300 + 50 + 40);
-        assert_eq!(l.room(1), 1000 - 90);
+        assert_eq!(l.room(l.get(1).unwrap()), 1000 - 90);
         assert_eq!(
-            l.room(2),
+            l.room(l.get(2).unwrap()),
             u64::MAX,
             "nested: bounded by its ancestor, not the budget"
         );
@@ -852,7 +858,7 @@ mod tests {
         // Unlimited counts without overflow.
         manage(&mut l, 6, None, u64::MAX);
         assert_eq!(l.committed(), 240 + u128::from(u64::MAX / 2));
-        assert_eq!(l.room(3), 0);
+        assert_eq!(l.room(l.get(3).unwrap()), 0);
     }
 
     #[test]

@@ -379,7 +379,7 @@ impl MemoryDecider {
             new = p.max;
             cap = Some(Cap::AtMax);
         }
-        let room = self.ledger.room(id);
+        let room = self.ledger.room(st);
         if new > room {
             new = room;
             cap = Some(Cap::Budget);
@@ -447,8 +447,10 @@ impl MemoryDecider {
         if st.in_flight() {
             return;
         }
-        // The kernel's value is authoritative (an external change, or a dry run).
-        self.ledger.adopt(id, ts, limit, |_| {});
+        if limit != st.limit() {
+            // The kernel's value is authoritative (an external change, or a dry run).
+            self.ledger.adopt(id, ts, limit, |_| {});
+        }
         let Some(st) = self.ledger.get(id) else {
             return;
         };
