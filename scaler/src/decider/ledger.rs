@@ -824,13 +824,19 @@ mod tests {
         out
     }
 
+    /// Cgroups 1 to 4 at `limits`: 1 and 4 top-level, 2 under 1, 3 under 2.
+    fn tree(budget: u64, limits: [u64; 4]) -> Ledger<Half> {
+        let mut l = Ledger::new(budget);
+        let parents = [None, Some(1), Some(2), None];
+        for (id, (parent, limit)) in (1..).zip(parents.into_iter().zip(limits)) {
+            manage(&mut l, id, parent, limit);
+        }
+        l
+    }
+
     #[test]
     fn the_budget_counts_top_level_weights_and_follows_re_parenting() {
-        let mut l = Ledger::new(1000);
-        manage(&mut l, 1, None, 600);
-        manage(&mut l, 2, Some(1), 400);
-        manage(&mut l, 3, Some(2), 200);
-        manage(&mut l, 4, None, 100);
+        let mut l = tree(1000, [600, 400, 200, 100]);
         // A parent that is not managed: top-level.
         manage(&mut l, 5, Some(99), 80);
         assert_eq!(l.committed(), 300 + 50 + 40);
@@ -981,13 +987,19 @@ mod tests {
         assert_eq!(l.stats().raises, 5);
     }
 
-    #[test]
-    fn signals_from_before_a_raise_completed_or_during_a_write_are_coalesced() {
+    /// A ledger whose cgroup 1 was raised from 1000 to 1100 at `T0 + S`: the write (returned)
+    /// is in flight.
+    fn raised_in_flight() -> (Ledger<Half>, Action) {
         let mut l = Ledger::new(u64::MAX);
         manage(&mut l, 1, None, 1000);
+        let a = press(&mut l, 1, T0 + S, 1100).actions()[0];
+        (l, a)
+    }
+
+    #[test]
+    fn signals_from_before_a_raise_completed_or_during_a_write_are_coalesced() {
+        let (mut l, a) = raised_in_flight();
         let t = T0 + S;
-        let out = press(&mut l, 1, t, 1100);
-        let a = out.actions()[0];
         let mut out = Decision::new();
         assert_eq!(l.open_round(1, t + MS, false, &mut out), None, "in flight");
         l.applied(&a, t + 2 * MS, WriteOutcome::Written);
@@ -1008,10 +1020,8 @@ mod tests {
 
     #[test]
     fn external_changes_are_adopted_only_when_no_write_of_ours_explains_them() {
-        let mut l = Ledger::new(u64::MAX);
-        manage(&mut l, 1, None, 1000);
+        let (mut l, a) = raised_in_flight();
         let t = T0 + S;
-        let a = press(&mut l, 1, t, 1100).actions()[0];
         assert!(!l.adopt(1, t + MS, 3000, |_| {}), "in flight");
         l.applied(&a, t + 2 * MS, WriteOutcome::Written);
         assert!(
@@ -1047,11 +1057,7 @@ mod tests {
 
     #[test]
     fn the_ancestor_walk_raises_binding_ancestors_first() {
-        let mut l = Ledger::new(2000);
-        manage(&mut l, 1, None, 1000);
-        manage(&mut l, 2, Some(1), 500);
-        manage(&mut l, 3, Some(2), 200);
-        manage(&mut l, 4, None, 1000);
+        let mut l = tree(2000, [1000, 500, 200, 1000]);
         // An ancestor binds while its limit is below 900; it is raised by twice the delta, at
         // most to the room it has.
         let rooms = std::cell::RefCell::new(Vec::new());
