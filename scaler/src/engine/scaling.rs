@@ -26,8 +26,8 @@ use crate::{
     cgroupfs::{CpuQuota, Limit},
     clock::monotonic_ns,
     decider::{
-        Action, CgId, CpuDecider, CpuPolicy, CpuSignal, Decision, MemoryDecider, MemoryPolicy,
-        MemorySignal, Resource, WriteOutcome,
+        Action, CgId, CpuDecider, CpuPolicy, CpuSignal, Decide, Decision, MemoryDecider,
+        MemoryPolicy, MemorySignal, Resource, WriteOutcome,
     },
     events::{CpuEvent, DecodeError, MemEvent},
 };
@@ -158,17 +158,13 @@ impl Snapshot {
     }
 }
 
-/// What the engine needs of a resource's decider: the hot path's resource interface. Memory
-/// and CPU are its two implementations (below).
-trait ResourceDecider: Send + 'static {
+/// What the engine needs of a resource's decider beyond [`Decide`]: taking its signals out of
+/// [`Signal`], registering from a [`ManageRequest`], its budget, and its view for snapshots.
+/// Memory and CPU are its two implementations (below).
+trait ResourceDecider: Decide + Send + 'static {
     const RESOURCE: Resource;
-    type Signal: Copy;
     fn signal_of(s: Signal) -> Option<Self::Signal>;
     fn register(&mut self, req: &ManageRequest, now_ns: u64);
-    fn forget(&mut self, id: CgId) -> bool;
-    fn is_managed(&self, id: CgId) -> bool;
-    fn on_signal(&mut self, id: CgId, s: Self::Signal, out: &mut Decision);
-    fn applied(&mut self, a: &Action, done_ns: u64, outcome: WriteOutcome);
     fn set_budget(&mut self, b: Budget);
     /// What the decider holds about `id`.
     fn view(&self, id: CgId) -> Option<View>;
@@ -184,7 +180,6 @@ struct View {
 
 impl ResourceDecider for MemoryDecider {
     const RESOURCE: Resource = Resource::Memory;
-    type Signal = MemorySignal;
 
     fn signal_of(s: Signal) -> Option<MemorySignal> {
         match s {
@@ -200,22 +195,6 @@ impl ResourceDecider for MemoryDecider {
         };
         let limit = limit.bytes().unwrap_or(u64::MAX);
         self.manage(req.id, req.parent, policy, limit, req.usage, now_ns);
-    }
-
-    fn forget(&mut self, id: CgId) -> bool {
-        MemoryDecider::forget(self, id)
-    }
-
-    fn is_managed(&self, id: CgId) -> bool {
-        MemoryDecider::is_managed(self, id)
-    }
-
-    fn on_signal(&mut self, id: CgId, s: MemorySignal, out: &mut Decision) {
-        MemoryDecider::on_signal(self, id, s, out);
-    }
-
-    fn applied(&mut self, a: &Action, done_ns: u64, outcome: WriteOutcome) {
-        MemoryDecider::applied(self, a, done_ns, outcome);
     }
 
     fn set_budget(&mut self, b: Budget) {
@@ -239,7 +218,6 @@ const DEFAULT_CFS_PERIOD_US: u64 = 100_000;
 
 impl ResourceDecider for CpuDecider {
     const RESOURCE: Resource = Resource::Cpu;
-    type Signal = CpuSignal;
 
     fn signal_of(s: Signal) -> Option<CpuSignal> {
         match s {
@@ -260,22 +238,6 @@ impl ResourceDecider for CpuDecider {
             } => (Some(quota_us), period_us),
         };
         self.manage(req.id, req.parent, policy, quota, period_us, now_ns);
-    }
-
-    fn forget(&mut self, id: CgId) -> bool {
-        CpuDecider::forget(self, id)
-    }
-
-    fn is_managed(&self, id: CgId) -> bool {
-        CpuDecider::is_managed(self, id)
-    }
-
-    fn on_signal(&mut self, id: CgId, s: CpuSignal, out: &mut Decision) {
-        CpuDecider::on_signal(self, id, s, out);
-    }
-
-    fn applied(&mut self, a: &Action, done_ns: u64, outcome: WriteOutcome) {
-        CpuDecider::applied(self, a, done_ns, outcome);
     }
 
     fn set_budget(&mut self, b: Budget) {
