@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use glob::{MatchOptions, Pattern};
 use serde::{Deserialize, Serialize};
 
-use crate::decider::{CpuPolicy, MemoryPolicy};
+use crate::decider::{CpuPolicy, MemoryPolicy, Policy, Resource};
 use crate::units::{ByteSize, Cores, HumanDuration, GIB, MIB};
 
 /// The whole configuration file.
@@ -792,6 +792,14 @@ impl PolicyConfig {
     /// The CPU policy, if this policy manages CPU.
     pub fn cpu_policy(&self, node: &NodeInfo) -> Option<CpuPolicy> {
         self.cpu.as_ref().map(|c| c.to_policy(node))
+    }
+
+    /// What this policy says about `resource`, if it manages it.
+    pub fn policy(&self, resource: Resource, node: &NodeInfo) -> Option<Policy> {
+        match resource {
+            Resource::Memory => self.memory_policy().map(Policy::Memory),
+            Resource::Cpu => self.cpu_policy(node).map(Policy::Cpu),
+        }
     }
 }
 

@@ -58,6 +58,40 @@ impl Resource {
     }
 }
 
+/// A resource's policy for one cgroup.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Policy {
+    Memory(MemoryPolicy),
+    Cpu(CpuPolicy),
+}
+
+impl Policy {
+    /// The resource it governs.
+    pub fn resource(&self) -> Resource {
+        match self {
+            Policy::Memory(_) => Resource::Memory,
+            Policy::Cpu(_) => Resource::Cpu,
+        }
+    }
+}
+
+/// A signal from the slow path (periodic samples) for one resource's decider.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Signal {
+    Memory(MemorySignal),
+    Cpu(CpuSignal),
+}
+
+impl Signal {
+    /// The resource it is about.
+    pub fn resource(&self) -> Resource {
+        match self {
+            Signal::Memory(_) => Resource::Memory,
+            Signal::Cpu(_) => Resource::Cpu,
+        }
+    }
+}
+
 /// Why an [`Action`] was taken.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Reason {

@@ -6,13 +6,8 @@ use std::{
     time::Instant,
 };
 
-use super::{
-    monotonic_ns, ActuatorError, ControlFile, LimitWriter, Setting, ValueBuf, WriteOutcome,
-};
-use crate::{
-    cgroupfs::{Cgroup, CgroupVersion, CpuQuota},
-    decider::Resource,
-};
+use super::{ActuatorError, ControlFile, LimitWriter, Setting, ValueBuf, WriteOutcome};
+use crate::cgroupfs::{Cgroup, CgroupVersion, CpuQuota};
 
 /// Pre-opened CPU bandwidth files of one cgroup.
 #[derive(Debug)]
@@ -128,13 +123,7 @@ impl CpuActuator {
                 }
             }
         }
-        Ok(WriteOutcome {
-            previous,
-            applied: new,
-            writes,
-            elapsed: start.elapsed(),
-            completed_ns: monotonic_ns(),
-        })
+        Ok(WriteOutcome::done(previous, new, writes, start))
     }
 
     /// Sets the quota alone, leaving the period in force as it is (the period belongs to
@@ -152,13 +141,7 @@ impl CpuActuator {
             period_us: state.1,
         };
         state.0 = applied;
-        Ok(WriteOutcome {
-            previous,
-            applied,
-            writes: 1,
-            elapsed: start.elapsed(),
-            completed_ns: monotonic_ns(),
-        })
+        Ok(WriteOutcome::done(previous, applied, 1, start))
     }
 
     fn lock(&self) -> MutexGuard<'_, (CpuQuota, u64)> {
@@ -168,14 +151,6 @@ impl CpuActuator {
 }
 
 impl LimitWriter for CpuActuator {
-    fn resource(&self) -> Resource {
-        Resource::Cpu
-    }
-
-    fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn current(&self) -> Setting {
         Setting::Cpu(self.current_quota())
     }
@@ -190,6 +165,7 @@ mod tests {
     use std::fs;
 
     use super::*;
+    use crate::decider::Resource;
     use crate::actuator::tests::first_line;
 
     #[test]

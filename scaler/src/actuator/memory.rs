@@ -11,13 +11,9 @@ use std::{
 use nix::errno::Errno;
 
 use super::{
-    monotonic_ns, ActuatorError, ControlFile, ErrorKind, LimitWriter, NumberFile, Setting,
-    ValueBuf, WriteOutcome,
+    ActuatorError, ControlFile, ErrorKind, LimitWriter, NumberFile, Setting, ValueBuf, WriteOutcome,
 };
-use crate::{
-    cgroupfs::{Cgroup, CgroupVersion, Limit},
-    decider::Resource,
-};
+use crate::cgroupfs::{Cgroup, CgroupVersion, Limit};
 
 /// How `memory.high` is managed on cgroup v2.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -290,13 +286,7 @@ impl MemoryActuator {
             }
         }
         *state = next;
-        Ok(WriteOutcome {
-            previous,
-            applied: new,
-            writes,
-            elapsed: start.elapsed(),
-            completed_ns: monotonic_ns(),
-        })
+        Ok(WriteOutcome::done(previous, new, writes, start))
     }
 
     /// Current usage (v1 `memory.usage_in_bytes`, v2 `memory.current`) via a pre-opened fd.
@@ -343,14 +333,6 @@ pub enum ReclaimOutcome {
 }
 
 impl LimitWriter for MemoryActuator {
-    fn resource(&self) -> Resource {
-        Resource::Memory
-    }
-
-    fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn current(&self) -> Setting {
         Setting::Memory(self.current_limit())
     }
@@ -366,6 +348,7 @@ mod tests {
     use std::fs;
 
     use super::*;
+    use crate::clock::monotonic_ns;
     use crate::actuator::tests::{first_line, v1_cgroup};
 
     fn steps(plan: &MemPlan) -> Vec<(MemFile, Limit)> {

@@ -46,7 +46,7 @@ pub use self::{
 };
 pub use crate::clock::monotonic_ns;
 use crate::{
-    cgroupfs::{CgroupError, CpuQuota, Limit},
+    cgroupfs::{Cgroup, CgroupError, CpuQuota, Limit},
     decider::Resource,
 };
 
@@ -57,6 +57,16 @@ pub enum Setting {
     Memory(Limit),
     /// The CPU bandwidth limit (quota and period).
     Cpu(CpuQuota),
+}
+
+impl Setting {
+    /// The resource it limits.
+    pub fn resource(&self) -> Resource {
+        match self {
+            Setting::Memory(_) => Resource::Memory,
+            Setting::Cpu(_) => Resource::Cpu,
+        }
+    }
 }
 
 impl fmt::Display for Setting {
@@ -74,10 +84,6 @@ impl fmt::Display for Setting {
 /// kernel accepts; no allocation, no path lookup. Implementations keep what they last wrote
 /// (or read when opened) as [`current`](Self::current).
 pub trait LimitWriter: Send + fmt::Debug {
-    /// Which limit it writes.
-    fn resource(&self) -> Resource;
-    /// The cgroup's directory.
-    fn dir(&self) -> &Path;
     /// The setting last written, or read when the files were opened.
     fn current(&self) -> Setting;
     /// Writes `new`, in the unit of the decider's actions for this resource: bytes for memory;
@@ -85,6 +91,19 @@ pub trait LimitWriter: Send + fmt::Debug {
     /// is). Returns the `CLOCK_MONOTONIC` time (ns) at which the last write returned: the end of
     /// the reaction that the kernel's event timestamp began.
     fn write(&self, new: u64) -> Result<u64, ActuatorError>;
+
+    /// Which limit it writes.
+    fn resource(&self) -> Resource {
+        self.current().resource()
+    }
+}
+
+/// Opens `cgroup`'s limit files for `resource` (the writer the engine and restores use).
+pub fn open(resource: Resource, cgroup: &Cgroup) -> Result<Box<dyn LimitWriter>, ActuatorError> {
+    Ok(match resource {
+        Resource::Memory => Box::new(MemoryActuator::open(cgroup, MemoryOptions::default())?),
+        Resource::Cpu => Box::new(CpuActuator::open(cgroup)?),
+    })
 }
 
 /// What kind of failure an [`ActuatorError`] is.
@@ -382,6 +401,19 @@ pub struct WriteOutcome<T> {
     /// programs' event timestamps (`bpf_ktime_get_ns`), so `completed_ns - event.ts_ns` is the
     /// reaction latency.
     pub completed_ns: u64,
+}
+
+impl<T> WriteOutcome<T> {
+    /// The outcome of `writes` writes begun at `start`, stamped now.
+    pub(crate) fn done(previous: T, applied: T, writes: u8, start: std::time::Instant) -> Self {
+        Self {
+            previous,
+            applied,
+            writes,
+            elapsed: start.elapsed(),
+            completed_ns: monotonic_ns(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -219,22 +219,7 @@ pub(super) fn attach_programs(
     programs: &mut Vec<ProgramStatus>,
 ) -> bool {
     let mut status = |prog: &'static str, tp: &'static str, res: Result<(), CpuTrackingError>| {
-        let attached = res.is_ok();
-        let note = res.err().map(|e| e.to_string());
-        if let Some(note) = &note {
-            tracing::warn!(
-                program = prog,
-                tracepoint = tp,
-                "{note}; continuing without it"
-            );
-        }
-        programs.push(ProgramStatus {
-            program: prog,
-            tracepoint: tp,
-            attached,
-            note,
-        });
-        attached
+        ProgramStatus::record(programs, prog, tp, res)
     };
     let tp_res = |ebpf: &mut Ebpf, prog, tp: &str| {
         if kbtf.has_tracepoint(tp) {

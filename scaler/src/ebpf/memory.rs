@@ -67,13 +67,7 @@ pub(super) fn attach_programs(
                            signal that a cgroup hit its limit",
                 });
             }
-            tracing::warn!(program = prog, "{note}; continuing without it");
-            programs.push(ProgramStatus {
-                program: prog,
-                tracepoint: tp,
-                attached: false,
-                note: Some(note),
-            });
+            ProgramStatus::record(programs, prog, tp, Err(note));
             continue;
         }
         let p: &mut BtfTracePoint = ebpf
@@ -90,25 +84,12 @@ pub(super) fn attach_programs(
             })?;
         let res = p.load(tp, btf).and_then(|()| p.attach().map(|_| ()));
         match res {
-            Ok(()) => programs.push(ProgramStatus {
-                program: prog,
-                tracepoint: tp,
-                attached: true,
-                note: None,
-            }),
+            Ok(()) => {
+                ProgramStatus::record(programs, prog, tp, Ok::<(), String>(()));
+            }
             Err(source) if !required => {
                 let note = format!("failed to attach: {source}");
-                tracing::warn!(
-                    program = prog,
-                    tracepoint = tp,
-                    "{note}; continuing without it"
-                );
-                programs.push(ProgramStatus {
-                    program: prog,
-                    tracepoint: tp,
-                    attached: false,
-                    note: Some(note),
-                });
+                ProgramStatus::record(programs, prog, tp, Err(note));
             }
             Err(source) => {
                 return Err(EbpfError::Program {

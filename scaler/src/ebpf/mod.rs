@@ -149,6 +149,30 @@ pub struct ProgramStatus {
     pub note: Option<String>,
 }
 
+impl ProgramStatus {
+    /// Records whether an optional `program` (at `tracepoint`) is attached; when it is not,
+    /// warns with the reason and goes on without it. Returns whether it is attached.
+    pub(crate) fn record(
+        programs: &mut Vec<ProgramStatus>,
+        program: &'static str,
+        tracepoint: &'static str,
+        res: Result<(), impl std::fmt::Display>,
+    ) -> bool {
+        let note = res.err().map(|e| e.to_string());
+        if let Some(note) = &note {
+            tracing::warn!(program, tracepoint, "{note}; continuing without it");
+        }
+        let attached = note.is_none();
+        programs.push(ProgramStatus {
+            program,
+            tracepoint,
+            attached,
+            note,
+        });
+        attached
+    }
+}
+
 /// The loaded programs and the maps userspace uses. Dropping it detaches everything.
 pub struct Pipeline {
     ebpf: Ebpf,

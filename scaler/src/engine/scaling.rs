@@ -21,13 +21,14 @@ use std::{
 use scaler_common::EventKind;
 
 use super::{run_ring_loop, Handler, LoopStats, RecordSource, StopHandle};
+pub use crate::decider::{Policy, Signal};
 use crate::{
     actuator::{LimitWriter, Setting},
     cgroupfs::{CpuQuota, Limit},
     clock::monotonic_ns,
     decider::{
-        Action, CgId, CpuDecider, CpuPolicy, CpuSignal, Decide, Decision, MemoryDecider,
-        MemoryPolicy, MemorySignal, Resource, WriteOutcome,
+        Action, CgId, CpuDecider, CpuSignal, Decide, Decision, MemoryDecider, MemorySignal,
+        Resource, WriteOutcome,
     },
     events::{CpuEvent, DecodeError, MemEvent},
 };
@@ -52,40 +53,6 @@ pub struct ActionRecord {
 pub enum Record {
     Event(MemEvent),
     Action(ActionRecord),
-}
-
-/// A resource's policy for one cgroup.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Policy {
-    Memory(MemoryPolicy),
-    Cpu(CpuPolicy),
-}
-
-impl Policy {
-    /// The resource it governs.
-    pub fn resource(&self) -> Resource {
-        match self {
-            Policy::Memory(_) => Resource::Memory,
-            Policy::Cpu(_) => Resource::Cpu,
-        }
-    }
-}
-
-/// A signal from the slow path (periodic samples) for one resource's decider.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Signal {
-    Memory(MemorySignal),
-    Cpu(CpuSignal),
-}
-
-impl Signal {
-    /// The resource it is about.
-    pub fn resource(&self) -> Resource {
-        match self {
-            Signal::Memory(_) => Resource::Memory,
-            Signal::Cpu(_) => Resource::Cpu,
-        }
-    }
 }
 
 /// A node budget for the sum of a resource's top-level managed limits.

@@ -4,7 +4,7 @@
 use std::{
     collections::VecDeque,
     os::fd::{AsFd, BorrowedFd},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{mpsc::Receiver, Arc, Mutex},
     time::Duration,
 };
@@ -75,7 +75,6 @@ type Writes = Arc<Mutex<Vec<u64>>>;
 
 #[derive(Debug)]
 struct FakeWriter {
-    resource: Resource,
     current: Mutex<Setting>,
     writes: Writes,
     refuse: bool,
@@ -84,12 +83,7 @@ struct FakeWriter {
 impl FakeWriter {
     fn boxed(current: Setting, refuse: bool) -> (Box<dyn LimitWriter>, Writes) {
         let writes = Writes::default();
-        let resource = match current {
-            Setting::Memory(_) => Resource::Memory,
-            Setting::Cpu(_) => Resource::Cpu,
-        };
         let w = FakeWriter {
-            resource,
             current: Mutex::new(current),
             writes: writes.clone(),
             refuse,
@@ -99,14 +93,6 @@ impl FakeWriter {
 }
 
 impl LimitWriter for FakeWriter {
-    fn resource(&self) -> Resource {
-        self.resource
-    }
-
-    fn dir(&self) -> &Path {
-        Path::new("/fake")
-    }
-
     fn current(&self) -> Setting {
         *self.current.lock().unwrap()
     }

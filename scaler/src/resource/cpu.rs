@@ -8,10 +8,9 @@ use scaler_common::{CpuWatch, CPU_WATCH_QUOTA, CPU_WATCH_RUNQ};
 
 use super::{ManagedResource, Restored, Sample};
 use crate::{
-    actuator::{ActuatorError, CpuActuator, LimitWriter, Setting},
-    cgroupfs::{Cgroup, Controller, CpuQuota},
+    actuator::{ActuatorError, CpuActuator, Setting},
+    cgroupfs::{Cgroup, CpuQuota},
     clock::monotonic_ns,
-    config::{NodeInfo, PolicyConfig},
     decider::{CgId, CpuSignal, Resource},
     ebpf::{EbpfError, Pipeline},
     engine::{Policy, Signal},
@@ -63,18 +62,6 @@ pub fn watch_config(near: f64, runq_target: Duration) -> CpuWatch {
 impl ManagedResource for Cpu {
     fn resource(&self) -> Resource {
         Resource::Cpu
-    }
-
-    fn controller(&self) -> Controller {
-        Controller::Cpu
-    }
-
-    fn policy(&self, policy: &PolicyConfig, node: &NodeInfo) -> Option<Policy> {
-        policy.cpu_policy(node).map(Policy::Cpu)
-    }
-
-    fn open(&self, cg: &Cgroup) -> Result<Box<dyn LimitWriter>, ActuatorError> {
-        Ok(Box::new(CpuActuator::open(cg)?))
     }
 
     fn usage(&self, _cg: &Cgroup) -> u64 {

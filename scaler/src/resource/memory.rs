@@ -5,11 +5,10 @@ use scaler_common::{WatchConfig, WATCH_MEMORY, WATCH_USAGE_HIGH};
 
 use super::{ManagedResource, Restored, Sample};
 use crate::{
-    actuator::{ActuatorError, LimitWriter, MemoryActuator, MemoryOptions, Setting},
-    cgroupfs::{Cgroup, Controller, Limit},
+    actuator::{ActuatorError, MemoryActuator, MemoryOptions, Setting},
+    cgroupfs::{Cgroup, Limit},
     clock::monotonic_ns,
     cmd::agent::state::{plan_restore, Restore},
-    config::{NodeInfo, PolicyConfig},
     decider::{CgId, MemorySignal, Resource},
     ebpf::{EbpfError, Pipeline},
     engine::{Policy, Signal},
@@ -53,21 +52,6 @@ pub fn watch_config(headroom: u64, early_warning: bool) -> WatchConfig {
 impl ManagedResource for Memory {
     fn resource(&self) -> Resource {
         Resource::Memory
-    }
-
-    fn controller(&self) -> Controller {
-        Controller::Memory
-    }
-
-    fn policy(&self, policy: &PolicyConfig, _node: &NodeInfo) -> Option<Policy> {
-        policy.memory_policy().map(Policy::Memory)
-    }
-
-    fn open(&self, cg: &Cgroup) -> Result<Box<dyn LimitWriter>, ActuatorError> {
-        Ok(Box::new(MemoryActuator::open(
-            cg,
-            MemoryOptions::default(),
-        )?))
     }
 
     fn usage(&self, cg: &Cgroup) -> u64 {

@@ -67,11 +67,20 @@ pub trait ManagedResource: Send + Sync + fmt::Debug {
     /// Which resource.
     fn resource(&self) -> Resource;
     /// The controller whose hierarchy holds its cgroups (on v1, a tree of its own).
-    fn controller(&self) -> Controller;
+    fn controller(&self) -> Controller {
+        match self.resource() {
+            Resource::Memory => Controller::Memory,
+            Resource::Cpu => Controller::Cpu,
+        }
+    }
     /// The part of `policy` that manages this resource, if any.
-    fn policy(&self, policy: &PolicyConfig, node: &NodeInfo) -> Option<Policy>;
+    fn policy(&self, policy: &PolicyConfig, node: &NodeInfo) -> Option<Policy> {
+        policy.policy(self.resource(), node)
+    }
     /// Opens the cgroup's limit files (read now; written on the hot path).
-    fn open(&self, cg: &Cgroup) -> Result<Box<dyn LimitWriter>, ActuatorError>;
+    fn open(&self, cg: &Cgroup) -> Result<Box<dyn LimitWriter>, ActuatorError> {
+        crate::actuator::open(self.resource(), cg)
+    }
     /// Usage to start the decider from (bytes for memory; 0 where samples bring it).
     fn usage(&self, cg: &Cgroup) -> u64;
     /// Tells the kernel programs to report this cgroup's events. `Ok(false)` when the programs
