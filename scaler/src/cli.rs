@@ -1,20 +1,19 @@
-//! Command-line interface.
+//! Command-line interface: the global options, the subcommands and their dispatch. The `scaler`
+//! binary (package `scaler-cli`) parses them.
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Subcommand};
 
-#[derive(Debug, Parser)]
-#[command(name = "scaler", version, about = "eBPF-backed, low-latency cgroup scaler")]
-pub struct Cli {
+/// Options every subcommand accepts (flatten into the top-level parser).
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
     /// Log filter (tracing EnvFilter syntax), e.g. `info`, `scaler=debug`. Also RUST_LOG.
     #[arg(long, global = true, env = "SCALER_LOG", default_value = "info")]
     pub log: String,
     /// Log as JSON lines (for log shippers).
     #[arg(long, global = true)]
     pub log_json: bool,
-    #[command(subcommand)]
-    pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,12 +41,15 @@ pub enum Command {
     LoadTest(crate::inject::LoadTestArgs),
 }
 
-fn init_tracing(filter: &str, json: bool) {
+/// Installs the tracing subscriber (stderr, text or JSON lines) for `--log` / `--log-json`.
+pub fn init_tracing(global: &GlobalArgs) {
     use tracing_subscriber::{fmt, EnvFilter};
-    let filter = std::env::var("RUST_LOG").ok().unwrap_or_else(|| filter.to_string());
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .unwrap_or_else(|| global.log.clone());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let b = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
+    if global.log_json {
         b.json().init();
     } else {
         b.init();
@@ -56,10 +58,9 @@ fn init_tracing(filter: &str, json: bool) {
     let _ = tracing_log::LogTracer::init();
 }
 
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_tracing(&cli.log, cli.log_json);
-    let res = match cli.command {
+/// Runs a subcommand.
+pub fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Watch(a) => crate::cmd::watch::run(a),
         Command::Agent(a) => crate::cmd::agent::run(a),
         Command::CheckConfig(a) => crate::cmd::agent::check_config(a),
@@ -69,8 +70,13 @@ pub fn main() -> ExitCode {
         Command::Workload(a) => crate::workload::run(a),
         Command::Overhead(a) => crate::cmd::overhead::run(a),
         Command::LoadTest(a) => crate::inject::run(a),
-    };
-    match res {
+    }
+}
+
+/// The process's exit status for a subcommand's result: an error is printed as
+/// `scaler: error: ...` (with its causes) and exits with 1.
+pub fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("scaler: error: {e:#}");

@@ -30,7 +30,7 @@ use std::{
 use scaler::cgroupfs::{CgroupGuard, Controller, Hierarchy};
 
 /// The scaler binary under test: `$SCALER_BIN`, else `target/<profile>/scaler` next to the test
-/// executable's `deps/` directory.
+/// executable's `deps/` directory (built by `cargo build -p scaler-cli`, package of the binary).
 pub fn scaler_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SCALER_BIN") {
         return PathBuf::from(p);

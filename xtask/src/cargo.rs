@@ -15,8 +15,12 @@ use crate::util;
 
 /// The cargo profile every xtask command uses.
 pub const PROFILE: &str = "release";
-/// The package whose build.rs embeds the eBPF object, and its binary.
+/// The package whose build.rs embeds the eBPF object (the agent library).
 pub const AGENT_PACKAGE: &str = "scaler";
+/// The package of the `scaler` binary (the agent library plus, by default, the tools).
+pub const BIN_PACKAGE: &str = "scaler-cli";
+/// The binary.
+pub const BIN_NAME: &str = "scaler";
 /// The root integration tests.
 pub const TESTS_PACKAGE: &str = "scaler-tests";
 
@@ -147,9 +151,9 @@ pub fn build_agent() -> Result<PathBuf> {
         "--profile",
         PROFILE,
         "-p",
-        AGENT_PACKAGE,
+        BIN_PACKAGE,
         "--bin",
-        AGENT_PACKAGE,
+        BIN_NAME,
     ];
     let mut artifacts = cargo_json(&args)?;
     if stub_object(&artifacts)? {
@@ -177,7 +181,7 @@ pub fn build_agent() -> Result<PathBuf> {
     artifacts
         .binaries
         .into_iter()
-        .find(|(name, _)| name == AGENT_PACKAGE)
+        .find(|(name, _)| name == BIN_NAME)
         .map(|(_, path)| path)
         .context("cargo did not report the scaler binary")
 }
@@ -232,6 +236,10 @@ mod tests {
             "scaler"
         );
         assert_eq!(
+            package_name_of("path+file:///work/main/scaler-cli#0.1.0"),
+            "scaler-cli"
+        );
+        assert_eq!(
             package_name_of("path+file:///work/main/tests#scaler-tests@0.1.0"),
             "scaler-tests"
         );
@@ -245,7 +253,7 @@ mod tests {
     fn parses_artifacts() {
         let lines = [
             r#"{"reason":"compiler-artifact","package_id":"path+file:///w/tests#scaler-tests@0.1.0","target":{"kind":["test"],"name":"memory"},"profile":{"test":true},"executable":"/w/target/release/deps/memory-abc"}"#,
-            r#"{"reason":"compiler-artifact","package_id":"path+file:///w/scaler#0.1.0","target":{"kind":["bin"],"name":"scaler"},"profile":{"test":false},"executable":"/w/target/release/scaler"}"#,
+            r#"{"reason":"compiler-artifact","package_id":"path+file:///w/scaler-cli#0.1.0","target":{"kind":["bin"],"name":"scaler"},"profile":{"test":false},"executable":"/w/target/release/scaler"}"#,
             r#"{"reason":"compiler-artifact","package_id":"path+file:///w/scaler#0.1.0","target":{"kind":["lib"],"name":"scaler"},"profile":{"test":false},"executable":null}"#,
             r#"{"reason":"build-script-executed","package_id":"path+file:///w/scaler#0.1.0","out_dir":"/w/target/release/build/scaler-1/out"}"#,
             "not json",

@@ -101,6 +101,8 @@ fn lint() -> Result<()> {
                 "-p",
                 "scaler",
                 "-p",
+                "scaler-cli",
+                "-p",
                 "scaler-common",
                 "-p",
                 "xtask",
