@@ -1,8 +1,9 @@
-//! The `scaler` binary: parses the command line and runs the subcommand.
+//! The `scaler` binary: the agent's subcommands and, with the `tools` feature (on by default),
+//! the tools' (`bench` and the hidden `workload`, `overhead`, `load-test`).
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -14,11 +15,48 @@ struct Cli {
     #[command(flatten)]
     global: scaler::cli::GlobalArgs,
     #[command(subcommand)]
-    command: scaler::cli::Command,
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Agent(scaler::cli::Command),
+    #[cfg(feature = "tools")]
+    #[command(flatten)]
+    Tools(scaler_tools::Command),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     scaler::cli::init_tracing(&cli.global);
-    scaler::cli::exit_code(scaler::cli::run(cli.command))
+    let result = match cli.command {
+        Command::Agent(c) => scaler::cli::run(c),
+        #[cfg(feature = "tools")]
+        Command::Tools(c) => scaler_tools::run(c),
+    };
+    scaler::cli::exit_code(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tools_are_there_only_with_the_feature() {
+        let bench = Cli::try_parse_from(["scaler", "bench", "--quick"]);
+        assert_eq!(bench.is_ok(), cfg!(feature = "tools"));
+        let watch = Cli::try_parse_from(["scaler", "--log", "debug", "watch"]).unwrap();
+        assert!(matches!(
+            watch.command,
+            Command::Agent(scaler::cli::Command::Watch(_))
+        ));
+        assert_eq!(watch.global.log, "debug");
+    }
 }

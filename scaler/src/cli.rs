@@ -1,5 +1,6 @@
-//! Command-line interface: the global options, the subcommands and their dispatch. The `scaler`
-//! binary (package `scaler-cli`) parses them.
+//! Command-line interface of the agent: the global options, the agent's own subcommands and
+//! their dispatch. The `scaler` binary (package `scaler-cli`) flattens them into its parser,
+//! next to the tools' subcommands (package `scaler-tools`) when built with its `tools` feature.
 
 use std::process::ExitCode;
 
@@ -16,6 +17,7 @@ pub struct GlobalArgs {
     pub log_json: bool,
 }
 
+/// The agent's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stream memory-pressure events as they happen.
@@ -28,17 +30,6 @@ pub enum Command {
     CheckConfig(crate::cmd::agent::CheckConfigArgs),
     /// Run a command in a fresh managed cgroup; exits with its status.
     Exec(crate::cmd::exec::ExecArgs),
-    /// Benchmark the eBPF scaler against the alternatives, side by side.
-    Bench(crate::bench::BenchArgs),
-    /// Run a synthetic workload (used by the tests and the benchmark).
-    #[command(hide = true)]
-    Workload(crate::workload::WorkloadArgs),
-    /// Measure what the scheduler programs cost (context-switch benchmark, with vs without).
-    #[command(hide = true)]
-    Overhead(crate::cmd::overhead::OverheadArgs),
-    /// LOAD TESTING ONLY: inject a synthetic event storm into a running agent's ring buffer.
-    #[command(hide = true)]
-    LoadTest(crate::inject::LoadTestArgs),
 }
 
 /// Installs the tracing subscriber (stderr, text or JSON lines) for `--log` / `--log-json`.
@@ -58,7 +49,7 @@ pub fn init_tracing(global: &GlobalArgs) {
     let _ = tracing_log::LogTracer::init();
 }
 
-/// Runs a subcommand.
+/// Runs one of the agent's subcommands.
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Watch(a) => crate::cmd::watch::run(a),
@@ -66,10 +57,6 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::CheckConfig(a) => crate::cmd::agent::check_config(a),
         Command::Status(a) => crate::cmd::agent::status::run(a),
         Command::Exec(a) => crate::cmd::exec::run(a),
-        Command::Bench(a) => crate::bench::run(a.into()),
-        Command::Workload(a) => crate::workload::run(a),
-        Command::Overhead(a) => crate::cmd::overhead::run(a),
-        Command::LoadTest(a) => crate::inject::run(a),
     }
 }
 

@@ -22,7 +22,7 @@
 //! kernel programs rightly coalesce a cgroup's reclaim storm into a few wakeups (the first test
 //! reaches about 8,500 events/s on 2 cores). The second test therefore adds a synthetic
 //! source, `scaler load-test`, which writes well-formed reclaim events for the 1,000 idle
-//! cgroups into the agent's own ring buffer from a BPF program (see `scaler/src/inject.rs`):
+//! cgroups into the agent's own ring buffer from a BPF program (see `scaler-tools/src/inject.rs`):
 //! from there on it is the agent's real path (wakeup, engine thread, decode, decider, limit
 //! writes), while the `hot-*` cgroups are under real pressure. Once, between two hot rounds,
 //! the agent is stopped (SIGSTOP) for 2 s: the ring buffer overflows, and the drops must be

@@ -105,6 +105,8 @@ fn lint() -> Result<()> {
                 "-p",
                 "scaler-common",
                 "-p",
+                "scaler-tools",
+                "-p",
                 "xtask",
             ])
             .args([

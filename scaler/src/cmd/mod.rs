@@ -23,7 +23,6 @@ pub fn stop_on_signals(stop: StopHandle) -> anyhow::Result<()> {
 
 pub mod agent;
 pub mod exec;
-pub mod overhead;
 
 /// Forwards SIGINT and SIGTERM to `pid` (the command we started), from a background thread.
 pub fn forward_signals(pid: i32) -> anyhow::Result<()> {

@@ -89,9 +89,9 @@ pub enum EbpfError {
     },
 }
 
-/// The embedded eBPF object, for the load-testing injector (`scaler load-test`), which loads
-/// its own copy sharing a running agent's maps.
-pub(crate) fn object() -> Result<&'static [u8], EbpfError> {
+/// The embedded eBPF object, for the load-testing injector (`scaler load-test`, in
+/// scaler-tools), which loads its own copy sharing a running agent's maps.
+pub fn object() -> Result<&'static [u8], EbpfError> {
     if EBPF_OBJECT.is_empty() {
         Err(EbpfError::NoObject)
     } else {

@@ -19,7 +19,7 @@
 //! - `cpu`: `--busy-threads` threads spinning for `--burst`, sleeping `--idle`, `--cycles` times.
 //! - `idle`: touches `--size` bytes, then sleeps for `--hold` (for scale-down tests).
 //!
-//! Durations and sizes are parsed by [`crate::units`] (`10ms`, `1.5s`; `8M`, `256MiB`, `1G`, plain
+//! Durations and sizes are parsed by [`scaler::units`] (`10ms`, `1.5s`; `8M`, `256MiB`, `1G`, plain
 //! bytes); rates are a size per second (`20M/s`).
 
 use std::fs::{File, OpenOptions};
@@ -265,14 +265,14 @@ pub fn run(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
 // ---------------------------------------------------------------------------------------------
 // Argument parsing
 
-/// Parses a size for clap with the project's units ([`crate::units::parse_size`]).
+/// Parses a size for clap with the project's units ([`scaler::units::parse_size`]).
 fn parse_size_arg(s: &str) -> Result<u64, String> {
-    crate::units::parse_size(s).map_err(|e| e.to_string())
+    scaler::units::parse_size(s).map_err(|e| e.to_string())
 }
 
-/// Parses a duration for clap with the project's units ([`crate::units::parse_duration`]).
+/// Parses a duration for clap with the project's units ([`scaler::units::parse_duration`]).
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::units::parse_duration(s).map_err(|e| e.to_string())
+    scaler::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Parses a rate in bytes per second: a size followed by `/s` (e.g. `20M/s`).

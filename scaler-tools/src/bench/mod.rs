@@ -99,11 +99,11 @@ pub enum BenchError {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    crate::units::parse_size(s).map_err(|e| e.to_string())
+    scaler::units::parse_size(s).map_err(|e| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::units::parse_duration(s).map_err(|e| e.to_string())
+    scaler::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Command-line arguments of `scaler bench` (flatten into the subcommand).
@@ -465,8 +465,8 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
         }
     };
     let scratch = Scratch::create()?;
-    let node = crate::config::NodeInfo::detect().context("reading /proc/meminfo")?;
-    let memory_budget = crate::config::Config::default().memory_budget(&node);
+    let node = scaler::config::NodeInfo::detect().context("reading /proc/meminfo")?;
+    let memory_budget = scaler::config::Config::default().memory_budget(&node);
     let cpu_budget_cores = f64::from(node.nproc);
     let kobserver = if competitors.iter().any(|c| *c != CompetitorId::Ebpf)
         && specs.iter().any(|w| w.resource == Resource::Memory)

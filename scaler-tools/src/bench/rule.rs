@@ -1,11 +1,11 @@
 //! The one scale-up rule every competitor uses, so that what differs between them is only how
-//! fast and how well each learns of pressure: the project's decider ([`crate::decider`]) with
+//! fast and how well each learns of pressure: the project's decider ([`scaler::decider`]) with
 //! the policy `scaler exec` uses (default [`MemoryPolicy`] with the run's maximum and headroom;
 //! default [`CpuPolicy`] with the run's maximum), fed the signal each mechanism provides.
 //!
 //! The rule sits behind [`ScaleRule`] so the competitors do not depend on the decider's API.
 
-use crate::decider::{
+use scaler::decider::{
     Action, CpuDecider, CpuPolicy, CpuSignal, Decision, MemoryDecider, MemoryPolicy, MemorySignal,
     WriteOutcome,
 };

@@ -1,4 +1,4 @@
-//! The kernel-side onset observer: the project's eBPF programs ([`crate::ebpf::Pipeline`]),
+//! The kernel-side onset observer: the project's eBPF programs ([`scaler::ebpf::Pipeline`]),
 //! loaded once for the whole benchmark, watching each run's memory cgroup.
 //!
 //! Onset is then the kernel timestamp (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) of the first
@@ -18,9 +18,9 @@ use std::time::Duration;
 use scaler_common::{EventKind, WatchConfig, WATCH_MEMORY, WATCH_USAGE_HIGH};
 
 use super::observer::Onset;
-use crate::ebpf::{Pipeline, PipelineOptions};
-use crate::engine::{run_ring_loop, Handler, LoopStats, StopHandle};
-use crate::events::MemEvent;
+use scaler::ebpf::{Pipeline, PipelineOptions};
+use scaler::engine::{run_ring_loop, Handler, LoopStats, StopHandle};
+use scaler::events::MemEvent;
 
 /// One kernel event kept for a watched cgroup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

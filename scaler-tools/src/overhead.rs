@@ -31,7 +31,7 @@ use std::{
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::{
+use scaler::{
     cgroupfs::{Cgroup, CgroupGuard, Controller, CpuQuota, Hierarchy},
     ebpf::{Pipeline, PipelineOptions, SwitchFloor},
 };
@@ -400,7 +400,7 @@ pub fn run(args: OverheadArgs) -> anyhow::Result<ExitCode> {
                         );
                         p.watch_cpu(
                             wid,
-                            crate::cmd::watch::cpu_watch(0.8, Duration::from_millis(5)),
+                            scaler::cmd::watch::cpu_watch(0.8, Duration::from_millis(5)),
                         )?;
                         // Timed run: statistics off.
                         p.set_bpf_stats(false);

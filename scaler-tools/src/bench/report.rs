@@ -579,7 +579,7 @@ fn version(v: Option<super::cgroups::Version>) -> &'static str {
 
 fn show(w: &WorkloadSpec, v: u64) -> String {
     match w.resource {
-        Resource::Memory => crate::units::format_size(v),
+        Resource::Memory => scaler::units::format_size(v),
         Resource::Cpu => format!("{:.2} CPU", v as f64 / w.period_us as f64),
     }
 }

@@ -41,7 +41,7 @@ use scaler_common::{
     names, stat,
 };
 
-use crate::{
+use scaler::{
     cgroupfs::{CgroupError, Controller, Hierarchy, Limit},
     units::parse_duration,
 };
@@ -86,7 +86,7 @@ pub enum InjectError {
         source: aya::pin::PinError,
     },
     #[error(transparent)]
-    Object(#[from] crate::ebpf::EbpfError),
+    Object(#[from] scaler::ebpf::EbpfError),
     #[error("loading the injector's copy of the eBPF object")]
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no {what} `{name}` (a build mismatch; rebuild scaler)")]
@@ -225,7 +225,7 @@ impl PrivateBpffs {
         let dir = std::env::temp_dir().join(format!(
             "scaler-load-test-{}-{}",
             std::process::id(),
-            crate::ebpf::monotonic_ns()
+            scaler::ebpf::monotonic_ns()
         ));
         std::fs::create_dir(&dir).map_err(|e| ns(&format!("creating {}", dir.display()), e))?;
         let c_dir = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| {
@@ -368,7 +368,7 @@ impl Injector {
     /// injector program. Must run before this process starts any thread (it enters a private
     /// mount namespace).
     pub fn attach(agent_pid: u32) -> Result<Self, InjectError> {
-        let object = crate::ebpf::object()?;
+        let object = scaler::ebpf::object()?;
         let ids = map_ids_of(agent_pid)?;
         let events = agent_map(agent_pid, &ids, names::EVENTS, MapType::RingBuf)?;
         let stats = agent_map(agent_pid, &ids, names::STATS, MapType::PerCpuArray)?;
@@ -708,7 +708,7 @@ pub fn run(args: LoadTestArgs) -> anyhow::Result<ExitCode> {
         agent_pid = args.agent_pid,
         targets = targets.len(),
         rate = args.rate,
-        duration = %crate::units::format_duration(args.duration),
+        duration = %scaler::units::format_duration(args.duration),
         "LOAD TEST: injecting synthetic events into the agent's ring buffer"
     );
     let (tx, rx) = mpsc::channel();
