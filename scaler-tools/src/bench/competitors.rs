@@ -1,17 +1,22 @@
 //! The competitors: each a real implementation of one way to learn of pressure, all acting
-//! through the same [`ScaleRule`] and the same pre-opened limit file ([`Actuator`]).
+//! through the same [`ScaleRule`] and the same pre-opened limit files ([`Actuator`], on the
+//! project's [`MemoryActuator`] / [`CpuActuator`]). The kernel's notification mechanisms they
+//! wait on are the project's too ([`scaler::cgroupfs::notify`]).
 
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use scaler::actuator::{monotonic_ns, CpuActuator, MemoryActuator, MemoryOptions, NumberFile};
+use scaler::cgroupfs::notify::{FileWatch, PsiKind, PsiResource, PsiTrigger, V1Event, V1EventKind};
+use scaler::cgroupfs::{flat_keyed, Cgroup, CgroupError, CgroupVersion, CpuQuota, CpuStat, Limit};
 use serde::Serialize;
 
-use super::cgroups::{keyed, PreOpened, Version};
 use super::rule::{ScaleRule, Signal};
-use super::sys::{monotonic_ns, poll, thread_cpu_ns, EventFd};
+use super::sys::{poll, thread_cpu_ns, EventFd};
 use super::BenchError;
 
 /// Which competitor.
@@ -110,16 +115,24 @@ pub struct ActionRecord {
     pub trigger: &'static str,
 }
 
-/// The limit file of a run, pre-opened, with the log of every write. Every in-process
-/// competitor writes through it, so the write path and its timestamp are identical for all.
+/// The project's actuator of one limit.
+#[derive(Debug)]
+enum Limiter {
+    /// Memory limit, bytes (v1 `memory.limit_in_bytes`, v2 `memory.max`).
+    Memory(MemoryActuator),
+    /// CFS quota, µs per period (v1 `cpu.cfs_quota_us`, v2 `cpu.max`).
+    Cpu(CpuActuator),
+}
+
+/// The limit files of a run, pre-opened by the project's actuator, with the log of every
+/// write. Every in-process competitor writes through it, so the write path and its timestamp
+/// are identical for all (and the eBPF scaler's engine writes through the same actuator).
 #[derive(Debug)]
 pub struct Actuator {
-    file: PreOpened,
+    limiter: Limiter,
     /// v2 `memory.high`, also written (to `new - headroom`) by the memory.events competitor.
-    high: Option<(PreOpened, u64)>,
-    resource: Resource,
-    version: Version,
-    /// CPU period (µs), for v2 `cpu.max`.
+    high: Option<(Cgroup, u64)>,
+    /// CPU period (µs) of the quota.
     period_us: u64,
     current: AtomicU64,
     log: Mutex<Vec<ActionRecord>>,
@@ -127,27 +140,34 @@ pub struct Actuator {
 }
 
 impl Actuator {
-    /// Opens the limit file of the cgroup at `dir` for `resource` on `version`.
+    /// Opens the limit files of `cgroup` for `resource` and sets the starting limit `start`
+    /// (CPU: a quota of `start` µs per `period_us`) through them; that write is not logged.
     pub fn open(
-        dir: &Path,
-        version: Version,
+        cgroup: &Cgroup,
         resource: Resource,
-        current: u64,
+        start: u64,
         period_us: u64,
     ) -> Result<Self, BenchError> {
-        let name = match (resource, version) {
-            (Resource::Memory, Version::V1) => "memory.limit_in_bytes",
-            (Resource::Memory, Version::V2) => "memory.max",
-            (Resource::Cpu, Version::V1) => "cpu.cfs_quota_us",
-            (Resource::Cpu, Version::V2) => "cpu.max",
+        let limiter = match resource {
+            Resource::Memory => {
+                let m = MemoryActuator::open(cgroup, MemoryOptions::default())?;
+                m.set_memory_limit(Limit::Bytes(start))?;
+                Limiter::Memory(m)
+            }
+            Resource::Cpu => {
+                let c = CpuActuator::open(cgroup)?;
+                c.set_cpu_quota(CpuQuota::Quota {
+                    quota_us: start,
+                    period_us,
+                })?;
+                Limiter::Cpu(c)
+            }
         };
         Ok(Self {
-            file: PreOpened::open(&dir.join(name), true)?,
+            limiter,
             high: None,
-            resource,
-            version,
             period_us,
-            current: AtomicU64::new(current),
+            current: AtomicU64::new(start),
             log: Mutex::new(Vec::new()),
             changed: EventFd::new().map_err(|source| BenchError::Io {
                 path: PathBuf::from("eventfd"),
@@ -156,25 +176,17 @@ impl Actuator {
         })
     }
 
-    /// Also keeps v2 `memory.high` at `limit - headroom` on every write.
-    pub fn with_high(mut self, dir: &Path, headroom: u64) -> Result<Self, BenchError> {
-        let f = PreOpened::open(&dir.join("memory.high"), true)?;
+    /// Also keeps v2 `memory.high` of `cgroup` at `limit - headroom` on every write.
+    pub fn with_high(mut self, cgroup: &Cgroup, headroom: u64) -> Result<Self, BenchError> {
         let cur = self.current();
-        f.write_str(&cur.saturating_sub(headroom).to_string())?;
-        self.high = Some((f, headroom));
+        cgroup.write("memory.high", &cur.saturating_sub(headroom).to_string())?;
+        self.high = Some((cgroup.clone(), headroom));
         Ok(self)
     }
 
     /// The limit last written (or the starting one).
     pub fn current(&self) -> u64 {
         self.current.load(Ordering::Acquire)
-    }
-
-    fn format(&self, v: u64) -> String {
-        match (self.resource, self.version) {
-            (Resource::Cpu, Version::V2) => format!("{v} {}", self.period_us),
-            _ => v.to_string(),
-        }
     }
 
     /// The CPU period (µs) the quota is relative to.
@@ -186,11 +198,20 @@ impl Actuator {
     /// [`changed_fd`](Self::changed_fd).
     pub fn set(&self, new: u64, trigger: &'static str) -> Result<u64, BenchError> {
         let old = self.current();
-        // Raise memory.max before memory.high so high never exceeds max.
-        self.file.write_str(&self.format(new))?;
-        let written_ns = monotonic_ns();
-        if let Some((h, headroom)) = &self.high {
-            h.write_str(&new.saturating_sub(*headroom).to_string())?;
+        let written_ns = match &self.limiter {
+            Limiter::Memory(m) => m.set_memory_limit(Limit::Bytes(new))?.completed_ns,
+            Limiter::Cpu(c) => {
+                c.set_cpu_quota(CpuQuota::Quota {
+                    quota_us: new,
+                    period_us: self.period_us,
+                })?
+                .completed_ns
+            }
+        };
+        // memory.max is raised before memory.high, so high never exceeds max; the write's
+        // time is memory.max's.
+        if let Some((cg, headroom)) = &self.high {
+            cg.write("memory.high", &new.saturating_sub(*headroom).to_string())?;
         }
         self.current.store(new, Ordering::Release);
         self.changed.signal();
@@ -223,12 +244,10 @@ pub struct CompetitorCtx {
     pub actuator: Arc<Actuator>,
     /// The rule.
     pub rule: Box<dyn ScaleRule>,
-    /// The run's memory or cpu cgroup directory and its version.
-    pub dir: PathBuf,
-    /// Version of `dir`.
-    pub version: Version,
+    /// The run's memory or cpu cgroup.
+    pub cgroup: Cgroup,
     /// The unified-hierarchy cgroup (PSI), if any.
-    pub unified: Option<PathBuf>,
+    pub unified: Option<Cgroup>,
     /// Early-warning headroom below the limit (memory).
     pub headroom: u64,
     /// PSI trigger window (µs) that the kernel accepted in the probe.
@@ -345,20 +364,28 @@ impl Ready {
     }
 }
 
-/// Reads memory usage (v1 `memory.usage_in_bytes`, v2 `memory.current`).
-pub fn open_usage(dir: &Path, version: Version) -> Result<PreOpened, BenchError> {
-    let name = match version {
-        Version::V1 => "memory.usage_in_bytes",
-        Version::V2 => "memory.current",
+/// Opens the memory usage of `cgroup` for reading with one `pread` each time (v1
+/// `memory.usage_in_bytes`, v2 `memory.current`). Every thread opens its own: reads of one
+/// open kernfs file are serialized.
+pub fn open_usage(cgroup: &Cgroup) -> Result<NumberFile, BenchError> {
+    let name = match cgroup.version() {
+        CgroupVersion::V1 => "memory.usage_in_bytes",
+        CgroupVersion::V2 => "memory.current",
     };
-    PreOpened::open(&dir.join(name), false)
+    Ok(NumberFile::open(cgroup.file(name))?)
 }
 
-/// Reads `nr_throttled` from a pre-opened `cpu.stat`.
-pub fn read_nr_throttled(f: &PreOpened) -> Result<u64, BenchError> {
-    let mut buf = [0u8; 512];
-    let text = f.read(&mut buf)?;
-    keyed(text, "nr_throttled").ok_or_else(|| BenchError::Parse {
+/// Opens `cpu.stat` of `cgroup` for reading with one `pread` each time.
+pub fn open_cpu_stat(cgroup: &Cgroup) -> Result<FileWatch, BenchError> {
+    Ok(FileWatch::open(cgroup, "cpu.stat")?)
+}
+
+/// Reads a pre-opened `cpu.stat`.
+pub fn read_cpu_stat(f: &FileWatch, version: CgroupVersion) -> Result<CpuStat, BenchError> {
+    let mut buf = [0u8; 1024];
+    let n = f.read_into(&mut buf)?;
+    let text = std::str::from_utf8(&buf[..n]).unwrap_or("");
+    CpuStat::parse(text, version).map_err(|_| BenchError::Parse {
         path: f.path().to_owned(),
         text: text.to_owned(),
     })
@@ -366,30 +393,17 @@ pub fn read_nr_throttled(f: &PreOpened) -> Result<u64, BenchError> {
 
 /// Reads a `cpu.stat` into a [`Signal::CpuStat`] for the quota in force.
 pub fn cpu_signal(
-    stat: &PreOpened,
-    version: Version,
+    stat: &FileWatch,
+    version: CgroupVersion,
     quota_us: u64,
     period_us: u64,
 ) -> Result<Signal, BenchError> {
-    let mut buf = [0u8; 1024];
-    let text = stat.read(&mut buf)?;
-    let parse_err = || BenchError::Parse {
-        path: stat.path().to_owned(),
-        text: text.to_owned(),
-    };
-    let nr_throttled = keyed(text, "nr_throttled").ok_or_else(parse_err)?;
-    let (throttled_ns, usage_ns) = match version {
-        // v1 cpu.stat has no usage (that is cpuacct's): 0, which only matters for scale-down.
-        Version::V1 => (keyed(text, "throttled_time").ok_or_else(parse_err)?, 0),
-        Version::V2 => (
-            keyed(text, "throttled_usec").ok_or_else(parse_err)? * 1000,
-            keyed(text, "usage_usec").unwrap_or(0) * 1000,
-        ),
-    };
+    let s = read_cpu_stat(stat, version)?;
     Ok(Signal::CpuStat {
-        usage_ns,
-        nr_throttled,
-        throttled_ns,
+        // v1 cpu.stat has no usage (that is cpuacct's): 0, which only matters for scale-down.
+        usage_ns: s.usage_ns.unwrap_or(0),
+        nr_throttled: s.nr_throttled,
+        throttled_ns: s.throttled_ns,
         quota_us,
         period_us,
     })
@@ -398,16 +412,16 @@ pub fn cpu_signal(
 /// What a competitor reads to turn a wakeup into a [`Signal`].
 enum Reader {
     /// Memory usage.
-    Memory(PreOpened),
+    Memory(NumberFile),
     /// `cpu.stat`.
-    Cpu(PreOpened),
+    Cpu(FileWatch),
 }
 
 impl Reader {
     fn open(ctx: &CompetitorCtx, resource: Resource) -> Result<Self, BenchError> {
         Ok(match resource {
-            Resource::Memory => Self::Memory(open_usage(&ctx.dir, ctx.version)?),
-            Resource::Cpu => Self::Cpu(PreOpened::open(&ctx.dir.join("cpu.stat"), false)?),
+            Resource::Memory => Self::Memory(open_usage(&ctx.cgroup)?),
+            Resource::Cpu => Self::Cpu(open_cpu_stat(&ctx.cgroup)?),
         })
     }
 
@@ -437,7 +451,9 @@ impl Reader {
                     Signal::EarlyWarning { usage, limit }
                 })
             }
-            Self::Cpu(stat) => cpu_signal(stat, ctx.version, limit, ctx.actuator.period_us()),
+            Self::Cpu(stat) => {
+                cpu_signal(stat, ctx.cgroup.version(), limit, ctx.actuator.period_us())
+            }
         }
     }
 }
@@ -509,19 +525,24 @@ fn poll_loop(
     finish(cpu0, wakeups, None)
 }
 
-/// Writes a PSI trigger to `path`; returns the open file whose POLLPRI reports events.
+/// Arms a `some` PSI trigger on `cgroup`'s pressure file for `resource`: POLLPRI on it reports
+/// `threshold_us` of stall within `window_us`.
 pub fn psi_trigger(
-    path: &Path,
+    cgroup: &Cgroup,
+    resource: Resource,
     threshold_us: u64,
     window_us: u64,
-) -> std::io::Result<std::fs::File> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)?;
-    f.write_all(format!("some {threshold_us} {window_us}\0").as_bytes())?;
-    Ok(f)
+) -> Result<PsiTrigger, CgroupError> {
+    PsiTrigger::arm(
+        cgroup,
+        match resource {
+            Resource::Memory => PsiResource::Memory,
+            Resource::Cpu => PsiResource::Cpu,
+        },
+        PsiKind::Some,
+        Duration::from_micros(threshold_us),
+        Duration::from_micros(window_us),
+    )
 }
 
 /// The most sensitive stall threshold a trigger asks for: 1% of the window (the kernel allows
@@ -530,41 +551,49 @@ pub fn psi_threshold_us(window_us: u64) -> u64 {
     (window_us / 100).max(1000)
 }
 
-/// Probes the smallest PSI trigger window this process may use on `path` (500 ms needs
-/// CAP_SYS_RESOURCE; unprivileged triggers need multiples of 2 s).
-pub fn probe_psi_window(path: &Path) -> Result<u64, String> {
+/// Probes the smallest PSI trigger window this process may use on `cgroup`'s
+/// `memory.pressure` (500 ms needs CAP_SYS_RESOURCE; unprivileged triggers need multiples of
+/// 2 s).
+pub fn probe_psi_window(cgroup: &Cgroup) -> Result<u64, String> {
     let mut last = String::new();
     for window_us in [500_000u64, 2_000_000] {
-        match psi_trigger(path, psi_threshold_us(window_us), window_us) {
+        match psi_trigger(
+            cgroup,
+            Resource::Memory,
+            psi_threshold_us(window_us),
+            window_us,
+        ) {
             Ok(_) => return Ok(window_us),
-            Err(e) => last = format!("window {} ms: {e}", window_us / 1000),
+            Err(e) => last = format!("window {} ms: {}", window_us / 1000, causes(&e)),
         }
     }
     Err(format!(
         "no PSI trigger accepted on {}: {last}",
-        path.display()
+        cgroup.file("memory.pressure").display()
     ))
+}
+
+/// An error and its causes, on one line.
+pub fn causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(c) = source {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        source = c.source();
+    }
+    s
 }
 
 /// PSI: a trigger on the unified cgroup's pressure file; on each event, apply the rule.
 fn psi_loop(mut ctx: CompetitorCtx, mut ready: Ready, resource: Resource) -> CompetitorStats {
-    use std::os::fd::AsRawFd;
     let cpu0 = thread_cpu_ns();
     let (Some(unified), Some(window)) = (ctx.unified.clone(), ctx.psi_window_us) else {
         return ready.fail("no unified cgroup with PSI files for this run");
     };
-    let file = match resource {
-        Resource::Memory => "memory.pressure",
-        Resource::Cpu => "cpu.pressure",
-    };
-    let trig = match psi_trigger(&unified.join(file), psi_threshold_us(window), window) {
+    let trig = match psi_trigger(&unified, resource, psi_threshold_us(window), window) {
         Ok(f) => f,
-        Err(e) => {
-            return ready.fail(format!(
-                "PSI trigger on {}: {e}",
-                unified.join(file).display()
-            ))
-        }
+        Err(e) => return ready.fail(format!("PSI trigger: {}", causes(&e))),
     };
     let reader = match Reader::open(&ctx, resource).and_then(|r| r.baseline(&mut ctx).map(|()| r)) {
         Ok(r) => r,
@@ -576,7 +605,7 @@ fn psi_loop(mut ctx: CompetitorCtx, mut ready: Ready, resource: Resource) -> Com
         let r = match poll(
             &[
                 (ctx.stop.fd(), libc::POLLIN),
-                (trig.as_raw_fd(), libc::POLLPRI),
+                (trig.as_fd().as_raw_fd(), libc::POLLPRI),
             ],
             None,
         ) {
@@ -606,48 +635,31 @@ fn psi_loop(mut ctx: CompetitorCtx, mut ready: Ready, resource: Resource) -> Com
     finish(cpu0, wakeups, None)
 }
 
-/// A v1 usage threshold registration: an eventfd signalled when `memory.usage_in_bytes`
-/// crosses `threshold` (either way). Unregistered when dropped (closing the eventfd).
+/// A v1 usage threshold registration ([`V1Event`]): an eventfd signalled when
+/// `memory.usage_in_bytes` crosses the threshold (either way). Unregistered when dropped.
 pub struct ThresholdArm {
-    efd: EventFd,
-    _usage: std::fs::File,
+    event: V1Event,
     /// The threshold armed, bytes.
     pub threshold: u64,
 }
 
 impl ThresholdArm {
-    /// Registers a threshold on the v1 memory cgroup at `dir`.
-    pub fn arm(dir: &Path, threshold: u64) -> Result<Self, BenchError> {
-        use std::os::fd::AsRawFd;
-        let efd = EventFd::new().map_err(|source| BenchError::Io {
-            path: PathBuf::from("eventfd"),
-            source,
-        })?;
-        let upath = dir.join("memory.usage_in_bytes");
-        let usage = std::fs::File::open(&upath).map_err(|source| BenchError::Io {
-            path: upath,
-            source,
-        })?;
-        let ctl = dir.join("cgroup.event_control");
-        super::cgroups::write_file(
-            &ctl,
-            &format!("{} {} {threshold}", efd.fd(), usage.as_raw_fd()),
-        )?;
+    /// Registers a threshold on the v1 memory cgroup `cgroup`.
+    pub fn arm(cgroup: &Cgroup, threshold: u64) -> Result<Self, BenchError> {
         Ok(Self {
-            efd,
-            _usage: usage,
+            event: V1Event::arm(cgroup, V1EventKind::UsageThreshold(threshold))?,
             threshold,
         })
     }
 
     /// The eventfd to poll.
     pub fn fd(&self) -> i32 {
-        self.efd.fd()
+        self.event.as_fd().as_raw_fd()
     }
 
     /// Consumes pending notifications.
     pub fn take(&self) -> u64 {
-        self.efd.take()
+        self.event.take().unwrap_or(0)
     }
 }
 
@@ -663,15 +675,15 @@ pub fn threshold_for(limit: u64, headroom: u64) -> u64 {
 /// v1 threshold eventfd: armed `headroom` below the limit, re-armed after each raise.
 fn threshold_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorStats {
     let cpu0 = thread_cpu_ns();
-    if ctx.version != Version::V1 {
+    if ctx.cgroup.version() != CgroupVersion::V1 {
         return ready.fail("threshold eventfds exist only on cgroup v1");
     }
-    let usage = match open_usage(&ctx.dir, ctx.version) {
+    let usage = match open_usage(&ctx.cgroup) {
         Ok(u) => Some(u),
         Err(e) => return ready.fail(e),
     };
     let mut arm = match ThresholdArm::arm(
-        &ctx.dir,
+        &ctx.cgroup,
         threshold_for(ctx.actuator.current(), ctx.headroom),
     ) {
         Ok(a) => a,
@@ -679,10 +691,12 @@ fn threshold_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorStats {
     };
     ready.ok();
     let mut wakeups = 0;
+    // A crossing that happened before the mark was armed: handled without waiting.
+    let mut pending = false;
     loop {
         let r = match poll(
             &[(ctx.stop.fd(), libc::POLLIN), (arm.fd(), libc::POLLIN)],
-            None,
+            pending.then_some(Duration::ZERO),
         ) {
             Ok(r) => r,
             Err(e) => return finish(cpu0, wakeups, Some(e.to_string())),
@@ -690,14 +704,15 @@ fn threshold_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorStats {
         if r[0] != 0 {
             break;
         }
-        if r[1] == 0 {
+        if r[1] == 0 && !pending {
             continue;
         }
+        pending = false;
         arm.take();
         wakeups += 1;
         let mut step = || -> Result<Option<ThresholdArm>, BenchError> {
             let before = ctx.actuator.current();
-            let used = usage.as_ref().map_or(Ok(0), PreOpened::read_u64)?;
+            let used = usage.as_ref().map_or(Ok(0), NumberFile::read_u64)?;
             if used < arm.threshold {
                 // A downward crossing.
                 return Ok(None);
@@ -713,7 +728,7 @@ fn threshold_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorStats {
                 return Ok(None);
             }
             Ok(Some(ThresholdArm::arm(
-                &ctx.dir,
+                &ctx.cgroup,
                 threshold_for(now, ctx.headroom),
             )?))
         };
@@ -721,9 +736,9 @@ fn threshold_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorStats {
             Ok(Some(new_arm)) => {
                 arm = new_arm;
                 // Already above the new mark: the crossing happened before it was armed.
-                let used = usage.as_ref().map_or(Ok(0), PreOpened::read_u64);
+                let used = usage.as_ref().map_or(Ok(0), NumberFile::read_u64);
                 if matches!(used, Ok(u) if u >= arm.threshold) {
-                    arm.efd.signal();
+                    pending = true;
                 }
             }
             Ok(None) => {}
@@ -736,21 +751,25 @@ fn threshold_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorStats {
 /// v2 memory.events: poll for a change, act when `high` or `max` grew.
 fn memory_events_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorStats {
     let cpu0 = thread_cpu_ns();
-    if ctx.version != Version::V2 {
+    if ctx.cgroup.version() != CgroupVersion::V2 {
         return ready.fail("memory.events notification needs cgroup v2");
     }
-    let usage = match open_usage(&ctx.dir, ctx.version) {
+    let usage = match open_usage(&ctx.cgroup) {
         Ok(u) => Some(u),
         Err(e) => return ready.fail(e),
     };
-    let events = match PreOpened::open(&ctx.dir.join("memory.events"), false) {
+    let events = match FileWatch::open(&ctx.cgroup, "memory.events") {
         Ok(f) => f,
-        Err(e) => return ready.fail(e),
+        Err(e) => return ready.fail(causes(&e)),
     };
     let mut buf = [0u8; 512];
     let counters = |buf: &mut [u8]| -> Result<(u64, u64), BenchError> {
-        let t = events.read(buf)?;
-        Ok((keyed(t, "high").unwrap_or(0), keyed(t, "max").unwrap_or(0)))
+        let n = events.read_into(buf)?;
+        let t = std::str::from_utf8(&buf[..n]).unwrap_or("");
+        Ok((
+            flat_keyed(t, "high").unwrap_or(0),
+            flat_keyed(t, "max").unwrap_or(0),
+        ))
     };
     let mut last = match counters(&mut buf) {
         Ok(c) => c,
@@ -760,7 +779,10 @@ fn memory_events_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorSta
     let mut wakeups = 0;
     loop {
         let r = match poll(
-            &[(ctx.stop.fd(), libc::POLLIN), (events.fd(), libc::POLLPRI)],
+            &[
+                (ctx.stop.fd(), libc::POLLIN),
+                (events.as_fd().as_raw_fd(), libc::POLLPRI),
+            ],
             None,
         ) {
             Ok(r) => r,
@@ -785,7 +807,8 @@ fn memory_events_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorSta
             };
             let result = usage
                 .as_ref()
-                .map_or(Ok(0), PreOpened::read_u64)
+                .map_or(Ok(0), NumberFile::read_u64)
+                .map_err(BenchError::from)
                 .and_then(|used| {
                     let limit = ctx.actuator.current();
                     let signal = if now.1 > last.1 {

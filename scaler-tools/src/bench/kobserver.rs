@@ -9,8 +9,6 @@
 //! "kernel event to limit written", measured the same way.
 
 use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -67,11 +65,6 @@ pub struct KernelObserver {
     thread: Option<JoinHandle<()>>,
 }
 
-/// The kernfs id of the cgroup directory `dir` (its inode number).
-pub fn cgroup_id(dir: &Path) -> std::io::Result<u64> {
-    Ok(std::fs::metadata(dir)?.ino())
-}
-
 impl KernelObserver {
     /// Loads and attaches the programs; `Err` says why they are not available.
     pub fn start() -> Result<Self, String> {
@@ -123,7 +116,8 @@ impl KernelObserver {
         })
     }
 
-    /// Starts watching the cgroup `id` with early warnings `headroom` below its limit.
+    /// Starts watching the cgroup `id` ([`scaler::cgroupfs::Cgroup::id`]) with early warnings
+    /// `headroom` below its limit.
     pub fn watch(&self, id: u64, headroom: u64) -> Result<(), String> {
         self.watched
             .lock()

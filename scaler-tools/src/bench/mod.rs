@@ -28,13 +28,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use scaler::actuator::{monotonic_ns, ActuatorError};
+use scaler::cgroupfs::{CgroupError, CgroupVersion};
 use serde::Serialize;
 
 pub use competitors::{CompetitorId, Resource};
 pub use runner::{RunRecord, WorkloadSpec};
 pub use stats::CaseSummary;
 
-use cgroups::{BenchRoot, Hierarchies, Version};
+use cgroups::{BenchRoot, Hierarchies};
+use competitors::causes;
 use runner::BenchEnv;
 use stats::Availability;
 
@@ -48,24 +51,17 @@ pub enum BenchError {
         source: std::io::Error,
     },
     #[error(
-        "cannot create the benchmark cgroup {path}: {source}; the benchmark creates its cgroups \
-         under its own cgroup (see /proc/self/cgroup) and must run as root"
+        "cannot create the benchmark's cgroups: {}; the benchmark creates its cgroups under its \
+         own cgroup (see /proc/self/cgroup) and must run as root",
+        causes(.0)
     )]
-    CreateCgroup {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "cannot enable the {controller} controller in {path}: {source}; on cgroup v2 the \
-         benchmark's own cgroup must be able to delegate {controller} to its children"
-    )]
-    EnableController {
-        path: PathBuf,
-        controller: String,
-        #[source]
-        source: std::io::Error,
-    },
+    CreateCgroup(CgroupError),
+    /// The project's cgroupfs layer (with the causes in the message).
+    #[error("{}", causes(.0))]
+    Cgroup(CgroupError),
+    /// The project's actuator (with the causes in the message).
+    #[error("{}", causes(.0))]
+    Actuator(ActuatorError),
     #[error("unexpected contents of {path}: {text:?}")]
     Parse { path: PathBuf, text: String },
     #[error("competitor {competitor} does not apply to {what}")]
@@ -96,6 +92,18 @@ pub enum BenchError {
         name: String,
         known: String,
     },
+}
+
+impl From<CgroupError> for BenchError {
+    fn from(e: CgroupError) -> Self {
+        Self::Cgroup(e)
+    }
+}
+
+impl From<ActuatorError> for BenchError {
+    fn from(e: ActuatorError) -> Self {
+        Self::Actuator(e)
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -295,7 +303,7 @@ impl Scratch {
         let dir = base.join(format!(
             "scaler-bench-{}-{}",
             std::process::id(),
-            sys::monotonic_ns()
+            monotonic_ns()
         ));
         std::fs::create_dir(&dir).map_err(|source| BenchError::Io {
             path: dir.clone(),
@@ -352,10 +360,10 @@ fn availability(env: &BenchEnv, c: CompetitorId, r: Resource) -> Availability {
         reason: None,
     };
     let controller = match r {
-        Resource::Memory => env.hierarchies.memory.as_ref(),
-        Resource::Cpu => env.hierarchies.cpu.as_ref(),
+        Resource::Memory => env.hierarchies.memory_version(),
+        Resource::Cpu => env.hierarchies.cpu_version(),
     };
-    let Some((version, _)) = controller else {
+    let Some(version) = controller else {
         return no(format!(
             "this process has no {} controller",
             match r {
@@ -374,12 +382,12 @@ fn availability(env: &BenchEnv, c: CompetitorId, r: Resource) -> Availability {
         (CompetitorId::V1Threshold | CompetitorId::V2MemoryEvents, Resource::Cpu, _) => {
             no("a memory-only mechanism".into())
         }
-        (CompetitorId::V1Threshold, Resource::Memory, Version::V1) => yes,
-        (CompetitorId::V1Threshold, Resource::Memory, Version::V2) => {
+        (CompetitorId::V1Threshold, Resource::Memory, CgroupVersion::V1) => yes,
+        (CompetitorId::V1Threshold, Resource::Memory, CgroupVersion::V2) => {
             no("usage threshold eventfds exist only on cgroup v1".into())
         }
-        (CompetitorId::V2MemoryEvents, Resource::Memory, Version::V2) => yes,
-        (CompetitorId::V2MemoryEvents, Resource::Memory, Version::V1) => {
+        (CompetitorId::V2MemoryEvents, Resource::Memory, CgroupVersion::V2) => yes,
+        (CompetitorId::V2MemoryEvents, Resource::Memory, CgroupVersion::V1) => {
             no("n/a on cgroup v1: memory.events and memory.high exist only on cgroup v2".into())
         }
         (CompetitorId::Ebpf, Resource::Memory, _) => match &env.exec.memory {
@@ -405,16 +413,12 @@ fn host_info(env: &BenchEnv) -> report::HostInfo {
             "unknown".into()
         }
     };
-    let memory_bytes = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| cgroups::keyed(&s.replace(':', ""), "MemTotal"))
-        .map_or(0, |kb| kb * 1024);
     report::HostInfo {
         kernel,
-        cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
-        memory_bytes,
-        memory_cgroup: env.hierarchies.memory.as_ref().map(|(v, _)| *v),
-        cpu_cgroup: env.hierarchies.cpu.as_ref().map(|(v, _)| *v),
+        cpus: u64::from(env.node.nproc),
+        memory_bytes: env.node.mem_total,
+        memory_cgroup: env.hierarchies.memory_version(),
+        cpu_cgroup: env.hierarchies.cpu_version(),
         unified_psi: env.hierarchies.unified.is_some(),
         psi_window_us: env.psi_window_us.clone(),
     }
@@ -453,12 +457,12 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
         None => Err("no cgroup v2 (unified) hierarchy mounted".to_owned()),
         Some(_) => {
             // Probe on a cgroup of our own (the bench root in the unified hierarchy).
-            let probe_cg = root.run_cgroup(&hierarchies, "psi-probe")?;
-            match probe_cg.unified_file("memory.pressure") {
-                Some(p) if p.exists() => competitors::probe_psi_window(&p),
-                Some(p) => Err(format!(
+            let probe_cg = root.run_cgroup("psi-probe")?;
+            match &probe_cg.unified {
+                Some(u) if u.file("memory.pressure").exists() => competitors::probe_psi_window(u),
+                Some(u) => Err(format!(
                     "{} does not exist (kernel without PSI?)",
-                    p.display()
+                    u.file("memory.pressure").display()
                 )),
                 None => Err("no unified cgroup".to_owned()),
             }
@@ -482,6 +486,7 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
         );
     }
     let env = BenchEnv {
+        node,
         kobserver,
         memory_budget,
         cpu_budget_cores,

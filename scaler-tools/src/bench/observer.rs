@@ -15,16 +15,21 @@
 //! ([`Actuator::set`](super::competitors::Actuator::set)). Reaction latency = written - onset,
 //! one per onset that was answered (see [`match_latencies`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use scaler::actuator::{monotonic_ns, NumberFile};
+use scaler::cgroupfs::notify::FileWatch;
+use scaler::cgroupfs::{Cgroup, CgroupVersion, Pressure};
 use serde::Serialize;
 
-use super::cgroups::{PreOpened, Version};
-use super::competitors::{read_nr_throttled, threshold_for, ActionRecord, Actuator, ThresholdArm};
-use super::sys::{monotonic_ns, poll, set_fifo, EventFd};
+use super::cgroups::Place;
+use super::competitors::{
+    open_cpu_stat, open_usage, read_cpu_stat, threshold_for, ActionRecord, Actuator, ThresholdArm,
+};
+use super::sys::{poll, set_fifo, EventFd};
 use super::BenchError;
 
 /// One pressure onset.
@@ -64,20 +69,24 @@ pub struct ThresholdObserver {
 }
 
 impl ThresholdObserver {
-    /// Starts observing the v1 memory cgroup at `dir`, following `actuator`'s writes.
-    pub fn start(dir: &Path, actuator: Arc<Actuator>, headroom: u64) -> Result<Self, BenchError> {
+    /// Starts observing the v1 memory cgroup `cgroup`, following `actuator`'s writes.
+    pub fn start(
+        cgroup: &Cgroup,
+        actuator: Arc<Actuator>,
+        headroom: u64,
+    ) -> Result<Self, BenchError> {
         let stop = Arc::new(EventFd::new().map_err(|source| BenchError::Io {
             path: PathBuf::from("eventfd"),
             source,
         })?);
         let stop2 = Arc::clone(&stop);
-        let dir = dir.to_owned();
+        let cgroup = cgroup.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("bench-observer".into())
             .spawn(move || {
                 let rt = set_fifo(50);
-                let usage = PreOpened::open(&dir.join("memory.usage_in_bytes"), false);
+                let usage = open_usage(&cgroup);
                 let usage = match usage {
                     Ok(u) => u,
                     Err(e) => {
@@ -86,7 +95,7 @@ impl ThresholdObserver {
                     }
                 };
                 let mut limit = actuator.current();
-                let arm = ThresholdArm::arm(&dir, threshold_for(limit, headroom));
+                let arm = ThresholdArm::arm(&cgroup, threshold_for(limit, headroom));
                 let _ = tx.send(rt);
                 let mut arm = arm?;
                 let mut onsets = Vec::new();
@@ -125,7 +134,7 @@ impl ThresholdObserver {
                         let now = actuator.current();
                         if now != limit {
                             limit = now;
-                            arm = ThresholdArm::arm(&dir, threshold_for(limit, headroom))?;
+                            arm = ThresholdArm::arm(&cgroup, threshold_for(limit, headroom))?;
                             fired = false;
                             let t = monotonic_ns();
                             let u = usage.read_u64()?;
@@ -175,17 +184,20 @@ pub struct Sample {
 pub enum SamplerTarget {
     /// A memory cgroup whose limit is written by an in-process [`Actuator`].
     Memory {
-        dir: PathBuf,
-        version: Version,
+        cgroup: Cgroup,
         actuator: Arc<Actuator>,
         headroom: u64,
     },
-    /// A memory cgroup created by another process (`scaler exec`): found through the first
-    /// child of `parent_pid`, and its limit read from the file.
-    ForeignMemory { parent_pid: i32, version: Version },
+    /// A memory cgroup created by another process (`scaler exec`) in the memory hierarchy
+    /// `memory`: found through the first child of `parent_pid`, and its limit read from the
+    /// file.
+    ForeignMemory {
+        parent_pid: i32,
+        memory: Option<Place>,
+    },
     /// A cpu cgroup: `nr_throttled` and the quota.
     Cpu {
-        dir: PathBuf,
+        cgroup: Cgroup,
         actuator: Arc<Actuator>,
     },
 }
@@ -212,16 +224,18 @@ pub struct Sampler {
 }
 
 /// Finds the memory cgroup of the first child of `pid` (any thread's child).
-fn foreign_memory_dir(parent_pid: i32) -> Option<PathBuf> {
+fn foreign_memory_cgroup(parent_pid: i32, memory: &Place) -> Option<Cgroup> {
     let tasks = std::fs::read_dir(format!("/proc/{parent_pid}/task")).ok()?;
     for t in tasks.flatten() {
         let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
         if let Some(kid) = kids.split_whitespace().next() {
-            let kid: i32 = kid.parse().ok()?;
-            let theirs = super::cgroups::Hierarchies::of_pid(kid).ok()?.memory?.1;
+            let kid: u32 = kid.parse().ok()?;
+            let theirs = memory.hierarchy.pid_cgroup(kid).ok()?;
             // Until the child has moved itself into its cgroup, it is still in ours.
-            let ours = super::cgroups::Hierarchies::discover().ok()?.memory?.1;
-            return (theirs != ours).then_some(theirs);
+            let ours = memory.hierarchy.own_cgroup().ok()?;
+            return (theirs != ours)
+                .then(|| memory.hierarchy.cgroup(&theirs).ok())
+                .flatten();
         }
     }
     None
@@ -244,12 +258,12 @@ impl Sampler {
             .name("bench-sampler".into())
             .spawn(move || {
                 let mut out = Sampled::default();
-                let mut usage_file: Option<PreOpened> = None;
-                let mut limit_file: Option<PreOpened> = None;
-                let mut psi_file: Option<PreOpened> = None;
+                let mut usage_file: Option<NumberFile> = None;
+                let mut limit_file: Option<NumberFile> = None;
+                let mut psi_file: Option<FileWatch> = None;
+                let mut stat_file: Option<FileWatch> = None;
                 let mut onset_limit = None;
                 let mut last_throttled = None;
-                let mut buf = [0u8; 64];
                 loop {
                     if let Ok(r) = poll(&[(stop2.fd(), libc::POLLIN)], Some(interval)) {
                         if r[0] != 0 {
@@ -260,13 +274,12 @@ impl Sampler {
                     let t_us = now.saturating_sub(t0_ns) / 1000;
                     let (usage, limit, mark) = match &target {
                         SamplerTarget::Memory {
-                            dir,
-                            version,
+                            cgroup,
                             actuator,
                             headroom,
                         } => {
                             if usage_file.is_none() {
-                                usage_file = super::competitors::open_usage(dir, *version).ok();
+                                usage_file = open_usage(cgroup).ok();
                             }
                             let Some(u) = usage_file.as_ref().and_then(|f| f.read_u64().ok())
                             else {
@@ -275,22 +288,21 @@ impl Sampler {
                             let l = actuator.current();
                             (u, l, Some(threshold_for(l, *headroom)))
                         }
-                        SamplerTarget::ForeignMemory {
-                            parent_pid,
-                            version,
-                        } => {
+                        SamplerTarget::ForeignMemory { parent_pid, memory } => {
                             if out.foreign_dir.is_none() {
-                                out.foreign_dir = foreign_memory_dir(*parent_pid);
-                                if let Some(d) = &out.foreign_dir {
-                                    usage_file = super::competitors::open_usage(d, *version).ok();
-                                    let lname = match version {
-                                        Version::V1 => "memory.limit_in_bytes",
-                                        Version::V2 => "memory.max",
+                                let found = memory
+                                    .as_ref()
+                                    .and_then(|m| foreign_memory_cgroup(*parent_pid, m));
+                                if let Some(cg) = &found {
+                                    out.foreign_dir = Some(cg.dir().to_path_buf());
+                                    usage_file = open_usage(cg).ok();
+                                    let lname = match cg.version() {
+                                        CgroupVersion::V1 => "memory.limit_in_bytes",
+                                        CgroupVersion::V2 => "memory.max",
                                     };
-                                    limit_file = PreOpened::open(&d.join(lname), false).ok();
-                                    if *version == Version::V2 {
-                                        psi_file =
-                                            PreOpened::open(&d.join("memory.pressure"), false).ok();
+                                    limit_file = NumberFile::open(cg.file(lname)).ok();
+                                    if cg.version() == CgroupVersion::V2 {
+                                        psi_file = FileWatch::open(cg, "memory.pressure").ok();
                                     }
                                 }
                             }
@@ -298,12 +310,10 @@ impl Sampler {
                             // removes the cgroup when it exits).
                             if let Some(f) = &psi_file {
                                 let mut pbuf = [0u8; 256];
-                                if let Some(t) = f
-                                    .read(&mut pbuf)
-                                    .ok()
-                                    .and_then(super::cgroups::psi_some_total_us)
-                                {
-                                    out.psi_some_total_us = Some(t);
+                                if let Some(p) = f.read_into(&mut pbuf).ok().and_then(|n| {
+                                    Pressure::parse(std::str::from_utf8(&pbuf[..n]).ok()?).ok()
+                                }) {
+                                    out.psi_some_total_us = Some(p.some.total_us);
                                 }
                             }
                             let (Some(u), Some(l)) = (
@@ -314,13 +324,15 @@ impl Sampler {
                             };
                             (u, l, None)
                         }
-                        SamplerTarget::Cpu { dir, actuator } => {
-                            if usage_file.is_none() {
-                                usage_file = PreOpened::open(&dir.join("cpu.stat"), false).ok();
+                        SamplerTarget::Cpu { cgroup, actuator } => {
+                            if stat_file.is_none() {
+                                stat_file = open_cpu_stat(cgroup).ok();
                             }
-                            let Some(n) =
-                                usage_file.as_ref().and_then(|f| read_nr_throttled(f).ok())
-                            else {
+                            let Some(n) = stat_file.as_ref().and_then(|f| {
+                                read_cpu_stat(f, cgroup.version())
+                                    .ok()
+                                    .map(|s| s.nr_throttled)
+                            }) else {
                                 continue;
                             };
                             let l = actuator.current();
@@ -337,7 +349,6 @@ impl Sampler {
                             (n, l, None)
                         }
                     };
-                    let _ = &mut buf;
                     if let Some(mark) = mark {
                         if usage >= mark && onset_limit != Some(limit) {
                             out.onsets.push(Onset {

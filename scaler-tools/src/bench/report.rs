@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use scaler::cgroupfs::CgroupVersion;
 use serde::Serialize;
 
 use super::competitors::Resource;
@@ -38,9 +39,11 @@ pub struct HostInfo {
     /// MemTotal, bytes.
     pub memory_bytes: u64,
     /// Memory controller version (`v1`/`v2`), if any.
-    pub memory_cgroup: Option<super::cgroups::Version>,
+    #[serde(serialize_with = "serialize_version")]
+    pub memory_cgroup: Option<CgroupVersion>,
     /// CPU controller version, if any.
-    pub cpu_cgroup: Option<super::cgroups::Version>,
+    #[serde(serialize_with = "serialize_version")]
+    pub cpu_cgroup: Option<CgroupVersion>,
     /// Whether a unified-hierarchy cgroup (PSI) was available.
     pub unified_psi: bool,
     /// The PSI trigger window accepted (µs), or why none.
@@ -569,11 +572,22 @@ pub fn write_report(
     std::fs::write(&p, md).map_err(io(&p))
 }
 
-fn version(v: Option<super::cgroups::Version>) -> &'static str {
+fn version(v: Option<CgroupVersion>) -> &'static str {
     match v {
-        Some(super::cgroups::Version::V1) => "v1",
-        Some(super::cgroups::Version::V2) => "v2",
+        Some(CgroupVersion::V1) => "v1",
+        Some(CgroupVersion::V2) => "v2",
         None => "none",
+    }
+}
+
+/// `"v1"`, `"v2"` or `null`.
+fn serialize_version<S: serde::Serializer>(
+    v: &Option<CgroupVersion>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str(version(*v)),
+        None => s.serialize_none(),
     }
 }
 

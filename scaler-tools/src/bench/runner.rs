@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::cgroups::{psi_some_total_us, read_keyed, BenchRoot, Hierarchies, RunCgroup, Version};
+use scaler::actuator::monotonic_ns;
+use scaler::cgroupfs::{Cgroup, CgroupVersion};
+
+use super::cgroups::{BenchRoot, Hierarchies, RunCgroup};
 use super::competitors::{
     self, ActionRecord, Actuator, CompetitorCtx, CompetitorId, CompetitorStats, Resource,
 };
@@ -19,7 +22,7 @@ use super::observer::{
     match_latencies, Matched, Onset, OnsetMethod, Sample, Sampler, SamplerTarget, ThresholdObserver,
 };
 use super::rule::{cpu_policy, memory_policy, DeciderRule, ScaleRule};
-use super::sys::{monotonic_ns, process_cpu_ns, EventFd};
+use super::sys::{process_cpu_ns, EventFd};
 use super::BenchError;
 use crate::workload::WorkloadReport;
 
@@ -60,6 +63,8 @@ pub struct BenchEnv {
     pub sample_interval: Duration,
     /// The kernel-side onset observer, or why it is not available.
     pub kobserver: Result<super::kobserver::KernelObserver, String>,
+    /// The machine (memory and CPUs).
+    pub node: scaler::config::NodeInfo,
     /// The decider's node memory budget (what `scaler exec` uses).
     pub memory_budget: u64,
     /// The decider's node CPU budget, cores.
@@ -215,7 +220,7 @@ fn run_inner(
     rec: &mut RunRecord,
 ) -> Result<(), BenchError> {
     let label = format!("{}-{}", w.id, competitor.name());
-    let cg = env.root.run_cgroup(&env.hierarchies, &label)?;
+    let cg = env.root.run_cgroup(&label)?;
     let file = env.scratch.join(format!("{label}-{}.dat", monotonic_ns()));
     let wl_args: Vec<String> = w
         .args
@@ -225,7 +230,7 @@ fn run_inner(
     if competitor == CompetitorId::Ebpf {
         return run_exec(env, w, &cg, &wl_args, timeline, rec);
     }
-    let (version, dir) = match w.resource {
+    let cgroup = match w.resource {
         Resource::Memory => cg.memory.clone(),
         Resource::Cpu => cg.cpu.clone(),
     }
@@ -233,30 +238,13 @@ fn run_inner(
         Resource::Memory => "memory",
         Resource::Cpu => "cpu",
     }))?;
-    // Starting limits.
-    match (w.resource, version) {
-        (Resource::Memory, _) => {}
-        (Resource::Cpu, Version::V1) => {
-            super::cgroups::write_file(&dir.join("cpu.cfs_period_us"), &w.period_us.to_string())?
-        }
-        (Resource::Cpu, Version::V2) => {}
+    let version = cgroup.version();
+    // The starting limit (CPU: and the period) goes through the same files as every write
+    // (not logged as an action).
+    let mut actuator = Actuator::open(&cgroup, w.resource, w.start, w.period_us)?;
+    if competitor == CompetitorId::V2MemoryEvents && version == CgroupVersion::V2 {
+        actuator = actuator.with_high(&cgroup, w.headroom)?;
     }
-    let mut actuator = Actuator::open(&dir, version, w.resource, w.start, w.period_us)?;
-    if competitor == CompetitorId::V2MemoryEvents && version == Version::V2 {
-        actuator = actuator.with_high(&dir, w.headroom)?;
-    }
-    // The starting limit goes through the same file (not logged as an action).
-    let start_text = match (w.resource, version) {
-        (Resource::Cpu, Version::V2) => format!("{} {}", w.start, w.period_us),
-        _ => w.start.to_string(),
-    };
-    let limit_name = match (w.resource, version) {
-        (Resource::Memory, Version::V1) => "memory.limit_in_bytes",
-        (Resource::Memory, Version::V2) => "memory.max",
-        (Resource::Cpu, Version::V1) => "cpu.cfs_quota_us",
-        (Resource::Cpu, Version::V2) => "cpu.max",
-    };
-    super::cgroups::write_file(&dir.join(limit_name), &start_text)?;
     let actuator = Arc::new(actuator);
 
     let stop = Arc::new(EventFd::new().map_err(|source| BenchError::Io {
@@ -266,9 +254,8 @@ fn run_inner(
     let ctx = CompetitorCtx {
         actuator: Arc::clone(&actuator),
         rule: rule_for(env, w),
-        dir: dir.clone(),
-        version,
-        unified: cg.unified_dir.clone(),
+        cgroup: cgroup.clone(),
+        unified: cg.unified.clone(),
         headroom: w.headroom,
         psi_window_us: env.psi_window_us.as_ref().ok().copied(),
         stop,
@@ -279,10 +266,7 @@ fn run_inner(
     // competitor); else a v1 threshold eventfd observer; else the sampler.
     let kernel = match (w.resource, &env.kobserver) {
         (Resource::Memory, Ok(k)) => {
-            let id = super::kobserver::cgroup_id(&dir).map_err(|source| BenchError::Io {
-                path: dir.clone(),
-                source,
-            })?;
+            let id = cgroup.id()?.0;
             match k.watch(id, w.headroom) {
                 Ok(()) => Some((k, id)),
                 Err(reason) => {
@@ -298,8 +282,8 @@ fn run_inner(
     };
     let observer = match (w.resource, version, &kernel) {
         (_, _, Some(_)) => None,
-        (Resource::Memory, Version::V1, None) => {
-            match ThresholdObserver::start(&dir, Arc::clone(&actuator), w.headroom) {
+        (Resource::Memory, CgroupVersion::V1, None) => {
+            match ThresholdObserver::start(&cgroup, Arc::clone(&actuator), w.headroom) {
                 Ok(o) => Some(o),
                 Err(e) => {
                     stop_running(running);
@@ -319,13 +303,12 @@ fn run_inner(
     rec.t0_ns = t0;
     let target = match w.resource {
         Resource::Memory => SamplerTarget::Memory {
-            dir: dir.clone(),
-            version,
+            cgroup: cgroup.clone(),
             actuator: Arc::clone(&actuator),
             headroom: w.headroom,
         },
         Resource::Cpu => SamplerTarget::Cpu {
-            dir: dir.clone(),
+            cgroup: cgroup.clone(),
             actuator: Arc::clone(&actuator),
         },
     };
@@ -391,56 +374,45 @@ fn run_inner(
     }
     rec.competitor_stats = stats;
     rec.timeline = timeline.then_some(sampled.timeline);
-    collect_counters(&cg, w, version, rec, sampled.peak_usage);
+    collect_counters(&cgroup, cg.unified.as_ref(), w, rec, sampled.peak_usage);
     Ok(())
 }
 
-/// Reads the run's kernel counters (before the cgroup is removed).
+/// The PSI `some` total (µs) of `resource` in `unified`, if it has the file.
+fn stall_some_us(unified: Option<&Cgroup>, resource: Resource) -> Option<u64> {
+    let u = unified?;
+    let p = match resource {
+        Resource::Memory => u.memory_pressure(),
+        Resource::Cpu => u.cpu_pressure(),
+    };
+    p.ok().flatten().map(|p| p.some.total_us)
+}
+
+/// Reads the run's kernel counters (before the cgroup is removed): `cgroup` is the run's
+/// memory or cpu cgroup, `unified` its unified-hierarchy cgroup.
 fn collect_counters(
-    cg: &RunCgroup,
+    cgroup: &Cgroup,
+    unified: Option<&Cgroup>,
     w: &WorkloadSpec,
-    version: Version,
     rec: &mut RunRecord,
     sampled_peak: u64,
 ) {
     match w.resource {
         Resource::Memory => {
-            rec.oom_kills = match version {
-                Version::V1 => cg
-                    .memory_file("memory.oom_control")
-                    .and_then(|p| read_keyed(&p, "oom_kill")),
-                Version::V2 => cg
-                    .memory_file("memory.events")
-                    .and_then(|p| read_keyed(&p, "oom_kill")),
-            }
-            .unwrap_or(0);
-            let peak_file = match version {
-                Version::V1 => "memory.max_usage_in_bytes",
-                Version::V2 => "memory.peak",
-            };
-            rec.peak_usage_bytes = cg
-                .memory_file(peak_file)
-                .and_then(|p| std::fs::read_to_string(p).ok())
-                .and_then(|s| s.trim().parse().ok())
+            rec.oom_kills = cgroup.oom_kills().ok().flatten().unwrap_or(0);
+            rec.peak_usage_bytes = cgroup
+                .memory_peak()
+                .ok()
+                .flatten()
                 .or((sampled_peak > 0).then_some(sampled_peak));
-            rec.stall_some_us = cg
-                .unified_file("memory.pressure")
-                .and_then(|p| std::fs::read_to_string(p).ok())
-                .and_then(|s| psi_some_total_us(&s));
         }
         Resource::Cpu => {
-            let stat = cg.cpu_file("cpu.stat");
-            rec.nr_throttled = stat.as_ref().and_then(|p| read_keyed(p, "nr_throttled"));
-            rec.throttled_us = stat.as_ref().and_then(|p| match version {
-                Version::V1 => read_keyed(p, "throttled_time").map(|ns| ns / 1000),
-                Version::V2 => read_keyed(p, "throttled_usec"),
-            });
-            rec.stall_some_us = cg
-                .unified_file("cpu.pressure")
-                .and_then(|p| std::fs::read_to_string(p).ok())
-                .and_then(|s| psi_some_total_us(&s));
+            let stat = cgroup.cpu_stat().ok();
+            rec.nr_throttled = stat.map(|s| s.nr_throttled);
+            rec.throttled_us = stat.map(|s| s.throttled_ns / 1000);
         }
     }
+    rec.stall_some_us = stall_some_us(unified, w.resource);
 }
 
 /// The eBPF competitor: the workload under `scaler exec`.
@@ -481,7 +453,7 @@ fn run_exec(
     // the run's unified cgroup (for the PSI stall); on v2 that would leave it in a cgroup with
     // processes, which cannot delegate controllers: it stays in ours, and the stall is read
     // from its cgroup while it runs.
-    let memory_v1 = matches!(env.hierarchies.memory, Some((Version::V1, _)));
+    let memory_v1 = env.hierarchies.memory_version() == Some(CgroupVersion::V1);
     let fds: Vec<i32> = if memory_v1 {
         cg.unified_procs_fd().into_iter().collect()
     } else {
@@ -489,14 +461,13 @@ fn run_exec(
     };
     let child = spawn(&env.exe, &args, &fds)?;
     let pid = child.id() as i32;
-    let version = if memory_v1 { Version::V1 } else { Version::V2 };
     let t0 = monotonic_ns();
     rec.t0_ns = t0;
     let sampler = match w.resource {
         Resource::Memory => Some(Sampler::start(
             SamplerTarget::ForeignMemory {
                 parent_pid: pid,
-                version,
+                memory: env.hierarchies.memory.clone(),
             },
             env.sample_interval,
             timeline,
@@ -519,12 +490,7 @@ fn run_exec(
         .filter(|_| timeline)
         .map(|s| s.timeline.clone());
     rec.stall_some_us = if memory_v1 {
-        cg.unified_file(match w.resource {
-            Resource::Memory => "memory.pressure",
-            Resource::Cpu => "cpu.pressure",
-        })
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|s| psi_some_total_us(&s))
+        stall_some_us(cg.unified.as_ref(), w.resource)
     } else {
         sampled.as_ref().and_then(|s| s.psi_some_total_us)
     };

@@ -1,27 +1,19 @@
-//! Small system helpers of the benchmark: clocks, eventfds, poll, thread CPU time.
+//! Small system helpers of the benchmark: eventfds, poll over several fds, SCHED_FIFO, thread
+//! and process CPU time. (CLOCK_MONOTONIC is [`scaler::actuator::monotonic_ns`], the clock of
+//! the limit writes and of the kernel programs' events.)
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`, so kernel event
-/// timestamps and userspace write times compare directly.
-pub fn monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC)
-}
-
 /// CPU time of the calling thread, in nanoseconds (the same figure as `RUSAGE_THREAD`, with
 /// nanosecond resolution).
 pub fn thread_cpu_ns() -> u64 {
-    clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
-}
-
-fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: valid timespec pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -138,6 +130,7 @@ mod tests {
 
     #[test]
     fn clocks_advance() {
+        use scaler::actuator::monotonic_ns;
         let a = monotonic_ns();
         let c = thread_cpu_ns();
         let mut x = 0u64;

@@ -58,6 +58,35 @@ impl CgroupGuard {
         parent: &str,
         prefix: &str,
     ) -> Result<Self, CgroupError> {
+        // Group controllers by tree.
+        let mut trees: Vec<(&Hierarchy, Vec<Controller>)> = Vec::new();
+        for h in hierarchies {
+            match trees.iter_mut().find(|(t, _)| t.same_tree(h)) {
+                Some((_, cs)) => cs.push(h.controller),
+                None => trees.push((h, vec![h.controller])),
+            }
+        }
+        Self::create_trees(trees, parent, prefix)
+    }
+
+    /// Like [`CgroupGuard::create`] in one hierarchy, but for no controller: nothing is enabled
+    /// in the parent's `cgroup.subtree_control`. For a cgroup of a cgroup v2 hierarchy that
+    /// carries no controller (the v2 hierarchy of a hybrid host), whose cgroups still have the
+    /// PSI files `memory.pressure` and `cpu.pressure`. [`CgroupGuard::cgroup`] finds it under
+    /// no controller: take it from [`CgroupGuard::cgroups`].
+    pub fn create_without_controllers(
+        hierarchy: &Hierarchy,
+        parent: &str,
+        prefix: &str,
+    ) -> Result<Self, CgroupError> {
+        Self::create_trees(vec![(hierarchy, Vec::new())], parent, prefix)
+    }
+
+    fn create_trees(
+        trees: Vec<(&Hierarchy, Vec<Controller>)>,
+        parent: &str,
+        prefix: &str,
+    ) -> Result<Self, CgroupError> {
         if prefix.is_empty() || prefix.contains('/') || prefix.starts_with('.') {
             return Err(CgroupError::Invalid {
                 what: "cgroup name prefix",
@@ -69,14 +98,6 @@ impl CgroupGuard {
             members: Vec::new(),
             origins: Mutex::new(Vec::new()),
         };
-        // Group controllers by tree.
-        let mut trees: Vec<(&Hierarchy, Vec<Controller>)> = Vec::new();
-        for h in hierarchies {
-            match trees.iter_mut().find(|(t, _)| t.same_tree(h)) {
-                Some((_, cs)) => cs.push(h.controller),
-                None => trees.push((h, vec![h.controller])),
-            }
-        }
         let name = unique_name(prefix, |name| {
             trees.iter().all(|(h, _)| {
                 h.dir_of(&join_cgroup_path(parent, name))
@@ -424,6 +445,20 @@ mod tests {
         let _g = CgroupGuard::create(&[&m, &c], "/own", "t").unwrap();
         let content = fs::read_to_string(m.mount.join("own/cgroup.subtree_control")).unwrap();
         assert_eq!(content, "cpu memory\n");
+    }
+
+    #[test]
+    fn a_cgroup_for_no_controller_enables_none() {
+        let (_t, m, _c) = v2_tree("");
+        fs::write(m.mount.join("own/cgroup.controllers"), "").unwrap();
+        let g = CgroupGuard::create_without_controllers(&m, "/own", "psi").unwrap();
+        let subtree = fs::read_to_string(m.mount.join("own/cgroup.subtree_control")).unwrap();
+        assert_eq!(subtree, "", "nothing enabled");
+        assert!(g.cgroup(Controller::Memory).is_none());
+        let dir = g.cgroups().next().unwrap().dir().to_path_buf();
+        assert!(dir.is_dir() && dir.starts_with(m.mount.join("own")));
+        drop(g);
+        assert!(!dir.exists());
     }
 
     #[test]
