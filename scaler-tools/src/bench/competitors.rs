@@ -1,7 +1,7 @@
 //! The competitors: each a real implementation of one way to learn of pressure, all acting
 //! through the same [`ScaleRule`] and the same pre-opened limit files ([`Actuator`], on the
-//! project's [`MemoryActuator`] / [`CpuActuator`]). The kernel's notification mechanisms they
-//! wait on are the project's too ([`scaler::cgroupfs::notify`]).
+//! project's [`LimitWriter`]s: [`MemoryActuator`], [`CpuActuator`]). The kernel's notification
+//! mechanisms they wait on are the project's too ([`scaler::cgroupfs::notify`]).
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use scaler::actuator::{monotonic_ns, CpuActuator, MemoryActuator, MemoryOptions, NumberFile};
+use scaler::actuator::{CpuActuator, LimitWriter, MemoryActuator, MemoryOptions, NumberFile};
 use scaler::cgroupfs::notify::{FileWatch, PsiKind, PsiResource, PsiTrigger, V1Event, V1EventKind};
 use scaler::cgroupfs::{flat_keyed, Cgroup, CgroupError, CgroupVersion, CpuQuota, CpuStat, Limit};
+use scaler::clock::monotonic_ns;
 use serde::Serialize;
 
 use super::rule::{ScaleRule, Signal};
@@ -115,21 +116,15 @@ pub struct ActionRecord {
     pub trigger: &'static str,
 }
 
-/// The project's actuator of one limit.
-#[derive(Debug)]
-enum Limiter {
-    /// Memory limit, bytes (v1 `memory.limit_in_bytes`, v2 `memory.max`).
-    Memory(MemoryActuator),
-    /// CFS quota, µs per period (v1 `cpu.cfs_quota_us`, v2 `cpu.max`).
-    Cpu(CpuActuator),
-}
-
 /// The limit files of a run, pre-opened by the project's actuator, with the log of every
 /// write. Every in-process competitor writes through it, so the write path and its timestamp
-/// are identical for all (and the eBPF scaler's engine writes through the same actuator).
+/// are identical for all (and the eBPF scaler's engine writes through the same
+/// [`LimitWriter`]s).
 #[derive(Debug)]
 pub struct Actuator {
-    limiter: Limiter,
+    /// Memory: bytes (v1 `memory.limit_in_bytes`, v2 `memory.max`); CPU: the CFS quota in µs
+    /// per period (v1 `cpu.cfs_quota_us`, v2 `cpu.max`).
+    writer: Box<dyn LimitWriter + Sync>,
     /// v2 `memory.high`, also written (to `new - headroom`) by the memory.events competitor.
     high: Option<(Cgroup, u64)>,
     /// CPU period (µs) of the quota.
@@ -148,23 +143,24 @@ impl Actuator {
         start: u64,
         period_us: u64,
     ) -> Result<Self, BenchError> {
-        let limiter = match resource {
+        let writer: Box<dyn LimitWriter + Sync> = match resource {
             Resource::Memory => {
                 let m = MemoryActuator::open(cgroup, MemoryOptions::default())?;
                 m.set_memory_limit(Limit::Bytes(start))?;
-                Limiter::Memory(m)
+                Box::new(m)
             }
             Resource::Cpu => {
+                // The period too: every later write sets the quota at the period in force.
                 let c = CpuActuator::open(cgroup)?;
                 c.set_cpu_quota(CpuQuota::Quota {
                     quota_us: start,
                     period_us,
                 })?;
-                Limiter::Cpu(c)
+                Box::new(c)
             }
         };
         Ok(Self {
-            limiter,
+            writer,
             high: None,
             period_us,
             current: AtomicU64::new(start),
@@ -198,16 +194,7 @@ impl Actuator {
     /// [`changed_fd`](Self::changed_fd).
     pub fn set(&self, new: u64, trigger: &'static str) -> Result<u64, BenchError> {
         let old = self.current();
-        let written_ns = match &self.limiter {
-            Limiter::Memory(m) => m.set_memory_limit(Limit::Bytes(new))?.completed_ns,
-            Limiter::Cpu(c) => {
-                c.set_cpu_quota(CpuQuota::Quota {
-                    quota_us: new,
-                    period_us: self.period_us,
-                })?
-                .completed_ns
-            }
-        };
+        let written_ns = self.writer.write(new)?;
         // memory.max is raised before memory.high, so high never exceeds max; the write's
         // time is memory.max's.
         if let Some((cg, headroom)) = &self.high {

@@ -13,12 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use scaler_common::{EventKind, WatchConfig, WATCH_MEMORY, WATCH_USAGE_HIGH};
-
-use super::observer::Onset;
 use scaler::ebpf::{Pipeline, PipelineOptions};
 use scaler::engine::{run_ring_loop, Handler, LoopStats, StopHandle};
 use scaler::events::MemEvent;
+use scaler_common::EventKind;
+
+use super::observer::Onset;
 
 /// One kernel event kept for a watched cgroup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -126,14 +126,7 @@ impl KernelObserver {
         self.pipeline
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .watch(
-                id,
-                WatchConfig {
-                    flags: WATCH_MEMORY | WATCH_USAGE_HIGH,
-                    _pad: 0,
-                    headroom_bytes: headroom,
-                },
-            )
+            .watch(id, scaler::resource::memory::watch_config(headroom, true))
             .map_err(|e| e.to_string())
     }
 

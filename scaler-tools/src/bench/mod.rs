@@ -28,8 +28,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use scaler::actuator::{monotonic_ns, ActuatorError};
+use scaler::actuator::ActuatorError;
 use scaler::cgroupfs::{CgroupError, CgroupVersion};
+use scaler::clock::monotonic_ns;
 use serde::Serialize;
 
 pub use competitors::{CompetitorId, Resource};

@@ -20,9 +20,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use scaler::actuator::{monotonic_ns, NumberFile};
+use scaler::actuator::NumberFile;
 use scaler::cgroupfs::notify::FileWatch;
 use scaler::cgroupfs::{Cgroup, CgroupVersion, Pressure};
+use scaler::clock::monotonic_ns;
 use serde::Serialize;
 
 use super::cgroups::Place;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use scaler::actuator::monotonic_ns;
 use scaler::cgroupfs::{Cgroup, CgroupVersion};
+use scaler::clock::monotonic_ns;
 
 use super::cgroups::{BenchRoot, Hierarchies, RunCgroup};
 use super::competitors::{

@@ -1,6 +1,6 @@
 //! Small system helpers of the benchmark: eventfds, poll over several fds, SCHED_FIFO, thread
-//! and process CPU time. (CLOCK_MONOTONIC is [`scaler::actuator::monotonic_ns`], the clock of
-//! the limit writes and of the kernel programs' events.)
+//! and process CPU time. (CLOCK_MONOTONIC is [`scaler::clock::monotonic_ns`], the clock of the
+//! limit writes and of the kernel programs' events.)
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
@@ -130,7 +130,7 @@ mod tests {
 
     #[test]
     fn clocks_advance() {
-        use scaler::actuator::monotonic_ns;
+        use scaler::clock::monotonic_ns;
         let a = monotonic_ns();
         let c = thread_cpu_ns();
         let mut x = 0u64;
