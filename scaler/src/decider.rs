@@ -102,6 +102,9 @@ pub enum Reason {
     EarlyWarning,
     /// The OOM killer fired in the cgroup anyway.
     OomRecovery,
+    /// A sample found that usage hit the limit since the previous sample (v2 `memory.events`
+    /// `max`, v1 `memory.failcnt`) and no raise answered it: pressure the event path missed.
+    LimitHits,
     /// Pressure has been gone for the cooldown: memory is given back.
     ScaleDown,
     /// A managed ancestor is raised so that its descendant's raise can take effect.
@@ -123,6 +126,7 @@ impl Reason {
             Self::Pressure => "pressure",
             Self::EarlyWarning => "early_warning",
             Self::OomRecovery => "oom_recovery",
+            Self::LimitHits => "limit_hits",
             Self::ScaleDown => "scale_down",
             Self::Ancestor => "ancestor",
             Self::CpuQuotaNear => "cpu_quota_near",
@@ -530,6 +534,7 @@ mod tests {
                         limit: mem.limit(id).unwrap(),
                         working_set: 1 << 20,
                         psi_some_total_us: Some(round),
+                        limit_hits: None,
                     },
                     &mut out,
                 );

@@ -175,3 +175,41 @@ fn ctrl_c_detaches_cleanly() {
         .expect("watch exits on SIGINT");
     assert!(status.success(), "scaler watch exits 0 on Ctrl-C: {status}");
 }
+
+/// The sampler's limit-hit count (v2 `memory.events` `max`, v1 `memory.failcnt`) is the
+/// kernel's: zero in a fresh cgroup, grown after a workload ran into the limit. It is the
+/// backstop for pressure whose events were lost (docs/architecture.md).
+#[test]
+fn memory_limit_hits_count_what_the_kernel_counts() {
+    let Some(env) = env("memory_limit_hits") else {
+        return;
+    };
+    let g = memory_cgroup(&env, "scaler-test-hits");
+    let cg = g.cgroup(Controller::Memory).unwrap();
+    g.set_memory_limit(Limit::Bytes(32 << 20)).unwrap();
+    assert_eq!(cg.memory_limit_hits().unwrap(), Some(0), "a fresh cgroup");
+    let mut w = spawn_in_cgroup(
+        cg.dir(),
+        &scaler_bin(),
+        &[
+            "workload",
+            "steps",
+            "--total",
+            "64M",
+            "--step",
+            "8M",
+            "--interval",
+            "10ms",
+        ],
+    );
+    w.wait_timeout(Duration::from_secs(60))
+        .expect("workload ended");
+    let hits = cg.memory_limit_hits().unwrap().expect("a limit-hit count");
+    assert!(hits > 0, "64M in a 32M cgroup hits the limit: {hits}");
+    let Some(scaler::decider::MemorySignal::Sample { limit_hits, .. }) =
+        scaler::resource::memory::sample(cg)
+    else {
+        panic!("a memory sample of {}", cg.dir().display());
+    };
+    assert!(limit_hits >= Some(hits), "{limit_hits:?} vs {hits}");
+}

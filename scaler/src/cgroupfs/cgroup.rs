@@ -201,6 +201,27 @@ impl Cgroup {
         Ok(flat_keyed(&text, "oom_kill"))
     }
 
+    /// How many times usage hit the hard limit (v2 `memory.events` `max`, v1
+    /// `memory.failcnt`): every charge that found the cgroup at its limit and had to reclaim
+    /// or fail. `None` where the file has no such count.
+    pub fn memory_limit_hits(&self) -> Result<Option<u64>, CgroupError> {
+        match self.version {
+            CgroupVersion::V2 => {
+                let text =
+                    self.read_required("memory.events", "memory events (memory controller)")?;
+                Ok(flat_keyed(&text, "max"))
+            }
+            CgroupVersion::V1 => self
+                .read_optional("memory.failcnt")?
+                .map(|t| {
+                    self.parse("memory.failcnt", &t, |s| {
+                        s.trim().parse().map_err(|_| "expected an unsigned number")
+                    })
+                })
+                .transpose(),
+        }
+    }
+
     /// Peak memory usage (v1 `memory.max_usage_in_bytes`, v2 `memory.peak` since 5.19);
     /// `None` where absent.
     pub fn memory_peak(&self) -> Result<Option<u64>, CgroupError> {
@@ -396,6 +417,7 @@ mod tests {
         assert_eq!(cg.memsw_limit().unwrap(), None);
         assert_eq!(cg.memory_peak().unwrap(), None, "memory.peak absent");
         assert_eq!(cg.oom_kills().unwrap(), Some(1));
+        assert_eq!(cg.memory_limit_hits().unwrap(), Some(1));
         assert_eq!(cg.cpu_quota().unwrap().cores(), Some(0.5));
         let p = cg.memory_pressure().unwrap().unwrap();
         assert_eq!((p.some.total_us, p.full.unwrap().total_us), (42, 7));

@@ -166,13 +166,16 @@ pub enum MemorySignal {
     OomKill { ts_ns: u64 },
     /// Periodic sample from the slow path (about every second). `limit` is `u64::MAX` for an
     /// unlimited cgroup; `working_set` is usage minus inactive file pages; `psi_some_total_us`
-    /// is the cgroup's cumulative PSI `some` stall (v2 `memory.pressure`), when available.
+    /// is the cgroup's cumulative PSI `some` stall (v2 `memory.pressure`), when available;
+    /// `limit_hits` the kernel's cumulative count of charges that found usage at the limit
+    /// (v2 `memory.events` `max`, v1 `memory.failcnt`), when available.
     Sample {
         ts_ns: u64,
         usage: u64,
         limit: u64,
         working_set: u64,
         psi_some_total_us: Option<u64>,
+        limit_hits: Option<u64>,
     },
 }
 
@@ -196,6 +199,8 @@ struct Mem {
     rate: RateEstimator,
     /// The previous PSI sample: `(ts_ns, some_total_us)`.
     psi_prev: Option<(u64, u64)>,
+    /// The previous limit-hit count: `(ts_ns, hits)`.
+    hits_prev: Option<(u64, u64)>,
 }
 
 impl Ext for Mem {
@@ -206,6 +211,17 @@ impl Ext for Mem {
     fn weight(&self, limit: u64) -> u64 {
         limit
     }
+}
+
+/// A [`MemorySignal::Sample`]'s figures.
+#[derive(Clone, Copy, Debug)]
+struct Sampled {
+    ts: u64,
+    usage: u64,
+    limit: u64,
+    working_set: u64,
+    psi_total_us: Option<u64>,
+    limit_hits: Option<u64>,
 }
 
 /// The memory decider: registered cgroups and the node budget. See the module docs.
@@ -259,6 +275,7 @@ impl MemoryDecider {
             working_set: usage,
             rate: RateEstimator::default(),
             psi_prev: None,
+            hits_prev: None,
         };
         self.ledger
             .manage(id, parent, policy, current_limit, now_ns, fresh, |m| {
@@ -322,7 +339,18 @@ impl MemoryDecider {
                 limit,
                 working_set,
                 psi_some_total_us,
-            } => self.sample(id, ts_ns, usage, limit, working_set, psi_some_total_us, out),
+                limit_hits,
+            } => {
+                let s = Sampled {
+                    ts: ts_ns,
+                    usage,
+                    limit,
+                    working_set,
+                    psi_total_us: psi_some_total_us,
+                    limit_hits,
+                };
+                self.sample(id, s, out)
+            }
         }
     }
 
@@ -413,21 +441,29 @@ impl MemoryDecider {
             .raise(id, new, new - limit, escalation, reason, ts, out, ancestor);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn sample(
-        &mut self,
-        id: CgId,
-        ts: u64,
-        usage: u64,
-        limit: u64,
-        working_set: u64,
-        psi_total_us: Option<u64>,
-        out: &mut Decision,
-    ) {
+    fn sample(&mut self, id: CgId, s: Sampled, out: &mut Decision) {
+        let Sampled {
+            ts,
+            usage,
+            limit,
+            working_set,
+            psi_total_us,
+            limit_hits,
+        } = s;
         let Some(st) = self.ledger.get_mut(id) else {
             return;
         };
         let m = &mut st.ext;
+        // Charges that found usage at the limit since the previous sample: pressure, which the
+        // event path answers unless its records were lost (a full ring buffer). Then no raise
+        // completed during the interval, and this sample answers it.
+        let hit_since = match (limit_hits, m.hits_prev) {
+            (Some(h), Some((pts, ph))) if h > ph && ts > pts => Some(pts),
+            _ => None,
+        };
+        if limit_hits.is_some() {
+            m.hits_prev = limit_hits.map(|h| (ts, h));
+        }
         m.usage = usage;
         m.working_set = working_set.min(usage);
         m.rate.observe(ts, usage);
@@ -454,6 +490,12 @@ impl MemoryDecider {
         let Some(st) = self.ledger.get(id) else {
             return;
         };
+        if let Some(since) = hit_since {
+            if st.no_raise_completed_after(since) {
+                self.pressure(id, Reason::LimitHits, ts, Some((usage, limit)), out);
+                return;
+            }
+        }
 
         let (p, limit) = (st.policy, st.limit());
         let hard_floor = p.min.max(usage.saturating_add(p.safety_margin));

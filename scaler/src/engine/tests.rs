@@ -380,6 +380,7 @@ fn samples_drive_scale_down_through_the_same_path() {
             limit: 1 << 30,
             working_set: 16 * MIB,
             psi_some_total_us: None,
+            limit_hits: None,
         }),
     ));
     let a = next_action(&rx);
@@ -403,4 +404,34 @@ fn stop_handles_what_was_already_queued() {
     e.stop().unwrap();
     assert_eq!(writes.lock().unwrap().len(), 1);
     assert!(rx.try_iter().any(|r| matches!(r, Record::Action(_))));
+}
+
+#[test]
+fn limit_hits_in_samples_raise_when_no_event_arrived() {
+    let ring = FakeRing::new();
+    let (e, rx) = start(&ring, false);
+    let writes = manage_memory(&e, 12, 64 * MIB, false);
+    sync(&e);
+    let sample = |hits| {
+        Command::Signal(
+            12,
+            Signal::Memory(MemorySignal::Sample {
+                ts_ns: monotonic_ns(),
+                usage: 64 * MIB,
+                limit: 64 * MIB,
+                working_set: 64 * MIB,
+                psi_some_total_us: None,
+                limit_hits: Some(hits),
+            }),
+        )
+    };
+    e.send(sample(0));
+    sync(&e);
+    std::thread::sleep(Duration::from_millis(2));
+    // The ring buffer stays empty (its records were lost); the kernel's count grew.
+    e.send(sample(40));
+    let a = next_action(&rx);
+    assert_eq!(a.action.reason, Reason::LimitHits);
+    assert_eq!(*writes.lock().unwrap(), vec![a.action.new]);
+    e.stop().unwrap();
 }

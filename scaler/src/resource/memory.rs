@@ -30,12 +30,14 @@ pub fn sample(cg: &Cgroup) -> Option<MemorySignal> {
         .map(|s| usage.saturating_sub(s.inactive_file))
         .unwrap_or(usage);
     let psi = cg.memory_pressure().ok().flatten().map(|p| p.some.total_us);
+    let limit_hits = cg.memory_limit_hits().ok().flatten();
     Some(MemorySignal::Sample {
         ts_ns,
         usage,
         limit,
         working_set,
         psi_some_total_us: psi,
+        limit_hits,
     })
 }
 

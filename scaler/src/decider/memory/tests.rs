@@ -48,6 +48,7 @@ impl Loop {
                 limit,
                 working_set,
                 psi_some_total_us: None,
+                limit_hits: None,
             },
         )
     }
@@ -495,6 +496,7 @@ fn psi_stall_counts_as_pressure_for_the_cooldown() {
                 limit: GIB,
                 working_set: 80 * MIB,
                 psi_some_total_us: Some(psi),
+                limit_hits: None,
             },
         );
         assert!(d.is_empty(), "stalling: no scale-down at {i}s");
@@ -507,6 +509,7 @@ fn psi_stall_counts_as_pressure_for_the_cooldown() {
             limit: GIB,
             working_set: 80 * MIB,
             psi_some_total_us: Some(psi),
+            limit_hits: None,
         },
     );
     assert_eq!(only(&d).reason, Reason::ScaleDown);
@@ -620,6 +623,7 @@ fn samples_adopt_a_limit_changed_behind_the_deciders_back() {
             limit: 512 * MIB,
             working_set: 100 * MIB,
             psi_some_total_us: None,
+            limit_hits: None,
         },
     );
     assert_eq!(l.d.limit(1), Some(512 * MIB));
@@ -757,6 +761,7 @@ mod invariants {
                     Op::Sample(i, ws, psi) => (i, MemorySignal::Sample {
                         ts_ns: t, usage: cgs[i].usage, limit: cgs[i].kernel_limit,
                         working_set: cgs[i].usage * ws / 100, psi_some_total_us: Some(psi * (t / S)),
+                        limit_hits: None,
                     }),
                     // Kernel timestamps before the last write completed: it saw the old limit.
                     Op::Stale(i) => (i, MemorySignal::Reclaim {
@@ -825,4 +830,53 @@ fn scale_down_never_puts_usage_in_the_early_warning_band() {
     }
     assert!(l.d.stats().scale_downs > 5);
     assert_eq!(l.d.stats().raises, 0);
+}
+
+impl Loop {
+    /// A sample with the kernel's count of limit hits.
+    fn sample_hits(&mut self, id: CgId, ts_ns: u64, usage: u64, hits: u64) -> Decision {
+        let limit = self.d.limit(id).unwrap();
+        self.signal(
+            id,
+            MemorySignal::Sample {
+                ts_ns,
+                usage,
+                limit,
+                working_set: usage,
+                psi_some_total_us: None,
+                limit_hits: Some(hits),
+            },
+        )
+    }
+}
+
+#[test]
+fn limit_hits_in_a_sample_raise_when_events_were_missed() {
+    let mut l = Loop::new(16 * GIB);
+    l.d.manage(1, None, policy(), 64 * MIB, 60 * MIB, T0);
+    // The first sample only sets the baseline.
+    assert!(l.sample_hits(1, T0 + S, 60 * MIB, 100).is_empty());
+    // No event arrived (its records were dropped), but the kernel counted 12 more hits.
+    let d = l.sample_hits(1, T0 + 2 * S, 64 * MIB, 112);
+    let a = only(&d);
+    assert_eq!((a.reason, a.old), (Reason::LimitHits, 64 * MIB));
+    assert!(a.new >= 128 * MIB, "{a:?}");
+    assert_eq!(Reason::LimitHits.as_str(), "limit_hits");
+    // An unchanged count is no pressure.
+    assert!(l.sample_hits(1, T0 + 3 * S, 64 * MIB, 112).is_empty());
+}
+
+#[test]
+fn limit_hits_that_a_raise_answered_are_not_answered_twice() {
+    let mut l = Loop::new(16 * GIB);
+    l.d.manage(1, None, policy(), 64 * MIB, 60 * MIB, T0);
+    assert!(l.sample_hits(1, T0 + S, 60 * MIB, 0).is_empty());
+    // The event path saw the reclaim and raised within the interval...
+    only(&l.reclaim(1, T0 + S + 500 * MS, 64 * MIB, 64 * MIB));
+    // ...so the hits it counted meanwhile were answered: no second raise from the sample.
+    let d = l.sample_hits(1, T0 + 2 * S, 70 * MIB, 35);
+    assert!(d.is_empty(), "{d:?}");
+    assert_eq!(l.actions.len(), 1);
+    // A count that went backwards (a recreated cgroup) is a new baseline, not pressure.
+    assert!(l.sample_hits(1, T0 + 3 * S, 70 * MIB, 3).is_empty());
 }
