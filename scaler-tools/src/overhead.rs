@@ -20,6 +20,7 @@
 //! on the node pays) and `watched` (inside the watched cpu cgroup: what a managed workload
 //! pays).
 
+use scaler::actuator::GuardLimits as _;
 use std::{
     collections::BTreeMap,
     os::{fd::AsRawFd, unix::process::CommandExt},

@@ -27,6 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use scaler::actuator::GuardLimits;
 use scaler::cgroupfs::{CgroupGuard, Controller, Hierarchy};
 
 /// The scaler binary under test: `$SCALER_BIN`, else `target/<profile>/scaler` next to the test

@@ -165,8 +165,8 @@ mod tests {
     use std::fs;
 
     use super::*;
-    use crate::decider::Resource;
     use crate::actuator::tests::first_line;
+    use crate::decider::Resource;
 
     #[test]
     fn cpu_v1_and_v2() {

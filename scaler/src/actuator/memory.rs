@@ -348,8 +348,8 @@ mod tests {
     use std::fs;
 
     use super::*;
-    use crate::clock::monotonic_ns;
     use crate::actuator::tests::{first_line, v1_cgroup};
+    use crate::clock::monotonic_ns;
 
     fn steps(plan: &MemPlan) -> Vec<(MemFile, Limit)> {
         plan.iter().flatten().copied().collect()

@@ -46,7 +46,7 @@ pub use self::{
 };
 pub use crate::clock::monotonic_ns;
 use crate::{
-    cgroupfs::{Cgroup, CgroupError, CpuQuota, Limit},
+    cgroupfs::{Cgroup, CgroupError, CgroupGuard, Controller, CpuQuota, Limit},
     decider::Resource,
 };
 
@@ -95,6 +95,30 @@ pub trait LimitWriter: Send + fmt::Debug {
     /// Which limit it writes.
     fn resource(&self) -> Resource {
         self.current().resource()
+    }
+}
+
+/// Limit setters of the cgroups a [`CgroupGuard`] created (tests, `scaler exec`, the
+/// benchmark): the slow path (the files are opened for each call), through the same writers as
+/// the engine's.
+pub trait GuardLimits {
+    /// Sets the memory limit (honours the v1 memsw ordering).
+    fn set_memory_limit(&self, limit: Limit) -> Result<(), ActuatorError>;
+    /// Sets the CPU bandwidth limit (quota and period).
+    fn set_cpu_quota(&self, quota: CpuQuota) -> Result<(), ActuatorError>;
+}
+
+impl GuardLimits for CgroupGuard {
+    fn set_memory_limit(&self, limit: Limit) -> Result<(), ActuatorError> {
+        let cg = self.require(Controller::Memory)?;
+        MemoryActuator::open(cg, MemoryOptions::default())?.set_memory_limit(limit)?;
+        Ok(())
+    }
+
+    fn set_cpu_quota(&self, quota: CpuQuota) -> Result<(), ActuatorError> {
+        let cg = self.require(Controller::Cpu)?;
+        CpuActuator::open(cg)?.set_cpu_quota(quota)?;
+        Ok(())
     }
 }
 

@@ -13,7 +13,7 @@ use super::{
 };
 
 /// One cgroup: its directory, its cgroup path and the hierarchy's version. Cheap to clone;
-/// holds no file descriptors (see [`crate::actuator`] for pre-opened writers).
+/// holds no file descriptors (the actuator module keeps pre-opened writers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cgroup {
     dir: PathBuf,

@@ -12,10 +12,8 @@ use std::{
 };
 
 use super::{
-    io_is_gone, join_cgroup_path, Cgroup, CgroupError, CgroupVersion, Controller, CpuQuota,
-    Hierarchy, Limit,
+    io_is_gone, join_cgroup_path, Cgroup, CgroupError, CgroupVersion, Controller, Hierarchy,
 };
-use crate::actuator::{CpuActuator, MemoryActuator, MemoryOptions};
 
 /// How long drop keeps retrying `rmdir` while the kernel still reports the cgroup busy (EBUSY
 /// right after the last process exited is normal).
@@ -178,25 +176,12 @@ impl CgroupGuard {
         self.members.iter().map(|m| &m.cgroup)
     }
 
-    fn require(&self, controller: Controller) -> Result<&Cgroup, CgroupError> {
+    /// The created cgroup serving `controller`, or an error naming the controller.
+    pub fn require(&self, controller: Controller) -> Result<&Cgroup, CgroupError> {
         self.cgroup(controller).ok_or(CgroupError::Invalid {
             what: "controller (the guard was not created in its hierarchy)",
             value: controller.to_string(),
         })
-    }
-
-    /// Sets the memory limit (slow path: opens the files; honours the v1 memsw ordering).
-    pub fn set_memory_limit(&self, limit: Limit) -> Result<(), crate::actuator::ActuatorError> {
-        let cg = self.require(Controller::Memory)?;
-        MemoryActuator::open(cg, MemoryOptions::default())?.set_memory_limit(limit)?;
-        Ok(())
-    }
-
-    /// Sets the CPU quota (slow path).
-    pub fn set_cpu_quota(&self, quota: CpuQuota) -> Result<(), crate::actuator::ActuatorError> {
-        let cg = self.require(Controller::Cpu)?;
-        CpuActuator::open(cg)?.set_cpu_quota(quota)?;
-        Ok(())
     }
 
     /// Moves `pid` into the created cgroup(s), remembering where it came from so that drop can

@@ -20,7 +20,7 @@ use scaler_common::EventKind;
 use serde::Serialize;
 
 use crate::{
-    actuator::CpuActuator,
+    actuator::{CpuActuator, GuardLimits as _},
     cgroupfs::{Cgroup, CgroupGuard, Controller, CpuQuota, Hierarchy, Limit},
     config::{Config, NodeInfo},
     decider::{CpuPolicy, MemoryPolicy, WriteOutcome},

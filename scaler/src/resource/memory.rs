@@ -8,7 +8,6 @@ use crate::{
     actuator::{ActuatorError, MemoryActuator, MemoryOptions, Setting},
     cgroupfs::{Cgroup, Limit},
     clock::monotonic_ns,
-    cmd::agent::state::{plan_restore, Restore},
     decider::{CgId, MemorySignal, Resource},
     ebpf::{EbpfError, Pipeline},
     engine::{Policy, Signal},
@@ -48,6 +47,29 @@ pub fn watch_config(headroom: u64, early_warning: bool) -> WatchConfig {
         flags: WATCH_MEMORY | if early_warning { WATCH_USAGE_HIGH } else { 0 },
         _pad: 0,
         headroom_bytes: headroom,
+    }
+}
+
+/// What to do with one cgroup's limit at shutdown, given `restore_on_exit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restore {
+    /// The agent never changed it (current == original): nothing to do.
+    Unchanged,
+    /// Write the original back.
+    Write(Limit),
+    /// The original is below current usage: leave the current limit (writing it would force
+    /// reclaim or an OOM kill).
+    BelowUsage { original: u64, usage: u64 },
+}
+
+/// Decides a restore: never below usage.
+pub fn plan_restore(original: Limit, current: Limit, usage: u64) -> Restore {
+    if original == current {
+        return Restore::Unchanged;
+    }
+    match original {
+        Limit::Bytes(b) if b < usage => Restore::BelowUsage { original: b, usage },
+        o => Restore::Write(o),
     }
 }
 
@@ -128,5 +150,35 @@ impl ManagedResource for Memory {
 
     fn unit(&self) -> &'static str {
         "byte"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: u64 = 1 << 20;
+
+    #[test]
+    fn restore_never_goes_below_usage() {
+        assert_eq!(
+            plan_restore(Limit::Bytes(64 * M), Limit::Bytes(64 * M), 100 * M),
+            Restore::Unchanged
+        );
+        assert_eq!(
+            plan_restore(Limit::Bytes(64 * M), Limit::Bytes(256 * M), 10 * M),
+            Restore::Write(Limit::Bytes(64 * M))
+        );
+        assert_eq!(
+            plan_restore(Limit::Bytes(64 * M), Limit::Bytes(256 * M), 100 * M),
+            Restore::BelowUsage {
+                original: 64 * M,
+                usage: 100 * M
+            }
+        );
+        assert_eq!(
+            plan_restore(Limit::Max, Limit::Bytes(256 * M), 1 << 40),
+            Restore::Write(Limit::Max)
+        );
     }
 }
