@@ -1,0 +1,349 @@
+//! The ledger's bookkeeping, with a toy resource whose limits weigh half in the budget.
+
+use super::*;
+use crate::decider::Cap;
+
+const MS: u64 = 1_000_000;
+const S: u64 = 1_000_000_000;
+const T0: u64 = 100 * S;
+
+/// A resource whose limits count for half their value in the budget (to see the weight at
+/// work), with the memory policy's timing.
+#[derive(Clone, Debug)]
+struct Half;
+
+impl Ext for Half {
+    const RESOURCE: Resource = Resource::Memory;
+    type Policy = MemoryPolicy;
+
+    fn weight(&self, limit: u64) -> u64 {
+        limit / 2
+    }
+}
+
+fn manage_with(l: &mut Ledger<Half>, id: CgId, parent: Option<CgId>, limit: u64, p: MemoryPolicy) {
+    l.manage(id, parent, p, limit, T0, Half, |_| {});
+}
+
+fn manage(l: &mut Ledger<Half>, id: CgId, parent: Option<CgId>, limit: u64) {
+    manage_with(l, id, parent, limit, MemoryPolicy::default());
+}
+
+/// A pressure signal at `ts` answered, when the round opens, by raising the cgroup alone to
+/// `new`.
+fn press(l: &mut Ledger<Half>, id: CgId, ts: u64, new: u64) -> Decision {
+    let mut out = Decision::new();
+    if let Some(escalation) = l.open_round(id, ts, false, &mut out) {
+        let delta = new - l.get(id).unwrap().limit();
+        l.raise(
+            id,
+            new,
+            delta,
+            escalation,
+            Reason::Pressure,
+            ts,
+            &mut out,
+            |_, _, _| None,
+        );
+    }
+    out
+}
+
+/// `press`, with every action applied `done` later.
+fn press_applied(l: &mut Ledger<Half>, id: CgId, ts: u64, new: u64, done: u64) -> Decision {
+    let out = press(l, id, ts, new);
+    for a in out.actions() {
+        l.applied(a, ts + done, WriteOutcome::Written);
+    }
+    out
+}
+
+/// Cgroups 1 to 4 at `limits`: 1 and 4 top-level, 2 under 1, 3 under 2.
+fn tree(budget: u64, limits: [u64; 4]) -> Ledger<Half> {
+    let mut l = Ledger::new(budget);
+    let parents = [None, Some(1), Some(2), None];
+    for (id, (parent, limit)) in (1..).zip(parents.into_iter().zip(limits)) {
+        manage(&mut l, id, parent, limit);
+    }
+    l
+}
+
+#[test]
+fn the_budget_counts_top_level_weights_and_follows_re_parenting() {
+    let mut l = tree(1000, [600, 400, 200, 100]);
+    // A parent that is not managed: top-level.
+    manage(&mut l, 5, Some(99), 80);
+    assert_eq!(l.committed(), 300 + 50 + 40);
+    assert_eq!(l.room(l.get(1).unwrap()), 1000 - 90);
+    assert_eq!(
+        l.room(l.get(2).unwrap()),
+        u64::MAX,
+        "nested: bounded by its ancestor, not the budget"
+    );
+    // Forgetting a nested cgroup re-parents its children to its parent: still nested.
+    assert!(l.forget(2));
+    assert_eq!(l.get(3).unwrap().parent, Some(1));
+    assert_eq!(l.committed(), 390);
+    // Forgetting a top-level one makes its children top-level: they count from now on.
+    assert!(l.forget(1));
+    assert!(!l.forget(1));
+    assert_eq!(l.get(3).unwrap().parent, None);
+    assert_eq!(l.committed(), 100 + 50 + 40);
+    // Re-registering moves a cgroup in and out of the sum.
+    manage(&mut l, 3, Some(4), 200);
+    assert_eq!(l.committed(), 90);
+    manage(&mut l, 3, None, 300);
+    assert_eq!(l.committed(), 240);
+    assert_eq!(l.len(), 3);
+    // Unlimited counts without overflow.
+    manage(&mut l, 6, None, u64::MAX);
+    assert_eq!(l.committed(), 240 + u128::from(u64::MAX / 2));
+    assert_eq!(l.room(l.get(3).unwrap()), 0);
+}
+
+#[test]
+fn a_failed_write_is_reverted_and_a_lowering_counts_at_its_old_limit_until_written() {
+    let mut l = Ledger::new(10_000);
+    manage(&mut l, 1, None, 1000);
+    let out = press(&mut l, 1, T0 + S, 1600);
+    let [a] = out.actions() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (a.cgroup, a.old, a.new, a.reason),
+        (1, 1000, 1600, Reason::Pressure)
+    );
+    assert_eq!(l.committed(), 800);
+    assert!(l.get(1).unwrap().in_flight());
+    // Another resource's action is not ours.
+    let cpu = Action {
+        resource: Resource::Cpu,
+        ..*a
+    };
+    l.applied(&cpu, T0 + S + MS, WriteOutcome::Failed);
+    assert!(l.get(1).unwrap().in_flight());
+    l.applied(a, T0 + S + MS, WriteOutcome::Failed);
+    let st = l.get(1).unwrap();
+    assert_eq!((st.limit(), st.in_flight()), (1000, false));
+    assert_eq!(l.committed(), 500);
+    assert_eq!((l.stats().failed_writes, st.stats.failed_writes), (1, 1));
+    // A lowering frees nothing until the kernel has it.
+    let mut out = Decision::new();
+    l.lower(1, 400, Reason::ScaleDown, T0 + 2 * S, &mut out);
+    let [a] = out.actions() else {
+        panic!("{out:?}")
+    };
+    assert_eq!((a.old, a.new, a.reason), (1000, 400, Reason::ScaleDown));
+    assert_eq!((l.get(1).unwrap().limit(), l.committed()), (400, 500));
+    l.applied(a, T0 + 2 * S + MS, WriteOutcome::Written);
+    assert_eq!(l.committed(), 200);
+    assert_eq!(l.stats().scale_downs, 1);
+    // Not lower: nothing.
+    l.lower(1, 400, Reason::ScaleDown, T0 + 3 * S, &mut out);
+    assert_eq!(
+        out.actions().len(),
+        1,
+        "the decision is not cleared by lower"
+    );
+    let mut out = Decision::new();
+    l.lower(1, 400, Reason::ScaleDown, T0 + 3 * S, &mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn capped_is_reported_once_per_storm() {
+    let mut l = Ledger::new(10_000);
+    manage(&mut l, 1, None, 1000);
+    let mut out = Decision::new();
+    let capped = Skip::Capped(Cap::AtMax);
+    let mut bounded = |l: &mut Ledger<Half>, ts: u64| {
+        out.clear();
+        l.open_round(1, ts, false, &mut out).expect("round opens");
+        l.bounded(1, capped, &mut out);
+        out.skip.unwrap()
+    };
+    let t = T0 + S;
+    assert_eq!(bounded(&mut l, t), capped);
+    // The same storm (signals less than the escalation window apart): once.
+    for i in 1..10 {
+        assert_eq!(bounded(&mut l, t + i * 100 * MS), Skip::Coalesced, "{i}");
+    }
+    assert_eq!((l.stats().capped, l.stats().coalesced), (1, 9));
+    // A new storm after a quiet window: reported again.
+    let t = t + 10 * S;
+    assert_eq!(bounded(&mut l, t), capped);
+    assert_eq!(bounded(&mut l, t + 100 * MS), Skip::Coalesced);
+    // So is the first cap at another limit (after a raise), in the same storm.
+    let out = press_applied(&mut l, 1, t + 200 * MS, 1200, MS);
+    assert_eq!(out.actions().len(), 1);
+    assert_eq!(bounded(&mut l, t + 300 * MS), capped);
+    assert_eq!(bounded(&mut l, t + 400 * MS), Skip::Coalesced);
+    assert_eq!(l.get(1).unwrap().stats.capped, 3);
+}
+
+#[test]
+fn the_rate_limit_refuses_raises_past_the_burst_and_rounds_escalate() {
+    let mut l = Ledger::new(u64::MAX);
+    let p = MemoryPolicy {
+        max_raises_per_sec: 2,
+        max_escalation: 2,
+        ..MemoryPolicy::default()
+    };
+    manage_with(&mut l, 1, None, 1000, p);
+    let t = T0 + S;
+    let mut escalations = Vec::new();
+    let mut round = |l: &mut Ledger<Half>, ts: u64| {
+        let mut out = Decision::new();
+        let e = l.open_round(1, ts, false, &mut out);
+        if let Some(e) = e {
+            escalations.push(e);
+            let new = l.get(1).unwrap().limit() + 100;
+            l.raise(1, new, 100, e, Reason::Pressure, ts, &mut out, |_, _, _| {
+                None
+            });
+            l.applied(&out.actions()[0], ts + 1, WriteOutcome::Written);
+        }
+        out.skip
+    };
+    assert_eq!(round(&mut l, t), None);
+    assert_eq!(round(&mut l, t + 10 * MS), None);
+    assert_eq!(round(&mut l, t + 20 * MS), Some(Skip::RateLimited));
+    assert_eq!(round(&mut l, t + 400 * MS), Some(Skip::RateLimited));
+    // A token is back 1/rate after the burst.
+    assert_eq!(round(&mut l, t + 500 * MS), None);
+    assert_eq!(round(&mut l, t + 1500 * MS), None);
+    // Escalation: one more doubling per round within the window, at most max_escalation;
+    // back to none after a quiet window.
+    assert_eq!(round(&mut l, t + 10 * S), None);
+    assert_eq!(escalations, [0, 1, 2, 2, 0]);
+    let st = l.get(1).unwrap();
+    assert_eq!((st.stats.raises, st.stats.rate_limited), (5, 2));
+    assert_eq!(l.stats().raises, 5);
+}
+
+/// A ledger whose cgroup 1 was raised from 1000 to 1100 at `T0 + S`: the write (returned)
+/// is in flight.
+fn raised_in_flight() -> (Ledger<Half>, Action) {
+    let mut l = Ledger::new(u64::MAX);
+    manage(&mut l, 1, None, 1000);
+    let a = press(&mut l, 1, T0 + S, 1100).actions()[0];
+    (l, a)
+}
+
+#[test]
+fn signals_from_before_a_raise_completed_or_during_a_write_are_coalesced() {
+    let (mut l, a) = raised_in_flight();
+    let t = T0 + S;
+    let mut out = Decision::new();
+    assert_eq!(l.open_round(1, t + MS, false, &mut out), None, "in flight");
+    l.applied(&a, t + 2 * MS, WriteOutcome::Written);
+    assert_eq!(
+        l.open_round(1, t + MS, false, &mut out),
+        None,
+        "before completion"
+    );
+    assert_eq!(
+        l.open_round(1, t + 3 * MS, true, &mut out),
+        None,
+        "stale, says the resource"
+    );
+    assert_eq!(out.skip, Some(Skip::Coalesced));
+    assert_eq!(l.open_round(1, t + 3 * MS, false, &mut out), Some(1));
+    assert_eq!(l.stats().coalesced, 3);
+}
+
+#[test]
+fn external_changes_are_adopted_only_when_no_write_of_ours_explains_them() {
+    let (mut l, a) = raised_in_flight();
+    let t = T0 + S;
+    assert!(!l.adopt(1, t + MS, 3000, |_| {}), "in flight");
+    l.applied(&a, t + 2 * MS, WriteOutcome::Written);
+    assert!(
+        !l.adopt(1, t + MS, 3000, |_| {}),
+        "reported before our write completed"
+    );
+    assert_eq!(l.committed(), 550);
+    assert!(l.adopt(1, t + 2 * MS, 3000, |_| {}));
+    assert_eq!((l.get(1).unwrap().limit(), l.committed()), (3000, 1500));
+}
+
+#[test]
+fn lowering_waits_for_the_cooldown_and_the_down_interval() {
+    let mut l = Ledger::new(u64::MAX);
+    let p = MemoryPolicy {
+        cooldown_ns: 30 * S,
+        down_interval_ns: 5 * S,
+        ..MemoryPolicy::default()
+    };
+    manage_with(&mut l, 1, None, 1000, p);
+    let may = |l: &Ledger<Half>, ts| l.get(1).unwrap().may_lower(ts);
+    assert!(!may(&l, T0 + 29 * S));
+    assert!(may(&l, T0 + 30 * S));
+    let mut out = Decision::new();
+    l.lower(1, 900, Reason::ScaleDown, T0 + 30 * S, &mut out);
+    l.applied(&out.actions()[0], T0 + 30 * S + MS, WriteOutcome::Written);
+    assert!(!may(&l, T0 + 34 * S), "down interval");
+    assert!(may(&l, T0 + 35 * S));
+    l.get_mut(1).unwrap().note_pressure(T0 + 36 * S);
+    assert!(!may(&l, T0 + 65 * S), "the cooldown restarted");
+    assert!(may(&l, T0 + 66 * S));
+}
+
+#[test]
+fn the_ancestor_walk_raises_binding_ancestors_first() {
+    let mut l = tree(2000, [1000, 500, 200, 1000]);
+    // An ancestor binds while its limit is below 900; it is raised by twice the delta, at
+    // most to the room it has.
+    let rooms = std::cell::RefCell::new(Vec::new());
+    let mut rule = |ps: &Entry<Half>, delta: u64, room: u64| {
+        rooms.borrow_mut().push(room);
+        (ps.limit() < 900).then(|| {
+            let new = (ps.limit() + 2 * delta).min(room);
+            (new, new - ps.limit())
+        })
+    };
+    let mut out = Decision::new();
+    let t = T0 + S;
+    let e = l.open_round(3, t, false, &mut out).unwrap();
+    l.raise(3, 300, 100, e, Reason::Pressure, t, &mut out, &mut rule);
+    let got: Vec<_> = out
+        .actions()
+        .iter()
+        .map(|a| (a.cgroup, a.old, a.new, a.reason))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (2, 500, 700, Reason::Ancestor),
+            (3, 200, 300, Reason::Pressure)
+        ]
+    );
+    // Cgroup 1 was asked (room: the budget 2000 less cgroup 4's 500) and had room.
+    assert_eq!(*rooms.borrow(), [u64::MAX, 1500]);
+    for a in out.actions() {
+        l.applied(a, t + MS, WriteOutcome::Written);
+    }
+    // Re-registered at 800, cgroup 1 binds too when cgroup 2 (still binding at 700) is
+    // raised by 100: it goes to 1000 (weight 500, within its room); the actions go top-down.
+    manage(&mut l, 1, None, 800);
+    let t = t + 100 * MS;
+    let e = l.open_round(3, t, false, &mut out).unwrap();
+    out.clear();
+    l.raise(3, 350, 50, e, Reason::Pressure, t, &mut out, &mut rule);
+    let got: Vec<_> = out
+        .actions()
+        .iter()
+        .map(|a| (a.cgroup, a.old, a.new))
+        .collect();
+    assert_eq!(got, [(1, 800, 1000), (2, 700, 800), (3, 300, 350)]);
+    assert_eq!(l.committed(), 500 + 500);
+    // An ancestor with a write in flight stops the walk (and so does its rate limit).
+    let t = t + 100 * MS;
+    l.applied(&out.actions()[2], t, WriteOutcome::Written);
+    out.clear();
+    rooms.borrow_mut().clear();
+    let e = l.open_round(3, t + MS, false, &mut out).unwrap();
+    l.raise(3, 400, 50, e, Reason::Pressure, t + MS, &mut out, &mut rule);
+    assert_eq!(out.actions().len(), 1);
+    assert!(rooms.borrow().is_empty(), "not asked");
+}
