@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
+use scaler::units::{parse_duration, parse_size, UnitError};
 use serde::{Deserialize, Serialize};
 
 /// Arguments of the hidden `scaler workload` subcommand.
@@ -65,10 +66,10 @@ pub enum Shape {
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 pub struct StepsArgs {
     /// Total bytes to touch (e.g. `256M`).
-    #[arg(long, value_parser = parse_size_arg)]
+    #[arg(long, value_parser = parse_size)]
     pub total: u64,
     /// Bytes touched per step, across all threads (e.g. `8M`).
-    #[arg(long, value_parser = parse_size_arg)]
+    #[arg(long, value_parser = parse_size)]
     pub step: u64,
     /// Time between the starts of two steps (e.g. `10ms`).
     #[arg(long, value_parser = parse_duration, default_value = "10ms")]
@@ -85,7 +86,7 @@ pub struct StepsArgs {
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 pub struct SpikeArgs {
     /// Bytes to touch at once (e.g. `200M`).
-    #[arg(long, value_parser = parse_size_arg)]
+    #[arg(long, value_parser = parse_size)]
     pub size: u64,
     /// How long to keep the memory once everything is touched.
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
@@ -96,7 +97,7 @@ pub struct SpikeArgs {
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 pub struct RampArgs {
     /// Total bytes to touch.
-    #[arg(long, value_parser = parse_size_arg)]
+    #[arg(long, value_parser = parse_size)]
     pub total: u64,
     /// Bytes per second (e.g. `20M/s`).
     #[arg(long, value_parser = parse_rate)]
@@ -113,10 +114,10 @@ pub struct ProcsArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub procs: u32,
     /// Total bytes to touch, across all processes.
-    #[arg(long, value_parser = parse_size_arg)]
+    #[arg(long, value_parser = parse_size)]
     pub total: u64,
     /// Bytes touched per step, across all processes.
-    #[arg(long, value_parser = parse_size_arg)]
+    #[arg(long, value_parser = parse_size)]
     pub step: u64,
     /// Time between the starts of two steps.
     #[arg(long, value_parser = parse_duration, default_value = "10ms")]
@@ -133,7 +134,7 @@ pub struct PagecacheArgs {
     #[arg(long)]
     pub file: PathBuf,
     /// Bytes to write and read back.
-    #[arg(long, value_parser = parse_size_arg)]
+    #[arg(long, value_parser = parse_size)]
     pub size: u64,
 }
 
@@ -158,7 +159,7 @@ pub struct CpuArgs {
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 pub struct IdleArgs {
     /// Bytes to touch first.
-    #[arg(long, value_parser = parse_size_arg)]
+    #[arg(long, value_parser = parse_size)]
     pub size: u64,
     /// How long to sleep holding the memory.
     #[arg(long, value_parser = parse_duration)]
@@ -182,10 +183,11 @@ pub struct WorkloadReport {
     pub read_bytes: Option<u64>,
 }
 
-/// Errors of the workloads.
+/// Errors of the workloads. A message leaves its `#[source]` out: the command prints the
+/// causes after it.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
-    #[error("mmap of {bytes} bytes of anonymous memory failed: {source}")]
+    #[error("mmap of {bytes} bytes of anonymous memory failed")]
     Mmap {
         bytes: u64,
         #[source]
@@ -197,29 +199,34 @@ pub enum WorkloadError {
     BadStep { unit: &'static str },
     #[error("`--rate` must be positive")]
     ZeroRate,
-    #[error("cannot spawn workload thread: {0}")]
+    #[error("invalid rate `{input}`: expected a size per second such as 20M/s")]
+    BadRate { input: String },
+    /// A size or duration that [`scaler::units`] does not accept.
+    #[error(transparent)]
+    Unit(#[from] UnitError),
+    #[error("cannot spawn workload thread")]
     Thread(#[source] std::io::Error),
     #[error("a workload thread panicked")]
     ThreadPanicked,
-    #[error("cannot create the page-cache file {path} (it must not exist already): {source}")]
+    #[error("cannot create the page-cache file {path} (it must not exist already)")]
     CreateFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("I/O on the page-cache file {path}: {source}")]
+    #[error("I/O on the page-cache file {path}")]
     FileIo {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("fork of workload child {index} failed: {source}")]
+    #[error("fork of workload child {index} failed")]
     Fork {
         index: u32,
         #[source]
         source: std::io::Error,
     },
-    #[error("waiting for workload child pid {pid} failed: {source}")]
+    #[error("waiting for workload child pid {pid} failed")]
     Wait {
         pid: i32,
         #[source]
@@ -265,23 +272,18 @@ pub fn run(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
 // ---------------------------------------------------------------------------------------------
 // Argument parsing
 
-/// Parses a size for clap with the project's units ([`scaler::units::parse_size`]).
-fn parse_size_arg(s: &str) -> Result<u64, String> {
-    scaler::units::parse_size(s).map_err(|e| e.to_string())
-}
-
-/// Parses a duration for clap with the project's units ([`scaler::units::parse_duration`]).
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    scaler::units::parse_duration(s).map_err(|e| e.to_string())
-}
+// Sizes and durations are parsed by the project's units ([`scaler::units::parse_size`],
+// [`scaler::units::parse_duration`]), whose errors clap prints.
 
 /// Parses a rate in bytes per second: a size followed by `/s` (e.g. `20M/s`).
-pub fn parse_rate(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let size = t
+pub fn parse_rate(s: &str) -> Result<u64, WorkloadError> {
+    let size = s
+        .trim()
         .strip_suffix("/s")
-        .ok_or_else(|| format!("invalid rate `{s}`: expected a size per second such as 20M/s"))?;
-    parse_size_arg(size)
+        .ok_or_else(|| WorkloadError::BadRate {
+            input: s.to_owned(),
+        })?;
+    Ok(parse_size(size)?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -886,8 +888,16 @@ mod tests {
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("10y").is_err());
-        assert_eq!(parse_rate("20M/s"), Ok(20 << 20));
-        assert!(parse_rate("20M").is_err());
+        assert_eq!(parse_rate("20M/s").ok(), Some(20 << 20));
+        assert_eq!(
+            parse_rate("20M").unwrap_err().to_string(),
+            "invalid rate `20M`: expected a size per second such as 20M/s"
+        );
+        // A bad size in a rate reads as the size's own error.
+        assert_eq!(
+            parse_rate("20Q/s").unwrap_err().to_string(),
+            parse_size("20Q").unwrap_err().to_string()
+        );
     }
 
     #[test]
