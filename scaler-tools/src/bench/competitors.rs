@@ -165,8 +165,8 @@ impl Actuator {
             period_us,
             current: AtomicU64::new(start),
             log: Mutex::new(Vec::new()),
-            changed: EventFd::new().map_err(|source| BenchError::Io {
-                path: PathBuf::from("eventfd"),
+            changed: EventFd::new().map_err(|source| BenchError::Os {
+                call: "eventfd",
                 source,
             })?,
         })
@@ -279,7 +279,7 @@ pub fn start(
     ctx: CompetitorCtx,
 ) -> Result<Option<Running>, BenchError> {
     let stop = Arc::clone(&ctx.stop);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), BenchError>>();
     let body: Box<dyn FnOnce(CompetitorCtx, Ready) -> CompetitorStats + Send> = match (id, resource)
     {
         (CompetitorId::Static | CompetitorId::Ebpf, _) => return Ok(None),
@@ -302,34 +302,27 @@ pub fn start(
     let handle = std::thread::Builder::new()
         .name(format!("bench-{}", id.name()))
         .spawn(move || body(ctx, Ready { tx: Some(ready_tx) }))
-        .map_err(|source| BenchError::Io {
-            path: PathBuf::from("thread spawn"),
+        .map_err(|source| BenchError::Os {
+            call: "thread spawn",
             source,
         })?;
-    match ready_rx.recv_timeout(Duration::from_secs(10)) {
-        Ok(Ok(())) => Ok(Some(Running { handle, stop })),
-        Ok(Err(reason)) => {
-            stop.signal();
-            let _ = handle.join();
-            Err(BenchError::CompetitorFailed {
-                competitor: id.name(),
-                reason,
-            })
-        }
-        Err(_) => {
-            stop.signal();
-            let _ = handle.join();
-            Err(BenchError::CompetitorFailed {
-                competitor: id.name(),
-                reason: "did not become ready within 10 s".into(),
-            })
-        }
-    }
+    const READY_TIMEOUT: Duration = Duration::from_secs(10);
+    let why = match ready_rx.recv_timeout(READY_TIMEOUT) {
+        Ok(Ok(())) => return Ok(Some(Running { handle, stop })),
+        Ok(Err(e)) => e,
+        Err(_) => BenchError::NotReady(READY_TIMEOUT),
+    };
+    stop.signal();
+    let _ = handle.join();
+    Err(BenchError::CompetitorFailed {
+        competitor: id.name(),
+        source: Box::new(why),
+    })
 }
 
 /// Tells the starter the competitor is armed (or why it could not be).
 struct Ready {
-    tx: Option<std::sync::mpsc::Sender<Result<(), String>>>,
+    tx: Option<std::sync::mpsc::Sender<Result<(), BenchError>>>,
 }
 
 impl Ready {
@@ -339,10 +332,11 @@ impl Ready {
         }
     }
 
-    fn fail(&mut self, e: impl std::fmt::Display) -> CompetitorStats {
-        let msg = e.to_string();
+    fn fail(&mut self, e: impl Into<BenchError>) -> CompetitorStats {
+        let e = e.into();
+        let msg = causes(&e);
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Err(msg.clone()));
+            let _ = tx.send(Err(e));
         }
         CompetitorStats {
             error: Some(msg),
@@ -459,11 +453,20 @@ fn react(ctx: &mut CompetitorCtx, signal: Signal, trigger: &'static str) -> Resu
     Ok(())
 }
 
-fn finish(start_cpu: u64, wakeups: u64, error: Option<String>) -> CompetitorStats {
+/// The stats of a competitor thread that stops (with the error that stopped it, if any).
+fn finish(start_cpu: u64, wakeups: u64, error: Option<BenchError>) -> CompetitorStats {
     CompetitorStats {
         cpu_ns: thread_cpu_ns().saturating_sub(start_cpu),
         wakeups,
-        error,
+        error: error.as_ref().map(|e| causes(e)),
+    }
+}
+
+/// A failed `poll(2)` of a competitor thread.
+fn poll_failed(source: std::io::Error) -> BenchError {
+    BenchError::Os {
+        call: "poll",
+        source,
     }
 }
 
@@ -488,7 +491,7 @@ fn poll_loop(
         match poll(&[(ctx.stop.fd(), libc::POLLIN)], Some(wait)) {
             Ok(r) if r[0] != 0 => break,
             Ok(_) => {}
-            Err(e) => return finish(cpu0, wakeups, Some(e.to_string())),
+            Err(e) => return finish(cpu0, wakeups, Some(poll_failed(e))),
         }
         if Instant::now() < next {
             continue;
@@ -506,7 +509,7 @@ fn poll_loop(
             signal => react(&mut ctx, signal, "poll"),
         });
         if let Err(e) = result {
-            return finish(cpu0, wakeups, Some(e.to_string()));
+            return finish(cpu0, wakeups, Some(e));
         }
     }
     finish(cpu0, wakeups, None)
@@ -541,32 +544,55 @@ pub fn psi_threshold_us(window_us: u64) -> u64 {
 /// Probes the smallest PSI trigger window this process may use on `cgroup`'s
 /// `memory.pressure` (500 ms needs CAP_SYS_RESOURCE; unprivileged triggers need multiples of
 /// 2 s).
-pub fn probe_psi_window(cgroup: &Cgroup) -> Result<u64, String> {
-    let mut last = String::new();
-    for window_us in [500_000u64, 2_000_000] {
-        match psi_trigger(
+pub fn probe_psi_window(cgroup: &Cgroup) -> Result<u64, PsiUnavailable> {
+    let probe = |window_us: u64| {
+        psi_trigger(
             cgroup,
             Resource::Memory,
             psi_threshold_us(window_us),
             window_us,
-        ) {
-            Ok(_) => return Ok(window_us),
-            Err(e) => last = format!("window {} ms: {}", window_us / 1000, causes(&e)),
-        }
-    }
-    Err(format!(
-        "no PSI trigger accepted on {}: {last}",
-        cgroup.file("memory.pressure").display()
-    ))
+        )
+        .map(|_| window_us)
+        .map_err(|e| PsiUnavailable::Rejected {
+            path: cgroup.file("memory.pressure"),
+            window_us,
+            source: Arc::new(e),
+        })
+    };
+    // The privileged window first; the unprivileged one's refusal is the one reported.
+    probe(500_000).or_else(|_| probe(2_000_000))
 }
 
-/// An error and its causes, on one line.
+/// Why PSI triggers cannot be used in this benchmark (kept for every run, and in the JSON).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum PsiUnavailable {
+    #[error("no cgroup v2 (unified) hierarchy mounted")]
+    NoUnifiedHierarchy,
+    #[error("no unified cgroup")]
+    NoUnifiedCgroup,
+    #[error("{path} does not exist (kernel without PSI?)")]
+    NoPressureFile { path: PathBuf },
+    /// The kernel refused every window probed; the last refusal.
+    #[error("no PSI trigger accepted on {path}: window {} ms", .window_us / 1000)]
+    Rejected {
+        path: PathBuf,
+        window_us: u64,
+        #[source]
+        source: Arc<CgroupError>,
+    },
+}
+
+/// An error and its causes, on one line. A cause whose text the line already holds (a
+/// message that quotes its source) is not repeated.
 pub fn causes(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(c) = source {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         source = c.source();
     }
     s
@@ -576,11 +602,11 @@ pub fn causes(e: &dyn std::error::Error) -> String {
 fn psi_loop(mut ctx: CompetitorCtx, mut ready: Ready, resource: Resource) -> CompetitorStats {
     let cpu0 = thread_cpu_ns();
     let (Some(unified), Some(window)) = (ctx.unified.clone(), ctx.psi_window_us) else {
-        return ready.fail("no unified cgroup with PSI files for this run");
+        return ready.fail(BenchError::NoUnifiedCgroup);
     };
     let trig = match psi_trigger(&unified, resource, psi_threshold_us(window), window) {
         Ok(f) => f,
-        Err(e) => return ready.fail(format!("PSI trigger: {}", causes(&e))),
+        Err(e) => return ready.fail(BenchError::PsiTrigger(e)),
     };
     let reader = match Reader::open(&ctx, resource).and_then(|r| r.baseline(&mut ctx).map(|()| r)) {
         Ok(r) => r,
@@ -597,17 +623,13 @@ fn psi_loop(mut ctx: CompetitorCtx, mut ready: Ready, resource: Resource) -> Com
             None,
         ) {
             Ok(r) => r,
-            Err(e) => return finish(cpu0, wakeups, Some(e.to_string())),
+            Err(e) => return finish(cpu0, wakeups, Some(poll_failed(e))),
         };
         if r[0] != 0 {
             break;
         }
         if r[1] & libc::POLLERR != 0 {
-            return finish(
-                cpu0,
-                wakeups,
-                Some("PSI trigger: POLLERR (cgroup gone?)".into()),
-            );
+            return finish(cpu0, wakeups, Some(BenchError::PsiPollErr));
         }
         if r[1] & libc::POLLPRI != 0 {
             wakeups += 1;
@@ -615,7 +637,7 @@ fn psi_loop(mut ctx: CompetitorCtx, mut ready: Ready, resource: Resource) -> Com
                 .signal(&ctx, true)
                 .and_then(|signal| react(&mut ctx, signal, "psi"));
             if let Err(e) = result {
-                return finish(cpu0, wakeups, Some(e.to_string()));
+                return finish(cpu0, wakeups, Some(e));
             }
         }
     }
@@ -663,7 +685,10 @@ pub fn threshold_for(limit: u64, headroom: u64) -> u64 {
 fn threshold_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorStats {
     let cpu0 = thread_cpu_ns();
     if ctx.cgroup.version() != CgroupVersion::V1 {
-        return ready.fail("threshold eventfds exist only on cgroup v1");
+        return ready.fail(BenchError::WrongVersion {
+            mechanism: "threshold eventfds",
+            version: CgroupVersion::V1,
+        });
     }
     let usage = match open_usage(&ctx.cgroup) {
         Ok(u) => Some(u),
@@ -686,7 +711,7 @@ fn threshold_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorStats {
             pending.then_some(Duration::ZERO),
         ) {
             Ok(r) => r,
-            Err(e) => return finish(cpu0, wakeups, Some(e.to_string())),
+            Err(e) => return finish(cpu0, wakeups, Some(poll_failed(e))),
         };
         if r[0] != 0 {
             break;
@@ -729,7 +754,7 @@ fn threshold_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorStats {
                 }
             }
             Ok(None) => {}
-            Err(e) => return finish(cpu0, wakeups, Some(e.to_string())),
+            Err(e) => return finish(cpu0, wakeups, Some(e)),
         }
     }
     finish(cpu0, wakeups, None)
@@ -739,7 +764,10 @@ fn threshold_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorStats {
 fn memory_events_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorStats {
     let cpu0 = thread_cpu_ns();
     if ctx.cgroup.version() != CgroupVersion::V2 {
-        return ready.fail("memory.events notification needs cgroup v2");
+        return ready.fail(BenchError::WrongVersion {
+            mechanism: "memory.events notifications",
+            version: CgroupVersion::V2,
+        });
     }
     let usage = match open_usage(&ctx.cgroup) {
         Ok(u) => Some(u),
@@ -747,7 +775,7 @@ fn memory_events_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorSta
     };
     let events = match FileWatch::open(&ctx.cgroup, "memory.events") {
         Ok(f) => f,
-        Err(e) => return ready.fail(causes(&e)),
+        Err(e) => return ready.fail(e),
     };
     let mut buf = [0u8; 512];
     let counters = |buf: &mut [u8]| -> Result<(u64, u64), BenchError> {
@@ -773,7 +801,7 @@ fn memory_events_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorSta
             None,
         ) {
             Ok(r) => r,
-            Err(e) => return finish(cpu0, wakeups, Some(e.to_string())),
+            Err(e) => return finish(cpu0, wakeups, Some(poll_failed(e))),
         };
         if r[0] != 0 {
             break;
@@ -784,7 +812,7 @@ fn memory_events_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorSta
         wakeups += 1;
         let now = match counters(&mut buf) {
             Ok(c) => c,
-            Err(e) => return finish(cpu0, wakeups, Some(e.to_string())),
+            Err(e) => return finish(cpu0, wakeups, Some(e)),
         };
         if now.0 > last.0 || now.1 > last.1 {
             let trigger = if now.1 > last.1 {
@@ -806,7 +834,7 @@ fn memory_events_loop(mut ctx: CompetitorCtx, mut ready: Ready) -> CompetitorSta
                     react(&mut ctx, signal, trigger)
                 });
             if let Err(e) = result {
-                return finish(cpu0, wakeups, Some(e.to_string()));
+                return finish(cpu0, wakeups, Some(e));
             }
         }
         last = now;

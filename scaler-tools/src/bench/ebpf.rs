@@ -7,10 +7,13 @@
 //! (early-warning crossing or first memcg reclaim) to CLOCK_MONOTONIC after its write returned.
 //! This is the one place to change when the engine is driven in-process.
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::Arc;
 
 use serde::Deserialize;
+
+use super::BenchError;
 
 /// Percentiles as the exec summary reports them.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, serde::Serialize)]
@@ -72,11 +75,15 @@ pub struct ExecSummary {
 
 impl ExecSummary {
     /// Reads and parses a summary file.
-    pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the exec summary {}: {e}", path.display()))?;
-        serde_json::from_str(&text)
-            .map_err(|e| format!("the exec summary {} is not valid JSON: {e}", path.display()))
+    pub fn read(path: &Path) -> Result<Self, BenchError> {
+        let text = std::fs::read_to_string(path).map_err(|source| BenchError::ReadSummary {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| BenchError::ParseSummary {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// Highest limit written (or the final one).
@@ -91,12 +98,37 @@ impl ExecSummary {
 }
 
 /// Whether `scaler exec` exists in `exe` and can run a memory workload (and a CPU one).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ExecSupport {
     /// `Ok` if memory workloads can run, else why not.
-    pub memory: Result<(), String>,
+    pub memory: Result<(), ExecUnsupported>,
     /// `Ok` if CPU workloads can run, else why not.
-    pub cpu: Result<(), String>,
+    pub cpu: Result<(), ExecUnsupported>,
+}
+
+/// Why `scaler exec` cannot run the eBPF scaler's cases (kept for every run).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ExecUnsupported {
+    #[error("`{exe} exec --help` failed ({status}): {stderr}")]
+    HelpFailed {
+        exe: PathBuf,
+        status: ExitStatus,
+        /// The first line it wrote on stderr.
+        stderr: String,
+    },
+    #[error("cannot run {exe}")]
+    Run {
+        exe: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("`scaler exec` lacks --memory, --headroom or --json-summary")]
+    NoMemoryOptions,
+    #[error(
+        "`scaler exec` has no CPU option (--cpu) yet: the eBPF scaler cannot be given a CPU \
+         quota to manage"
+    )]
+    NoCpuOption,
 }
 
 /// Probes `exe exec --help`.
@@ -105,22 +137,25 @@ pub fn probe(exe: &Path) -> ExecSupport {
     let help = match out {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
         Ok(o) => {
-            let why = format!(
-                "`{} exec --help` failed ({}): {}",
-                exe.display(),
-                o.status,
-                String::from_utf8_lossy(&o.stderr)
+            let why = ExecUnsupported::HelpFailed {
+                exe: exe.to_owned(),
+                status: o.status,
+                stderr: String::from_utf8_lossy(&o.stderr)
                     .lines()
                     .next()
                     .unwrap_or("")
-            );
+                    .to_owned(),
+            };
             return ExecSupport {
                 memory: Err(why.clone()),
                 cpu: Err(why),
             };
         }
         Err(e) => {
-            let why = format!("cannot run {}: {e}", exe.display());
+            let why = ExecUnsupported::Run {
+                exe: exe.to_owned(),
+                source: Arc::new(e),
+            };
             return ExecSupport {
                 memory: Err(why.clone()),
                 cpu: Err(why),
@@ -131,16 +166,12 @@ pub fn probe(exe: &Path) -> ExecSupport {
     let memory = if has("--json-summary") && has("--memory") && has("--headroom") {
         Ok(())
     } else {
-        Err("`scaler exec` lacks --memory, --headroom or --json-summary".to_owned())
+        Err(ExecUnsupported::NoMemoryOptions)
     };
     let cpu = if has("--cpu") {
         memory.clone()
     } else {
-        Err(
-            "`scaler exec` has no CPU option (--cpu) yet: the eBPF scaler cannot be given a CPU \
-             quota to manage"
-                .to_owned(),
-        )
+        Err(ExecUnsupported::NoCpuOption)
     };
     ExecSupport { memory, cpu }
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use scaler::ebpf::{Pipeline, PipelineOptions};
+use scaler::ebpf::{EbpfError, Pipeline, PipelineOptions};
 use scaler::engine::{run_ring_loop, Handler, LoopStats, StopHandle};
 use scaler::events::MemEvent;
 use scaler_common::EventKind;
@@ -56,6 +56,30 @@ impl Handler for Collector {
     }
 }
 
+/// Why the kernel observer is not available, or could not watch a run's cgroup.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelObserverError {
+    /// No case needs it (only the eBPF scaler, or only CPU workloads, are run).
+    #[error("not needed")]
+    NotNeeded,
+    #[error("cannot load the eBPF programs")]
+    Load(#[source] Box<EbpfError>),
+    #[error("the early-warning program (count_memcg_events) is not attached on this kernel")]
+    NoEarlyWarning,
+    #[error("the eBPF event ring buffer was already taken")]
+    RingTaken,
+    #[error("eventfd")]
+    EventFd(#[source] std::io::Error),
+    #[error("thread spawn")]
+    Thread(#[source] std::io::Error),
+    #[error("watching cgroup id {id}")]
+    Watch {
+        id: u64,
+        #[source]
+        source: Box<EbpfError>,
+    },
+}
+
 /// The loaded programs and the thread reading their ring buffer.
 pub struct KernelObserver {
     pipeline: Mutex<Pipeline>,
@@ -67,24 +91,20 @@ pub struct KernelObserver {
 
 impl KernelObserver {
     /// Loads and attaches the programs; `Err` says why they are not available.
-    pub fn start() -> Result<Self, String> {
+    pub fn start() -> Result<Self, KernelObserverError> {
         let mut pipeline = Pipeline::load(&PipelineOptions::default())
-            .map_err(|e| format!("cannot load the eBPF programs: {e}"))?;
+            .map_err(|e| KernelObserverError::Load(Box::new(e)))?;
         let early = pipeline
             .programs()
             .iter()
             .any(|p| p.tracepoint == "count_memcg_events" && p.attached);
         if !early {
-            return Err(
-                "the early-warning program (count_memcg_events) is not attached on \
-                        this kernel"
-                    .into(),
-            );
+            return Err(KernelObserverError::NoEarlyWarning);
         }
         let mut ring = pipeline
             .take_events()
-            .ok_or("the eBPF event ring buffer was already taken")?;
-        let stop = StopHandle::new().map_err(|e| format!("eventfd: {e}"))?;
+            .ok_or(KernelObserverError::RingTaken)?;
+        let stop = StopHandle::new().map_err(KernelObserverError::EventFd)?;
         let watched = Arc::new(Mutex::new(HashSet::new()));
         let events = Arc::new(Mutex::new(Vec::new()));
         let mut collector = Collector {
@@ -106,7 +126,7 @@ impl KernelObserver {
                     eprintln!("scaler bench: the kernel observer stopped: {e}");
                 }
             })
-            .map_err(|e| format!("thread spawn: {e}"))?;
+            .map_err(KernelObserverError::Thread)?;
         Ok(Self {
             pipeline: Mutex::new(pipeline),
             watched,
@@ -118,7 +138,7 @@ impl KernelObserver {
 
     /// Starts watching the cgroup `id` ([`scaler::cgroupfs::Cgroup::id`]) with early warnings
     /// `headroom` below its limit.
-    pub fn watch(&self, id: u64, headroom: u64) -> Result<(), String> {
+    pub fn watch(&self, id: u64, headroom: u64) -> Result<(), KernelObserverError> {
         self.watched
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -127,7 +147,10 @@ impl KernelObserver {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .watch(id, scaler::resource::memory::watch_config(headroom, true))
-            .map_err(|e| e.to_string())
+            .map_err(|e| KernelObserverError::Watch {
+                id,
+                source: Box::new(e),
+            })
     }
 
     /// Stops watching `id` and returns its events (after a short grace period for events

@@ -38,31 +38,38 @@ pub use runner::{RunRecord, WorkloadSpec};
 pub use stats::CaseSummary;
 
 use cgroups::{BenchRoot, Hierarchies};
-use competitors::causes;
+use competitors::{causes, PsiUnavailable};
 use runner::BenchEnv;
 use stats::Availability;
 
-/// Errors of the benchmark.
+/// Errors of the benchmark. A message leaves its `#[source]` out: [`causes`] (or the
+/// command's error printing) adds the chain after it.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    /// A system call on no file (eventfd, poll, thread spawn, waitpid) failed.
+    #[error("{call}")]
+    Os {
+        call: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
-        "cannot create the benchmark's cgroups: {}; the benchmark creates its cgroups under its \
-         own cgroup (see /proc/self/cgroup) and must run as root",
-        causes(.0)
+        "cannot create the benchmark's cgroups (the benchmark creates its cgroups under its own \
+         cgroup, see /proc/self/cgroup, and must run as root)"
     )]
-    CreateCgroup(CgroupError),
-    /// The project's cgroupfs layer (with the causes in the message).
-    #[error("{}", causes(.0))]
-    Cgroup(CgroupError),
-    /// The project's actuator (with the causes in the message).
-    #[error("{}", causes(.0))]
-    Actuator(ActuatorError),
+    CreateCgroup(#[source] CgroupError),
+    /// The project's cgroupfs layer.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// The project's actuator.
+    #[error(transparent)]
+    Actuator(#[from] ActuatorError),
     #[error("unexpected contents of {path}: {text:?}")]
     Parse { path: PathBuf, text: String },
     #[error("competitor {competitor} does not apply to {what}")]
@@ -70,14 +77,47 @@ pub enum BenchError {
         competitor: &'static str,
         what: &'static str,
     },
-    #[error("competitor {competitor} could not run: {reason}")]
+    /// A competitor (or the kernel observer) could not start or run a case.
+    #[error("competitor {competitor} could not run")]
     CompetitorFailed {
         competitor: &'static str,
-        reason: String,
+        #[source]
+        source: Box<BenchError>,
+    },
+    #[error("did not become ready within {} s", .0.as_secs())]
+    NotReady(Duration),
+    #[error("{mechanism} exist only on {version}")]
+    WrongVersion {
+        mechanism: &'static str,
+        version: CgroupVersion,
+    },
+    #[error("no unified cgroup with PSI files for this run")]
+    NoUnifiedCgroup,
+    #[error("PSI trigger")]
+    PsiTrigger(#[source] CgroupError),
+    #[error("PSI trigger: POLLERR (cgroup gone?)")]
+    PsiPollErr,
+    /// Why the eBPF scaler (`scaler exec`) cannot run a case.
+    #[error(transparent)]
+    Exec(#[from] ebpf::ExecUnsupported),
+    /// The kernel-side onset observer.
+    #[error(transparent)]
+    KernelObserver(#[from] kobserver::KernelObserverError),
+    #[error("cannot read the exec summary {path}")]
+    ReadSummary {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the exec summary {path} is not valid JSON")]
+    ParseSummary {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
     },
     #[error("this process has no {0} cgroup controller (see /proc/self/cgroup)")]
     NoController(&'static str),
-    #[error("cannot run {exe}: {source}")]
+    #[error("cannot run {exe}")]
     Spawn {
         exe: PathBuf,
         #[source]
@@ -85,34 +125,14 @@ pub enum BenchError {
     },
     #[error("the {0} thread panicked")]
     ThreadPanicked(&'static str),
-    #[error("cannot serialize the results: {0}")]
-    Json(String),
+    #[error("cannot serialize the results")]
+    Json(#[source] serde_json::Error),
     #[error("unknown {kind} `{name}`; known: {known}")]
     UnknownName {
         kind: &'static str,
         name: String,
         known: String,
     },
-}
-
-impl From<CgroupError> for BenchError {
-    fn from(e: CgroupError) -> Self {
-        Self::Cgroup(e)
-    }
-}
-
-impl From<ActuatorError> for BenchError {
-    fn from(e: ActuatorError) -> Self {
-        Self::Actuator(e)
-    }
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    scaler::units::parse_size(s).map_err(|e| e.to_string())
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    scaler::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Command-line arguments of `scaler bench` (flatten into the subcommand).
@@ -138,19 +158,19 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     pub competitors: Vec<String>,
     /// Starting memory limit of every memory run.
-    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    #[arg(long, default_value = "64M", value_parser = scaler::units::parse_size)]
     pub memory: u64,
     /// Highest memory limit any competitor may set.
-    #[arg(long, default_value = "2G", value_parser = parse_size)]
+    #[arg(long, default_value = "2G", value_parser = scaler::units::parse_size)]
     pub memory_max: u64,
     /// Early-warning headroom below the limit (threshold eventfd, polling, onset mark).
-    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    #[arg(long, default_value = "16M", value_parser = scaler::units::parse_size)]
     pub headroom: u64,
     /// Sampling interval of usage and limit (timelines, sampler onsets).
-    #[arg(long, default_value = "1ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "1ms", value_parser = scaler::units::parse_duration)]
     pub sample_interval: Duration,
     /// A run still going after this is ended (and recorded as timed out).
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = scaler::units::parse_duration)]
     pub timeout: Duration,
     /// No progress bar.
     #[arg(long)]
@@ -377,7 +397,7 @@ fn availability(env: &BenchEnv, c: CompetitorId, r: Resource) -> Availability {
         (CompetitorId::Static | CompetitorId::Poll1s | CompetitorId::Poll100ms, _, _) => yes,
         (CompetitorId::Psi, _, _) => match (&env.hierarchies.unified, &env.psi_window_us) {
             (None, _) => no("no cgroup v2 (unified) hierarchy, so no PSI files".into()),
-            (_, Err(e)) => no(e.clone()),
+            (_, Err(e)) => no(causes(e)),
             (Some(_), Ok(_)) => yes,
         },
         (CompetitorId::V1Threshold | CompetitorId::V2MemoryEvents, Resource::Cpu, _) => {
@@ -393,11 +413,11 @@ fn availability(env: &BenchEnv, c: CompetitorId, r: Resource) -> Availability {
         }
         (CompetitorId::Ebpf, Resource::Memory, _) => match &env.exec.memory {
             Ok(()) => yes,
-            Err(e) => no(e.clone()),
+            Err(e) => no(causes(e)),
         },
         (CompetitorId::Ebpf, Resource::Cpu, _) => match &env.exec.cpu {
             Ok(()) => yes,
-            Err(e) => no(e.clone()),
+            Err(e) => no(causes(e)),
         },
     }
 }
@@ -455,17 +475,16 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
     let hierarchies = Hierarchies::discover()?;
     let root = BenchRoot::create(&hierarchies)?;
     let psi_window_us = match &hierarchies.unified {
-        None => Err("no cgroup v2 (unified) hierarchy mounted".to_owned()),
+        None => Err(PsiUnavailable::NoUnifiedHierarchy),
         Some(_) => {
             // Probe on a cgroup of our own (the bench root in the unified hierarchy).
             let probe_cg = root.run_cgroup("psi-probe")?;
             match &probe_cg.unified {
                 Some(u) if u.file("memory.pressure").exists() => competitors::probe_psi_window(u),
-                Some(u) => Err(format!(
-                    "{} does not exist (kernel without PSI?)",
-                    u.file("memory.pressure").display()
-                )),
-                None => Err("no unified cgroup".to_owned()),
+                Some(u) => Err(PsiUnavailable::NoPressureFile {
+                    path: u.file("memory.pressure"),
+                }),
+                None => Err(PsiUnavailable::NoUnifiedCgroup),
             }
         }
     };
@@ -478,12 +497,13 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
     {
         kobserver::KernelObserver::start()
     } else {
-        Err("not needed".to_owned())
+        Err(kobserver::KernelObserverError::NotNeeded)
     };
     if let Err(e) = &kobserver {
         eprintln!(
-            "scaler bench: no kernel observer ({e}); pressure onset falls back to a v1 \
-             threshold eventfd observer or the 1 ms sampler"
+            "scaler bench: no kernel observer ({}); pressure onset falls back to a v1 \
+             threshold eventfd observer or the 1 ms sampler",
+            causes(e)
         );
     }
     let env = BenchEnv {
@@ -654,6 +674,68 @@ mod tests {
             argv.extend(w.args.iter().map(|a| a.replace("{file}", "/tmp/x")));
             W::try_parse_from(&argv).unwrap_or_else(|e| panic!("{}: {e}", w.id));
         }
+    }
+
+    #[test]
+    fn error_lines_read_as_before() {
+        let enoent = || std::io::Error::from_raw_os_error(libc::ENOENT);
+        let line = |e: BenchError| causes(&e);
+        // The source is not in the message, once in the line.
+        let io = BenchError::Io {
+            path: PathBuf::from("/x/y.json"),
+            source: enoent(),
+        };
+        assert_eq!(io.to_string(), "/x/y.json");
+        assert_eq!(
+            line(io),
+            "/x/y.json: No such file or directory (os error 2)"
+        );
+        assert_eq!(
+            line(BenchError::CompetitorFailed {
+                competitor: "psi",
+                source: Box::new(BenchError::NotReady(Duration::from_secs(10))),
+            }),
+            "competitor psi could not run: did not become ready within 10 s"
+        );
+        let no_exe = ebpf::ExecUnsupported::Run {
+            exe: PathBuf::from("/nonexistent"),
+            source: std::sync::Arc::new(enoent()),
+        };
+        assert_eq!(
+            causes(&no_exe),
+            "cannot run /nonexistent: No such file or directory (os error 2)"
+        );
+        assert_eq!(
+            line(BenchError::CompetitorFailed {
+                competitor: CompetitorId::Ebpf.name(),
+                source: Box::new(no_exe.into()),
+            }),
+            "competitor ebpf could not run: cannot run /nonexistent: No such file or directory \
+             (os error 2)"
+        );
+        assert_eq!(
+            line(BenchError::WrongVersion {
+                mechanism: "threshold eventfds",
+                version: CgroupVersion::V1,
+            }),
+            "threshold eventfds exist only on cgroup v1"
+        );
+        assert_eq!(
+            line(BenchError::Spawn {
+                exe: PathBuf::from("/bin/x"),
+                source: enoent(),
+            }),
+            "cannot run /bin/x: No such file or directory (os error 2)"
+        );
+        // A message that quotes its source (as some of the project's errors do) is not
+        // followed by it again.
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer: {0}")]
+        struct Quoting(#[source] std::io::Error);
+        assert_eq!(
+            causes(&Quoting(enoent())),
+            "outer: No such file or directory (os error 2)"
+        );
     }
 
     #[test]

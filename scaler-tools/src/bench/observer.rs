@@ -76,8 +76,8 @@ impl ThresholdObserver {
         actuator: Arc<Actuator>,
         headroom: u64,
     ) -> Result<Self, BenchError> {
-        let stop = Arc::new(EventFd::new().map_err(|source| BenchError::Io {
-            path: PathBuf::from("eventfd"),
+        let stop = Arc::new(EventFd::new().map_err(|source| BenchError::Os {
+            call: "eventfd",
             source,
         })?);
         let stop2 = Arc::clone(&stop);
@@ -110,8 +110,8 @@ impl ThresholdObserver {
                         ],
                         None,
                     )
-                    .map_err(|source| BenchError::Io {
-                        path: PathBuf::from("poll"),
+                    .map_err(|source| BenchError::Os {
+                        call: "poll",
                         source,
                     })?;
                     if r[0] != 0 {
@@ -153,8 +153,8 @@ impl ThresholdObserver {
                 }
                 Ok(onsets)
             })
-            .map_err(|source| BenchError::Io {
-                path: PathBuf::from("thread spawn"),
+            .map_err(|source| BenchError::Os {
+                call: "thread spawn",
                 source,
             })?;
         let rt = rx.recv_timeout(Duration::from_secs(10)).unwrap_or(false);
@@ -250,8 +250,8 @@ impl Sampler {
         timeline: bool,
         t0_ns: u64,
     ) -> Result<Self, BenchError> {
-        let stop = Arc::new(EventFd::new().map_err(|source| BenchError::Io {
-            path: PathBuf::from("eventfd"),
+        let stop = Arc::new(EventFd::new().map_err(|source| BenchError::Os {
+            call: "eventfd",
             source,
         })?);
         let stop2 = Arc::clone(&stop);
@@ -367,8 +367,8 @@ impl Sampler {
                 }
                 out
             })
-            .map_err(|source| BenchError::Io {
-                path: PathBuf::from("thread spawn"),
+            .map_err(|source| BenchError::Os {
+                call: "thread spawn",
                 source,
             })?;
         Ok(Self { handle, stop })

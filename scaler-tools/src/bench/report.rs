@@ -7,7 +7,7 @@ use std::path::Path;
 use scaler::cgroupfs::CgroupVersion;
 use serde::Serialize;
 
-use super::competitors::Resource;
+use super::competitors::{causes, PsiUnavailable, Resource};
 use super::observer::Sample;
 use super::runner::{RunRecord, WorkloadSpec};
 use super::stats::CaseSummary;
@@ -46,8 +46,9 @@ pub struct HostInfo {
     pub cpu_cgroup: Option<CgroupVersion>,
     /// Whether a unified-hierarchy cgroup (PSI) was available.
     pub unified_psi: bool,
-    /// The PSI trigger window accepted (µs), or why none.
-    pub psi_window_us: Result<u64, String>,
+    /// The PSI trigger window accepted (µs), or why none (`{"Ok": µs}` or `{"Err": "why"}`).
+    #[serde(serialize_with = "serialize_ok_or_causes")]
+    pub psi_window_us: Result<u64, PsiUnavailable>,
 }
 
 /// How the figures were measured (copied into the JSON so a file explains itself).
@@ -241,7 +242,7 @@ pub fn table(summary: &[CaseSummary], workloads: &[WorkloadSpec], markdown: bool
 
 /// Writes the JSON document.
 pub fn write_json(path: &Path, doc: &Document<'_>) -> Result<(), BenchError> {
-    let text = serde_json::to_string_pretty(doc).map_err(|e| BenchError::Json(e.to_string()))?;
+    let text = serde_json::to_string_pretty(doc).map_err(BenchError::Json)?;
     std::fs::write(path, text).map_err(|source| BenchError::Io {
         path: path.to_owned(),
         source,
@@ -464,7 +465,7 @@ pub fn write_report(
         version(doc.host.cpu_cgroup),
         match &doc.host.psi_window_us {
             Ok(w) => format!("{} ms", w / 1000),
-            Err(e) => format!("none ({e})"),
+            Err(e) => format!("none ({})", causes(e)),
         },
         doc.duration_s
     );
@@ -591,6 +592,18 @@ fn serialize_version<S: serde::Serializer>(
     }
 }
 
+/// A `Result` as serde writes one (`{"Ok": value}`), with the error as its line of
+/// [`causes`] (`{"Err": "why"}`).
+fn serialize_ok_or_causes<S: serde::Serializer, T: Serialize, E: std::error::Error>(
+    r: &Result<T, E>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match r {
+        Ok(v) => s.serialize_newtype_variant("Result", 0, "Ok", v),
+        Err(e) => s.serialize_newtype_variant("Result", 1, "Err", &causes(e)),
+    }
+}
+
 fn show(w: &WorkloadSpec, v: u64) -> String {
     match w.resource {
         Resource::Memory => scaler::units::format_size(v),
@@ -633,6 +646,40 @@ mod tests {
         );
         assert_eq!(t.matches("<polyline").count(), 2);
         assert!(t.contains("128MiB"));
+    }
+
+    #[test]
+    fn psi_window_serializes_as_a_result() {
+        let host = |psi_window_us| HostInfo {
+            kernel: "6.1".into(),
+            cpus: 2,
+            memory_bytes: 1 << 30,
+            memory_cgroup: Some(CgroupVersion::V2),
+            cpu_cgroup: None,
+            unified_psi: true,
+            psi_window_us,
+        };
+        let json = |h: &HostInfo| serde_json::to_value(h).unwrap()["psi_window_us"].clone();
+        assert_eq!(
+            json(&host(Ok(2_000_000))),
+            serde_json::json!({"Ok": 2_000_000})
+        );
+        assert_eq!(
+            json(&host(Err(PsiUnavailable::NoUnifiedHierarchy))),
+            serde_json::json!({"Err": "no cgroup v2 (unified) hierarchy mounted"})
+        );
+        let refused = PsiUnavailable::Rejected {
+            path: "/sys/fs/cgroup/x/memory.pressure".into(),
+            window_us: 2_000_000,
+            source: std::sync::Arc::new(scaler::cgroupfs::CgroupError::Gone {
+                path: "/sys/fs/cgroup/x".into(),
+            }),
+        };
+        assert_eq!(
+            json(&host(Err(refused))),
+            serde_json::json!({"Err": "no PSI trigger accepted on \
+                /sys/fs/cgroup/x/memory.pressure: window 2000 ms: cgroup /sys/fs/cgroup/x is gone"})
+        );
     }
 
     #[test]

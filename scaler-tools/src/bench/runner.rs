@@ -18,6 +18,7 @@ use super::competitors::{
     self, ActionRecord, Actuator, CompetitorCtx, CompetitorId, CompetitorStats, Resource,
 };
 use super::ebpf::{self, ExecSummary};
+use super::kobserver::{KernelObserver, KernelObserverError};
 use super::observer::{
     match_latencies, Matched, Onset, OnsetMethod, Sample, Sampler, SamplerTarget, ThresholdObserver,
 };
@@ -56,13 +57,13 @@ pub struct BenchEnv {
     /// A scratch directory on a disk-backed file system (page-cache workload files).
     pub scratch: PathBuf,
     /// The PSI trigger window accepted, or why none was.
-    pub psi_window_us: Result<u64, String>,
+    pub psi_window_us: Result<u64, competitors::PsiUnavailable>,
     /// What `scaler exec` supports.
     pub exec: ebpf::ExecSupport,
     /// Sampling interval.
     pub sample_interval: Duration,
     /// The kernel-side onset observer, or why it is not available.
-    pub kobserver: Result<super::kobserver::KernelObserver, String>,
+    pub kobserver: Result<KernelObserver, KernelObserverError>,
     /// The machine (memory and CPUs).
     pub node: scaler::config::NodeInfo,
     /// The decider's node memory budget (what `scaler exec` uses).
@@ -180,7 +181,7 @@ pub fn run_one(
 ) -> RunRecord {
     let mut rec = RunRecord::new(competitor, w, repeat);
     if let Err(e) = run_inner(env, competitor, w, timeline, &mut rec) {
-        rec.error = Some(e.to_string());
+        rec.error = Some(competitors::causes(&e));
     }
     rec
 }
@@ -247,8 +248,8 @@ fn run_inner(
     }
     let actuator = Arc::new(actuator);
 
-    let stop = Arc::new(EventFd::new().map_err(|source| BenchError::Io {
-        path: PathBuf::from("eventfd"),
+    let stop = Arc::new(EventFd::new().map_err(|source| BenchError::Os {
+        call: "eventfd",
         source,
     })?);
     let ctx = CompetitorCtx {
@@ -269,11 +270,11 @@ fn run_inner(
             let id = cgroup.id()?.0;
             match k.watch(id, w.headroom) {
                 Ok(()) => Some((k, id)),
-                Err(reason) => {
+                Err(e) => {
                     stop_running(running);
                     return Err(BenchError::CompetitorFailed {
                         competitor: "kernel observer",
-                        reason,
+                        source: Box::new(e.into()),
                     });
                 }
             }
@@ -428,12 +429,10 @@ fn run_exec(
         Resource::Memory => &env.exec.memory,
         Resource::Cpu => &env.exec.cpu,
     };
-    support
-        .clone()
-        .map_err(|reason| BenchError::CompetitorFailed {
-            competitor: "ebpf",
-            reason,
-        })?;
+    support.clone().map_err(|e| BenchError::CompetitorFailed {
+        competitor: CompetitorId::Ebpf.name(),
+        source: Box::new(e.into()),
+    })?;
     let summary_path = env
         .scratch
         .join(format!("exec-summary-{}.json", monotonic_ns()));
@@ -498,7 +497,8 @@ fn run_exec(
         Ok(s) => s,
         Err(e) => {
             rec.error = Some(format!(
-                "{e}; exec stderr: {}",
+                "{}; exec stderr: {}",
+                competitors::causes(&e),
                 waited.stderr.lines().last().unwrap_or("")
             ));
             return Ok(());
@@ -601,8 +601,8 @@ fn wait(mut child: Child, timeout: Duration, cpu_of: Option<i32>) -> Result<Wait
             Ok(Some(s)) => break s,
             Ok(None) => {}
             Err(source) => {
-                return Err(BenchError::Io {
-                    path: PathBuf::from("waitpid"),
+                return Err(BenchError::Os {
+                    call: "waitpid",
                     source,
                 })
             }
