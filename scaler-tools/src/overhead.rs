@@ -32,6 +32,8 @@ use std::{
 use anyhow::Context as _;
 use serde::Serialize;
 
+use crate::bench::stats;
+
 use scaler::{
     cgroupfs::{Cgroup, CgroupGuard, Controller, CpuQuota, Hierarchy},
     ebpf::{Pipeline, PipelineOptions, SwitchFloor},
@@ -132,6 +134,8 @@ fn arm_result(runs: Vec<f64>, without: &[f64]) -> ArmResult {
         .map(|(w, base)| (w / base - 1.0) * 100.0)
         .collect();
     let fold = |v: &[f64], f: fn(f64, f64) -> f64, init: f64| v.iter().copied().fold(init, f);
+    // The tools' one median; NaN for no runs.
+    let median = |v: &[f64]| stats::median(v.iter().copied()).unwrap_or(f64::NAN);
     ArmResult {
         median_us: median(&runs),
         min_us: fold(&runs, f64::min, f64::INFINITY),
@@ -162,16 +166,6 @@ pub struct OverheadReport {
     pub rounds: u32,
     pub loops: u64,
     pub placements: Vec<PlacementResult>,
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    match s.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
 }
 
 /// The built-in benchmark: two threads bouncing a byte over two pipes; µs per round trip.
@@ -590,9 +584,10 @@ mod tests {
 
     #[test]
     fn medians() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert!(median(&[]).is_nan());
+        let m = |runs: &[f64]| arm_result(runs.to_vec(), &[1.0; 4]).median_us;
+        assert_eq!(m(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(m(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(m(&[]).is_nan());
     }
 
     #[test]

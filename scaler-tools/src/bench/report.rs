@@ -318,8 +318,7 @@ pub fn latency_svg(title: &str, series: &[(String, Vec<f64>)]) -> String {
             );
             continue;
         }
-        let mut sorted = values.clone();
-        sorted.sort_by(f64::total_cmp);
+        let sorted = scaler::stats::sorted(values.clone());
         for (j, v) in sorted.iter().enumerate() {
             // Deterministic jitter so equal values stay visible.
             let jitter = ((j * 7919) % 17) as f64 - 8.0;
@@ -330,8 +329,11 @@ pub fn latency_svg(title: &str, series: &[(String, Vec<f64>)]) -> String {
                 cy + jitter
             );
         }
-        for (p, dash) in [(50.0, ""), (99.0, r#" stroke-dasharray="3,2""#)] {
-            if let Some(v) = super::stats::percentile(&sorted, p) {
+        for (p, dash) in [
+            (super::stats::P50, ""),
+            (super::stats::P99, r#" stroke-dasharray="3,2""#),
+        ] {
+            if let Some(v) = scaler::stats::percentile(&sorted, p) {
                 let xx = x(v);
                 let _ = writeln!(
                     s,

@@ -2,21 +2,19 @@
 //! latency percentiles over every reaction of every repeat (pooled: a run has only a handful
 //! of reactions).
 
+use scaler::stats::{percentile, sorted};
 use serde::Serialize;
 
 use super::competitors::{CompetitorId, Resource};
 use super::runner::{RunRecord, WorkloadSpec};
 
-/// Nearest-rank percentile (`p` in 0..=100) of an ascending slice.
-pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
-}
+/// The latency percentiles reported (fractions, for [`scaler::stats::percentile`]): p50.
+pub const P50: f64 = 0.50;
+/// p99.
+pub const P99: f64 = 0.99;
 
-/// Median (mean of the middle two for an even count).
+/// Median (mean of the middle two for an even count) of the finite values; `None` if there
+/// are none. The tools' one median (the benchmark's and the overhead measurement's figures).
 pub fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
     let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
     if v.is_empty() {
@@ -178,14 +176,14 @@ fn case(w: &WorkloadSpec, c: CompetitorId, a: Availability, rs: &[&RunRecord]) -
         .iter()
         .filter(|r| r.exit.code != Some(0) || r.exit.timed_out)
         .count() as u32;
-    let mut lat: Vec<f64> = ok
-        .iter()
-        .flat_map(|r| r.reaction_latency_us.iter().copied())
-        .collect();
-    lat.sort_by(f64::total_cmp);
+    let lat = sorted(
+        ok.iter()
+            .flat_map(|r| r.reaction_latency_us.iter().copied())
+            .collect(),
+    );
     s.latency_samples = lat.len();
-    s.latency_p50_us = percentile(&lat, 50.0);
-    s.latency_p99_us = percentile(&lat, 99.0);
+    s.latency_p50_us = percentile(&lat, P50);
+    s.latency_p99_us = percentile(&lat, P99);
     s.latency_max_us = lat.last().copied();
     s.unanswered_onsets = ok.iter().map(|r| r.matching.unanswered).sum();
     s.never_reacted = lat.is_empty() && s.unanswered_onsets > 0;
@@ -227,14 +225,35 @@ fn case(w: &WorkloadSpec, c: CompetitorId, a: Availability, rs: &[&RunRecord]) -
 mod tests {
     use super::*;
 
+    /// The benchmark's own percentile before it used `scaler::stats::percentile`: nearest
+    /// rank, `p` in 0..=100.
+    fn former_percentile(sorted: &[f64], p: f64) -> Option<f64> {
+        if sorted.is_empty() {
+            return None;
+        }
+        let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+        Some(sorted[rank.clamp(1, sorted.len()) - 1])
+    }
+
     #[test]
     fn percentiles_nearest_rank() {
         let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), Some(50.0));
-        assert_eq!(percentile(&v, 99.0), Some(99.0));
-        assert_eq!(percentile(&v, 100.0), Some(100.0));
-        assert_eq!(percentile(&[7.0], 99.0), Some(7.0));
-        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(percentile(&v, P50), Some(50.0));
+        assert_eq!(percentile(&v, P99), Some(99.0));
+        assert_eq!(percentile(&v, 1.0), Some(100.0));
+        assert_eq!(percentile(&[7.0], P99), Some(7.0));
+        assert_eq!(percentile::<f64>(&[], P50), None);
+        // The same figures as the former 0..=100 helper, at every sample count.
+        for n in 0..=2000u32 {
+            let v = sorted((0..n).map(|i| f64::from(i * 7919 % 1009)).collect());
+            for (fraction, p) in [(P50, 50.0), (P99, 99.0)] {
+                assert_eq!(
+                    percentile(&v, fraction),
+                    former_percentile(&v, p),
+                    "n={n} p={p}"
+                );
+            }
+        }
         assert_eq!(median([3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median([4.0, 1.0, 2.0, 3.0]), Some(2.5));
         assert_eq!(median([]), None);
