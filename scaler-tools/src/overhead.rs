@@ -168,11 +168,37 @@ pub struct OverheadReport {
     pub placements: Vec<PlacementResult>,
 }
 
+/// Errors of a benchmark run. A message leaves its `#[source]` out (the command prints the
+/// causes after it).
+#[derive(Debug, thiserror::Error)]
+pub enum OverheadError {
+    #[error("the built-in ping-pong")]
+    PingPong(#[source] std::io::Error),
+    #[error("ping-pong thread panicked")]
+    PingPongPanicked,
+    #[error("opening {path}")]
+    OpenProcs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("running {bench}")]
+    Spawn {
+        bench: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{bench} failed: {stderr}")]
+    Failed { bench: String, stderr: String },
+    #[error("no \"usecs/op\" in the output of {bench}: {output}")]
+    NoFigure { bench: String, output: String },
+}
+
 /// The built-in benchmark: two threads bouncing a byte over two pipes; µs per round trip.
-fn pingpong(loops: u64) -> anyhow::Result<f64> {
+fn pingpong(loops: u64) -> Result<f64, OverheadError> {
     use std::io::{Read, Write};
-    let (mut a_r, mut b_w) = std::io::pipe()?;
-    let (mut b_r, mut a_w) = std::io::pipe()?;
+    let (mut a_r, mut b_w) = std::io::pipe().map_err(OverheadError::PingPong)?;
+    let (mut b_r, mut a_w) = std::io::pipe().map_err(OverheadError::PingPong)?;
     let echo = std::thread::spawn(move || -> std::io::Result<()> {
         let mut buf = [0u8; 1];
         for _ in 0..loops {
@@ -184,12 +210,13 @@ fn pingpong(loops: u64) -> anyhow::Result<f64> {
     let start = Instant::now();
     let mut buf = [0u8; 1];
     for _ in 0..loops {
-        b_w.write_all(&buf)?;
-        b_r.read_exact(&mut buf)?;
+        b_w.write_all(&buf).map_err(OverheadError::PingPong)?;
+        b_r.read_exact(&mut buf).map_err(OverheadError::PingPong)?;
     }
     let el = start.elapsed();
     echo.join()
-        .map_err(|_| anyhow::anyhow!("ping-pong thread panicked"))??;
+        .map_err(|_| OverheadError::PingPongPanicked)?
+        .map_err(OverheadError::PingPong)?;
     Ok(el.as_secs_f64() * 1e6 / loops as f64)
 }
 
@@ -214,7 +241,7 @@ impl Bench {
     /// the benchmark's processes (user + system, from the kernel's exact run-time accounting;
     /// unlike wall time, this does not grow when other work on the machine delays the
     /// benchmark, but it does include what the kernel programs cost in its context).
-    fn run(&self, loops: u64, cgroup: &Cgroup, pin: Option<usize>) -> anyhow::Result<Us> {
+    fn run(&self, loops: u64, cgroup: &Cgroup, pin: Option<usize>) -> Result<Us, OverheadError> {
         let mut cmd = match self {
             Bench::Perf => {
                 let mut c = Command::new("perf");
@@ -227,10 +254,11 @@ impl Bench {
                 c
             }
         };
+        let path = cgroup.file("cgroup.procs");
         let procs = std::fs::OpenOptions::new()
             .write(true)
-            .open(cgroup.file("cgroup.procs"))
-            .with_context(|| format!("opening {}", cgroup.file("cgroup.procs").display()))?;
+            .open(&path)
+            .map_err(|source| OverheadError::OpenProcs { path, source })?;
         let fd = procs.as_raw_fd();
         // SAFETY: only write(2) between fork and exec.
         unsafe {
@@ -249,18 +277,27 @@ impl Bench {
             });
         }
         let cpu0 = children_cpu_us();
-        let out = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).output()?;
+        let out = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|source| OverheadError::Spawn {
+                bench: self.name(),
+                source,
+            })?;
         let cpu_us = (children_cpu_us() - cpu0) / loops as f64;
         drop(procs);
-        anyhow::ensure!(
-            out.status.success(),
-            "{} failed: {}",
-            self.name(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        if !out.status.success() {
+            return Err(OverheadError::Failed {
+                bench: self.name(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
         let text = String::from_utf8_lossy(&out.stdout);
-        let wall = parse_usecs_per_op(&text)
-            .with_context(|| format!("no \"usecs/op\" in the output of {}: {text}", self.name()))?;
+        let wall = parse_usecs_per_op(&text).ok_or_else(|| OverheadError::NoFigure {
+            bench: self.name(),
+            output: text.to_string(),
+        })?;
         Ok(Us { wall, cpu: cpu_us })
     }
 }
