@@ -414,7 +414,7 @@ fn mul_frac(x: u64, f: f64) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -462,7 +462,7 @@ mod tests {
     }
 
     /// Counts heap allocations made by the current thread (the event path must make none).
-    mod counting {
+    pub(crate) mod counting {
         use std::alloc::{GlobalAlloc, Layout, System};
         use std::cell::Cell;
 

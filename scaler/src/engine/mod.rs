@@ -11,6 +11,8 @@
 
 mod scaling;
 #[cfg(test)]
+use self::scaling::ScalingHandler;
+#[cfg(test)]
 mod tests;
 
 pub use self::scaling::{

@@ -362,7 +362,7 @@ pub struct EngineStats {
 }
 
 /// The handler of the engine thread's loop.
-struct ScalingHandler {
+pub(super) struct ScalingHandler {
     /// Indexed by [`slot_index`].
     slots: [Box<dyn SlotOps>; 2],
     decision: Decision,
@@ -380,7 +380,7 @@ const fn slot_index(r: Resource) -> usize {
 }
 
 impl ScalingHandler {
-    fn new(
+    pub(super) fn new(
         cfg: &EngineConfig,
         records: SyncSender<Record>,
         commands: Receiver<Command>,
@@ -461,7 +461,7 @@ impl ScalingHandler {
         }
     }
 
-    fn command(&mut self, c: Command) {
+    pub(super) fn command(&mut self, c: Command) {
         match c {
             Command::Manage(req) => {
                 let r = req.policy.resource();

@@ -435,3 +435,66 @@ fn limit_hits_in_samples_raise_when_no_event_arrived() {
     assert_eq!(*writes.lock().unwrap(), vec![a.action.new]);
     e.stop().unwrap();
 }
+
+/// A writer that counts its writes without allocating.
+#[derive(Debug)]
+struct CountingWriter {
+    current: Mutex<Setting>,
+    writes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl LimitWriter for CountingWriter {
+    fn current(&self) -> Setting {
+        *self.current.lock().unwrap()
+    }
+
+    fn write(&self, new: u64) -> Result<u64, ActuatorError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        *self.current.lock().unwrap() = Setting::Memory(Limit::from_bytes(new));
+        Ok(monotonic_ns())
+    }
+}
+
+/// The hot path — an event in, the decision, the limit write, the feedback and the record
+/// out — allocates nothing (the decider's own test counts the decider alone).
+#[test]
+fn the_hot_path_does_not_allocate() {
+    use crate::decider::tests::counting::allocations;
+    let (rec_tx, rec_rx) = std::sync::mpsc::sync_channel(1 << 16);
+    let (_cmd_tx, cmd_rx) = std::sync::mpsc::channel();
+    let cfg = EngineConfig::default();
+    let mut h = super::ScalingHandler::new(&cfg, rec_tx, cmd_rx, Arc::default());
+    let writes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for id in 1..=100u64 {
+        let w = CountingWriter {
+            current: Mutex::new(Setting::Memory(Limit::Bytes(64 * MIB))),
+            writes: writes.clone(),
+        };
+        h.command(Command::Manage(Box::new(ManageRequest {
+            id,
+            path: Arc::from(format!("/hot/{id}").as_str()),
+            parent: None,
+            policy: Policy::Memory(memory_policy()),
+            writer: Box::new(w),
+            usage: 32 * MIB,
+        })));
+    }
+    let mut ev = reclaim(0, 0, 0, 0);
+    let before = allocations();
+    for round in 0..3u64 {
+        for id in 1..=100u64 {
+            let limit = (64 * MIB) << round;
+            ev.ts_ns = monotonic_ns();
+            ev.cgroup_id = id;
+            ev.target_id = id;
+            ev.usage = limit;
+            ev.limit = limit;
+            let decoded = crate::events::decode(&encode(&ev)).unwrap();
+            Handler::on_event(&mut h, &decoded);
+        }
+    }
+    let allocated = allocations() - before;
+    assert!(writes.load(Ordering::Relaxed) >= 100, "raises were written");
+    assert_eq!(allocated, 0, "allocations on the hot path");
+    assert!(rec_rx.try_iter().count() >= 300);
+}
