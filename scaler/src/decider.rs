@@ -416,6 +416,7 @@ fn mul_frac(x: u64, f: f64) -> u64 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::cgroupfs::Limit;
 
     #[test]
     fn rate_limiter_allows_bursts_then_the_rate() {
@@ -505,7 +506,14 @@ pub(crate) mod tests {
         let mut cpu = CpuDecider::new(16.0);
         for id in 1..=100u64 {
             let parent = id.checked_sub(50).filter(|p| *p > 0);
-            mem.manage(id, parent, MemoryPolicy::default(), 64 << 20, 0, 0);
+            mem.manage(
+                id,
+                parent,
+                MemoryPolicy::default(),
+                Limit::Bytes(64 << 20),
+                0,
+                0,
+            );
             cpu.manage(id, parent, CpuPolicy::default(), Some(20_000), 100_000, 0);
         }
         let mut out = Decision::new();
@@ -531,7 +539,7 @@ pub(crate) mod tests {
                     MemorySignal::Sample {
                         ts_ns: ts + 1,
                         usage: 1 << 20,
-                        limit: mem.limit(id).unwrap(),
+                        limit: Limit::from_bytes(mem.limit(id).unwrap()),
                         working_set: 1 << 20,
                         psi_some_total_us: Some(round),
                         limit_hits: None,
@@ -601,7 +609,14 @@ pub(crate) mod tests {
         const S: u64 = 1_000_000_000;
         let mut mem = MemoryDecider::new(64 << 30);
         let mut cpu = CpuDecider::new(16.0);
-        mem.manage(1, None, MemoryPolicy::default(), 64 << 20, 64 << 20, 0);
+        mem.manage(
+            1,
+            None,
+            MemoryPolicy::default(),
+            Limit::Bytes(64 << 20),
+            64 << 20,
+            0,
+        );
         cpu.manage(1, None, CpuPolicy::default(), Some(20_000), 100_000, 0);
 
         let m: &mut dyn Decide<Signal = MemorySignal> = &mut mem;

@@ -5,6 +5,7 @@
 //!
 //! The rule sits behind [`ScaleRule`] so the competitors do not depend on the decider's API.
 
+use scaler::cgroupfs::Limit;
 use scaler::decider::{
     Action, CpuDecider, CpuPolicy, CpuSignal, Decision, MemoryDecider, MemoryPolicy, MemorySignal,
     WriteOutcome,
@@ -55,7 +56,7 @@ impl DeciderRule {
     /// A memory rule: `policy` from [`memory_policy`], starting at `limit`, node `budget`.
     pub fn memory(policy: MemoryPolicy, limit: u64, budget: u64, now_ns: u64) -> Self {
         let mut d = MemoryDecider::new(budget);
-        d.manage(ID, None, policy, limit, 0, now_ns);
+        d.manage(ID, None, policy, Limit::from_bytes(limit), 0, now_ns);
         Self {
             kind: Kind::Memory(d),
             decision: Decision::new(),

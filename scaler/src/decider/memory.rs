@@ -73,7 +73,7 @@ use super::ledger::{decider_api, Entry, Ext, Ledger};
 use super::{mul_frac, Cap, CgId, Decision, RateEstimator, Reason, Resource, Skip};
 #[cfg(test)]
 use super::{Action, WriteOutcome};
-use crate::units::MIB;
+use crate::{cgroupfs::Limit, units::MIB};
 
 /// Granularity of kernel memory limits: the largest page size (64 KiB on some arm64 and
 /// ppc64 kernels). The kernel truncates a written limit to whole pages, so a limit it reports
@@ -164,15 +164,15 @@ pub enum MemorySignal {
     UsageHigh { ts_ns: u64, usage: u64, limit: u64 },
     /// The OOM killer chose a victim in this cgroup.
     OomKill { ts_ns: u64 },
-    /// Periodic sample from the slow path (about every second). `limit` is `u64::MAX` for an
-    /// unlimited cgroup; `working_set` is usage minus inactive file pages; `psi_some_total_us`
+    /// Periodic sample from the slow path (about every second). `limit` is what the cgroup
+    /// has (`Limit::Max`: none); `working_set` is usage minus inactive file pages; `psi_some_total_us`
     /// is the cgroup's cumulative PSI `some` stall (v2 `memory.pressure`), when available;
     /// `limit_hits` the kernel's cumulative count of charges that found usage at the limit
     /// (v2 `memory.events` `max`, v1 `memory.failcnt`), when available.
     Sample {
         ts_ns: u64,
         usage: u64,
-        limit: u64,
+        limit: Limit,
         working_set: u64,
         psi_some_total_us: Option<u64>,
         limit_hits: Option<u64>,
@@ -266,10 +266,12 @@ impl MemoryDecider {
         id: CgId,
         parent: Option<CgId>,
         policy: MemoryPolicy,
-        current_limit: u64,
+        current_limit: Limit,
         usage: u64,
         now_ns: u64,
     ) {
+        // The decider's arithmetic is on integers: no limit is the largest.
+        let current_limit = current_limit.as_u64_saturating();
         let fresh = Mem {
             usage,
             working_set: usage,
@@ -344,7 +346,7 @@ impl MemoryDecider {
                 let s = Sampled {
                     ts: ts_ns,
                     usage,
-                    limit,
+                    limit: limit.as_u64_saturating(),
                     working_set,
                     psi_total_us: psi_some_total_us,
                     limit_hits,

@@ -160,7 +160,6 @@ impl ResourceDecider for MemoryDecider {
         else {
             return;
         };
-        let limit = limit.bytes().unwrap_or(u64::MAX);
         self.manage(req.id, req.parent, policy, limit, req.usage, now_ns);
     }
 

@@ -377,7 +377,7 @@ fn samples_drive_scale_down_through_the_same_path() {
         Signal::Memory(MemorySignal::Sample {
             ts_ns: monotonic_ns(),
             usage: 16 * MIB,
-            limit: 1 << 30,
+            limit: Limit::Bytes(1 << 30),
             working_set: 16 * MIB,
             psi_some_total_us: None,
             limit_hits: None,
@@ -418,7 +418,7 @@ fn limit_hits_in_samples_raise_when_no_event_arrived() {
             Signal::Memory(MemorySignal::Sample {
                 ts_ns: monotonic_ns(),
                 usage: 64 * MIB,
-                limit: 64 * MIB,
+                limit: Limit::from_bytes(64 * MIB),
                 working_set: 64 * MIB,
                 psi_some_total_us: None,
                 limit_hits: Some(hits),

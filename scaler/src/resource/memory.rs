@@ -23,7 +23,7 @@ pub struct Memory;
 pub fn sample(cg: &Cgroup) -> Option<MemorySignal> {
     let ts_ns = monotonic_ns();
     let usage = cg.memory_usage().ok()?;
-    let limit = cg.memory_limit().ok()?.as_u64_saturating();
+    let limit = cg.memory_limit().ok()?;
     let working_set = cg
         .memory_stat()
         .map(|s| usage.saturating_sub(s.inactive_file))
@@ -101,7 +101,7 @@ impl ManagedResource for Memory {
         };
         Some(Sample {
             signal: Signal::Memory(signal),
-            observed: Setting::Memory(Limit::from_bytes(limit)),
+            observed: Setting::Memory(limit),
             throttled_seconds: None,
         })
     }

@@ -1,6 +1,7 @@
 //! Sequences of signals in, decisions out.
 
 use super::*;
+use crate::cgroupfs::Limit;
 use crate::decider::testing::{self, only};
 use crate::decider::Decision;
 
@@ -45,7 +46,7 @@ impl Loop {
             MemorySignal::Sample {
                 ts_ns,
                 usage,
-                limit,
+                limit: Limit::from_bytes(limit),
                 working_set,
                 psi_some_total_us: None,
                 limit_hits: None,
@@ -57,7 +58,7 @@ impl Loop {
 #[test]
 fn a_35_event_reclaim_storm_is_one_decision() {
     let mut l = Loop::new(16 * GIB);
-    l.d.manage(1, None, policy(), 64 * MIB, 60 * MIB, T0);
+    l.d.manage(1, None, policy(), Limit::from_bytes(64 * MIB), 60 * MIB, T0);
     // The kernel's 35 reclaim rounds over 0.76 ms, all at the old limit. The first is
     // answered; the write completes 100 us later.
     let first = l.reclaim(1, T0 + S, 64 * MIB, 64 * MIB);
@@ -80,7 +81,7 @@ fn a_35_event_reclaim_storm_is_one_decision() {
 #[test]
 fn storm_events_are_coalesced_while_the_write_is_in_flight() {
     let mut l = Loop::new(16 * GIB);
-    l.d.manage(1, None, policy(), 64 * MIB, 60 * MIB, T0);
+    l.d.manage(1, None, policy(), Limit::from_bytes(64 * MIB), 60 * MIB, T0);
     let d = l.signal_only(
         1,
         MemorySignal::Reclaim {
@@ -119,7 +120,7 @@ fn repeated_pressure_escalates_the_step_and_a_quiet_window_resets_it() {
         lookahead_ns: 0, // isolate escalation from the rate estimate
         ..policy()
     };
-    l.d.manage(1, None, p, 64 * MIB, 64 * MIB, T0);
+    l.d.manage(1, None, p, Limit::from_bytes(64 * MIB), 64 * MIB, T0);
     let mut limit = 64 * MIB;
     let mut steps = Vec::new();
     for i in 0..6 {
@@ -137,8 +138,8 @@ fn repeated_pressure_escalates_the_step_and_a_quiet_window_resets_it() {
 #[test]
 fn the_step_grows_with_the_allocation_rate() {
     let mut l = Loop::new(64 * GIB);
-    l.d.manage(1, None, policy(), 64 * MIB, 0, T0);
-    l.d.manage(2, None, policy(), 64 * MIB, 0, T0);
+    l.d.manage(1, None, policy(), Limit::from_bytes(64 * MIB), 0, T0);
+    l.d.manage(2, None, policy(), Limit::from_bytes(64 * MIB), 0, T0);
     // Cgroup 1 filled 64 MiB in 80 ms (800 MiB/s); cgroup 2 in 8 s (8 MiB/s).
     let fast = only(&l.reclaim(1, T0 + 80 * MS, 64 * MIB, 64 * MIB));
     let slow = only(&l.reclaim(2, T0 + 8 * S, 64 * MIB, 64 * MIB));
@@ -152,7 +153,7 @@ fn the_step_grows_with_the_allocation_rate() {
 #[test]
 fn the_step_is_at_least_a_fraction_of_the_limit() {
     let mut l = Loop::new(64 * GIB);
-    l.d.manage(1, None, policy(), GIB, GIB, T0);
+    l.d.manage(1, None, policy(), Limit::from_bytes(GIB), GIB, T0);
     let a = only(&l.reclaim(1, T0 + 10 * S, GIB, GIB));
     assert_eq!(a.new - a.old, GIB / 4);
 }
@@ -162,7 +163,7 @@ fn the_step_is_at_least_a_fraction_of_the_limit() {
 fn run_race(early_warning: bool) -> (bool, Vec<Action>) {
     let mut l = Loop::new(16 * GIB);
     let p = policy();
-    l.d.manage(1, None, p, 64 * MIB, 0, T0);
+    l.d.manage(1, None, p, Limit::from_bytes(64 * MIB), 0, T0);
     let mut kernel_limit = 64 * MIB;
     let mut warned_at = 0;
     let mut pending: Option<(u64, u64)> = None; // (done_ns, new limit)
@@ -238,7 +239,7 @@ fn a_workload_beyond_max_gets_nothing_past_max_and_is_reported_once() {
         max: 256 * MIB,
         ..policy()
     };
-    l.d.manage(1, None, p, 64 * MIB, 64 * MIB, T0);
+    l.d.manage(1, None, p, Limit::from_bytes(64 * MIB), 64 * MIB, T0);
     let mut limit = 64 * MIB;
     let mut t = T0 + S;
     let mut skips = Vec::new();
@@ -270,7 +271,7 @@ fn usage_above_max_gets_no_raise() {
         max: 256 * MIB,
         ..policy()
     };
-    l.d.manage(1, None, p, 200 * MIB, 200 * MIB, T0);
+    l.d.manage(1, None, p, Limit::from_bytes(200 * MIB), 200 * MIB, T0);
     let d = l.reclaim(1, T0 + S, 300 * MIB, 200 * MIB);
     assert_eq!(d.skip, Some(Skip::Capped(Cap::AtMax)));
 }
@@ -279,10 +280,17 @@ fn usage_above_max_gets_no_raise() {
 fn the_budget_holds_across_cgroups() {
     let mut l = Loop::new(900 * MIB);
     for id in 1..=3 {
-        l.d.manage(id, None, policy(), 256 * MIB, 256 * MIB, T0);
+        l.d.manage(
+            id,
+            None,
+            policy(),
+            Limit::from_bytes(256 * MIB),
+            256 * MIB,
+            T0,
+        );
     }
     // A nested cgroup does not count against the budget.
-    l.d.manage(10, Some(1), policy(), 128 * MIB, 0, T0);
+    l.d.manage(10, Some(1), policy(), Limit::from_bytes(128 * MIB), 0, T0);
     assert_eq!(l.d.committed(), 768 * MIB as u128);
     let a = only(&l.reclaim(1, T0 + S, 256 * MIB, 256 * MIB));
     assert_eq!(a.new, 256 * MIB + 64 * MIB);
@@ -307,8 +315,15 @@ fn a_binding_parent_is_raised_first_within_its_own_max() {
         max: 700 * MIB,
         ..policy()
     };
-    l.d.manage(1, None, parent, 512 * MIB, 480 * MIB, T0);
-    l.d.manage(2, Some(1), policy(), 256 * MIB, 256 * MIB, T0);
+    l.d.manage(1, None, parent, Limit::from_bytes(512 * MIB), 480 * MIB, T0);
+    l.d.manage(
+        2,
+        Some(1),
+        policy(),
+        Limit::from_bytes(256 * MIB),
+        256 * MIB,
+        T0,
+    );
     let d = l.reclaim(2, T0 + S, 256 * MIB, 256 * MIB);
     let [p, c] = d.actions() else { panic!("{d:?}") };
     assert_eq!(
@@ -337,8 +352,15 @@ fn a_binding_parent_is_raised_first_within_its_own_max() {
 #[test]
 fn a_parent_with_room_is_left_alone() {
     let mut l = Loop::new(64 * GIB);
-    l.d.manage(1, None, policy(), 2 * GIB, 300 * MIB, T0);
-    l.d.manage(2, Some(1), policy(), 256 * MIB, 256 * MIB, T0);
+    l.d.manage(1, None, policy(), Limit::from_bytes(2 * GIB), 300 * MIB, T0);
+    l.d.manage(
+        2,
+        Some(1),
+        policy(),
+        Limit::from_bytes(256 * MIB),
+        256 * MIB,
+        T0,
+    );
     let d = l.reclaim(2, T0 + S, 256 * MIB, 256 * MIB);
     assert_eq!(only(&d).cgroup, 2);
 }
@@ -346,9 +368,30 @@ fn a_parent_with_room_is_left_alone() {
 #[test]
 fn grandparents_are_raised_top_down_and_the_top_within_budget() {
     let mut l = Loop::new(1100 * MIB);
-    l.d.manage(1, None, policy(), GIB, GIB - 10 * MIB, T0);
-    l.d.manage(2, Some(1), policy(), 512 * MIB, 500 * MIB, T0);
-    l.d.manage(3, Some(2), policy(), 256 * MIB, 256 * MIB, T0);
+    l.d.manage(
+        1,
+        None,
+        policy(),
+        Limit::from_bytes(GIB),
+        GIB - 10 * MIB,
+        T0,
+    );
+    l.d.manage(
+        2,
+        Some(1),
+        policy(),
+        Limit::from_bytes(512 * MIB),
+        500 * MIB,
+        T0,
+    );
+    l.d.manage(
+        3,
+        Some(2),
+        policy(),
+        Limit::from_bytes(256 * MIB),
+        256 * MIB,
+        T0,
+    );
     let d = l.reclaim(3, T0 + S, 256 * MIB, 256 * MIB);
     let ids: Vec<_> = d.actions().iter().map(|a| a.cgroup).collect();
     assert_eq!(ids, [1, 2, 3]);
@@ -363,8 +406,15 @@ fn grandparents_are_raised_top_down_and_the_top_within_budget() {
 #[test]
 fn pressure_on_an_ancestor_is_decided_for_the_ancestor() {
     let mut l = Loop::new(64 * GIB);
-    l.d.manage(1, None, policy(), 512 * MIB, 512 * MIB, T0);
-    l.d.manage(2, Some(1), policy(), GIB, 300 * MIB, T0);
+    l.d.manage(
+        1,
+        None,
+        policy(),
+        Limit::from_bytes(512 * MIB),
+        512 * MIB,
+        T0,
+    );
+    l.d.manage(2, Some(1), policy(), Limit::from_bytes(GIB), 300 * MIB, T0);
     let a = only(&l.reclaim(1, T0 + S, 512 * MIB, 512 * MIB));
     assert_eq!((a.cgroup, a.reason), (1, Reason::Pressure));
 }
@@ -377,7 +427,7 @@ fn scale_down_waits_for_the_cooldown_then_goes_gradually_and_never_below_usage()
         down_interval_ns: S,
         ..policy()
     };
-    l.d.manage(1, None, p, GIB, 100 * MIB, T0);
+    l.d.manage(1, None, p, Limit::from_bytes(GIB), 100 * MIB, T0);
     // Inside the cooldown: nothing.
     for i in 1..10 {
         assert!(l.sample(1, T0 + i * S, 100 * MIB, 80 * MIB).is_empty());
@@ -410,7 +460,7 @@ fn scale_down_respects_the_interval_and_usage_floor_and_min() {
         min: 300 * MIB,
         ..policy()
     };
-    l.d.manage(1, None, p, GIB, 100 * MIB, T0);
+    l.d.manage(1, None, p, Limit::from_bytes(GIB), 100 * MIB, T0);
     assert!(!l.sample(1, T0 + 2 * S, 100 * MIB, 10 * MIB).is_empty());
     assert!(l.sample(1, T0 + 3 * S, 100 * MIB, 10 * MIB).is_empty());
     assert!(l.sample(1, T0 + 6 * S, 100 * MIB, 10 * MIB).is_empty());
@@ -433,7 +483,7 @@ fn scale_down_respects_the_interval_and_usage_floor_and_min() {
             down_interval_ns: S,
             ..policy()
         },
-        GIB,
+        Limit::from_bytes(GIB),
         0,
         T0,
     );
@@ -455,7 +505,7 @@ fn scale_down_stops_at_the_first_sign_of_pressure_and_the_cooldown_restarts() {
         down_interval_ns: S,
         ..policy()
     };
-    l.d.manage(1, None, p, GIB, 100 * MIB, T0);
+    l.d.manage(1, None, p, Limit::from_bytes(GIB), 100 * MIB, T0);
     let a = only(&l.sample(1, T0 + 11 * S, 100 * MIB, 80 * MIB));
     // Early warning at the lowered limit: a raise, and the cooldown starts over.
     let w = l.signal(
@@ -484,7 +534,7 @@ fn psi_stall_counts_as_pressure_for_the_cooldown() {
         down_interval_ns: S,
         ..policy()
     };
-    l.d.manage(1, None, p, GIB, 100 * MIB, T0);
+    l.d.manage(1, None, p, Limit::from_bytes(GIB), 100 * MIB, T0);
     let mut psi = 0;
     for i in 1..20 {
         psi += 50_000; // 5% of each second stalled
@@ -493,7 +543,7 @@ fn psi_stall_counts_as_pressure_for_the_cooldown() {
             MemorySignal::Sample {
                 ts_ns: T0 + i * S,
                 usage: 100 * MIB,
-                limit: GIB,
+                limit: Limit::from_bytes(GIB),
                 working_set: 80 * MIB,
                 psi_some_total_us: Some(psi),
                 limit_hits: None,
@@ -506,7 +556,7 @@ fn psi_stall_counts_as_pressure_for_the_cooldown() {
         MemorySignal::Sample {
             ts_ns: T0 + 30 * S,
             usage: 100 * MIB,
-            limit: GIB,
+            limit: Limit::from_bytes(GIB),
             working_set: 80 * MIB,
             psi_some_total_us: Some(psi),
             limit_hits: None,
@@ -523,7 +573,7 @@ fn raises_are_rate_limited() {
         max: 32 * GIB,
         ..policy()
     };
-    l.d.manage(1, None, p, 64 * MIB, 64 * MIB, T0);
+    l.d.manage(1, None, p, Limit::from_bytes(64 * MIB), 64 * MIB, T0);
     let mut limit = 64 * MIB;
     let mut results = Vec::new();
     for i in 0..4 {
@@ -552,7 +602,7 @@ fn hysteresis_suppresses_tiny_changes() {
         ..policy()
     };
     // Goal 80 + 64 = 144 MiB, 20 MiB below the limit: not worth a write.
-    l.d.manage(1, None, p, 164 * MIB, 80 * MIB, T0);
+    l.d.manage(1, None, p, Limit::from_bytes(164 * MIB), 80 * MIB, T0);
     for i in 2..10 {
         assert!(l.sample(1, T0 + i * S, 80 * MIB, 80 * MIB).is_empty());
     }
@@ -562,7 +612,7 @@ fn hysteresis_suppresses_tiny_changes() {
         min_change: 16 * MIB,
         ..policy()
     };
-    l.d.manage(2, None, p, 64 * MIB, 64 * MIB, T0);
+    l.d.manage(2, None, p, Limit::from_bytes(64 * MIB), 64 * MIB, T0);
     let d = l.reclaim(2, T0 + S, 64 * MIB, 64 * MIB);
     assert_eq!(d.skip, Some(Skip::Capped(Cap::AtMax)));
 }
@@ -570,7 +620,7 @@ fn hysteresis_suppresses_tiny_changes() {
 #[test]
 fn oom_kill_raises_with_a_doubled_step() {
     let mut l = Loop::new(64 * GIB);
-    l.d.manage(1, None, policy(), 64 * MIB, 64 * MIB, T0);
+    l.d.manage(1, None, policy(), Limit::from_bytes(64 * MIB), 64 * MIB, T0);
     let d = l.signal(1, MemorySignal::OomKill { ts_ns: T0 + 10 * S });
     let a = only(&d);
     assert_eq!(
@@ -591,7 +641,14 @@ fn oom_kill_raises_with_a_doubled_step() {
 #[test]
 fn a_failed_write_is_reverted_and_the_next_pressure_retries() {
     let mut l = Loop::new(GIB);
-    l.d.manage(1, None, policy(), 256 * MIB, 256 * MIB, T0);
+    l.d.manage(
+        1,
+        None,
+        policy(),
+        Limit::from_bytes(256 * MIB),
+        256 * MIB,
+        T0,
+    );
     let mut out = Decision::new();
     l.d.on_signal(
         1,
@@ -614,13 +671,20 @@ fn a_failed_write_is_reverted_and_the_next_pressure_retries() {
 #[test]
 fn samples_adopt_a_limit_changed_behind_the_deciders_back() {
     let mut l = Loop::new(64 * GIB);
-    l.d.manage(1, None, policy(), 256 * MIB, 100 * MIB, T0);
+    l.d.manage(
+        1,
+        None,
+        policy(),
+        Limit::from_bytes(256 * MIB),
+        100 * MIB,
+        T0,
+    );
     l.signal(
         1,
         MemorySignal::Sample {
             ts_ns: T0 + S,
             usage: 100 * MIB,
-            limit: 512 * MIB,
+            limit: Limit::from_bytes(512 * MIB),
             working_set: 100 * MIB,
             psi_some_total_us: None,
             limit_hits: None,
@@ -638,7 +702,7 @@ fn an_unlimited_cgroup_is_brought_to_max_by_the_first_sample() {
         max: 4 * GIB,
         ..policy()
     };
-    l.d.manage(1, None, p, u64::MAX, 100 * MIB, T0);
+    l.d.manage(1, None, p, Limit::from_bytes(u64::MAX), 100 * MIB, T0);
     let a = only(&l.sample(1, T0 + S, 100 * MIB, 100 * MIB));
     assert_eq!((a.old, a.new), (u64::MAX, 4 * GIB));
     assert_eq!(l.d.committed(), 4 * GIB as u128);
@@ -649,8 +713,8 @@ fn unmanaged_and_forgotten_cgroups() {
     let mut l = Loop::new(64 * GIB);
     let d = l.reclaim(9, T0, 1, 1);
     assert_eq!(d.skip, Some(Skip::Unmanaged));
-    l.d.manage(1, None, policy(), GIB, 0, T0);
-    l.d.manage(2, Some(1), policy(), 256 * MIB, 0, T0);
+    l.d.manage(1, None, policy(), Limit::from_bytes(GIB), 0, T0);
+    l.d.manage(2, Some(1), policy(), Limit::from_bytes(256 * MIB), 0, T0);
     assert_eq!(l.d.committed(), GIB as u128);
     assert!(l.d.forget(1));
     assert!(!l.d.forget(1));
@@ -739,7 +803,7 @@ mod invariants {
                     ..MemoryPolicy::default()
                 };
                 let limit = start.min(max);
-                d.manage(i as u64 + 1, parent.map(|p| p as u64 + 1), p, limit, 0, t);
+                d.manage(i as u64 + 1, parent.map(|p| p as u64 + 1), p, Limit::from_bytes(limit), 0, t);
                 cgs.push(Cg { id: i as u64 + 1, max, top: parent.is_none(), kernel_limit: limit,
                               old_limit: limit, usage: 0, known_usage: 0, applied_ts: t });
             }
@@ -759,7 +823,7 @@ mod invariants {
                     Op::UsageHigh(i) => (i, MemorySignal::UsageHigh { ts_ns: t, usage: cgs[i].usage, limit: cgs[i].kernel_limit }),
                     Op::Oom(i) => (i, MemorySignal::OomKill { ts_ns: t }),
                     Op::Sample(i, ws, psi) => (i, MemorySignal::Sample {
-                        ts_ns: t, usage: cgs[i].usage, limit: cgs[i].kernel_limit,
+                        ts_ns: t, usage: cgs[i].usage, limit: Limit::from_bytes(cgs[i].kernel_limit),
                         working_set: cgs[i].usage * ws / 100, psi_some_total_us: Some(psi * (t / S)),
                         limit_hits: None,
                     }),
@@ -820,7 +884,7 @@ fn scale_down_never_puts_usage_in_the_early_warning_band() {
         down_interval_ns: S,
         ..policy()
     };
-    l.d.manage(1, None, p, 2 * GIB, 0, T0);
+    l.d.manage(1, None, p, Limit::from_bytes(2 * GIB), 0, T0);
     for (i, usage) in (2..60).zip([300u64, 280, 500, 90, 90, 90, 700].iter().cycle()) {
         let usage = usage * MIB;
         let d = l.sample(1, T0 + i * S, usage, usage / 2);
@@ -841,7 +905,7 @@ impl Loop {
             MemorySignal::Sample {
                 ts_ns,
                 usage,
-                limit,
+                limit: Limit::from_bytes(limit),
                 working_set: usage,
                 psi_some_total_us: None,
                 limit_hits: Some(hits),
@@ -853,7 +917,7 @@ impl Loop {
 #[test]
 fn limit_hits_in_a_sample_raise_when_events_were_missed() {
     let mut l = Loop::new(16 * GIB);
-    l.d.manage(1, None, policy(), 64 * MIB, 60 * MIB, T0);
+    l.d.manage(1, None, policy(), Limit::from_bytes(64 * MIB), 60 * MIB, T0);
     // The first sample only sets the baseline.
     assert!(l.sample_hits(1, T0 + S, 60 * MIB, 100).is_empty());
     // No event arrived (its records were dropped), but the kernel counted 12 more hits.
@@ -869,7 +933,7 @@ fn limit_hits_in_a_sample_raise_when_events_were_missed() {
 #[test]
 fn limit_hits_that_a_raise_answered_are_not_answered_twice() {
     let mut l = Loop::new(16 * GIB);
-    l.d.manage(1, None, policy(), 64 * MIB, 60 * MIB, T0);
+    l.d.manage(1, None, policy(), Limit::from_bytes(64 * MIB), 60 * MIB, T0);
     assert!(l.sample_hits(1, T0 + S, 60 * MIB, 0).is_empty());
     // The event path saw the reclaim and raised within the interval...
     only(&l.reclaim(1, T0 + S + 500 * MS, 64 * MIB, 64 * MIB));
