@@ -40,6 +40,18 @@ impl Loop {
     }
 
     fn sample(&mut self, id: CgId, ts_ns: u64, usage: u64, working_set: u64) -> Decision {
+        self.sample_with(id, ts_ns, usage, working_set, None)
+    }
+
+    /// A sample at the decided limit, with the kernel's count of limit hits if any.
+    fn sample_with(
+        &mut self,
+        id: CgId,
+        ts_ns: u64,
+        usage: u64,
+        working_set: u64,
+        limit_hits: Option<u64>,
+    ) -> Decision {
         let limit = self.d.limit(id).unwrap();
         self.signal(
             id,
@@ -49,7 +61,7 @@ impl Loop {
                 limit: Limit::from_bytes(limit),
                 working_set,
                 psi_some_total_us: None,
-                limit_hits: None,
+                limit_hits,
             },
         )
     }
@@ -899,18 +911,7 @@ fn scale_down_never_puts_usage_in_the_early_warning_band() {
 impl Loop {
     /// A sample with the kernel's count of limit hits.
     fn sample_hits(&mut self, id: CgId, ts_ns: u64, usage: u64, hits: u64) -> Decision {
-        let limit = self.d.limit(id).unwrap();
-        self.signal(
-            id,
-            MemorySignal::Sample {
-                ts_ns,
-                usage,
-                limit: Limit::from_bytes(limit),
-                working_set: usage,
-                psi_some_total_us: None,
-                limit_hits: Some(hits),
-            },
-        )
+        self.sample_with(id, ts_ns, usage, usage, Some(hits))
     }
 }
 
