@@ -328,14 +328,7 @@ impl Pipeline {
     fn bump_cpu_gen(&mut self) -> Result<(), EbpfError> {
         let mut s = self.current_settings;
         s.cpu_watch_gen = s.cpu_watch_gen.wrapping_add(1);
-        self.settings
-            .set(0, s, 0)
-            .map_err(|source| EbpfError::Map {
-                map: names::SETTINGS,
-                source,
-            })?;
-        self.current_settings = s;
-        Ok(())
+        self.write_settings(s)
     }
 
     /// Starts (or updates) watching a cgroup of the cpu controller by kernfs id. The quota

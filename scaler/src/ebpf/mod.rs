@@ -320,6 +320,11 @@ impl Pipeline {
     /// pipeline's to bump).
     pub fn set_settings(&mut self, mut s: Settings) -> Result<(), EbpfError> {
         s.cpu_watch_gen = self.current_settings.cpu_watch_gen;
+        self.write_settings(s)
+    }
+
+    /// Writes `s` to the programs' settings map and remembers it.
+    fn write_settings(&mut self, s: Settings) -> Result<(), EbpfError> {
         self.settings
             .set(0, s, 0)
             .map_err(|source| EbpfError::Map {

@@ -64,6 +64,16 @@ pub enum Budget {
     Cpu(f64),
 }
 
+impl Budget {
+    /// The resource it bounds.
+    pub fn resource(&self) -> Resource {
+        match self {
+            Budget::Memory(_) => Resource::Memory,
+            Budget::Cpu(_) => Resource::Cpu,
+        }
+    }
+}
+
 /// A cgroup to manage for one resource. On cgroup v1 the memory and cpu cgroups of a workload
 /// are different directories with different ids; each is managed by its own request.
 pub struct ManageRequest {
@@ -471,13 +481,7 @@ impl ScalingHandler {
             Command::Snapshot(r, reply) => {
                 let _ = reply.try_send(self.slot(r).snapshot());
             }
-            Command::SetBudget(b) => {
-                let r = match b {
-                    Budget::Memory(_) => Resource::Memory,
-                    Budget::Cpu(_) => Resource::Cpu,
-                };
-                self.slot(r).set_budget(b);
-            }
+            Command::SetBudget(b) => self.slot(b.resource()).set_budget(b),
         }
     }
 

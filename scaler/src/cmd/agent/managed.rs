@@ -107,14 +107,20 @@ impl Agent {
             .any(|p| r.policy(p, &self.node).is_some())
     }
 
-    /// The hierarchy of resource `r`: memory's own, or the one found for it (looked for the
-    /// first time a policy manages `r`; `None` when its controller is not available).
+    /// The hierarchy of `res` as known now: memory's own, or the one found for another
+    /// resource (`None` until a policy manages it, or when its controller is not available).
+    fn known_hierarchy(&self, res: Resource) -> Option<&Hierarchy> {
+        match res {
+            Resource::Memory => Some(&self.hierarchy),
+            _ => self.sides.get(&res).map(|s| &s.hierarchy),
+        }
+    }
+
+    /// The hierarchy of resource `r`, looked for the first time a policy manages it (`None`
+    /// when its controller is not available).
     fn hierarchy_of(&mut self, r: &dyn ManagedResource) -> Option<&Hierarchy> {
         let res = r.resource();
-        if res == Resource::Memory {
-            return Some(&self.hierarchy);
-        }
-        if !self.sides.contains_key(&res) && !self.unavailable.contains(&res) {
+        if self.known_hierarchy(res).is_none() && !self.unavailable.contains(&res) {
             match Hierarchy::discover(Path::new("/"), r.controller()) {
                 Ok(h) => {
                     let index =
@@ -146,7 +152,7 @@ impl Agent {
                 }
             }
         }
-        self.sides.get(&res).map(|s| &s.hierarchy)
+        self.known_hierarchy(res)
     }
 
     /// Brings every resource's managed set in line with the configuration and the cgroups that
@@ -171,12 +177,8 @@ impl Agent {
         if wants && self.hierarchy_of(r).is_none() {
             return;
         }
-        let h = match res {
-            Resource::Memory => self.hierarchy.clone(),
-            _ => match self.sides.get(&res) {
-                Some(s) => s.hierarchy.clone(),
-                None => return,
-            },
+        let Some(h) = self.known_hierarchy(res).cloned() else {
+            return;
         };
         let mut wanted = Vec::new();
         if wants {
@@ -309,10 +311,7 @@ impl Agent {
                 .map(|m| m.path.clone())
                 .collect();
             let dropped = lock(&self.state.state).retain_settings(res, |p| managed.contains(p));
-            let h = match res {
-                Resource::Memory => Some(&self.hierarchy),
-                _ => self.sides.get(&res).map(|s| &s.hierarchy),
-            };
+            let h = self.known_hierarchy(res);
             for (path, original, current) in dropped {
                 let exists = h.is_some_and(|h| h.cgroup(&path).is_ok_and(|c| c.exists()));
                 if exists {
@@ -342,12 +341,8 @@ impl Agent {
     pub fn sample(&self) {
         for r in resource::ALL {
             let res = r.resource();
-            let h = match res {
-                Resource::Memory => &self.hierarchy,
-                _ => match self.sides.get(&res) {
-                    Some(s) => &s.hierarchy,
-                    None => continue,
-                },
+            let Some(h) = self.known_hierarchy(res) else {
+                continue;
             };
             let mut managed = lock(self.state.managed(res));
             for (id, m) in managed.iter_mut() {
@@ -393,7 +388,7 @@ impl Agent {
         let m = &self.state.metrics;
         for r in resource::ALL {
             let res = r.resource();
-            if res != Resource::Memory && !self.sides.contains_key(&res) {
+            if self.known_hierarchy(res).is_none() {
                 continue;
             }
             let snapshot = self.engine.snapshot(res);
@@ -512,13 +507,13 @@ impl Agent {
 
     /// The hierarchies the restore needs, by resource.
     pub fn hierarchies(&self) -> HashMap<Resource, Hierarchy> {
-        let mut m: HashMap<Resource, Hierarchy> = self
-            .sides
+        resource::ALL
             .iter()
-            .map(|(r, s)| (*r, s.hierarchy.clone()))
-            .collect();
-        m.insert(Resource::Memory, self.hierarchy.clone());
-        m
+            .filter_map(|r| {
+                let res = r.resource();
+                self.known_hierarchy(res).map(|h| (res, h.clone()))
+            })
+            .collect()
     }
 }
 

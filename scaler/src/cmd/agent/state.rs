@@ -521,33 +521,21 @@ impl StateFile {
         resource: Resource,
         mut keep: impl FnMut(&str) -> bool,
     ) -> Vec<(String, Setting, Setting)> {
+        fn dropped<L: Copy + PartialEq>(
+            t: &mut Table<L>,
+            keep: &mut impl FnMut(&str) -> bool,
+            to: impl Fn(L) -> Setting,
+        ) -> Vec<(String, Setting, Setting)> {
+            t.retain(|p, _| keep(p))
+                .into_iter()
+                .map(|(p, r)| (p, to(r.original), to(r.current)))
+                .collect()
+        }
         match resource {
-            Resource::Memory => self
-                .doc
-                .cgroups
-                .retain(|p, _| keep(p))
-                .into_iter()
-                .map(|(p, r)| {
-                    (
-                        p,
-                        Setting::Memory(r.original.into()),
-                        Setting::Memory(r.current.into()),
-                    )
-                })
-                .collect(),
-            Resource::Cpu => self
-                .doc
-                .cpu
-                .retain(|p, _| keep(p))
-                .into_iter()
-                .map(|(p, r)| {
-                    (
-                        p,
-                        Setting::Cpu(r.original.into()),
-                        Setting::Cpu(r.current.into()),
-                    )
-                })
-                .collect(),
+            Resource::Memory => dropped(&mut self.doc.cgroups, &mut keep, |l| {
+                Setting::Memory(l.into())
+            }),
+            Resource::Cpu => dropped(&mut self.doc.cpu, &mut keep, |q| Setting::Cpu(q.into())),
         }
     }
 
