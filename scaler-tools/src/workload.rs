@@ -136,6 +136,11 @@ pub struct PagecacheArgs {
     /// Bytes to write and read back.
     #[arg(long, value_parser = parse_size)]
     pub size: u64,
+    /// Flush written data to disk (fdatasync) after every this many bytes, so dirty pages never
+    /// pile up: a small cgroup v1 memory limit cannot write dirty pages back in its own reclaim
+    /// and may OOM-kill a writer that never syncs. Unset: never sync before the end.
+    #[arg(long, value_parser = parse_size)]
+    pub sync_every: Option<u64>,
 }
 
 /// Parameters of the `cpu` shape.
@@ -785,10 +790,16 @@ pub fn pagecache(a: &PagecacheArgs) -> Result<WorkloadReport, WorkloadError> {
     let chunk_len = usize::try_from(a.size).unwrap_or(usize::MAX).min(IO_CHUNK);
     let mut buf = vec![0xa5u8; chunk_len];
     let mut written = 0u64;
+    let mut unsynced = 0u64;
     while written < a.size {
         let n = (a.size - written).min(buf.len() as u64) as usize;
         file.write_all(&buf[..n]).map_err(io_err)?;
         written += n as u64;
+        unsynced += n as u64;
+        if a.sync_every.is_some_and(|every| unsynced >= every) {
+            file.sync_data().map_err(io_err)?;
+            unsynced = 0;
+        }
     }
     file.flush().map_err(io_err)?;
     let mut file = File::open(&a.file).map_err(io_err)?;
@@ -1060,6 +1071,7 @@ mod tests {
         let r = pagecache(&PagecacheArgs {
             file: file.clone(),
             size: (3 << 20) + 17,
+            sync_every: Some(1 << 20),
         })
         .unwrap();
         assert_eq!(r.touched_bytes, (3 << 20) + 17);
@@ -1070,7 +1082,8 @@ mod tests {
         assert!(matches!(
             pagecache(&PagecacheArgs {
                 file: file.clone(),
-                size: 10
+                size: 10,
+                sync_every: None,
             }),
             Err(WorkloadError::CreateFile { .. })
         ));

@@ -557,6 +557,10 @@ fn ring_buffer_overflow_is_counted_reported_and_the_stream_goes_on() {
                 file.to_str().unwrap(),
                 "--size",
                 "384M",
+                // Dirty pages are what a tight v1 limit cannot reclaim by itself: sync as it
+                // goes, so the storm is reclaim, not an OOM kill of the writer.
+                "--sync-every",
+                "4M",
             ]
             .map(String::from),
         ));
@@ -666,6 +670,9 @@ fn the_agent_locks_its_memory_and_rescues_while_its_own_cgroup_is_under_pressure
             file.to_str().unwrap(),
             "--size",
             "1G",
+            // Clean page cache is what the limit reclaims; dirty pages a v1 limit cannot.
+            "--sync-every",
+            "4M",
         ]
         .map(String::from),
     );
