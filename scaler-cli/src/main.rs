@@ -57,6 +57,6 @@ mod tests {
             watch.command,
             Command::Agent(scaler::cli::Command::Watch(_))
         ));
-        assert_eq!(watch.global.log, "debug");
+        assert_eq!(watch.global.log.as_deref(), Some("debug"));
     }
 }

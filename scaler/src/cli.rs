@@ -9,12 +9,51 @@ use clap::{Args, Subcommand};
 /// Options every subcommand accepts (flatten into the top-level parser).
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `scaler=debug`. Also RUST_LOG.
-    #[arg(long, global = true, env = "SCALER_LOG", default_value = "info")]
-    pub log: String,
-    /// Log as JSON lines (for log shippers).
+    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `scaler=debug`. Precedence: this
+    /// option, then SCALER_LOG, then RUST_LOG, then `info`.
+    #[arg(long, global = true, env = "SCALER_LOG")]
+    pub log: Option<String>,
+    /// Log format on stderr: `text` (coloured only on a terminal, never when NO_COLOR is set)
+    /// or `json` (one object per line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// The same as `--log-format json`.
     #[arg(long, global = true)]
     pub log_json: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl GlobalArgs {
+    /// The log filter in force: `--log`/SCALER_LOG, else RUST_LOG, else `info`.
+    pub fn filter(&self, rust_log: Option<String>) -> String {
+        self.log
+            .clone()
+            .or(rust_log.filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| "info".to_string())
+    }
+
+    /// The log format in force (`--log-json` is `--log-format json`).
+    pub fn format(&self) -> LogFormat {
+        if self.log_json {
+            LogFormat::Json
+        } else {
+            self.log_format
+        }
+    }
+}
+
+/// Whether text logs carry ANSI colours: only on a terminal, and never when NO_COLOR is set to
+/// a non-empty value (https://no-color.org). journald and `kubectl logs` are not terminals.
+pub fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// The agent's subcommands.
@@ -32,18 +71,28 @@ pub enum Command {
     Exec(crate::cmd::exec::ExecArgs),
 }
 
-/// Installs the tracing subscriber (stderr, text or JSON lines) for `--log` / `--log-json`.
+/// Installs the tracing subscriber on stderr, in the format and with the filter of
+/// [`GlobalArgs`]; an invalid filter falls back to `info` with a warning.
 pub fn init_tracing(global: &GlobalArgs) {
+    use std::io::IsTerminal;
     use tracing_subscriber::{fmt, EnvFilter};
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .unwrap_or_else(|| global.log.clone());
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let wanted = global.filter(std::env::var("RUST_LOG").ok());
+    let (filter, bad) = match EnvFilter::try_new(&wanted) {
+        Ok(f) => (f, None),
+        Err(e) => (EnvFilter::new("info"), Some(e)),
+    };
     let b = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if global.log_json {
-        b.json().init();
-    } else {
-        b.init();
+    match global.format() {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b
+            .with_ansi(use_colour(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ))
+            .init(),
+    }
+    if let Some(e) = bad {
+        tracing::warn!(filter = %wanted, "invalid log filter ({e}); logging at info");
     }
     // aya-log records (from the kernel programs) arrive through the `log` facade.
     let _ = tracing_log::LogTracer::init();
@@ -69,5 +118,45 @@ pub fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
             eprintln!("scaler: error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    fn args(log: Option<&str>, format: LogFormat, json: bool) -> GlobalArgs {
+        GlobalArgs {
+            log: log.map(str::to_string),
+            log_format: format,
+            log_json: json,
+        }
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        // NO_COLOR set but empty does not count (no-color.org).
+        assert!(use_colour(true, Some(OsStr::new(""))));
+    }
+
+    #[test]
+    fn the_log_option_beats_rust_log() {
+        let a = args(Some("debug"), LogFormat::Text, false);
+        assert_eq!(a.filter(Some("trace".into())), "debug");
+        let a = args(None, LogFormat::Text, false);
+        assert_eq!(a.filter(Some("warn".into())), "warn");
+        assert_eq!(a.filter(Some(String::new())), "info");
+        assert_eq!(a.filter(None), "info");
+    }
+
+    #[test]
+    fn log_json_is_the_json_format() {
+        assert_eq!(args(None, LogFormat::Text, true).format(), LogFormat::Json);
+        assert_eq!(args(None, LogFormat::Json, false).format(), LogFormat::Json);
+        assert_eq!(args(None, LogFormat::Text, false).format(), LogFormat::Text);
     }
 }
