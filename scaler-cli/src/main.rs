@@ -28,7 +28,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `--help` and `--version` print and succeed; a command line that does not parse is
+        // EX_USAGE (clap's own default is 2).
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                scaler::cli::exit::USAGE
+            } else {
+                0
+            });
+        }
+    };
     scaler::cli::init_tracing(&cli.global);
     let result = match cli.command {
         Command::Agent(c) => scaler::cli::run(c),

@@ -65,7 +65,7 @@ pub enum Command {
     Agent(crate::cmd::agent::AgentArgs),
     /// What the running agent manages: limits, recent actions, latency percentiles.
     Status(crate::cmd::agent::status::StatusArgs),
-    /// Validate a configuration file (exit status 2 when it is invalid).
+    /// Validate a configuration file (exit status 78 when it is invalid).
     CheckConfig(crate::cmd::agent::CheckConfigArgs),
     /// Run a command in a fresh managed cgroup; exits with its status.
     Exec(crate::cmd::exec::ExecArgs),
@@ -105,18 +105,80 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Agent(a) => crate::cmd::agent::run(a),
         Command::CheckConfig(a) => crate::cmd::agent::check_config(a),
         Command::Status(a) => crate::cmd::agent::status::run(a),
-        Command::Exec(a) => crate::cmd::exec::run(a),
+        // Like env(1): 125 for its own failure, 126/127 for a command it cannot run or find.
+        Command::Exec(a) => Ok(crate::cmd::exec::run(a).unwrap_or_else(|e| {
+            eprintln!("scaler: error: {e:#}");
+            ExitCode::from(crate::cmd::exec::exit_status_of(&e))
+        })),
     }
 }
 
+/// Exit statuses. They follow sysexits(3), whose numbers systemd names in `systemctl status`
+/// (`status=78/CONFIG`); `scaler exec` follows env(1) and timeout(1) for its own failures.
+pub mod exit {
+    /// A runtime failure (an error the message names).
+    pub const FAILURE: u8 = 1;
+    /// A command line that does not parse (EX_USAGE).
+    pub const USAGE: u8 = 64;
+    /// A kernel feature the programs need is missing: BTF, a tracepoint, a cgroup controller,
+    /// or the verifier refused a program (EX_UNAVAILABLE).
+    pub const UNAVAILABLE: u8 = 69;
+    /// A privilege is missing: capabilities, or write access to cgroupfs (EX_NOPERM).
+    pub const NOPERM: u8 = 77;
+    /// An invalid configuration (EX_CONFIG): restarting will not fix it.
+    pub const CONFIG: u8 = 78;
+    /// `scaler exec` failed itself (before or instead of running the command).
+    pub const EXEC_FAILED: u8 = 125;
+    /// `scaler exec`: the command was found but could not be run.
+    pub const EXEC_NOT_RUNNABLE: u8 = 126;
+    /// `scaler exec`: the command was not found.
+    pub const EXEC_NOT_FOUND: u8 = 127;
+}
+
+/// The exit status for an error: the class of the first typed cause in its chain.
+pub fn exit_status_of(e: &anyhow::Error) -> u8 {
+    use crate::ebpf::EbpfError;
+    for cause in e.chain() {
+        if let Some(p) = cause.downcast_ref::<crate::privilege::PrivilegeError>() {
+            use crate::privilege::PrivilegeError as P;
+            if matches!(p, P::Missing(_) | P::CgroupAccess { .. }) {
+                return exit::NOPERM;
+            }
+        }
+        if let Some(b) = cause.downcast_ref::<EbpfError>() {
+            if matches!(
+                b,
+                EbpfError::Btf(_)
+                    | EbpfError::MissingTracepoint { .. }
+                    | EbpfError::Load(_)
+                    | EbpfError::Program { .. }
+            ) {
+                return exit::UNAVAILABLE;
+            }
+        }
+        if let Some(crate::btf::BtfError::Read { .. }) = cause.downcast_ref() {
+            return exit::UNAVAILABLE;
+        }
+        if let Some(crate::cgroupfs::CgroupError::ControllerNotMounted { .. }) =
+            cause.downcast_ref()
+        {
+            return exit::UNAVAILABLE;
+        }
+        if cause.downcast_ref::<crate::config::ConfigError>().is_some() {
+            return exit::CONFIG;
+        }
+    }
+    exit::FAILURE
+}
+
 /// The process's exit status for a subcommand's result: an error is printed as
-/// `scaler: error: ...` (with its causes) and exits with 1.
+/// `scaler: error: ...` (with its causes) and exits with [`exit_status_of`] it.
 pub fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("scaler: error: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(exit_status_of(&e))
         }
     }
 }

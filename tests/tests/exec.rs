@@ -218,3 +218,58 @@ fn exec_passes_the_exit_status_through() {
     assert_eq!(status.code(), Some(7));
     assert_eq!(s["exit_code"], 7);
 }
+
+/// `scaler exec`'s own failures, like env(1): 127 for a command not found, 126 for one found but
+/// not runnable, 125 for a failure of scaler itself (here: no capabilities to load its
+/// programs); and nothing left behind in either case.
+#[test]
+fn exec_fails_like_env_when_it_cannot_run_the_command() {
+    let Some(_env) = env("exec_own_failures") else {
+        return;
+    };
+    let dir = tempdir();
+    let not_runnable = dir.join("not-executable");
+    std::fs::write(&not_runnable, "#!/bin/sh\nexit 0\n").unwrap();
+    let run = |cmd: &str| {
+        let out = std::process::Command::new(scaler_bin())
+            .args(["exec", "--memory", "64M", "--", cmd])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("running scaler exec");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (status, stderr) = run("/nonexistent/scaler-no-such-command");
+    assert_eq!(status.code(), Some(127), "not found: {stderr}");
+    assert!(stderr.contains("scaler-no-such-command"), "{stderr}");
+    let (status, stderr) = run(not_runnable.to_str().unwrap());
+    assert_eq!(status.code(), Some(126), "not runnable: {stderr}");
+    if std::process::Command::new("capsh")
+        .arg("--help")
+        .output()
+        .is_ok()
+    {
+        let out = std::process::Command::new("capsh")
+            .arg("--drop=cap_bpf,cap_perfmon,cap_sys_admin")
+            .arg("--")
+            .arg("-c")
+            .arg(format!(
+                "exec {} exec --memory 64M -- true",
+                scaler_bin().display()
+            ))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(125),
+            "scaler's own failure: {stderr}"
+        );
+    } else {
+        panic!("capsh (libcap2-bin) is needed for this test: apt-get install libcap2-bin");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

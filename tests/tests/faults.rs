@@ -2,7 +2,7 @@
 //!
 //! - Bad configuration (no root needed: these run everywhere): `scaler check-config` and
 //!   `scaler agent --config` reject malformed, contradictory and out-of-range files with a
-//!   message naming the key, exit status 2, and no panic.
+//!   message naming the key, exit status 78 (EX_CONFIG), and no panic.
 //! - Faults (root): a managed cgroup removed while its events are in flight; a limit write the
 //!   kernel refuses; the ring buffer overflowing; the agent's own cgroup under memory pressure;
 //!   an optional kernel program that is not there; missing capabilities.
@@ -49,7 +49,7 @@ fn run(args: &[&std::ffi::OsStr]) -> Output {
         .expect("running scaler")
 }
 
-/// Runs `check-config FILE` and `agent --config FILE`, and checks both reject it with status 2,
+/// Runs `check-config FILE` and `agent --config FILE`, and checks both reject it with status 78,
 /// no panic, and a message containing every one of `expect`.
 fn assert_rejected(name: &str, text: &[u8], expect: &[&str]) {
     let dir = tempdir();
@@ -64,8 +64,8 @@ fn assert_rejected(name: &str, text: &[u8], expect: &[&str]) {
         assert!(!stderr.contains("panicked"), "{what} panicked:\n{stderr}");
         assert_eq!(
             out.status.code(),
-            Some(2),
-            "{what}: exit status 2 for an invalid configuration, got {} with:\n{stderr}",
+            Some(78),
+            "{what}: exit status 78 (EX_CONFIG) for an invalid configuration, got {} with:\n{stderr}",
             out.status
         );
         for e in expect {
@@ -190,7 +190,7 @@ fn config_missing_file_is_rejected() {
     ] {
         let out = run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(out.status.code(), Some(78), "{stderr}");
         assert!(
             stderr.contains("nope.toml") && !stderr.contains("panicked"),
             "{stderr}"
@@ -751,7 +751,7 @@ fn missing_capabilities_are_refused_with_a_message_naming_them() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         eprintln!("without {drop}: {} {}", out.status, stderr.trim());
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(out.status.code(), Some(77), "EX_NOPERM: {stderr}");
         for e in expect.iter().chain(&["setcap", "docs/security.md"]) {
             assert!(stderr.contains(e), "the message names {e:?}: {stderr}");
         }

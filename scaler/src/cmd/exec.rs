@@ -207,6 +207,26 @@ pub struct CpuSummary {
     pub kernel_events: bool,
 }
 
+/// The command could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("starting {command:?}: {source}")]
+pub struct SpawnError {
+    command: String,
+    #[source]
+    source: std::io::Error,
+}
+
+/// `scaler exec`'s own exit status for an error, like env(1): 127 when the command was not
+/// found, 126 when it was found but could not be run, 125 for any failure of scaler itself.
+pub fn exit_status_of(e: &anyhow::Error) -> u8 {
+    use crate::cli::exit;
+    match e.downcast_ref::<SpawnError>() {
+        Some(s) if s.source.kind() == std::io::ErrorKind::NotFound => exit::EXEC_NOT_FOUND,
+        Some(_) => exit::EXEC_NOT_RUNNABLE,
+        None => exit::EXEC_FAILED,
+    }
+}
+
 fn exit_code_of(status: std::process::ExitStatus) -> (i32, Option<i32>) {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
@@ -426,9 +446,10 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         });
     }
     let started = std::time::Instant::now();
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {:?}", args.command[0]))?;
+    let mut child = cmd.spawn().map_err(|source| SpawnError {
+        command: args.command[0].clone(),
+        source,
+    })?;
     drop(procs);
     drop(cpu_procs);
     let child_pid = child.id() as i32;

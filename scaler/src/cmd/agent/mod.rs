@@ -71,8 +71,8 @@ pub struct CheckConfigArgs {
     pub file: PathBuf,
 }
 
-/// Exit status for an invalid configuration.
-pub const EXIT_BAD_CONFIG: u8 = 2;
+/// Exit status for an invalid configuration (EX_CONFIG, see [`crate::cli::exit`]).
+pub const EXIT_BAD_CONFIG: u8 = crate::cli::exit::CONFIG;
 
 fn load_config(path: Option<&Path>, node: &NodeInfo) -> Result<Config, ConfigError> {
     let c = Config::load(path)?;
