@@ -13,6 +13,8 @@ use crate::util;
 
 /// Debian packages of the eBPF toolchain.
 pub const EBPF_PACKAGES: &[&str] = &["rustc-web", "rust-web-src", "cargo-web", "llvm-22-dev"];
+/// Debian packages the manual-page tests need (groff renders, man(1) reads; scaler-cli/tests/docs.rs).
+pub const DOC_PACKAGES: &[&str] = &["groff-base", "man-db"];
 /// Debian packages the VM tests need (qemu, the initramfs tools, module decompressors).
 pub const VM_PACKAGES: &[&str] = &[
     "qemu-system-x86",
@@ -117,6 +119,7 @@ fn bpf_linker_command() -> Command {
 pub fn check(vm: bool) -> Vec<Missing> {
     let mut missing = Vec::new();
     let mut wanted: Vec<&str> = EBPF_PACKAGES.to_vec();
+    wanted.extend(DOC_PACKAGES);
     if vm {
         wanted.extend(VM_PACKAGES);
     }
@@ -260,6 +263,7 @@ pub fn setup(opts: &Options) -> Result<()> {
 fn report(missing: &[Missing], vm: bool) {
     let pkgs: Vec<&str> = EBPF_PACKAGES
         .iter()
+        .chain(DOC_PACKAGES)
         .chain(if vm { VM_PACKAGES } else { &[] })
         .copied()
         .collect();
