@@ -10,6 +10,9 @@ use std::{
 use clap::Command;
 use clap_complete::Shell;
 
+/// The binary's name (the command the scripts complete).
+const BIN: &str = "scaler";
+
 /// Options of `scaler completions`.
 #[derive(Debug, clap::Args)]
 pub struct CompletionsArgs {
@@ -27,10 +30,21 @@ pub struct ManpageArgs {
     pub out_dir: Option<PathBuf>,
 }
 
-/// Writes the completion script for `shell` to `out`.
-pub fn completions(mut cmd: Command, shell: Shell, out: &mut dyn Write) {
-    let name = cmd.get_name().to_string();
-    clap_complete::generate(shell, &mut cmd, name, out);
+/// Writes the completion script for `shell` to `out`. Hidden subcommands (the test tools,
+/// `completions`, `manpage`) are left out: some generators would offer them otherwise.
+pub fn completions(cmd: Command, shell: Shell, out: &mut dyn Write) {
+    let name = BIN;
+    debug_assert_eq!(cmd.get_name(), BIN);
+    let visible: Vec<Command> = cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .cloned()
+        .collect();
+    let mut shown = Command::new(name)
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(cmd.get_arguments().cloned())
+        .subcommands(visible);
+    clap_complete::generate(shell, &mut shown, name, out);
 }
 
 /// The subcommands a manual documents: the visible ones, without clap's `help`.

@@ -91,6 +91,13 @@ fn bash_completion_is_valid_and_completes_subcommands() {
     for sub in visible_subcommands() {
         assert!(all.iter().any(|w| w == sub), "{sub} not offered: {all:?}");
     }
+    // Hidden subcommands (test tools, these generators) are not offered.
+    for hidden in ["workload", "load-test", "completions", "manpage"] {
+        assert!(
+            !all.iter().any(|w| w == hidden),
+            "{hidden} offered: {all:?}"
+        );
+    }
     // A subcommand's own options complete too.
     let opts = bash_complete(&script, &["scaler", "agent", "--dry"]);
     assert_eq!(opts, ["--dry-run"]);
