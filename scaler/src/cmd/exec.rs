@@ -102,7 +102,8 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ActionSummary {
     pub resource: &'static str,
     pub cgroup_id: u64,
@@ -117,7 +118,8 @@ pub struct ActionSummary {
     pub trigger_ts_ns: u64,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Percentiles {
     pub count: usize,
     pub p50: f64,
@@ -142,8 +144,12 @@ impl Percentiles {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// `scaler exec --json-summary FILE`: what happened to the command and its limits.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Summary {
+    /// [`crate::schema::SCHEMA_VERSION`].
+    pub schema_version: u32,
     pub command: Vec<String>,
     pub cgroup: String,
     pub backend: String,
@@ -178,7 +184,8 @@ pub struct Summary {
 }
 
 /// CPU figures of a `scaler exec --cpu` run.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct CpuSummary {
     /// The command's cgroup in the cpu hierarchy.
     pub cgroup: String,
@@ -580,6 +587,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         .map(|a| a.latency_ns as f64 / 1000.0)
         .collect();
     let summary = Summary {
+        schema_version: crate::schema::SCHEMA_VERSION,
         command: args.command.clone(),
         cgroup: cg.path().to_string(),
         backend: mem_h.version.to_string(),

@@ -121,7 +121,8 @@ impl Default for PipelineOptions {
 }
 
 /// Counters the kernel programs keep (summed over CPUs).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct KernelStats {
     pub ringbuf_dropped: u64,
     pub submitted: u64,

@@ -628,7 +628,7 @@ pub fn status_doc(
         })
         .collect();
     StatusDoc {
-        version: status::STATUS_VERSION,
+        schema_version: status::STATUS_VERSION,
         pid: std::process::id(),
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         dry_run: info.dry_run,

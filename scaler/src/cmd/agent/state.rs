@@ -54,7 +54,7 @@ pub enum StateError {
 }
 
 /// A limit as stored: a byte count or the word `"max"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum StoredLimit {
     Bytes(u64),
@@ -62,7 +62,7 @@ pub enum StoredLimit {
 }
 
 /// The word `"max"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum MaxWord {
     #[serde(rename = "max")]
     Max,

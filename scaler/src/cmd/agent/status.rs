@@ -21,7 +21,7 @@ use super::state::StoredLimit;
 use crate::units::format_size;
 
 /// Format version of [`StatusDoc`].
-pub const STATUS_VERSION: u32 = 1;
+pub const STATUS_VERSION: u32 = crate::schema::SCHEMA_VERSION;
 
 /// How many recent actions the agent keeps for `scaler status`.
 pub const RECENT_ACTIONS: usize = 64;
@@ -43,7 +43,8 @@ pub struct StatusArgs {
 }
 
 /// One managed cgroup.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ManagedStatus {
     pub cgroup: String,
     pub id: u64,
@@ -65,7 +66,8 @@ pub struct ManagedStatus {
 
 /// One cgroup whose CPU quota the agent manages (a cgroup of the cpu hierarchy: on cgroup v1
 /// a different directory, with a different id, from the memory cgroup of the same workload).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ManagedCpuStatus {
     pub cgroup: String,
     pub id: u64,
@@ -81,7 +83,8 @@ pub struct ManagedCpuStatus {
 }
 
 /// One recent action.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ActionStatus {
     /// Wall-clock time the agent logged it (Unix seconds).
     pub time_unix: f64,
@@ -97,7 +100,8 @@ pub struct ActionStatus {
 }
 
 /// Reaction-latency percentiles over the last [`LATENCY_WINDOW`] actions.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct LatencySummary {
     /// Actions with a latency since the agent started.
     pub count: u64,
@@ -109,7 +113,8 @@ pub struct LatencySummary {
 }
 
 /// Counters since start.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct CounterStatus {
     pub events: BTreeMap<String, u64>,
     pub actions: u64,
@@ -119,9 +124,12 @@ pub struct CounterStatus {
 }
 
 /// The document the agent answers with.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct StatusDoc {
-    pub version: u32,
+    /// [`crate::schema::SCHEMA_VERSION`] (`version` in agents before it was renamed).
+    #[serde(alias = "version")]
+    pub schema_version: u32,
     pub pid: u32,
     pub uptime_seconds: f64,
     pub dry_run: bool,
@@ -485,7 +493,7 @@ mod tests {
 
     fn doc() -> StatusDoc {
         StatusDoc {
-            version: STATUS_VERSION,
+            schema_version: STATUS_VERSION,
             pid: 42,
             uptime_seconds: 125.0,
             dry_run: false,
