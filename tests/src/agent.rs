@@ -206,6 +206,8 @@ pub struct AgentConfig {
     pub cgroup: Option<PathBuf>,
     /// Log messages not echoed on the test's output (per-cgroup lines of the load tests).
     pub quiet: Vec<&'static str>,
+    /// Extra environment variables of the agent (`NOTIFY_SOCKET`, `SCALER_TEST_FAULT`).
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentConfig {
@@ -221,7 +223,14 @@ impl AgentConfig {
             log_filter: "info".into(),
             cgroup: None,
             quiet: Vec::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable of the agent.
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_owned(), value.into()));
+        self
     }
 
     /// Adds `key = value` (TOML) to the `[agent]` table.
@@ -315,6 +324,9 @@ impl TestAgent {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        for (k, v) in &self.conf.env {
+            cmd.env(k, v);
+        }
         let procs = self
             .conf
             .cgroup

@@ -10,7 +10,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{sync_channel, Receiver, SyncSender},
         Arc,
     },
@@ -341,6 +341,59 @@ pub struct EngineConfig {
     pub tick: Duration,
     /// Run the engine thread SCHED_FIFO at this priority (best effort; None: normal).
     pub realtime_priority: Option<i32>,
+    /// A fault to inject, for tests only (`SCALER_TEST_FAULT`; see [`EngineFault`]).
+    pub fault: Option<EngineFault>,
+}
+
+/// A fault the engine thread injects into itself, for the tests of the agent's health
+/// checks: the agent reads it once at start from the hidden, test-only environment variable
+/// `SCALER_TEST_FAULT` (`engine-panic:WHEN` or `engine-stall:WHEN`, WHEN being milliseconds
+/// after the engine starts, or an absolute path: when that file exists). Never set it in
+/// production.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineFault {
+    pub kind: FaultKind,
+    pub when: FaultTrigger,
+}
+
+/// What an [`EngineFault`] does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The engine thread panics.
+    Panic,
+    /// The engine thread stops looping (sleeps for ever).
+    Stall,
+}
+
+/// When an [`EngineFault`] strikes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultTrigger {
+    /// This long after the engine starts.
+    After(Duration),
+    /// Once this file exists (looked at every tick).
+    FileExists(std::path::PathBuf),
+}
+
+impl EngineFault {
+    /// The environment variable the agent reads it from.
+    pub const ENV: &'static str = "SCALER_TEST_FAULT";
+
+    /// Parses `engine-panic:WHEN` or `engine-stall:WHEN` (WHEN: milliseconds, or a path).
+    pub fn parse(s: &str) -> Option<EngineFault> {
+        let (kind, when) = s.trim().split_once(':')?;
+        let kind = match kind.trim() {
+            "engine-panic" => FaultKind::Panic,
+            "engine-stall" => FaultKind::Stall,
+            _ => return None,
+        };
+        let when = when.trim();
+        let when = if when.starts_with('/') {
+            FaultTrigger::FileExists(when.into())
+        } else {
+            FaultTrigger::After(Duration::from_millis(when.parse().ok()?))
+        };
+        Some(EngineFault { kind, when })
+    }
 }
 
 impl Default for EngineConfig {
@@ -352,6 +405,7 @@ impl Default for EngineConfig {
             record_capacity: 65536,
             tick: Duration::from_millis(100),
             realtime_priority: Some(10),
+            fault: None,
         }
     }
 }
@@ -368,6 +422,17 @@ pub struct EngineStats {
     pub unmanaged_ancestor_binds: AtomicU64,
     /// CPU events (quota-near, run-queue latency) for managed cpu cgroups.
     pub cpu_signals: AtomicU64,
+    /// Set when the engine thread has ended, returned or panicked (a guard on its stack).
+    pub exited: AtomicBool,
+}
+
+/// Marks [`EngineStats::exited`] when the engine thread ends, by return or by unwinding.
+struct ExitGuard(Arc<EngineStats>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.0.exited.store(true, Ordering::SeqCst);
+    }
 }
 
 /// The handler of the engine thread's loop.
@@ -379,6 +444,8 @@ pub(super) struct ScalingHandler {
     records: SyncSender<Record>,
     commands: Receiver<Command>,
     stats: Arc<EngineStats>,
+    /// An injected fault and when it was armed (CLOCK_MONOTONIC ns), for tests.
+    fault: Option<(EngineFault, u64)>,
 }
 
 const fn slot_index(r: Resource) -> usize {
@@ -411,6 +478,38 @@ impl ScalingHandler {
             records,
             commands,
             stats,
+            fault: cfg.fault.clone().map(|f| (f, monotonic_ns())),
+        }
+    }
+
+    /// Strikes the injected fault when its time has come (tests only; see [`EngineFault`]).
+    fn inject_fault(&self) {
+        let Some((f, armed_ns)) = &self.fault else {
+            return;
+        };
+        let due = match &f.when {
+            FaultTrigger::After(d) => monotonic_ns() >= armed_ns + d.as_nanos() as u64,
+            FaultTrigger::FileExists(p) => p.exists(),
+        };
+        if !due {
+            return;
+        }
+        match f.kind {
+            FaultKind::Panic => {
+                panic!(
+                    "injected fault ({}): engine thread panics",
+                    EngineFault::ENV
+                )
+            }
+            FaultKind::Stall => {
+                tracing::warn!(
+                    "injected fault ({}): engine thread stalls",
+                    EngineFault::ENV
+                );
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
         }
     }
 
@@ -559,6 +658,9 @@ impl Handler for ScalingHandler {
         while let Ok(c) = self.commands.try_recv() {
             self.command(c);
         }
+        if self.fault.is_some() {
+            self.inject_fault();
+        }
     }
 }
 
@@ -589,6 +691,7 @@ impl Engine {
         let thread = std::thread::Builder::new()
             .name("scaler-engine".into())
             .spawn(move || {
+                let _exited = ExitGuard(st.clone());
                 if let Some(p) = prio {
                     set_realtime(p);
                 }
@@ -640,6 +743,25 @@ impl Engine {
 
     /// Stops the thread after it handled what it already read.
     pub fn stop(mut self) -> std::io::Result<()> {
+        self.shutdown()
+    }
+
+    /// Like [`Engine::stop`], but waits at most `timeout` for the thread to end: a stalled
+    /// thread is left behind (it ends with the process) and `Err(TimedOut)` returned.
+    pub fn stop_within(mut self, timeout: Duration) -> std::io::Result<()> {
+        self.control.stop();
+        let deadline = std::time::Instant::now() + timeout;
+        while self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            if std::time::Instant::now() >= deadline {
+                // Dropping the handle detaches the thread; Drop finds nothing to join.
+                self.thread = None;
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the engine thread did not stop within {timeout:?}"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.shutdown()
     }
 

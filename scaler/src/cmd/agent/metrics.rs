@@ -1,17 +1,12 @@
-//! The agent's Prometheus metrics (OpenMetrics text through `prometheus-client`) and the small
-//! HTTP server that exposes them on `agent.metrics_addr` (`GET /metrics`).
+//! The agent's Prometheus metrics (OpenMetrics text through `prometheus-client`), served on
+//! `agent.metrics_addr` (`GET /metrics`) by [`super::endpoints`].
 //!
 //! Counters fed by the engine's records (events, actions, latencies) move as the records
 //! arrive; totals owned by the kernel or the engine thread (ring-buffer drops, BPF run time)
 //! and per-cgroup limits are refreshed by the agent's main loop every `sample_interval`; the
 //! agent's own CPU time and memory are read at each scrape.
 
-use std::{
-    io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    sync::{atomic::AtomicU64, Arc},
-    time::Duration,
-};
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
@@ -439,108 +434,6 @@ impl ProcessStats {
     }
 }
 
-/// Serves `GET /metrics` on `listener` (bound by the caller, e.g. before capabilities are
-/// dropped) from a background thread. Returns its address (for port 0).
-pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
-    let local = listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("metrics-http".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                match conn {
-                    Ok(s) => {
-                        if let Err(e) = handle(s, &metrics) {
-                            tracing::debug!("metrics request: {e}");
-                        }
-                    }
-                    Err(e) => tracing::debug!("metrics accept: {e}"),
-                }
-            }
-        })?;
-    Ok(local)
-}
-
-/// What a request line asks for.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Route {
-    Metrics,
-    Index,
-    NotFound,
-    MethodNotAllowed,
-    BadRequest,
-}
-
-/// Routes an HTTP/1.x request line (`GET /metrics HTTP/1.1`).
-pub fn route(request_line: &str) -> Route {
-    let mut parts = request_line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Route::BadRequest;
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Route::BadRequest;
-    }
-    if method != "GET" && method != "HEAD" {
-        return Route::MethodNotAllowed;
-    }
-    let path = target.split('?').next().unwrap_or(target);
-    match path {
-        "/metrics" => Route::Metrics,
-        "/" => Route::Index,
-        _ => Route::NotFound,
-    }
-}
-
-fn handle(stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    // Skip the headers (we need none of them).
-    let mut header = String::new();
-    loop {
-        header.clear();
-        if reader.read_line(&mut header)? == 0 || header == "\r\n" || header == "\n" {
-            break;
-        }
-    }
-    let head = line.starts_with("HEAD ");
-    let (status, ctype, body) = match route(line.trim_end()) {
-        Route::Metrics => (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
-        ),
-        Route::Index => (
-            "200 OK",
-            "text/html; charset=utf-8",
-            "<html><body><a href=\"/metrics\">scaler metrics</a></body></html>\n".to_owned(),
-        ),
-        Route::NotFound => (
-            "404 Not Found",
-            "text/plain",
-            "not found: try /metrics\n".to_owned(),
-        ),
-        Route::MethodNotAllowed => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_owned(),
-        ),
-        Route::BadRequest => ("400 Bad Request", "text/plain", "bad request\n".to_owned()),
-    };
-    let mut w = stream;
-    write!(
-        w,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    if !head {
-        w.write_all(body.as_bytes())?;
-    }
-    w.flush()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -736,37 +629,5 @@ mod tests {
         assert_eq!(p.resident_bytes, 300 * 4096);
         assert_eq!(ProcessStats::parse("garbage", "1 2", 100.0, 4096), None);
         assert!(ProcessStats::read_self().is_some());
-    }
-
-    #[test]
-    fn routes() {
-        assert_eq!(route("GET /metrics HTTP/1.1"), Route::Metrics);
-        assert_eq!(route("GET /metrics?x=1 HTTP/1.0"), Route::Metrics);
-        assert_eq!(route("HEAD / HTTP/1.1"), Route::Index);
-        assert_eq!(route("POST /metrics HTTP/1.1"), Route::MethodNotAllowed);
-        assert_eq!(route("GET /nope HTTP/1.1"), Route::NotFound);
-        assert_eq!(route("GET /metrics"), Route::BadRequest);
-        assert_eq!(route(""), Route::BadRequest);
-    }
-
-    #[test]
-    fn serves_over_http() {
-        let m = Arc::new(Metrics::new());
-        m.events
-            .get_or_create(&KindLabels {
-                kind: "reclaim_begin",
-            })
-            .inc_by(7);
-        let addr = serve(TcpListener::bind("127.0.0.1:0").unwrap(), m).unwrap();
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        std::io::Read::read_to_string(&mut s, &mut body).unwrap();
-        assert!(body.starts_with("HTTP/1.1 200 OK\r\n"), "{body}");
-        assert!(
-            body.contains("scaler_events_total{kind=\"reclaim_begin\"} 7"),
-            "{body}"
-        );
     }
 }

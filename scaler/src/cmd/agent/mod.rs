@@ -6,7 +6,10 @@
 //! it with no flags is safe on any host.
 //!
 //! Operating it:
-//! - metrics ([`metrics`]): Prometheus/OpenMetrics on `agent.metrics_addr` (`GET /metrics`);
+//! - metrics ([`metrics`]): Prometheus/OpenMetrics on `agent.metrics_addr` (`GET /metrics`),
+//!   beside `/healthz` and `/readyz` ([`health`]), served by [`endpoints`];
+//! - health ([`health`]): the engine thread's heartbeat, systemd notifications (`READY=1`,
+//!   `WATCHDOG=1`, `STOPPING=1`), and exit status [`EXIT_ENGINE_FAILED`] when the engine dies;
 //! - state ([`state`]): each managed cgroup's original limit and the agent's changes, in
 //!   `agent.state_file`, so that a restart (also after SIGKILL) reconciles instead of starting
 //!   blind; `agent.restore_on_exit` puts the originals back on SIGTERM/SIGINT;
@@ -16,6 +19,8 @@
 #[cfg(test)]
 mod deploy_tests;
 pub mod discovery;
+pub mod endpoints;
+pub mod health;
 pub mod managed;
 pub mod metrics;
 pub mod state;
@@ -63,6 +68,40 @@ pub struct AgentArgs {
     /// Log every decision, write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Serve metrics and health here instead of `agent.metrics_addr`: `IP:PORT`, or an IP
+    /// alone (the port from the configuration), such as the pod IP from Kubernetes' downward
+    /// API.
+    #[arg(long, env = "SCALER_METRICS_ADDR", value_name = "ADDR", value_parser = parse_metrics_addr)]
+    pub metrics_addr: Option<MetricsAddr>,
+}
+
+/// `--metrics-addr`: a full socket address, or an IP that takes the configured port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsAddr {
+    Socket(std::net::SocketAddr),
+    Ip(std::net::IpAddr),
+}
+
+impl MetricsAddr {
+    /// The address to bind, given the configured one.
+    pub fn resolve(self, configured: std::net::SocketAddr) -> std::net::SocketAddr {
+        match self {
+            MetricsAddr::Socket(a) => a,
+            MetricsAddr::Ip(ip) => std::net::SocketAddr::new(ip, configured.port()),
+        }
+    }
+}
+
+fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    let s = s.trim();
+    if let Ok(a) = s.parse() {
+        return Ok(MetricsAddr::Socket(a));
+    }
+    s.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map(MetricsAddr::Ip)
+        .map_err(|_| format!("{s:?} is neither IP:PORT nor an IP address"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +112,9 @@ pub struct CheckConfigArgs {
 
 /// Exit status for an invalid configuration (EX_CONFIG, see [`crate::cli::exit`]).
 pub const EXIT_BAD_CONFIG: u8 = crate::cli::exit::CONFIG;
+/// Exit status when the engine thread died (panicked) or stalled: the limits were restored as
+/// configured (`restore_on_exit`) and a supervisor should restart the agent (EX_SOFTWARE).
+pub const EXIT_ENGINE_FAILED: u8 = crate::cli::exit::SOFTWARE;
 
 fn load_config(path: Option<&Path>, node: &NodeInfo) -> Result<Config, ConfigError> {
     let c = Config::load(path)?;
@@ -188,6 +230,14 @@ enum AgentMsg {
     Stop(&'static str),
     Reload,
     Tree(Vec<TreeChange>),
+    /// The health monitor found the engine thread dead or stalled (why).
+    EngineFailed(String),
+}
+
+/// Why the main loop ended.
+enum Exit {
+    Signal(&'static str),
+    EngineFailed(String),
 }
 
 fn signal_thread(tx: Sender<AgentMsg>) -> anyhow::Result<()> {
@@ -260,6 +310,24 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         config.agent.dry_run = true;
     }
+    if let Some(a) = args.metrics_addr {
+        config.agent.metrics_addr = a.resolve(config.agent.metrics_addr);
+    }
+    // A panic in any thread is logged as an event (the health monitor acts on the engine's).
+    std::panic::set_hook(Box::new(|info| {
+        let t = std::thread::current();
+        tracing::error!(thread = t.name().unwrap_or("?"), "panic: {info}");
+    }));
+    // Hidden, for tests only: a fault the engine thread injects into itself.
+    let fault = std::env::var(crate::engine::EngineFault::ENV)
+        .ok()
+        .and_then(|v| crate::engine::EngineFault::parse(&v));
+    if let Some(f) = &fault {
+        tracing::warn!(
+            "{}: injecting {f:?} (a test-only fault; never set it in production)",
+            crate::engine::EngineFault::ENV
+        );
+    }
     crate::privilege::check_startup(crate::privilege::Role::Agent, None)?;
     // Block the signals first: every thread inherits the mask, so only the signal thread
     // (started once the programs are loaded) takes them, and one sent meanwhile waits for it.
@@ -316,12 +384,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     crate::privilege::after_load(crate::privilege::Role::Agent);
     let (tx, rx) = channel();
     signal_thread(tx.clone())?;
-    let metrics_addr = match metrics_listener {
-        Some(l) => {
-            let a = metrics::serve(l, metrics.clone()).with_context(metrics_context)?;
-            tracing::info!(addr = %a, "serving Prometheus metrics at http://{a}/metrics");
-            Some(a.to_string())
-        }
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr().with_context(metrics_context)?),
         None => None,
     };
     if wants_cpu && !pipeline.cpu_enabled() {
@@ -330,13 +394,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
              samples alone (every agent.sample_interval), without quota-near or run-queue events"
         );
     }
+    let mut not_attached = Vec::new();
     for p in pipeline.programs() {
         if !p.attached {
-            tracing::warn!(
-                program = p.program,
-                "not attached: {}",
-                p.note.as_deref().unwrap_or("?")
-            );
+            let note = p.note.as_deref().unwrap_or("?");
+            tracing::warn!(program = p.program, "not attached: {note}");
+            not_attached.push(format!("{} not attached: {note}", p.program));
         }
     }
     let ring = pipeline.take_events().context("event ring buffer")?;
@@ -346,10 +409,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             memory_budget: config.memory_budget(&node),
             cpu_budget_cores: config.cpu_budget(&node),
             dry_run: config.agent.dry_run,
+            fault,
             ..EngineConfig::default()
         },
     )?;
     let records = engine.take_records().context("records")?;
+    let health = Arc::new(health::Health::new(engine.stats().clone()));
+    for n in not_attached {
+        health.note(n);
+    }
     let state = Arc::new(AgentState {
         managed: Default::default(),
         counters: AgentCounters::default(),
@@ -361,7 +429,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             restore_on_exit: config.agent.restore_on_exit,
             memory_hierarchy: format!("{} at {}", hierarchy.version, hierarchy.mount.display()),
             state_file: config.agent.state_file.display().to_string(),
-            metrics_addr,
+            metrics_addr: metrics_addr.map(|a| a.to_string()),
         }),
         started: Instant::now(),
     });
@@ -374,10 +442,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             .spawn(move || consume(records, &state, index_h))?
     };
     {
-        let state = state.clone();
+        let st = state.clone();
         let (commands, wake) = engine.command_sender();
         let stats = engine.stats().clone();
-        status::serve(status_listener, move || {
+        let doc: endpoints::StatusFn = Arc::new(move || {
             let snapshots = resource::ALL
                 .iter()
                 .map(|r| {
@@ -385,8 +453,24 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                     (res, snapshot_via(&commands, &wake, res))
                 })
                 .collect();
-            status_doc(&state, &snapshots, &stats)
-        })?;
+            status_doc(&st, &snapshots, &stats)
+        });
+        let http = metrics_listener.map(|listener| endpoints::Http {
+            listener,
+            metrics: state.metrics.clone(),
+            health: health.clone(),
+        });
+        endpoints::start(
+            http,
+            Some(endpoints::Status {
+                listener: status_listener,
+                doc,
+            }),
+        )
+        .with_context(metrics_context)?;
+        if let Some(a) = metrics_addr {
+            tracing::info!(addr = %a, "serving Prometheus metrics at http://{a}/metrics (health: /healthz, /readyz)");
+        }
     }
     let mut agent = Agent {
         config,
@@ -402,7 +486,23 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     agent.reconcile();
     agent.drop_stale_state();
     discovery_thread(agent.hierarchy.mount.clone(), tx.clone());
+    let notifier = health::Notifier::from_env().map(Arc::new);
+    {
+        let tx = tx.clone();
+        health::monitor(
+            health.clone(),
+            notifier.clone(),
+            health::watchdog_from_env(),
+            move |why| {
+                let _ = tx.send(AgentMsg::EngineFailed(why));
+            },
+        )?;
+    }
     drop(tx);
+    health.set_ready();
+    if let Some(n) = &notifier {
+        n.send("READY=1\nSTATUS=managing cgroups");
+    }
     tracing::info!(
         memory = %format!("{} at {}", agent.hierarchy.version, agent.hierarchy.mount.display()),
         managed = lock(agent.state.managed(Resource::Memory)).len(),
@@ -417,11 +517,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     );
     let mut next_discovery = Instant::now() + DISCOVERY_INTERVAL;
     let mut next_sample = Instant::now();
-    let stop_reason = loop {
+    let exit = loop {
         let tick = agent.config.agent.sample_interval.0;
         let wait = next_sample.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
-            Ok(AgentMsg::Stop(sig)) => break sig,
+            Ok(AgentMsg::Stop(sig)) => break Exit::Signal(sig),
+            Ok(AgentMsg::EngineFailed(why)) => break Exit::EngineFailed(why),
             Ok(AgentMsg::Reload) => agent.reload(args.config.as_deref()),
             Ok(AgentMsg::Tree(changes)) => {
                 // Coalesce a burst (a pod start creates several cgroups at once).
@@ -447,13 +548,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                 agent.reconcile();
                 next_discovery = Instant::now() + DISCOVERY_INTERVAL;
                 match pending {
-                    Some(AgentMsg::Stop(sig)) => break sig,
+                    Some(AgentMsg::Stop(sig)) => break Exit::Signal(sig),
+                    Some(AgentMsg::EngineFailed(why)) => break Exit::EngineFailed(why),
                     Some(AgentMsg::Reload) => agent.reload(args.config.as_deref()),
                     _ => {}
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break "signal thread gone",
+            Err(RecvTimeoutError::Disconnected) => break Exit::Signal("signal thread gone"),
         }
         if Instant::now() >= next_sample {
             agent.sample();
@@ -465,7 +567,24 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             next_discovery = Instant::now() + DISCOVERY_INTERVAL;
         }
     };
-    tracing::info!("{stop_reason}: detaching");
+    if let Some(n) = &notifier {
+        n.send("STOPPING=1");
+    }
+    let mut failed = match &exit {
+        Exit::Signal(sig) => {
+            tracing::info!("{sig}: detaching");
+            health.set_not_ready(format!("stopping ({sig})"));
+            false
+        }
+        Exit::EngineFailed(why) => {
+            tracing::error!(
+                "{why}: nothing protects the managed cgroups any more; restoring as configured \
+                 and exiting with status {EXIT_ENGINE_FAILED} (a supervisor restarts the agent)"
+            );
+            health.set_not_ready(why.clone());
+            true
+        }
+    };
     let hierarchies = agent.hierarchies();
     let Agent {
         engine,
@@ -474,14 +593,27 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         config,
         ..
     } = agent;
-    engine.stop()?;
+    // Every path from here restores: no early return.
+    let stopped = engine.stop_within(ENGINE_STOP_TIMEOUT);
+    if let Err(e) = &stopped {
+        tracing::error!("engine: {e}");
+        failed = true;
+    }
     let k = pipeline.kernel_stats();
     drop(pipeline);
-    let _ = recorder.join();
+    // The records thread ends when the engine's sender is gone; a stalled engine keeps it.
+    if stopped
+        .as_ref()
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+    {
+        tracing::warn!("the engine thread is stalled: not waiting for its last records");
+    } else {
+        let _ = recorder.join();
+    }
     state.save_state();
     let restore = lock(&state.info).restore_on_exit;
     if restore && !config.agent.dry_run {
-        // The engine is stopped: nothing races the restore.
+        // The engine is stopped (or stalled, and the process exits right after).
         restore_originals(&hierarchies, &state);
     }
     let _ = std::fs::remove_file(&config.agent.status_socket);
@@ -490,8 +622,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         dropped = k.ringbuf_dropped,
         "programs detached; exiting"
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(if failed {
+        ExitCode::from(EXIT_ENGINE_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
+
+/// How long the shutdown waits for the engine thread to end.
+const ENGINE_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often the cgroup tree is rescanned for new and removed cgroups (inotify reports them
 /// sooner; this is the safety net).

@@ -1,10 +1,11 @@
 //! `scaler status`: what the running agent manages, read over its status socket
 //! (`agent.status_socket`, a Unix socket of mode 0600 in a directory created 0700). The agent
-//! answers each connection with one JSON document ([`StatusDoc`]) and closes it.
+//! answers each connection with one JSON document ([`StatusDoc`]) and closes it (served by
+//! [`super::endpoints`], concurrently, each connection within a deadline).
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    io::{Read, Write},
+    io::Read,
     os::unix::{
         fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
         net::{UnixListener, UnixStream},
@@ -221,28 +222,6 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod 0600 {}", path.display()))?;
     Ok(l)
-}
-
-/// Answers each connection on `listener` with `doc()`, from a background thread.
-pub fn serve(
-    listener: UnixListener,
-    doc: impl Fn() -> StatusDoc + Send + 'static,
-) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("status".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut s) = conn else { continue };
-                let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
-                let d = doc();
-                let mut body = serde_json::to_vec(&d).expect("status serializes");
-                body.push(b'\n');
-                if let Err(e) = s.write_all(&body) {
-                    tracing::debug!("status client: {e}");
-                }
-            }
-        })?;
-    Ok(())
 }
 
 /// Reads the agent's status document from `socket`.
@@ -596,7 +575,14 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(path.parent().unwrap()), 0o700);
-        serve(l, doc).unwrap();
+        super::super::endpoints::start(
+            None,
+            Some(super::super::endpoints::Status {
+                listener: l,
+                doc: std::sync::Arc::new(doc),
+            }),
+        )
+        .unwrap();
         assert_eq!(query(&path).unwrap(), doc());
         // A live socket is not stolen.
         assert!(bind(&path)
