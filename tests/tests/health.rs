@@ -97,16 +97,26 @@ fn scrapes_succeed_beside_idle_and_half_request_clients() {
     // Give the server time to take them all.
     std::thread::sleep(Duration::from_millis(200));
 
-    let mut ok_us = Vec::new();
-    let mut failures = Vec::new();
-    for _ in 0..10 {
+    let scrape = |ok_us: &mut Vec<u64>, failures: &mut Vec<String>| {
         let t = Instant::now();
         match http_get(&addr, "/metrics", Duration::from_secs(5)) {
             Ok((200, body)) if body.contains("# EOF") => ok_us.push(t.elapsed().as_micros() as u64),
             Ok((code, body)) => failures.push(format!("HTTP {code}: {body:.200}")),
             Err(e) => failures.push(e),
         }
+    };
+    let (mut ok_us, mut failures) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        scrape(&mut ok_us, &mut failures);
     }
+    let first_ten = ok_us.len();
+    // The figure: 90 more when the first ten went through (a p99 over 100).
+    if failures.is_empty() {
+        for _ in 0..90 {
+            scrape(&mut ok_us, &mut failures);
+        }
+    }
+    let tried = ok_us.len() + failures.len();
     ok_us.sort_unstable();
     let pct = |p: f64| {
         ok_us
@@ -114,14 +124,19 @@ fn scrapes_succeed_beside_idle_and_half_request_clients() {
             .copied()
     };
     note(&format!(
-        "FIGURE scrapes beside 64 idle connections and 1 half-request client: {} of 10 \
-         succeeded; latency p50 {:?} us, p99 {:?} us, max {:?} us (binary {})",
+        "FIGURE scrapes beside 64 idle connections and 1 half-request client: {first_ten} of \
+         the first 10 and {} of {tried} succeeded (5 s client deadline); latency p50 {:?} us, \
+         p99 {:?} us, max {:?} us (binary {})",
         ok_us.len(),
         pct(0.5),
         pct(0.99),
         ok_us.last(),
         scaler_bin().display()
     ));
+    assert_eq!(
+        first_ten, 10,
+        "10 of 10 scrapes succeed beside stalled clients: {failures:?}"
+    );
     assert!(
         failures.is_empty(),
         "every scrape succeeds beside stalled clients; failures: {failures:?}"
