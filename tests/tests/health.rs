@@ -19,7 +19,7 @@ use scaler_tests::*;
 
 const M: u64 = 1 << 20;
 /// The agent's exit status when its engine thread died or stalled (`EXIT_ENGINE_FAILED`).
-const EXIT_ENGINE_FAILED: i32 = 3;
+const EXIT_ENGINE_FAILED: i32 = 70;
 
 /// A minimal HTTP/1.1 GET with a client-side deadline: `(status code, body)`, or why not.
 fn http_get(addr: &str, path: &str, deadline: Duration) -> Result<(u16, String), String> {
@@ -237,7 +237,7 @@ fn wait_lowered(agent: &TestAgent, path: &str) -> AuditRecord {
 }
 
 /// Item 5: when the engine thread panics the agent notices at once, restores the managed
-/// cgroup's original limit (restore_on_exit), logs an error and exits with status 3, within a
+/// cgroup's original limit (restore_on_exit), logs an error and exits with status 70, within a
 /// few seconds.
 #[test]
 fn engine_death_restores_limits_and_exits_non_zero() {
@@ -295,7 +295,7 @@ fn engine_death_restores_limits_and_exits_non_zero() {
 }
 
 /// Item 5: a stalled engine (alive but not looping) fails `/healthz` with a body saying so;
-/// the agent then restores the original limit and exits with status 3.
+/// the agent then restores the original limit and exits with status 70.
 #[test]
 fn engine_stall_fails_liveness_restores_limits_and_exits_non_zero() {
     let Some(env) = env("health_engine_stall") else {
