@@ -135,6 +135,27 @@ pub struct MemoryActuator {
     reclaim: Option<ControlFile>,
     usage: NumberFile,
     state: Mutex<MemState>,
+    /// The kernel's page size: limits are kept in whole pages.
+    page: u64,
+}
+
+/// The running kernel's page size (bytes).
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(p)
+        .ok()
+        .filter(|p| p.is_power_of_two())
+        .unwrap_or(4096)
+}
+
+/// `limit` as the kernel keeps it: rounded down to whole pages of `page` bytes (v1
+/// `memory.limit_in_bytes` and v2 `memory.max` both truncate what is written).
+pub fn page_aligned(limit: Limit, page: u64) -> Limit {
+    match limit {
+        Limit::Max => Limit::Max,
+        Limit::Bytes(b) => Limit::Bytes(b & !(page - 1)),
+    }
 }
 
 pub(crate) const LIMIT_HINT_V1: &str =
@@ -203,6 +224,7 @@ impl MemoryActuator {
                 memsw: memsw_state,
                 high: high_state,
             }),
+            page: page_size(),
         })
     }
 
@@ -238,7 +260,14 @@ impl MemoryActuator {
     /// Sets the hard memory limit (and the managed memsw / high files) with one `pwrite` per
     /// file, in an order the kernel accepts. On error, the state reflects the writes that
     /// succeeded.
+    ///
+    /// `new` is rounded down to whole pages first, as the kernel would keep it: what is written
+    /// and recorded ([`current`](LimitWriter::current), the outcome's `applied`) is exactly what
+    /// the kernel reports back, so the agent's own write is never mistaken for someone else's.
+    /// (The decider already decides whole 4 KiB pages, bounds rounded down; this matters on
+    /// kernels with larger pages and for limits from elsewhere.)
     pub fn set_memory_limit(&self, new: Limit) -> Result<WriteOutcome<Limit>, ActuatorError> {
+        let new = page_aligned(new, self.page);
         let mut state = self.lock();
         let previous = state.limit;
         let raising = new > previous;
@@ -544,12 +573,41 @@ mod tests {
             },
         )
         .unwrap();
-        let out = act.set_memory_limit(Limit::Bytes(1000)).unwrap();
+        let out = act.set_memory_limit(Limit::Bytes(1 << 20)).unwrap();
         assert_eq!(out.writes, 2);
-        assert_eq!(first_line(&cg.file("memory.max")), "1000");
-        assert_eq!(first_line(&cg.file("memory.high")), "500");
+        assert_eq!(first_line(&cg.file("memory.max")), "1048576");
+        assert_eq!(first_line(&cg.file("memory.high")), "524288");
         assert_eq!(act.usage().unwrap(), 12345);
         assert_eq!(act.reclaim(1 << 20).unwrap(), ReclaimOutcome::Reclaimed);
         assert_eq!(first_line(&cg.file("memory.reclaim")), "1048576");
+    }
+
+    #[test]
+    fn limits_are_written_in_whole_pages_as_the_kernel_keeps_them() {
+        assert_eq!(
+            page_aligned(Limit::Bytes(100_000_001), 4096),
+            Limit::Bytes(99_999_744)
+        );
+        assert_eq!(page_aligned(Limit::Bytes(8192), 4096), Limit::Bytes(8192));
+        assert_eq!(
+            page_aligned(Limit::Bytes(100_000_001), 65536),
+            Limit::Bytes(99_942_400)
+        );
+        assert_eq!(page_aligned(Limit::Max, 4096), Limit::Max);
+        let page = page_size();
+        assert!(page.is_power_of_two() && page >= 4096);
+        // `max = "100000001"`: written (and recorded) as the kernel keeps it.
+        let (_t, cg) = v1_cgroup("67108864", None);
+        let act = MemoryActuator::open(&cg, MemoryOptions::default()).unwrap();
+        let out = act.set_memory_limit(Limit::Bytes(100_000_001)).unwrap();
+        let kept = 100_000_001 / page * page;
+        assert_eq!(out.applied, Limit::Bytes(kept));
+        assert_eq!(act.current(), Setting::Memory(Limit::Bytes(kept)));
+        assert_eq!(
+            first_line(&cg.file("memory.limit_in_bytes")),
+            kept.to_string()
+        );
+        assert_eq!(act.write(100_000_001).map(|_| ()).ok(), Some(()));
+        assert_eq!(act.current_limit(), Limit::Bytes(kept));
     }
 }

@@ -78,6 +78,100 @@ impl fmt::Display for Setting {
     }
 }
 
+/// What the agent last wrote to one cgroup's limit, as the kernel keeps it: shared by the
+/// engine thread, which writes, and the slow side, which samples the cgroup and must tell the
+/// agent's own writes from someone else's.
+///
+/// A sequence lock over atomics (no lock the hot path could wait on, no allocation): the engine
+/// makes the sequence odd before a write and even after it, with the value it wrote stored in
+/// between. A sample that reads the cgroup's limit between two reads of the same even sequence
+/// knows exactly what the agent had written when it read: a different limit is someone
+/// else's (adopted at once, in one step), the same one is the agent's. A write in between makes
+/// the comparison inconclusive for that sample (the next one decides). Unlike the engine's
+/// records, which are dropped when the slow side lags, the mark never loses a write.
+#[derive(Debug)]
+pub struct WriteMark {
+    seq: std::sync::atomic::AtomicU64,
+    /// Memory: bytes (`u64::MAX`: no limit); CPU: quota µs (`u64::MAX`: no quota).
+    a: std::sync::atomic::AtomicU64,
+    /// CPU: period µs.
+    b: std::sync::atomic::AtomicU64,
+    resource: Resource,
+}
+
+impl WriteMark {
+    /// A mark holding `current` (the setting read when the cgroup was opened).
+    pub fn new(current: Setting) -> Self {
+        let (a, b) = Self::encode(current);
+        Self {
+            seq: 0.into(),
+            a: a.into(),
+            b: b.into(),
+            resource: current.resource(),
+        }
+    }
+
+    fn encode(s: Setting) -> (u64, u64) {
+        match s {
+            Setting::Memory(l) => (l.as_u64_saturating(), 0),
+            Setting::Cpu(CpuQuota::Max) => (u64::MAX, 0),
+            Setting::Cpu(CpuQuota::Quota {
+                quota_us,
+                period_us,
+            }) => (quota_us, period_us),
+        }
+    }
+
+    fn decode(&self, a: u64, b: u64) -> Setting {
+        match self.resource {
+            Resource::Memory => Setting::Memory(Limit::from_bytes(a)),
+            Resource::Cpu if a == u64::MAX => Setting::Cpu(CpuQuota::Max),
+            Resource::Cpu => Setting::Cpu(CpuQuota::Quota {
+                quota_us: a,
+                period_us: b,
+            }),
+        }
+    }
+
+    /// The engine: a write begins.
+    pub fn begin(&self) {
+        use std::sync::atomic::Ordering;
+        self.seq.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The engine: the write ended; `now` is what the writer holds (what the kernel keeps).
+    pub fn end(&self, now: Setting) {
+        use std::sync::atomic::Ordering;
+        let (a, b) = Self::encode(now);
+        self.a.store(a, Ordering::Release);
+        self.b.store(b, Ordering::Release);
+        self.seq.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The slow side, before reading the cgroup: the sequence and the setting the agent last
+    /// wrote, or `None` while a write is under way.
+    pub fn read(&self) -> Option<(u64, Setting)> {
+        use std::sync::atomic::Ordering;
+        let seq = self.seq.load(Ordering::Acquire);
+        if seq % 2 == 1 {
+            return None;
+        }
+        let (a, b) = (
+            self.a.load(Ordering::Acquire),
+            self.b.load(Ordering::Acquire),
+        );
+        (self.seq.load(Ordering::Acquire) == seq).then(|| (seq, self.decode(a, b)))
+    }
+
+    /// The slow side, after reading the cgroup: true if no write began since [`read`]
+    /// returned `seq`.
+    ///
+    /// [`read`]: Self::read
+    pub fn unchanged_since(&self, seq: u64) -> bool {
+        self.seq.load(std::sync::atomic::Ordering::Acquire) == seq
+    }
+}
+
 /// Writes one resource's limit of one cgroup through files opened ahead of time: the hot path.
 ///
 /// A write is one `pwrite` per file, of a number formatted on the stack, in the order the
@@ -479,6 +573,30 @@ mod tests {
         let mut b = ValueBuf::new();
         b.push_u64(20000).push_str(" ").push_u64(100000);
         assert_eq!(b.as_bytes(), b"20000 100000");
+    }
+
+    #[test]
+    fn a_write_mark_tells_the_agents_writes_from_others() {
+        let m = WriteMark::new(Setting::Memory(Limit::Bytes(64 << 20)));
+        let (seq, ours) = m.read().unwrap();
+        assert_eq!(ours, Setting::Memory(Limit::Bytes(64 << 20)));
+        assert!(m.unchanged_since(seq));
+        m.begin();
+        assert_eq!(m.read(), None, "a write under way: inconclusive");
+        assert!(!m.unchanged_since(seq));
+        m.end(Setting::Memory(Limit::Max));
+        let (seq2, ours) = m.read().unwrap();
+        assert_ne!(seq, seq2);
+        assert_eq!(ours, Setting::Memory(Limit::Max));
+        let q = Setting::Cpu(CpuQuota::Quota {
+            quota_us: 20_000,
+            period_us: 100_000,
+        });
+        let c = WriteMark::new(q);
+        assert_eq!(c.read().unwrap().1, q);
+        c.begin();
+        c.end(Setting::Cpu(CpuQuota::Max));
+        assert_eq!(c.read().unwrap().1, Setting::Cpu(CpuQuota::Max));
     }
 
     #[test]

@@ -356,6 +356,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
             policy: Policy::Cpu(c.policy),
             writer: resource::Cpu.open(&c.cg)?,
             usage: 0,
+            mark: None,
         })));
         // A baseline sample, so that the first periodic one measures an interval.
         if let Some(s) = resource::cpu::sample(&c.cg) {
@@ -370,6 +371,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
             policy: Policy::Memory(policy),
             writer: resource::Memory.open(&cg)?,
             usage: resource::Memory.usage(&cg),
+            mark: None,
         })));
     }
     let records = engine.take_records().context("records")?;

@@ -222,6 +222,15 @@ impl<X: Ext> Entry<X> {
         self.inflight.is_none() && ts >= self.last_write_done_ns
     }
 
+    /// True if a lowering step toward the policy's max may be taken at `ts`: the down interval
+    /// since the last change has passed (no cooldown: the limit is above what the policy
+    /// allows).
+    pub fn may_step(&self, ts: u64) -> bool {
+        ts >= self
+            .last_change_ns
+            .saturating_add(self.policy.pacing().down_interval_ns)
+    }
+
     /// True if the limit may be lowered at `ts`: the cooldown since the last sign of pressure
     /// and the down interval since the last change have passed.
     pub fn may_lower(&self, ts: u64) -> bool {

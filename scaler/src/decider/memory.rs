@@ -46,9 +46,11 @@
 //! cooldown (a slow oscillation). So the limit follows *usage* down, not the working set
 //! directly; to bring it toward the working set on v2, the engine can write `memory.reclaim`
 //! (usage minus working set) first, and the next sample's lower usage lets the limit follow.
-//! A limit above the policy `max` (for example an unlimited cgroup that was just opted in) is
-//! brought down to `max` by the first sample, cooldown or not (never below `usage +
-//! safety_margin`: with usage that high, it waits). A sample's limit that differs from ours is
+//! A limit above the policy `max` (a max lowered by a reload, a cgroup opted in with a higher
+//! limit) is brought down to `max` step by step like a scale-down, without the cooldown (at most
+//! once per `down_interval`, never below `usage + safety_margin`); an unlimited one goes to
+//! `max` at the first sample. Every limit decided is a whole number of 4 KiB pages, bounds
+//! (`max`, the budget) rounded down. A sample's limit that differs from ours is
 //! [adopted](super::ledger#external-changes-and-failed-writes) when no write of ours explains
 //! it.
 //!
@@ -79,8 +81,9 @@ use crate::{cgroupfs::Limit, units::MIB};
 /// ppc64 kernels). The kernel truncates a written limit to whole pages, so a limit it reports
 /// back may be up to one page below what was written.
 pub const LIMIT_GRANULARITY: u64 = 64 * 1024;
-/// Limits are written in whole 4 KiB pages, so that the kernel keeps exactly what was decided
-/// on the usual page size.
+/// Limits are decided in whole 4 KiB pages, so that the kernel keeps exactly what was decided
+/// on the usual page size (the actuator rounds down to the running kernel's page size, which
+/// is what the kernel would keep, so a larger page costs less than a page).
 const PAGE: u64 = 4096;
 
 fn page_floor(v: u64) -> u64 {
@@ -405,13 +408,15 @@ impl MemoryDecider {
         }
         let mut new = page_floor(usage.max(limit).saturating_add(step));
         let mut cap = None;
+        // Bounds are rounded down to whole pages: the kernel keeps whole pages (it would
+        // truncate the rest), and a bound is never exceeded.
         if new > p.max {
-            new = p.max;
+            new = page_floor(p.max);
             cap = Some(Cap::AtMax);
         }
         let room = self.ledger.room(st);
         if new > room {
-            new = room;
+            new = page_floor(room);
             cap = Some(Cap::Budget);
         }
         if new <= limit || new < usage || new - limit < p.min_change {
@@ -510,12 +515,26 @@ impl MemoryDecider {
                 .saturating_add(p.safety_margin),
         );
         let new = if limit > p.max {
-            // Enforce the bound at once (an unlimited cgroup that was just opted in), unless
-            // usage is above the maximum: then wait for it to drop rather than cut below it.
-            if hard_floor > p.max {
+            // A limit above the policy's max (a max lowered by a reload, a cgroup opted in
+            // with a higher limit) is brought down to it step by step, like a scale-down
+            // (`down_fraction` of the distance, at least `min_change`, at most once per
+            // `down_interval`) but without waiting for the cooldown, and never below usage +
+            // safety margin. An unlimited cgroup has no distance to take a fraction of: it
+            // goes to the goal at once.
+            let goal = page_floor(p.max).max(page_ceil(hard_floor));
+            if goal >= limit {
                 return;
             }
-            p.max
+            if limit == u64::MAX {
+                goal
+            } else {
+                if !st.may_step(ts) {
+                    return;
+                }
+                let gap = limit - goal;
+                let dec = mul_frac(gap, p.down_fraction).max(p.min_change).min(gap);
+                page_ceil(limit - dec).max(goal)
+            }
         } else {
             if !st.may_lower(ts) {
                 return;

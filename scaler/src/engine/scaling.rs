@@ -23,7 +23,7 @@ use scaler_common::EventKind;
 use super::{run_ring_loop, Handler, LoopStats, RecordSource, StopHandle};
 pub use crate::decider::{Policy, Signal};
 use crate::{
-    actuator::{LimitWriter, Setting},
+    actuator::{LimitWriter, Setting, WriteMark},
     cgroupfs::{CpuQuota, Limit},
     clock::monotonic_ns,
     decider::{
@@ -88,6 +88,9 @@ pub struct ManageRequest {
     pub writer: Box<dyn LimitWriter>,
     /// Current usage (bytes for memory; ignored for CPU, whose usage comes from samples).
     pub usage: u64,
+    /// Where the engine marks each write (see [`WriteMark`]), for a slow side that samples
+    /// the cgroup and must tell the agent's writes from others'.
+    pub mark: Option<Arc<WriteMark>>,
 }
 
 /// Requests from the slow side to the engine thread.
@@ -243,6 +246,7 @@ impl ResourceDecider for CpuDecider {
 struct Writer {
     path: Arc<str>,
     writer: Box<dyn LimitWriter>,
+    mark: Option<Arc<WriteMark>>,
 }
 
 /// One resource on the engine thread: its decider and the writers of the cgroups it manages.
@@ -258,7 +262,7 @@ trait SlotOps: Send {
     fn is_managed(&self, id: CgId) -> bool;
     fn signal(&mut self, id: CgId, s: Signal, out: &mut Decision);
     fn applied(&mut self, a: &Action, done_ns: u64, outcome: WriteOutcome);
-    fn writer(&self, id: CgId) -> Option<&dyn LimitWriter>;
+    fn writer(&self, id: CgId) -> Option<(&dyn LimitWriter, Option<&WriteMark>)>;
     fn set_budget(&mut self, b: Budget);
     fn snapshot(&self) -> Vec<Snapshot>;
 }
@@ -274,6 +278,7 @@ impl<D: ResourceDecider> SlotOps for Slot<D> {
             Writer {
                 path: req.path,
                 writer: req.writer,
+                mark: req.mark,
             },
         );
     }
@@ -298,8 +303,10 @@ impl<D: ResourceDecider> SlotOps for Slot<D> {
         self.decider.applied(a, done_ns, outcome);
     }
 
-    fn writer(&self, id: CgId) -> Option<&dyn LimitWriter> {
-        self.writers.get(&id).map(|w| &*w.writer)
+    fn writer(&self, id: CgId) -> Option<(&dyn LimitWriter, Option<&WriteMark>)> {
+        self.writers
+            .get(&id)
+            .map(|w| (&*w.writer, w.mark.as_deref()))
     }
 
     fn set_budget(&mut self, b: Budget) {
@@ -540,7 +547,19 @@ impl ScalingHandler {
                 (WriteOutcome::DryRun, None, monotonic_ns())
             } else {
                 // The writer stamps its completion; the clock is not read a second time.
-                match slot.writer(a.cgroup).map(|w| (w, w.write(a.new))) {
+                // The mark brackets the write, so the slow side never takes this write for
+                // someone else's (whether or not this action's record reaches it).
+                let result = slot.writer(a.cgroup).map(|(w, mark)| {
+                    if let Some(m) = mark {
+                        m.begin();
+                    }
+                    let r = w.write(a.new);
+                    if let Some(m) = mark {
+                        m.end(w.current());
+                    }
+                    (w, r)
+                });
+                match result {
                     Some((w, Ok(ns))) => {
                         written = Some(w.current());
                         (WriteOutcome::Written, None, ns)

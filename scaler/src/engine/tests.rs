@@ -14,7 +14,7 @@ use scaler_common::{Event, EventKind, EVENT_FLAG_WAKEUP};
 
 use super::*;
 use crate::{
-    actuator::{ActuatorError, LimitWriter, Setting},
+    actuator::{ActuatorError, LimitWriter, Setting, WriteMark},
     cgroupfs::{CpuQuota, Limit},
     clock::monotonic_ns,
     decider::{CpuPolicy, MemoryPolicy, MemorySignal, Reason, Resource, WriteOutcome},
@@ -153,6 +153,7 @@ fn manage_memory(e: &Engine, id: u64, limit: u64, refuse: bool) -> Writes {
         policy: Policy::Memory(memory_policy()),
         writer,
         usage: limit / 2,
+        mark: None,
     })));
     writes
 }
@@ -322,6 +323,7 @@ fn cpu_quota_near_raises_the_quota_through_the_cpu_writer() {
         }),
         writer,
         usage: 0,
+        mark: None,
     })));
     // A memory manage of the same id is a different slot: it must not see CPU signals.
     let mem_writes = manage_memory(&e, 21, 64 * MIB, false);
@@ -360,10 +362,12 @@ fn samples_drive_scale_down_through_the_same_path() {
     let (e, rx) = start(&ring, false);
     let writes = manage_memory(&e, 8, 1 << 30, false);
     sync(&e);
-    // A policy max below the limit is enforced by the first sample, cooldown or not.
+    // A policy max below the limit: the first sample steps toward it, cooldown or not (a
+    // quarter of the way, as a scale-down does).
     let mut p = memory_policy();
     p.max = 512 * MIB;
     let (writer, writes2) = FakeWriter::boxed(Setting::Memory(Limit::Bytes(1 << 30)), false);
+    let mark = Arc::new(WriteMark::new(Setting::Memory(Limit::Bytes(1 << 30))));
     e.send(Command::Manage(Box::new(ManageRequest {
         id: 9,
         path: Arc::from("/test/9"),
@@ -371,6 +375,7 @@ fn samples_drive_scale_down_through_the_same_path() {
         policy: Policy::Memory(p),
         writer,
         usage: 16 * MIB,
+        mark: Some(mark.clone()),
     })));
     e.send(Command::Signal(
         9,
@@ -386,8 +391,13 @@ fn samples_drive_scale_down_through_the_same_path() {
     let a = next_action(&rx);
     assert_eq!(a.action.cgroup, 9);
     assert_eq!(a.action.reason, Reason::ScaleDown);
-    assert_eq!(a.action.new, 512 * MIB);
-    assert_eq!(*writes2.lock().unwrap(), vec![512 * MIB]);
+    assert_eq!(a.action.new, 896 * MIB);
+    assert_eq!(*writes2.lock().unwrap(), vec![896 * MIB]);
+    // The write is marked for the slow side, whether or not its record arrives.
+    assert_eq!(
+        mark.read().map(|m| m.1),
+        Some(Setting::Memory(Limit::Bytes(896 * MIB)))
+    );
     assert!(writes.lock().unwrap().is_empty());
     e.send(Command::SetBudget(Budget::Memory(1 << 40)));
     sync(&e);
@@ -477,6 +487,10 @@ fn the_hot_path_does_not_allocate() {
             policy: Policy::Memory(memory_policy()),
             writer: Box::new(w),
             usage: 32 * MIB,
+            // The agent's write marks are on the hot path too.
+            mark: Some(Arc::new(WriteMark::new(Setting::Memory(Limit::Bytes(
+                64 * MIB,
+            ))))),
         })));
     }
     let mut ev = reclaim(0, 0, 0, 0);

@@ -11,12 +11,12 @@ use std::{
 use super::{
     lock,
     metrics::{CgroupLabels, LimitLabels, Metrics, ProgramLabels, ResultLabels},
-    state::Observed,
+    state::{Observed, SettingRecord},
     status::{ManagedCpuStatus, ManagedStatus, StatusDoc},
     AgentState, Managed,
 };
 use crate::{
-    actuator::Setting,
+    actuator::{Setting, WriteMark},
     cgroupfs::{CgroupIndex, Hierarchy},
     config::{Config, NodeInfo, PolicyConfig},
     decider::{CgId, Resource},
@@ -47,6 +47,9 @@ pub struct Agent {
     pub pipeline: Pipeline,
     pub engine: Engine,
     pub state: Arc<AgentState>,
+    /// State records of unmanaged cgroups whose original could not be put back yet (said
+    /// once; retried at each reconcile).
+    pub kept: HashSet<(Resource, String)>,
 }
 
 /// Cgroups of `index` that a policy selects, with what `pick` takes from the policy, parents
@@ -171,10 +174,11 @@ impl Agent {
     fn reconcile_resource(&mut self, r: &dyn ManagedResource) {
         let res = r.resource();
         let wants = self.wants(r);
-        if !wants && lock(self.state.managed(res)).is_empty() {
+        let recorded = !lock(&self.state.state).settings(res).is_empty();
+        if !wants && !recorded && lock(self.state.managed(res)).is_empty() {
             return;
         }
-        if wants && self.hierarchy_of(r).is_none() {
+        if (wants || recorded) && self.hierarchy_of(r).is_none() {
             return;
         }
         let Some(h) = self.known_hierarchy(res).cloned() else {
@@ -196,6 +200,7 @@ impl Agent {
             wanted = selected(&self.config, &h, index, |p| r.policy(p, &node));
         }
         let wanted_ids: HashSet<CgId> = wanted.iter().map(|w| w.0).collect();
+        let wanted_paths: Vec<String> = wanted.iter().map(|w| w.1.clone()).collect();
         let mut managed = lock(self.state.managed(res));
         let metrics = &self.state.metrics;
         let gone: Vec<CgId> = managed
@@ -203,6 +208,7 @@ impl Agent {
             .filter(|id| !wanted_ids.contains(id))
             .copied()
             .collect();
+        let forgot = !gone.is_empty();
         for id in gone {
             let m = managed.remove(&id).expect("listed");
             tracing::info!(
@@ -212,7 +218,7 @@ impl Agent {
             );
             self.engine.send(Command::Forget(res, id));
             r.unwatch(&mut self.pipeline, id);
-            lock(&self.state.state).forget_setting(res, &m.path);
+            // Its state record stays until its original is back (below).
             metrics.forget(&m.labels);
         }
         let mut path_to_id: HashMap<String, CgId> = managed
@@ -240,8 +246,10 @@ impl Agent {
                 }
             };
             let current = writer.current();
-            let original = lock(&self.state.state).manage_setting(&path, id, &policy_name, current);
+            let (original, original_unknown) =
+                lock(&self.state.state).manage_setting(&path, id, &policy_name, current);
             let parent = ancestors(&path).find_map(|a| path_to_id.get(a).copied());
+            let mark = Arc::new(WriteMark::new(current));
             self.engine.send(Command::Manage(Box::new(ManageRequest {
                 id,
                 path: Arc::from(path.as_str()),
@@ -249,6 +257,7 @@ impl Agent {
                 policy,
                 writer,
                 usage: r.usage(&cg),
+                mark: Some(mark.clone()),
             })));
             let kernel_events = match r.watch(&mut self.pipeline, id, &policy) {
                 Ok(w) => w,
@@ -267,7 +276,21 @@ impl Agent {
                 .get_or_create(&labels)
                 .set(r.gauge(original));
             metrics.limit.get_or_create(&labels).set(r.gauge(current));
+            metrics
+                .original_unknown
+                .get_or_create(&labels)
+                .set(if original_unknown { 1.0 } else { 0.0 });
             let (min, max) = r.bounds(&policy);
+            if original_unknown {
+                tracing::error!(
+                    cgroup = %path,
+                    resource = res.as_str(),
+                    limit = %current,
+                    "original limit UNKNOWN (the state file and its copy were lost or damaged): \
+                     the limit found now may be one the agent had raised; restores leave this \
+                     cgroup as it is, and a limit its owner writes becomes its original"
+                );
+            }
             tracing::info!(
                 cgroup = %path,
                 resource = res.as_str(),
@@ -277,6 +300,7 @@ impl Agent {
                 max = %max,
                 limit = %current,
                 original = %original,
+                original_unknown,
                 kernel_events,
                 "managing"
             );
@@ -288,6 +312,9 @@ impl Agent {
                     policy_name,
                     policy,
                     original,
+                    original_unknown,
+                    mark,
+                    adopted: None,
                     pod,
                     labels,
                 },
@@ -299,39 +326,49 @@ impl Agent {
                 resource: res.as_str(),
             })
             .set(managed.len() as i64);
-    }
-
-    /// Drops state records of cgroups that are not managed after the first reconcile: those
-    /// that vanished while the agent was down, or that the configuration no longer selects.
-    pub fn drop_stale_state(&self) {
-        for r in resource::ALL {
-            let res = r.resource();
-            let managed: HashSet<String> = lock(self.state.managed(res))
-                .values()
-                .map(|m| m.path.clone())
-                .collect();
-            let dropped = lock(&self.state.state).retain_settings(res, |p| managed.contains(p));
-            let h = self.known_hierarchy(res);
-            for (path, original, current) in dropped {
-                let exists = h.is_some_and(|h| h.cgroup(&path).is_ok_and(|c| c.exists()));
-                if exists {
-                    tracing::warn!(
-                        cgroup = %path,
-                        resource = res.as_str(),
-                        original = %original,
-                        current = %current,
-                        "state file: no longer selected by the configuration; its limit stays \
-                         as the agent left it"
-                    );
-                } else {
-                    tracing::info!(
-                        cgroup = %path,
-                        resource = res.as_str(),
-                        "state file: cgroup vanished while the agent was down; forgotten"
-                    );
-                }
+        // Records of cgroups not managed any more (removed, deselected by a reload or by a
+        // changed path or opt-in, or while the agent was down): the original goes back.
+        let keep: HashSet<String> = managed
+            .values()
+            .map(|m| m.path.clone())
+            .chain(wanted_paths)
+            .collect();
+        drop(managed);
+        let unmanaged: Vec<SettingRecord> = lock(&self.state.state)
+            .settings(res)
+            .into_iter()
+            .filter(|rec| !keep.contains(&rec.path))
+            .collect();
+        if unmanaged.is_empty() {
+            return;
+        }
+        if forgot {
+            // The engine handles commands in order: once it answers this, it has forgotten
+            // them, and nothing races the restores.
+            let _ = self.engine.snapshot(res);
+        }
+        let dry_run = self.config.agent.dry_run;
+        for rec in unmanaged {
+            let key = (res, rec.path.clone());
+            let quiet = self.kept.contains(&key);
+            let settled = if dry_run {
+                true
+            } else {
+                put_back(r, &h, &rec, "deselected", quiet)
+            };
+            if settled {
+                lock(&self.state.state).forget_setting(res, &rec.path);
+                self.kept.remove(&key);
+            } else {
+                self.kept.insert(key);
             }
         }
+    }
+
+    /// After the first reconcile: the cgroups that existed at start are managed, and those
+    /// found from now on are new (their limit is their original, also after a lost state).
+    pub fn drop_stale_state(&self) {
+        lock(&self.state.state).end_recovery();
         self.state.save_state();
     }
 
@@ -349,11 +386,20 @@ impl Agent {
                 let Ok(cg) = h.cgroup(&m.path) else {
                     continue;
                 };
+                // What the agent had written, read around the sample (see WriteMark).
+                let before = m.mark.read();
                 let Some(s) = r.sample(&cg, Some((&self.pipeline, *id))) else {
                     continue;
                 };
+                let ours =
+                    before
+                        .filter(|(seq, _)| m.mark.unchanged_since(*seq))
+                        .map(|(seq, written)| match m.adopted {
+                            Some((at, adopted)) if at == seq => (seq, adopted),
+                            _ => (seq, written),
+                        });
                 if let Observed::Adopted { previous } =
-                    lock(&self.state.state).observe_setting(&m.path, s.observed)
+                    lock(&self.state.state).observe_setting(&m.path, s.observed, ours.map(|o| o.1))
                 {
                     tracing::info!(
                         cgroup = %m.path,
@@ -363,11 +409,14 @@ impl Agent {
                         "limit changed outside the agent: adopted as the original"
                     );
                     m.original = s.observed;
-                    self.state
-                        .metrics
+                    m.original_unknown = false;
+                    m.adopted = ours.map(|(seq, _)| (seq, s.observed));
+                    let metrics = &self.state.metrics;
+                    metrics
                         .original_limit
                         .get_or_create(&m.labels)
                         .set(r.gauge(s.observed));
+                    metrics.original_unknown.get_or_create(&m.labels).set(0.0);
                 }
                 if let Some(t) = s.throttled_seconds {
                     self.state
@@ -527,44 +576,86 @@ pub fn restore_originals(hierarchies: &HashMap<Resource, Hierarchy>, state: &Age
             continue;
         };
         let records = lock(&state.state).settings(res);
-        for (path, id, original, _) in records {
-            let cg = match h.cgroup(&path) {
-                Ok(c) if c.exists() && c.id().is_ok_and(|i| i.0 == id) => c,
-                _ => {
-                    lock(&state.state).forget_setting(res, &path);
-                    continue;
-                }
-            };
-            match r.restore(&cg, original) {
-                Ok(Restored::Written { replaced }) => {
-                    tracing::info!(
-                        target: "scaler::audit",
-                        cgroup = %path,
-                        resource = res.as_str(),
-                        old = %replaced,
-                        new = %original,
-                        reason = "restore_on_exit",
-                        "limit restored"
-                    );
-                    lock(&state.state).forget_setting(res, &path);
-                }
-                Ok(Restored::Unchanged) => lock(&state.state).forget_setting(res, &path),
-                Ok(Restored::Kept { why, current }) => tracing::warn!(
-                    cgroup = %path,
-                    resource = res.as_str(),
-                    original = %original,
-                    current = %current,
-                    "not restored: {why}"
-                ),
-                Err(e) => tracing::warn!(
-                    cgroup = %path,
-                    resource = res.as_str(),
-                    "restoring {original}: {e}"
-                ),
+        for rec in records {
+            if put_back(r, h, &rec, "restore_on_exit", false) {
+                lock(&state.state).forget_setting(res, &rec.path);
             }
         }
     }
     state.save_state();
+}
+
+/// Writes a state record's original back into its cgroup (never below usage). Returns true
+/// when the record is settled and may be forgotten: restored, already at its original, or the
+/// cgroup is gone (or is another cgroup now); false when it stays (an unknown original is
+/// never written; an original below usage waits). `quiet` skips the log of a record that
+/// stays, said before.
+pub fn put_back(
+    r: &dyn resource::ManagedResource,
+    h: &Hierarchy,
+    rec: &SettingRecord,
+    reason: &'static str,
+    quiet: bool,
+) -> bool {
+    let res = r.resource();
+    let path = &rec.path;
+    let cg = match h.cgroup(path) {
+        Ok(c) if c.exists() && c.id().is_ok_and(|i| i.0 == rec.id) => c,
+        _ => return true,
+    };
+    if rec.unknown_original {
+        if !quiet {
+            tracing::error!(
+                cgroup = %path,
+                resource = res.as_str(),
+                current = %rec.current,
+                reason,
+                "not restored: its original limit is UNKNOWN (the state file and its copy were \
+                 lost or damaged); it stays as it is: check it and set it by hand"
+            );
+        }
+        return false;
+    }
+    let original = rec.original;
+    match r.restore(&cg, original) {
+        Ok(Restored::Written { replaced }) => {
+            tracing::info!(
+                target: "scaler::audit",
+                cgroup = %path,
+                resource = res.as_str(),
+                old = %replaced,
+                new = %original,
+                reason,
+                "limit restored"
+            );
+            true
+        }
+        Ok(Restored::Unchanged) => true,
+        Ok(Restored::Kept { why, current }) => {
+            if !quiet {
+                tracing::warn!(
+                    cgroup = %path,
+                    resource = res.as_str(),
+                    original = %original,
+                    current = %current,
+                    reason,
+                    "not restored: {why}"
+                );
+            }
+            false
+        }
+        Err(e) => {
+            if !quiet {
+                tracing::warn!(
+                    cgroup = %path,
+                    resource = res.as_str(),
+                    reason,
+                    "restoring {original}: {e}"
+                );
+            }
+            false
+        }
+    }
 }
 
 /// Builds the status document from the shared state and the engine's snapshots.
@@ -597,6 +688,7 @@ pub fn status_doc(
                     container_id: m.pod.as_ref().and_then(|p| p.container_id.clone()),
                     limit: s.and_then(|s| s.memory_limit()).map(Into::into),
                     original_limit: original.into(),
+                    original_unknown: m.original_unknown,
                     usage_bytes: s.and_then(|s| s.usage).map(|u| u as u64),
                     utilization: s.and_then(|s| s.utilization),
                     allocation_rate: s.and_then(|s| s.growth_rate),
@@ -607,6 +699,7 @@ pub fn status_doc(
                     policy: m.policy_name.clone(),
                     quota_cores: s.and_then(|s| s.quota_cores()),
                     original_quota_cores: original.cores(),
+                    original_unknown: m.original_unknown,
                     usage_cores: s.and_then(|s| s.usage),
                     utilization: s.and_then(|s| s.utilization),
                 }),

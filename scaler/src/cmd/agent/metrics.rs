@@ -124,6 +124,9 @@ pub struct Metrics {
     pub limit: Family<LimitLabels, F64Gauge>,
     /// `scaler_cgroup_original_limit{...}`: before the agent first changed it (+Inf: none).
     pub original_limit: Family<LimitLabels, F64Gauge>,
+    /// `scaler_cgroup_original_unknown{...}`: 1 while the original is unknown (the state
+    /// file and its copy were lost; restores leave the cgroup as it is).
+    pub original_unknown: Family<LimitLabels, F64Gauge>,
     /// `scaler_cgroup_usage{...}`: memory in use; CPU used over the last sample interval.
     pub usage: Family<LimitLabels, F64Gauge>,
     /// `scaler_ringbuf_dropped_total`: events the kernel could not submit (ring buffer full).
@@ -192,6 +195,7 @@ impl Metrics {
             managed: Family::default(),
             limit: Family::default(),
             original_limit: Family::default(),
+            original_unknown: Family::default(),
             usage: Family::default(),
             ringbuf_dropped: Counter::default(),
             ringbuf_records: Counter::default(),
@@ -241,6 +245,12 @@ impl Metrics {
                 "Limit of a managed cgroup before the agent first changed it, in the unit \
                  label's unit (+Inf: unlimited)",
                 m.original_limit.clone(),
+            );
+            r.register(
+                "cgroup_original_unknown",
+                "1 while a managed cgroup's original limit is unknown (the state file and its \
+                 last-known-good copy were lost or damaged): restores leave it as it is",
+                m.original_unknown.clone(),
             );
             r.register(
                 "cgroup_usage",
@@ -329,7 +339,12 @@ impl Metrics {
 
     /// Drops a cgroup's series of one resource when the agent no longer manages it.
     pub fn forget(&self, labels: &LimitLabels) {
-        for f in [&self.limit, &self.original_limit, &self.usage] {
+        for f in [
+            &self.limit,
+            &self.original_limit,
+            &self.original_unknown,
+            &self.usage,
+        ] {
             f.remove(labels);
         }
         if labels.resource == crate::decider::Resource::Cpu.as_str() {

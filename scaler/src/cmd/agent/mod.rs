@@ -49,7 +49,7 @@ use self::{
     status::{ActionStatus, Recent},
 };
 use crate::{
-    actuator::Setting,
+    actuator::{Setting, WriteMark},
     cgroupfs::{CgroupIndex, Controller, Hierarchy},
     config::{Config, ConfigError, NodeInfo},
     decider::{CgId, Resource, WriteOutcome},
@@ -160,6 +160,14 @@ pub struct Managed {
     /// The limit before the agent first changed it (from the state file if the agent managed
     /// this cgroup before a restart).
     pub original: Setting,
+    /// The original is not known (the state file and its copy were lost or damaged when the
+    /// agent started, with this cgroup already there).
+    pub original_unknown: bool,
+    /// Where the engine marks its writes to this cgroup's limit (see [`WriteMark`]).
+    pub mark: Arc<WriteMark>,
+    /// The limit adopted from its owner at the mark's sequence number: what the cgroup holds
+    /// until the engine writes again.
+    pub adopted: Option<(u64, Setting)>,
     /// The pod and container, for Kubernetes cgroups.
     pub pod: Option<PodCgroup>,
     /// Its metric labels.
@@ -340,19 +348,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         set.thread_block()?;
     }
     let hierarchy = Hierarchy::discover(Path::new("/"), Controller::Memory)?;
-    let state_file = match StateFile::load(&config.agent.state_file) {
-        Ok(s) => s,
-        Err(e @ (state::StateError::Parse { .. } | state::StateError::Version { .. })) => {
-            let aside = config.agent.state_file.with_extension("json.bad");
-            tracing::error!(
-                "{e}; moved to {} and starting without history",
-                aside.display()
-            );
-            let _ = std::fs::rename(&config.agent.state_file, &aside);
-            StateFile::empty(&config.agent.state_file)
-        }
-        Err(e) => return Err(e).context("the state file (agent.state_file)"),
-    };
+    let state_file = open_state(&config.agent.state_file)?;
     let known = state_file.records().len();
     let metrics = Arc::new(Metrics::new());
     let metrics_context = || {
@@ -482,6 +478,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         pipeline,
         engine,
         state,
+        kept: Default::default(),
     };
     agent.reconcile();
     agent.drop_stale_state();
@@ -631,6 +628,48 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
 
 /// How long the shutdown waits for the engine thread to end.
 const ENGINE_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Opens the state file (`agent.state_file`), recovering from a damaged or missing one (see
+/// [`StateFile::open`]) with a loud log of what was wrong and what the agent does about it.
+fn open_state(path: &Path) -> anyhow::Result<StateFile> {
+    use state::Recovery;
+    let (s, recovery) = StateFile::open(path).context("the state file (agent.state_file)")?;
+    let copy = StateFile::copy_path(path);
+    let bad = |e: &Option<state::StateError>| match e {
+        Some(e) => format!("{e} (set aside as {}.bad)", e_path(e)),
+        None => "missing".into(),
+    };
+    fn e_path(e: &state::StateError) -> String {
+        use state::StateError::*;
+        match e {
+            Read { path, .. }
+            | Parse { path, .. }
+            | Version { path, .. }
+            | Untrusted { path, .. }
+            | Write { path, .. } => path.display().to_string(),
+        }
+    }
+    match recovery {
+        Recovery::Clean => {}
+        Recovery::FromCopy { problem } => tracing::error!(
+            state_file = %path.display(),
+            copy = %copy.display(),
+            "the state file: {}; the originals are recovered from its last-known-good copy",
+            bad(&problem)
+        ),
+        Recovery::Unknown { problem, copy: c } => tracing::error!(
+            state_file = %path.display(),
+            copy = %copy.display(),
+            "the state file: {}; its last-known-good copy: {}. Starting from the cgroups as \
+             they are: the original limits of the cgroups found now are UNKNOWN (a limit the \
+             agent had raised cannot be told from an original), restores leave them as they \
+             are, and `scaler status` and the metric scaler_cgroup_original_unknown list them",
+            bad(&problem),
+            bad(&c)
+        ),
+    }
+    Ok(s)
+}
 
 /// How often the cgroup tree is rescanned for new and removed cgroups (inotify reports them
 /// sooner; this is the safety net).

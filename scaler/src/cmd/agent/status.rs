@@ -58,6 +58,11 @@ pub struct ManagedStatus {
     pub limit: Option<StoredLimit>,
     /// The limit before the agent first changed it.
     pub original_limit: StoredLimit,
+    /// The original is not known: the agent started after its state file and the copy were
+    /// lost or damaged, and `original_limit` is only the limit it found (maybe one it had
+    /// raised). Restores leave the cgroup as it is.
+    #[serde(default)]
+    pub original_unknown: bool,
     pub usage_bytes: Option<u64>,
     /// usage / limit.
     pub utilization: Option<f64>,
@@ -77,6 +82,9 @@ pub struct ManagedCpuStatus {
     pub quota_cores: Option<f64>,
     /// The quota before the agent first changed it, in cores (`None`: no quota).
     pub original_quota_cores: Option<f64>,
+    /// As [`ManagedStatus::original_unknown`].
+    #[serde(default)]
+    pub original_unknown: bool,
     /// CPU used over the last sample interval, in cores.
     pub usage_cores: Option<f64>,
     /// usage / quota.
@@ -351,7 +359,11 @@ pub fn render(d: &StatusDoc, now: f64) -> String {
             m.policy.clone(),
             pod,
             limit_str(m.limit),
-            limit_str(Some(m.original_limit)),
+            if m.original_unknown {
+                format!("{}?", limit_str(Some(m.original_limit)))
+            } else {
+                limit_str(Some(m.original_limit))
+            },
             m.usage_bytes.map_or("-".into(), format_size),
             m.utilization.map_or("-".into(), |u| format!("{u:.2}")),
         ]);
@@ -373,7 +385,11 @@ pub fn render(d: &StatusDoc, now: f64) -> String {
                 m.cgroup.clone(),
                 m.policy.clone(),
                 cores(m.quota_cores),
-                cores(m.original_quota_cores),
+                if m.original_unknown {
+                    format!("{}?", cores(m.original_quota_cores))
+                } else {
+                    cores(m.original_quota_cores)
+                },
                 m.usage_cores.map_or("-".into(), crate::units::format_cores),
                 m.utilization.map_or("-".into(), |u| format!("{u:.2}")),
             ]);
@@ -491,6 +507,7 @@ mod tests {
                 container_id: Some("0123456789abcdef00".into()),
                 limit: Some(StoredLimit::Bytes(96 << 20)),
                 original_limit: StoredLimit::Bytes(64 << 20),
+                original_unknown: false,
                 usage_bytes: Some(80 << 20),
                 utilization: Some(0.8333),
                 allocation_rate: None,
@@ -501,6 +518,7 @@ mod tests {
                 policy: "elastic".into(),
                 quota_cores: Some(1.5),
                 original_quota_cores: Some(0.2),
+                original_unknown: false,
                 usage_cores: Some(1.2),
                 utilization: Some(0.8),
             }],

@@ -721,6 +721,64 @@ fn an_unlimited_cgroup_is_brought_to_max_by_the_first_sample() {
 }
 
 #[test]
+fn a_max_below_the_limit_is_reached_step_by_step_never_below_usage() {
+    let mut l = Loop::new(64 * GIB);
+    let p = MemoryPolicy {
+        max: 128 * MIB,
+        down_interval_ns: S,
+        down_fraction: 0.5,
+        min_change: 4 * MIB,
+        ..policy()
+    };
+    l.d.manage(1, None, p, Limit::from_bytes(256 * MIB), 32 * MIB, T0);
+    let mut t = T0;
+    let mut seen = vec![];
+    for _ in 0..20 {
+        t += S / 2;
+        for a in l.sample(1, t, 32 * MIB, 32 * MIB).actions() {
+            assert!(a.new < a.old && a.new >= 128 * MIB, "{a:?}");
+            assert_eq!(a.new % 4096, 0, "{a:?}");
+            seen.push(a.new);
+        }
+    }
+    assert_eq!(
+        seen.first(),
+        Some(&(192 * MIB)),
+        "half the way first: {seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&(128 * MIB)), "{seen:?}");
+    assert!(seen.len() >= 3, "{seen:?}");
+    // Usage above the max: the limit stops at usage + safety margin.
+    let mut l = Loop::new(64 * GIB);
+    l.d.manage(1, None, p, Limit::from_bytes(256 * MIB), 200 * MIB, T0);
+    let mut t = T0;
+    for _ in 0..20 {
+        t += S;
+        l.sample(1, t, 200 * MIB, 200 * MIB);
+    }
+    assert_eq!(l.d.limit(1), Some(216 * MIB));
+}
+
+#[test]
+fn a_max_that_is_not_page_aligned_caps_raises_at_a_whole_page_below_it() {
+    // `max = "100000001"` or `"0.1G"`: the kernel would keep the value rounded down to whole
+    // pages; the decider asks for exactly that, so its limit is what the kernel keeps.
+    for max in [100_000_001u64, (0.1 * GIB as f64) as u64] {
+        let mut l = Loop::new(64 * GIB);
+        let p = MemoryPolicy { max, ..policy() };
+        l.d.manage(1, None, p, Limit::from_bytes(64 * MIB), 60 * MIB, T0);
+        let a = only(&l.reclaim(1, T0 + S, 63 * MIB, 64 * MIB));
+        assert_eq!(a.new, max / 4096 * 4096, "{a:?}");
+        assert!(a.new <= max);
+    }
+    // The budget's room too.
+    let mut l = Loop::new(100 * MIB + 1234);
+    l.d.manage(1, None, policy(), Limit::from_bytes(64 * MIB), 60 * MIB, T0);
+    let a = only(&l.reclaim(1, T0 + S, 63 * MIB, 64 * MIB));
+    assert_eq!(a.new, 100 * MIB);
+}
+
+#[test]
 fn unmanaged_and_forgotten_cgroups() {
     let mut l = Loop::new(64 * GIB);
     let d = l.reclaim(9, T0, 1, 1);
@@ -803,7 +861,8 @@ mod invariants {
             let mut t = T0;
             let start = 32 * MIB;
             for (i, parent) in parents.iter().enumerate() {
-                let max = maxes[i] * MIB;
+                // Some maxes not page aligned (`max = "0.1G"`).
+                let max = maxes[i] * MIB + i as u64 * 1001;
                 let p = MemoryPolicy {
                     min: 16 * MIB,
                     max,
@@ -871,6 +930,7 @@ mod invariants {
                 for a in out.actions() {
                     let c = cgs.iter().find(|c| c.id == a.cgroup).unwrap();
                     prop_assert!(a.new <= c.max, "{a:?} above max {}", c.max);
+                    prop_assert!(a.new % 4096 == 0, "{a:?} not page aligned");
                     prop_assert!(a.new >= c.known_usage, "{a:?} below usage {}", c.known_usage);
                     pending.push_back(*a);
                 }
