@@ -65,6 +65,11 @@ pub mod metric {
         name: "scaler_cgroup_original_limit",
         labels: &[("resource", "memory"), ("unit", "byte")],
     };
+    /// 1 while a managed memory cgroup's original limit is unknown (state file lost).
+    pub const MEMORY_ORIGINAL_UNKNOWN: Metric = Metric {
+        name: "scaler_cgroup_original_unknown",
+        labels: &[("resource", "memory"), ("unit", "byte")],
+    };
     /// The CPU quota in cores.
     pub const CPU_QUOTA: Metric = Metric {
         name: "scaler_cgroup_limit",
