@@ -202,7 +202,13 @@ fn a_damaged_state_file_after_raises_never_turns_the_raised_limit_into_the_origi
     let state = a.state_file();
     std::fs::write(&state, "{\"version\": 1, \"cgroups\": {\"").unwrap();
     a.restart();
-    // A clear error naming the file; the true original from the last-known-good copy.
+    // The true original from the last-known-good copy, not the raised limit.
+    let managing = a.wait_event(
+        &LogQuery::message(msg::MANAGING).field("cgroup", &path),
+        Duration::ZERO,
+    );
+    assert_eq!(managing.u64("original"), Some(64 * M), "{managing}");
+    // A clear error naming the file, which is set aside.
     let e = a.wait_event(
         &LogQuery::any()
             .level("ERROR")
@@ -211,11 +217,6 @@ fn a_damaged_state_file_after_raises_never_turns_the_raised_limit_into_the_origi
     );
     assert!(e.message.contains("last-known-good copy"), "{e}");
     assert!(Path::new(&format!("{}.bad", state.display())).exists());
-    let managing = a.wait_event(
-        &LogQuery::message(msg::MANAGING).field("cgroup", &path),
-        Duration::ZERO,
-    );
-    assert_eq!(managing.u64("original"), Some(64 * M), "{managing}");
     assert_eq!(a.stop(Signal::SIGTERM).code(), Some(0));
     assert_eq!(limit_of(&g), Limit::Bytes(64 * M), "the true original");
 
