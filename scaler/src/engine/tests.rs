@@ -512,3 +512,43 @@ fn the_hot_path_does_not_allocate() {
     assert_eq!(allocated, 0, "allocations on the hot path");
     assert!(rec_rx.try_iter().count() >= 300);
 }
+
+/// Records the slow side never takes (a full channel) lose no write: the mark the slow side
+/// compares samples with holds every write, so the agent's raise is never taken for someone
+/// else's, and no original depends on a record arriving.
+#[test]
+fn dropped_records_lose_no_write_mark() {
+    let (rec_tx, rec_rx) = std::sync::mpsc::sync_channel(0);
+    let (_cmd_tx, cmd_rx) = std::sync::mpsc::channel();
+    let stats: Arc<EngineStats> = Arc::default();
+    let mut h = super::ScalingHandler::new(&EngineConfig::default(), rec_tx, cmd_rx, stats.clone());
+    let writes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mark = Arc::new(WriteMark::new(Setting::Memory(Limit::Bytes(64 * MIB))));
+    h.command(Command::Manage(Box::new(ManageRequest {
+        id: 1,
+        path: Arc::from("/dropped"),
+        parent: None,
+        policy: Policy::Memory(memory_policy()),
+        writer: Box::new(CountingWriter {
+            current: Mutex::new(Setting::Memory(Limit::Bytes(64 * MIB))),
+            writes: writes.clone(),
+        }),
+        usage: 60 * MIB,
+        mark: Some(mark.clone()),
+    })));
+    let mut ev = reclaim(1, 1, 63 * MIB, 64 * MIB);
+    ev.ts_ns = monotonic_ns();
+    let decoded = crate::events::decode(&encode(&ev)).unwrap();
+    Handler::on_event(&mut h, &decoded);
+    assert_eq!(writes.load(Ordering::Relaxed), 1, "raised");
+    assert!(
+        stats.records_dropped.load(Ordering::Relaxed) >= 1,
+        "records dropped"
+    );
+    assert_eq!(rec_rx.try_iter().count(), 0);
+    let (_, ours) = mark.read().expect("no write under way");
+    assert!(
+        matches!(ours, Setting::Memory(Limit::Bytes(b)) if b > 64 * MIB),
+        "{ours:?}"
+    );
+}

@@ -174,7 +174,7 @@ impl Agent {
     fn reconcile_resource(&mut self, r: &dyn ManagedResource) {
         let res = r.resource();
         let wants = self.wants(r);
-        let recorded = !lock(&self.state.state).settings(res).is_empty();
+        let recorded = lock(&self.state.state).has_records(res);
         if !wants && !recorded && lock(self.state.managed(res)).is_empty() {
             return;
         }
@@ -334,11 +334,8 @@ impl Agent {
             .chain(wanted_paths)
             .collect();
         drop(managed);
-        let unmanaged: Vec<SettingRecord> = lock(&self.state.state)
-            .settings(res)
-            .into_iter()
-            .filter(|rec| !keep.contains(&rec.path))
-            .collect();
+        let unmanaged: Vec<SettingRecord> =
+            lock(&self.state.state).settings_where(res, |p| !keep.contains(p));
         if unmanaged.is_empty() {
             return;
         }

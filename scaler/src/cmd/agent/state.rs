@@ -2,11 +2,18 @@
 //! limit it had before the agent first changed it (its *original*) and the value the agent
 //! last set.
 //!
-//! The file is JSON, written atomically (a temporary file in the same directory, fsync, rename)
-//! with mode 0600 in a directory created 0700. A restart, also after SIGKILL, reads it back so
-//! that a cgroup the agent already raised keeps its recorded original instead of taking the
-//! raised limit for its original. A cgroup is identified by path *and* id (its inode): a cgroup
-//! removed and recreated under the same path is a new cgroup whose original is read afresh.
+//! The file is JSON with a format version, written atomically (a temporary file created
+//! `O_EXCL|O_NOFOLLOW` in the same directory, fsync, rename, directory fsync) with mode 0600 in
+//! a directory created 0700, followed by a last-known-good copy (`<name>.prev`) written the same
+//! way. A restart, also after SIGKILL, reads it back so that a cgroup the agent already raised
+//! keeps its recorded original instead of taking the raised limit for its original. A cgroup
+//! is identified by path *and* id (its inode): a cgroup removed and recreated under the same
+//! path is a new cgroup whose original is read afresh.
+//!
+//! A damaged, foreign or planted file is never trusted ([`StateFile::open`]): it is set aside,
+//! the copy is read instead, and where neither can be read the cgroups found at start get
+//! *unknown* originals, which restores leave alone, rather than a raised limit taken for an
+//! original.
 
 use std::{
     collections::BTreeMap,
@@ -662,13 +669,15 @@ impl StateFile {
         self.doc.cgroups.retain(keep)
     }
 
-    /// One record of any resource, as [`Setting`]s.
+    /// The records of any resource for which `keep(path)` holds, as [`Setting`]s.
     fn settings_of<L: Copy + PartialEq>(
         t: &Table<L>,
+        keep: impl Fn(&str) -> bool,
         to: impl Fn(L) -> Setting,
     ) -> Vec<SettingRecord> {
         t.records()
             .iter()
+            .filter(|(p, _)| keep(p))
             .map(|(p, r)| SettingRecord {
                 path: p.clone(),
                 id: r.id,
@@ -679,11 +688,30 @@ impl StateFile {
             .collect()
     }
 
+    /// Whether any record of `resource` is kept.
+    pub fn has_records(&self, resource: Resource) -> bool {
+        match resource {
+            Resource::Memory => !self.doc.cgroups.is_empty(),
+            Resource::Cpu => !self.doc.cpu.is_empty(),
+        }
+    }
+
     /// The records of `resource`.
     pub fn settings(&self, resource: Resource) -> Vec<SettingRecord> {
+        self.settings_where(resource, |_| true)
+    }
+
+    /// The records of `resource` whose path `keep` accepts.
+    pub fn settings_where(
+        &self,
+        resource: Resource,
+        keep: impl Fn(&str) -> bool,
+    ) -> Vec<SettingRecord> {
         match resource {
-            Resource::Memory => Self::settings_of(&self.doc.cgroups, |l| Setting::Memory(l.into())),
-            Resource::Cpu => Self::settings_of(&self.doc.cpu, |q| Setting::Cpu(q.into())),
+            Resource::Memory => {
+                Self::settings_of(&self.doc.cgroups, keep, |l| Setting::Memory(l.into()))
+            }
+            Resource::Cpu => Self::settings_of(&self.doc.cpu, keep, |q| Setting::Cpu(q.into())),
         }
     }
 
