@@ -78,14 +78,23 @@ impl Default for AgentConfig {
     }
 }
 
-/// `[node]`: the budgets that the sum of top-level managed limits never exceeds. Give either
-/// a reserve (budget = physical amount minus reserve) or an absolute budget, not both.
+/// `[node]`: the node budgets. Give either a reserve or an absolute budget, not both.
+///
+/// Memory: a raise is never bigger than what the node can still back beyond the reserve: its
+/// available memory (`MemAvailable` of /proc/meminfo, sampled every `agent.sample_interval`)
+/// minus `memory_reserve`, less what raises granted since that sample. `memory_budget = B` is
+/// the same as `memory_reserve = MemTotal - B` (the node's memory in use stays below `B`).
+/// Limits are not summed: overcommitted limits (the Kubernetes norm) and unlimited cgroups do
+/// not lock raises out. CPU: the quotas of top-level managed cgroups add up to at most the CPU
+/// count minus `cpu_reserve` (or `cpu_budget`), an unlimited quota counting for its usage.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
-    /// Memory kept out of the budget (default 1 GiB).
+    /// Memory a raise never takes: raises are bounded by `MemAvailable` minus this
+    /// (default 1 GiB).
     pub memory_reserve: Option<ByteSize>,
-    /// Absolute memory budget (instead of a reserve).
+    /// Memory the node may have in use through raises (instead of a reserve: the reserve is
+    /// `MemTotal` minus this).
     pub memory_budget: Option<ByteSize>,
     /// CPU kept out of the budget, in cores (default 0.5).
     pub cpu_reserve: Option<Cores>,
@@ -286,13 +295,40 @@ impl NodeInfo {
 
 /// `MemTotal:       24608332 kB` -> bytes.
 fn parse_meminfo_total(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let mut it = line["MemTotal:".len()..].split_whitespace();
+    parse_meminfo(meminfo, "MemTotal:")
+}
+
+/// The value of a `/proc/meminfo` line (`key` with its colon), in bytes.
+fn parse_meminfo(meminfo: &str, key: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with(key))?;
+    let mut it = line[key.len()..].split_whitespace();
     let kib: u64 = it.next()?.parse().ok()?;
     match it.next() {
         Some("kB") | None => kib.checked_mul(1024),
         Some(_) => None,
     }
+}
+
+/// The memory the node still has for new work: `MemAvailable` of /proc/meminfo (bytes).
+///
+/// The kernel's own estimate of what can be allocated without swapping: free memory plus the
+/// page cache and slab it can reclaim, less the watermarks. It is the node-level counterpart of
+/// the kubelet's `memory.available` eviction signal (capacity minus the root cgroup's working
+/// set, i.e. usage less inactive file pages) and reads the same on cgroup v1 and v2, in a VM and
+/// in a container that sees the host's /proc (the DaemonSet). The agent's sampler reads it every
+/// `agent.sample_interval`; the hot path never does.
+pub fn mem_available() -> std::io::Result<u64> {
+    mem_available_in(&std::fs::read_to_string("/proc/meminfo")?)
+}
+
+/// [`mem_available`] from the text of a `/proc/meminfo`.
+pub fn mem_available_in(meminfo: &str) -> std::io::Result<u64> {
+    parse_meminfo(meminfo, "MemAvailable:").ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "/proc/meminfo has no parsable MemAvailable line (Linux 3.14 or later has one)",
+        )
+    })
 }
 
 /// One validation failure: the key at fault and what is wrong with it.
@@ -405,14 +441,49 @@ impl Config {
         }
     }
 
-    /// The memory budget (bytes): `node.memory_budget`, or physical memory minus the reserve.
+    /// The memory budget (bytes): what the node may have in use through raises,
+    /// `node.memory_budget`, or physical memory minus the reserve.
     pub fn memory_budget(&self, node: &NodeInfo) -> u64 {
+        node.mem_total.saturating_sub(self.memory_reserve(node))
+    }
+
+    /// The memory no raise takes (bytes): `node.memory_reserve`, or physical memory minus
+    /// `node.memory_budget`, or 1 GiB.
+    pub fn memory_reserve(&self, node: &NodeInfo) -> u64 {
         match (self.node.memory_budget, self.node.memory_reserve) {
-            (Some(b), _) => b.0,
-            (None, r) => node
-                .mem_total
-                .saturating_sub(r.map_or(DEFAULT_MEMORY_RESERVE, |r| r.0)),
+            (Some(b), _) => node.mem_total.saturating_sub(b.0),
+            (None, r) => r.map_or(DEFAULT_MEMORY_RESERVE, |r| r.0),
         }
+    }
+
+    /// What the node can back beyond the reserve when it has `mem_available` bytes available
+    /// ([`mem_available`]): the memory raises may spend.
+    pub fn memory_room(&self, node: &NodeInfo, mem_available: u64) -> u64 {
+        mem_available.saturating_sub(self.memory_reserve(node))
+    }
+
+    /// Things that are valid but probably not meant, each with its key: a `[policy.memory]`
+    /// without a `max` gives unbounded limits (a cgroup it selects that has no limit stays
+    /// unlimited, and raises go as far as the node can back).
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        for (i, p) in self.policies.iter().enumerate() {
+            if let Some(m) = &p.memory {
+                if m.max.is_none() {
+                    out.push(Problem {
+                        key: format!("policy[{i}].memory.max"),
+                        message: format!(
+                            "policy {:?} gives an unbounded memory limit: without a max, a \
+                             cgroup it selects that has no limit stays unlimited, and raises go \
+                             as far as the node can back (MemAvailable minus \
+                             node.memory_reserve); set max (e.g. \"2G\") to bound them",
+                            p.name
+                        ),
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// The CPU budget (cores): `node.cpu_budget`, or the CPU count minus the reserve.

@@ -25,7 +25,9 @@ use crate::{
     config::{Config, NodeInfo},
     decider::{CpuPolicy, MemoryPolicy, WriteOutcome},
     ebpf::{Pipeline, PipelineOptions},
-    engine::{ActionRecord, Command, Engine, EngineConfig, ManageRequest, Policy, Record, Signal},
+    engine::{
+        ActionRecord, Budget, Command, Engine, EngineConfig, ManageRequest, Policy, Record, Signal,
+    },
     resource::{self, ManagedResource as _},
     units,
 };
@@ -342,7 +344,8 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let mut engine = Engine::start(
         ring,
         EngineConfig {
-            memory_budget: budget,
+            memory_available: crate::config::mem_available()
+                .map_or(budget, |a| Config::default().memory_room(&node, a)),
             cpu_budget_cores: cpu_budget,
             dry_run: args.dry_run,
             ..EngineConfig::default()
@@ -384,8 +387,16 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
             let mut actions: Vec<ActionRecord> = Vec::new();
             let (mut ooms, mut reclaims, mut stall) = (0u64, 0u64, 0u64);
             let (mut near, mut runq) = (0u64, 0u64);
+            let mut refusals = std::collections::HashMap::new();
             for r in records {
                 match r {
+                    Record::Refused(rr) => {
+                        let path = match rr.resource {
+                            crate::decider::Resource::Cpu => cpu_audit_path.as_deref(),
+                            crate::decider::Resource::Memory => Some(audit_path.as_str()),
+                        };
+                        crate::cmd::log_refusal(&rr, path, &mut refusals);
+                    }
                     Record::Action(a) => {
                         let path = match a.action.resource {
                             crate::decider::Resource::Cpu => cpu_audit_path.as_deref(),
@@ -482,6 +493,14 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
                     while !done.load(Ordering::Relaxed) {
                         std::thread::sleep(interval);
                         if managed {
+                            // What the node can back beyond the default reserve.
+                            let measured_ns = crate::clock::monotonic_ns();
+                            if let Ok(a) = crate::config::mem_available() {
+                                sender(Command::SetBudget(Budget::MemoryAvailable {
+                                    bytes: Config::default().memory_room(&node, a),
+                                    measured_ns,
+                                }));
+                            }
                             if let Some(s) = resource::Memory.sample(&cg, None) {
                                 sender(Command::Signal(id, s.signal));
                             }

@@ -667,3 +667,45 @@ mod no_panic {
         }
     }
 }
+
+#[test]
+fn the_memory_reserve_bounds_raises_by_what_is_available() {
+    let c = Config::from_toml_str("[node]\nmemory_reserve = \"2G\"").unwrap();
+    assert_eq!(c.memory_reserve(&NODE), 2 * GIB);
+    assert_eq!(c.memory_room(&NODE, 10 * GIB), 8 * GIB);
+    assert_eq!(c.memory_room(&NODE, GIB), 0);
+    // An absolute budget is the same bound: MemTotal minus it is the reserve.
+    let c = Config::from_toml_str("[node]\nmemory_budget = \"16G\"").unwrap();
+    assert_eq!(c.memory_reserve(&NODE), NODE.mem_total - 16 * GIB);
+    assert_eq!(c.memory_budget(&NODE), 16 * GIB);
+    // The default: 1 GiB.
+    assert_eq!(Config::default().memory_reserve(&NODE), GIB);
+}
+
+#[test]
+fn mem_available_is_read_from_meminfo() {
+    let meminfo =
+        "MemTotal:       24608332 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\n";
+    assert_eq!(
+        crate::config::mem_available_in(meminfo).unwrap(),
+        20_000_000 * 1024
+    );
+    let e = crate::config::mem_available_in("MemTotal: 1 kB\n").unwrap_err();
+    assert!(e.to_string().contains("MemAvailable"), "{e}");
+    // This machine's.
+    assert!(crate::config::mem_available().unwrap() > 0);
+}
+
+#[test]
+fn a_memory_policy_without_max_is_warned_about() {
+    let c = Config::from_toml_str(
+        "[[policy]]\nname = \"open\"\nmatch = [\"/a/*\"]\n[policy.memory]\n\n\
+         [[policy]]\nname = \"capped\"\nmatch = [\"/b/*\"]\n[policy.memory]\nmax = \"1G\"\n",
+    )
+    .unwrap();
+    let w = c.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].key, "policy[0].memory.max");
+    assert!(w[0].message.contains("unbounded"), "{}", w[0]);
+    assert!(Config::default().warnings().is_empty());
+}

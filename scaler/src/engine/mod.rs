@@ -17,7 +17,7 @@ mod tests;
 
 pub use self::scaling::{
     snapshot_via, ActionRecord, Budget, Command, Engine, EngineConfig, EngineFault, EngineStats,
-    FaultKind, FaultTrigger, ManageRequest, Policy, Record, Signal, Snapshot,
+    FaultKind, FaultTrigger, ManageRequest, Policy, Record, RefusalRecord, Signal, Snapshot,
 };
 
 use std::{

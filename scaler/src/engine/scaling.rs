@@ -28,7 +28,7 @@ use crate::{
     clock::monotonic_ns,
     decider::{
         Action, CgId, CpuDecider, CpuSignal, Decide, Decision, MemoryDecider, MemorySignal,
-        Resource, WriteOutcome,
+        Refusal, Resource, Skip, WriteOutcome, REFUSAL_REASONS,
     },
     events::{CpuEvent, DecodeError, MemEvent},
 };
@@ -48,19 +48,31 @@ pub struct ActionRecord {
     pub written: Option<Setting>,
 }
 
+/// A raise the decider refused (bounded to nothing, or rate-limited): why, and what it asked
+/// for (see [`Refusal`]).
+#[derive(Clone, Copy, Debug)]
+pub struct RefusalRecord {
+    pub resource: Resource,
+    /// Why ([`Skip::refusal`] names it).
+    pub skip: Skip,
+    pub refusal: Refusal,
+}
+
 /// What the engine thread reports to the slow side.
 #[derive(Clone, Copy, Debug)]
 pub enum Record {
     Event(MemEvent),
     Action(ActionRecord),
+    Refused(RefusalRecord),
 }
 
-/// A node budget for the sum of a resource's top-level managed limits.
+/// A node budget, per resource.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Budget {
-    /// Bytes.
-    Memory(u64),
-    /// Cores.
+    /// Memory: what the node can still back beyond its reserve (bytes), sampled at
+    /// `measured_ns` (CLOCK_MONOTONIC): `MemAvailable` minus `node.memory_reserve`.
+    MemoryAvailable { bytes: u64, measured_ns: u64 },
+    /// CPU: the bound on the sum of top-level quotas (cores).
     Cpu(f64),
 }
 
@@ -68,7 +80,7 @@ impl Budget {
     /// The resource it bounds.
     pub fn resource(&self) -> Resource {
         match self {
-            Budget::Memory(_) => Resource::Memory,
+            Budget::MemoryAvailable { .. } => Resource::Memory,
             Budget::Cpu(_) => Resource::Cpu,
         }
     }
@@ -177,8 +189,8 @@ impl ResourceDecider for MemoryDecider {
     }
 
     fn set_budget(&mut self, b: Budget) {
-        if let Budget::Memory(b) = b {
-            MemoryDecider::set_budget(self, b);
+        if let Budget::MemoryAvailable { bytes, measured_ns } = b {
+            MemoryDecider::set_available(self, bytes, measured_ns);
         }
     }
 
@@ -335,8 +347,9 @@ impl<D: ResourceDecider> SlotOps for Slot<D> {
 /// Engine settings.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    /// Node budget for the sum of top-level managed memory limits (bytes).
-    pub memory_budget: u64,
+    /// What the node can back beyond its reserve (bytes) until the first
+    /// [`Budget::MemoryAvailable`] (`u64::MAX`: unbounded).
+    pub memory_available: u64,
     /// Node budget for the sum of top-level managed CPU quotas (cores).
     pub cpu_budget_cores: f64,
     /// Decide and log, but write nothing.
@@ -406,7 +419,7 @@ impl EngineFault {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            memory_budget: u64::MAX,
+            memory_available: u64::MAX,
             cpu_budget_cores: f64::INFINITY,
             dry_run: false,
             record_capacity: 65536,
@@ -431,6 +444,21 @@ pub struct EngineStats {
     pub cpu_signals: AtomicU64,
     /// Set when the engine thread has ended, returned or panicked (a guard on its stack).
     pub exited: AtomicBool,
+    /// Refused raises, by resource (memory, cpu) and reason (the index of
+    /// [`Skip::refusal`] in [`REFUSAL_REASONS`]).
+    pub refused: [[AtomicU64; REFUSAL_REASONS.len()]; 2],
+}
+
+impl EngineStats {
+    /// Refused raises of `resource` for `reason` (one of [`REFUSAL_REASONS`]).
+    pub fn refused(&self, resource: Resource, reason: &str) -> u64 {
+        REFUSAL_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| {
+                self.refused[slot_index(resource)][i].load(Ordering::Relaxed)
+            })
+    }
 }
 
 /// Marks [`EngineStats::exited`] when the engine thread ends, by return or by unwinding.
@@ -472,7 +500,7 @@ impl ScalingHandler {
         Self {
             slots: [
                 Box::new(Slot {
-                    decider: MemoryDecider::new(cfg.memory_budget),
+                    decider: MemoryDecider::new(cfg.memory_available),
                     writers: HashMap::new(),
                 }),
                 Box::new(Slot {
@@ -532,9 +560,29 @@ impl ScalingHandler {
 
     /// Decides about `signal` for `id` and performs the decision; hot path.
     fn decide(&mut self, id: CgId, signal: Signal) {
-        let slot = &mut *self.slots[slot_index(signal.resource())];
+        let resource = signal.resource();
+        let slot = &mut *self.slots[slot_index(resource)];
         slot.signal(id, signal, &mut self.decision);
+        self.refused(resource);
         self.execute();
+    }
+
+    /// Counts and reports a refused raise of the decision, if any; hot path (no allocation).
+    fn refused(&self, resource: Resource) {
+        let (Some(skip), Some(refusal)) = (self.decision.skip, self.decision.refusal) else {
+            return;
+        };
+        let Some(reason) = skip.refusal() else {
+            return;
+        };
+        if let Some(i) = REFUSAL_REASONS.iter().position(|r| *r == reason) {
+            self.stats.refused[slot_index(resource)][i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.send(Record::Refused(RefusalRecord {
+            resource,
+            skip,
+            refusal,
+        }));
     }
 
     /// Performs the decided actions in order (ancestors first); hot path.

@@ -186,7 +186,7 @@ fn next_action(rx: &Receiver<Record>) -> ActionRecord {
         let left = end.saturating_duration_since(std::time::Instant::now());
         match rx.recv_timeout(left) {
             Ok(Record::Action(a)) => return a,
-            Ok(Record::Event(_)) => {}
+            Ok(Record::Event(_) | Record::Refused(_)) => {}
             Err(e) => panic!("no action record within 5 s: {e}"),
         }
     }
@@ -399,7 +399,10 @@ fn samples_drive_scale_down_through_the_same_path() {
         Some(Setting::Memory(Limit::Bytes(896 * MIB)))
     );
     assert!(writes.lock().unwrap().is_empty());
-    e.send(Command::SetBudget(Budget::Memory(1 << 40)));
+    e.send(Command::SetBudget(Budget::MemoryAvailable {
+        bytes: 1 << 40,
+        measured_ns: 0,
+    }));
     sync(&e);
     e.stop().unwrap();
 }
@@ -551,4 +554,48 @@ fn dropped_records_lose_no_write_mark() {
         matches!(ours, Setting::Memory(Limit::Bytes(b)) if b > 64 * MIB),
         "{ours:?}"
     );
+}
+
+#[test]
+fn a_raise_the_node_cannot_back_is_refused_counted_and_reported() {
+    let ring = FakeRing::new();
+    let (e, rx) = start(&ring, false);
+    let writes = manage_memory(&e, 12, 64 * MIB, false);
+    // The sampler says the node can back 1 MiB beyond its reserve: less than the hysteresis.
+    e.send(Command::SetBudget(Budget::MemoryAvailable {
+        bytes: MIB,
+        measured_ns: monotonic_ns(),
+    }));
+    sync(&e);
+    ring.push(reclaim(12, 12, 64 * MIB, 64 * MIB));
+    drained(&e, 1);
+    assert!(writes.lock().unwrap().is_empty(), "the limit is untouched");
+    assert_eq!(e.stats().refused(Resource::Memory, "budget"), 1);
+    assert_eq!(e.stats().refused(Resource::Memory, "at_max"), 0);
+    assert_eq!(e.stats().refused(Resource::Cpu, "budget"), 0);
+    let r = rx
+        .try_iter()
+        .find_map(|r| match r {
+            Record::Refused(r) => Some(r),
+            _ => None,
+        })
+        .expect("a refusal record");
+    assert_eq!(r.resource, Resource::Memory);
+    assert_eq!(r.skip.refusal(), Some("budget"));
+    assert_eq!(r.refusal.cgroup, 12);
+    assert_eq!(r.refusal.limit, 64 * MIB);
+    assert_eq!(r.refusal.allowed, Some(65 * MIB));
+    assert!(r.refusal.wanted.unwrap() > 65 * MIB);
+    // Memory freed on the node (a new sample): the next storm is rescued.
+    e.send(Command::SetBudget(Budget::MemoryAvailable {
+        bytes: 1 << 30,
+        measured_ns: monotonic_ns(),
+    }));
+    sync(&e);
+    let mut ev = reclaim(12, 12, 64 * MIB, 64 * MIB);
+    ev.ts_ns = monotonic_ns() + 5_000_000_000;
+    ring.push(ev);
+    let a = next_action(&rx);
+    assert!(a.action.new > 64 * MIB);
+    e.stop().unwrap();
 }

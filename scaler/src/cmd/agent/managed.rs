@@ -369,10 +369,35 @@ impl Agent {
         self.state.save_state();
     }
 
+    /// Samples what the node can back beyond the reserve (`MemAvailable` minus
+    /// `node.memory_reserve`) and hands it to the engine, which bounds every memory raise by it
+    /// (less what raises granted since).
+    pub fn sample_node(&self) {
+        let measured_ns = crate::clock::monotonic_ns();
+        match crate::config::mem_available() {
+            Ok(a) => {
+                let room = self.config.memory_room(&self.node, a);
+                self.state
+                    .metrics
+                    .node_memory_room
+                    .set(i64::try_from(room).unwrap_or(i64::MAX));
+                self.engine
+                    .send(Command::SetBudget(Budget::MemoryAvailable {
+                        bytes: room,
+                        measured_ns,
+                    }));
+            }
+            Err(e) => tracing::warn!(
+                "reading MemAvailable from /proc/meminfo: {e}; raises keep the last figure"
+            ),
+        }
+    }
+
     /// The slow path: a sample of each managed cgroup of each resource (scale-down, rate
     /// estimation, throttling), which also notices limits changed outside the agent (see
     /// [`super::state::Table::observe`]): such a limit becomes the cgroup's original.
     pub fn sample(&self) {
+        self.sample_node();
         for r in resource::ALL {
             let res = r.resource();
             let Some(h) = self.known_hierarchy(res) else {
@@ -472,6 +497,19 @@ impl Agent {
             &m.unmanaged_ancestor_binds,
             e.unmanaged_ancestor_binds.load(Ordering::Relaxed),
         );
+        for r in resource::ALL {
+            let resource = r.resource();
+            for reason in crate::decider::REFUSAL_REASONS {
+                let n = e.refused(resource, reason);
+                if n > 0 {
+                    let l = super::metrics::RefusedLabels {
+                        resource: resource.as_str(),
+                        reason,
+                    };
+                    Metrics::set_total(&m.raises_refused.get_or_create(&l), n);
+                }
+            }
+        }
         for (program, (run_time, runs)) in self.pipeline.program_stats() {
             let l = ProgramLabels { program };
             Metrics::set_total_f64(&m.bpf_run_seconds.get_or_create(&l), run_time.as_secs_f64());
@@ -512,9 +550,9 @@ impl Agent {
                         tracing::warn!("agent.{key} changed from {old} to {new}: takes effect at the next start");
                     }
                 }
-                self.engine.send(Command::SetBudget(Budget::Memory(
-                    c.memory_budget(&self.node),
-                )));
+                for w in c.warnings() {
+                    tracing::warn!(key = %w.key, "{}", w.message);
+                }
                 self.engine
                     .send(Command::SetBudget(Budget::Cpu(c.cpu_budget(&self.node))));
                 if c.manages_cpu() && !self.pipeline.cpu_enabled() {
@@ -531,6 +569,8 @@ impl Agent {
                 c.agent.status_socket = self.config.agent.status_socket.clone();
                 c.agent.state_file = self.config.agent.state_file.clone();
                 self.config = c;
+                // The new reserve, at once.
+                self.sample_node();
                 reloads.get_or_create(&ResultLabels { result: "ok" }).inc();
                 tracing::info!(
                     policies = self.config.policies.len(),

@@ -41,6 +41,13 @@ pub struct ActionLabels {
     pub outcome: &'static str,
 }
 
+/// `{resource, reason}` of a refused raise.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub resource: &'static str,
+    pub reason: &'static str,
+}
+
 /// `{program}` of a BPF program.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProgramLabels {
@@ -141,6 +148,12 @@ pub struct Metrics {
     pub failed_writes: Counter,
     /// `scaler_unmanaged_ancestor_binds_total`.
     pub unmanaged_ancestor_binds: Counter,
+    /// `scaler_raises_refused_total{resource,reason}`: raises a cgroup under pressure did not
+    /// get (`at_max`, `budget`, `ancestor`, `rate_limited`, `below_hysteresis`).
+    pub raises_refused: Family<RefusedLabels, Counter>,
+    /// `scaler_node_memory_room_bytes`: what the node can back beyond `node.memory_reserve`
+    /// at the last sample (`MemAvailable` minus the reserve).
+    pub node_memory_room: Gauge,
     /// `scaler_bpf_program_run_seconds_total{program}` (needs `kernel.bpf_stats_enabled`).
     pub bpf_run_seconds: Family<ProgramLabels, F64Counter>,
     /// `scaler_bpf_program_runs_total{program}`.
@@ -203,6 +216,8 @@ impl Metrics {
             decode_errors: Counter::default(),
             failed_writes: Counter::default(),
             unmanaged_ancestor_binds: Counter::default(),
+            raises_refused: Family::default(),
+            node_memory_room: Gauge::default(),
             bpf_run_seconds: Family::default(),
             bpf_runs: Family::default(),
             cpu_seconds: F64Counter::default(),
@@ -287,6 +302,20 @@ impl Metrics {
                 "unmanaged_ancestor_binds",
                 "Pressure on a managed cgroup whose binding limit belongs to an unmanaged ancestor",
                 m.unmanaged_ancestor_binds.clone(),
+            );
+            r.register(
+                "raises_refused",
+                "Raises refused to a cgroup under pressure, by resource and reason (at_max, \
+                 budget: the node cannot back it, ancestor: a managed ancestor cannot back it, \
+                 rate_limited, below_hysteresis)",
+                m.raises_refused.clone(),
+            );
+            r.register_with_unit(
+                "node_memory_room",
+                "Memory the node can back beyond node.memory_reserve at the last sample \
+                 (MemAvailable minus the reserve): the most a raise may add",
+                Unit::Bytes,
+                m.node_memory_room.clone(),
             );
             r.register_with_unit(
                 "bpf_program_run",

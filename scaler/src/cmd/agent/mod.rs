@@ -126,8 +126,12 @@ pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     let node = NodeInfo::detect().context("reading /proc/meminfo")?;
     match load_config(Some(&args.file), &node) {
         Ok(c) => {
+            for w in c.warnings() {
+                eprintln!("scaler: warning: {w}");
+            }
             println!(
-                "{}: OK ({} {}, memory budget {}, cpu budget {:.2} cores)",
+                "{}: OK ({} {}, memory reserve {} (raises bounded by MemAvailable minus it), \
+                 cpu budget {:.2} cores)",
                 args.file.display(),
                 c.policies.len(),
                 if c.policies.len() == 1 {
@@ -135,7 +139,7 @@ pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
                 } else {
                     "policies"
                 },
-                crate::units::format_size(c.memory_budget(&node)),
+                crate::units::format_size(c.memory_reserve(&node)),
                 c.cpu_budget(&node)
             );
             Ok(ExitCode::SUCCESS)
@@ -336,6 +340,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             crate::engine::EngineFault::ENV
         );
     }
+    for w in config.warnings() {
+        tracing::warn!(key = %w.key, "{}", w.message);
+    }
     crate::privilege::check_startup(crate::privilege::Role::Agent, None)?;
     // Block the signals first: every thread inherits the mask, so only the signal thread
     // (started once the programs are loaded) takes them, and one sent meanwhile waits for it.
@@ -399,10 +406,21 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let ring = pipeline.take_events().context("event ring buffer")?;
+    // What raises may spend until the first sample (the sampler refreshes it).
+    let memory_available = match crate::config::mem_available() {
+        Ok(a) => config.memory_room(&node, a),
+        Err(e) => {
+            tracing::warn!(
+                "reading MemAvailable from /proc/meminfo: {e}; raises are bounded by MemTotal \
+                 minus node.memory_reserve until a sample succeeds"
+            );
+            config.memory_budget(&node)
+        }
+    };
     let mut engine = Engine::start(
         ring,
         EngineConfig {
-            memory_budget: config.memory_budget(&node),
+            memory_available,
             cpu_budget_cores: config.cpu_budget(&node),
             dry_run: config.agent.dry_run,
             fault,
@@ -509,7 +527,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         known_from_state = known,
         observe_all = agent.config.agent.observe_all,
         dry_run = agent.config.agent.dry_run,
-        budget = %crate::units::format_size(agent.config.memory_budget(&agent.node)),
+        memory_reserve = %crate::units::format_size(agent.config.memory_reserve(&agent.node)),
+        memory_room = %crate::units::format_size(memory_available),
         "agent running"
     );
     let mut next_discovery = Instant::now() + DISCOVERY_INTERVAL;
@@ -677,7 +696,14 @@ const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
 
 fn consume(records: Receiver<Record>, state: &AgentState, h: Hierarchy) {
     let mut index = CgroupIndex::new(h);
+    let mut refusals = HashMap::new();
     let mut handle = |r: Record| match r {
+        Record::Refused(rr) => {
+            let path = lock(state.managed(rr.resource))
+                .get(&rr.refusal.cgroup)
+                .map(|m| m.path.clone());
+            crate::cmd::log_refusal(&rr, path.as_deref(), &mut refusals);
+        }
         Record::Action(a) => {
             state.counters.actions.fetch_add(1, Ordering::Relaxed);
             if a.outcome == WriteOutcome::Failed {
