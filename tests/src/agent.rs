@@ -48,6 +48,9 @@ pub mod msg {
     pub const LIMIT_CHANGED: &str = "limit changed";
     /// The audit trail: a write the kernel refused.
     pub const LIMIT_WRITE_FAILED: &str = "limit write failed";
+    /// A raise a cgroup under pressure did not get (`cgroup`, `resource`, `reason`, `limit`,
+    /// `wanted`, `allowed`, `room`, `suppressed`), at most once per 10 s per cgroup.
+    pub const RAISE_REFUSED: &str = "raise refused";
 }
 
 /// The audit trail's target.

@@ -91,6 +91,16 @@ pub fn log_refusal(
     let cgroup = path.map_or_else(|| format!("id:{}", f.cgroup), str::to_owned);
     // What the bound left: the room above the limit in force.
     let room = f.allowed.map(|a| a.saturating_sub(f.limit));
+    let why = match reason {
+        "at_max" => "at the policy's max",
+        "budget" => {
+            "the node cannot back it (memory: MemAvailable minus node.memory_reserve, less \
+             raises granted since the sample; cpu: the CPU budget)"
+        }
+        "ancestor" => "a managed ancestor cannot back it (its limit minus its usage)",
+        "rate_limited" => "over the policy's max_raises_per_sec",
+        _ => "smaller than the policy's min_change",
+    };
     tracing::warn!(
         cgroup = %cgroup,
         resource = r.resource.as_str(),
@@ -100,10 +110,13 @@ pub fn log_refusal(
         allowed = f.allowed,
         room,
         suppressed,
-        "raise refused ({reason}): limit {}, wanted {}, allowed {}",
-        fmt(f.limit),
-        f.wanted.map_or_else(|| "?".to_owned(), fmt),
-        f.allowed.map_or_else(|| "?".to_owned(), fmt),
+        detail = %format!(
+            "limit {}, wanted {}, allowed {}: {why}",
+            fmt(f.limit),
+            f.wanted.map_or_else(|| "?".to_owned(), fmt),
+            f.allowed.map_or_else(|| "?".to_owned(), fmt),
+        ),
+        "raise refused"
     );
 }
 
