@@ -249,3 +249,27 @@ fn a_raise_the_node_cannot_back_is_refused_logged_and_counted() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn check_config_warns_about_a_policy_that_gives_an_unbounded_limit() {
+    let dir = tempdir();
+    let check = |name: &str, body: &str| {
+        let file = dir.join(name);
+        std::fs::write(&file, body).unwrap();
+        let out = std::process::Command::new(scaler_bin())
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .expect("running scaler check-config");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let open = check("open.toml", &policy("open", "/open/*", None));
+    assert!(
+        open.contains("warning: `policy[0].memory.max`") && open.contains("unbounded"),
+        "{open}"
+    );
+    let capped = check("capped.toml", &policy("capped", "/capped/*", Some("1G")));
+    assert!(!capped.contains("warning"), "{capped}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
