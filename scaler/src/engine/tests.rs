@@ -510,10 +510,34 @@ fn the_hot_path_does_not_allocate() {
             Handler::on_event(&mut h, &decoded);
         }
     }
-    let allocated = allocations() - before;
+    let mut allocated = allocations() - before;
     assert!(writes.load(Ordering::Relaxed) >= 100, "raises were written");
+    // The node can back nothing more: every raise is refused, counted and reported.
+    h.command(Command::SetBudget(Budget::MemoryAvailable {
+        bytes: 0,
+        measured_ns: monotonic_ns(),
+    }));
+    let before = allocations();
+    for id in 1..=100u64 {
+        // A limit above ours (raised behind our back): adopted, then the raise is refused.
+        let limit = 4096 * MIB;
+        ev.ts_ns = monotonic_ns() + 10_000_000_000;
+        ev.cgroup_id = id;
+        ev.target_id = id;
+        ev.usage = limit;
+        ev.limit = limit;
+        let decoded = crate::events::decode(&encode(&ev)).unwrap();
+        Handler::on_event(&mut h, &decoded);
+    }
+    allocated += allocations() - before;
     assert_eq!(allocated, 0, "allocations on the hot path");
-    assert!(rec_rx.try_iter().count() >= 300);
+    let records: Vec<Record> = rec_rx.try_iter().collect();
+    assert!(records.len() >= 300);
+    let refused = records
+        .iter()
+        .filter(|r| matches!(r, Record::Refused(_)))
+        .count();
+    assert!(refused >= 90, "{refused} refusals reported");
 }
 
 /// Records the slow side never takes (a full channel) lose no write: the mark the slow side
