@@ -60,7 +60,17 @@ pub struct AgentConfig {
     pub observe_all: bool,
     /// Name of the cgroup extended attribute that opts a cgroup in (see `require_xattr`).
     pub opt_in_xattr: String,
+    /// The most cgroups of each resource the agent manages and watches: the kernel's
+    /// per-cgroup maps are sized for it at load, and RLIMIT_NOFILE is raised for it (one or
+    /// two descriptors per cgroup). A cgroup beyond it is refused loudly (an error, the
+    /// `scaler_cgroups_unprotected` metric and `scaler status`).
+    pub max_cgroups: u32,
 }
+
+/// Default `agent.max_cgroups`.
+pub const DEFAULT_MAX_CGROUPS: u32 = 16384;
+/// Largest `agent.max_cgroups` accepted.
+pub const MAX_MAX_CGROUPS: u32 = 1 << 20;
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -74,6 +84,7 @@ impl Default for AgentConfig {
             sample_interval: HumanDuration::secs(1),
             observe_all: true,
             opt_in_xattr: "user.scaler".to_owned(),
+            max_cgroups: DEFAULT_MAX_CGROUPS,
         }
     }
 }
@@ -559,6 +570,16 @@ impl Config {
                 format!(
                     "{:?} is not an extended attribute name; use e.g. \"user.scaler\"",
                     a.opt_in_xattr
+                ),
+            );
+        }
+
+        if a.max_cgroups == 0 || a.max_cgroups > MAX_MAX_CGROUPS {
+            bad(
+                "agent.max_cgroups".into(),
+                format!(
+                    "{} is out of range: give 1 to {MAX_MAX_CGROUPS} (default {DEFAULT_MAX_CGROUPS})",
+                    a.max_cgroups
                 ),
             );
         }

@@ -352,30 +352,40 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         },
     )?;
     if let Some(c) = &cpu_setup {
-        engine.send(Command::Manage(Box::new(ManageRequest {
-            id: c.id,
-            path: Arc::from(c.cg.path()),
-            parent: None,
-            policy: Policy::Cpu(c.policy),
-            writer: resource::Cpu.open(&c.cg)?,
-            usage: 0,
-            mark: None,
-        })));
+        engine
+            .send(Command::Manage(Box::new(ManageRequest {
+                id: c.id,
+                path: Arc::from(c.cg.path()),
+                parent: None,
+                policy: Policy::Cpu(c.policy),
+                writer: resource::Cpu.open(&c.cg, Some(c.id))?,
+                usage: 0,
+                sampled_ns: crate::clock::monotonic_ns(),
+                mark: None,
+            })))
+            .context("managing the cgroup's CPU quota")?;
         // A baseline sample, so that the first periodic one measures an interval.
         if let Some(s) = resource::cpu::sample(&c.cg) {
-            engine.send(Command::Signal(c.id, Signal::Cpu(s)));
+            let _ = engine.send(Command::Signal(c.id, Signal::Cpu(s)));
         }
     }
     if managed {
-        engine.send(Command::Manage(Box::new(ManageRequest {
-            id,
-            path: Arc::from(cg.path()),
-            parent: None,
-            policy: Policy::Memory(policy),
-            writer: resource::Memory.open(&cg)?,
-            usage: resource::Memory.usage(&cg),
-            mark: None,
-        })));
+        let writer = resource::Memory.open(&cg, Some(id))?;
+        // The time of the usage figure is taken before it is read (never newer than the data).
+        let sampled_ns = crate::clock::monotonic_ns();
+        let usage = resource::Memory.usage(&cg);
+        engine
+            .send(Command::Manage(Box::new(ManageRequest {
+                id,
+                path: Arc::from(cg.path()),
+                parent: None,
+                policy: Policy::Memory(policy),
+                writer,
+                usage,
+                sampled_ns,
+                mark: None,
+            })))
+            .context("managing the cgroup's memory limit")?;
     }
     let records = engine.take_records().context("records")?;
     let audit_path = cg.path().to_string();
@@ -749,11 +759,10 @@ fn setup_cpu(
 }
 
 fn engine_sender(engine: &Engine) -> impl Fn(Command) + Send + 'static {
-    let (tx, ctl) = engine.command_sender();
+    let (tx, _) = engine.command_sender();
     move |c| {
-        if tx.send(c).is_ok() {
-            ctl.wake();
-        }
+        // A refused sample is counted by the engine; the next one comes an interval later.
+        let _ = tx.send(c);
     }
 }
 

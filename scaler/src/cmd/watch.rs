@@ -418,6 +418,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<std::process::ExitCode> {
         watch_all: all,
         default_headroom_bytes: if all { args.headroom } else { 0 },
         early_warning: args.headroom > 0,
+        ..PipelineOptions::default()
     };
     crate::privilege::check_startup(crate::privilege::Role::Watch, None)?;
     let mut pipeline = Pipeline::load_with_cpu(&opts, !cpu_targets.is_empty())?;

@@ -48,6 +48,8 @@ fn the_built_in_default_observes_everything_and_manages_nothing() {
     assert!(c.agent.metrics_addr.ip().is_loopback());
     assert_eq!(c.agent.sample_interval, HumanDuration::secs(1));
     assert!(!c.agent.dry_run && !c.agent.restore_on_exit);
+    // Sized for 10,000 managed cgroups at least.
+    assert!(c.agent.max_cgroups >= 10_000);
     c.validate(&NODE).unwrap();
     // Budgets: MemTotal - 1 GiB, CPUs - 0.5.
     assert_eq!(c.memory_budget(&NODE), 23 * GIB);
@@ -299,6 +301,11 @@ fn contradictions_and_out_of_range_values_are_rejected_naming_the_key() {
         format!("[[policy]]\nname = \"p\"\nmatch = [\"/p\"]\n[policy.{section}]\n{body}\n")
     };
     for (text, key, what) in [
+        (
+            "[agent]\nmax_cgroups = 0".to_string(),
+            "agent.max_cgroups",
+            "out of range",
+        ),
         (
             policy("memory", "min = \"2G\"\nmax = \"1G\""),
             "policy[0].memory.max",

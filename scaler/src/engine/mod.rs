@@ -16,8 +16,9 @@ use self::scaling::ScalingHandler;
 mod tests;
 
 pub use self::scaling::{
-    snapshot_via, ActionRecord, Budget, Command, Engine, EngineConfig, EngineFault, EngineStats,
-    FaultKind, FaultTrigger, ManageRequest, Policy, Record, RefusalRecord, Signal, Snapshot,
+    snapshot_via, ActionRecord, Budget, Command, CommandRefused, CommandSender, Engine,
+    EngineConfig, EngineFault, EngineStats, FaultKind, FaultTrigger, ManageRequest, Policy, Record,
+    RefusalRecord, Signal, Snapshot, COMMAND_WAIT, DEFAULT_COMMAND_CAPACITY,
 };
 
 use std::{

@@ -6,16 +6,23 @@
 //! of [`Command`]s (manage, forget, signal, snapshot, budget) tagged with the resource; the
 //! engine answers with [`Record`]s (events and performed actions) on a bounded channel that
 //! never makes a decision wait.
+//!
+//! The command channel is bounded too ([`EngineConfig::command_capacity`]): the engine thread
+//! only ever takes from it (between drains of the ring buffer, never blocking), and a sender
+//! that finds it full wakes the engine and waits for room up to [`COMMAND_WAIT`]; after that
+//! the command is refused ([`CommandRefused`]) and counted (`commands_refused`), and the slow
+//! side tries again later (discovery manages the cgroup at its next pass, the next sample
+//! comes an interval later).
 
 use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc::{sync_channel, Receiver, SyncSender},
+        mpsc::{sync_channel, Receiver, SyncSender, TrySendError},
         Arc,
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use scaler_common::EventKind;
@@ -103,6 +110,9 @@ pub struct ManageRequest {
     /// Where the engine marks each write (see [`WriteMark`]), for a slow side that samples
     /// the cgroup and must tell the agent's writes from others'.
     pub mark: Option<Arc<WriteMark>>,
+    /// CLOCK_MONOTONIC ns taken before `usage` was read: the decider's first rate sample is
+    /// stamped with it, so that it is never newer than the data.
+    pub sampled_ns: u64,
 }
 
 /// Requests from the slow side to the engine thread.
@@ -284,7 +294,7 @@ impl<D: ResourceDecider> SlotOps for Slot<D> {
         if req.policy.resource() != D::RESOURCE {
             return;
         }
-        self.decider.register(&req, monotonic_ns());
+        self.decider.register(&req, req.sampled_ns);
         self.writers.insert(
             req.id,
             Writer {
@@ -357,6 +367,9 @@ pub struct EngineConfig {
     /// Capacity of the record channel to the slow side (records beyond it are counted and
     /// dropped; decisions never wait for the slow side).
     pub record_capacity: usize,
+    /// Capacity of the command channel from the slow side (a sender that finds it full waits
+    /// up to [`COMMAND_WAIT`] for room, then the command is refused and counted).
+    pub command_capacity: usize,
     /// Poll timeout: events submitted without a wakeup are read at least this often.
     pub tick: Duration,
     /// Run the engine thread SCHED_FIFO at this priority (best effort; None: normal).
@@ -423,6 +436,7 @@ impl Default for EngineConfig {
             cpu_budget_cores: f64::INFINITY,
             dry_run: false,
             record_capacity: 65536,
+            command_capacity: DEFAULT_COMMAND_CAPACITY,
             tick: Duration::from_millis(100),
             realtime_priority: Some(10),
             fault: None,
@@ -447,6 +461,8 @@ pub struct EngineStats {
     /// Refused raises, by resource (memory, cpu) and reason (the index of
     /// [`Skip::refusal`] in [`REFUSAL_REASONS`]).
     pub refused: [[AtomicU64; REFUSAL_REASONS.len()]; 2],
+    /// Commands refused because the command channel stayed full for [`COMMAND_WAIT`].
+    pub commands_refused: AtomicU64,
 }
 
 impl EngineStats {
@@ -467,6 +483,67 @@ struct ExitGuard(Arc<EngineStats>);
 impl Drop for ExitGuard {
     fn drop(&mut self) {
         self.0.exited.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Default [`EngineConfig::command_capacity`]: a sample of 16,384 cgroups fits without a wait.
+pub const DEFAULT_COMMAND_CAPACITY: usize = 16384;
+
+/// How long a sender waits for room in a full command channel before the command is refused.
+pub const COMMAND_WAIT: Duration = Duration::from_millis(500);
+
+/// A command the engine did not take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CommandRefused {
+    /// The channel stayed full for [`COMMAND_WAIT`] (the engine is behind): counted in
+    /// `commands_refused`; try again later.
+    #[error(
+        "the engine's command channel stayed full for {} ms (the engine thread is behind); \
+         refused, tried again later",
+        COMMAND_WAIT.as_millis()
+    )]
+    Full,
+    /// The engine thread is gone.
+    #[error("the engine thread has stopped")]
+    Stopped,
+}
+
+/// Sends commands to the engine thread from any slow-side thread: bounded, never blocking for
+/// longer than [`COMMAND_WAIT`].
+#[derive(Clone)]
+pub struct CommandSender {
+    tx: SyncSender<Command>,
+    wake: StopHandle,
+    stats: Arc<EngineStats>,
+}
+
+impl CommandSender {
+    /// Sends `c` and wakes the engine; when the channel is full, waits up to [`COMMAND_WAIT`]
+    /// for room, then refuses (and counts) the command.
+    pub fn send(&self, c: Command) -> Result<(), CommandRefused> {
+        self.send_within(c, COMMAND_WAIT)
+    }
+
+    fn send_within(&self, mut c: Command, wait: Duration) -> Result<(), CommandRefused> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.tx.try_send(c) {
+                Ok(()) => {
+                    self.wake.wake();
+                    return Ok(());
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(CommandRefused::Stopped),
+                Err(TrySendError::Full(back)) => {
+                    c = back;
+                    self.wake.wake();
+                    if Instant::now() >= deadline {
+                        self.stats.commands_refused.fetch_add(1, Ordering::Relaxed);
+                        return Err(CommandRefused::Full);
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
     }
 }
 
@@ -735,7 +812,7 @@ impl Handler for ScalingHandler {
 pub struct Engine {
     thread: Option<JoinHandle<std::io::Result<()>>>,
     control: StopHandle,
-    commands: std::sync::mpsc::Sender<Command>,
+    commands: CommandSender,
     records: Option<Receiver<Record>>,
     stats: Arc<EngineStats>,
 }
@@ -747,7 +824,7 @@ impl Engine {
         cfg: EngineConfig,
     ) -> std::io::Result<Self> {
         let control = StopHandle::new()?;
-        let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
+        let (cmd_tx, cmd_rx) = sync_channel(cfg.command_capacity.max(1));
         let (rec_tx, rec_rx) = sync_channel(cfg.record_capacity);
         let stats = Arc::new(EngineStats::default());
         let mut handler = ScalingHandler::new(&cfg, rec_tx, cmd_rx, stats.clone());
@@ -766,22 +843,24 @@ impl Engine {
             })?;
         Ok(Self {
             thread: Some(thread),
+            commands: CommandSender {
+                tx: cmd_tx,
+                wake: control.clone(),
+                stats: stats.clone(),
+            },
             control,
-            commands: cmd_tx,
             records: Some(rec_rx),
             stats,
         })
     }
 
-    /// Sends a command; the engine handles it before its next poll.
-    pub fn send(&self, c: Command) {
-        if self.commands.send(c).is_ok() {
-            self.control.wake();
-        }
+    /// Sends a command; the engine handles it before its next poll. See [`CommandSender::send`].
+    pub fn send(&self, c: Command) -> Result<(), CommandRefused> {
+        self.commands.send(c)
     }
 
     /// A command sender usable from other threads, with the handle that wakes the engine.
-    pub fn command_sender(&self) -> (std::sync::mpsc::Sender<Command>, StopHandle) {
+    pub fn command_sender(&self) -> (CommandSender, StopHandle) {
         (self.commands.clone(), self.control.clone())
     }
 
@@ -846,15 +925,14 @@ impl Engine {
 /// Asks the engine (through a command sender from [`Engine::command_sender`]) for a snapshot
 /// of one resource; waits up to a second, and returns nothing if the engine does not answer.
 pub fn snapshot_via(
-    commands: &std::sync::mpsc::Sender<Command>,
-    wake: &StopHandle,
+    commands: &CommandSender,
+    _wake: &StopHandle,
     resource: Resource,
 ) -> Vec<Snapshot> {
     let (tx, rx) = sync_channel(1);
     if commands.send(Command::Snapshot(resource, tx)).is_err() {
         return Vec::new();
     }
-    wake.wake();
     rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
 }
 
@@ -877,5 +955,38 @@ fn set_realtime(priority: i32) {
             "engine thread stays SCHED_OTHER (SCHED_FIFO {priority}: {})",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod channel_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_command_channel_refuses_after_a_short_wait_and_counts() {
+        let (tx, rx) = sync_channel(1);
+        let stats = Arc::new(EngineStats::default());
+        let s = CommandSender {
+            tx,
+            wake: StopHandle::new().unwrap(),
+            stats: stats.clone(),
+        };
+        let budget = || Command::SetBudget(Budget::Memory(1));
+        s.send_within(budget(), Duration::ZERO).unwrap();
+        // Full: refused after the wait, and counted.
+        let t = Instant::now();
+        assert_eq!(
+            s.send_within(budget(), Duration::from_millis(20)),
+            Err(CommandRefused::Full)
+        );
+        assert!(t.elapsed() >= Duration::from_millis(20));
+        assert_eq!(stats.commands_refused.load(Ordering::Relaxed), 1);
+        // Room again once the engine takes one.
+        assert!(rx.try_recv().is_ok());
+        s.send_within(budget(), Duration::ZERO).unwrap();
+        // A stopped engine refuses at once, without counting.
+        drop(rx);
+        assert_eq!(s.send(budget()), Err(CommandRefused::Stopped));
+        assert_eq!(stats.commands_refused.load(Ordering::Relaxed), 1);
     }
 }

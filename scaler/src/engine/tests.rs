@@ -153,8 +153,10 @@ fn manage_memory(e: &Engine, id: u64, limit: u64, refuse: bool) -> Writes {
         policy: Policy::Memory(memory_policy()),
         writer,
         usage: limit / 2,
+        sampled_ns: crate::clock::monotonic_ns(),
         mark: None,
-    })));
+    })))
+    .unwrap();
     writes
 }
 
@@ -323,8 +325,10 @@ fn cpu_quota_near_raises_the_quota_through_the_cpu_writer() {
         }),
         writer,
         usage: 0,
+        sampled_ns: crate::clock::monotonic_ns(),
         mark: None,
-    })));
+    })))
+    .unwrap();
     // A memory manage of the same id is a different slot: it must not see CPU signals.
     let mem_writes = manage_memory(&e, 21, 64 * MIB, false);
     sync(&e);
@@ -350,7 +354,7 @@ fn cpu_quota_near_raises_the_quota_through_the_cpu_writer() {
     );
     assert_eq!(e.stats().cpu_signals.load(Ordering::Relaxed), 1);
     // Forgotten: no longer in the snapshot, and its events decide nothing.
-    e.send(Command::Forget(Resource::Cpu, 21));
+    e.send(Command::Forget(Resource::Cpu, 21)).unwrap();
     assert!(e.snapshot(Resource::Cpu).is_empty());
     assert_eq!(e.snapshot(Resource::Memory).len(), 1);
     e.stop().unwrap();
@@ -375,8 +379,10 @@ fn samples_drive_scale_down_through_the_same_path() {
         policy: Policy::Memory(p),
         writer,
         usage: 16 * MIB,
+        sampled_ns: crate::clock::monotonic_ns(),
         mark: Some(mark.clone()),
-    })));
+    })))
+    .unwrap();
     e.send(Command::Signal(
         9,
         Signal::Memory(MemorySignal::Sample {
@@ -387,7 +393,8 @@ fn samples_drive_scale_down_through_the_same_path() {
             psi_some_total_us: None,
             limit_hits: None,
         }),
-    ));
+    ))
+    .unwrap();
     let a = next_action(&rx);
     assert_eq!(a.action.cgroup, 9);
     assert_eq!(a.action.reason, Reason::ScaleDown);
@@ -402,7 +409,8 @@ fn samples_drive_scale_down_through_the_same_path() {
     e.send(Command::SetBudget(Budget::MemoryAvailable {
         bytes: 1 << 40,
         measured_ns: 0,
-    }));
+    }))
+    .unwrap();
     sync(&e);
     e.stop().unwrap();
 }
@@ -438,11 +446,11 @@ fn limit_hits_in_samples_raise_when_no_event_arrived() {
             }),
         )
     };
-    e.send(sample(0));
+    e.send(sample(0)).unwrap();
     sync(&e);
     std::thread::sleep(Duration::from_millis(2));
     // The ring buffer stays empty (its records were lost); the kernel's count grew.
-    e.send(sample(40));
+    e.send(sample(40)).unwrap();
     let a = next_action(&rx);
     assert_eq!(a.action.reason, Reason::LimitHits);
     assert_eq!(*writes.lock().unwrap(), vec![a.action.new]);
@@ -490,6 +498,7 @@ fn the_hot_path_does_not_allocate() {
             policy: Policy::Memory(memory_policy()),
             writer: Box::new(w),
             usage: 32 * MIB,
+            sampled_ns: crate::clock::monotonic_ns(),
             // The agent's write marks are on the hot path too.
             mark: Some(Arc::new(WriteMark::new(Setting::Memory(Limit::Bytes(
                 64 * MIB,

@@ -9,8 +9,10 @@ use std::{
 };
 
 use super::{
+    capacity::{self, Unprotected},
     lock,
-    metrics::{CgroupLabels, LimitLabels, Metrics, ProgramLabels, ResultLabels},
+    metrics::{CgroupLabels, LimitLabels, Metrics, ProgramLabels, RefusedLabels, ResultLabels},
+    resource_index,
     state::{Observed, SettingRecord},
     status::{ManagedCpuStatus, ManagedStatus, StatusDoc},
     AgentState, Managed,
@@ -176,6 +178,7 @@ impl Agent {
         let wants = self.wants(r);
         let recorded = lock(&self.state.state).has_records(res);
         if !wants && !recorded && lock(self.state.managed(res)).is_empty() {
+            lock(&self.state.unprotected)[resource_index(res)].clear();
             return;
         }
         if (wants || recorded) && self.hierarchy_of(r).is_none() {
@@ -210,13 +213,22 @@ impl Agent {
             .collect();
         let forgot = !gone.is_empty();
         for id in gone {
+            // Forget in the engine first: a refused Forget keeps the entry, tried again at the
+            // next pass (the engine must never keep writing a cgroup the agent let go).
+            if let Err(e) = self.engine.send(Command::Forget(res, id)) {
+                tracing::error!(
+                    cgroup = %managed[&id].path,
+                    resource = res.as_str(),
+                    "cannot stop managing it yet: {e}"
+                );
+                continue;
+            }
             let m = managed.remove(&id).expect("listed");
             tracing::info!(
                 cgroup = %m.path,
                 resource = res.as_str(),
                 "no longer managed (removed or deselected)"
             );
-            self.engine.send(Command::Forget(res, id));
             r.unwatch(&mut self.pipeline, id);
             // Its state record stays until its original is back (below).
             metrics.forget(&m.labels);
@@ -225,6 +237,36 @@ impl Agent {
             .iter()
             .map(|(id, m)| (m.path.clone(), *id))
             .collect();
+        let previous = std::mem::take(&mut lock(&self.state.unprotected)[resource_index(res)]);
+        let mut unprotected: HashMap<String, Unprotected> = HashMap::new();
+        let mut refuse = |path: &str, u: Unprotected| {
+            metrics
+                .cgroups_refused
+                .get_or_create(&RefusedLabels {
+                    resource: res.as_str(),
+                    reason: u.reason,
+                })
+                .inc();
+            // Loud the first time; the same refusal at later passes is a debug line.
+            if previous.get(path).map(|p| p.reason) == Some(u.reason) {
+                tracing::debug!(
+                    cgroup = %path,
+                    resource = res.as_str(),
+                    reason = u.reason,
+                    "still not protected: {}",
+                    u.error
+                );
+            } else {
+                tracing::error!(
+                    cgroup = %path,
+                    resource = res.as_str(),
+                    reason = u.reason,
+                    "NOT PROTECTED: {}",
+                    u.error
+                );
+            }
+            unprotected.insert(path.to_owned(), u);
+        };
         for (id, path, policy_name, policy) in wanted {
             if let Some(m) = managed.get(&id) {
                 if m.policy == policy && m.policy_name == policy_name {
@@ -238,34 +280,58 @@ impl Agent {
                     continue;
                 }
             };
-            let writer = match r.open(&cg) {
+            // Opened through the cgroup's directory fd, and only if it is still the cgroup
+            // the index found (id): a path removed and recreated since is refused here, and
+            // the new cgroup is managed on its own at the next pass.
+            let writer = match r.open(&cg, Some(id)) {
                 Ok(w) => w,
+                Err(e) if e.kind() == crate::actuator::ErrorKind::Gone => {
+                    tracing::debug!(
+                        cgroup = %path,
+                        resource = res.as_str(),
+                        "gone before it was managed: {e}"
+                    );
+                    continue;
+                }
                 Err(e) => {
-                    tracing::warn!(cgroup = %path, resource = res.as_str(), "cannot manage: {e}");
+                    refuse(&path, capacity::open_refusal(&e));
                     continue;
                 }
             };
             let current = writer.current();
-            let (original, original_unknown) =
-                lock(&self.state.state).manage_setting(&path, id, &policy_name, current);
+            // The time of the usage figure is taken before it is read.
+            let sampled_ns = crate::clock::monotonic_ns();
+            let usage = r.usage(&cg);
+            let kernel_events = match r.watch(&mut self.pipeline, id, &policy) {
+                Ok(w) => w,
+                Err(e) => {
+                    refuse(
+                        &path,
+                        capacity::watch_refusal(&e, self.pipeline.max_watched()),
+                    );
+                    continue;
+                }
+            };
             let parent = ancestors(&path).find_map(|a| path_to_id.get(a).copied());
             let mark = Arc::new(WriteMark::new(current));
-            self.engine.send(Command::Manage(Box::new(ManageRequest {
+            if let Err(e) = self.engine.send(Command::Manage(Box::new(ManageRequest {
                 id,
                 path: Arc::from(path.as_str()),
                 parent,
                 policy,
                 writer,
-                usage: r.usage(&cg),
+                usage,
+                sampled_ns,
                 mark: Some(mark.clone()),
-            })));
-            let kernel_events = match r.watch(&mut self.pipeline, id, &policy) {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::warn!(cgroup = %path, resource = res.as_str(), "cannot watch: {e}");
-                    false
+            }))) {
+                if !managed.contains_key(&id) {
+                    r.unwatch(&mut self.pipeline, id);
                 }
-            };
+                refuse(&path, capacity::engine_refusal(e));
+                continue;
+            }
+            let (original, original_unknown) =
+                lock(&self.state.state).manage_setting(&path, id, &policy_name, current);
             let pod = crate::k8s::parse(&path);
             let labels = LimitLabels::new(&CgroupLabels::new(&path, &policy_name), r);
             if let Some(old) = managed.get(&id).map(|m| m.labels.clone()) {
@@ -326,6 +392,17 @@ impl Agent {
                 resource: res.as_str(),
             })
             .set(managed.len() as i64);
+        for reason in capacity::reason::ALL {
+            let n = unprotected.values().filter(|u| u.reason == reason).count();
+            metrics
+                .cgroups_unprotected
+                .get_or_create(&RefusedLabels {
+                    resource: res.as_str(),
+                    reason,
+                })
+                .set(n as i64);
+        }
+        lock(&self.state.unprotected)[resource_index(res)] = unprotected;
         // Records of cgroups not managed any more (removed, deselected by a reload or by a
         // changed path or opt-in, or while the agent was down): the original goes back.
         let keep: HashSet<String> = managed
@@ -381,11 +458,12 @@ impl Agent {
                     .metrics
                     .node_memory_room
                     .set(i64::try_from(room).unwrap_or(i64::MAX));
-                self.engine
-                    .send(Command::SetBudget(Budget::MemoryAvailable {
-                        bytes: room,
-                        measured_ns,
-                    }));
+                if let Err(e) = self.engine.send(Command::SetBudget(Budget::MemoryAvailable {
+                    bytes: room,
+                    measured_ns,
+                })) {
+                    tracing::warn!("the node's memory figure is not in force yet: {e}");
+                }
             }
             Err(e) => tracing::warn!(
                 "reading MemAvailable from /proc/meminfo: {e}; raises keep the last figure"
@@ -413,6 +491,11 @@ impl Agent {
                 let Some(s) = r.sample(&cg, Some((&self.pipeline, *id))) else {
                     continue;
                 };
+                // Read by path: the figures are this cgroup's only if the path still holds it
+                // (ids are never reused); a recreated one is not fed to the old entry.
+                if !cg.id().is_ok_and(|now| now.0 == *id) {
+                    continue;
+                }
                 let ours =
                     before
                         .filter(|(seq, _)| m.mark.unchanged_since(*seq))
@@ -447,7 +530,8 @@ impl Agent {
                         .get_or_create(&m.labels.cgroup)
                         .set(t);
                 }
-                self.engine.send(Command::Signal(*id, s.signal));
+                // A refused sample is counted by the engine; the next comes an interval later.
+                let _ = self.engine.send(Command::Signal(*id, s.signal));
             }
         }
         self.state.save_state();
@@ -493,6 +577,10 @@ impl Agent {
             e.records_dropped.load(Ordering::Relaxed),
         );
         Metrics::set_total(&m.failed_writes, e.failed_writes.load(Ordering::Relaxed));
+        Metrics::set_total(
+            &m.commands_refused,
+            e.commands_refused.load(Ordering::Relaxed),
+        );
         Metrics::set_total(
             &m.unmanaged_ancestor_binds,
             e.unmanaged_ancestor_binds.load(Ordering::Relaxed),
@@ -553,8 +641,12 @@ impl Agent {
                 for w in c.warnings() {
                     tracing::warn!(key = %w.key, "{}", w.message);
                 }
-                self.engine
-                    .send(Command::SetBudget(Budget::Cpu(c.cpu_budget(&self.node))));
+                if let Err(e) = self
+                    .engine
+                    .send(Command::SetBudget(Budget::Cpu(c.cpu_budget(&self.node))))
+                {
+                    tracing::error!("the new cpu budget is not in force: {e}");
+                }
                 if c.manages_cpu() && !self.pipeline.cpu_enabled() {
                     tracing::warn!(
                         "a [policy.cpu] is configured but the scheduler programs were not \
@@ -654,7 +746,7 @@ pub fn put_back(
         return false;
     }
     let original = rec.original;
-    match r.restore(&cg, original) {
+    match r.restore(&cg, rec.id, original) {
         Ok(Restored::Written { replaced }) => {
             tracing::info!(
                 target: "scaler::audit",
@@ -745,6 +837,22 @@ pub fn status_doc(
     }
     memory.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
     cpu.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
+    let mut unprotected: Vec<status::UnprotectedStatus> = resource::ALL
+        .iter()
+        .flat_map(|r| {
+            let res = r.resource();
+            lock(&state.unprotected)[resource_index(res)]
+                .iter()
+                .map(|(path, u)| status::UnprotectedStatus {
+                    cgroup: path.clone(),
+                    resource: res.as_str().to_owned(),
+                    reason: u.reason.to_owned(),
+                    error: u.error.clone(),
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    unprotected.sort_by(|a, b| (&a.cgroup, &a.resource).cmp(&(&b.cgroup, &b.resource)));
     let recent = lock(&state.recent);
     let c = &state.counters;
     let events = c
@@ -768,6 +876,7 @@ pub fn status_doc(
         metrics_addr: info.metrics_addr,
         managed: memory,
         managed_cpu: cpu,
+        unprotected,
         counters: CounterStatus {
             events,
             actions: c.actions.load(Ordering::Relaxed),

@@ -41,7 +41,7 @@ pub struct ActionLabels {
     pub outcome: &'static str,
 }
 
-/// `{resource, reason}` of a refused raise.
+/// `{resource, reason}` of a refused raise, or of a cgroup the agent does not protect.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
     pub resource: &'static str,
@@ -169,6 +169,13 @@ pub struct Metrics {
     /// `scaler_cgroup_utilization{...,resource}`: U = R/C, usage over limit (memory) or CPU
     /// used over quota (cpu), as the decider sees it.
     pub utilization: Family<CgroupResourceLabels, F64Gauge>,
+    /// `scaler_cgroups_unprotected{resource,reason}`: cgroups a policy selects that the agent
+    /// does not protect now (see `capacity::reason`).
+    pub cgroups_unprotected: Family<RefusedLabels, Gauge>,
+    /// `scaler_cgroups_refused_total{resource,reason}`: refusals to manage a selected cgroup.
+    pub cgroups_refused: Family<RefusedLabels, Counter>,
+    /// `scaler_engine_commands_refused_total`: commands the engine's full channel refused.
+    pub commands_refused: Counter,
 }
 
 /// A managed cgroup's labels plus the resource (`memory`, `cpu`).
@@ -225,6 +232,9 @@ impl Metrics {
             reloads: Family::default(),
             cpu_throttled_seconds: Family::default(),
             utilization: Family::default(),
+            cgroups_unprotected: Family::default(),
+            cgroups_refused: Family::default(),
+            commands_refused: Counter::default(),
         };
         {
             let r = root.sub_registry_with_prefix("scaler");
@@ -343,6 +353,24 @@ impl Metrics {
                 "config_reloads",
                 "SIGHUP reloads, by result (ok, rejected)",
                 m.reloads.clone(),
+            );
+            r.register(
+                "cgroups_unprotected",
+                "Cgroups a policy selects that the agent does not protect, by resource and \
+                 reason (descriptors, watch_map_full, watch_failed, replaced, engine_busy, \
+                 open_failed): each is also an error log and a line in `scaler status`",
+                m.cgroups_unprotected.clone(),
+            );
+            r.register(
+                "cgroups_refused",
+                "Refusals to manage a selected cgroup, by resource and reason (tried again at \
+                 each discovery pass)",
+                m.cgroups_refused.clone(),
+            );
+            r.register(
+                "engine_commands_refused",
+                "Commands to the engine refused because its bounded channel stayed full",
+                m.commands_refused.clone(),
             );
         }
         {

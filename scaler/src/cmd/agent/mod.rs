@@ -16,6 +16,7 @@
 //! - discovery ([`discovery`]): inotify on the cgroupfs tree, plus a periodic rescan;
 //! - status ([`status`]): `scaler status` reads the agent over `agent.status_socket`.
 
+pub mod capacity;
 #[cfg(test)]
 mod deploy_tests;
 pub mod discovery;
@@ -207,6 +208,9 @@ pub struct AgentState {
     pub state: Mutex<StateFile>,
     pub info: Mutex<AgentInfo>,
     pub started: Instant,
+    /// Cgroups a policy selects that the agent does not protect, by path, per resource
+    /// (indexed like `managed`).
+    pub unprotected: Mutex<[HashMap<String, capacity::Unprotected>; 2]>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -375,11 +379,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     // The scheduler programs cost every context switch something: attach them only when a
     // policy manages CPU.
     let wants_cpu = config.manages_cpu();
+    // Room for agent.max_cgroups cgroups: descriptors now, kernel map entries at load.
+    capacity::raise_nofile(config.agent.max_cgroups, if wants_cpu { 2 } else { 1 });
     let mut pipeline = Pipeline::load_with_cpu(
         &PipelineOptions {
             watch_all: config.agent.observe_all,
             default_headroom_bytes: 0,
             early_warning: true,
+            max_watched: config.agent.max_cgroups,
         },
         wants_cpu,
     )?;
@@ -446,6 +453,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             metrics_addr: metrics_addr.map(|a| a.to_string()),
         }),
         started: Instant::now(),
+        unprotected: Default::default(),
     });
     let index = CgroupIndex::new(hierarchy.clone());
     let recorder = {

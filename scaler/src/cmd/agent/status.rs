@@ -70,6 +70,18 @@ pub struct ManagedStatus {
     pub allocation_rate: Option<f64>,
 }
 
+/// A cgroup a policy selects that the agent does not protect (see `capacity`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct UnprotectedStatus {
+    pub cgroup: String,
+    pub resource: String,
+    /// `descriptors`, `watch_map_full`, `watch_failed`, `replaced`, `engine_busy`,
+    /// `open_failed`.
+    pub reason: String,
+    pub error: String,
+}
+
 /// One cgroup whose CPU quota the agent manages (a cgroup of the cpu hierarchy: on cgroup v1
 /// a different directory, with a different id, from the memory cgroup of the same workload).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -150,6 +162,10 @@ pub struct StatusDoc {
     /// Cgroups whose CPU quota is managed (absent from agents that predate CPU management).
     #[serde(default)]
     pub managed_cpu: Vec<ManagedCpuStatus>,
+    /// Cgroups a policy selects that the agent does not protect, and why (absent from agents
+    /// that predate it).
+    #[serde(default)]
+    pub unprotected: Vec<UnprotectedStatus>,
     pub counters: CounterStatus,
     pub recent_actions: Vec<ActionStatus>,
     pub reaction_latency_us: LatencySummary,
@@ -296,6 +312,9 @@ fn duration_str(secs: f64) -> String {
     }
 }
 
+/// Unprotected cgroups listed by the human-readable table (all of them in JSON).
+const UNPROTECTED_SHOWN: usize = 20;
+
 /// The human-readable table.
 pub fn render(d: &StatusDoc, now: f64) -> String {
     use std::fmt::Write as _;
@@ -338,6 +357,34 @@ pub fn render(d: &StatusDoc, now: f64) -> String {
         c.ringbuf_dropped,
         c.records_dropped
     );
+    if !d.unprotected.is_empty() {
+        let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+        for u in &d.unprotected {
+            *by_reason.entry(u.reason.as_str()).or_default() += 1;
+        }
+        let reasons: Vec<String> = by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        let _ = writeln!(
+            o,
+            "NOT PROTECTED: {} selected cgroup{} ({}):",
+            d.unprotected.len(),
+            if d.unprotected.len() == 1 { "" } else { "s" },
+            reasons.join(", ")
+        );
+        for u in d.unprotected.iter().take(UNPROTECTED_SHOWN) {
+            let _ = writeln!(
+                o,
+                "  {} [{}] {}: {}",
+                u.cgroup, u.resource, u.reason, u.error
+            );
+        }
+        if d.unprotected.len() > UNPROTECTED_SHOWN {
+            let _ = writeln!(
+                o,
+                "  ... and {} more (scaler status --json lists them all)",
+                d.unprotected.len() - UNPROTECTED_SHOWN
+            );
+        }
+    }
     let _ = writeln!(o);
     let mut rows = vec![[
         "CGROUP".to_string(),
@@ -522,6 +569,12 @@ mod tests {
                 usage_cores: Some(1.2),
                 utilization: Some(0.8),
             }],
+            unprotected: vec![UnprotectedStatus {
+                cgroup: "/batch/late".into(),
+                resource: "memory".into(),
+                reason: "watch_map_full".into(),
+                error: "the kernel's watched-cgroups map is full".into(),
+            }],
             counters: CounterStatus {
                 events: [("reclaim_begin".to_string(), 3)].into_iter().collect(),
                 actions: 1,
@@ -561,6 +614,11 @@ mod tests {
         );
         assert!(t.contains("0.83"), "{t}");
         assert!(t.contains("RECENT ACTIONS"), "{t}");
+        assert!(
+            t.contains("NOT PROTECTED: 1 selected cgroup (watch_map_full 1):")
+                && t.contains("  /batch/late [memory] watch_map_full: the kernel's"),
+            "{t}"
+        );
         assert!(t.contains("10.0s"), "{t}");
         assert!(t.contains("42.5us"), "{t}");
         // The CPU table: quota, original, usage in cores and U.
@@ -580,8 +638,9 @@ mod tests {
     fn a_document_without_cpu_from_an_older_agent_still_reads() {
         let mut v = serde_json::to_value(doc()).unwrap();
         v.as_object_mut().unwrap().remove("managed_cpu");
+        v.as_object_mut().unwrap().remove("unprotected");
         let d: StatusDoc = serde_json::from_value(v).unwrap();
-        assert!(d.managed_cpu.is_empty());
+        assert!(d.managed_cpu.is_empty() && d.unprotected.is_empty());
         assert!(!render(&d, 1010.0).contains("\nCPU\n"));
     }
 
