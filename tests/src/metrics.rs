@@ -94,6 +94,10 @@ pub mod metric {
     pub const RAISES_REFUSED: Metric = Metric::named("scaler_raises_refused_total");
     pub const PROCESS_RESIDENT_MEMORY: Metric = Metric::named("process_resident_memory_bytes");
     pub const PROCESS_CPU: Metric = Metric::named("process_cpu_seconds_total");
+    /// `{resource, reason}`: selected cgroups the agent does not protect now.
+    pub const CGROUPS_UNPROTECTED: Metric = Metric::named("scaler_cgroups_unprotected");
+    /// `{resource, reason}`: refusals to manage a selected cgroup.
+    pub const CGROUPS_REFUSED: Metric = Metric::named("scaler_cgroups_refused_total");
 }
 
 /// One sample line.
