@@ -249,7 +249,10 @@ fn a_cgroup_recreated_at_the_same_path_is_managed_fresh_and_never_written_by_the
         path.clone(),
         old.cgroup(Controller::Memory).unwrap().version(),
     );
-    std::fs::write(recreated.file("memory.limit_in_bytes"), "33554432").unwrap();
+    // v1 memory.limit_in_bytes or v2 memory.max, as the runtime would.
+    scaler::actuator::MemoryActuator::open(&recreated, Default::default())
+        .and_then(|a| a.set_memory_limit(Limit::Bytes(32 * MIB)))
+        .expect("setting the recreated cgroup's limit");
     let new_id = recreated.id().unwrap().0;
     assert_ne!(new_id, old_id);
 
