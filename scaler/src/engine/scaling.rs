@@ -971,7 +971,7 @@ mod channel_tests {
             wake: StopHandle::new().unwrap(),
             stats: stats.clone(),
         };
-        let budget = || Command::SetBudget(Budget::Memory(1));
+        let budget = || Command::SetBudget(Budget::Cpu(1.0));
         s.send_within(budget(), Duration::ZERO).unwrap();
         // Full: refused after the wait, and counted.
         let t = Instant::now();

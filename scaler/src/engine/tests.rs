@@ -570,6 +570,7 @@ fn dropped_records_lose_no_write_mark() {
             writes: writes.clone(),
         }),
         usage: 60 * MIB,
+        sampled_ns: monotonic_ns(),
         mark: Some(mark.clone()),
     })));
     let mut ev = reclaim(1, 1, 63 * MIB, 64 * MIB);
@@ -598,7 +599,8 @@ fn a_raise_the_node_cannot_back_is_refused_counted_and_reported() {
     e.send(Command::SetBudget(Budget::MemoryAvailable {
         bytes: MIB,
         measured_ns: monotonic_ns(),
-    }));
+    }))
+    .unwrap();
     sync(&e);
     ring.push(reclaim(12, 12, 64 * MIB, 64 * MIB));
     drained(&e, 1);
@@ -623,7 +625,8 @@ fn a_raise_the_node_cannot_back_is_refused_counted_and_reported() {
     e.send(Command::SetBudget(Budget::MemoryAvailable {
         bytes: 1 << 30,
         measured_ns: monotonic_ns(),
-    }));
+    }))
+    .unwrap();
     sync(&e);
     let mut ev = reclaim(12, 12, 64 * MIB, 64 * MIB);
     ev.ts_ns = monotonic_ns() + 5_000_000_000;

@@ -458,10 +458,13 @@ impl Agent {
                     .metrics
                     .node_memory_room
                     .set(i64::try_from(room).unwrap_or(i64::MAX));
-                if let Err(e) = self.engine.send(Command::SetBudget(Budget::MemoryAvailable {
-                    bytes: room,
-                    measured_ns,
-                })) {
+                if let Err(e) = self
+                    .engine
+                    .send(Command::SetBudget(Budget::MemoryAvailable {
+                        bytes: room,
+                        measured_ns,
+                    }))
+                {
                     tracing::warn!("the node's memory figure is not in force yet: {e}");
                 }
             }
