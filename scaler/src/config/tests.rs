@@ -716,3 +716,101 @@ fn a_memory_policy_without_max_is_warned_about() {
     assert!(w[0].message.contains("unbounded"), "{}", w[0]);
     assert!(Config::default().warnings().is_empty());
 }
+
+#[test]
+fn an_opt_in_counts_only_where_it_cannot_be_forged() {
+    let d = AgentConfig::default();
+    assert_eq!(
+        d.opt_in_xattr, "trusted.scaler",
+        "the default is a trusted attribute"
+    );
+    assert!(d.opt_in_is_trusted_name());
+    // A trusted attribute counts on any directory: only CAP_SYS_ADMIN sets it.
+    assert_eq!(d.opt_in_trust(65534, 0o40777), Ok(()));
+    let user =
+        Config::from_toml_str("[agent]\nopt_in_xattr = \"user.scaler\"\nopt_in_owners = [1000]")
+            .unwrap()
+            .agent;
+    assert!(!user.opt_in_is_trusted_name());
+    assert_eq!(user.opt_in_trust(0, 0o40755), Ok(()), "root-owned");
+    assert_eq!(user.opt_in_trust(1000, 0o40755), Ok(()), "a listed owner");
+    assert_eq!(
+        user.opt_in_trust(65534, 0o40755),
+        Err(Untrusted::Owner { uid: 65534 }),
+        "a delegated cgroup's owner could have set it"
+    );
+    assert_eq!(
+        user.opt_in_trust(0, 0o40775),
+        Err(Untrusted::Writable { mode: 0o40775 }),
+        "a group-writable directory"
+    );
+    assert_eq!(
+        user.opt_in_trust(0, 0o40757),
+        Err(Untrusted::Writable { mode: 0o40757 })
+    );
+    let why = user.opt_in_trust(65534, 0o40755).unwrap_err().to_string();
+    assert!(
+        why.contains("uid 65534") && why.contains("opt_in_owners"),
+        "{why}"
+    );
+    // security. names are not trusted either (a user namespace's root may set them on its own
+    // mount of the hierarchy).
+    let sec = Config::from_toml_str("[agent]\nopt_in_xattr = \"security.scaler\"")
+        .unwrap()
+        .agent;
+    assert!(sec.opt_in_trust(65534, 0o40755).is_err());
+}
+
+#[test]
+fn kubelet_cgroup_roots_are_plain_paths_and_select_qos_policies() {
+    for bad in [
+        "\"kubelet\"",
+        "\"/kubelet/\"",
+        "\"/a/*\"",
+        "\"/a/../b\"",
+        "\"//a\"",
+    ] {
+        let e =
+            Config::from_toml_str(&format!("[agent]\nkubelet_cgroup_roots = [{bad}]")).unwrap_err();
+        assert!(
+            e.to_string().contains("agent.kubelet_cgroup_roots[0]"),
+            "{bad}: {e}"
+        );
+    }
+    let uid = "0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    let c = Config::from_toml_str(
+        r#"
+        [agent]
+        kubelet_cgroup_roots = ["/", "/kubelet.slice"]
+        [[policy]]
+        name = "elastic"
+        match = ["/**"]
+        qos = ["burstable"]
+        [policy.memory]
+        "#,
+    )
+    .unwrap();
+    let name = |p: &str| c.policy_for(p, None).map(|p| p.name.as_str());
+    assert_eq!(
+        name(&format!("/kubepods/burstable/pod{uid}")),
+        Some("elastic")
+    );
+    assert_eq!(
+        name(&format!("/kubelet.slice/kubepods/burstable/pod{uid}")),
+        Some("elastic")
+    );
+    assert_eq!(
+        name(&format!("/user.slice/kubepods/burstable/pod{uid}")),
+        None
+    );
+    assert_eq!(
+        c.pod_of(&format!("/kubelet.slice/kubepods/burstable/pod{uid}"))
+            .and_then(|p| p.pod_uid)
+            .as_deref(),
+        Some(uid)
+    );
+    assert_eq!(
+        c.pod_of(&format!("/user.slice/kubepods/burstable/pod{uid}")),
+        None
+    );
+}

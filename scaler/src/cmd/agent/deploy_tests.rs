@@ -227,7 +227,10 @@ fn exported_names() -> BTreeSet<String> {
             kind: "reclaim_begin",
         })
         .inc();
-    let l = LimitLabels::new(&CgroupLabels::new("/a", "p"), &crate::resource::Memory);
+    let l = LimitLabels::new(
+        &CgroupLabels::new("/a", "p", None),
+        &crate::resource::Memory,
+    );
     m.limit.get_or_create(&l).set(1.0);
     m.original_limit.get_or_create(&l).set(1.0);
     m.usage.get_or_create(&l).set(1.0);

@@ -4,7 +4,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    path::Path,
+    path::{Path, PathBuf},
     sync::{atomic::Ordering, Arc},
 };
 
@@ -20,7 +20,7 @@ use super::{
 use crate::{
     actuator::{Setting, WriteMark},
     cgroupfs::{CgroupIndex, Hierarchy},
-    config::{Config, NodeInfo, PolicyConfig},
+    config::{Config, NodeInfo, PolicyConfig, Untrusted},
     decider::{CgId, Resource},
     ebpf::Pipeline,
     engine::{Budget, Command, Engine, EngineStats, ManageRequest, Snapshot},
@@ -52,37 +52,89 @@ pub struct Agent {
     /// State records of unmanaged cgroups whose original could not be put back yet (said
     /// once; retried at each reconcile).
     pub kept: HashSet<(Resource, String)>,
+    /// Cgroups refused and said so, by (hierarchy mount, path): each is logged and counted
+    /// once while it stays refused.
+    pub refused: HashSet<(PathBuf, String)>,
 }
 
-/// Cgroups of `index` that a policy selects, with what `pick` takes from the policy, parents
-/// before children (so that each finds its managed ancestor).
+/// Refused cgroups logged by name in one pass (the rest are counted, and summed up in one
+/// line).
+const REFUSALS_LOGGED_PER_PASS: usize = 10;
+
+/// What one pass over a hierarchy's cgroups found.
+struct Selection<P> {
+    /// Cgroups a policy selects, with what `pick` takes from the policy, parents before
+    /// children (so that each finds its managed ancestor): (id, path, policy name, pick).
+    wanted: Vec<(CgId, String, String, P)>,
+    /// Cgroups whose opt-in attribute does not count (it could have been forged), with why.
+    untrusted: Vec<(String, Untrusted)>,
+    /// Cgroups a policy selects that hold the agent itself (its own cgroup, or an ancestor of
+    /// it), with the policy's name: never managed.
+    own: Vec<(String, String)>,
+}
+
+/// True if `path` is `own` or one of its ancestors (both paths from the hierarchy root).
+fn holds(path: &str, own: &str) -> bool {
+    path == "/"
+        || own
+            .strip_prefix(path)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Cgroups of `index` that a policy selects (see [`Selection`]). An opt-in attribute counts
+/// only where it cannot be forged ([`crate::config::AgentConfig::opt_in_trust`]); `own` is the
+/// agent's own cgroup in this hierarchy, which is never selected, nor are its ancestors.
 fn selected<P>(
     config: &Config,
     hierarchy: &Hierarchy,
     index: &CgroupIndex,
+    own: Option<&str>,
     pick: impl Fn(&PolicyConfig) -> Option<P>,
-) -> Vec<(CgId, String, String, P)> {
-    let needs_xattr = config.policies.iter().any(|p| p.require_xattr);
+) -> Selection<P> {
+    let needs_xattr = config.uses_opt_in();
     let xattr_name = &config.agent.opt_in_xattr;
-    let mut wanted = Vec::new();
+    let mut out = Selection {
+        wanted: Vec::new(),
+        untrusted: Vec::new(),
+        own: Vec::new(),
+    };
     for (id, path) in index.iter() {
         let xattr = if needs_xattr {
-            hierarchy
-                .cgroup(path)
-                .ok()
-                .and_then(|c| c.xattr(xattr_name).ok().flatten())
-                .map(|v| String::from_utf8_lossy(&v).into_owned())
+            // Most cgroups carry no attribute: one getxattr by path says so; only a present
+            // one is read again with its directory's owner, through one descriptor.
+            let cg = hierarchy.cgroup(path).ok();
+            let present = cg
+                .as_ref()
+                .is_some_and(|c| c.xattr(xattr_name).is_ok_and(|v| v.is_some()));
+            match cg
+                .filter(|_| present)
+                .and_then(|c| c.xattr_with_owner(xattr_name).ok().flatten())
+            {
+                Some((v, owner)) => match config.agent.opt_in_trust(owner.uid, owner.mode) {
+                    Ok(()) => Some(String::from_utf8_lossy(&v).into_owned()),
+                    Err(why) => {
+                        out.untrusted.push((path.to_string(), why));
+                        None
+                    }
+                },
+                None => None,
+            }
         } else {
             None
         };
         if let Some(p) = config.policy_for(path, xattr.as_deref()) {
             if let Some(v) = pick(p) {
-                wanted.push((id.0, path.to_string(), p.name.clone(), v));
+                if own.is_some_and(|o| holds(path, o)) {
+                    out.own.push((path.to_string(), p.name.clone()));
+                    continue;
+                }
+                out.wanted.push((id.0, path.to_string(), p.name.clone(), v));
             }
         }
     }
-    wanted.sort_by_key(|(_, path, _, _)| path.matches('/').count());
-    wanted
+    out.wanted
+        .sort_by_key(|(_, path, _, _)| path.matches('/').count());
+    out
 }
 
 /// `/a/b/c` -> `/a/b`, `/a`, `/`.
@@ -173,6 +225,86 @@ impl Agent {
         self.state.save_state();
     }
 
+    /// Logs and counts, once per cgroup while it stays refused, the cgroups of `h` whose
+    /// opt-in does not count and those a policy selects that hold the agent itself.
+    fn report_refused(
+        &mut self,
+        h: &Hierarchy,
+        res: Resource,
+        untrusted: &[(String, Untrusted)],
+        own: &[(String, String)],
+    ) {
+        let metrics = &self.state.metrics;
+        let mut now = HashSet::new();
+        // A storm of forged opt-ins (a user making thousands of cgroups) is counted in full
+        // but logged a few lines a pass.
+        let mut unsaid = 0usize;
+        let mut said = 0usize;
+        for (path, why) in untrusted {
+            let key = (h.mount.clone(), path.clone());
+            if !self.refused.contains(&key) && said >= REFUSALS_LOGGED_PER_PASS {
+                unsaid += 1;
+                metrics
+                    .cgroups_refused
+                    .get_or_create(&RefusedLabels {
+                        resource: res.as_str(),
+                        reason: "untrusted_opt_in",
+                    })
+                    .inc();
+            } else if !self.refused.contains(&key) {
+                said += 1;
+                tracing::warn!(
+                    cgroup = %path,
+                    resource = res.as_str(),
+                    xattr = %self.config.agent.opt_in_xattr,
+                    reason = why.as_str(),
+                    why = %why,
+                    "opt-in ignored: an unprivileged user could have set the attribute"
+                );
+                metrics
+                    .cgroups_refused
+                    .get_or_create(&RefusedLabels {
+                        resource: res.as_str(),
+                        reason: "untrusted_opt_in",
+                    })
+                    .inc();
+            }
+            now.insert(key);
+        }
+        if unsaid > 0 {
+            tracing::warn!(
+                resource = res.as_str(),
+                count = unsaid,
+                "opt-in ignored on {unsaid} more cgroups (see \
+                 scaler_cgroups_refused_total{{reason=\"untrusted_opt_in\"}})"
+            );
+        }
+        for (path, policy) in own {
+            let key = (h.mount.clone(), path.clone());
+            if !self.refused.contains(&key) {
+                tracing::warn!(
+                    cgroup = %path,
+                    resource = res.as_str(),
+                    policy = %policy,
+                    "refused: the agent runs in this cgroup (or below it) and never manages \
+                     its own limits; narrow the policy's match"
+                );
+                metrics
+                    .cgroups_refused
+                    .get_or_create(&RefusedLabels {
+                        resource: res.as_str(),
+                        reason: "agent_cgroup",
+                    })
+                    .inc();
+            }
+            now.insert(key);
+        }
+        self.refused.retain(|(mount, path)| {
+            mount != &h.mount || now.contains(&(mount.clone(), path.clone()))
+        });
+        self.refused.extend(now);
+    }
+
     fn reconcile_resource(&mut self, r: &dyn ManagedResource) {
         let res = r.resource();
         let wants = self.wants(r);
@@ -200,7 +332,22 @@ impl Agent {
                 }
                 None => &self.index,
             };
-            wanted = selected(&self.config, &h, index, |p| r.policy(p, &node));
+            let own = match h.own_cgroup() {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    tracing::warn!(
+                        resource = res.as_str(),
+                        "cannot tell the agent's own cgroup ({e}): no cgroup is refused as \
+                         holding the agent"
+                    );
+                    None
+                }
+            };
+            let sel = selected(&self.config, &h, index, own.as_deref(), |p| {
+                r.policy(p, &node)
+            });
+            self.report_refused(&h, res, &sel.untrusted, &sel.own);
+            wanted = sel.wanted;
         }
         let wanted_ids: HashSet<CgId> = wanted.iter().map(|w| w.0).collect();
         let wanted_paths: Vec<String> = wanted.iter().map(|w| w.1.clone()).collect();
@@ -332,8 +479,8 @@ impl Agent {
             }
             let (original, original_unknown) =
                 lock(&self.state.state).manage_setting(&path, id, &policy_name, current);
-            let pod = crate::k8s::parse(&path);
-            let labels = LimitLabels::new(&CgroupLabels::new(&path, &policy_name), r);
+            let pod = self.config.pod_of(&path);
+            let labels = LimitLabels::new(&CgroupLabels::new(&path, &policy_name, pod.as_ref()), r);
             if let Some(old) = managed.get(&id).map(|m| m.labels.clone()) {
                 metrics.forget(&old);
             }
@@ -664,6 +811,7 @@ impl Agent {
                 c.agent.status_socket = self.config.agent.status_socket.clone();
                 c.agent.state_file = self.config.agent.state_file.clone();
                 self.config = c;
+                super::check_opt_in_readable(&self.config);
                 // The new reserve, at once.
                 self.sample_node();
                 reloads.get_or_create(&ResultLabels { result: "ok" }).inc();

@@ -66,10 +66,9 @@ pub struct CgroupLabels {
 }
 
 impl CgroupLabels {
-    /// Labels for `path` managed by `policy` (Kubernetes names parsed from the path).
-    pub fn new(path: &str, policy: &str) -> Self {
-        let pod = crate::k8s::parse(path);
-        let pod = pod.as_ref();
+    /// Labels for `path` managed by `policy`, with the Kubernetes names of `pod` (see
+    /// [`crate::config::Config::pod_of`]).
+    pub fn new(path: &str, policy: &str, pod: Option<&crate::k8s::PodCgroup>) -> Self {
         Self {
             cgroup: path.to_owned(),
             policy: policy.to_owned(),
@@ -363,8 +362,10 @@ impl Metrics {
             );
             r.register(
                 "cgroups_refused",
-                "Refusals to manage a selected cgroup, by resource and reason (tried again at \
-                 each discovery pass)",
+                "Refusals to manage a selected cgroup, by resource and reason: the reasons of \
+                 scaler_cgroups_unprotected (tried again at each discovery pass), and \
+                 untrusted_opt_in (an opt-in attribute that could have been forged) and \
+                 agent_cgroup (it holds the agent itself), counted once while refused",
                 m.cgroups_refused.clone(),
             );
             r.register(
@@ -609,10 +610,8 @@ mod tests {
     #[test]
     fn cgroup_gauges_carry_kubernetes_labels() {
         let m = Metrics::new();
-        let l = CgroupLabels::new(
-            "/kubepods/burstable/pod0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d/0123456789abcdef",
-            "elastic",
-        );
+        let path = "/kubepods/burstable/pod0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d/0123456789abcdef";
+        let l = CgroupLabels::new(path, "elastic", crate::k8s::parse(path).as_ref());
         assert_eq!(l.qos, "burstable");
         let l = LimitLabels::new(&l, &crate::resource::Memory);
         m.limit.get_or_create(&l).set((64 << 20) as f64);
@@ -630,7 +629,7 @@ mod tests {
     #[test]
     fn every_resource_shares_the_families_and_is_forgotten_alone() {
         let m = Metrics::new();
-        let c = CgroupLabels::new("/batch/job", "elastic");
+        let c = CgroupLabels::new("/batch/job", "elastic", None);
         let cpu = LimitLabels::new(&c, &crate::resource::Cpu);
         let mem = LimitLabels::new(&c, &crate::resource::Memory);
         m.limit.get_or_create(&cpu).set(0.2);

@@ -241,6 +241,26 @@ impl AgentState {
     }
 }
 
+/// Says (an error) when a policy requires a `trusted.` opt-in attribute the agent cannot read
+/// (without CAP_SYS_ADMIN it reads as absent, and no cgroup would ever opt in).
+fn check_opt_in_readable(config: &Config) {
+    if !(config.uses_opt_in() && config.agent.opt_in_is_trusted_name()) {
+        return;
+    }
+    let has = crate::privilege::ProcessCaps::current()
+        .map(|c| c.effective.has(crate::privilege::Capability::SysAdmin))
+        .unwrap_or(false);
+    if !has {
+        tracing::error!(
+            xattr = %config.agent.opt_in_xattr,
+            "a policy requires the opt-in attribute {}, which only CAP_SYS_ADMIN can read: \
+             without it no cgroup opts in (grant CAP_SYS_ADMIN at start, or use a user. \
+             attribute, which counts on directories owned by root or agent.opt_in_owners)",
+            config.agent.opt_in_xattr
+        );
+    }
+}
+
 /// What the main loop reacts to.
 enum AgentMsg {
     Stop(&'static str),
@@ -391,7 +411,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         wants_cpu,
     )?;
     // In the only thread so far: every thread started from here on inherits the reduced sets.
-    crate::privilege::after_load(crate::privilege::Role::Agent);
+    // A `trusted.` opt-in attribute reads as absent without CAP_SYS_ADMIN: keep it while a
+    // policy requires the opt-in.
+    let opt_in_caps = if config.uses_opt_in() && config.agent.opt_in_is_trusted_name() {
+        crate::privilege::CapSet::of(&[crate::privilege::Capability::SysAdmin])
+    } else {
+        crate::privilege::CapSet::EMPTY
+    };
+    crate::privilege::after_load_keeping(crate::privilege::Role::Agent, opt_in_caps);
+    check_opt_in_readable(&config);
     let (tx, rx) = channel();
     signal_thread(tx.clone())?;
     let metrics_addr = match &metrics_listener {
@@ -505,6 +533,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         engine,
         state,
         kept: Default::default(),
+        refused: Default::default(),
     };
     agent.reconcile();
     agent.drop_stale_state();
