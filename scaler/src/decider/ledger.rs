@@ -89,7 +89,7 @@
 //! after a dry run): the ledger adopts it. A failed write is reverted: the limit goes back to
 //! the action's `old` value, unless a later decision has replaced it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::{
     Action, Cap, CgId, CpuPolicy, Decision, MemoryPolicy, RateLimiter, Reason, Refusal, Resource,
@@ -324,6 +324,10 @@ fn tally(total: &mut Stats, one: &mut Stats, counter: Counter) {
 #[derive(Clone, Debug)]
 pub(super) struct Ledger<X: Ext> {
     entries: HashMap<CgId, Entry<X>>,
+    /// The managed children of each managed cgroup that has some (the inverse of
+    /// [`Entry::parent`]), so that forgetting a cgroup touches its children only, never the
+    /// whole table: discovery may forget many cgroups a second on the engine thread.
+    children: HashMap<CgId, HashSet<CgId>>,
     /// The bound on the sum of top-level limits, in weight units (`u64::MAX`: none).
     budget: u64,
     /// Sum of the counted weights over top-level managed cgroups (u128: no overflow).
@@ -344,6 +348,7 @@ impl<X: Ext> Ledger<X> {
     pub fn new(budget: u64, available: u64) -> Self {
         Self {
             entries: HashMap::new(),
+            children: HashMap::new(),
             budget,
             top_level_sum: 0,
             available,
@@ -426,6 +431,12 @@ impl<X: Ext> Ledger<X> {
             if old.parent.is_none() {
                 self.top_level_sum -= u128::from(old.counted_w);
             }
+            if let Some(p) = old.parent {
+                self.unlink(p, id);
+            }
+        }
+        if let Some(p) = parent {
+            self.children.entry(p).or_default().insert(id);
         }
         let rate = policy.pacing().max_raises_per_sec;
         let st = self.entries.entry(id).or_insert_with(|| Entry {
@@ -476,15 +487,32 @@ impl<X: Ext> Ledger<X> {
         if gone.parent.is_none() {
             self.top_level_sum -= u128::from(gone.counted_w);
         }
-        for st in self.entries.values_mut() {
-            if st.parent == Some(id) {
-                st.parent = gone.parent;
-                if gone.parent.is_none() {
-                    self.top_level_sum += u128::from(st.counted_w);
+        if let Some(p) = gone.parent {
+            self.unlink(p, id);
+        }
+        for c in self.children.remove(&id).unwrap_or_default() {
+            let Some(st) = self.entries.get_mut(&c) else {
+                continue;
+            };
+            st.parent = gone.parent;
+            match gone.parent {
+                None => self.top_level_sum += u128::from(st.counted_w),
+                Some(p) => {
+                    self.children.entry(p).or_default().insert(c);
                 }
             }
         }
         true
+    }
+
+    /// Removes `child` from `parent`'s children.
+    fn unlink(&mut self, parent: CgId, child: CgId) {
+        if let Some(set) = self.children.get_mut(&parent) {
+            set.remove(&child);
+            if set.is_empty() {
+                self.children.remove(&parent);
+            }
+        }
     }
 
     /// The cgroup's entry.

@@ -134,7 +134,12 @@ pub trait Handler {
     /// A record that did not decode (counted; the default ignores it).
     fn on_decode_error(&mut self, _err: DecodeError) {}
     /// Called after each drain of the ring buffer and at least every `tick`; slow-path work.
-    fn on_tick(&mut self) {}
+    /// Returns true when work is left over (a bounded batch was done): the loop then polls the
+    /// ring buffer without waiting and calls it again, so slow-path work never holds back
+    /// events for longer than one batch.
+    fn on_tick(&mut self) -> bool {
+        false
+    }
 }
 
 /// Reads `source` until `stop`, calling `handler` for each event.
@@ -166,14 +171,14 @@ pub fn run_ring_loop(
         if n > 0 {
             stats.records.fetch_add(n, Ordering::Relaxed);
         }
-        handler.on_tick();
+        let more = handler.on_tick();
         stats.heartbeat_ns.store(monotonic_ns(), Ordering::Relaxed);
         let mut fds = [
             PollFd::new(source.fd(), PollFlags::POLLIN),
             PollFd::new(stop.fd.as_fd(), PollFlags::POLLIN),
             PollFd::new(stop.wake.as_fd(), PollFlags::POLLIN),
         ];
-        match poll(&mut fds, timeout) {
+        match poll(&mut fds, if more { PollTimeout::ZERO } else { timeout }) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),

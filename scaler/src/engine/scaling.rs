@@ -772,6 +772,10 @@ impl ScalingHandler {
     }
 }
 
+/// Commands handled between two drains of the ring buffer. Each costs O(1) (a forget touches
+/// the cgroup's managed children only), a snapshot O(managed cgroups).
+pub(super) const COMMANDS_PER_TICK: usize = 64;
+
 impl Handler for ScalingHandler {
     fn on_event(&mut self, ev: &MemEvent) {
         if let Some((id, signal)) = self.signal_of(ev) {
@@ -798,13 +802,19 @@ impl Handler for ScalingHandler {
         tracing::warn!("undecodable ring-buffer record: {err}");
     }
 
-    fn on_tick(&mut self) {
-        while let Ok(c) = self.commands.try_recv() {
-            self.command(c);
-        }
+    fn on_tick(&mut self) -> bool {
         if self.fault.is_some() {
             self.inject_fault();
         }
+        // A bounded batch: a burst of commands (discovery managing or forgetting many cgroups
+        // at once) is interleaved with ring-buffer drains instead of holding events back.
+        for _ in 0..COMMANDS_PER_TICK {
+            match self.commands.try_recv() {
+                Ok(c) => self.command(c),
+                Err(_) => return false,
+            }
+        }
+        true
     }
 }
 

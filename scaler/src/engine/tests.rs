@@ -635,3 +635,47 @@ fn a_raise_the_node_cannot_back_is_refused_counted_and_reported() {
     assert!(a.action.new > 64 * MIB);
     e.stop().unwrap();
 }
+
+/// A burst of discovery commands (managing and forgetting many cgroups at once) is taken in
+/// bounded batches: each tick handles at most [`super::scaling::COMMANDS_PER_TICK`] and says
+/// that more is left, so the loop drains the ring buffer between batches.
+#[test]
+fn commands_are_taken_in_bounded_batches() {
+    let (rec_tx, _rec_rx) = std::sync::mpsc::sync_channel(16);
+    let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
+    let mut h =
+        super::ScalingHandler::new(&EngineConfig::default(), rec_tx, cmd_rx, Arc::default());
+    let n = 1000u64;
+    for id in 1..=n {
+        let (writer, _) = FakeWriter::boxed(Setting::Memory(Limit::Bytes(64 * MIB)), false);
+        cmd_tx
+            .send(Command::Manage(Box::new(ManageRequest {
+                id,
+                path: Arc::from(format!("/storm/{id}").as_str()),
+                parent: (id > 1).then_some(1),
+                policy: Policy::Memory(memory_policy()),
+                writer,
+                usage: 0,
+            })))
+            .unwrap();
+        if id > 1 {
+            cmd_tx.send(Command::Forget(Resource::Memory, id)).unwrap();
+        }
+    }
+    let mut ticks = 0;
+    while Handler::on_tick(&mut h) {
+        ticks += 1;
+        assert!(ticks < 10_000);
+    }
+    let batches = (2 * n as usize - 1).div_ceil(super::scaling::COMMANDS_PER_TICK);
+    assert!(ticks + 1 >= batches, "{ticks} ticks for {batches} batches");
+    assert!(!Handler::on_tick(&mut h), "nothing left");
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    h.command(Command::Snapshot(Resource::Memory, tx));
+    let managed: Vec<u64> = rx.recv().unwrap().iter().map(|s| s.id).collect();
+    assert_eq!(
+        managed,
+        [1],
+        "every storm cgroup forgotten, the parent kept"
+    );
+}

@@ -570,26 +570,25 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     );
     let mut next_discovery = Instant::now() + DISCOVERY_INTERVAL;
     let mut next_sample = Instant::now();
+    // Tree changes are coalesced: a reconcile (a walk of the whole hierarchy) at most every
+    // RECONCILE_MIN_INTERVAL however fast cgroups come and go (an unprivileged mkdir/rmdir
+    // storm in a delegated subtree), the first after a quiet spell at once.
+    let mut last_reconcile = Instant::now();
+    let mut tree = TreeBacklog::default();
     let exit = loop {
         let tick = agent.config.agent.sample_interval.0;
-        let wait = next_sample.saturating_duration_since(Instant::now());
+        let mut until = next_sample;
+        if tree.pending() {
+            until = until.min(last_reconcile + RECONCILE_MIN_INTERVAL);
+        }
+        let wait = until.saturating_duration_since(Instant::now());
+        let mut pending = None;
         match rx.recv_timeout(wait) {
-            Ok(AgentMsg::Stop(sig)) => break Exit::Signal(sig),
-            Ok(AgentMsg::EngineFailed(why)) => break Exit::EngineFailed(why),
-            Ok(AgentMsg::Reload) => agent.reload(args.config.as_deref()),
             Ok(AgentMsg::Tree(changes)) => {
-                // Coalesce a burst (a pod start creates several cgroups at once).
-                let mut overflow = false;
-                let mut n = 0;
-                let mut pending = None;
-                let mut handle = |c: Vec<TreeChange>| {
-                    overflow |= c.contains(&TreeChange::Overflow);
-                    n += c.len();
-                };
-                handle(changes);
+                tree.add(&changes);
                 loop {
                     match rx.try_recv() {
-                        Ok(AgentMsg::Tree(c)) => handle(c),
+                        Ok(AgentMsg::Tree(c)) => tree.add(&c),
                         Ok(other) => {
                             pending = Some(other);
                             break;
@@ -597,18 +596,32 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                         Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                     }
                 }
-                tracing::debug!(changes = n, overflow, "cgroup tree changed");
-                agent.reconcile();
-                next_discovery = Instant::now() + DISCOVERY_INTERVAL;
-                match pending {
-                    Some(AgentMsg::Stop(sig)) => break Exit::Signal(sig),
-                    Some(AgentMsg::EngineFailed(why)) => break Exit::EngineFailed(why),
-                    Some(AgentMsg::Reload) => agent.reload(args.config.as_deref()),
-                    _ => {}
-                }
             }
+            Ok(other) => pending = Some(other),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break Exit::Signal("signal thread gone"),
+        }
+        match pending {
+            Some(AgentMsg::Stop(sig)) => break Exit::Signal(sig),
+            Some(AgentMsg::EngineFailed(why)) => break Exit::EngineFailed(why),
+            Some(AgentMsg::Reload) => {
+                agent.reload(args.config.as_deref());
+                last_reconcile = Instant::now();
+            }
+            _ => {}
+        }
+        let now = Instant::now();
+        if tree.pending() && now >= last_reconcile + RECONCILE_MIN_INTERVAL {
+            tracing::debug!(
+                changes = tree.changes,
+                overflow = tree.overflow,
+                batches = tree.batches,
+                "cgroup tree changed"
+            );
+            tree = TreeBacklog::default();
+            agent.reconcile();
+            last_reconcile = Instant::now();
+            next_discovery = last_reconcile + DISCOVERY_INTERVAL;
         }
         if Instant::now() >= next_sample {
             agent.sample();
@@ -616,8 +629,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             next_sample = Instant::now() + tick;
         }
         if Instant::now() >= next_discovery {
+            tree = TreeBacklog::default();
             agent.reconcile();
-            next_discovery = Instant::now() + DISCOVERY_INTERVAL;
+            last_reconcile = Instant::now();
+            next_discovery = last_reconcile + DISCOVERY_INTERVAL;
         }
     };
     if let Some(n) = &notifier {
@@ -730,6 +745,30 @@ fn open_state(path: &Path) -> anyhow::Result<StateFile> {
 /// How often the cgroup tree is rescanned for new and removed cgroups (inotify reports them
 /// sooner; this is the safety net).
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The shortest time between two reconciles driven by tree changes (at most 5 a second): a
+/// burst of changes waits at most this long, and a storm costs at most 5 walks a second.
+const RECONCILE_MIN_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Tree changes not reconciled yet.
+#[derive(Debug, Default)]
+struct TreeBacklog {
+    changes: usize,
+    batches: usize,
+    overflow: bool,
+}
+
+impl TreeBacklog {
+    fn add(&mut self, c: &[TreeChange]) {
+        self.overflow |= c.contains(&TreeChange::Overflow);
+        self.changes += c.len();
+        self.batches += 1;
+    }
+
+    fn pending(&self) -> bool {
+        self.batches > 0
+    }
+}
 
 fn consume(records: Receiver<Record>, state: &AgentState, h: Hierarchy) {
     let mut index = CgroupIndex::new(h);

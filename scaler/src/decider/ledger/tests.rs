@@ -88,6 +88,57 @@ fn tree(budget: u64, limits: [u64; 4]) -> Ledger<Half> {
     l
 }
 
+/// The children index is the exact inverse of the entries' parents, and the top-level sum
+/// what a full walk gives.
+fn assert_consistent(l: &Ledger<Half>) {
+    for (id, e) in &l.entries {
+        if let Some(p) = e.parent {
+            assert!(l.entries.contains_key(&p), "{id}'s parent {p} is managed");
+            assert!(l.children[&p].contains(id), "{p} lists its child {id}");
+        }
+    }
+    for (p, set) in &l.children {
+        assert!(!set.is_empty(), "no empty sets kept");
+        for c in set {
+            assert_eq!(l.entries[c].parent, Some(*p), "{c} listed under {p}");
+        }
+    }
+    let sum: u128 = l
+        .entries
+        .values()
+        .filter(|e| e.parent.is_none())
+        .map(|e| u128::from(e.counted()))
+        .sum();
+    assert_eq!(l.committed(), sum);
+}
+
+#[test]
+fn forgetting_touches_only_the_children_and_keeps_the_index_exact() {
+    let mut l = Ledger::new(1 << 40);
+    let mut x: u64 = 7;
+    let mut next = |n: u64| {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 33) % n
+    };
+    for round in 0..2000u64 {
+        let id = next(60) + 1;
+        match next(3) {
+            0 => {
+                l.forget(id);
+            }
+            _ => {
+                // Parents have smaller ids: a tree, as cgroup paths make.
+                let parent = (id > 1 && next(4) > 0).then(|| next(id - 1) + 1);
+                manage(&mut l, id, parent, 64 + round);
+            }
+        }
+        assert_consistent(&l);
+    }
+    assert!(l.len() > 10, "the walk kept a tree: {}", l.len());
+}
+
 #[test]
 fn the_budget_counts_top_level_weights_and_follows_re_parenting() {
     let mut l = tree(1000, [600, 400, 200, 100]);
