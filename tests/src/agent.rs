@@ -39,6 +39,13 @@ pub mod msg {
     pub const ADOPTED: &str = "limit changed outside the agent: adopted as the original";
     /// Inotify (or the rescan) saw the cgroup tree change (debug; `changes`, `overflow`).
     pub const TREE_CHANGED: &str = "cgroup tree changed";
+    /// An opt-in attribute that could have been forged, ignored (`cgroup`, `resource`,
+    /// `xattr`, `reason`: `owner` or `writable`, `why`).
+    pub const OPT_IN_IGNORED: &str =
+        "opt-in ignored: an unprivileged user could have set the attribute";
+    /// A cgroup a policy selects that holds the agent itself (`cgroup`, `resource`, `policy`).
+    pub const REFUSED_OWN: &str = "refused: the agent runs in this cgroup (or below it) and \
+                                   never manages its own limits; narrow the policy's match";
     /// SIGHUP applied a valid configuration (`policies`).
     pub const RELOADED: &str = "configuration reloaded";
     /// The last line: kernel counters (`submitted`, `dropped`).
@@ -211,6 +218,8 @@ pub struct AgentConfig {
     pub quiet: Vec<&'static str>,
     /// Extra environment variables of the agent (`NOTIFY_SOCKET`, `SCALER_TEST_FAULT`).
     pub env: Vec<(String, String)>,
+    /// The agent binary, when not [`scaler_bin`] (a comparison with an older build).
+    pub binary: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -227,12 +236,19 @@ impl AgentConfig {
             cgroup: None,
             quiet: Vec::new(),
             env: Vec::new(),
+            binary: None,
         }
     }
 
     /// Sets an environment variable of the agent.
     pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
         self.env.push((key.to_owned(), value.into()));
+        self
+    }
+
+    /// Runs this agent binary instead of [`scaler_bin`].
+    pub fn binary(mut self, bin: &Path) -> Self {
+        self.binary = Some(bin.to_owned());
         self
     }
 
@@ -316,7 +332,7 @@ impl TestAgent {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new(scaler_bin());
+        let mut cmd = Command::new(self.conf.binary.clone().unwrap_or_else(scaler_bin));
         cmd.arg("--log-json")
             .arg("agent")
             .arg("--config")

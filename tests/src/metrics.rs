@@ -96,7 +96,8 @@ pub mod metric {
     pub const PROCESS_CPU: Metric = Metric::named("process_cpu_seconds_total");
     /// `{resource, reason}`: selected cgroups the agent does not protect now.
     pub const CGROUPS_UNPROTECTED: Metric = Metric::named("scaler_cgroups_unprotected");
-    /// `{resource, reason}`: refusals to manage a selected cgroup.
+    /// `{resource, reason}`: refusals to manage a selected cgroup (`untrusted_opt_in`,
+    /// `agent_cgroup`, and the reasons of `CGROUPS_UNPROTECTED`).
     pub const CGROUPS_REFUSED: Metric = Metric::named("scaler_cgroups_refused_total");
 }
 
