@@ -52,9 +52,19 @@ pub struct Agent {
     /// State records of unmanaged cgroups whose original could not be put back yet (said
     /// once; retried at each reconcile).
     pub kept: HashSet<(Resource, String)>,
-    /// Cgroups refused and said so, by (hierarchy mount, path): each is logged and counted
-    /// once while it stays refused.
-    pub refused: HashSet<(PathBuf, String)>,
+    /// Cgroups refused and said so: each is logged and counted once while it stays refused.
+    pub refused: HashSet<Refusal>,
+}
+
+/// A refused cgroup, as remembered so that it is said once.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Refusal {
+    /// The resource whose policy selected it (`None`: its opt-in, for every resource).
+    resource: Option<Resource>,
+    /// The mount point of its hierarchy.
+    mount: PathBuf,
+    /// Its path from the hierarchy root.
+    path: String,
 }
 
 /// Refused cgroups logged by name in one pass (the rest are counted, and summed up in one
@@ -235,39 +245,49 @@ impl Agent {
         own: &[(String, String)],
     ) {
         let metrics = &self.state.metrics;
+        let count = |reason| {
+            metrics
+                .cgroups_refused
+                .get_or_create(&RefusedLabels {
+                    resource: res.as_str(),
+                    reason,
+                })
+                .inc();
+        };
+        // The opt-in is the cgroup's, whatever the resource (on a unified tree every resource
+        // finds the same ones); holding the agent is a refusal of one resource's policy.
+        let opt_in = |path: &str| Refusal {
+            resource: None,
+            mount: h.mount.clone(),
+            path: path.to_owned(),
+        };
+        let holder = |path: &str| Refusal {
+            resource: Some(res),
+            mount: h.mount.clone(),
+            path: path.to_owned(),
+        };
         let mut now = HashSet::new();
         // A storm of forged opt-ins (a user making thousands of cgroups) is counted in full
         // but logged a few lines a pass.
         let mut unsaid = 0usize;
         let mut said = 0usize;
         for (path, why) in untrusted {
-            let key = (h.mount.clone(), path.clone());
-            if !self.refused.contains(&key) && said >= REFUSALS_LOGGED_PER_PASS {
-                unsaid += 1;
-                metrics
-                    .cgroups_refused
-                    .get_or_create(&RefusedLabels {
-                        resource: res.as_str(),
-                        reason: "untrusted_opt_in",
-                    })
-                    .inc();
-            } else if !self.refused.contains(&key) {
-                said += 1;
-                tracing::warn!(
-                    cgroup = %path,
-                    resource = res.as_str(),
-                    xattr = %self.config.agent.opt_in_xattr,
-                    reason = why.as_str(),
-                    why = %why,
-                    "opt-in ignored: an unprivileged user could have set the attribute"
-                );
-                metrics
-                    .cgroups_refused
-                    .get_or_create(&RefusedLabels {
-                        resource: res.as_str(),
-                        reason: "untrusted_opt_in",
-                    })
-                    .inc();
+            let key = opt_in(path);
+            if !self.refused.contains(&key) {
+                count("untrusted_opt_in");
+                if said < REFUSALS_LOGGED_PER_PASS {
+                    said += 1;
+                    tracing::warn!(
+                        cgroup = %path,
+                        resource = res.as_str(),
+                        xattr = %self.config.agent.opt_in_xattr,
+                        reason = why.as_str(),
+                        why = %why,
+                        "opt-in ignored: an unprivileged user could have set the attribute"
+                    );
+                } else {
+                    unsaid += 1;
+                }
             }
             now.insert(key);
         }
@@ -280,8 +300,9 @@ impl Agent {
             );
         }
         for (path, policy) in own {
-            let key = (h.mount.clone(), path.clone());
+            let key = holder(path);
             if !self.refused.contains(&key) {
+                count("agent_cgroup");
                 tracing::warn!(
                     cgroup = %path,
                     resource = res.as_str(),
@@ -289,18 +310,12 @@ impl Agent {
                     "refused: the agent runs in this cgroup (or below it) and never manages \
                      its own limits; narrow the policy's match"
                 );
-                metrics
-                    .cgroups_refused
-                    .get_or_create(&RefusedLabels {
-                        resource: res.as_str(),
-                        reason: "agent_cgroup",
-                    })
-                    .inc();
             }
             now.insert(key);
         }
-        self.refused.retain(|(mount, path)| {
-            mount != &h.mount || now.contains(&(mount.clone(), path.clone()))
+        // Forget what this pass no longer refuses (so that it is said again if it comes back).
+        self.refused.retain(|r| {
+            r.mount != h.mount || r.resource.is_some_and(|x| x != res) || now.contains(r)
         });
         self.refused.extend(now);
     }
@@ -1042,7 +1057,23 @@ pub fn status_doc(
 
 #[cfg(test)]
 mod tests {
-    use super::ancestors;
+    use super::{ancestors, holds};
+
+    #[test]
+    fn the_agents_cgroup_is_held_by_itself_and_its_ancestors_only() {
+        let own = "/system.slice/scaler.service";
+        for p in ["/", "/system.slice", own] {
+            assert!(holds(p, own), "{p}");
+        }
+        for p in [
+            "/system.slice/scaler.service/child",
+            "/system.slice/scaler",
+            "/system.slice/scaler.service2",
+            "/user.slice",
+        ] {
+            assert!(!holds(p, own), "{p}");
+        }
+    }
 
     #[test]
     fn ancestors_walk_to_the_root() {
