@@ -492,6 +492,8 @@ struct StormRun {
     count: u64,
     storm: StormStats,
     tree_reconciles: usize,
+    /// CPU seconds the agent used during the storm (`process_cpu_seconds_total`).
+    agent_cpu: f64,
     rescued: usize,
     storm_managed: usize,
 }
@@ -530,6 +532,8 @@ fn storm_run(env: &TestEnv, bin: Option<&Path>, forge: bool) -> StormRun {
         a.wait_managed(&path_of(w), true, Duration::from_secs(5));
     }
     let reconciles_before = a.count(&LogQuery::message(msg::TREE_CHANGED));
+    let cpu = |a: &TestAgent| a.scrape().value(metric::PROCESS_CPU, &[]).unwrap_or(0.0);
+    let cpu_before = cpu(&a);
     let storm = Storm::start(dir_of(&storm_cg), 1000, 50, forge);
     std::thread::sleep(Duration::from_secs(1));
     let mut rescued = 0;
@@ -555,6 +559,7 @@ fn storm_run(env: &TestEnv, bin: Option<&Path>, forge: bool) -> StormRun {
     let stats = storm.finish();
 
     let tree_reconciles = a.count(&LogQuery::message(msg::TREE_CHANGED)) - reconciles_before;
+    let agent_cpu = cpu(&a) - cpu_before;
     let s = a.status();
     let storm_prefix = path_of(&storm_cg);
     let storm_managed = s["managed"]
@@ -576,6 +581,7 @@ fn storm_run(env: &TestEnv, bin: Option<&Path>, forge: bool) -> StormRun {
         count: lat["count"].as_u64().unwrap_or(0),
         storm: stats,
         tree_reconciles,
+        agent_cpu,
         rescued,
         storm_managed,
     };
@@ -587,13 +593,14 @@ fn report(label: &str, r: &StormRun) {
     let secs = r.storm.elapsed.as_secs_f64();
     note(&format!(
         "storm [{label}]: {} mkdir + {} rmdir in {secs:.1} s ({:.0} mkdir/s, {} errors); \
-         reconciles driven by tree changes: {}; rescued {}/{}; storm cgroups managed: {}; \
+         reconciles driven by tree changes: {}; agent CPU {:.2} s; rescued {}/{}; storm cgroups managed: {}; \
          reaction latency over {} actions: p50 {:?} us, p99 {:?} us, max {:?} us",
         r.storm.mkdirs,
         r.storm.rmdirs,
         r.storm.mkdirs as f64 / secs,
         r.storm.errors,
         r.tree_reconciles,
+        r.agent_cpu,
         r.rescued,
         WORKS,
         r.storm_managed,
