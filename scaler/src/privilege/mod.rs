@@ -8,12 +8,15 @@
 //! |---------------------|---------------------------------------------------------------------|------------|
 //! | `CAP_BPF`           | creating the maps, loading BTF and the programs (5.8+)              | dropped    |
 //! | `CAP_PERFMON`       | tracing programs (`tp_btf`) and their kernel-memory reads (5.8+)    | dropped    |
-//! | `CAP_SYS_ADMIN`     | both of the above on kernels older than 5.8 (no CAP_BPF there);     | dropped    |
-//! |                     | reading a `trusted.` opt-in attribute (`agent.opt_in_xattr`)        | kept while a policy requires the opt-in |
+//! | `CAP_SYS_ADMIN`     | both of the above on kernels older than 5.8 (no CAP_BPF there);     | dropped*   |
+//! |                     | reading a `trusted.` opt-in attribute (`agent.opt_in_xattr`)        |            |
 //! | `CAP_DAC_OVERRIDE`  | writing limits of cgroups not owned by scaler's uid (delegated ones) | kept       |
 //! | `CAP_SYS_NICE`      | SCHED_FIFO for the engine thread (optional)                         | kept       |
 //! | `CAP_IPC_LOCK`      | `mlockall` beyond RLIMIT_MEMLOCK (optional; needed for every later   | kept       |
 //! |                     | mapping once `MCL_FUTURE` is set)                                    |            |
+//!
+//! \* The agent keeps `CAP_SYS_ADMIN` while a policy requires a `trusted.` opt-in attribute:
+//! without it such an attribute reads as absent ([`after_load_keeping`]).
 //!
 //! Maps, the ring buffer and attached programs are used through file descriptors opened at
 //! load: map updates (watch/unwatch), ring-buffer reads and program info need no capability
