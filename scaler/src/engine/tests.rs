@@ -656,6 +656,8 @@ fn commands_are_taken_in_bounded_batches() {
                 policy: Policy::Memory(memory_policy()),
                 writer,
                 usage: 0,
+                sampled_ns: 0,
+                mark: None,
             })))
             .unwrap();
         if id > 1 {

@@ -107,14 +107,14 @@ fn assert_consistent(l: &Ledger<Half>) {
         .entries
         .values()
         .filter(|e| e.parent.is_none())
-        .map(|e| u128::from(e.counted()))
+        .map(|e| u128::from(e.counted_w))
         .sum();
     assert_eq!(l.committed(), sum);
 }
 
 #[test]
 fn forgetting_touches_only_the_children_and_keeps_the_index_exact() {
-    let mut l = Ledger::new(1 << 40);
+    let mut l = Ledger::new(1 << 40, u64::MAX);
     let mut x: u64 = 7;
     let mut next = |n: u64| {
         x = x
