@@ -172,7 +172,7 @@ pub struct IdleArgs {
 }
 
 /// The one-line JSON result a workload prints on stdout when it finishes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WorkloadReport {
     /// The shape's name (`steps`, `spike`, ...).
     pub shape: String,

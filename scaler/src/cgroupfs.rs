@@ -31,6 +31,7 @@ use std::{
 };
 
 pub use cgroup::Cgroup;
+pub use xattr::Owner;
 pub use guard::CgroupGuard;
 pub use index::{CgroupIndex, ScanStats, DEFAULT_MIN_RESCAN_INTERVAL};
 pub use mount::{parse_mountinfo, parse_proc_cgroup, MountEntry, ProcCgroupLine};

@@ -120,6 +120,9 @@ pub mod exit {
     pub const FAILURE: u8 = 1;
     /// A command line that does not parse (EX_USAGE).
     pub const USAGE: u8 = 64;
+    /// The agent's engine thread died or stalled; limits were restored as configured and a
+    /// supervisor should restart it (EX_SOFTWARE).
+    pub const SOFTWARE: u8 = 70;
     /// A kernel feature the programs need is missing: BTF, a tracepoint, a cgroup controller,
     /// or the verifier refused a program (EX_UNAVAILABLE).
     pub const UNAVAILABLE: u8 = 69;

@@ -13,7 +13,10 @@
 //! Policies: the first `[[policy]]` whose `match` globs select a cgroup's path (relative to
 //! the hierarchy root, with a leading `/`) wins. `*` matches within one path component, `**`
 //! any number of components. With `require_xattr = true`, the cgroup must also carry the
-//! extended attribute named by `agent.opt_in_xattr` with the value `1` or the policy's name.
+//! extended attribute named by `agent.opt_in_xattr` with the value `1` or the policy's name,
+//! set where it cannot be forged (see [`AgentConfig::opt_in_trust`]): a `trusted.` attribute
+//! (the default, `trusted.scaler`: only CAP_SYS_ADMIN sets those), or any other on a cgroup
+//! directory owned by root or by a uid of `agent.opt_in_owners` and writable by its owner only.
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -59,8 +62,28 @@ pub struct AgentConfig {
     /// Report events of every cgroup (observe-all); only policy-selected ones are managed.
     pub observe_all: bool,
     /// Name of the cgroup extended attribute that opts a cgroup in (see `require_xattr`).
+    /// A `trusted.` name counts wherever it is set; any other (`user.`, `security.`) only on
+    /// a directory owned by root or by a uid of `opt_in_owners` (see
+    /// [`AgentConfig::opt_in_trust`]).
     pub opt_in_xattr: String,
+    /// The most cgroups of each resource the agent manages and watches: the kernel's
+    /// per-cgroup maps are sized for it at load, and RLIMIT_NOFILE is raised for it (one or
+    /// two descriptors per cgroup). A cgroup beyond it is refused loudly (an error, the
+    /// `scaler_cgroups_unprotected` metric and `scaler status`).
+    pub max_cgroups: u32,
+    /// Uids besides root whose cgroup directories may opt in with a non-`trusted.` attribute.
+    pub opt_in_owners: Vec<u32>,
+    /// The kubelet's `--cgroup-root`s: a `kubepods` (cgroupfs driver) or `kubepods.slice`
+    /// (systemd driver) cgroup is read as Kubernetes' only directly below one of these (see
+    /// [`crate::k8s::parse_under`]). A `kubepods` directory anywhere else (in a user's
+    /// delegated subtree) is an ordinary cgroup.
+    pub kubelet_cgroup_roots: Vec<String>,
 }
+
+/// Default `agent.max_cgroups`.
+pub const DEFAULT_MAX_CGROUPS: u32 = 16384;
+/// Largest `agent.max_cgroups` accepted.
+pub const MAX_MAX_CGROUPS: u32 = 1 << 20;
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -73,19 +96,98 @@ impl Default for AgentConfig {
             dry_run: false,
             sample_interval: HumanDuration::secs(1),
             observe_all: true,
-            opt_in_xattr: "user.scaler".to_owned(),
+            opt_in_xattr: DEFAULT_OPT_IN_XATTR.to_owned(),
+            opt_in_owners: Vec::new(),
+            kubelet_cgroup_roots: vec!["/".to_owned()],
+            max_cgroups: DEFAULT_MAX_CGROUPS,
         }
     }
 }
 
-/// `[node]`: the budgets that the sum of top-level managed limits never exceeds. Give either
-/// a reserve (budget = physical amount minus reserve) or an absolute budget, not both.
+/// Default `agent.opt_in_xattr`: a `trusted.` attribute, which only CAP_SYS_ADMIN can set (and
+/// read: the agent keeps that capability while a policy requires the opt-in).
+pub const DEFAULT_OPT_IN_XATTR: &str = "trusted.scaler";
+
+/// Why an opt-in attribute that is present does not count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Untrusted {
+    /// The directory's owner is neither root nor in `agent.opt_in_owners`.
+    Owner { uid: u32 },
+    /// The directory is writable by its group or others (who could then set the attribute).
+    Writable { mode: u32 },
+}
+
+impl Untrusted {
+    /// A short reason (a metric label).
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            Self::Owner { .. } => "owner",
+            Self::Writable { .. } => "writable",
+        }
+    }
+}
+
+impl fmt::Display for Untrusted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Owner { uid } => write!(
+                f,
+                "the directory is owned by uid {uid}, who may set a user attribute: only root and \
+                 agent.opt_in_owners may opt in with it (or use a trusted. attribute)"
+            ),
+            Self::Writable { mode } => write!(
+                f,
+                "the directory is writable by its group or others (mode {:o}), who may set the \
+                 attribute",
+                mode & 0o7777
+            ),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Whether the opt-in attribute is a `trusted.` one (settable, and readable, only with
+    /// CAP_SYS_ADMIN: it counts wherever it is found).
+    pub fn opt_in_is_trusted_name(&self) -> bool {
+        self.opt_in_xattr.starts_with("trusted.")
+    }
+
+    /// Whether an opt-in attribute found on a cgroup directory owned by `uid`, with file mode
+    /// `mode`, counts. A `trusted.` attribute always does. Any other counts only where nobody
+    /// but root (or a uid of `opt_in_owners`) could have set it: the directory is owned by one
+    /// of those and not writable by group or others (a user owning a delegated cgroup can set
+    /// `user.` attributes on it, and would otherwise opt itself in).
+    pub fn opt_in_trust(&self, uid: u32, mode: u32) -> Result<(), Untrusted> {
+        if self.opt_in_is_trusted_name() {
+            return Ok(());
+        }
+        if uid != 0 && !self.opt_in_owners.contains(&uid) {
+            return Err(Untrusted::Owner { uid });
+        }
+        if mode & 0o022 != 0 {
+            return Err(Untrusted::Writable { mode });
+        }
+        Ok(())
+    }
+}
+
+/// `[node]`: the node budgets. Give either a reserve or an absolute budget, not both.
+///
+/// Memory: a raise is never bigger than what the node can still back beyond the reserve: its
+/// available memory (`MemAvailable` of /proc/meminfo, sampled every `agent.sample_interval`)
+/// minus `memory_reserve`, less what raises granted since that sample. `memory_budget = B` is
+/// the same as `memory_reserve = MemTotal - B` (the node's memory in use stays below `B`).
+/// Limits are not summed: overcommitted limits (the Kubernetes norm) and unlimited cgroups do
+/// not lock raises out. CPU: the quotas of top-level managed cgroups add up to at most the CPU
+/// count minus `cpu_reserve` (or `cpu_budget`), an unlimited quota counting for its usage.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
-    /// Memory kept out of the budget (default 1 GiB).
+    /// Memory a raise never takes: raises are bounded by `MemAvailable` minus this
+    /// (default 1 GiB).
     pub memory_reserve: Option<ByteSize>,
-    /// Absolute memory budget (instead of a reserve).
+    /// Memory the node may have in use through raises (instead of a reserve: the reserve is
+    /// `MemTotal` minus this).
     pub memory_budget: Option<ByteSize>,
     /// CPU kept out of the budget, in cores (default 0.5).
     pub cpu_reserve: Option<Cores>,
@@ -286,13 +388,40 @@ impl NodeInfo {
 
 /// `MemTotal:       24608332 kB` -> bytes.
 fn parse_meminfo_total(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let mut it = line["MemTotal:".len()..].split_whitespace();
+    parse_meminfo(meminfo, "MemTotal:")
+}
+
+/// The value of a `/proc/meminfo` line (`key` with its colon), in bytes.
+fn parse_meminfo(meminfo: &str, key: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with(key))?;
+    let mut it = line[key.len()..].split_whitespace();
     let kib: u64 = it.next()?.parse().ok()?;
     match it.next() {
         Some("kB") | None => kib.checked_mul(1024),
         Some(_) => None,
     }
+}
+
+/// The memory the node still has for new work: `MemAvailable` of /proc/meminfo (bytes).
+///
+/// The kernel's own estimate of what can be allocated without swapping: free memory plus the
+/// page cache and slab it can reclaim, less the watermarks. It is the node-level counterpart of
+/// the kubelet's `memory.available` eviction signal (capacity minus the root cgroup's working
+/// set, i.e. usage less inactive file pages) and reads the same on cgroup v1 and v2, in a VM and
+/// in a container that sees the host's /proc (the DaemonSet). The agent's sampler reads it every
+/// `agent.sample_interval`; the hot path never does.
+pub fn mem_available() -> std::io::Result<u64> {
+    mem_available_in(&std::fs::read_to_string("/proc/meminfo")?)
+}
+
+/// [`mem_available`] from the text of a `/proc/meminfo`.
+pub fn mem_available_in(meminfo: &str) -> std::io::Result<u64> {
+    parse_meminfo(meminfo, "MemAvailable:").ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "/proc/meminfo has no parsable MemAvailable line (Linux 3.14 or later has one)",
+        )
+    })
 }
 
 /// One validation failure: the key at fault and what is wrong with it.
@@ -405,14 +534,49 @@ impl Config {
         }
     }
 
-    /// The memory budget (bytes): `node.memory_budget`, or physical memory minus the reserve.
+    /// The memory budget (bytes): what the node may have in use through raises,
+    /// `node.memory_budget`, or physical memory minus the reserve.
     pub fn memory_budget(&self, node: &NodeInfo) -> u64 {
+        node.mem_total.saturating_sub(self.memory_reserve(node))
+    }
+
+    /// The memory no raise takes (bytes): `node.memory_reserve`, or physical memory minus
+    /// `node.memory_budget`, or 1 GiB.
+    pub fn memory_reserve(&self, node: &NodeInfo) -> u64 {
         match (self.node.memory_budget, self.node.memory_reserve) {
-            (Some(b), _) => b.0,
-            (None, r) => node
-                .mem_total
-                .saturating_sub(r.map_or(DEFAULT_MEMORY_RESERVE, |r| r.0)),
+            (Some(b), _) => node.mem_total.saturating_sub(b.0),
+            (None, r) => r.map_or(DEFAULT_MEMORY_RESERVE, |r| r.0),
         }
+    }
+
+    /// What the node can back beyond the reserve when it has `mem_available` bytes available
+    /// ([`mem_available`]): the memory raises may spend.
+    pub fn memory_room(&self, node: &NodeInfo, mem_available: u64) -> u64 {
+        mem_available.saturating_sub(self.memory_reserve(node))
+    }
+
+    /// Things that are valid but probably not meant, each with its key: a `[policy.memory]`
+    /// without a `max` gives unbounded limits (a cgroup it selects that has no limit stays
+    /// unlimited, and raises go as far as the node can back).
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        for (i, p) in self.policies.iter().enumerate() {
+            if let Some(m) = &p.memory {
+                if m.max.is_none() {
+                    out.push(Problem {
+                        key: format!("policy[{i}].memory.max"),
+                        message: format!(
+                            "policy {:?} gives an unbounded memory limit: without a max, a \
+                             cgroup it selects that has no limit stays unlimited, and raises go \
+                             as far as the node can back (MemAvailable minus \
+                             node.memory_reserve); set max (e.g. \"2G\") to bound them",
+                            p.name
+                        ),
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// The CPU budget (cores): `node.cpu_budget`, or the CPU count minus the reserve.
@@ -444,7 +608,19 @@ impl Config {
             normalized = format!("/{trimmed}");
             &normalized
         };
-        self.policies.iter().find(|p| p.selects(path, xattr))
+        let roots = &self.agent.kubelet_cgroup_roots;
+        self.policies.iter().find(|p| p.selects(path, xattr, roots))
+    }
+
+    /// The pod and container of the cgroup at `path`, when it lies in a `kubepods` tree
+    /// directly below one of `agent.kubelet_cgroup_roots`.
+    pub fn pod_of(&self, path: &str) -> Option<crate::k8s::PodCgroup> {
+        crate::k8s::parse_under(path, &self.agent.kubelet_cgroup_roots)
+    }
+
+    /// Whether some policy requires the opt-in attribute.
+    pub fn uses_opt_in(&self) -> bool {
+        self.policies.iter().any(|p| p.require_xattr)
     }
 
     fn compile(&mut self, problems: &mut Vec<Problem>) {
@@ -486,8 +662,35 @@ impl Config {
             bad(
                 "agent.opt_in_xattr".into(),
                 format!(
-                    "{:?} is not an extended attribute name; use e.g. \"user.scaler\"",
+                    "{:?} is not an extended attribute name; use e.g. \"{DEFAULT_OPT_IN_XATTR}\"",
                     a.opt_in_xattr
+                ),
+            );
+        }
+        for (i, r) in a.kubelet_cgroup_roots.iter().enumerate() {
+            let ok = r == "/"
+                || (r.starts_with('/')
+                    && !r.ends_with('/')
+                    && !r.contains("//")
+                    && !r.split('/').any(|c| c == "." || c == "..")
+                    && !r.contains(['*', '?', '[', ']']));
+            if !ok {
+                bad(
+                    format!("agent.kubelet_cgroup_roots[{i}]"),
+                    format!(
+                        "{r:?} is not a cgroup path: give the kubelet's --cgroup-root as a path \
+                         from the hierarchy root, e.g. \"/\" or \"/kubelet.slice\" (no globs)"
+                    ),
+                );
+            }
+        }
+
+        if a.max_cgroups == 0 || a.max_cgroups > MAX_MAX_CGROUPS {
+            bad(
+                "agent.max_cgroups".into(),
+                format!(
+                    "{} is out of range: give 1 to {MAX_MAX_CGROUPS} (default {DEFAULT_MAX_CGROUPS})",
+                    a.max_cgroups
                 ),
             );
         }
@@ -763,14 +966,14 @@ fn check_cpu(
 
 impl PolicyConfig {
     /// Whether this policy selects the cgroup at `path` (normalized, leading `/`).
-    fn selects(&self, path: &str, xattr: Option<&str>) -> bool {
+    fn selects(&self, path: &str, xattr: Option<&str>, kubelet_roots: &[String]) -> bool {
         const OPTS: MatchOptions = MatchOptions {
             case_sensitive: true,
             require_literal_separator: true,
             require_literal_leading_dot: false,
         };
         if !self.qos.is_empty() {
-            match crate::k8s::parse(path) {
+            match crate::k8s::parse_under(path, kubelet_roots) {
                 Some(pod) if pod.pod_uid.is_some() && self.qos.contains(&pod.qos) => {}
                 _ => return false,
             }

@@ -167,8 +167,12 @@ impl Action {
 pub enum Cap {
     /// The cgroup's policy maximum.
     AtMax,
-    /// The node budget (sum of top-level managed limits).
+    /// The node budget: for memory what the node can still back beyond its reserve (less what
+    /// raises granted since it was sampled); for CPU the sum of top-level quotas.
     Budget,
+    /// A managed ancestor whose limit cannot be raised to back the raise (at its own max, the
+    /// node budget, its rate limit, or a write of its own in flight).
+    Ancestor,
 }
 
 impl Cap {
@@ -177,6 +181,7 @@ impl Cap {
         match self {
             Self::AtMax => "at_max",
             Self::Budget => "budget",
+            Self::Ancestor => "ancestor",
         }
     }
 }
@@ -209,10 +214,51 @@ impl Skip {
             Self::RateLimited => "rate_limited",
             Self::Capped(Cap::AtMax) => "capped_at_max",
             Self::Capped(Cap::Budget) => "capped_budget",
+            Self::Capped(Cap::Ancestor) => "capped_ancestor",
             Self::BelowHysteresis => "below_hysteresis",
             Self::NotQuotaBound => "not_quota_bound",
         }
     }
+}
+
+impl Skip {
+    /// For a skip that refused a raise (the cgroup was under pressure and got no more room),
+    /// the reason as logged and counted (`scaler_raises_refused_total{reason}`): `at_max`,
+    /// `budget`, `ancestor`, `rate_limited`, `below_hysteresis`. `None` for the others (not
+    /// managed, part of an answered storm, not quota-bound).
+    pub const fn refusal(self) -> Option<&'static str> {
+        match self {
+            Self::Capped(c) => Some(c.as_str()),
+            Self::RateLimited => Some("rate_limited"),
+            Self::BelowHysteresis => Some("below_hysteresis"),
+            Self::Unmanaged | Self::Coalesced | Self::NotQuotaBound => None,
+        }
+    }
+}
+
+/// The reasons of [`Skip::refusal`], in a fixed order (for counters indexed by reason).
+pub const REFUSAL_REASONS: [&str; 5] = [
+    "at_max",
+    "budget",
+    "ancestor",
+    "rate_limited",
+    "below_hysteresis",
+];
+
+/// What a refused raise asked for and what bound it (in [`Action`] units: bytes, or quota µs
+/// per period), carried by the [`Decision`] with the [`Skip`] that says why.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refusal {
+    /// The cgroup that wanted the raise.
+    pub cgroup: CgId,
+    /// Its limit in force (`u64::MAX`: unlimited).
+    pub limit: u64,
+    /// The limit the raise wanted before the bounds (`None`: not computed, e.g. rate-limited).
+    pub wanted: Option<u64>,
+    /// The highest limit the binding bound allowed (`None`: not computed).
+    pub allowed: Option<u64>,
+    /// Kernel timestamp of the signal.
+    pub ts_ns: u64,
 }
 
 /// The outcome of one signal: up to [`MAX_ACTIONS`] actions, in the order they must be
@@ -225,6 +271,9 @@ pub struct Decision {
     /// Set when the signal produced no action for a reason worth counting; `None` with no
     /// actions means there was simply nothing to do (for example a sample in the cooldown).
     pub skip: Option<Skip>,
+    /// With a `skip` that refused a raise ([`Skip::refusal`]): what it asked for and what
+    /// bound it, for the engine to report.
+    pub refusal: Option<Refusal>,
 }
 
 impl Decision {
@@ -247,6 +296,7 @@ impl Decision {
     pub fn clear(&mut self) {
         self.len = 0;
         self.skip = None;
+        self.refusal = None;
     }
 
     /// Appends an action; returns false (and drops it) when the buffer is full.
@@ -261,6 +311,12 @@ impl Decision {
 
     fn skip(&mut self, s: Skip) {
         self.skip = Some(s);
+    }
+
+    /// Refuses a raise: `s` (a [`Skip::refusal`]) with what was asked for.
+    fn refuse(&mut self, s: Skip, r: Refusal) {
+        self.skip = Some(s);
+        self.refusal = Some(r);
     }
 }
 

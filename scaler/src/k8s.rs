@@ -12,8 +12,12 @@
 //!   `kubepods.slice` as `kubepods-pod<uid>.slice`. The systemd driver replaces the dashes of
 //!   the pod UID with underscores; [`parse`] restores them.
 //!
-//! The kubepods root may be nested (kind, k3s and nested kubelets put it under another
-//! cgroup), so the first path component starting with `kubepods` anchors the parse.
+//! Only the kubelet's layouts count, from the kubelet's cgroup root: `kubepods` or
+//! `kubepods.slice` directly below the hierarchy root ([`parse`]), or directly below a root
+//! the configuration names (`agent.kubelet_cgroup_roots`, for a kubelet run with
+//! `--cgroup-root`; [`parse_under`]). A `kubepods` directory anywhere else (a user can create
+//! one in a delegated subtree, `/user.slice/.../kubepods/burstable/pod<uid>`) is an ordinary
+//! cgroup: it gets no pod labels and no `qos` policy selects it.
 
 use std::fmt;
 
@@ -107,16 +111,32 @@ pub fn short_id(id: &str) -> &str {
 }
 
 /// Parses a cgroup path (relative to the hierarchy root, e.g. `/kubepods/burstable/pod.../...`)
-/// into the pod and container it belongs to. `None` for paths outside `kubepods` and for
-/// names that do not follow the kubelet's layout (a malformed pod directory is not guessed at).
+/// into the pod and container it belongs to. `None` for paths whose first component is not
+/// `kubepods` or `kubepods.slice` and for names that do not follow the kubelet's layout (a
+/// malformed pod directory is not guessed at).
 pub fn parse(path: &str) -> Option<PodCgroup> {
     let mut comps = path.split('/').filter(|c| !c.is_empty());
-    let root = comps.by_ref().find(|c| c.starts_with("kubepods"))?;
-    match root {
+    match comps.next()? {
         "kubepods" => parse_cgroupfs(comps),
         "kubepods.slice" => parse_systemd(comps),
         _ => None,
     }
+}
+
+/// [`parse`] of the part of `path` below the first of `roots` (the kubelet's `--cgroup-root`s,
+/// paths from the hierarchy root; `/` is the hierarchy root itself) that it lies under.
+pub fn parse_under(path: &str, roots: &[String]) -> Option<PodCgroup> {
+    roots.iter().find_map(|root| {
+        let root = root.trim_end_matches('/');
+        if root.is_empty() {
+            return parse(path);
+        }
+        let rest = path.strip_prefix(root)?;
+        if !rest.starts_with('/') {
+            return None;
+        }
+        parse(rest)
+    })
 }
 
 fn parse_cgroupfs<'a>(mut comps: impl Iterator<Item = &'a str>) -> Option<PodCgroup> {
@@ -348,17 +368,40 @@ mod tests {
     }
 
     #[test]
-    fn nested_kubepods_roots_are_found() {
-        let p = parse(&format!(
-            "/kubelet.slice/kubelet-kubepods.slice/x/kubepods/burstable/pod{UID}/{CID}"
-        ));
-        assert_eq!(p.unwrap().container_id.as_deref(), Some(CID));
-        let p = parse(&format!(
-            "/docker/abc/kubepods.slice/kubepods-pod{UID_}.slice"
-        ))
-        .unwrap();
+    fn nested_kubepods_trees_count_only_below_a_configured_root() {
+        let nested = format!("/kubelet.slice/x/kubepods/burstable/pod{UID}/{CID}");
+        let slice = format!("/docker/abc/kubepods.slice/kubepods-pod{UID_}.slice");
+        let user = format!("/user.slice/user-1000.slice/kubepods/burstable/pod{UID}");
+        for p in [&nested, &slice, &user] {
+            assert_eq!(parse(p), None, "{p}: not from the hierarchy root");
+            assert_eq!(parse_under(p, &["/".into()]), None, "{p}");
+        }
+        let roots = [
+            "/".to_owned(),
+            "/kubelet.slice/x".into(),
+            "/docker/abc/".into(),
+        ];
+        let p = parse_under(&nested, &roots).unwrap();
+        assert_eq!(p.container_id.as_deref(), Some(CID));
+        let p = parse_under(&slice, &roots).unwrap();
         assert_eq!(p.qos, QosClass::Guaranteed);
         assert_eq!(p.pod_uid.as_deref(), Some(UID));
+        assert_eq!(parse_under(&user, &roots), None);
+        // A root matches whole components only, and the kubepods tree must start right below.
+        assert_eq!(
+            parse_under(&format!("/kubelet.slice/xy/kubepods/pod{UID}"), &roots),
+            None
+        );
+        assert_eq!(
+            parse_under(
+                &format!("/kubelet.slice/x/deeper/kubepods/pod{UID}"),
+                &roots
+            ),
+            None
+        );
+        // The hierarchy root works without a configured root too (`/` or the empty list).
+        assert!(parse_under(&format!("/kubepods/pod{UID}"), &roots).is_some());
+        assert_eq!(parse_under(&format!("/kubepods/pod{UID}"), &[]), None);
     }
 
     #[test]
@@ -446,6 +489,11 @@ mod policy_tests {
         assert_eq!(
             name(&format!("/kubepods/burstable/pod{UID}")),
             Some("elastic")
+        );
+        // A look-alike tree a user made in a delegated subtree is no pod.
+        assert_eq!(
+            name(&format!("/user.slice/u/kubepods/burstable/pod{UID}")),
+            Some("fallback")
         );
         assert_eq!(
             name(&format!("/kubepods/besteffort/pod{UID}/0123456789abcdef")),

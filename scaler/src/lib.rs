@@ -24,5 +24,6 @@ pub mod events;
 pub mod k8s;
 pub mod privilege;
 pub mod resource;
+pub mod schema;
 pub mod stats;
 pub mod units;

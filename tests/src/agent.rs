@@ -39,6 +39,13 @@ pub mod msg {
     pub const ADOPTED: &str = "limit changed outside the agent: adopted as the original";
     /// Inotify (or the rescan) saw the cgroup tree change (debug; `changes`, `overflow`).
     pub const TREE_CHANGED: &str = "cgroup tree changed";
+    /// An opt-in attribute that could have been forged, ignored (`cgroup`, `resource`,
+    /// `xattr`, `reason`: `owner` or `writable`, `why`).
+    pub const OPT_IN_IGNORED: &str =
+        "opt-in ignored: an unprivileged user could have set the attribute";
+    /// A cgroup a policy selects that holds the agent itself (`cgroup`, `resource`, `policy`).
+    pub const REFUSED_OWN: &str = "refused: the agent runs in this cgroup (or below it) and \
+                                   never manages its own limits; narrow the policy's match";
     /// SIGHUP applied a valid configuration (`policies`).
     pub const RELOADED: &str = "configuration reloaded";
     /// The last line: kernel counters (`submitted`, `dropped`).
@@ -48,6 +55,9 @@ pub mod msg {
     pub const LIMIT_CHANGED: &str = "limit changed";
     /// The audit trail: a write the kernel refused.
     pub const LIMIT_WRITE_FAILED: &str = "limit write failed";
+    /// A raise a cgroup under pressure did not get (`cgroup`, `resource`, `reason`, `limit`,
+    /// `wanted`, `allowed`, `room`, `suppressed`), at most once per 10 s per cgroup.
+    pub const RAISE_REFUSED: &str = "raise refused";
 }
 
 /// The audit trail's target.
@@ -206,6 +216,10 @@ pub struct AgentConfig {
     pub cgroup: Option<PathBuf>,
     /// Log messages not echoed on the test's output (per-cgroup lines of the load tests).
     pub quiet: Vec<&'static str>,
+    /// Extra environment variables of the agent (`NOTIFY_SOCKET`, `SCALER_TEST_FAULT`).
+    pub env: Vec<(String, String)>,
+    /// The agent binary, when not [`scaler_bin`] (a comparison with an older build).
+    pub binary: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -221,7 +235,21 @@ impl AgentConfig {
             log_filter: "info".into(),
             cgroup: None,
             quiet: Vec::new(),
+            env: Vec::new(),
+            binary: None,
         }
+    }
+
+    /// Sets an environment variable of the agent.
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_owned(), value.into()));
+        self
+    }
+
+    /// Runs this agent binary instead of [`scaler_bin`].
+    pub fn binary(mut self, bin: &Path) -> Self {
+        self.binary = Some(bin.to_owned());
+        self
     }
 
     /// Adds `key = value` (TOML) to the `[agent]` table.
@@ -304,7 +332,7 @@ impl TestAgent {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new(scaler_bin());
+        let mut cmd = Command::new(self.conf.binary.clone().unwrap_or_else(scaler_bin));
         cmd.arg("--log-json")
             .arg("agent")
             .arg("--config")
@@ -315,6 +343,9 @@ impl TestAgent {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        for (k, v) in &self.conf.env {
+            cmd.env(k, v);
+        }
         let procs = self
             .conf
             .cgroup

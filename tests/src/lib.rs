@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod log;
 pub mod metrics;
+pub mod schema;
 
 pub use agent::{
     msg, AgentConfig, AuditOutcome, AuditRecord, Status, TestAgent, AGENT_DEBUG_LOG, AUDIT_TARGET,

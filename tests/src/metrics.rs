@@ -65,6 +65,11 @@ pub mod metric {
         name: "scaler_cgroup_original_limit",
         labels: &[("resource", "memory"), ("unit", "byte")],
     };
+    /// 1 while a managed memory cgroup's original limit is unknown (state file lost).
+    pub const MEMORY_ORIGINAL_UNKNOWN: Metric = Metric {
+        name: "scaler_cgroup_original_unknown",
+        labels: &[("resource", "memory"), ("unit", "byte")],
+    };
     /// The CPU quota in cores.
     pub const CPU_QUOTA: Metric = Metric {
         name: "scaler_cgroup_limit",
@@ -85,8 +90,15 @@ pub mod metric {
     pub const BPF_PROGRAM_RUNS: Metric = Metric::named("scaler_bpf_program_runs_total");
     /// `{result}`: `ok` or `rejected`.
     pub const CONFIG_RELOADS: Metric = Metric::named("scaler_config_reloads_total");
+    /// `{resource, reason}`: raises refused to a cgroup under pressure.
+    pub const RAISES_REFUSED: Metric = Metric::named("scaler_raises_refused_total");
     pub const PROCESS_RESIDENT_MEMORY: Metric = Metric::named("process_resident_memory_bytes");
     pub const PROCESS_CPU: Metric = Metric::named("process_cpu_seconds_total");
+    /// `{resource, reason}`: selected cgroups the agent does not protect now.
+    pub const CGROUPS_UNPROTECTED: Metric = Metric::named("scaler_cgroups_unprotected");
+    /// `{resource, reason}`: refusals to manage a selected cgroup (`untrusted_opt_in`,
+    /// `agent_cgroup`, and the reasons of `CGROUPS_UNPROTECTED`).
+    pub const CGROUPS_REFUSED: Metric = Metric::named("scaler_cgroups_refused_total");
 }
 
 /// One sample line.

@@ -129,6 +129,8 @@ fn metrics_and_status_match_the_actions_taken() {
             (before.actions() == after.actions()).then_some((after, scrape))
         })
         .expect("a quiet moment to compare metrics and status");
+    assert_eq!(status["schema_version"], 1);
+    schema::assert_valid("status", std::slice::from_ref(&status.0));
     let actions = status.actions();
     let failed = status.failed_actions();
     assert!(actions >= 1, "{status}");

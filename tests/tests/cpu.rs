@@ -230,6 +230,9 @@ fn watch_reports_quota_near_only_for_the_watched_cgroup() {
         .iter()
         .filter(|e| kind(e) == "cpu_quota_near")
         .collect();
+    if !near.is_empty() {
+        schema::assert_valid("watch-event", &events);
+    }
     eprintln!(
         "{} cpu_quota_near events, e.g. {:?}",
         near.len(),

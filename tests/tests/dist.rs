@@ -143,10 +143,18 @@ fn the_deb_installs_with_dpkg_and_runs() {
         let exe = line[key.len()..].split_whitespace().next().unwrap();
         assert_eq!(exe, "/usr/bin/scaler", "{line}");
     }
-    for l in ["Type=notify", "WatchdogSec="] {
-        if !unit.lines().any(|u| u.starts_with(l)) {
-            note(&format!("note: the packaged unit has no {l} line"));
-        }
+    // Type=notify with a watchdog, and the hardening (checked in full by the unit tests in
+    // scaler/src/cmd/agent/deploy_tests.rs).
+    for l in [
+        "Type=notify",
+        "WatchdogSec=",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+    ] {
+        assert!(
+            unit.lines().any(|u| u.starts_with(l)),
+            "the unit has no {l} line"
+        );
     }
 
     // Completions and manuals where the shells and man(1) look for them.

@@ -77,6 +77,8 @@ fn exec_rescues_the_steps_workload() {
     );
     assert_eq!(s["oom_kills"], 0, "{s}");
     assert_eq!(s["exit_code"], 0);
+    assert_eq!(s["schema_version"], 1);
+    schema::assert_valid("exec-summary", std::slice::from_ref(&s));
     let peak = s["peak_usage_bytes"].as_u64().unwrap();
     let fin = s["final_limit_bytes"].as_u64().unwrap();
     assert!(

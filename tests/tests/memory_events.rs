@@ -136,6 +136,8 @@ fn oom_kill_is_reported_with_the_victim_pid_and_its_cgroup() {
     });
     let oom: Vec<_> = events.iter().filter(|e| kind(e) == "oom_kill").collect();
     assert_eq!(oom.len(), 1, "exactly one OOM kill: {events:?}");
+    // Every line, of every kind, is what docs/schemas/watch-event.schema.json says.
+    schema::assert_valid("watch-event", &events);
     assert_eq!(
         oom[0]["pid"].as_u64(),
         Some(u64::from(victim.pid())),

@@ -21,7 +21,9 @@ use super::sys::{poll, thread_cpu_ns, EventFd};
 use super::BenchError;
 
 /// Which competitor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum CompetitorId {
     /// A static limit: no scaler.
@@ -94,7 +96,7 @@ impl CompetitorId {
 }
 
 /// Which limit an [`Actuator`] writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Resource {
     /// Memory hard limit, bytes.
@@ -104,7 +106,8 @@ pub enum Resource {
 }
 
 /// One limit write performed during a run.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ActionRecord {
     /// CLOCK_MONOTONIC right after the write returned.
     pub written_ns: u64,
@@ -244,7 +247,8 @@ pub struct CompetitorCtx {
 }
 
 /// What a competitor thread reports when it stops.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct CompetitorStats {
     /// CPU time of the competitor's own thread.
     pub cpu_ns: u64,

@@ -16,7 +16,8 @@ use serde::Deserialize;
 use super::BenchError;
 
 /// Percentiles as the exec summary reports them.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, serde::Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct SummaryPercentiles {
     /// Median, µs.
     #[serde(default)]
@@ -30,7 +31,8 @@ pub struct SummaryPercentiles {
 }
 
 /// One action in the exec summary.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, serde::Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct SummaryAction {
     /// `memory` or `cpu`.
     #[serde(default)]
@@ -51,7 +53,8 @@ pub struct SummaryAction {
 
 /// The `--json-summary` of `scaler exec` (fields read leniently: unknown ones are ignored and
 /// missing ones are `None`, so the benchmark keeps working while the summary grows).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, serde::Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ExecSummary {
     /// OOM kills in the managed cgroup.
     #[serde(default)]

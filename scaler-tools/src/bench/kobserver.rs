@@ -21,7 +21,8 @@ use scaler_common::EventKind;
 use super::observer::Onset;
 
 /// One kernel event kept for a watched cgroup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct KernelEvent {
     /// `usage_high`, `reclaim_begin`, `oom_kill`, ...
     pub kind: &'static str,

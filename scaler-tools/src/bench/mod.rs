@@ -181,7 +181,8 @@ pub struct BenchArgs {
 }
 
 /// Resolved options of a benchmark run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct BenchOptions {
     /// `--quick`.
     pub quick: bool,
@@ -574,6 +575,7 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
     println!("{}", report::table(&summary, &specs, false));
 
     let doc = report::Document {
+        schema_version: scaler::schema::SCHEMA_VERSION,
         schema: report::SCHEMA,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         started_unix_s,

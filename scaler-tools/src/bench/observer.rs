@@ -34,7 +34,8 @@ use super::sys::{poll, set_fifo, EventFd};
 use super::BenchError;
 
 /// One pressure onset.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Onset {
     /// CLOCK_MONOTONIC of the onset.
     pub t_ns: u64,
@@ -45,7 +46,7 @@ pub struct Onset {
 }
 
 /// How onsets were observed in a run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnsetMethod {
     /// Kernel timestamp of the first early-warning or memcg-reclaim event for the limit, from
@@ -171,7 +172,8 @@ impl ThresholdObserver {
 }
 
 /// One sample of the run's cgroup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Sample {
     /// Microseconds since the run started.
     pub t_us: u64,
@@ -382,7 +384,8 @@ impl Sampler {
 }
 
 /// Latencies matched from onsets and writes.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Matched {
     /// One reaction latency per answered onset, µs.
     pub latencies_us: Vec<f64>,

@@ -17,7 +17,8 @@ use super::BenchError;
 pub const SCHEMA: &str = "scaler-bench/1";
 
 /// Availability of one competitor, per workload kind.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct CompetitorInfo {
     /// Name.
     pub name: String,
@@ -30,7 +31,8 @@ pub struct CompetitorInfo {
 }
 
 /// Facts about the machine the benchmark ran on.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct HostInfo {
     /// `uname -r`.
     pub kernel: String,
@@ -40,19 +42,23 @@ pub struct HostInfo {
     pub memory_bytes: u64,
     /// Memory controller version (`v1`/`v2`), if any.
     #[serde(serialize_with = "serialize_version")]
+    #[schemars(with = "Option<String>")]
     pub memory_cgroup: Option<CgroupVersion>,
     /// CPU controller version, if any.
     #[serde(serialize_with = "serialize_version")]
+    #[schemars(with = "Option<String>")]
     pub cpu_cgroup: Option<CgroupVersion>,
     /// Whether a unified-hierarchy cgroup (PSI) was available.
     pub unified_psi: bool,
     /// The PSI trigger window accepted (µs), or why none (`{"Ok": µs}` or `{"Err": "why"}`).
     #[serde(serialize_with = "serialize_ok_or_causes")]
+    #[schemars(with = "Result<u64, String>")]
     pub psi_window_us: Result<u64, PsiUnavailable>,
 }
 
 /// How the figures were measured (copied into the JSON so a file explains itself).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Method {
     /// Definition of pressure onset.
     pub onset: &'static str,
@@ -65,8 +71,11 @@ pub struct Method {
 }
 
 /// The whole JSON document.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Document<'a> {
+    /// [`scaler::schema::SCHEMA_VERSION`]: the same number as in [`SCHEMA`].
+    pub schema_version: u32,
     /// [`SCHEMA`].
     pub schema: &'static str,
     /// The command line.
@@ -713,5 +722,20 @@ mod tests {
         let m = table(&rows, &[], true);
         assert!(m.lines().all(|l| l.starts_with('|')));
         assert_eq!(m.lines().nth(1).unwrap().matches("---").count(), 13);
+    }
+}
+
+/// The bench document's JSON Schema, as committed in `docs/schemas/bench.schema.json`.
+pub fn json_schema() -> schemars::Schema {
+    schemars::schema_for!(Document<'static>)
+}
+
+#[cfg(test)]
+mod schema_tests {
+    #[test]
+    fn committed_bench_schema_matches_the_types() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schemas");
+        scaler::schema::check_committed(&dir, &[("bench", super::json_schema())]).unwrap();
+        assert!(super::SCHEMA.ends_with(&format!("/{}", scaler::schema::SCHEMA_VERSION)));
     }
 }

@@ -28,7 +28,8 @@ use super::BenchError;
 use crate::workload::WorkloadReport;
 
 /// A workload as the benchmark runs it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct WorkloadSpec {
     /// Short name (`steps`, `spike`, ...).
     pub id: String,
@@ -75,7 +76,8 @@ pub struct BenchEnv {
 }
 
 /// How the workload process ended.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ExitInfo {
     /// Exit code, if it exited.
     pub code: Option<i32>,
@@ -86,7 +88,8 @@ pub struct ExitInfo {
 }
 
 /// How many kernel events of each kind the kernel observer saw in a run's cgroup.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct KernelEventCounts {
     /// Early warnings (one per limit at most).
     pub usage_high: u64,
@@ -97,7 +100,8 @@ pub struct KernelEventCounts {
 }
 
 /// Every raw measurement of one run (the JSON's `runs[]`).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct RunRecord {
     /// Competitor name.
     pub competitor: String,

@@ -30,7 +30,8 @@ pub fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
 }
 
 /// Whether a competitor could run a workload kind, and why not.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Availability {
     /// It ran.
     pub available: bool,
@@ -39,7 +40,8 @@ pub struct Availability {
 }
 
 /// The figures of one competitor on one workload.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct CaseSummary {
     /// Workload name.
     pub workload: String,

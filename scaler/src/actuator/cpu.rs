@@ -6,7 +6,7 @@ use std::{
     time::Instant,
 };
 
-use super::{ActuatorError, ControlFile, LimitWriter, Setting, ValueBuf, WriteOutcome};
+use super::{ActuatorError, CgroupDir, ControlFile, LimitWriter, Setting, ValueBuf, WriteOutcome};
 use crate::cgroupfs::{Cgroup, CgroupVersion, CpuQuota};
 
 /// Pre-opened CPU bandwidth files of one cgroup.
@@ -28,15 +28,24 @@ const CPU_HINT: &str = "the quota must be >= 1000 µs, the period within 1000..=
 impl CpuActuator {
     /// Opens the CPU bandwidth files of `cgroup` and reads their current values.
     pub fn open(cgroup: &Cgroup) -> Result<Self, ActuatorError> {
+        Self::open_expecting(cgroup, None)
+    }
+
+    /// Like [`open`](Self::open), through the cgroup's directory fd; with `expected`, the
+    /// cgroup at the path must have that id ([`ActuatorError::Replaced`] otherwise).
+    pub fn open_expecting(cgroup: &Cgroup, expected: Option<u64>) -> Result<Self, ActuatorError> {
+        let d = CgroupDir::open(cgroup, expected)?;
         let dir = cgroup.dir().to_path_buf();
-        let state = cgroup.cpu_max()?;
         let (quota, period) = match cgroup.version() {
             CgroupVersion::V1 => (
-                ControlFile::open(dir.join("cpu.cfs_quota_us"))?,
-                Some(ControlFile::open(dir.join("cpu.cfs_period_us"))?),
+                ControlFile::open_at(&d, "cpu.cfs_quota_us")?,
+                Some(ControlFile::open_at(&d, "cpu.cfs_period_us")?),
             ),
-            CgroupVersion::V2 => (ControlFile::open(dir.join("cpu.max"))?, None),
+            CgroupVersion::V2 => (ControlFile::open_at(&d, "cpu.max")?, None),
         };
+        let state = cgroup.cpu_max()?;
+        // Read by path: this cgroup's values if it is still there.
+        d.verify()?;
         Ok(CpuActuator {
             dir,
             version: cgroup.version(),

@@ -11,7 +11,7 @@ use std::{
 use nix::errno::Errno;
 
 use super::{
-    ActuatorError, ControlFile, ErrorKind, LimitWriter, NumberFile, Setting, ValueBuf, WriteOutcome,
+    ActuatorError, CgroupDir, ControlFile, ErrorKind, LimitWriter, Setting, ValueBuf, WriteOutcome,
 };
 use crate::cgroupfs::{Cgroup, CgroupVersion, Limit};
 
@@ -45,6 +45,8 @@ impl HighPolicy {
 pub struct MemoryOptions {
     /// v2 `memory.high` management (ignored on v1, which has no `memory.high`).
     pub high: HighPolicy,
+    /// Open v2 `memory.reclaim` too (for [`MemoryActuator::reclaim`]; one more descriptor).
+    pub reclaim: bool,
 }
 
 /// Which file a planned write goes to.
@@ -123,18 +125,40 @@ pub(crate) fn plan_memory(
     (plan, next)
 }
 
-/// Pre-opened memory limit files of one cgroup.
+/// Pre-opened memory limit files of one cgroup: one descriptor (the limit) unless v1 memsw is
+/// limited or v2 `memory.high`/`memory.reclaim` are asked for.
 #[derive(Debug)]
 pub struct MemoryActuator {
     dir: PathBuf,
+    id: u64,
     version: CgroupVersion,
     high_policy: HighPolicy,
     limit: ControlFile,
     memsw: Option<ControlFile>,
     high: Option<ControlFile>,
     reclaim: Option<ControlFile>,
-    usage: NumberFile,
     state: Mutex<MemState>,
+    /// The kernel's page size: limits are kept in whole pages.
+    page: u64,
+}
+
+/// The running kernel's page size (bytes).
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(p)
+        .ok()
+        .filter(|p| p.is_power_of_two())
+        .unwrap_or(4096)
+}
+
+/// `limit` as the kernel keeps it: rounded down to whole pages of `page` bytes (v1
+/// `memory.limit_in_bytes` and v2 `memory.max` both truncate what is written).
+pub fn page_aligned(limit: Limit, page: u64) -> Limit {
+    match limit {
+        Limit::Max => Limit::Max,
+        Limit::Bytes(b) => Limit::Bytes(b & !(page - 1)),
+    }
 }
 
 pub(crate) const LIMIT_HINT_V1: &str =
@@ -149,15 +173,25 @@ const HIGH_HINT: &str = "memory.high rejects malformed values with EINVAL";
 impl MemoryActuator {
     /// Opens the memory limit files of `cgroup` and reads their current values.
     pub fn open(cgroup: &Cgroup, options: MemoryOptions) -> Result<Self, ActuatorError> {
+        Self::open_expecting(cgroup, None, options)
+    }
+
+    /// Like [`open`](Self::open), through the cgroup's directory fd; with `expected`, the
+    /// cgroup at the path must have that id ([`ActuatorError::Replaced`] otherwise).
+    pub fn open_expecting(
+        cgroup: &Cgroup,
+        expected: Option<u64>,
+        options: MemoryOptions,
+    ) -> Result<Self, ActuatorError> {
+        let d = CgroupDir::open(cgroup, expected)?;
         let dir = cgroup.dir().to_path_buf();
         let version = cgroup.version();
-        let limit_now = cgroup.memory_limit()?;
-        let (limit_name, usage_name) = match version {
-            CgroupVersion::V1 => ("memory.limit_in_bytes", "memory.usage_in_bytes"),
-            CgroupVersion::V2 => ("memory.max", "memory.current"),
+        let limit_name = match version {
+            CgroupVersion::V1 => "memory.limit_in_bytes",
+            CgroupVersion::V2 => "memory.max",
         };
-        let limit = ControlFile::open(dir.join(limit_name))?;
-        let usage = NumberFile::open(dir.join(usage_name))?;
+        let limit = ControlFile::open_at(&d, limit_name)?;
+        let limit_now = cgroup.memory_limit()?;
         let mut memsw = None;
         let mut memsw_state = None;
         let mut high = None;
@@ -168,7 +202,7 @@ impl MemoryActuator {
                 if let Some(Limit::Bytes(m)) = cgroup.memsw_limit()? {
                     // memsw >= limit always holds in the kernel; guard anyway.
                     let gap = m.saturating_sub(limit_now.bytes().unwrap_or(m));
-                    memsw = ControlFile::open_optional(&dir, "memory.memsw.limit_in_bytes")?;
+                    memsw = ControlFile::open_optional(&d, "memory.memsw.limit_in_bytes")?;
                     if memsw.is_some() {
                         memsw_state = Some((Limit::Bytes(m), gap));
                     }
@@ -183,26 +217,31 @@ impl MemoryActuator {
             }
             CgroupVersion::V2 => {
                 if options.high != HighPolicy::Unmanaged {
-                    high = Some(ControlFile::open(dir.join("memory.high"))?);
+                    high = Some(ControlFile::open_at(&d, "memory.high")?);
                     high_state = Some(cgroup.memory_high()?.unwrap_or(Limit::Max));
                 }
-                reclaim = ControlFile::open_optional(&dir, "memory.reclaim")?;
+                if options.reclaim {
+                    reclaim = ControlFile::open_optional(&d, "memory.reclaim")?;
+                }
             }
         }
+        // The values above were read by path: they are this cgroup's if it is still there.
+        d.verify()?;
         Ok(MemoryActuator {
             dir,
+            id: d.id(),
             version,
             high_policy: options.high,
             limit,
             memsw,
             high,
             reclaim,
-            usage,
             state: Mutex::new(MemState {
                 limit: limit_now,
                 memsw: memsw_state,
                 high: high_state,
             }),
+            page: page_size(),
         })
     }
 
@@ -238,7 +277,14 @@ impl MemoryActuator {
     /// Sets the hard memory limit (and the managed memsw / high files) with one `pwrite` per
     /// file, in an order the kernel accepts. On error, the state reflects the writes that
     /// succeeded.
+    ///
+    /// `new` is rounded down to whole pages first, as the kernel would keep it: what is written
+    /// and recorded ([`current`](LimitWriter::current), the outcome's `applied`) is exactly what
+    /// the kernel reports back, so the agent's own write is never mistaken for someone else's.
+    /// (The decider already decides whole 4 KiB pages, bounds rounded down; this matters on
+    /// kernels with larger pages and for limits from elsewhere.)
     pub fn set_memory_limit(&self, new: Limit) -> Result<WriteOutcome<Limit>, ActuatorError> {
+        let new = page_aligned(new, self.page);
         let mut state = self.lock();
         let previous = state.limit;
         let raising = new > previous;
@@ -289,9 +335,9 @@ impl MemoryActuator {
         Ok(WriteOutcome::done(previous, new, writes, start))
     }
 
-    /// Current usage (v1 `memory.usage_in_bytes`, v2 `memory.current`) via a pre-opened fd.
-    pub fn usage(&self) -> Result<u64, ActuatorError> {
-        self.usage.read_u64()
+    /// The cgroup's kernfs id, as checked when the files were opened.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// True when the kernel has v2 `memory.reclaim` (5.19+).
@@ -488,7 +534,6 @@ mod tests {
         let act = MemoryActuator::open(&cg, MemoryOptions::default()).unwrap();
         assert!(act.manages_memsw());
         assert_eq!(act.current_limit(), Limit::Bytes(100 << 20));
-        assert_eq!(act.usage().unwrap(), 4096);
         let before = monotonic_ns();
         let out = act.set_memory_limit(Limit::Bytes(200 << 20)).unwrap();
         assert!(out.completed_ns >= before && out.completed_ns <= monotonic_ns());
@@ -541,15 +586,91 @@ mod tests {
             &cg,
             MemoryOptions {
                 high: HighPolicy::Fraction(0.5),
+                reclaim: true,
             },
         )
         .unwrap();
-        let out = act.set_memory_limit(Limit::Bytes(1000)).unwrap();
+        let out = act.set_memory_limit(Limit::Bytes(1 << 20)).unwrap();
         assert_eq!(out.writes, 2);
-        assert_eq!(first_line(&cg.file("memory.max")), "1000");
-        assert_eq!(first_line(&cg.file("memory.high")), "500");
-        assert_eq!(act.usage().unwrap(), 12345);
+        assert_eq!(first_line(&cg.file("memory.max")), "1048576");
+        assert_eq!(first_line(&cg.file("memory.high")), "524288");
         assert_eq!(act.reclaim(1 << 20).unwrap(), ReclaimOutcome::Reclaimed);
         assert_eq!(first_line(&cg.file("memory.reclaim")), "1048576");
+    }
+
+    #[test]
+    fn limits_are_written_in_whole_pages_as_the_kernel_keeps_them() {
+        assert_eq!(
+            page_aligned(Limit::Bytes(100_000_001), 4096),
+            Limit::Bytes(99_999_744)
+        );
+        assert_eq!(page_aligned(Limit::Bytes(8192), 4096), Limit::Bytes(8192));
+        assert_eq!(
+            page_aligned(Limit::Bytes(100_000_001), 65536),
+            Limit::Bytes(99_942_400)
+        );
+        assert_eq!(page_aligned(Limit::Max, 4096), Limit::Max);
+        let page = page_size();
+        assert!(page.is_power_of_two() && page >= 4096);
+        // `max = "100000001"`: written (and recorded) as the kernel keeps it.
+        let (_t, cg) = v1_cgroup("67108864", None);
+        let act = MemoryActuator::open(&cg, MemoryOptions::default()).unwrap();
+        let out = act.set_memory_limit(Limit::Bytes(100_000_001)).unwrap();
+        let kept = 100_000_001 / page * page;
+        assert_eq!(out.applied, Limit::Bytes(kept));
+        assert_eq!(act.current(), Setting::Memory(Limit::Bytes(kept)));
+        assert_eq!(
+            first_line(&cg.file("memory.limit_in_bytes")),
+            kept.to_string()
+        );
+        assert_eq!(act.write(100_000_001).map(|_| ()).ok(), Some(()));
+        assert_eq!(act.current_limit(), Limit::Bytes(kept));
+    }
+
+    #[test]
+    fn one_descriptor_per_cgroup_and_never_a_recreated_one() {
+        let (_t, cg) = v1_cgroup("104857600", None);
+        let id = cg.id().unwrap().0;
+        let act = MemoryActuator::open_expecting(&cg, Some(id), MemoryOptions::default()).unwrap();
+        assert_eq!(act.id(), id);
+        // Only the limit file is held.
+        assert!(act.memsw.is_none() && act.high.is_none() && act.reclaim.is_none());
+        drop(act);
+        // Removed and recreated at the same path: the old id is refused, nothing written.
+        let keep = cg.dir().with_extension("old");
+        fs::rename(cg.dir(), &keep).unwrap();
+        fs::create_dir(cg.dir()).unwrap();
+        fs::write(cg.file("memory.limit_in_bytes"), "33554432\n").unwrap();
+        let e =
+            MemoryActuator::open_expecting(&cg, Some(id), MemoryOptions::default()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Replaced, "{e}");
+        assert!(
+            e.to_string().contains(&cg.dir().display().to_string()),
+            "{e}"
+        );
+        assert_eq!(first_line(&cg.file("memory.limit_in_bytes")), "33554432");
+        // The new cgroup opens under its own id.
+        let new_id = cg.id().unwrap().0;
+        assert_ne!(new_id, id);
+        let act =
+            MemoryActuator::open_expecting(&cg, Some(new_id), MemoryOptions::default()).unwrap();
+        assert_eq!(act.current_limit(), Limit::Bytes(32 << 20));
+    }
+
+    #[test]
+    fn a_writer_keeps_writing_its_own_directory_after_the_path_is_reused() {
+        let (_t, cg) = v1_cgroup("104857600", None);
+        let act = MemoryActuator::open(&cg, MemoryOptions::default()).unwrap();
+        let keep = cg.dir().with_extension("old");
+        fs::rename(cg.dir(), &keep).unwrap();
+        fs::create_dir(cg.dir()).unwrap();
+        fs::write(cg.file("memory.limit_in_bytes"), "33554432\n").unwrap();
+        act.set_memory_limit(Limit::Bytes(200 << 20)).unwrap();
+        // The descriptor is the old directory's file: the new cgroup is untouched.
+        assert_eq!(first_line(&cg.file("memory.limit_in_bytes")), "33554432");
+        assert_eq!(
+            first_line(&keep.join("memory.limit_in_bytes")),
+            (200u64 << 20).to_string()
+        );
     }
 }

@@ -23,8 +23,20 @@
 //! them ([`memory`], [`cpu`]).
 //!
 //! Errors say whether the kernel refused the value ([`ErrorKind::Refused`], e.g. v1's EBUSY
-//! when lowering below usage) or the cgroup is gone ([`ErrorKind::Gone`], ENOENT/ENODEV after
-//! rmdir): callers react differently to each.
+//! when lowering below usage), the cgroup is gone ([`ErrorKind::Gone`], ENOENT/ENODEV after
+//! rmdir) or its path now holds another cgroup ([`ErrorKind::Replaced`]): callers react
+//! differently to each.
+//!
+//! Identity: a writer never writes a cgroup it did not mean to. Its files are opened through
+//! the cgroup's directory fd ([`CgroupDir`]: `O_PATH|O_DIRECTORY`, then `openat`), whose inode
+//! (the cgroup's kernfs id, what the kernel's events and the agent's index carry) is checked
+//! against the id the caller expects before any file is opened, and again after the current
+//! values are read, so a path removed and recreated in between is refused
+//! ([`ActuatorError::Replaced`]). From then on every write goes through descriptors bound to
+//! that very directory: once the cgroup is removed they fail with ENODEV ([`ErrorKind::Gone`]);
+//! they can never reach a cgroup recreated at the same path. Nothing on the hot path opens a
+//! file by path. The directory fd itself is closed once the files are open: holding it would
+//! cost a descriptor per managed cgroup, and the file descriptors pin the directory as well.
 
 pub mod cpu;
 pub mod memory;
@@ -33,12 +45,15 @@ use std::{
     fmt,
     fs::{File, OpenOptions},
     io,
-    os::unix::fs::{FileExt as _, OpenOptionsExt as _},
+    os::{
+        fd::OwnedFd,
+        unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _},
+    },
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use nix::errno::Errno;
+use nix::{errno::Errno, fcntl::OFlag, sys::stat::Mode};
 
 pub use self::{
     cpu::CpuActuator,
@@ -75,6 +90,100 @@ impl fmt::Display for Setting {
             Setting::Memory(l) => l.fmt(f),
             Setting::Cpu(q) => q.fmt(f),
         }
+    }
+}
+
+/// What the agent last wrote to one cgroup's limit, as the kernel keeps it: shared by the
+/// engine thread, which writes, and the slow side, which samples the cgroup and must tell the
+/// agent's own writes from someone else's.
+///
+/// A sequence lock over atomics (no lock the hot path could wait on, no allocation): the engine
+/// makes the sequence odd before a write and even after it, with the value it wrote stored in
+/// between. A sample that reads the cgroup's limit between two reads of the same even sequence
+/// knows exactly what the agent had written when it read: a different limit is someone
+/// else's (adopted at once, in one step), the same one is the agent's. A write in between makes
+/// the comparison inconclusive for that sample (the next one decides). Unlike the engine's
+/// records, which are dropped when the slow side lags, the mark never loses a write.
+#[derive(Debug)]
+pub struct WriteMark {
+    seq: std::sync::atomic::AtomicU64,
+    /// Memory: bytes (`u64::MAX`: no limit); CPU: quota µs (`u64::MAX`: no quota).
+    a: std::sync::atomic::AtomicU64,
+    /// CPU: period µs.
+    b: std::sync::atomic::AtomicU64,
+    resource: Resource,
+}
+
+impl WriteMark {
+    /// A mark holding `current` (the setting read when the cgroup was opened).
+    pub fn new(current: Setting) -> Self {
+        let (a, b) = Self::encode(current);
+        Self {
+            seq: 0.into(),
+            a: a.into(),
+            b: b.into(),
+            resource: current.resource(),
+        }
+    }
+
+    fn encode(s: Setting) -> (u64, u64) {
+        match s {
+            Setting::Memory(l) => (l.as_u64_saturating(), 0),
+            Setting::Cpu(CpuQuota::Max) => (u64::MAX, 0),
+            Setting::Cpu(CpuQuota::Quota {
+                quota_us,
+                period_us,
+            }) => (quota_us, period_us),
+        }
+    }
+
+    fn decode(&self, a: u64, b: u64) -> Setting {
+        match self.resource {
+            Resource::Memory => Setting::Memory(Limit::from_bytes(a)),
+            Resource::Cpu if a == u64::MAX => Setting::Cpu(CpuQuota::Max),
+            Resource::Cpu => Setting::Cpu(CpuQuota::Quota {
+                quota_us: a,
+                period_us: b,
+            }),
+        }
+    }
+
+    /// The engine: a write begins.
+    pub fn begin(&self) {
+        use std::sync::atomic::Ordering;
+        self.seq.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The engine: the write ended; `now` is what the writer holds (what the kernel keeps).
+    pub fn end(&self, now: Setting) {
+        use std::sync::atomic::Ordering;
+        let (a, b) = Self::encode(now);
+        self.a.store(a, Ordering::Release);
+        self.b.store(b, Ordering::Release);
+        self.seq.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The slow side, before reading the cgroup: the sequence and the setting the agent last
+    /// wrote, or `None` while a write is under way.
+    pub fn read(&self) -> Option<(u64, Setting)> {
+        use std::sync::atomic::Ordering;
+        let seq = self.seq.load(Ordering::Acquire);
+        if seq % 2 == 1 {
+            return None;
+        }
+        let (a, b) = (
+            self.a.load(Ordering::Acquire),
+            self.b.load(Ordering::Acquire),
+        );
+        (self.seq.load(Ordering::Acquire) == seq).then(|| (seq, self.decode(a, b)))
+    }
+
+    /// The slow side, after reading the cgroup: true if no write began since [`read`]
+    /// returned `seq`.
+    ///
+    /// [`read`]: Self::read
+    pub fn unchanged_since(&self, seq: u64) -> bool {
+        self.seq.load(std::sync::atomic::Ordering::Acquire) == seq
     }
 }
 
@@ -123,11 +232,117 @@ impl GuardLimits for CgroupGuard {
 }
 
 /// Opens `cgroup`'s limit files for `resource` (the writer the engine and restores use).
-pub fn open(resource: Resource, cgroup: &Cgroup) -> Result<Box<dyn LimitWriter>, ActuatorError> {
+/// With `expected`, the cgroup at the path must be that one (its kernfs id, as discovered):
+/// a cgroup removed and recreated at the same path is refused with
+/// [`ActuatorError::Replaced`].
+pub fn open(
+    resource: Resource,
+    cgroup: &Cgroup,
+    expected: Option<u64>,
+) -> Result<Box<dyn LimitWriter>, ActuatorError> {
     Ok(match resource {
-        Resource::Memory => Box::new(MemoryActuator::open(cgroup, MemoryOptions::default())?),
-        Resource::Cpu => Box::new(CpuActuator::open(cgroup)?),
+        Resource::Memory => Box::new(MemoryActuator::open_expecting(
+            cgroup,
+            expected,
+            MemoryOptions::default(),
+        )?),
+        Resource::Cpu => Box::new(CpuActuator::open_expecting(cgroup, expected)?),
     })
+}
+
+/// A cgroup's directory, opened `O_PATH|O_DIRECTORY` and known by its inode (the cgroup's
+/// kernfs id): the files of [`ControlFile::open_at`] are this directory's, whatever happens to
+/// the path. See the module docs.
+#[derive(Debug)]
+pub struct CgroupDir {
+    fd: OwnedFd,
+    dir: PathBuf,
+    id: u64,
+}
+
+impl CgroupDir {
+    /// Opens `cgroup`'s directory; with `expected`, refuses another cgroup found at the path.
+    pub fn open(cgroup: &Cgroup, expected: Option<u64>) -> Result<Self, ActuatorError> {
+        let dir = cgroup.dir().to_path_buf();
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(&dir)
+            .map_err(|source| ActuatorError::Open {
+                path: dir.clone(),
+                source,
+            })?;
+        let id = file
+            .metadata()
+            .map_err(|source| ActuatorError::Open {
+                path: dir.clone(),
+                source,
+            })?
+            .ino();
+        let d = CgroupDir {
+            fd: file.into(),
+            dir,
+            id,
+        };
+        if let Some(want) = expected {
+            d.expect(want, id)?;
+        }
+        Ok(d)
+    }
+
+    /// The directory's path (for messages).
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The cgroup's kernfs id (the directory's inode).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn expect(&self, expected: u64, found: u64) -> Result<(), ActuatorError> {
+        if expected == found {
+            Ok(())
+        } else {
+            Err(ActuatorError::Replaced {
+                path: self.dir.clone(),
+                expected,
+                found,
+            })
+        }
+    }
+
+    /// Checks that the path still holds this cgroup (after values were read by path): `Gone`
+    /// when nothing is there, `Replaced` when another cgroup is. A cgroup id is never reused,
+    /// so a cgroup found again after the reads was there throughout them.
+    pub fn verify(&self) -> Result<(), ActuatorError> {
+        match std::fs::metadata(&self.dir) {
+            Ok(m) => self.expect(self.id, m.ino()),
+            Err(e) if crate::cgroupfs::io_is_gone(&e) => Err(ActuatorError::Gone {
+                path: self.dir.clone(),
+                errno: errno_of(&e),
+            }),
+            Err(source) => Err(ActuatorError::Open {
+                path: self.dir.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// `openat(dirfd, name, flags|O_CLOEXEC|O_NOFOLLOW)`: a file of this very directory.
+    fn open_file(&self, name: &str, flags: OFlag) -> Result<File, ActuatorError> {
+        nix::fcntl::openat(
+            &self.fd,
+            name,
+            flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )
+        .map(File::from)
+        .map_err(|e| ActuatorError::Open {
+            path: self.dir.join(name),
+            source: e.into(),
+        })
+    }
 }
 
 /// What kind of failure an [`ActuatorError`] is.
@@ -138,6 +353,9 @@ pub enum ErrorKind {
     Refused,
     /// The cgroup was removed (ENOENT, ENODEV): stop managing it.
     Gone,
+    /// The path holds another cgroup (removed and recreated): forget the old entry; the new
+    /// one is discovered on its own.
+    Replaced,
     /// Anything else (permissions, I/O).
     Other,
 }
@@ -165,6 +383,20 @@ pub enum ActuatorError {
         errno: Errno,
         /// What the errno usually means for this file.
         hint: &'static str,
+    },
+    /// The path holds another cgroup than the one expected (removed and recreated).
+    #[error(
+        "{path} is no longer the cgroup the agent found there (id {expected}, now {found}): it \
+         was removed and recreated; the old entry is forgotten and the new cgroup is managed \
+         on its own when discovery finds it"
+    )]
+    Replaced {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// The id expected.
+        expected: u64,
+        /// The id found at the path.
+        found: u64,
     },
     /// The cgroup is gone.
     #[error("writing {path}: the cgroup is gone ({errno})")]
@@ -213,6 +445,7 @@ impl ActuatorError {
         match self {
             ActuatorError::Refused { .. } => ErrorKind::Refused,
             ActuatorError::Gone { .. } => ErrorKind::Gone,
+            ActuatorError::Replaced { .. } => ErrorKind::Replaced,
             ActuatorError::Open { source, .. } if crate::cgroupfs::io_is_gone(source) => {
                 ErrorKind::Gone
             }
@@ -305,13 +538,27 @@ impl ControlFile {
         }
     }
 
-    /// Opens `path` if it exists; `Ok(None)` when it does not (the cgroup must exist).
-    pub(crate) fn open_optional(dir: &Path, name: &str) -> Result<Option<Self>, ActuatorError> {
-        match Self::open(dir.join(name)) {
+    /// Opens `name` in `dir` (`openat`, `O_WRONLY`): the file of that very cgroup.
+    pub fn open_at(dir: &CgroupDir, name: &str) -> Result<Self, ActuatorError> {
+        let file = dir.open_file(name, OFlag::O_WRONLY)?;
+        Ok(ControlFile {
+            file,
+            path: dir.path().join(name),
+        })
+    }
+
+    /// Opens `name` in `dir` if it exists; `Ok(None)` when it does not (the cgroup must
+    /// still be there).
+    pub(crate) fn open_optional(
+        dir: &CgroupDir,
+        name: &str,
+    ) -> Result<Option<Self>, ActuatorError> {
+        match Self::open_at(dir, name) {
             Ok(f) => Ok(Some(f)),
             Err(ActuatorError::Open { source, .. })
-                if source.raw_os_error() == Some(libc::ENOENT) && dir.is_dir() =>
+                if source.raw_os_error() == Some(libc::ENOENT) =>
             {
+                dir.verify()?;
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -479,6 +726,30 @@ mod tests {
         let mut b = ValueBuf::new();
         b.push_u64(20000).push_str(" ").push_u64(100000);
         assert_eq!(b.as_bytes(), b"20000 100000");
+    }
+
+    #[test]
+    fn a_write_mark_tells_the_agents_writes_from_others() {
+        let m = WriteMark::new(Setting::Memory(Limit::Bytes(64 << 20)));
+        let (seq, ours) = m.read().unwrap();
+        assert_eq!(ours, Setting::Memory(Limit::Bytes(64 << 20)));
+        assert!(m.unchanged_since(seq));
+        m.begin();
+        assert_eq!(m.read(), None, "a write under way: inconclusive");
+        assert!(!m.unchanged_since(seq));
+        m.end(Setting::Memory(Limit::Max));
+        let (seq2, ours) = m.read().unwrap();
+        assert_ne!(seq, seq2);
+        assert_eq!(ours, Setting::Memory(Limit::Max));
+        let q = Setting::Cpu(CpuQuota::Quota {
+            quota_us: 20_000,
+            period_us: 100_000,
+        });
+        let c = WriteMark::new(q);
+        assert_eq!(c.read().unwrap().1, q);
+        c.begin();
+        c.end(Setting::Cpu(CpuQuota::Max));
+        assert_eq!(c.read().unwrap().1, Setting::Cpu(CpuQuota::Max));
     }
 
     #[test]

@@ -310,6 +310,25 @@ impl Cgroup {
         self.write("cgroup.procs", &pid.to_string())
     }
 
+    /// The value of extended attribute `name` on the cgroup directory with the directory's
+    /// owner and mode (read through one descriptor); `None` when unset or unsupported.
+    pub fn xattr_with_owner(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Vec<u8>, xattr::Owner)>, CgroupError> {
+        match xattr::get_with_owner(&self.dir, name) {
+            Ok(v) => Ok(v),
+            Err(e) if io_is_gone(&e) => Err(CgroupError::Gone {
+                path: self.dir.clone(),
+            }),
+            Err(source) => Err(CgroupError::Xattr {
+                path: self.dir.clone(),
+                name: name.to_string(),
+                source,
+            }),
+        }
+    }
+
     /// The value of extended attribute `name` (e.g. `user.scaler`, `trusted.scaler`) on the
     /// cgroup directory; `None` when unset or when the filesystem does not support it.
     pub fn xattr(&self, name: &str) -> Result<Option<Vec<u8>>, CgroupError> {

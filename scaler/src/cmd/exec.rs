@@ -25,7 +25,9 @@ use crate::{
     config::{Config, NodeInfo},
     decider::{CpuPolicy, MemoryPolicy, WriteOutcome},
     ebpf::{Pipeline, PipelineOptions},
-    engine::{ActionRecord, Command, Engine, EngineConfig, ManageRequest, Policy, Record, Signal},
+    engine::{
+        ActionRecord, Budget, Command, Engine, EngineConfig, ManageRequest, Policy, Record, Signal,
+    },
     resource::{self, ManagedResource as _},
     units,
 };
@@ -102,7 +104,8 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ActionSummary {
     pub resource: &'static str,
     pub cgroup_id: u64,
@@ -117,7 +120,8 @@ pub struct ActionSummary {
     pub trigger_ts_ns: u64,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Percentiles {
     pub count: usize,
     pub p50: f64,
@@ -142,8 +146,12 @@ impl Percentiles {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// `scaler exec --json-summary FILE`: what happened to the command and its limits.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Summary {
+    /// [`crate::schema::SCHEMA_VERSION`].
+    pub schema_version: u32,
     pub command: Vec<String>,
     pub cgroup: String,
     pub backend: String,
@@ -178,7 +186,8 @@ pub struct Summary {
 }
 
 /// CPU figures of a `scaler exec --cpu` run.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct CpuSummary {
     /// The command's cgroup in the cpu hierarchy.
     pub cgroup: String,
@@ -335,35 +344,48 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let mut engine = Engine::start(
         ring,
         EngineConfig {
-            memory_budget: budget,
+            memory_available: crate::config::mem_available()
+                .map_or(budget, |a| Config::default().memory_room(&node, a)),
             cpu_budget_cores: cpu_budget,
             dry_run: args.dry_run,
             ..EngineConfig::default()
         },
     )?;
     if let Some(c) = &cpu_setup {
-        engine.send(Command::Manage(Box::new(ManageRequest {
-            id: c.id,
-            path: Arc::from(c.cg.path()),
-            parent: None,
-            policy: Policy::Cpu(c.policy),
-            writer: resource::Cpu.open(&c.cg)?,
-            usage: 0,
-        })));
+        engine
+            .send(Command::Manage(Box::new(ManageRequest {
+                id: c.id,
+                path: Arc::from(c.cg.path()),
+                parent: None,
+                policy: Policy::Cpu(c.policy),
+                writer: resource::Cpu.open(&c.cg, Some(c.id))?,
+                usage: 0,
+                sampled_ns: crate::clock::monotonic_ns(),
+                mark: None,
+            })))
+            .context("managing the cgroup's CPU quota")?;
         // A baseline sample, so that the first periodic one measures an interval.
         if let Some(s) = resource::cpu::sample(&c.cg) {
-            engine.send(Command::Signal(c.id, Signal::Cpu(s)));
+            let _ = engine.send(Command::Signal(c.id, Signal::Cpu(s)));
         }
     }
     if managed {
-        engine.send(Command::Manage(Box::new(ManageRequest {
-            id,
-            path: Arc::from(cg.path()),
-            parent: None,
-            policy: Policy::Memory(policy),
-            writer: resource::Memory.open(&cg)?,
-            usage: resource::Memory.usage(&cg),
-        })));
+        let writer = resource::Memory.open(&cg, Some(id))?;
+        // The time of the usage figure is taken before it is read (never newer than the data).
+        let sampled_ns = crate::clock::monotonic_ns();
+        let usage = resource::Memory.usage(&cg);
+        engine
+            .send(Command::Manage(Box::new(ManageRequest {
+                id,
+                path: Arc::from(cg.path()),
+                parent: None,
+                policy: Policy::Memory(policy),
+                writer,
+                usage,
+                sampled_ns,
+                mark: None,
+            })))
+            .context("managing the cgroup's memory limit")?;
     }
     let records = engine.take_records().context("records")?;
     let audit_path = cg.path().to_string();
@@ -375,8 +397,16 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
             let mut actions: Vec<ActionRecord> = Vec::new();
             let (mut ooms, mut reclaims, mut stall) = (0u64, 0u64, 0u64);
             let (mut near, mut runq) = (0u64, 0u64);
+            let mut refusals = std::collections::HashMap::new();
             for r in records {
                 match r {
+                    Record::Refused(rr) => {
+                        let path = match rr.resource {
+                            crate::decider::Resource::Cpu => cpu_audit_path.as_deref(),
+                            crate::decider::Resource::Memory => Some(audit_path.as_str()),
+                        };
+                        crate::cmd::log_refusal(&rr, path, &mut refusals);
+                    }
                     Record::Action(a) => {
                         let path = match a.action.resource {
                             crate::decider::Resource::Cpu => cpu_audit_path.as_deref(),
@@ -473,6 +503,14 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
                     while !done.load(Ordering::Relaxed) {
                         std::thread::sleep(interval);
                         if managed {
+                            // What the node can back beyond the default reserve.
+                            let measured_ns = crate::clock::monotonic_ns();
+                            if let Ok(a) = crate::config::mem_available() {
+                                sender(Command::SetBudget(Budget::MemoryAvailable {
+                                    bytes: Config::default().memory_room(&node, a),
+                                    measured_ns,
+                                }));
+                            }
                             if let Some(s) = resource::Memory.sample(&cg, None) {
                                 sender(Command::Signal(id, s.signal));
                             }
@@ -580,6 +618,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         .map(|a| a.latency_ns as f64 / 1000.0)
         .collect();
     let summary = Summary {
+        schema_version: crate::schema::SCHEMA_VERSION,
         command: args.command.clone(),
         cgroup: cg.path().to_string(),
         backend: mem_h.version.to_string(),
@@ -720,11 +759,10 @@ fn setup_cpu(
 }
 
 fn engine_sender(engine: &Engine) -> impl Fn(Command) + Send + 'static {
-    let (tx, ctl) = engine.command_sender();
+    let (tx, _) = engine.command_sender();
     move |c| {
-        if tx.send(c).is_ok() {
-            ctl.wake();
-        }
+        // A refused sample is counted by the engine; the next one comes an interval later.
+        let _ = tx.send(c);
     }
 }
 

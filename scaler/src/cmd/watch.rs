@@ -20,6 +20,96 @@ use crate::{
     events::{CpuEvent, MemEvent},
 };
 
+/// One line of `scaler watch --json`: an event as the kernel reported it, with the cgroup's
+/// path and the figures of its kind (memory: usage, limit, U; CPU: quota used or run-queue
+/// latency). Fields of another kind are absent, not null.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct WatchEvent<'a> {
+    /// [`crate::schema::SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// `reclaim_begin`, `reclaim_end`, `early_warning`, `oom_kill`, `quota_near`,
+    /// `runq_latency`, ...
+    pub kind: &'a str,
+    /// CLOCK_MONOTONIC nanoseconds of the event in the kernel.
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: &'a str,
+    /// The cgroup the event is charged to (the memory cgroup, or the cpu cgroup for CPU
+    /// events) and its path relative to the hierarchy's root (`?` when unknown).
+    pub cgroup_id: u64,
+    pub cgroup: &'a str,
+    /// Memory events: the cgroup whose limit binds (the cgroup itself or an ancestor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<&'a str>,
+    /// How long after the event this process printed it, µs.
+    pub seen_after_us: f64,
+    /// Memory usage of the target at the event, bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage_bytes: Option<u64>,
+    /// The target's limit at the event, bytes; `null` when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_bytes: Option<Option<u64>>,
+    /// usage / limit (U = R/C).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub utilization: Option<f64>,
+    /// Reclaim end: time spent in reclaim, ns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stall_ns: Option<u64>,
+    /// Quota near: CPU time used in the period, the quota and the period, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_cores: Option<f64>,
+    /// Quota near: used / quota.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used_fraction: Option<f64>,
+    /// Run-queue latency: the estimate and the target, µs, and the samples it covers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samples_in_period: Option<u64>,
+}
+
+impl<'a> WatchEvent<'a> {
+    fn new(ev: &'a MemEvent, cgroup: &'a str, seen_after_us: f64) -> Self {
+        Self {
+            schema_version: crate::schema::SCHEMA_VERSION,
+            kind: ev.kind.as_str(),
+            ts_ns: ev.ts_ns,
+            pid: ev.pid,
+            tid: ev.tid,
+            comm: ev.comm(),
+            cgroup_id: ev.cgroup_id,
+            cgroup,
+            target_id: None,
+            target: None,
+            seen_after_us,
+            usage_bytes: None,
+            limit_bytes: None,
+            utilization: None,
+            stall_ns: None,
+            used_us: None,
+            quota_us: None,
+            period_us: None,
+            quota_cores: None,
+            used_fraction: None,
+            latency_us: None,
+            target_us: None,
+            samples_in_period: None,
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct WatchArgs {
     /// Only this memory cgroup (and its descendants' reclaim where its limit binds): a path
@@ -146,45 +236,31 @@ impl<W: Write> Printer<W> {
             .unwrap_or_else(|| "?".into());
         let delay_us = now.saturating_sub(ev.ts_ns) as f64 / 1000.0;
         if self.json {
-            let mut v = serde_json::json!({
-                "kind": ev.kind.as_str(),
-                "ts_ns": ev.ts_ns,
-                "pid": ev.pid,
-                "tid": ev.tid,
-                "comm": ev.comm(),
-                "cgroup_id": ev.cgroup_id,
-                "cgroup": cgroup,
-                "seen_after_us": delay_us,
-            });
-            let o = v.as_object_mut().expect("object");
+            let mut v = WatchEvent::new(ev, &cgroup, delay_us);
             match c {
                 CpuEvent::QuotaNear {
                     used_ns,
                     quota_ns,
                     period_ns,
                 } => {
-                    o.insert("used_us".into(), (used_ns / 1000).into());
-                    o.insert("quota_us".into(), (quota_ns / 1000).into());
-                    o.insert("period_us".into(), (period_ns / 1000).into());
-                    o.insert(
-                        "quota_cores".into(),
-                        (quota_ns as f64 / period_ns.max(1) as f64).into(),
-                    );
-                    if let Some(f) = c.quota_fraction() {
-                        o.insert("used_fraction".into(), f.into());
-                    }
+                    v.used_us = Some(used_ns / 1000);
+                    v.quota_us = Some(quota_ns / 1000);
+                    v.period_us = Some(period_ns / 1000);
+                    v.quota_cores = Some(quota_ns as f64 / period_ns.max(1) as f64);
+                    v.used_fraction = c.quota_fraction();
                 }
                 CpuEvent::RunqLatency {
                     latency_ns,
                     samples,
                     target_ns,
                 } => {
-                    o.insert("latency_us".into(), (latency_ns as f64 / 1000.0).into());
-                    o.insert("target_us".into(), (target_ns as f64 / 1000.0).into());
-                    o.insert("samples_in_period".into(), samples.into());
+                    v.latency_us = Some(latency_ns as f64 / 1000.0);
+                    v.target_us = Some(target_ns as f64 / 1000.0);
+                    v.samples_in_period = Some(samples);
                 }
             }
-            writeln!(self.out, "{v}")?;
+            serde_json::to_writer(&mut self.out, &v)?;
+            writeln!(self.out)?;
         } else {
             let figures = match c {
                 CpuEvent::QuotaNear {
@@ -237,40 +313,19 @@ impl<W: Write> Printer<W> {
         };
         let delay_us = now.saturating_sub(ev.ts_ns) as f64 / 1000.0;
         if self.json {
-            let mut v = serde_json::json!({
-                "kind": ev.kind.as_str(),
-                "ts_ns": ev.ts_ns,
-                "pid": ev.pid,
-                "tid": ev.tid,
-                "comm": ev.comm(),
-                "cgroup_id": ev.cgroup_id,
-                "cgroup": cgroup,
-                "target_id": ev.target_id,
-                "target": target,
-                "seen_after_us": delay_us,
-            });
-            let o = v.as_object_mut().expect("object");
+            let mut v = WatchEvent::new(ev, &cgroup, delay_us);
+            v.target_id = Some(ev.target_id);
+            v.target = Some(&target);
             if ev.usage != 0 || ev.limit != 0 {
-                o.insert("usage_bytes".into(), ev.usage.into());
-                o.insert(
-                    "limit_bytes".into(),
-                    if ev.limit == u64::MAX {
-                        serde_json::Value::Null
-                    } else {
-                        ev.limit.into()
-                    },
-                );
+                v.usage_bytes = Some(ev.usage);
+                v.limit_bytes = Some((ev.limit != u64::MAX).then_some(ev.limit));
                 if ev.limit != 0 && ev.limit != u64::MAX {
-                    o.insert(
-                        "utilization".into(),
-                        (ev.usage as f64 / ev.limit as f64).into(),
-                    );
+                    v.utilization = Some(ev.usage as f64 / ev.limit as f64);
                 }
             }
-            if let Some(stall) = ev.stall_ns() {
-                o.insert("stall_ns".into(), stall.into());
-            }
-            writeln!(self.out, "{v}")?;
+            v.stall_ns = ev.stall_ns();
+            serde_json::to_writer(&mut self.out, &v)?;
+            writeln!(self.out)?;
         } else {
             let stall = ev
                 .stall_ns()
@@ -363,6 +418,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<std::process::ExitCode> {
         watch_all: all,
         default_headroom_bytes: if all { args.headroom } else { 0 },
         early_warning: args.headroom > 0,
+        ..PipelineOptions::default()
     };
     crate::privilege::check_startup(crate::privilege::Role::Watch, None)?;
     let mut pipeline = Pipeline::load_with_cpu(&opts, !cpu_targets.is_empty())?;

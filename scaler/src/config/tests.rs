@@ -48,6 +48,8 @@ fn the_built_in_default_observes_everything_and_manages_nothing() {
     assert!(c.agent.metrics_addr.ip().is_loopback());
     assert_eq!(c.agent.sample_interval, HumanDuration::secs(1));
     assert!(!c.agent.dry_run && !c.agent.restore_on_exit);
+    // Sized for 10,000 managed cgroups at least.
+    assert!(c.agent.max_cgroups >= 10_000);
     c.validate(&NODE).unwrap();
     // Budgets: MemTotal - 1 GiB, CPUs - 0.5.
     assert_eq!(c.memory_budget(&NODE), 23 * GIB);
@@ -299,6 +301,11 @@ fn contradictions_and_out_of_range_values_are_rejected_naming_the_key() {
         format!("[[policy]]\nname = \"p\"\nmatch = [\"/p\"]\n[policy.{section}]\n{body}\n")
     };
     for (text, key, what) in [
+        (
+            "[agent]\nmax_cgroups = 0".to_string(),
+            "agent.max_cgroups",
+            "out of range",
+        ),
         (
             policy("memory", "min = \"2G\"\nmax = \"1G\""),
             "policy[0].memory.max",
@@ -666,4 +673,144 @@ mod no_panic {
             }
         }
     }
+}
+
+#[test]
+fn the_memory_reserve_bounds_raises_by_what_is_available() {
+    let c = Config::from_toml_str("[node]\nmemory_reserve = \"2G\"").unwrap();
+    assert_eq!(c.memory_reserve(&NODE), 2 * GIB);
+    assert_eq!(c.memory_room(&NODE, 10 * GIB), 8 * GIB);
+    assert_eq!(c.memory_room(&NODE, GIB), 0);
+    // An absolute budget is the same bound: MemTotal minus it is the reserve.
+    let c = Config::from_toml_str("[node]\nmemory_budget = \"16G\"").unwrap();
+    assert_eq!(c.memory_reserve(&NODE), NODE.mem_total - 16 * GIB);
+    assert_eq!(c.memory_budget(&NODE), 16 * GIB);
+    // The default: 1 GiB.
+    assert_eq!(Config::default().memory_reserve(&NODE), GIB);
+}
+
+#[test]
+fn mem_available_is_read_from_meminfo() {
+    let meminfo =
+        "MemTotal:       24608332 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\n";
+    assert_eq!(
+        crate::config::mem_available_in(meminfo).unwrap(),
+        20_000_000 * 1024
+    );
+    let e = crate::config::mem_available_in("MemTotal: 1 kB\n").unwrap_err();
+    assert!(e.to_string().contains("MemAvailable"), "{e}");
+    // This machine's.
+    assert!(crate::config::mem_available().unwrap() > 0);
+}
+
+#[test]
+fn a_memory_policy_without_max_is_warned_about() {
+    let c = Config::from_toml_str(
+        "[[policy]]\nname = \"open\"\nmatch = [\"/a/*\"]\n[policy.memory]\n\n\
+         [[policy]]\nname = \"capped\"\nmatch = [\"/b/*\"]\n[policy.memory]\nmax = \"1G\"\n",
+    )
+    .unwrap();
+    let w = c.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].key, "policy[0].memory.max");
+    assert!(w[0].message.contains("unbounded"), "{}", w[0]);
+    assert!(Config::default().warnings().is_empty());
+}
+
+#[test]
+fn an_opt_in_counts_only_where_it_cannot_be_forged() {
+    let d = AgentConfig::default();
+    assert_eq!(
+        d.opt_in_xattr, "trusted.scaler",
+        "the default is a trusted attribute"
+    );
+    assert!(d.opt_in_is_trusted_name());
+    // A trusted attribute counts on any directory: only CAP_SYS_ADMIN sets it.
+    assert_eq!(d.opt_in_trust(65534, 0o40777), Ok(()));
+    let user =
+        Config::from_toml_str("[agent]\nopt_in_xattr = \"user.scaler\"\nopt_in_owners = [1000]")
+            .unwrap()
+            .agent;
+    assert!(!user.opt_in_is_trusted_name());
+    assert_eq!(user.opt_in_trust(0, 0o40755), Ok(()), "root-owned");
+    assert_eq!(user.opt_in_trust(1000, 0o40755), Ok(()), "a listed owner");
+    assert_eq!(
+        user.opt_in_trust(65534, 0o40755),
+        Err(Untrusted::Owner { uid: 65534 }),
+        "a delegated cgroup's owner could have set it"
+    );
+    assert_eq!(
+        user.opt_in_trust(0, 0o40775),
+        Err(Untrusted::Writable { mode: 0o40775 }),
+        "a group-writable directory"
+    );
+    assert_eq!(
+        user.opt_in_trust(0, 0o40757),
+        Err(Untrusted::Writable { mode: 0o40757 })
+    );
+    let why = user.opt_in_trust(65534, 0o40755).unwrap_err().to_string();
+    assert!(
+        why.contains("uid 65534") && why.contains("opt_in_owners"),
+        "{why}"
+    );
+    // security. names are not trusted either (a user namespace's root may set them on its own
+    // mount of the hierarchy).
+    let sec = Config::from_toml_str("[agent]\nopt_in_xattr = \"security.scaler\"")
+        .unwrap()
+        .agent;
+    assert!(sec.opt_in_trust(65534, 0o40755).is_err());
+}
+
+#[test]
+fn kubelet_cgroup_roots_are_plain_paths_and_select_qos_policies() {
+    for bad in [
+        "\"kubelet\"",
+        "\"/kubelet/\"",
+        "\"/a/*\"",
+        "\"/a/../b\"",
+        "\"//a\"",
+    ] {
+        let e =
+            Config::from_toml_str(&format!("[agent]\nkubelet_cgroup_roots = [{bad}]")).unwrap_err();
+        assert!(
+            e.to_string().contains("agent.kubelet_cgroup_roots[0]"),
+            "{bad}: {e}"
+        );
+    }
+    let uid = "0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    let c = Config::from_toml_str(
+        r#"
+        [agent]
+        kubelet_cgroup_roots = ["/", "/kubelet.slice"]
+        [[policy]]
+        name = "elastic"
+        match = ["/**"]
+        qos = ["burstable"]
+        [policy.memory]
+        "#,
+    )
+    .unwrap();
+    let name = |p: &str| c.policy_for(p, None).map(|p| p.name.as_str());
+    assert_eq!(
+        name(&format!("/kubepods/burstable/pod{uid}")),
+        Some("elastic")
+    );
+    assert_eq!(
+        name(&format!("/kubelet.slice/kubepods/burstable/pod{uid}")),
+        Some("elastic")
+    );
+    assert_eq!(
+        name(&format!("/user.slice/kubepods/burstable/pod{uid}")),
+        None
+    );
+    assert_eq!(
+        c.pod_of(&format!("/kubelet.slice/kubepods/burstable/pod{uid}"))
+            .and_then(|p| p.pod_uid)
+            .as_deref(),
+        Some(uid)
+    );
+    assert_eq!(
+        c.pod_of(&format!("/user.slice/kubepods/burstable/pod{uid}")),
+        None
+    );
 }

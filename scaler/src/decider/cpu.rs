@@ -47,13 +47,17 @@
 //! first sample.
 //!
 //! # Hierarchy and budget
-//! As for memory: the [budget](super::ledger#node-budget), in microcores, bounds the sum of the
-//! quotas of managed cgroups without a managed ancestor; a raise of `d` cores that does not
+//! The [budget](super::ledger#node-budget), in microcores (`node.cpu_reserve`), bounds the sum
+//! of the quotas of managed cgroups without a managed ancestor, an unlimited quota counting for
+//! the usage of its last sample interval (not for infinity, which would lock every other raise
+//! out). As for memory, a raise of `d` cores that does not
 //! fit in a managed ancestor's quota (its quota minus its observed usage) raises the ancestor
 //! first to its usage plus `d` (at least `step` more), within its own policy (the
-//! [ledger's walk](super::ledger#hierarchy)); an unlimited ancestor is left alone.
+//! [ledger's walk](super::ledger#hierarchy)); an unlimited ancestor is left alone. The raise
+//! never exceeds what every managed ancestor can back (its quota minus its usage), or is
+//! refused as [`Cap::Ancestor`].
 
-use super::ledger::{decider_api, Entry, Ext, Ledger};
+use super::ledger::{decider_api, Backing, Entry, Ext, Ledger};
 use super::{mul_frac, Cap, CgId, Decision, Reason, Resource, Skip};
 #[cfg(test)]
 use super::{Action, WriteOutcome};
@@ -220,6 +224,11 @@ impl Ext for Cpu {
     fn weight(&self, quota_us: u64) -> u64 {
         quota_to_microcores(quota_us, self.period_us)
     }
+
+    /// No quota: the usage of the last sample interval.
+    fn usage_weight(&self) -> u64 {
+        self.usage_uc
+    }
 }
 
 /// The CPU decider: registered cgroups and the node's CPU budget. See the module docs.
@@ -235,7 +244,7 @@ impl CpuDecider {
     /// A decider whose top-level managed quotas may add up to `budget_cores`.
     pub fn new(budget_cores: f64) -> Self {
         Self {
-            ledger: Ledger::new(cores_to_microcores(budget_cores)),
+            ledger: Ledger::new(cores_to_microcores(budget_cores), u64::MAX),
         }
     }
 
@@ -250,7 +259,7 @@ impl CpuDecider {
     }
 
     /// Sum of the top-level managed quotas, in microcores (lowerings in flight at their old
-    /// value).
+    /// value, unlimited quotas at their usage).
     pub fn committed_microcores(&self) -> u128 {
         self.ledger.committed()
     }
@@ -380,7 +389,8 @@ impl CpuDecider {
         let step_uc = cores_to_microcores(p.step_cores)
             .max(mul_frac(cur_uc, p.step_fraction))
             .saturating_mul(1u64 << escalation.min(32));
-        let mut new_uc = cur_uc.saturating_add(step_uc);
+        let wanted_uc = cur_uc.saturating_add(step_uc);
+        let mut new_uc = wanted_uc;
         let mut cap = None;
         if new_uc > max_uc {
             new_uc = max_uc;
@@ -401,7 +411,9 @@ impl CpuDecider {
                 (false, Some(c)) => Skip::Capped(c),
                 (false, None) => Skip::BelowHysteresis,
             };
-            self.ledger.bounded(id, skip, out);
+            let wanted = (quota != u64::MAX).then(|| microcores_to_quota(wanted_uc, period, false));
+            let allowed = cap.map(|_| new_q.max(quota));
+            self.ledger.bounded(id, skip, wanted, allowed, ts, out);
             return;
         }
 
@@ -409,10 +421,17 @@ impl CpuDecider {
         // it is raised to that (at least its step more), within its own policy.
         let ancestor = |ps: &Entry<Cpu>, delta_uc: u64, room: u64| {
             let (p, quota, period) = (ps.policy, ps.limit(), ps.ext.period_us);
+            if quota == u64::MAX {
+                return Backing {
+                    raise: None,
+                    slack: u64::MAX,
+                };
+            }
             let p_uc = ps.weight();
+            let slack = p_uc.saturating_sub(ps.ext.usage_uc);
             let need = ps.ext.usage_uc.saturating_add(delta_uc);
-            if quota == u64::MAX || p_uc >= need {
-                return None;
+            if p_uc >= need {
+                return Backing { raise: None, slack };
             }
             let pnew_uc = need
                 .max(p_uc.saturating_add(cores_to_microcores(p.step_cores)))
@@ -421,9 +440,24 @@ impl CpuDecider {
             let pnew = microcores_to_quota(pnew_uc, period, false);
             let pnew_uc = quota_to_microcores(pnew, period);
             if pnew <= quota || pnew_uc - p_uc < cores_to_microcores(p.min_change_cores) {
-                return None;
+                return Backing { raise: None, slack };
             }
-            Some((pnew, pnew_uc - p_uc))
+            Backing {
+                raise: Some((pnew, pnew_uc - p_uc)),
+                slack: pnew_uc.saturating_sub(ps.ext.usage_uc),
+            }
+        };
+        // What the ancestors back, if less than the raise: a smaller raise, if worth making.
+        let shrink = |st: &Entry<Cpu>, backed_uc: u64| {
+            let (p, quota, period) = (st.policy, st.limit(), st.ext.period_us);
+            let cur_uc = st.weight();
+            let q = microcores_to_quota(cur_uc.saturating_add(backed_uc), period, false);
+            let q_uc = quota_to_microcores(q, period);
+            if q <= quota || q_uc.saturating_sub(cur_uc) < cores_to_microcores(p.min_change_cores) {
+                Err(q.max(quota))
+            } else {
+                Ok(q)
+            }
         };
         self.ledger.raise(
             id,
@@ -434,6 +468,7 @@ impl CpuDecider {
             ts,
             out,
             ancestor,
+            shrink,
         );
     }
 
@@ -482,6 +517,8 @@ impl CpuDecider {
         let in_flight = st.in_flight();
         let seen = quota_us.unwrap_or(u64::MAX);
         let changed = seen != st.limit() || period_us != st.ext.period_us;
+        // An unlimited quota counts by its usage.
+        self.ledger.recount(id);
         if throttled {
             self.ledger.count(id, |s| &mut s.throttled_intervals);
         }

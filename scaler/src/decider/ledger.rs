@@ -38,23 +38,45 @@
 //! [`Skip::RateLimited`].
 //!
 //! # Node budget
-//! The sum of the limits of managed cgroups **without a managed ancestor** never exceeds the
-//! budget through a raise: a descendant's limit nests inside its ancestor's (the ancestor's
-//! limit bounds the whole subtree), so counting descendants too would double-count. A lowering
-//! still in flight counts at its old value: what it frees is not handed to anyone else until
-//! the kernel has accepted the lower limit. Lowering is always allowed, so a node registered
-//! (or a budget reloaded) over budget only moves back toward it. When a cgroup is forgotten,
-//! its managed children are re-parented to its own managed parent, or become top-level and
-//! count from then on.
+//! Two bounds, each optional (`u64::MAX`: none); a resource uses one or both.
+//!
+//! * **What the node can back** ([`Ledger::set_available`]): what the node still has beyond its
+//!   reserve, as last sampled (memory: `MemAvailable` minus `node.memory_reserve`, fed by the
+//!   agent's sampler), less the headroom already granted by raises since that sample (so two
+//!   raises between samples cannot both spend the same memory). Every raise, nested or not,
+//!   adds at most that much to its cgroup's limit (an ancestor raised with it too). Limits
+//!   themselves are not summed: a node whose limits add up to more than its memory (the usual
+//!   overcommit) still gets every raise it can back. A raise is charged for what it adds to the
+//!   cgroup that wanted it (`new - old`; the ancestors raised with it only make room for that
+//!   growth); a failed write gives its charge back. A new sample replaces the figure and drops
+//!   the charges, unless a raise completed after the sample was taken (then they are kept until
+//!   the next one).
+//! * **A sum of limits** (CPU: `node.cpu_reserve`): the limits of managed cgroups **without a
+//!   managed ancestor** never add up to more than the budget through a raise: a descendant's
+//!   limit nests inside its ancestor's (the ancestor's limit bounds the whole subtree), so
+//!   counting descendants too would double-count. An **unlimited** cgroup counts for what it
+//!   really takes, its usage ([`Ext::usage_weight`], refreshed by its samples), not for
+//!   infinity (which would lock every other raise out). A lowering still in flight counts at its
+//!   old value: what it frees is not handed to anyone else until the kernel has accepted the
+//!   lower limit. Lowering is always allowed, so a node registered (or a budget reloaded) over
+//!   budget only moves back toward it. When a cgroup is forgotten, its managed children are
+//!   re-parented to its own managed parent, or become top-level and count from then on.
+//!
+//! Every raise bounded to nothing is reported with its reason and what it asked for
+//! ([`Decision::refusal`]), for the engine to log and count.
 //!
 //! # Hierarchy
 //! Cgroups are registered with their nearest *managed* ancestor (register ancestors first).
 //! When a raise would not fit under a managed ancestor's limit (the resource decides what the
-//! ancestor needs for it, and what it may be raised to within its own policy: max, budget if
-//! top-level, hysteresis), the ancestor is raised too, if it has no write in flight and its
-//! rate limit allows, and so on up (at most [`MAX_ACTIONS`] - 1 ancestors). The actions are
-//! emitted ancestor first. When the kernel reports that an ancestor's limit is what binds, the
-//! engine passes that ancestor's id and the decision is made for it.
+//! ancestor needs for it, and what it may be raised to within its own policy: max, budget,
+//! hysteresis), the ancestor is raised too, if it has no write in flight and its rate limit
+//! allows (at most [`MAX_ACTIONS`] - 1 ancestors), and the walk goes on up, through ancestors
+//! that need no raise as well. The actions are emitted ancestor first. Each ancestor also says
+//! how much growth it can back after its raise (its limit minus its usage, [`Backing::slack`]);
+//! the raise of the cgroup that wanted it never exceeds the least of these (a raise no ancestor
+//! can hold only moves the OOM kill up a level): a smaller raise is made when worth it, or the
+//! raise is refused as [`Cap::Ancestor`]. When the kernel reports that an ancestor's limit is
+//! what binds, the engine passes that ancestor's id and the decision is made for it.
 //!
 //! # Scale down
 //! A cgroup's limit is lowered only after `cooldown` without any sign of pressure, and at most
@@ -67,12 +89,18 @@
 //! after a dry run): the ledger adopts it. A failed write is reverted: the limit goes back to
 //! the action's `old` value, unless a later decision has replaced it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::{
-    Action, CgId, CpuPolicy, Decision, MemoryPolicy, RateLimiter, Reason, Resource, Skip,
-    WriteOutcome, MAX_ACTIONS,
+    Action, Cap, CgId, CpuPolicy, Decision, MemoryPolicy, RateLimiter, Reason, Refusal, Resource,
+    Skip, WriteOutcome, MAX_ACTIONS,
 };
+
+/// A limit that is not set (v2 `max`, v1 `-1` or the largest value), in [`Action`] units.
+pub const UNLIMITED: u64 = u64::MAX;
+
+/// How deep the ancestor walk of a raise goes at most.
+const MAX_DEPTH: usize = 64;
 
 /// Counters, per cgroup and for a whole decider. The same for both resources; a counter that
 /// does not apply to a resource stays 0.
@@ -147,6 +175,19 @@ pub(super) trait Ext: Clone + std::fmt::Debug {
     /// What `limit` (in [`Action`] units) counts for in the node budget (bytes for memory,
     /// microcores for CPU). Must not decrease as `limit` grows.
     fn weight(&self, limit: u64) -> u64;
+    /// What an [`UNLIMITED`] cgroup counts for in a sum of limits: what it really takes, its
+    /// latest usage (weight units).
+    fn usage_weight(&self) -> u64;
+}
+
+/// What a managed ancestor says about a raise below it (see [`Ledger::raise`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Backing {
+    /// Its own raise, `(new limit, what that adds)`, if it needs and may have one.
+    pub raise: Option<(u64, u64)>,
+    /// How much its subtree may grow under its limit (after that raise), in the terms of the
+    /// raise's `delta`: its limit minus its usage.
+    pub slack: u64,
 }
 
 /// One managed cgroup: the shared bookkeeping, and the resource's extension `ext`.
@@ -174,6 +215,8 @@ pub(super) struct Entry<X: Ext> {
     last_raise_done_ns: Option<u64>,
     /// Completion of the last write of any kind.
     last_write_done_ns: u64,
+    /// What the entry counts for in the sum of top-level limits, as last accounted.
+    counted_w: u64,
     /// Time of the last decided change (spaces lowering steps).
     last_change_ns: u64,
     /// The limit at which `Capped` was last reported (once per storm).
@@ -196,14 +239,27 @@ impl<X: Ext> Entry<X> {
         self.inflight.is_some()
     }
 
-    /// What the cgroup counts for in the budget: the decided limit, or the old one while a
-    /// lowering is in flight.
-    fn counted(&self) -> u64 {
+    /// What the cgroup counts for in a sum of limits: the decided limit, or the old one while
+    /// a lowering is in flight; unlimited, its usage.
+    fn counted_now(&self) -> u64 {
         let limit = match self.inflight {
             Some((old, _)) => old.max(self.limit),
             None => self.limit,
         };
-        self.ext.weight(limit)
+        if limit == UNLIMITED {
+            self.ext.usage_weight()
+        } else {
+            self.ext.weight(limit)
+        }
+    }
+
+    /// The weight of the limit, `u64::MAX` if unlimited.
+    fn limit_weight(&self) -> u64 {
+        if self.limit == UNLIMITED {
+            u64::MAX
+        } else {
+            self.ext.weight(self.limit)
+        }
     }
 
     /// A sign of pressure at `ts` that leads to no raise (it restarts the cooldown).
@@ -222,6 +278,15 @@ impl<X: Ext> Entry<X> {
         self.inflight.is_none() && ts >= self.last_write_done_ns
     }
 
+    /// True if a lowering step toward the policy's max may be taken at `ts`: the down interval
+    /// since the last change has passed (no cooldown: the limit is above what the policy
+    /// allows).
+    pub fn may_step(&self, ts: u64) -> bool {
+        ts >= self
+            .last_change_ns
+            .saturating_add(self.policy.pacing().down_interval_ns)
+    }
+
     /// True if the limit may be lowered at `ts`: the cooldown since the last sign of pressure
     /// and the down interval since the last change have passed.
     pub fn may_lower(&self, ts: u64) -> bool {
@@ -233,11 +298,20 @@ impl<X: Ext> Entry<X> {
 
 /// Applies `f` to `st`, keeping the top-level sum in step with `st`'s counted limit.
 fn update<X: Ext>(sum: &mut u128, st: &mut Entry<X>, f: impl FnOnce(&mut Entry<X>)) {
-    let before = st.counted();
     f(st);
+    let now = st.counted_now();
     if st.parent.is_none() {
-        *sum = *sum - u128::from(before) + u128::from(st.counted());
+        *sum = *sum - u128::from(st.counted_w) + u128::from(now);
     }
+    st.counted_w = now;
+}
+
+/// What raising a limit from `old` to `new` adds (weight units; nothing from unlimited).
+fn grant<X: Ext>(ext: &X, old: u64, new: u64) -> u64 {
+    if old == UNLIMITED || new == UNLIMITED {
+        return 0;
+    }
+    ext.weight(new).saturating_sub(ext.weight(old))
 }
 
 /// Counts on both the cgroup's counters and the decider's.
@@ -250,22 +324,67 @@ fn tally(total: &mut Stats, one: &mut Stats, counter: Counter) {
 #[derive(Clone, Debug)]
 pub(super) struct Ledger<X: Ext> {
     entries: HashMap<CgId, Entry<X>>,
-    /// The node budget, in weight units.
+    /// The managed children of each managed cgroup that has some (the inverse of
+    /// [`Entry::parent`]), so that forgetting a cgroup touches its children only, never the
+    /// whole table: discovery may forget many cgroups a second on the engine thread.
+    children: HashMap<CgId, HashSet<CgId>>,
+    /// The bound on the sum of top-level limits, in weight units (`u64::MAX`: none).
     budget: u64,
-    /// Sum of [`Entry::counted`] over top-level managed cgroups (u128: unlimited cgroups count
-    /// as `u64::MAX` without overflow).
+    /// Sum of the counted weights over top-level managed cgroups (u128: no overflow).
     top_level_sum: u128,
+    /// What the node can still back beyond its reserve, as last sampled, in weight units
+    /// (`u64::MAX`: not bounded).
+    available: u64,
+    /// Weight granted by raises since `available` was sampled.
+    granted: u64,
+    /// Latest decision or completion time of a charged raise.
+    last_grant_ns: u64,
     stats: Stats,
 }
 
 impl<X: Ext> Ledger<X> {
-    /// A ledger whose top-level limits may weigh `budget` in all.
-    pub fn new(budget: u64) -> Self {
+    /// A ledger whose top-level limits may weigh `budget` in all, on a node that can back
+    /// `available` more (weight units; `u64::MAX` for either: no such bound).
+    pub fn new(budget: u64, available: u64) -> Self {
         Self {
             entries: HashMap::new(),
+            children: HashMap::new(),
             budget,
             top_level_sum: 0,
+            available,
+            granted: 0,
+            last_grant_ns: 0,
             stats: Stats::default(),
+        }
+    }
+
+    /// What the node can still back beyond its reserve (weight units), sampled at
+    /// `measured_ns`: replaces the figure, and drops the charges of the raises granted before
+    /// (a raise that completed at or after `measured_ns` may not be in the figure yet: then the
+    /// charges are kept until the next sample).
+    pub fn set_available(&mut self, available: u64, measured_ns: u64) {
+        self.available = available;
+        if self.last_grant_ns < measured_ns {
+            self.granted = 0;
+        }
+    }
+
+    /// The last sampled figure of what the node can back (weight units; `u64::MAX`: none).
+    pub fn available(&self) -> u64 {
+        self.available
+    }
+
+    /// What raises have been granted since the figure was sampled (weight units).
+    pub fn granted(&self) -> u64 {
+        self.granted
+    }
+
+    /// What the node can still back now: the sampled figure less the granted raises.
+    pub fn spare(&self) -> u64 {
+        if self.available == u64::MAX {
+            u64::MAX
+        } else {
+            self.available.saturating_sub(self.granted)
         }
     }
 
@@ -279,13 +398,14 @@ impl<X: Ext> Ledger<X> {
         self.budget
     }
 
-    /// Changes the node budget. Lowering it below the current sum takes nothing away; it only
-    /// blocks raises until scale-downs bring the sum under it.
+    /// Changes the bound on the sum of top-level limits. Lowering it below the current sum takes
+    /// nothing away; it only blocks raises until scale-downs bring the sum under it.
     pub fn set_budget(&mut self, budget: u64) {
         self.budget = budget;
     }
 
-    /// The weight of the top-level limits (lowerings in flight at their old value).
+    /// The weight of the top-level limits (lowerings in flight at their old value, unlimited
+    /// cgroups at their usage).
     pub fn committed(&self) -> u128 {
         self.top_level_sum
     }
@@ -309,8 +429,14 @@ impl<X: Ext> Ledger<X> {
         let parent = parent.filter(|p| *p != id && self.entries.contains_key(p));
         if let Some(old) = self.entries.get(&id) {
             if old.parent.is_none() {
-                self.top_level_sum -= u128::from(old.counted());
+                self.top_level_sum -= u128::from(old.counted_w);
             }
+            if let Some(p) = old.parent {
+                self.unlink(p, id);
+            }
+        }
+        if let Some(p) = parent {
+            self.children.entry(p).or_default().insert(id);
         }
         let rate = policy.pacing().max_raises_per_sec;
         let st = self.entries.entry(id).or_insert_with(|| Entry {
@@ -328,6 +454,7 @@ impl<X: Ext> Ledger<X> {
             last_write_done_ns: 0,
             last_change_ns: 0,
             capped_reported_at: None,
+            counted_w: 0,
         });
         if st.policy.pacing().max_raises_per_sec != rate {
             st.limiter = RateLimiter::new(rate);
@@ -337,8 +464,17 @@ impl<X: Ext> Ledger<X> {
         st.limit = limit;
         st.inflight = None;
         renew(&mut st.ext);
+        st.counted_w = st.counted_now();
         if parent.is_none() {
-            self.top_level_sum += u128::from(st.counted());
+            self.top_level_sum += u128::from(st.counted_w);
+        }
+    }
+
+    /// Accounts the cgroup again after its extension changed (an unlimited cgroup counts by
+    /// its usage).
+    pub fn recount(&mut self, id: CgId) {
+        if let Some(st) = self.entries.get_mut(&id) {
+            update(&mut self.top_level_sum, st, |_| {});
         }
     }
 
@@ -349,17 +485,34 @@ impl<X: Ext> Ledger<X> {
             return false;
         };
         if gone.parent.is_none() {
-            self.top_level_sum -= u128::from(gone.counted());
+            self.top_level_sum -= u128::from(gone.counted_w);
         }
-        for st in self.entries.values_mut() {
-            if st.parent == Some(id) {
-                st.parent = gone.parent;
-                if gone.parent.is_none() {
-                    self.top_level_sum += u128::from(st.counted());
+        if let Some(p) = gone.parent {
+            self.unlink(p, id);
+        }
+        for c in self.children.remove(&id).unwrap_or_default() {
+            let Some(st) = self.entries.get_mut(&c) else {
+                continue;
+            };
+            st.parent = gone.parent;
+            match gone.parent {
+                None => self.top_level_sum += u128::from(st.counted_w),
+                Some(p) => {
+                    self.children.entry(p).or_default().insert(c);
                 }
             }
         }
         true
+    }
+
+    /// Removes `child` from `parent`'s children.
+    fn unlink(&mut self, parent: CgId, child: CgId) {
+        if let Some(set) = self.children.get_mut(&parent) {
+            set.remove(&child);
+            if set.is_empty() {
+                self.children.remove(&parent);
+            }
+        }
     }
 
     /// The cgroup's entry.
@@ -414,8 +567,13 @@ impl<X: Ext> Ledger<X> {
             return;
         };
         let this_write = st.inflight == Some((action.old, action.new));
+        // The raise of the cgroup that wanted it carries the charge (see the module docs).
+        let charged = action.is_raise() && action.reason != Reason::Ancestor;
         match outcome {
             WriteOutcome::Written | WriteOutcome::DryRun => {
+                if charged {
+                    self.last_grant_ns = self.last_grant_ns.max(write_done_ns);
+                }
                 update(&mut self.top_level_sum, st, |st| {
                     if this_write {
                         st.inflight = None;
@@ -428,6 +586,10 @@ impl<X: Ext> Ledger<X> {
                 }
             }
             WriteOutcome::Failed => {
+                if charged && this_write {
+                    let added = grant(&st.ext, action.old, action.new);
+                    self.granted = self.granted.saturating_sub(added);
+                }
                 tally(&mut self.stats, &mut st.stats, |s| &mut s.failed_writes);
                 update(&mut self.top_level_sum, st, |st| {
                     if this_write {
@@ -441,14 +603,20 @@ impl<X: Ext> Ledger<X> {
         }
     }
 
-    /// Room left in the budget for `st`'s limit (weight units): the budget less the other
-    /// top-level limits; `u64::MAX` for a cgroup with a managed ancestor.
+    /// The highest weight `st`'s limit may reach under the node budget: its limit plus what the
+    /// node can still back ([`spare`](Self::spare)), and, for a cgroup without a managed
+    /// ancestor, the sum bound less the other top-level limits. `u64::MAX`: no bound.
     pub fn room(&self, st: &Entry<X>) -> u64 {
-        if st.parent.is_some() {
-            return u64::MAX;
+        let node = match self.spare() {
+            u64::MAX => u64::MAX,
+            spare => st.limit_weight().saturating_add(spare),
+        };
+        if st.parent.is_some() || self.budget == u64::MAX {
+            return node;
         }
-        let others = self.top_level_sum - u128::from(st.counted());
-        u64::try_from(u128::from(self.budget).saturating_sub(others)).unwrap_or(u64::MAX)
+        let others = self.top_level_sum - u128::from(st.counted_w);
+        let sum = u64::try_from(u128::from(self.budget).saturating_sub(others)).unwrap_or(u64::MAX);
+        node.min(sum)
     }
 
     /// Adopts `limit`, as reported by the kernel at `ts`, if no write of ours can explain it
@@ -491,7 +659,16 @@ impl<X: Ext> Ledger<X> {
         }
         if !st.limiter.allows(ts) {
             tally(&mut self.stats, &mut st.stats, |s| &mut s.rate_limited);
-            out.skip(Skip::RateLimited);
+            out.refuse(
+                Skip::RateLimited,
+                Refusal {
+                    cgroup: id,
+                    limit: st.limit,
+                    wanted: None,
+                    allowed: None,
+                    ts_ns: ts,
+                },
+            );
             return None;
         }
         let p = st.policy.pacing();
@@ -507,9 +684,18 @@ impl<X: Ext> Ledger<X> {
         })
     }
 
-    /// The round's raise is bounded to nothing: reports `skip` for the first signal of the
-    /// storm at this limit, `Coalesced` for the rest.
-    pub fn bounded(&mut self, id: CgId, skip: Skip, out: &mut Decision) {
+    /// The round's raise (to `wanted`, before the bounds) is bounded to nothing, at most
+    /// `allowed` by the bound that binds: reports the refusal `skip` for the first signal of
+    /// the storm at this limit, `Coalesced` for the rest.
+    pub fn bounded(
+        &mut self,
+        id: CgId,
+        skip: Skip,
+        wanted: Option<u64>,
+        allowed: Option<u64>,
+        ts: u64,
+        out: &mut Decision,
+    ) {
         let Some(st) = self.entries.get_mut(&id) else {
             return;
         };
@@ -519,16 +705,29 @@ impl<X: Ext> Ledger<X> {
         } else {
             st.capped_reported_at = Some(st.limit);
             tally(&mut self.stats, &mut st.stats, |s| &mut s.capped);
-            out.skip(skip);
+            out.refuse(
+                skip,
+                Refusal {
+                    cgroup: id,
+                    limit: st.limit,
+                    wanted,
+                    allowed,
+                    ts_ns: ts,
+                },
+            );
         }
     }
 
     /// Raises the cgroup to `new` for `reason` (a round opened by [`open_round`] with this
-    /// `escalation`), and first the managed ancestors whose limit would bind. `delta` is what
-    /// the raise adds, in the resource's terms; for each ancestor in turn (without a write in
-    /// flight, and allowed by its rate limit), `ancestor(entry, delta, room)` gives its new
-    /// limit and what that adds, or `None` if it needs no raise or cannot have one (`room`: what
-    /// is left of the budget for it). The actions go into `out`, ancestors first.
+    /// `escalation`; `new` already within the cgroup's own max and [`room`](Self::room)), and
+    /// first the managed ancestors whose limit would bind. `delta` is what the raise adds, in
+    /// the resource's terms. For each ancestor in turn, `ancestor(entry, delta, room)` gives its
+    /// [`Backing`]: its own raise (taken if it has no write in flight and its rate limit allows;
+    /// `room` is the highest weight its limit may reach), and how much growth it can back. When
+    /// the least of those is below `delta`, `shrink(entry, backed)` gives the smaller new limit
+    /// that fits (`Ok`), or the highest limit the ancestors allow (`Err`: not worth a raise; the
+    /// raise is refused as [`Cap::Ancestor`] and nothing is raised). The actions go into `out`,
+    /// ancestors first.
     ///
     /// [`open_round`]: Self::open_round
     #[allow(clippy::too_many_arguments)]
@@ -541,33 +740,52 @@ impl<X: Ext> Ledger<X> {
         reason: Reason,
         ts: u64,
         out: &mut Decision,
-        mut ancestor: impl FnMut(&Entry<X>, u64, u64) -> Option<(u64, u64)>,
+        mut ancestor: impl FnMut(&Entry<X>, u64, u64) -> Backing,
+        shrink: impl FnOnce(&Entry<X>, u64) -> Result<u64, u64>,
     ) {
         let Some(st) = self.entries.get(&id) else {
             return;
         };
-        // Walk up while the ancestors' limits bind: `(cgroup, old, new)`.
+        // Walk up: the ancestors to raise, `(cgroup, old, new)`, and the least slack.
         let mut chain = [(0, 0, 0); MAX_ACTIONS - 1];
         let mut n = 0;
-        let mut delta = delta;
+        let mut backed = u64::MAX;
+        let mut need = delta;
         let mut up = st.parent;
-        while let Some(pid) = up {
-            if n == chain.len() {
+        for _ in 0..MAX_DEPTH {
+            let Some(pid) = up else {
                 break;
-            }
+            };
             let Some(ps) = self.entries.get(&pid) else {
                 break;
             };
-            if ps.inflight.is_some() || !ps.limiter.allows(ts) {
-                break;
-            }
-            let Some((pnew, pdelta)) = ancestor(ps, delta, self.room(ps)) else {
-                break;
+            let may_raise = n < chain.len() && ps.inflight.is_none() && ps.limiter.allows(ts);
+            // An ancestor that may not be raised now cannot go above its limit.
+            let room = if may_raise {
+                self.room(ps)
+            } else {
+                ps.limit_weight()
             };
-            chain[n] = (pid, ps.limit, pnew);
-            n += 1;
-            delta = pdelta;
+            let b = ancestor(ps, need, room);
+            if let Some((pnew, padded)) = b.raise.filter(|&(pnew, _)| may_raise && pnew > ps.limit)
+            {
+                chain[n] = (pid, ps.limit, pnew);
+                n += 1;
+                need = padded;
+            }
+            backed = backed.min(b.slack);
             up = ps.parent;
+        }
+        let mut new = new;
+        if backed < delta {
+            match shrink(st, backed) {
+                Ok(smaller) if smaller > st.limit && smaller <= new => new = smaller,
+                Ok(allowed) | Err(allowed) => {
+                    let skip = Skip::Capped(Cap::Ancestor);
+                    self.bounded(id, skip, Some(new), Some(allowed), ts, out);
+                    return;
+                }
+            }
         }
 
         // Execute (in the decision) and remember.
@@ -575,6 +793,8 @@ impl<X: Ext> Ledger<X> {
             entries,
             top_level_sum: sum,
             stats,
+            granted,
+            last_grant_ns,
             ..
         } = self;
         for &(pid, old, pnew) in chain[..n].iter().rev() {
@@ -587,6 +807,8 @@ impl<X: Ext> Ledger<X> {
             return;
         };
         let old = Self::commit_raise(sum, stats, st, new, ts);
+        *granted = granted.saturating_add(grant(&st.ext, old, new));
+        *last_grant_ns = (*last_grant_ns).max(ts);
         st.escalation = escalation;
         st.last_round_ns = Some(ts);
         out.push(Self::action(id, old, new, reason, ts));

@@ -14,8 +14,8 @@
 //! at `max_escalation`) and resets after a quiet window (see the
 //! [ledger](super::ledger#escalation-storms-and-capping)); an OOM kill doubles the step once
 //! more.
-//! The result is clamped to the policy's `max` and, for a top-level managed cgroup, to what is
-//! left of the node budget.
+//! The result is clamped to the policy's `max`, to what the node can back (the
+//! [node budget](super::ledger#node-budget)) and to what the managed ancestors can back.
 //!
 //! The defaults ([`MemoryPolicy::default`]) are sized for the workload of the issue: 8 MiB
 //! touched every 10 ms (800 MiB/s) from a 64 MiB limit, where the OOM kill comes 0.76 ms after
@@ -46,30 +46,37 @@
 //! cooldown (a slow oscillation). So the limit follows *usage* down, not the working set
 //! directly; to bring it toward the working set on v2, the engine can write `memory.reclaim`
 //! (usage minus working set) first, and the next sample's lower usage lets the limit follow.
-//! A limit above the policy `max` (for example an unlimited cgroup that was just opted in) is
-//! brought down to `max` by the first sample, cooldown or not (never below `usage +
-//! safety_margin`: with usage that high, it waits). A sample's limit that differs from ours is
+//! A limit above the policy `max` (a max lowered by a reload, a cgroup opted in with a higher
+//! limit) is brought down to `max` step by step like a scale-down, without the cooldown (at most
+//! once per `down_interval`, never below `usage + safety_margin`); an unlimited one goes to
+//! `max` at the first sample. Every limit decided is a whole number of 4 KiB pages, bounds
+//! (`max`, the budget) rounded down. A sample's limit that differs from ours is
 //! [adopted](super::ledger#external-changes-and-failed-writes) when no write of ours explains
 //! it.
 //!
 //! # Bounds
 //! * Per cgroup: `min`, `max`, a [rate limit](super::ledger#rate-limit) on raises
 //!   (`max_raises_per_sec`) and hysteresis (`min_change`: smaller changes are not made).
-//! * The [node budget](super::ledger#node-budget), in bytes: the sum of the limits of managed
-//!   cgroups **without a managed ancestor** never exceeds it through a raise. Lowering is
-//!   always allowed.
+//! * The [node budget](super::ledger#node-budget), in bytes: what the node can still back
+//!   beyond its reserve (the agent samples `MemAvailable` and subtracts `node.memory_reserve`),
+//!   less what raises granted since that sample. A raise adds at most that much, whatever the
+//!   other cgroups' limits add up to (they are routinely overcommitted, and an unlimited one
+//!   takes only what it uses, which the sampled figure already shows). Lowering is always
+//!   allowed.
 //!
 //! # Hierarchy
 //! Cgroups are registered with their nearest *managed* ancestor (register ancestors first).
 //! When a raise of `d` bytes would not fit under a managed ancestor's limit (its limit minus
 //! its known usage is less than `d` plus its own `headroom`), the ancestor is raised to its
 //! usage plus `d` plus its headroom (at least `step_min` more, page aligned), within its own
-//! policy (max, budget if top-level, rate limit, hysteresis), and so on up: the
-//! [ledger's walk](super::ledger#hierarchy). The actions are emitted ancestor first. When the
+//! policy (max, node budget, rate limit, hysteresis), and so on up: the
+//! [ledger's walk](super::ledger#hierarchy). The raise itself never exceeds what every managed
+//! ancestor can back after that (its limit minus its usage); when that is less than the
+//! hysteresis, it is refused as [`Cap::Ancestor`]. The actions are emitted ancestor first. When the
 //! kernel reports that an ancestor's limit is what binds, the engine passes that ancestor's id
 //! and the decision is made for it.
 
-use super::ledger::{decider_api, Entry, Ext, Ledger};
+use super::ledger::{decider_api, Backing, Entry, Ext, Ledger};
 use super::{mul_frac, Cap, CgId, Decision, RateEstimator, Reason, Resource, Skip};
 #[cfg(test)]
 use super::{Action, WriteOutcome};
@@ -79,8 +86,9 @@ use crate::{cgroupfs::Limit, units::MIB};
 /// ppc64 kernels). The kernel truncates a written limit to whole pages, so a limit it reports
 /// back may be up to one page below what was written.
 pub const LIMIT_GRANULARITY: u64 = 64 * 1024;
-/// Limits are written in whole 4 KiB pages, so that the kernel keeps exactly what was decided
-/// on the usual page size.
+/// Limits are decided in whole 4 KiB pages, so that the kernel keeps exactly what was decided
+/// on the usual page size (the actuator rounds down to the running kernel's page size, which
+/// is what the kernel would keep, so a larger page costs less than a page).
 const PAGE: u64 = 4096;
 
 fn page_floor(v: u64) -> u64 {
@@ -211,6 +219,11 @@ impl Ext for Mem {
     fn weight(&self, limit: u64) -> u64 {
         limit
     }
+
+    /// No limit: what it uses.
+    fn usage_weight(&self) -> u64 {
+        self.usage
+    }
 }
 
 /// A [`MemorySignal::Sample`]'s figures.
@@ -233,27 +246,39 @@ pub struct MemoryDecider {
 decider_api!(MemoryDecider, MemorySignal, MemoryPolicy);
 
 impl MemoryDecider {
-    /// A decider whose top-level managed limits may add up to `budget` bytes.
-    pub fn new(budget: u64) -> Self {
+    /// A decider on a node that can back `available` more bytes beyond its reserve
+    /// (`u64::MAX`: unbounded) until [`set_available`](Self::set_available) says otherwise.
+    pub fn new(available: u64) -> Self {
         Self {
-            ledger: Ledger::new(budget),
+            ledger: Ledger::new(u64::MAX, available),
         }
     }
 
-    /// The node budget (bytes).
-    pub fn budget(&self) -> u64 {
-        self.ledger.budget()
+    /// What the node can back beyond its reserve, as last sampled (bytes; `u64::MAX`: not
+    /// bounded).
+    pub fn available(&self) -> u64 {
+        self.ledger.available()
     }
 
-    /// Changes the node budget (configuration reload). Lowering it below the current sum
-    /// takes nothing away; it only blocks raises until scale-downs bring the sum under it.
-    pub fn set_budget(&mut self, budget: u64) {
-        self.ledger.set_budget(budget);
+    /// What the node can still back now: the sampled figure less the raises granted since.
+    pub fn spare(&self) -> u64 {
+        self.ledger.spare()
     }
 
-    /// Sum of the limits of managed cgroups without a managed ancestor (what the budget
-    /// bounds). A lowering still in flight counts at its old value: the memory it frees is not
-    /// handed to anyone else until the kernel has accepted the lower limit.
+    /// What raises granted since the figure was sampled (bytes).
+    pub fn granted(&self) -> u64 {
+        self.ledger.granted()
+    }
+
+    /// A new sample of what the node can back beyond its reserve (bytes), taken at
+    /// `measured_ns` (see the [ledger](super::ledger#node-budget)).
+    pub fn set_available(&mut self, available: u64, measured_ns: u64) {
+        self.ledger.set_available(available, measured_ns);
+    }
+
+    /// Sum of the limits of managed cgroups without a managed ancestor, unlimited ones at their
+    /// usage (reported; no bound applies to it). A lowering still in flight counts at its old
+    /// value.
     pub fn committed(&self) -> u128 {
         self.ledger.committed()
     }
@@ -403,31 +428,37 @@ impl MemoryDecider {
         if reason == Reason::OomRecovery {
             step = step.saturating_mul(2);
         }
-        let mut new = page_floor(usage.max(limit).saturating_add(step));
+        let wanted = page_floor(usage.max(limit).saturating_add(step));
+        let mut new = wanted;
         let mut cap = None;
+        // Bounds are rounded down to whole pages: the kernel keeps whole pages (it would
+        // truncate the rest), and a bound is never exceeded.
         if new > p.max {
-            new = p.max;
+            new = page_floor(p.max);
             cap = Some(Cap::AtMax);
         }
         let room = self.ledger.room(st);
         if new > room {
-            new = room;
+            new = page_floor(room);
             cap = Some(Cap::Budget);
         }
         if new <= limit || new < usage || new - limit < p.min_change {
             let skip = cap.map_or(Skip::BelowHysteresis, Skip::Capped);
-            self.ledger.bounded(id, skip, out);
+            let allowed = cap.map(|_| new);
+            self.ledger
+                .bounded(id, skip, Some(wanted), allowed, ts, out);
             return;
         }
 
         // Hierarchy: a managed ancestor binds when its limit is below its known usage plus the
         // raise plus its own headroom; it is raised to that (at least its step_min more),
-        // within its own policy.
+        // within its own policy. It backs what its subtree may still grow under its limit.
         let ancestor = |ps: &Entry<Mem>, delta: u64, room: u64| {
             let (p, limit, usage) = (ps.policy, ps.limit(), ps.ext.usage);
+            let slack = limit.saturating_sub(usage);
             let need = usage.saturating_add(delta).saturating_add(p.headroom);
             if limit >= need {
-                return None;
+                return Backing { raise: None, slack };
             }
             let pnew = page_floor(
                 need.max(limit.saturating_add(p.step_min))
@@ -435,12 +466,34 @@ impl MemoryDecider {
                     .min(room),
             );
             if pnew <= limit || pnew < usage || pnew - limit < p.min_change {
-                return None;
+                return Backing { raise: None, slack };
             }
-            Some((pnew, pnew - limit))
+            Backing {
+                raise: Some((pnew, pnew - limit)),
+                slack: pnew - usage,
+            }
         };
-        self.ledger
-            .raise(id, new, new - limit, escalation, reason, ts, out, ancestor);
+        // What the ancestors back, if less than the raise: a smaller raise, if worth making.
+        let shrink = |st: &Entry<Mem>, backed: u64| {
+            let (p, limit, usage) = (st.policy, st.limit(), st.ext.usage);
+            let smaller = page_floor(limit.saturating_add(backed));
+            if smaller <= limit || smaller < usage || smaller - limit < p.min_change {
+                Err(smaller.max(limit))
+            } else {
+                Ok(smaller)
+            }
+        };
+        self.ledger.raise(
+            id,
+            new,
+            new - limit,
+            escalation,
+            reason,
+            ts,
+            out,
+            ancestor,
+            shrink,
+        );
     }
 
     fn sample(&mut self, id: CgId, s: Sampled, out: &mut Decision) {
@@ -482,10 +535,13 @@ impl MemoryDecider {
         if stalled {
             st.note_pressure(ts);
         }
-        if st.in_flight() {
+        let (in_flight, ours) = (st.in_flight(), st.limit());
+        // An unlimited cgroup counts by its usage.
+        self.ledger.recount(id);
+        if in_flight {
             return;
         }
-        if limit != st.limit() {
+        if limit != ours {
             // The kernel's value is authoritative (an external change, or a dry run).
             self.ledger.adopt(id, ts, limit, |_| {});
         }
@@ -510,12 +566,26 @@ impl MemoryDecider {
                 .saturating_add(p.safety_margin),
         );
         let new = if limit > p.max {
-            // Enforce the bound at once (an unlimited cgroup that was just opted in), unless
-            // usage is above the maximum: then wait for it to drop rather than cut below it.
-            if hard_floor > p.max {
+            // A limit above the policy's max (a max lowered by a reload, a cgroup opted in
+            // with a higher limit) is brought down to it step by step, like a scale-down
+            // (`down_fraction` of the distance, at least `min_change`, at most once per
+            // `down_interval`) but without waiting for the cooldown, and never below usage +
+            // safety margin. An unlimited cgroup has no distance to take a fraction of: it
+            // goes to the goal at once.
+            let goal = page_floor(p.max).max(page_ceil(hard_floor));
+            if goal >= limit {
                 return;
             }
-            p.max
+            if limit == u64::MAX {
+                goal
+            } else {
+                if !st.may_step(ts) {
+                    return;
+                }
+                let gap = limit - goal;
+                let dec = mul_frac(gap, p.down_fraction).max(p.min_change).min(gap);
+                page_ceil(limit - dec).max(goal)
+            }
         } else {
             if !st.may_lower(ts) {
                 return;

@@ -108,6 +108,9 @@ pub struct PipelineOptions {
     pub default_headroom_bytes: u64,
     /// Attach the early-warning program (count_memcg_events) where the kernel has it.
     pub early_warning: bool,
+    /// Entries of the per-cgroup kernel maps (watched memory and cpu cgroups and their
+    /// state), set at load: the most cgroups of each resource that can be watched at once.
+    pub max_watched: u32,
 }
 
 impl Default for PipelineOptions {
@@ -116,12 +119,14 @@ impl Default for PipelineOptions {
             watch_all: false,
             default_headroom_bytes: 0,
             early_warning: true,
+            max_watched: scaler_common::MAX_WATCHED,
         }
     }
 }
 
 /// Counters the kernel programs keep (summed over CPUs).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct KernelStats {
     pub ringbuf_dropped: u64,
     pub submitted: u64,
@@ -189,6 +194,7 @@ pub struct Pipeline {
     cpu_offsets: CpuOffsets,
     offsets: KernelOffsets,
     programs: Vec<ProgramStatus>,
+    max_watched: u32,
     _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     _stats_fd: Option<OwnedFd>,
 }
@@ -242,6 +248,11 @@ impl Pipeline {
             // The load-testing injector's table is only used by `scaler load-test`'s own copy
             // of the object: one slot here instead of 8,192.
             .map_max_entries(scaler_common::inject::INJECT_TARGETS, 1)
+            // The per-cgroup maps, sized for the node (agent.max_cgroups).
+            .map_max_entries(names::WATCHED, opts.max_watched.max(1))
+            .map_max_entries(names::CG_STATE, opts.max_watched.max(1))
+            .map_max_entries(names::CPU_WATCHED, opts.max_watched.max(1))
+            .map_max_entries(names::CPU_STATE, opts.max_watched.max(1))
             .load(EBPF_OBJECT)
             .map_err(EbpfError::Load)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -288,6 +299,7 @@ impl Pipeline {
             cpu_offsets: cpu_offsets.unwrap_or(CpuOffsets::ZERO),
             offsets,
             programs,
+            max_watched: opts.max_watched.max(1),
             _logger: logger,
             _stats_fd: stats_fd,
         };
@@ -301,6 +313,11 @@ impl Pipeline {
 
     pub fn features(&self) -> Features {
         self.features
+    }
+
+    /// Entries of the per-cgroup kernel maps (see [`PipelineOptions::max_watched`]).
+    pub fn max_watched(&self) -> u32 {
+        self.max_watched
     }
 
     pub fn offsets(&self) -> KernelOffsets {

@@ -16,8 +16,9 @@ use self::scaling::ScalingHandler;
 mod tests;
 
 pub use self::scaling::{
-    snapshot_via, ActionRecord, Budget, Command, Engine, EngineConfig, EngineStats, ManageRequest,
-    Policy, Record, Signal, Snapshot,
+    snapshot_via, ActionRecord, Budget, Command, CommandRefused, CommandSender, Engine,
+    EngineConfig, EngineFault, EngineStats, FaultKind, FaultTrigger, ManageRequest, Policy, Record,
+    RefusalRecord, Signal, Snapshot, COMMAND_WAIT, DEFAULT_COMMAND_CAPACITY,
 };
 
 use std::{
@@ -35,7 +36,10 @@ use nix::{
     sys::eventfd::{EfdFlags, EventFd},
 };
 
-use crate::events::{decode, DecodeError, MemEvent};
+use crate::{
+    clock::monotonic_ns,
+    events::{decode, DecodeError, MemEvent},
+};
 
 /// Stops a [`run_ring_loop`] from another thread, or wakes it to handle commands.
 #[derive(Clone)]
@@ -113,7 +117,15 @@ pub struct LoopStats {
     pub decode_errors: AtomicU64,
     /// Times the loop was woken with data.
     pub wakeups: AtomicU64,
+    /// CLOCK_MONOTONIC ns of the loop's last sign of life: bumped before each poll (at least
+    /// every `tick` when idle) and every [`HEARTBEAT_EVERY`] records of a long drain. The
+    /// agent's liveness answer (`/healthz`) and watchdog read it.
+    pub heartbeat_ns: AtomicU64,
 }
+
+/// A long drain bumps [`LoopStats::heartbeat_ns`] this often (in records), so that a storm of
+/// events is not mistaken for a stall.
+pub const HEARTBEAT_EVERY: u64 = 4096;
 
 /// What the loop asks of its handler.
 pub trait Handler {
@@ -122,7 +134,12 @@ pub trait Handler {
     /// A record that did not decode (counted; the default ignores it).
     fn on_decode_error(&mut self, _err: DecodeError) {}
     /// Called after each drain of the ring buffer and at least every `tick`; slow-path work.
-    fn on_tick(&mut self) {}
+    /// Returns true when work is left over (a bounded batch was done): the loop then polls the
+    /// ring buffer without waiting and calls it again, so slow-path work never holds back
+    /// events for longer than one batch.
+    fn on_tick(&mut self) -> bool {
+        false
+    }
 }
 
 /// Reads `source` until `stop`, calling `handler` for each event.
@@ -140,6 +157,9 @@ pub fn run_ring_loop(
         let mut n = 0u64;
         while let Some(ev) = next_event(source) {
             n += 1;
+            if n.is_multiple_of(HEARTBEAT_EVERY) {
+                stats.heartbeat_ns.store(monotonic_ns(), Ordering::Relaxed);
+            }
             match ev {
                 Ok(ev) => handler.on_event(&ev),
                 Err(e) => {
@@ -151,13 +171,14 @@ pub fn run_ring_loop(
         if n > 0 {
             stats.records.fetch_add(n, Ordering::Relaxed);
         }
-        handler.on_tick();
+        let more = handler.on_tick();
+        stats.heartbeat_ns.store(monotonic_ns(), Ordering::Relaxed);
         let mut fds = [
             PollFd::new(source.fd(), PollFlags::POLLIN),
             PollFd::new(stop.fd.as_fd(), PollFlags::POLLIN),
             PollFd::new(stop.wake.as_fd(), PollFlags::POLLIN),
         ];
-        match poll(&mut fds, timeout) {
+        match poll(&mut fds, if more { PollTimeout::ZERO } else { timeout }) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),

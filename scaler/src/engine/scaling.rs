@@ -6,16 +6,23 @@
 //! of [`Command`]s (manage, forget, signal, snapshot, budget) tagged with the resource; the
 //! engine answers with [`Record`]s (events and performed actions) on a bounded channel that
 //! never makes a decision wait.
+//!
+//! The command channel is bounded too ([`EngineConfig::command_capacity`]): the engine thread
+//! only ever takes from it (between drains of the ring buffer, never blocking), and a sender
+//! that finds it full wakes the engine and waits for room up to [`COMMAND_WAIT`]; after that
+//! the command is refused ([`CommandRefused`]) and counted (`commands_refused`), and the slow
+//! side tries again later (discovery manages the cgroup at its next pass, the next sample
+//! comes an interval later).
 
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicU64, Ordering},
-        mpsc::{sync_channel, Receiver, SyncSender},
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc::{sync_channel, Receiver, SyncSender, TrySendError},
         Arc,
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use scaler_common::EventKind;
@@ -23,12 +30,12 @@ use scaler_common::EventKind;
 use super::{run_ring_loop, Handler, LoopStats, RecordSource, StopHandle};
 pub use crate::decider::{Policy, Signal};
 use crate::{
-    actuator::{LimitWriter, Setting},
+    actuator::{LimitWriter, Setting, WriteMark},
     cgroupfs::{CpuQuota, Limit},
     clock::monotonic_ns,
     decider::{
         Action, CgId, CpuDecider, CpuSignal, Decide, Decision, MemoryDecider, MemorySignal,
-        Resource, WriteOutcome,
+        Refusal, Resource, Skip, WriteOutcome, REFUSAL_REASONS,
     },
     events::{CpuEvent, DecodeError, MemEvent},
 };
@@ -48,19 +55,31 @@ pub struct ActionRecord {
     pub written: Option<Setting>,
 }
 
+/// A raise the decider refused (bounded to nothing, or rate-limited): why, and what it asked
+/// for (see [`Refusal`]).
+#[derive(Clone, Copy, Debug)]
+pub struct RefusalRecord {
+    pub resource: Resource,
+    /// Why ([`Skip::refusal`] names it).
+    pub skip: Skip,
+    pub refusal: Refusal,
+}
+
 /// What the engine thread reports to the slow side.
 #[derive(Clone, Copy, Debug)]
 pub enum Record {
     Event(MemEvent),
     Action(ActionRecord),
+    Refused(RefusalRecord),
 }
 
-/// A node budget for the sum of a resource's top-level managed limits.
+/// A node budget, per resource.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Budget {
-    /// Bytes.
-    Memory(u64),
-    /// Cores.
+    /// Memory: what the node can still back beyond its reserve (bytes), sampled at
+    /// `measured_ns` (CLOCK_MONOTONIC): `MemAvailable` minus `node.memory_reserve`.
+    MemoryAvailable { bytes: u64, measured_ns: u64 },
+    /// CPU: the bound on the sum of top-level quotas (cores).
     Cpu(f64),
 }
 
@@ -68,7 +87,7 @@ impl Budget {
     /// The resource it bounds.
     pub fn resource(&self) -> Resource {
         match self {
-            Budget::Memory(_) => Resource::Memory,
+            Budget::MemoryAvailable { .. } => Resource::Memory,
             Budget::Cpu(_) => Resource::Cpu,
         }
     }
@@ -88,6 +107,12 @@ pub struct ManageRequest {
     pub writer: Box<dyn LimitWriter>,
     /// Current usage (bytes for memory; ignored for CPU, whose usage comes from samples).
     pub usage: u64,
+    /// Where the engine marks each write (see [`WriteMark`]), for a slow side that samples
+    /// the cgroup and must tell the agent's writes from others'.
+    pub mark: Option<Arc<WriteMark>>,
+    /// CLOCK_MONOTONIC ns taken before `usage` was read: the decider's first rate sample is
+    /// stamped with it, so that it is never newer than the data.
+    pub sampled_ns: u64,
 }
 
 /// Requests from the slow side to the engine thread.
@@ -174,8 +199,8 @@ impl ResourceDecider for MemoryDecider {
     }
 
     fn set_budget(&mut self, b: Budget) {
-        if let Budget::Memory(b) = b {
-            MemoryDecider::set_budget(self, b);
+        if let Budget::MemoryAvailable { bytes, measured_ns } = b {
+            MemoryDecider::set_available(self, bytes, measured_ns);
         }
     }
 
@@ -243,6 +268,7 @@ impl ResourceDecider for CpuDecider {
 struct Writer {
     path: Arc<str>,
     writer: Box<dyn LimitWriter>,
+    mark: Option<Arc<WriteMark>>,
 }
 
 /// One resource on the engine thread: its decider and the writers of the cgroups it manages.
@@ -258,7 +284,7 @@ trait SlotOps: Send {
     fn is_managed(&self, id: CgId) -> bool;
     fn signal(&mut self, id: CgId, s: Signal, out: &mut Decision);
     fn applied(&mut self, a: &Action, done_ns: u64, outcome: WriteOutcome);
-    fn writer(&self, id: CgId) -> Option<&dyn LimitWriter>;
+    fn writer(&self, id: CgId) -> Option<(&dyn LimitWriter, Option<&WriteMark>)>;
     fn set_budget(&mut self, b: Budget);
     fn snapshot(&self) -> Vec<Snapshot>;
 }
@@ -268,12 +294,13 @@ impl<D: ResourceDecider> SlotOps for Slot<D> {
         if req.policy.resource() != D::RESOURCE {
             return;
         }
-        self.decider.register(&req, monotonic_ns());
+        self.decider.register(&req, req.sampled_ns);
         self.writers.insert(
             req.id,
             Writer {
                 path: req.path,
                 writer: req.writer,
+                mark: req.mark,
             },
         );
     }
@@ -298,8 +325,10 @@ impl<D: ResourceDecider> SlotOps for Slot<D> {
         self.decider.applied(a, done_ns, outcome);
     }
 
-    fn writer(&self, id: CgId) -> Option<&dyn LimitWriter> {
-        self.writers.get(&id).map(|w| &*w.writer)
+    fn writer(&self, id: CgId) -> Option<(&dyn LimitWriter, Option<&WriteMark>)> {
+        self.writers
+            .get(&id)
+            .map(|w| (&*w.writer, w.mark.as_deref()))
     }
 
     fn set_budget(&mut self, b: Budget) {
@@ -328,8 +357,9 @@ impl<D: ResourceDecider> SlotOps for Slot<D> {
 /// Engine settings.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    /// Node budget for the sum of top-level managed memory limits (bytes).
-    pub memory_budget: u64,
+    /// What the node can back beyond its reserve (bytes) until the first
+    /// [`Budget::MemoryAvailable`] (`u64::MAX`: unbounded).
+    pub memory_available: u64,
     /// Node budget for the sum of top-level managed CPU quotas (cores).
     pub cpu_budget_cores: f64,
     /// Decide and log, but write nothing.
@@ -337,21 +367,79 @@ pub struct EngineConfig {
     /// Capacity of the record channel to the slow side (records beyond it are counted and
     /// dropped; decisions never wait for the slow side).
     pub record_capacity: usize,
+    /// Capacity of the command channel from the slow side (a sender that finds it full waits
+    /// up to [`COMMAND_WAIT`] for room, then the command is refused and counted).
+    pub command_capacity: usize,
     /// Poll timeout: events submitted without a wakeup are read at least this often.
     pub tick: Duration,
     /// Run the engine thread SCHED_FIFO at this priority (best effort; None: normal).
     pub realtime_priority: Option<i32>,
+    /// A fault to inject, for tests only (`SCALER_TEST_FAULT`; see [`EngineFault`]).
+    pub fault: Option<EngineFault>,
+}
+
+/// A fault the engine thread injects into itself, for the tests of the agent's health
+/// checks: the agent reads it once at start from the hidden, test-only environment variable
+/// `SCALER_TEST_FAULT` (`engine-panic:WHEN` or `engine-stall:WHEN`, WHEN being milliseconds
+/// after the engine starts, or an absolute path: when that file exists). Never set it in
+/// production.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineFault {
+    pub kind: FaultKind,
+    pub when: FaultTrigger,
+}
+
+/// What an [`EngineFault`] does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The engine thread panics.
+    Panic,
+    /// The engine thread stops looping (sleeps for ever).
+    Stall,
+}
+
+/// When an [`EngineFault`] strikes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultTrigger {
+    /// This long after the engine starts.
+    After(Duration),
+    /// Once this file exists (looked at every tick).
+    FileExists(std::path::PathBuf),
+}
+
+impl EngineFault {
+    /// The environment variable the agent reads it from.
+    pub const ENV: &'static str = "SCALER_TEST_FAULT";
+
+    /// Parses `engine-panic:WHEN` or `engine-stall:WHEN` (WHEN: milliseconds, or a path).
+    pub fn parse(s: &str) -> Option<EngineFault> {
+        let (kind, when) = s.trim().split_once(':')?;
+        let kind = match kind.trim() {
+            "engine-panic" => FaultKind::Panic,
+            "engine-stall" => FaultKind::Stall,
+            _ => return None,
+        };
+        let when = when.trim();
+        let when = if when.starts_with('/') {
+            FaultTrigger::FileExists(when.into())
+        } else {
+            FaultTrigger::After(Duration::from_millis(when.parse().ok()?))
+        };
+        Some(EngineFault { kind, when })
+    }
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            memory_budget: u64::MAX,
+            memory_available: u64::MAX,
             cpu_budget_cores: f64::INFINITY,
             dry_run: false,
             record_capacity: 65536,
+            command_capacity: DEFAULT_COMMAND_CAPACITY,
             tick: Duration::from_millis(100),
             realtime_priority: Some(10),
+            fault: None,
         }
     }
 }
@@ -368,6 +456,95 @@ pub struct EngineStats {
     pub unmanaged_ancestor_binds: AtomicU64,
     /// CPU events (quota-near, run-queue latency) for managed cpu cgroups.
     pub cpu_signals: AtomicU64,
+    /// Set when the engine thread has ended, returned or panicked (a guard on its stack).
+    pub exited: AtomicBool,
+    /// Refused raises, by resource (memory, cpu) and reason (the index of
+    /// [`Skip::refusal`] in [`REFUSAL_REASONS`]).
+    pub refused: [[AtomicU64; REFUSAL_REASONS.len()]; 2],
+    /// Commands refused because the command channel stayed full for [`COMMAND_WAIT`].
+    pub commands_refused: AtomicU64,
+}
+
+impl EngineStats {
+    /// Refused raises of `resource` for `reason` (one of [`REFUSAL_REASONS`]).
+    pub fn refused(&self, resource: Resource, reason: &str) -> u64 {
+        REFUSAL_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| {
+                self.refused[slot_index(resource)][i].load(Ordering::Relaxed)
+            })
+    }
+}
+
+/// Marks [`EngineStats::exited`] when the engine thread ends, by return or by unwinding.
+struct ExitGuard(Arc<EngineStats>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.0.exited.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Default [`EngineConfig::command_capacity`]: a sample of 16,384 cgroups fits without a wait.
+pub const DEFAULT_COMMAND_CAPACITY: usize = 16384;
+
+/// How long a sender waits for room in a full command channel before the command is refused.
+pub const COMMAND_WAIT: Duration = Duration::from_millis(500);
+
+/// A command the engine did not take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CommandRefused {
+    /// The channel stayed full for [`COMMAND_WAIT`] (the engine is behind): counted in
+    /// `commands_refused`; try again later.
+    #[error(
+        "the engine's command channel stayed full for {} ms (the engine thread is behind); \
+         refused, tried again later",
+        COMMAND_WAIT.as_millis()
+    )]
+    Full,
+    /// The engine thread is gone.
+    #[error("the engine thread has stopped")]
+    Stopped,
+}
+
+/// Sends commands to the engine thread from any slow-side thread: bounded, never blocking for
+/// longer than [`COMMAND_WAIT`].
+#[derive(Clone)]
+pub struct CommandSender {
+    tx: SyncSender<Command>,
+    wake: StopHandle,
+    stats: Arc<EngineStats>,
+}
+
+impl CommandSender {
+    /// Sends `c` and wakes the engine; when the channel is full, waits up to [`COMMAND_WAIT`]
+    /// for room, then refuses (and counts) the command.
+    pub fn send(&self, c: Command) -> Result<(), CommandRefused> {
+        self.send_within(c, COMMAND_WAIT)
+    }
+
+    fn send_within(&self, mut c: Command, wait: Duration) -> Result<(), CommandRefused> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.tx.try_send(c) {
+                Ok(()) => {
+                    self.wake.wake();
+                    return Ok(());
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(CommandRefused::Stopped),
+                Err(TrySendError::Full(back)) => {
+                    c = back;
+                    self.wake.wake();
+                    if Instant::now() >= deadline {
+                        self.stats.commands_refused.fetch_add(1, Ordering::Relaxed);
+                        return Err(CommandRefused::Full);
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
 }
 
 /// The handler of the engine thread's loop.
@@ -379,6 +556,8 @@ pub(super) struct ScalingHandler {
     records: SyncSender<Record>,
     commands: Receiver<Command>,
     stats: Arc<EngineStats>,
+    /// An injected fault and when it was armed (CLOCK_MONOTONIC ns), for tests.
+    fault: Option<(EngineFault, u64)>,
 }
 
 const fn slot_index(r: Resource) -> usize {
@@ -398,7 +577,7 @@ impl ScalingHandler {
         Self {
             slots: [
                 Box::new(Slot {
-                    decider: MemoryDecider::new(cfg.memory_budget),
+                    decider: MemoryDecider::new(cfg.memory_available),
                     writers: HashMap::new(),
                 }),
                 Box::new(Slot {
@@ -411,6 +590,38 @@ impl ScalingHandler {
             records,
             commands,
             stats,
+            fault: cfg.fault.clone().map(|f| (f, monotonic_ns())),
+        }
+    }
+
+    /// Strikes the injected fault when its time has come (tests only; see [`EngineFault`]).
+    fn inject_fault(&self) {
+        let Some((f, armed_ns)) = &self.fault else {
+            return;
+        };
+        let due = match &f.when {
+            FaultTrigger::After(d) => monotonic_ns() >= armed_ns + d.as_nanos() as u64,
+            FaultTrigger::FileExists(p) => p.exists(),
+        };
+        if !due {
+            return;
+        }
+        match f.kind {
+            FaultKind::Panic => {
+                panic!(
+                    "injected fault ({}): engine thread panics",
+                    EngineFault::ENV
+                )
+            }
+            FaultKind::Stall => {
+                tracing::warn!(
+                    "injected fault ({}): engine thread stalls",
+                    EngineFault::ENV
+                );
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
         }
     }
 
@@ -426,9 +637,29 @@ impl ScalingHandler {
 
     /// Decides about `signal` for `id` and performs the decision; hot path.
     fn decide(&mut self, id: CgId, signal: Signal) {
-        let slot = &mut *self.slots[slot_index(signal.resource())];
+        let resource = signal.resource();
+        let slot = &mut *self.slots[slot_index(resource)];
         slot.signal(id, signal, &mut self.decision);
+        self.refused(resource);
         self.execute();
+    }
+
+    /// Counts and reports a refused raise of the decision, if any; hot path (no allocation).
+    fn refused(&self, resource: Resource) {
+        let (Some(skip), Some(refusal)) = (self.decision.skip, self.decision.refusal) else {
+            return;
+        };
+        let Some(reason) = skip.refusal() else {
+            return;
+        };
+        if let Some(i) = REFUSAL_REASONS.iter().position(|r| *r == reason) {
+            self.stats.refused[slot_index(resource)][i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.send(Record::Refused(RefusalRecord {
+            resource,
+            skip,
+            refusal,
+        }));
     }
 
     /// Performs the decided actions in order (ancestors first); hot path.
@@ -441,7 +672,19 @@ impl ScalingHandler {
                 (WriteOutcome::DryRun, None, monotonic_ns())
             } else {
                 // The writer stamps its completion; the clock is not read a second time.
-                match slot.writer(a.cgroup).map(|w| (w, w.write(a.new))) {
+                // The mark brackets the write, so the slow side never takes this write for
+                // someone else's (whether or not this action's record reaches it).
+                let result = slot.writer(a.cgroup).map(|(w, mark)| {
+                    if let Some(m) = mark {
+                        m.begin();
+                    }
+                    let r = w.write(a.new);
+                    if let Some(m) = mark {
+                        m.end(w.current());
+                    }
+                    (w, r)
+                });
+                match result {
                     Some((w, Ok(ns))) => {
                         written = Some(w.current());
                         (WriteOutcome::Written, None, ns)
@@ -529,6 +772,10 @@ impl ScalingHandler {
     }
 }
 
+/// Commands handled between two drains of the ring buffer. Each costs O(1) (a forget touches
+/// the cgroup's managed children only), a snapshot O(managed cgroups).
+pub(super) const COMMANDS_PER_TICK: usize = 64;
+
 impl Handler for ScalingHandler {
     fn on_event(&mut self, ev: &MemEvent) {
         if let Some((id, signal)) = self.signal_of(ev) {
@@ -555,10 +802,19 @@ impl Handler for ScalingHandler {
         tracing::warn!("undecodable ring-buffer record: {err}");
     }
 
-    fn on_tick(&mut self) {
-        while let Ok(c) = self.commands.try_recv() {
-            self.command(c);
+    fn on_tick(&mut self) -> bool {
+        if self.fault.is_some() {
+            self.inject_fault();
         }
+        // A bounded batch: a burst of commands (discovery managing or forgetting many cgroups
+        // at once) is interleaved with ring-buffer drains instead of holding events back.
+        for _ in 0..COMMANDS_PER_TICK {
+            match self.commands.try_recv() {
+                Ok(c) => self.command(c),
+                Err(_) => return false,
+            }
+        }
+        true
     }
 }
 
@@ -566,7 +822,7 @@ impl Handler for ScalingHandler {
 pub struct Engine {
     thread: Option<JoinHandle<std::io::Result<()>>>,
     control: StopHandle,
-    commands: std::sync::mpsc::Sender<Command>,
+    commands: CommandSender,
     records: Option<Receiver<Record>>,
     stats: Arc<EngineStats>,
 }
@@ -578,7 +834,7 @@ impl Engine {
         cfg: EngineConfig,
     ) -> std::io::Result<Self> {
         let control = StopHandle::new()?;
-        let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
+        let (cmd_tx, cmd_rx) = sync_channel(cfg.command_capacity.max(1));
         let (rec_tx, rec_rx) = sync_channel(cfg.record_capacity);
         let stats = Arc::new(EngineStats::default());
         let mut handler = ScalingHandler::new(&cfg, rec_tx, cmd_rx, stats.clone());
@@ -589,6 +845,7 @@ impl Engine {
         let thread = std::thread::Builder::new()
             .name("scaler-engine".into())
             .spawn(move || {
+                let _exited = ExitGuard(st.clone());
                 if let Some(p) = prio {
                     set_realtime(p);
                 }
@@ -596,22 +853,24 @@ impl Engine {
             })?;
         Ok(Self {
             thread: Some(thread),
+            commands: CommandSender {
+                tx: cmd_tx,
+                wake: control.clone(),
+                stats: stats.clone(),
+            },
             control,
-            commands: cmd_tx,
             records: Some(rec_rx),
             stats,
         })
     }
 
-    /// Sends a command; the engine handles it before its next poll.
-    pub fn send(&self, c: Command) {
-        if self.commands.send(c).is_ok() {
-            self.control.wake();
-        }
+    /// Sends a command; the engine handles it before its next poll. See [`CommandSender::send`].
+    pub fn send(&self, c: Command) -> Result<(), CommandRefused> {
+        self.commands.send(c)
     }
 
     /// A command sender usable from other threads, with the handle that wakes the engine.
-    pub fn command_sender(&self) -> (std::sync::mpsc::Sender<Command>, StopHandle) {
+    pub fn command_sender(&self) -> (CommandSender, StopHandle) {
         (self.commands.clone(), self.control.clone())
     }
 
@@ -643,6 +902,25 @@ impl Engine {
         self.shutdown()
     }
 
+    /// Like [`Engine::stop`], but waits at most `timeout` for the thread to end: a stalled
+    /// thread is left behind (it ends with the process) and `Err(TimedOut)` returned.
+    pub fn stop_within(mut self, timeout: Duration) -> std::io::Result<()> {
+        self.control.stop();
+        let deadline = std::time::Instant::now() + timeout;
+        while self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            if std::time::Instant::now() >= deadline {
+                // Dropping the handle detaches the thread; Drop finds nothing to join.
+                self.thread = None;
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the engine thread did not stop within {timeout:?}"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.shutdown()
+    }
+
     fn shutdown(&mut self) -> std::io::Result<()> {
         self.control.stop();
         match self.thread.take() {
@@ -657,15 +935,14 @@ impl Engine {
 /// Asks the engine (through a command sender from [`Engine::command_sender`]) for a snapshot
 /// of one resource; waits up to a second, and returns nothing if the engine does not answer.
 pub fn snapshot_via(
-    commands: &std::sync::mpsc::Sender<Command>,
-    wake: &StopHandle,
+    commands: &CommandSender,
+    _wake: &StopHandle,
     resource: Resource,
 ) -> Vec<Snapshot> {
     let (tx, rx) = sync_channel(1);
     if commands.send(Command::Snapshot(resource, tx)).is_err() {
         return Vec::new();
     }
-    wake.wake();
     rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
 }
 
@@ -688,5 +965,38 @@ fn set_realtime(priority: i32) {
             "engine thread stays SCHED_OTHER (SCHED_FIFO {priority}: {})",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod channel_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_command_channel_refuses_after_a_short_wait_and_counts() {
+        let (tx, rx) = sync_channel(1);
+        let stats = Arc::new(EngineStats::default());
+        let s = CommandSender {
+            tx,
+            wake: StopHandle::new().unwrap(),
+            stats: stats.clone(),
+        };
+        let budget = || Command::SetBudget(Budget::Cpu(1.0));
+        s.send_within(budget(), Duration::ZERO).unwrap();
+        // Full: refused after the wait, and counted.
+        let t = Instant::now();
+        assert_eq!(
+            s.send_within(budget(), Duration::from_millis(20)),
+            Err(CommandRefused::Full)
+        );
+        assert!(t.elapsed() >= Duration::from_millis(20));
+        assert_eq!(stats.commands_refused.load(Ordering::Relaxed), 1);
+        // Room again once the engine takes one.
+        assert!(rx.try_recv().is_ok());
+        s.send_within(budget(), Duration::ZERO).unwrap();
+        // A stopped engine refuses at once, without counting.
+        drop(rx);
+        assert_eq!(s.send(budget()), Err(CommandRefused::Stopped));
+        assert_eq!(stats.commands_refused.load(Ordering::Relaxed), 1);
     }
 }

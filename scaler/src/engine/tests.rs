@@ -14,7 +14,7 @@ use scaler_common::{Event, EventKind, EVENT_FLAG_WAKEUP};
 
 use super::*;
 use crate::{
-    actuator::{ActuatorError, LimitWriter, Setting},
+    actuator::{ActuatorError, LimitWriter, Setting, WriteMark},
     cgroupfs::{CpuQuota, Limit},
     clock::monotonic_ns,
     decider::{CpuPolicy, MemoryPolicy, MemorySignal, Reason, Resource, WriteOutcome},
@@ -153,7 +153,10 @@ fn manage_memory(e: &Engine, id: u64, limit: u64, refuse: bool) -> Writes {
         policy: Policy::Memory(memory_policy()),
         writer,
         usage: limit / 2,
-    })));
+        sampled_ns: crate::clock::monotonic_ns(),
+        mark: None,
+    })))
+    .unwrap();
     writes
 }
 
@@ -185,7 +188,7 @@ fn next_action(rx: &Receiver<Record>) -> ActionRecord {
         let left = end.saturating_duration_since(std::time::Instant::now());
         match rx.recv_timeout(left) {
             Ok(Record::Action(a)) => return a,
-            Ok(Record::Event(_)) => {}
+            Ok(Record::Event(_) | Record::Refused(_)) => {}
             Err(e) => panic!("no action record within 5 s: {e}"),
         }
     }
@@ -322,7 +325,10 @@ fn cpu_quota_near_raises_the_quota_through_the_cpu_writer() {
         }),
         writer,
         usage: 0,
-    })));
+        sampled_ns: crate::clock::monotonic_ns(),
+        mark: None,
+    })))
+    .unwrap();
     // A memory manage of the same id is a different slot: it must not see CPU signals.
     let mem_writes = manage_memory(&e, 21, 64 * MIB, false);
     sync(&e);
@@ -348,7 +354,7 @@ fn cpu_quota_near_raises_the_quota_through_the_cpu_writer() {
     );
     assert_eq!(e.stats().cpu_signals.load(Ordering::Relaxed), 1);
     // Forgotten: no longer in the snapshot, and its events decide nothing.
-    e.send(Command::Forget(Resource::Cpu, 21));
+    e.send(Command::Forget(Resource::Cpu, 21)).unwrap();
     assert!(e.snapshot(Resource::Cpu).is_empty());
     assert_eq!(e.snapshot(Resource::Memory).len(), 1);
     e.stop().unwrap();
@@ -360,10 +366,12 @@ fn samples_drive_scale_down_through_the_same_path() {
     let (e, rx) = start(&ring, false);
     let writes = manage_memory(&e, 8, 1 << 30, false);
     sync(&e);
-    // A policy max below the limit is enforced by the first sample, cooldown or not.
+    // A policy max below the limit: the first sample steps toward it, cooldown or not (a
+    // quarter of the way, as a scale-down does).
     let mut p = memory_policy();
     p.max = 512 * MIB;
     let (writer, writes2) = FakeWriter::boxed(Setting::Memory(Limit::Bytes(1 << 30)), false);
+    let mark = Arc::new(WriteMark::new(Setting::Memory(Limit::Bytes(1 << 30))));
     e.send(Command::Manage(Box::new(ManageRequest {
         id: 9,
         path: Arc::from("/test/9"),
@@ -371,7 +379,10 @@ fn samples_drive_scale_down_through_the_same_path() {
         policy: Policy::Memory(p),
         writer,
         usage: 16 * MIB,
-    })));
+        sampled_ns: crate::clock::monotonic_ns(),
+        mark: Some(mark.clone()),
+    })))
+    .unwrap();
     e.send(Command::Signal(
         9,
         Signal::Memory(MemorySignal::Sample {
@@ -382,14 +393,24 @@ fn samples_drive_scale_down_through_the_same_path() {
             psi_some_total_us: None,
             limit_hits: None,
         }),
-    ));
+    ))
+    .unwrap();
     let a = next_action(&rx);
     assert_eq!(a.action.cgroup, 9);
     assert_eq!(a.action.reason, Reason::ScaleDown);
-    assert_eq!(a.action.new, 512 * MIB);
-    assert_eq!(*writes2.lock().unwrap(), vec![512 * MIB]);
+    assert_eq!(a.action.new, 896 * MIB);
+    assert_eq!(*writes2.lock().unwrap(), vec![896 * MIB]);
+    // The write is marked for the slow side, whether or not its record arrives.
+    assert_eq!(
+        mark.read().map(|m| m.1),
+        Some(Setting::Memory(Limit::Bytes(896 * MIB)))
+    );
     assert!(writes.lock().unwrap().is_empty());
-    e.send(Command::SetBudget(Budget::Memory(1 << 40)));
+    e.send(Command::SetBudget(Budget::MemoryAvailable {
+        bytes: 1 << 40,
+        measured_ns: 0,
+    }))
+    .unwrap();
     sync(&e);
     e.stop().unwrap();
 }
@@ -425,11 +446,11 @@ fn limit_hits_in_samples_raise_when_no_event_arrived() {
             }),
         )
     };
-    e.send(sample(0));
+    e.send(sample(0)).unwrap();
     sync(&e);
     std::thread::sleep(Duration::from_millis(2));
     // The ring buffer stays empty (its records were lost); the kernel's count grew.
-    e.send(sample(40));
+    e.send(sample(40)).unwrap();
     let a = next_action(&rx);
     assert_eq!(a.action.reason, Reason::LimitHits);
     assert_eq!(*writes.lock().unwrap(), vec![a.action.new]);
@@ -477,6 +498,11 @@ fn the_hot_path_does_not_allocate() {
             policy: Policy::Memory(memory_policy()),
             writer: Box::new(w),
             usage: 32 * MIB,
+            sampled_ns: crate::clock::monotonic_ns(),
+            // The agent's write marks are on the hot path too.
+            mark: Some(Arc::new(WriteMark::new(Setting::Memory(Limit::Bytes(
+                64 * MIB,
+            ))))),
         })));
     }
     let mut ev = reclaim(0, 0, 0, 0);
@@ -493,8 +519,165 @@ fn the_hot_path_does_not_allocate() {
             Handler::on_event(&mut h, &decoded);
         }
     }
-    let allocated = allocations() - before;
+    let mut allocated = allocations() - before;
     assert!(writes.load(Ordering::Relaxed) >= 100, "raises were written");
+    // The node can back nothing more: every raise is refused, counted and reported.
+    h.command(Command::SetBudget(Budget::MemoryAvailable {
+        bytes: 0,
+        measured_ns: monotonic_ns(),
+    }));
+    let before = allocations();
+    for id in 1..=100u64 {
+        // A limit above ours (raised behind our back): adopted, then the raise is refused.
+        let limit = 4096 * MIB;
+        ev.ts_ns = monotonic_ns() + 10_000_000_000;
+        ev.cgroup_id = id;
+        ev.target_id = id;
+        ev.usage = limit;
+        ev.limit = limit;
+        let decoded = crate::events::decode(&encode(&ev)).unwrap();
+        Handler::on_event(&mut h, &decoded);
+    }
+    allocated += allocations() - before;
     assert_eq!(allocated, 0, "allocations on the hot path");
-    assert!(rec_rx.try_iter().count() >= 300);
+    let records: Vec<Record> = rec_rx.try_iter().collect();
+    assert!(records.len() >= 300);
+    let refused = records
+        .iter()
+        .filter(|r| matches!(r, Record::Refused(_)))
+        .count();
+    assert!(refused >= 90, "{refused} refusals reported");
+}
+
+/// Records the slow side never takes (a full channel) lose no write: the mark the slow side
+/// compares samples with holds every write, so the agent's raise is never taken for someone
+/// else's, and no original depends on a record arriving.
+#[test]
+fn dropped_records_lose_no_write_mark() {
+    let (rec_tx, rec_rx) = std::sync::mpsc::sync_channel(0);
+    let (_cmd_tx, cmd_rx) = std::sync::mpsc::channel();
+    let stats: Arc<EngineStats> = Arc::default();
+    let mut h = super::ScalingHandler::new(&EngineConfig::default(), rec_tx, cmd_rx, stats.clone());
+    let writes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mark = Arc::new(WriteMark::new(Setting::Memory(Limit::Bytes(64 * MIB))));
+    h.command(Command::Manage(Box::new(ManageRequest {
+        id: 1,
+        path: Arc::from("/dropped"),
+        parent: None,
+        policy: Policy::Memory(memory_policy()),
+        writer: Box::new(CountingWriter {
+            current: Mutex::new(Setting::Memory(Limit::Bytes(64 * MIB))),
+            writes: writes.clone(),
+        }),
+        usage: 60 * MIB,
+        sampled_ns: monotonic_ns(),
+        mark: Some(mark.clone()),
+    })));
+    let mut ev = reclaim(1, 1, 63 * MIB, 64 * MIB);
+    ev.ts_ns = monotonic_ns();
+    let decoded = crate::events::decode(&encode(&ev)).unwrap();
+    Handler::on_event(&mut h, &decoded);
+    assert_eq!(writes.load(Ordering::Relaxed), 1, "raised");
+    assert!(
+        stats.records_dropped.load(Ordering::Relaxed) >= 1,
+        "records dropped"
+    );
+    assert_eq!(rec_rx.try_iter().count(), 0);
+    let (_, ours) = mark.read().expect("no write under way");
+    assert!(
+        matches!(ours, Setting::Memory(Limit::Bytes(b)) if b > 64 * MIB),
+        "{ours:?}"
+    );
+}
+
+#[test]
+fn a_raise_the_node_cannot_back_is_refused_counted_and_reported() {
+    let ring = FakeRing::new();
+    let (e, rx) = start(&ring, false);
+    let writes = manage_memory(&e, 12, 64 * MIB, false);
+    // The sampler says the node can back 1 MiB beyond its reserve: less than the hysteresis.
+    e.send(Command::SetBudget(Budget::MemoryAvailable {
+        bytes: MIB,
+        measured_ns: monotonic_ns(),
+    }))
+    .unwrap();
+    sync(&e);
+    ring.push(reclaim(12, 12, 64 * MIB, 64 * MIB));
+    drained(&e, 1);
+    assert!(writes.lock().unwrap().is_empty(), "the limit is untouched");
+    assert_eq!(e.stats().refused(Resource::Memory, "budget"), 1);
+    assert_eq!(e.stats().refused(Resource::Memory, "at_max"), 0);
+    assert_eq!(e.stats().refused(Resource::Cpu, "budget"), 0);
+    let r = rx
+        .try_iter()
+        .find_map(|r| match r {
+            Record::Refused(r) => Some(r),
+            _ => None,
+        })
+        .expect("a refusal record");
+    assert_eq!(r.resource, Resource::Memory);
+    assert_eq!(r.skip.refusal(), Some("budget"));
+    assert_eq!(r.refusal.cgroup, 12);
+    assert_eq!(r.refusal.limit, 64 * MIB);
+    assert_eq!(r.refusal.allowed, Some(65 * MIB));
+    assert!(r.refusal.wanted.unwrap() > 65 * MIB);
+    // Memory freed on the node (a new sample): the next storm is rescued.
+    e.send(Command::SetBudget(Budget::MemoryAvailable {
+        bytes: 1 << 30,
+        measured_ns: monotonic_ns(),
+    }))
+    .unwrap();
+    sync(&e);
+    let mut ev = reclaim(12, 12, 64 * MIB, 64 * MIB);
+    ev.ts_ns = monotonic_ns() + 5_000_000_000;
+    ring.push(ev);
+    let a = next_action(&rx);
+    assert!(a.action.new > 64 * MIB);
+    e.stop().unwrap();
+}
+
+/// A burst of discovery commands (managing and forgetting many cgroups at once) is taken in
+/// bounded batches: each tick handles at most [`super::scaling::COMMANDS_PER_TICK`] and says
+/// that more is left, so the loop drains the ring buffer between batches.
+#[test]
+fn commands_are_taken_in_bounded_batches() {
+    let (rec_tx, _rec_rx) = std::sync::mpsc::sync_channel(16);
+    let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
+    let mut h =
+        super::ScalingHandler::new(&EngineConfig::default(), rec_tx, cmd_rx, Arc::default());
+    let n = 1000u64;
+    for id in 1..=n {
+        let (writer, _) = FakeWriter::boxed(Setting::Memory(Limit::Bytes(64 * MIB)), false);
+        cmd_tx
+            .send(Command::Manage(Box::new(ManageRequest {
+                id,
+                path: Arc::from(format!("/storm/{id}").as_str()),
+                parent: (id > 1).then_some(1),
+                policy: Policy::Memory(memory_policy()),
+                writer,
+                usage: 0,
+                sampled_ns: 0,
+                mark: None,
+            })))
+            .unwrap();
+        if id > 1 {
+            cmd_tx.send(Command::Forget(Resource::Memory, id)).unwrap();
+        }
+    }
+    let mut ticks = 0;
+    while Handler::on_tick(&mut h) {
+        ticks += 1;
+        assert!(ticks < 10_000);
+    }
+    let batches = (2 * n as usize - 1).div_ceil(super::scaling::COMMANDS_PER_TICK);
+    assert!(ticks + 1 >= batches, "{ticks} ticks for {batches} batches");
+    assert!(!Handler::on_tick(&mut h), "nothing left");
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    h.command(Command::Snapshot(Resource::Memory, tx));
+    let managed: Vec<u64> = rx.recv().unwrap().iter().map(|s| s.id).collect();
+    assert_eq!(
+        managed,
+        [1],
+        "every storm cgroup forgotten, the parent kept"
+    );
 }

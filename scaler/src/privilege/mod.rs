@@ -8,11 +8,15 @@
 //! |---------------------|---------------------------------------------------------------------|------------|
 //! | `CAP_BPF`           | creating the maps, loading BTF and the programs (5.8+)              | dropped    |
 //! | `CAP_PERFMON`       | tracing programs (`tp_btf`) and their kernel-memory reads (5.8+)    | dropped    |
-//! | `CAP_SYS_ADMIN`     | both of the above on kernels older than 5.8 (no CAP_BPF there)      | dropped    |
+//! | `CAP_SYS_ADMIN`     | both of the above on kernels older than 5.8 (no CAP_BPF there);     | dropped*   |
+//! |                     | reading a `trusted.` opt-in attribute (`agent.opt_in_xattr`)        |            |
 //! | `CAP_DAC_OVERRIDE`  | writing limits of cgroups not owned by scaler's uid (delegated ones) | kept       |
 //! | `CAP_SYS_NICE`      | SCHED_FIFO for the engine thread (optional)                         | kept       |
 //! | `CAP_IPC_LOCK`      | `mlockall` beyond RLIMIT_MEMLOCK (optional; needed for every later   | kept       |
 //! |                     | mapping once `MCL_FUTURE` is set)                                    |            |
+//!
+//! \* The agent keeps `CAP_SYS_ADMIN` while a policy requires a `trusted.` opt-in attribute:
+//! without it such an attribute reads as absent ([`after_load_keeping`]).
 //!
 //! Maps, the ring buffer and attached programs are used through file descriptors opened at
 //! load: map updates (watch/unwatch), ring-buffer reads and program info need no capability
@@ -232,6 +236,13 @@ fn writable(dir: &Path) -> std::io::Result<()> {
 /// engine), and the drop is process-wide. A thread already running would keep its sets: it is
 /// named in a warning.
 pub fn after_load(role: Role) {
+    after_load_keeping(role, CapSet::EMPTY);
+}
+
+/// [`after_load`], also keeping `extra` (when the process has them): the agent keeps
+/// `CAP_SYS_ADMIN` while a policy requires a `trusted.` opt-in attribute, which only that
+/// capability can read.
+pub fn after_load_keeping(role: Role, extra: CapSet) {
     let locked = match lock_memory() {
         Ok(()) => {
             tracing::debug!("memory locked (mlockall MCL_CURRENT|MCL_FUTURE)");
@@ -245,7 +256,7 @@ pub fn after_load(role: Role) {
             false
         }
     };
-    let keep = keep_after_load(role, locked);
+    let keep = CapSet(keep_after_load(role, locked).0 | extra.0);
     let running = other_threads();
     match drop_after_load(keep, role != Role::Exec) {
         Ok(d) => {

@@ -120,12 +120,12 @@ impl ManagedResource for Cpu {
         })
     }
 
-    fn restore(&self, cg: &Cgroup, original: Setting) -> Result<Restored, ActuatorError> {
+    fn restore(&self, cg: &Cgroup, id: CgId, original: Setting) -> Result<Restored, ActuatorError> {
         let Setting::Cpu(original) = original else {
             return Ok(Restored::Unchanged);
         };
         // A quota can always be lowered: the cost is throttling, not a kill.
-        let a = CpuActuator::open(cg)?;
+        let a = CpuActuator::open_expecting(cg, Some(id))?;
         let current = a.current_quota();
         if current == original {
             return Ok(Restored::Unchanged);

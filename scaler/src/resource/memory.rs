@@ -106,12 +106,23 @@ impl ManagedResource for Memory {
         })
     }
 
-    fn restore(&self, cg: &Cgroup, original: Setting) -> Result<Restored, ActuatorError> {
+    fn restore(&self, cg: &Cgroup, id: CgId, original: Setting) -> Result<Restored, ActuatorError> {
         let Setting::Memory(original) = original else {
             return Ok(Restored::Unchanged);
         };
-        let current = cg.memory_limit()?;
+        let act = MemoryActuator::open_expecting(cg, Some(id), MemoryOptions::default())?;
+        let current = act.current_limit();
         let usage = cg.memory_usage()?;
+        // The usage was read by path: it is this cgroup's if the cgroup is still there.
+        if let Ok(now) = cg.id() {
+            if now.0 != id {
+                return Err(ActuatorError::Replaced {
+                    path: cg.dir().to_path_buf(),
+                    expected: id,
+                    found: now.0,
+                });
+            }
+        }
         match plan_restore(original, current, usage) {
             Restore::Unchanged => Ok(Restored::Unchanged),
             Restore::BelowUsage { .. } => Ok(Restored::Kept {
@@ -119,7 +130,7 @@ impl ManagedResource for Memory {
                 current: Setting::Memory(current),
             }),
             Restore::Write(l) => {
-                MemoryActuator::open(cg, MemoryOptions::default())?.set_memory_limit(l)?;
+                act.set_memory_limit(l)?;
                 Ok(Restored::Written {
                     replaced: Setting::Memory(current),
                 })

@@ -77,9 +77,11 @@ pub trait ManagedResource: Send + Sync + fmt::Debug {
     fn policy(&self, policy: &PolicyConfig, node: &NodeInfo) -> Option<Policy> {
         policy.policy(self.resource(), node)
     }
-    /// Opens the cgroup's limit files (read now; written on the hot path).
-    fn open(&self, cg: &Cgroup) -> Result<Box<dyn LimitWriter>, ActuatorError> {
-        crate::actuator::open(self.resource(), cg)
+    /// Opens the cgroup's limit files (read now; written on the hot path) through its
+    /// directory fd; with `id`, the cgroup at the path must be that one (a cgroup removed and
+    /// recreated at the same path is refused with `ActuatorError::Replaced`).
+    fn open(&self, cg: &Cgroup, id: Option<CgId>) -> Result<Box<dyn LimitWriter>, ActuatorError> {
+        crate::actuator::open(self.resource(), cg, id)
     }
     /// Usage to start the decider from (bytes for memory; 0 where samples bring it).
     fn usage(&self, cg: &Cgroup) -> u64;
@@ -91,8 +93,9 @@ pub trait ManagedResource: Send + Sync + fmt::Debug {
     /// Reads a sample for the decider; `kernel` supplies what the cgroup files lack (v1 CPU
     /// time where cpuacct is not mounted with cpu).
     fn sample(&self, cg: &Cgroup, kernel: Option<(&Pipeline, CgId)>) -> Option<Sample>;
-    /// Writes `original` back (never below usage, where that matters).
-    fn restore(&self, cg: &Cgroup, original: Setting) -> Result<Restored, ActuatorError>;
+    /// Writes `original` back (never below usage, where that matters) to the cgroup `id`
+    /// only: another cgroup found at the path is refused (`ActuatorError::Replaced`).
+    fn restore(&self, cg: &Cgroup, id: CgId, original: Setting) -> Result<Restored, ActuatorError>;
     /// The policy's bounds, for logs: `(min, max)`.
     fn bounds(&self, policy: &Policy) -> (String, String);
     /// A setting as a metric value in [`unit`](Self::unit) (`+Inf`: no limit).

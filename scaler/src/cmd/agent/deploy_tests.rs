@@ -88,9 +88,10 @@ fn the_daemonset_is_valid_and_consistent_with_its_configmap() {
         assert_eq!(selected, managed, "{path}");
     }
 
-    // Metrics: bound to all addresses inside the pod netns, on the annotated, declared port.
+    // Metrics: loopback in the ConfigMap, the pod IP from the downward API (never 0.0.0.0),
+    // on the annotated, declared port; the probes ask /healthz and /readyz on it.
     let addr = config.agent.metrics_addr;
-    assert!(addr.ip().is_unspecified(), "{addr}");
+    assert!(addr.ip().is_loopback(), "{addr}");
     let pod = get(ds, "spec.template");
     let annotations = get(pod, "metadata.annotations");
     let annotation = |k: &str| {
@@ -106,6 +107,33 @@ fn the_daemonset_is_valid_and_consistent_with_its_configmap() {
         get(c, "ports.0.containerPort").as_u64(),
         Some(u64::from(addr.port()))
     );
+    let env = get(c, "env").as_sequence().expect("env");
+    let metrics_env = env
+        .iter()
+        .find(|e| get(e, "name").as_str() == Some("SCALER_METRICS_ADDR"))
+        .expect("SCALER_METRICS_ADDR in the container's env");
+    assert_eq!(
+        str_of(metrics_env, "valueFrom.fieldRef.fieldPath"),
+        "status.podIP"
+    );
+    // The agent's flag reads that variable, and an IP alone takes the configured port.
+    let cmd = <super::AgentArgs as clap::Args>::augment_args(clap::Command::new("agent"));
+    let flag = cmd
+        .get_arguments()
+        .find(|a| a.get_long() == Some("metrics-addr"))
+        .expect("--metrics-addr");
+    assert_eq!(
+        flag.get_env(),
+        Some(std::ffi::OsStr::new("SCALER_METRICS_ADDR"))
+    );
+    let bound = super::parse_metrics_addr("10.1.2.3").unwrap().resolve(addr);
+    assert_eq!(bound.to_string(), format!("10.1.2.3:{}", addr.port()));
+    let v6 = super::parse_metrics_addr("fd00::5").unwrap().resolve(addr);
+    assert_eq!(v6.to_string(), format!("[fd00::5]:{}", addr.port()));
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(str_of(c, &format!("{probe}.httpGet.path")), path);
+        assert_eq!(str_of(c, &format!("{probe}.httpGet.port")), "metrics");
+    }
     assert_eq!(get(pod, "spec.hostPID").as_bool(), Some(true));
     assert_eq!(get(c, "securityContext.privileged").as_bool(), Some(true));
     assert!(
@@ -199,7 +227,10 @@ fn exported_names() -> BTreeSet<String> {
             kind: "reclaim_begin",
         })
         .inc();
-    let l = LimitLabels::new(&CgroupLabels::new("/a", "p"), &crate::resource::Memory);
+    let l = LimitLabels::new(
+        &CgroupLabels::new("/a", "p", None),
+        &crate::resource::Memory,
+    );
     m.limit.get_or_create(&l).set(1.0);
     m.original_limit.get_or_create(&l).set(1.0);
     m.usage.get_or_create(&l).set(1.0);
@@ -319,6 +350,9 @@ fn the_systemd_unit_runs_the_agent_with_what_it_needs() {
     assert!(get("ExecStart").contains(" agent --config /etc/scaler/scaler.toml"));
     assert!(get("ExecStartPre").contains(" check-config /etc/scaler/scaler.toml"));
     assert_eq!(get("Restart"), "on-failure");
+    // The agent speaks sd_notify: READY=1, WATCHDOG=1 while healthy.
+    assert_eq!(get("Type"), "notify");
+    assert!(get("WatchdogSec").ends_with('s'));
     assert_eq!(
         get("RestartPreventExitStatus"),
         super::EXIT_BAD_CONFIG.to_string()

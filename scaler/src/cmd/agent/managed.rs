@@ -4,21 +4,23 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    path::Path,
+    path::{Path, PathBuf},
     sync::{atomic::Ordering, Arc},
 };
 
 use super::{
+    capacity::{self, Unprotected},
     lock,
-    metrics::{CgroupLabels, LimitLabels, Metrics, ProgramLabels, ResultLabels},
-    state::Observed,
+    metrics::{CgroupLabels, LimitLabels, Metrics, ProgramLabels, RefusedLabels, ResultLabels},
+    resource_index,
+    state::{Observed, SettingRecord},
     status::{ManagedCpuStatus, ManagedStatus, StatusDoc},
     AgentState, Managed,
 };
 use crate::{
-    actuator::Setting,
+    actuator::{Setting, WriteMark},
     cgroupfs::{CgroupIndex, Hierarchy},
-    config::{Config, NodeInfo, PolicyConfig},
+    config::{Config, NodeInfo, PolicyConfig, Untrusted},
     decider::{CgId, Resource},
     ebpf::Pipeline,
     engine::{Budget, Command, Engine, EngineStats, ManageRequest, Snapshot},
@@ -47,37 +49,102 @@ pub struct Agent {
     pub pipeline: Pipeline,
     pub engine: Engine,
     pub state: Arc<AgentState>,
+    /// State records of unmanaged cgroups whose original could not be put back yet (said
+    /// once; retried at each reconcile).
+    pub kept: HashSet<(Resource, String)>,
+    /// Cgroups refused and said so: each is logged and counted once while it stays refused.
+    pub refused: HashSet<Refusal>,
 }
 
-/// Cgroups of `index` that a policy selects, with what `pick` takes from the policy, parents
-/// before children (so that each finds its managed ancestor).
+/// A refused cgroup, as remembered so that it is said once.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Refusal {
+    /// The resource whose policy selected it (`None`: its opt-in, for every resource).
+    resource: Option<Resource>,
+    /// The mount point of its hierarchy.
+    mount: PathBuf,
+    /// Its path from the hierarchy root.
+    path: String,
+}
+
+/// Refused cgroups logged by name in one pass (the rest are counted, and summed up in one
+/// line).
+const REFUSALS_LOGGED_PER_PASS: usize = 10;
+
+/// What one pass over a hierarchy's cgroups found.
+struct Selection<P> {
+    /// Cgroups a policy selects, with what `pick` takes from the policy, parents before
+    /// children (so that each finds its managed ancestor): (id, path, policy name, pick).
+    wanted: Vec<(CgId, String, String, P)>,
+    /// Cgroups whose opt-in attribute does not count (it could have been forged), with why.
+    untrusted: Vec<(String, Untrusted)>,
+    /// Cgroups a policy selects that hold the agent itself (its own cgroup, or an ancestor of
+    /// it), with the policy's name: never managed.
+    own: Vec<(String, String)>,
+}
+
+/// True if `path` is `own` or one of its ancestors (both paths from the hierarchy root).
+fn holds(path: &str, own: &str) -> bool {
+    path == "/"
+        || own
+            .strip_prefix(path)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Cgroups of `index` that a policy selects (see [`Selection`]). An opt-in attribute counts
+/// only where it cannot be forged ([`crate::config::AgentConfig::opt_in_trust`]); `own` is the
+/// agent's own cgroup in this hierarchy, which is never selected, nor are its ancestors.
 fn selected<P>(
     config: &Config,
     hierarchy: &Hierarchy,
     index: &CgroupIndex,
+    own: Option<&str>,
     pick: impl Fn(&PolicyConfig) -> Option<P>,
-) -> Vec<(CgId, String, String, P)> {
-    let needs_xattr = config.policies.iter().any(|p| p.require_xattr);
+) -> Selection<P> {
+    let needs_xattr = config.uses_opt_in();
     let xattr_name = &config.agent.opt_in_xattr;
-    let mut wanted = Vec::new();
+    let mut out = Selection {
+        wanted: Vec::new(),
+        untrusted: Vec::new(),
+        own: Vec::new(),
+    };
     for (id, path) in index.iter() {
         let xattr = if needs_xattr {
-            hierarchy
-                .cgroup(path)
-                .ok()
-                .and_then(|c| c.xattr(xattr_name).ok().flatten())
-                .map(|v| String::from_utf8_lossy(&v).into_owned())
+            // Most cgroups carry no attribute: one getxattr by path says so; only a present
+            // one is read again with its directory's owner, through one descriptor.
+            let cg = hierarchy.cgroup(path).ok();
+            let present = cg
+                .as_ref()
+                .is_some_and(|c| c.xattr(xattr_name).is_ok_and(|v| v.is_some()));
+            match cg
+                .filter(|_| present)
+                .and_then(|c| c.xattr_with_owner(xattr_name).ok().flatten())
+            {
+                Some((v, owner)) => match config.agent.opt_in_trust(owner.uid, owner.mode) {
+                    Ok(()) => Some(String::from_utf8_lossy(&v).into_owned()),
+                    Err(why) => {
+                        out.untrusted.push((path.to_string(), why));
+                        None
+                    }
+                },
+                None => None,
+            }
         } else {
             None
         };
         if let Some(p) = config.policy_for(path, xattr.as_deref()) {
             if let Some(v) = pick(p) {
-                wanted.push((id.0, path.to_string(), p.name.clone(), v));
+                if own.is_some_and(|o| holds(path, o)) {
+                    out.own.push((path.to_string(), p.name.clone()));
+                    continue;
+                }
+                out.wanted.push((id.0, path.to_string(), p.name.clone(), v));
             }
         }
     }
-    wanted.sort_by_key(|(_, path, _, _)| path.matches('/').count());
-    wanted
+    out.wanted
+        .sort_by_key(|(_, path, _, _)| path.matches('/').count());
+    out
 }
 
 /// `/a/b/c` -> `/a/b`, `/a`, `/`.
@@ -168,13 +235,100 @@ impl Agent {
         self.state.save_state();
     }
 
+    /// Logs and counts, once per cgroup while it stays refused, the cgroups of `h` whose
+    /// opt-in does not count and those a policy selects that hold the agent itself.
+    fn report_refused(
+        &mut self,
+        h: &Hierarchy,
+        res: Resource,
+        untrusted: &[(String, Untrusted)],
+        own: &[(String, String)],
+    ) {
+        let metrics = &self.state.metrics;
+        let count = |reason| {
+            metrics
+                .cgroups_refused
+                .get_or_create(&RefusedLabels {
+                    resource: res.as_str(),
+                    reason,
+                })
+                .inc();
+        };
+        // The opt-in is the cgroup's, whatever the resource (on a unified tree every resource
+        // finds the same ones); holding the agent is a refusal of one resource's policy.
+        let opt_in = |path: &str| Refusal {
+            resource: None,
+            mount: h.mount.clone(),
+            path: path.to_owned(),
+        };
+        let holder = |path: &str| Refusal {
+            resource: Some(res),
+            mount: h.mount.clone(),
+            path: path.to_owned(),
+        };
+        let mut now = HashSet::new();
+        // A storm of forged opt-ins (a user making thousands of cgroups) is counted in full
+        // but logged a few lines a pass.
+        let mut unsaid = 0usize;
+        let mut said = 0usize;
+        for (path, why) in untrusted {
+            let key = opt_in(path);
+            if !self.refused.contains(&key) {
+                count("untrusted_opt_in");
+                if said < REFUSALS_LOGGED_PER_PASS {
+                    said += 1;
+                    tracing::warn!(
+                        cgroup = %path,
+                        resource = res.as_str(),
+                        xattr = %self.config.agent.opt_in_xattr,
+                        reason = why.as_str(),
+                        why = %why,
+                        "opt-in ignored: an unprivileged user could have set the attribute"
+                    );
+                } else {
+                    unsaid += 1;
+                }
+            }
+            now.insert(key);
+        }
+        if unsaid > 0 {
+            tracing::warn!(
+                resource = res.as_str(),
+                count = unsaid,
+                "opt-in ignored on {unsaid} more cgroups (see \
+                 scaler_cgroups_refused_total{{reason=\"untrusted_opt_in\"}})"
+            );
+        }
+        for (path, policy) in own {
+            let key = holder(path);
+            if !self.refused.contains(&key) {
+                count("agent_cgroup");
+                tracing::warn!(
+                    cgroup = %path,
+                    resource = res.as_str(),
+                    policy = %policy,
+                    "refused: the agent runs in this cgroup (or below it) and never manages \
+                     its own limits; narrow the policy's match"
+                );
+            }
+            now.insert(key);
+        }
+        // Forget what this pass no longer refuses (so that it is said again if it comes back).
+        self.refused.retain(|r| {
+            r.mount != h.mount || r.resource.is_some_and(|x| x != res) || now.contains(r)
+        });
+        self.refused.extend(now);
+    }
+
     fn reconcile_resource(&mut self, r: &dyn ManagedResource) {
         let res = r.resource();
         let wants = self.wants(r);
-        if !wants && lock(self.state.managed(res)).is_empty() {
+        let recorded = lock(&self.state.state).has_records(res);
+        if !wants && !recorded && lock(self.state.managed(res)).is_empty() {
+            lock(&self.state.unprotected)[resource_index(res)].clear();
             return;
         }
-        if wants && self.hierarchy_of(r).is_none() {
+        if (wants || recorded) && self.hierarchy_of(r).is_none() {
             return;
         }
         let Some(h) = self.known_hierarchy(res).cloned() else {
@@ -193,9 +347,25 @@ impl Agent {
                 }
                 None => &self.index,
             };
-            wanted = selected(&self.config, &h, index, |p| r.policy(p, &node));
+            let own = match h.own_cgroup() {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    tracing::warn!(
+                        resource = res.as_str(),
+                        "cannot tell the agent's own cgroup ({e}): no cgroup is refused as \
+                         holding the agent"
+                    );
+                    None
+                }
+            };
+            let sel = selected(&self.config, &h, index, own.as_deref(), |p| {
+                r.policy(p, &node)
+            });
+            self.report_refused(&h, res, &sel.untrusted, &sel.own);
+            wanted = sel.wanted;
         }
         let wanted_ids: HashSet<CgId> = wanted.iter().map(|w| w.0).collect();
+        let wanted_paths: Vec<String> = wanted.iter().map(|w| w.1.clone()).collect();
         let mut managed = lock(self.state.managed(res));
         let metrics = &self.state.metrics;
         let gone: Vec<CgId> = managed
@@ -203,22 +373,62 @@ impl Agent {
             .filter(|id| !wanted_ids.contains(id))
             .copied()
             .collect();
+        let forgot = !gone.is_empty();
         for id in gone {
+            // Forget in the engine first: a refused Forget keeps the entry, tried again at the
+            // next pass (the engine must never keep writing a cgroup the agent let go).
+            if let Err(e) = self.engine.send(Command::Forget(res, id)) {
+                tracing::error!(
+                    cgroup = %managed[&id].path,
+                    resource = res.as_str(),
+                    "cannot stop managing it yet: {e}"
+                );
+                continue;
+            }
             let m = managed.remove(&id).expect("listed");
             tracing::info!(
                 cgroup = %m.path,
                 resource = res.as_str(),
                 "no longer managed (removed or deselected)"
             );
-            self.engine.send(Command::Forget(res, id));
             r.unwatch(&mut self.pipeline, id);
-            lock(&self.state.state).forget_setting(res, &m.path);
+            // Its state record stays until its original is back (below).
             metrics.forget(&m.labels);
         }
         let mut path_to_id: HashMap<String, CgId> = managed
             .iter()
             .map(|(id, m)| (m.path.clone(), *id))
             .collect();
+        let previous = std::mem::take(&mut lock(&self.state.unprotected)[resource_index(res)]);
+        let mut unprotected: HashMap<String, Unprotected> = HashMap::new();
+        let mut refuse = |path: &str, u: Unprotected| {
+            metrics
+                .cgroups_refused
+                .get_or_create(&RefusedLabels {
+                    resource: res.as_str(),
+                    reason: u.reason,
+                })
+                .inc();
+            // Loud the first time; the same refusal at later passes is a debug line.
+            if previous.get(path).map(|p| p.reason) == Some(u.reason) {
+                tracing::debug!(
+                    cgroup = %path,
+                    resource = res.as_str(),
+                    reason = u.reason,
+                    "still not protected: {}",
+                    u.error
+                );
+            } else {
+                tracing::error!(
+                    cgroup = %path,
+                    resource = res.as_str(),
+                    reason = u.reason,
+                    "NOT PROTECTED: {}",
+                    u.error
+                );
+            }
+            unprotected.insert(path.to_owned(), u);
+        };
         for (id, path, policy_name, policy) in wanted {
             if let Some(m) = managed.get(&id) {
                 if m.policy == policy && m.policy_name == policy_name {
@@ -232,33 +442,60 @@ impl Agent {
                     continue;
                 }
             };
-            let writer = match r.open(&cg) {
+            // Opened through the cgroup's directory fd, and only if it is still the cgroup
+            // the index found (id): a path removed and recreated since is refused here, and
+            // the new cgroup is managed on its own at the next pass.
+            let writer = match r.open(&cg, Some(id)) {
                 Ok(w) => w,
+                Err(e) if e.kind() == crate::actuator::ErrorKind::Gone => {
+                    tracing::debug!(
+                        cgroup = %path,
+                        resource = res.as_str(),
+                        "gone before it was managed: {e}"
+                    );
+                    continue;
+                }
                 Err(e) => {
-                    tracing::warn!(cgroup = %path, resource = res.as_str(), "cannot manage: {e}");
+                    refuse(&path, capacity::open_refusal(&e));
                     continue;
                 }
             };
             let current = writer.current();
-            let original = lock(&self.state.state).manage_setting(&path, id, &policy_name, current);
+            // The time of the usage figure is taken before it is read.
+            let sampled_ns = crate::clock::monotonic_ns();
+            let usage = r.usage(&cg);
+            let kernel_events = match r.watch(&mut self.pipeline, id, &policy) {
+                Ok(w) => w,
+                Err(e) => {
+                    refuse(
+                        &path,
+                        capacity::watch_refusal(&e, self.pipeline.max_watched()),
+                    );
+                    continue;
+                }
+            };
             let parent = ancestors(&path).find_map(|a| path_to_id.get(a).copied());
-            self.engine.send(Command::Manage(Box::new(ManageRequest {
+            let mark = Arc::new(WriteMark::new(current));
+            if let Err(e) = self.engine.send(Command::Manage(Box::new(ManageRequest {
                 id,
                 path: Arc::from(path.as_str()),
                 parent,
                 policy,
                 writer,
-                usage: r.usage(&cg),
-            })));
-            let kernel_events = match r.watch(&mut self.pipeline, id, &policy) {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::warn!(cgroup = %path, resource = res.as_str(), "cannot watch: {e}");
-                    false
+                usage,
+                sampled_ns,
+                mark: Some(mark.clone()),
+            }))) {
+                if !managed.contains_key(&id) {
+                    r.unwatch(&mut self.pipeline, id);
                 }
-            };
-            let pod = crate::k8s::parse(&path);
-            let labels = LimitLabels::new(&CgroupLabels::new(&path, &policy_name), r);
+                refuse(&path, capacity::engine_refusal(e));
+                continue;
+            }
+            let (original, original_unknown) =
+                lock(&self.state.state).manage_setting(&path, id, &policy_name, current);
+            let pod = self.config.pod_of(&path);
+            let labels = LimitLabels::new(&CgroupLabels::new(&path, &policy_name, pod.as_ref()), r);
             if let Some(old) = managed.get(&id).map(|m| m.labels.clone()) {
                 metrics.forget(&old);
             }
@@ -267,7 +504,21 @@ impl Agent {
                 .get_or_create(&labels)
                 .set(r.gauge(original));
             metrics.limit.get_or_create(&labels).set(r.gauge(current));
+            metrics
+                .original_unknown
+                .get_or_create(&labels)
+                .set(if original_unknown { 1.0 } else { 0.0 });
             let (min, max) = r.bounds(&policy);
+            if original_unknown {
+                tracing::error!(
+                    cgroup = %path,
+                    resource = res.as_str(),
+                    limit = %current,
+                    "original limit UNKNOWN (the state file and its copy were lost or damaged): \
+                     the limit found now may be one the agent had raised; restores leave this \
+                     cgroup as it is, and a limit its owner writes becomes its original"
+                );
+            }
             tracing::info!(
                 cgroup = %path,
                 resource = res.as_str(),
@@ -277,6 +528,7 @@ impl Agent {
                 max = %max,
                 limit = %current,
                 original = %original,
+                original_unknown,
                 kernel_events,
                 "managing"
             );
@@ -288,6 +540,9 @@ impl Agent {
                     policy_name,
                     policy,
                     original,
+                    original_unknown,
+                    mark,
+                    adopted: None,
                     pod,
                     labels,
                 },
@@ -299,46 +554,93 @@ impl Agent {
                 resource: res.as_str(),
             })
             .set(managed.len() as i64);
-    }
-
-    /// Drops state records of cgroups that are not managed after the first reconcile: those
-    /// that vanished while the agent was down, or that the configuration no longer selects.
-    pub fn drop_stale_state(&self) {
-        for r in resource::ALL {
-            let res = r.resource();
-            let managed: HashSet<String> = lock(self.state.managed(res))
-                .values()
-                .map(|m| m.path.clone())
-                .collect();
-            let dropped = lock(&self.state.state).retain_settings(res, |p| managed.contains(p));
-            let h = self.known_hierarchy(res);
-            for (path, original, current) in dropped {
-                let exists = h.is_some_and(|h| h.cgroup(&path).is_ok_and(|c| c.exists()));
-                if exists {
-                    tracing::warn!(
-                        cgroup = %path,
-                        resource = res.as_str(),
-                        original = %original,
-                        current = %current,
-                        "state file: no longer selected by the configuration; its limit stays \
-                         as the agent left it"
-                    );
-                } else {
-                    tracing::info!(
-                        cgroup = %path,
-                        resource = res.as_str(),
-                        "state file: cgroup vanished while the agent was down; forgotten"
-                    );
-                }
+        for reason in capacity::reason::ALL {
+            let n = unprotected.values().filter(|u| u.reason == reason).count();
+            metrics
+                .cgroups_unprotected
+                .get_or_create(&RefusedLabels {
+                    resource: res.as_str(),
+                    reason,
+                })
+                .set(n as i64);
+        }
+        lock(&self.state.unprotected)[resource_index(res)] = unprotected;
+        // Records of cgroups not managed any more (removed, deselected by a reload or by a
+        // changed path or opt-in, or while the agent was down): the original goes back.
+        let keep: HashSet<String> = managed
+            .values()
+            .map(|m| m.path.clone())
+            .chain(wanted_paths)
+            .collect();
+        drop(managed);
+        let unmanaged: Vec<SettingRecord> =
+            lock(&self.state.state).settings_where(res, |p| !keep.contains(p));
+        if unmanaged.is_empty() {
+            return;
+        }
+        if forgot {
+            // The engine handles commands in order: once it answers this, it has forgotten
+            // them, and nothing races the restores.
+            let _ = self.engine.snapshot(res);
+        }
+        let dry_run = self.config.agent.dry_run;
+        for rec in unmanaged {
+            let key = (res, rec.path.clone());
+            let quiet = self.kept.contains(&key);
+            let settled = if dry_run {
+                true
+            } else {
+                put_back(r, &h, &rec, "deselected", quiet)
+            };
+            if settled {
+                lock(&self.state.state).forget_setting(res, &rec.path);
+                self.kept.remove(&key);
+            } else {
+                self.kept.insert(key);
             }
         }
+    }
+
+    /// After the first reconcile: the cgroups that existed at start are managed, and those
+    /// found from now on are new (their limit is their original, also after a lost state).
+    pub fn drop_stale_state(&self) {
+        lock(&self.state.state).end_recovery();
         self.state.save_state();
+    }
+
+    /// Samples what the node can back beyond the reserve (`MemAvailable` minus
+    /// `node.memory_reserve`) and hands it to the engine, which bounds every memory raise by it
+    /// (less what raises granted since).
+    pub fn sample_node(&self) {
+        let measured_ns = crate::clock::monotonic_ns();
+        match crate::config::mem_available() {
+            Ok(a) => {
+                let room = self.config.memory_room(&self.node, a);
+                self.state
+                    .metrics
+                    .node_memory_room
+                    .set(i64::try_from(room).unwrap_or(i64::MAX));
+                if let Err(e) = self
+                    .engine
+                    .send(Command::SetBudget(Budget::MemoryAvailable {
+                        bytes: room,
+                        measured_ns,
+                    }))
+                {
+                    tracing::warn!("the node's memory figure is not in force yet: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(
+                "reading MemAvailable from /proc/meminfo: {e}; raises keep the last figure"
+            ),
+        }
     }
 
     /// The slow path: a sample of each managed cgroup of each resource (scale-down, rate
     /// estimation, throttling), which also notices limits changed outside the agent (see
     /// [`super::state::Table::observe`]): such a limit becomes the cgroup's original.
     pub fn sample(&self) {
+        self.sample_node();
         for r in resource::ALL {
             let res = r.resource();
             let Some(h) = self.known_hierarchy(res) else {
@@ -349,11 +651,25 @@ impl Agent {
                 let Ok(cg) = h.cgroup(&m.path) else {
                     continue;
                 };
+                // What the agent had written, read around the sample (see WriteMark).
+                let before = m.mark.read();
                 let Some(s) = r.sample(&cg, Some((&self.pipeline, *id))) else {
                     continue;
                 };
+                // Read by path: the figures are this cgroup's only if the path still holds it
+                // (ids are never reused); a recreated one is not fed to the old entry.
+                if !cg.id().is_ok_and(|now| now.0 == *id) {
+                    continue;
+                }
+                let ours =
+                    before
+                        .filter(|(seq, _)| m.mark.unchanged_since(*seq))
+                        .map(|(seq, written)| match m.adopted {
+                            Some((at, adopted)) if at == seq => (seq, adopted),
+                            _ => (seq, written),
+                        });
                 if let Observed::Adopted { previous } =
-                    lock(&self.state.state).observe_setting(&m.path, s.observed)
+                    lock(&self.state.state).observe_setting(&m.path, s.observed, ours.map(|o| o.1))
                 {
                     tracing::info!(
                         cgroup = %m.path,
@@ -363,11 +679,14 @@ impl Agent {
                         "limit changed outside the agent: adopted as the original"
                     );
                     m.original = s.observed;
-                    self.state
-                        .metrics
+                    m.original_unknown = false;
+                    m.adopted = ours.map(|(seq, _)| (seq, s.observed));
+                    let metrics = &self.state.metrics;
+                    metrics
                         .original_limit
                         .get_or_create(&m.labels)
                         .set(r.gauge(s.observed));
+                    metrics.original_unknown.get_or_create(&m.labels).set(0.0);
                 }
                 if let Some(t) = s.throttled_seconds {
                     self.state
@@ -376,7 +695,8 @@ impl Agent {
                         .get_or_create(&m.labels.cgroup)
                         .set(t);
                 }
-                self.engine.send(Command::Signal(*id, s.signal));
+                // A refused sample is counted by the engine; the next comes an interval later.
+                let _ = self.engine.send(Command::Signal(*id, s.signal));
             }
         }
         self.state.save_state();
@@ -423,9 +743,26 @@ impl Agent {
         );
         Metrics::set_total(&m.failed_writes, e.failed_writes.load(Ordering::Relaxed));
         Metrics::set_total(
+            &m.commands_refused,
+            e.commands_refused.load(Ordering::Relaxed),
+        );
+        Metrics::set_total(
             &m.unmanaged_ancestor_binds,
             e.unmanaged_ancestor_binds.load(Ordering::Relaxed),
         );
+        for r in resource::ALL {
+            let resource = r.resource();
+            for reason in crate::decider::REFUSAL_REASONS {
+                let n = e.refused(resource, reason);
+                if n > 0 {
+                    let l = super::metrics::RefusedLabels {
+                        resource: resource.as_str(),
+                        reason,
+                    };
+                    Metrics::set_total(&m.raises_refused.get_or_create(&l), n);
+                }
+            }
+        }
         for (program, (run_time, runs)) in self.pipeline.program_stats() {
             let l = ProgramLabels { program };
             Metrics::set_total_f64(&m.bpf_run_seconds.get_or_create(&l), run_time.as_secs_f64());
@@ -466,11 +803,15 @@ impl Agent {
                         tracing::warn!("agent.{key} changed from {old} to {new}: takes effect at the next start");
                     }
                 }
-                self.engine.send(Command::SetBudget(Budget::Memory(
-                    c.memory_budget(&self.node),
-                )));
-                self.engine
-                    .send(Command::SetBudget(Budget::Cpu(c.cpu_budget(&self.node))));
+                for w in c.warnings() {
+                    tracing::warn!(key = %w.key, "{}", w.message);
+                }
+                if let Err(e) = self
+                    .engine
+                    .send(Command::SetBudget(Budget::Cpu(c.cpu_budget(&self.node))))
+                {
+                    tracing::error!("the new cpu budget is not in force: {e}");
+                }
                 if c.manages_cpu() && !self.pipeline.cpu_enabled() {
                     tracing::warn!(
                         "a [policy.cpu] is configured but the scheduler programs were not \
@@ -485,6 +826,9 @@ impl Agent {
                 c.agent.status_socket = self.config.agent.status_socket.clone();
                 c.agent.state_file = self.config.agent.state_file.clone();
                 self.config = c;
+                super::check_opt_in_readable(&self.config);
+                // The new reserve, at once.
+                self.sample_node();
                 reloads.get_or_create(&ResultLabels { result: "ok" }).inc();
                 tracing::info!(
                     policies = self.config.policies.len(),
@@ -527,44 +871,86 @@ pub fn restore_originals(hierarchies: &HashMap<Resource, Hierarchy>, state: &Age
             continue;
         };
         let records = lock(&state.state).settings(res);
-        for (path, id, original, _) in records {
-            let cg = match h.cgroup(&path) {
-                Ok(c) if c.exists() && c.id().is_ok_and(|i| i.0 == id) => c,
-                _ => {
-                    lock(&state.state).forget_setting(res, &path);
-                    continue;
-                }
-            };
-            match r.restore(&cg, original) {
-                Ok(Restored::Written { replaced }) => {
-                    tracing::info!(
-                        target: "scaler::audit",
-                        cgroup = %path,
-                        resource = res.as_str(),
-                        old = %replaced,
-                        new = %original,
-                        reason = "restore_on_exit",
-                        "limit restored"
-                    );
-                    lock(&state.state).forget_setting(res, &path);
-                }
-                Ok(Restored::Unchanged) => lock(&state.state).forget_setting(res, &path),
-                Ok(Restored::Kept { why, current }) => tracing::warn!(
-                    cgroup = %path,
-                    resource = res.as_str(),
-                    original = %original,
-                    current = %current,
-                    "not restored: {why}"
-                ),
-                Err(e) => tracing::warn!(
-                    cgroup = %path,
-                    resource = res.as_str(),
-                    "restoring {original}: {e}"
-                ),
+        for rec in records {
+            if put_back(r, h, &rec, "restore_on_exit", false) {
+                lock(&state.state).forget_setting(res, &rec.path);
             }
         }
     }
     state.save_state();
+}
+
+/// Writes a state record's original back into its cgroup (never below usage). Returns true
+/// when the record is settled and may be forgotten: restored, already at its original, or the
+/// cgroup is gone (or is another cgroup now); false when it stays (an unknown original is
+/// never written; an original below usage waits). `quiet` skips the log of a record that
+/// stays, said before.
+pub fn put_back(
+    r: &dyn resource::ManagedResource,
+    h: &Hierarchy,
+    rec: &SettingRecord,
+    reason: &'static str,
+    quiet: bool,
+) -> bool {
+    let res = r.resource();
+    let path = &rec.path;
+    let cg = match h.cgroup(path) {
+        Ok(c) if c.exists() && c.id().is_ok_and(|i| i.0 == rec.id) => c,
+        _ => return true,
+    };
+    if rec.unknown_original {
+        if !quiet {
+            tracing::error!(
+                cgroup = %path,
+                resource = res.as_str(),
+                current = %rec.current,
+                reason,
+                "not restored: its original limit is UNKNOWN (the state file and its copy were \
+                 lost or damaged); it stays as it is: check it and set it by hand"
+            );
+        }
+        return false;
+    }
+    let original = rec.original;
+    match r.restore(&cg, rec.id, original) {
+        Ok(Restored::Written { replaced }) => {
+            tracing::info!(
+                target: "scaler::audit",
+                cgroup = %path,
+                resource = res.as_str(),
+                old = %replaced,
+                new = %original,
+                reason,
+                "limit restored"
+            );
+            true
+        }
+        Ok(Restored::Unchanged) => true,
+        Ok(Restored::Kept { why, current }) => {
+            if !quiet {
+                tracing::warn!(
+                    cgroup = %path,
+                    resource = res.as_str(),
+                    original = %original,
+                    current = %current,
+                    reason,
+                    "not restored: {why}"
+                );
+            }
+            false
+        }
+        Err(e) => {
+            if !quiet {
+                tracing::warn!(
+                    cgroup = %path,
+                    resource = res.as_str(),
+                    reason,
+                    "restoring {original}: {e}"
+                );
+            }
+            false
+        }
+    }
 }
 
 /// Builds the status document from the shared state and the engine's snapshots.
@@ -597,6 +983,7 @@ pub fn status_doc(
                     container_id: m.pod.as_ref().and_then(|p| p.container_id.clone()),
                     limit: s.and_then(|s| s.memory_limit()).map(Into::into),
                     original_limit: original.into(),
+                    original_unknown: m.original_unknown,
                     usage_bytes: s.and_then(|s| s.usage).map(|u| u as u64),
                     utilization: s.and_then(|s| s.utilization),
                     allocation_rate: s.and_then(|s| s.growth_rate),
@@ -607,6 +994,7 @@ pub fn status_doc(
                     policy: m.policy_name.clone(),
                     quota_cores: s.and_then(|s| s.quota_cores()),
                     original_quota_cores: original.cores(),
+                    original_unknown: m.original_unknown,
                     usage_cores: s.and_then(|s| s.usage),
                     utilization: s.and_then(|s| s.utilization),
                 }),
@@ -615,6 +1003,22 @@ pub fn status_doc(
     }
     memory.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
     cpu.sort_by(|a, b| a.cgroup.cmp(&b.cgroup));
+    let mut unprotected: Vec<status::UnprotectedStatus> = resource::ALL
+        .iter()
+        .flat_map(|r| {
+            let res = r.resource();
+            lock(&state.unprotected)[resource_index(res)]
+                .iter()
+                .map(|(path, u)| status::UnprotectedStatus {
+                    cgroup: path.clone(),
+                    resource: res.as_str().to_owned(),
+                    reason: u.reason.to_owned(),
+                    error: u.error.clone(),
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    unprotected.sort_by(|a, b| (&a.cgroup, &a.resource).cmp(&(&b.cgroup, &b.resource)));
     let recent = lock(&state.recent);
     let c = &state.counters;
     let events = c
@@ -628,7 +1032,7 @@ pub fn status_doc(
         })
         .collect();
     StatusDoc {
-        version: status::STATUS_VERSION,
+        schema_version: status::STATUS_VERSION,
         pid: std::process::id(),
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         dry_run: info.dry_run,
@@ -638,6 +1042,7 @@ pub fn status_doc(
         metrics_addr: info.metrics_addr,
         managed: memory,
         managed_cpu: cpu,
+        unprotected,
         counters: CounterStatus {
             events,
             actions: c.actions.load(Ordering::Relaxed),
@@ -652,7 +1057,23 @@ pub fn status_doc(
 
 #[cfg(test)]
 mod tests {
-    use super::ancestors;
+    use super::{ancestors, holds};
+
+    #[test]
+    fn the_agents_cgroup_is_held_by_itself_and_its_ancestors_only() {
+        let own = "/system.slice/scaler.service";
+        for p in ["/", "/system.slice", own] {
+            assert!(holds(p, own), "{p}");
+        }
+        for p in [
+            "/system.slice/scaler.service/child",
+            "/system.slice/scaler",
+            "/system.slice/scaler.service2",
+            "/user.slice",
+        ] {
+            assert!(!holds(p, own), "{p}");
+        }
+    }
 
     #[test]
     fn ancestors_walk_to_the_root() {

@@ -1,17 +1,12 @@
-//! The agent's Prometheus metrics (OpenMetrics text through `prometheus-client`) and the small
-//! HTTP server that exposes them on `agent.metrics_addr` (`GET /metrics`).
+//! The agent's Prometheus metrics (OpenMetrics text through `prometheus-client`), served on
+//! `agent.metrics_addr` (`GET /metrics`) by [`super::endpoints`].
 //!
 //! Counters fed by the engine's records (events, actions, latencies) move as the records
 //! arrive; totals owned by the kernel or the engine thread (ring-buffer drops, BPF run time)
 //! and per-cgroup limits are refreshed by the agent's main loop every `sample_interval`; the
 //! agent's own CPU time and memory are read at each scrape.
 
-use std::{
-    io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    sync::{atomic::AtomicU64, Arc},
-    time::Duration,
-};
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
@@ -46,6 +41,13 @@ pub struct ActionLabels {
     pub outcome: &'static str,
 }
 
+/// `{resource, reason}` of a refused raise, or of a cgroup the agent does not protect.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub resource: &'static str,
+    pub reason: &'static str,
+}
+
 /// `{program}` of a BPF program.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProgramLabels {
@@ -64,10 +66,9 @@ pub struct CgroupLabels {
 }
 
 impl CgroupLabels {
-    /// Labels for `path` managed by `policy` (Kubernetes names parsed from the path).
-    pub fn new(path: &str, policy: &str) -> Self {
-        let pod = crate::k8s::parse(path);
-        let pod = pod.as_ref();
+    /// Labels for `path` managed by `policy`, with the Kubernetes names of `pod` (see
+    /// [`crate::config::Config::pod_of`]).
+    pub fn new(path: &str, policy: &str, pod: Option<&crate::k8s::PodCgroup>) -> Self {
         Self {
             cgroup: path.to_owned(),
             policy: policy.to_owned(),
@@ -129,6 +130,9 @@ pub struct Metrics {
     pub limit: Family<LimitLabels, F64Gauge>,
     /// `scaler_cgroup_original_limit{...}`: before the agent first changed it (+Inf: none).
     pub original_limit: Family<LimitLabels, F64Gauge>,
+    /// `scaler_cgroup_original_unknown{...}`: 1 while the original is unknown (the state
+    /// file and its copy were lost; restores leave the cgroup as it is).
+    pub original_unknown: Family<LimitLabels, F64Gauge>,
     /// `scaler_cgroup_usage{...}`: memory in use; CPU used over the last sample interval.
     pub usage: Family<LimitLabels, F64Gauge>,
     /// `scaler_ringbuf_dropped_total`: events the kernel could not submit (ring buffer full).
@@ -143,6 +147,12 @@ pub struct Metrics {
     pub failed_writes: Counter,
     /// `scaler_unmanaged_ancestor_binds_total`.
     pub unmanaged_ancestor_binds: Counter,
+    /// `scaler_raises_refused_total{resource,reason}`: raises a cgroup under pressure did not
+    /// get (`at_max`, `budget`, `ancestor`, `rate_limited`, `below_hysteresis`).
+    pub raises_refused: Family<RefusedLabels, Counter>,
+    /// `scaler_node_memory_room_bytes`: what the node can back beyond `node.memory_reserve`
+    /// at the last sample (`MemAvailable` minus the reserve).
+    pub node_memory_room: Gauge,
     /// `scaler_bpf_program_run_seconds_total{program}` (needs `kernel.bpf_stats_enabled`).
     pub bpf_run_seconds: Family<ProgramLabels, F64Counter>,
     /// `scaler_bpf_program_runs_total{program}`.
@@ -158,6 +168,13 @@ pub struct Metrics {
     /// `scaler_cgroup_utilization{...,resource}`: U = R/C, usage over limit (memory) or CPU
     /// used over quota (cpu), as the decider sees it.
     pub utilization: Family<CgroupResourceLabels, F64Gauge>,
+    /// `scaler_cgroups_unprotected{resource,reason}`: cgroups a policy selects that the agent
+    /// does not protect now (see `capacity::reason`).
+    pub cgroups_unprotected: Family<RefusedLabels, Gauge>,
+    /// `scaler_cgroups_refused_total{resource,reason}`: refusals to manage a selected cgroup.
+    pub cgroups_refused: Family<RefusedLabels, Counter>,
+    /// `scaler_engine_commands_refused_total`: commands the engine's full channel refused.
+    pub commands_refused: Counter,
 }
 
 /// A managed cgroup's labels plus the resource (`memory`, `cpu`).
@@ -197,6 +214,7 @@ impl Metrics {
             managed: Family::default(),
             limit: Family::default(),
             original_limit: Family::default(),
+            original_unknown: Family::default(),
             usage: Family::default(),
             ringbuf_dropped: Counter::default(),
             ringbuf_records: Counter::default(),
@@ -204,6 +222,8 @@ impl Metrics {
             decode_errors: Counter::default(),
             failed_writes: Counter::default(),
             unmanaged_ancestor_binds: Counter::default(),
+            raises_refused: Family::default(),
+            node_memory_room: Gauge::default(),
             bpf_run_seconds: Family::default(),
             bpf_runs: Family::default(),
             cpu_seconds: F64Counter::default(),
@@ -211,6 +231,9 @@ impl Metrics {
             reloads: Family::default(),
             cpu_throttled_seconds: Family::default(),
             utilization: Family::default(),
+            cgroups_unprotected: Family::default(),
+            cgroups_refused: Family::default(),
+            commands_refused: Counter::default(),
         };
         {
             let r = root.sub_registry_with_prefix("scaler");
@@ -248,6 +271,12 @@ impl Metrics {
                 m.original_limit.clone(),
             );
             r.register(
+                "cgroup_original_unknown",
+                "1 while a managed cgroup's original limit is unknown (the state file and its \
+                 last-known-good copy were lost or damaged): restores leave it as it is",
+                m.original_unknown.clone(),
+            );
+            r.register(
                 "cgroup_usage",
                 "Usage of a managed cgroup at the last sample, in the unit label's unit: memory \
                  in bytes, CPU in cores over the last sample interval",
@@ -283,6 +312,20 @@ impl Metrics {
                 "Pressure on a managed cgroup whose binding limit belongs to an unmanaged ancestor",
                 m.unmanaged_ancestor_binds.clone(),
             );
+            r.register(
+                "raises_refused",
+                "Raises refused to a cgroup under pressure, by resource and reason (at_max, \
+                 budget: the node cannot back it, ancestor: a managed ancestor cannot back it, \
+                 rate_limited, below_hysteresis)",
+                m.raises_refused.clone(),
+            );
+            r.register_with_unit(
+                "node_memory_room",
+                "Memory the node can back beyond node.memory_reserve at the last sample \
+                 (MemAvailable minus the reserve): the most a raise may add",
+                Unit::Bytes,
+                m.node_memory_room.clone(),
+            );
             r.register_with_unit(
                 "bpf_program_run",
                 "Time the kernel spent in each BPF program (kernel.bpf_stats_enabled=1)",
@@ -310,6 +353,26 @@ impl Metrics {
                 "SIGHUP reloads, by result (ok, rejected)",
                 m.reloads.clone(),
             );
+            r.register(
+                "cgroups_unprotected",
+                "Cgroups a policy selects that the agent does not protect, by resource and \
+                 reason (descriptors, watch_map_full, watch_failed, replaced, engine_busy, \
+                 open_failed): each is also an error log and a line in `scaler status`",
+                m.cgroups_unprotected.clone(),
+            );
+            r.register(
+                "cgroups_refused",
+                "Refusals to manage a selected cgroup, by resource and reason: the reasons of \
+                 scaler_cgroups_unprotected (tried again at each discovery pass), and \
+                 untrusted_opt_in (an opt-in attribute that could have been forged) and \
+                 agent_cgroup (it holds the agent itself), counted once while refused",
+                m.cgroups_refused.clone(),
+            );
+            r.register(
+                "engine_commands_refused",
+                "Commands to the engine refused because its bounded channel stayed full",
+                m.commands_refused.clone(),
+            );
         }
         {
             let p = root.sub_registry_with_prefix("process");
@@ -334,7 +397,12 @@ impl Metrics {
 
     /// Drops a cgroup's series of one resource when the agent no longer manages it.
     pub fn forget(&self, labels: &LimitLabels) {
-        for f in [&self.limit, &self.original_limit, &self.usage] {
+        for f in [
+            &self.limit,
+            &self.original_limit,
+            &self.original_unknown,
+            &self.usage,
+        ] {
             f.remove(labels);
         }
         if labels.resource == crate::decider::Resource::Cpu.as_str() {
@@ -437,108 +505,6 @@ impl ProcessStats {
             resident_bytes: resident * page,
         })
     }
-}
-
-/// Serves `GET /metrics` on `listener` (bound by the caller, e.g. before capabilities are
-/// dropped) from a background thread. Returns its address (for port 0).
-pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
-    let local = listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("metrics-http".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                match conn {
-                    Ok(s) => {
-                        if let Err(e) = handle(s, &metrics) {
-                            tracing::debug!("metrics request: {e}");
-                        }
-                    }
-                    Err(e) => tracing::debug!("metrics accept: {e}"),
-                }
-            }
-        })?;
-    Ok(local)
-}
-
-/// What a request line asks for.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Route {
-    Metrics,
-    Index,
-    NotFound,
-    MethodNotAllowed,
-    BadRequest,
-}
-
-/// Routes an HTTP/1.x request line (`GET /metrics HTTP/1.1`).
-pub fn route(request_line: &str) -> Route {
-    let mut parts = request_line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Route::BadRequest;
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Route::BadRequest;
-    }
-    if method != "GET" && method != "HEAD" {
-        return Route::MethodNotAllowed;
-    }
-    let path = target.split('?').next().unwrap_or(target);
-    match path {
-        "/metrics" => Route::Metrics,
-        "/" => Route::Index,
-        _ => Route::NotFound,
-    }
-}
-
-fn handle(stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    // Skip the headers (we need none of them).
-    let mut header = String::new();
-    loop {
-        header.clear();
-        if reader.read_line(&mut header)? == 0 || header == "\r\n" || header == "\n" {
-            break;
-        }
-    }
-    let head = line.starts_with("HEAD ");
-    let (status, ctype, body) = match route(line.trim_end()) {
-        Route::Metrics => (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
-        ),
-        Route::Index => (
-            "200 OK",
-            "text/html; charset=utf-8",
-            "<html><body><a href=\"/metrics\">scaler metrics</a></body></html>\n".to_owned(),
-        ),
-        Route::NotFound => (
-            "404 Not Found",
-            "text/plain",
-            "not found: try /metrics\n".to_owned(),
-        ),
-        Route::MethodNotAllowed => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_owned(),
-        ),
-        Route::BadRequest => ("400 Bad Request", "text/plain", "bad request\n".to_owned()),
-    };
-    let mut w = stream;
-    write!(
-        w,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    if !head {
-        w.write_all(body.as_bytes())?;
-    }
-    w.flush()
 }
 
 #[cfg(test)]
@@ -644,10 +610,8 @@ mod tests {
     #[test]
     fn cgroup_gauges_carry_kubernetes_labels() {
         let m = Metrics::new();
-        let l = CgroupLabels::new(
-            "/kubepods/burstable/pod0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d/0123456789abcdef",
-            "elastic",
-        );
+        let path = "/kubepods/burstable/pod0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d/0123456789abcdef";
+        let l = CgroupLabels::new(path, "elastic", crate::k8s::parse(path).as_ref());
         assert_eq!(l.qos, "burstable");
         let l = LimitLabels::new(&l, &crate::resource::Memory);
         m.limit.get_or_create(&l).set((64 << 20) as f64);
@@ -665,7 +629,7 @@ mod tests {
     #[test]
     fn every_resource_shares_the_families_and_is_forgotten_alone() {
         let m = Metrics::new();
-        let c = CgroupLabels::new("/batch/job", "elastic");
+        let c = CgroupLabels::new("/batch/job", "elastic", None);
         let cpu = LimitLabels::new(&c, &crate::resource::Cpu);
         let mem = LimitLabels::new(&c, &crate::resource::Memory);
         m.limit.get_or_create(&cpu).set(0.2);
@@ -736,37 +700,5 @@ mod tests {
         assert_eq!(p.resident_bytes, 300 * 4096);
         assert_eq!(ProcessStats::parse("garbage", "1 2", 100.0, 4096), None);
         assert!(ProcessStats::read_self().is_some());
-    }
-
-    #[test]
-    fn routes() {
-        assert_eq!(route("GET /metrics HTTP/1.1"), Route::Metrics);
-        assert_eq!(route("GET /metrics?x=1 HTTP/1.0"), Route::Metrics);
-        assert_eq!(route("HEAD / HTTP/1.1"), Route::Index);
-        assert_eq!(route("POST /metrics HTTP/1.1"), Route::MethodNotAllowed);
-        assert_eq!(route("GET /nope HTTP/1.1"), Route::NotFound);
-        assert_eq!(route("GET /metrics"), Route::BadRequest);
-        assert_eq!(route(""), Route::BadRequest);
-    }
-
-    #[test]
-    fn serves_over_http() {
-        let m = Arc::new(Metrics::new());
-        m.events
-            .get_or_create(&KindLabels {
-                kind: "reclaim_begin",
-            })
-            .inc_by(7);
-        let addr = serve(TcpListener::bind("127.0.0.1:0").unwrap(), m).unwrap();
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        std::io::Read::read_to_string(&mut s, &mut body).unwrap();
-        assert!(body.starts_with("HTTP/1.1 200 OK\r\n"), "{body}");
-        assert!(
-            body.contains("scaler_events_total{kind=\"reclaim_begin\"} 7"),
-            "{body}"
-        );
     }
 }

@@ -6,16 +6,22 @@
 //! it with no flags is safe on any host.
 //!
 //! Operating it:
-//! - metrics ([`metrics`]): Prometheus/OpenMetrics on `agent.metrics_addr` (`GET /metrics`);
+//! - metrics ([`metrics`]): Prometheus/OpenMetrics on `agent.metrics_addr` (`GET /metrics`),
+//!   beside `/healthz` and `/readyz` ([`health`]), served by [`endpoints`];
+//! - health ([`health`]): the engine thread's heartbeat, systemd notifications (`READY=1`,
+//!   `WATCHDOG=1`, `STOPPING=1`), and exit status [`EXIT_ENGINE_FAILED`] when the engine dies;
 //! - state ([`state`]): each managed cgroup's original limit and the agent's changes, in
 //!   `agent.state_file`, so that a restart (also after SIGKILL) reconciles instead of starting
 //!   blind; `agent.restore_on_exit` puts the originals back on SIGTERM/SIGINT;
 //! - discovery ([`discovery`]): inotify on the cgroupfs tree, plus a periodic rescan;
 //! - status ([`status`]): `scaler status` reads the agent over `agent.status_socket`.
 
+pub mod capacity;
 #[cfg(test)]
 mod deploy_tests;
 pub mod discovery;
+pub mod endpoints;
+pub mod health;
 pub mod managed;
 pub mod metrics;
 pub mod state;
@@ -44,7 +50,7 @@ use self::{
     status::{ActionStatus, Recent},
 };
 use crate::{
-    actuator::Setting,
+    actuator::{Setting, WriteMark},
     cgroupfs::{CgroupIndex, Controller, Hierarchy},
     config::{Config, ConfigError, NodeInfo},
     decider::{CgId, Resource, WriteOutcome},
@@ -63,6 +69,40 @@ pub struct AgentArgs {
     /// Log every decision, write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Serve metrics and health here instead of `agent.metrics_addr`: `IP:PORT`, or an IP
+    /// alone (the port from the configuration), such as the pod IP from Kubernetes' downward
+    /// API.
+    #[arg(long, env = "SCALER_METRICS_ADDR", value_name = "ADDR", value_parser = parse_metrics_addr)]
+    pub metrics_addr: Option<MetricsAddr>,
+}
+
+/// `--metrics-addr`: a full socket address, or an IP that takes the configured port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsAddr {
+    Socket(std::net::SocketAddr),
+    Ip(std::net::IpAddr),
+}
+
+impl MetricsAddr {
+    /// The address to bind, given the configured one.
+    pub fn resolve(self, configured: std::net::SocketAddr) -> std::net::SocketAddr {
+        match self {
+            MetricsAddr::Socket(a) => a,
+            MetricsAddr::Ip(ip) => std::net::SocketAddr::new(ip, configured.port()),
+        }
+    }
+}
+
+fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    let s = s.trim();
+    if let Ok(a) = s.parse() {
+        return Ok(MetricsAddr::Socket(a));
+    }
+    s.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map(MetricsAddr::Ip)
+        .map_err(|_| format!("{s:?} is neither IP:PORT nor an IP address"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +113,9 @@ pub struct CheckConfigArgs {
 
 /// Exit status for an invalid configuration (EX_CONFIG, see [`crate::cli::exit`]).
 pub const EXIT_BAD_CONFIG: u8 = crate::cli::exit::CONFIG;
+/// Exit status when the engine thread died (panicked) or stalled: the limits were restored as
+/// configured (`restore_on_exit`) and a supervisor should restart the agent (EX_SOFTWARE).
+pub const EXIT_ENGINE_FAILED: u8 = crate::cli::exit::SOFTWARE;
 
 fn load_config(path: Option<&Path>, node: &NodeInfo) -> Result<Config, ConfigError> {
     let c = Config::load(path)?;
@@ -84,8 +127,12 @@ pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     let node = NodeInfo::detect().context("reading /proc/meminfo")?;
     match load_config(Some(&args.file), &node) {
         Ok(c) => {
+            for w in c.warnings() {
+                eprintln!("scaler: warning: {w}");
+            }
             println!(
-                "{}: OK ({} {}, memory budget {}, cpu budget {:.2} cores)",
+                "{}: OK ({} {}, memory reserve {} (raises bounded by MemAvailable minus it), \
+                 cpu budget {:.2} cores)",
                 args.file.display(),
                 c.policies.len(),
                 if c.policies.len() == 1 {
@@ -93,7 +140,7 @@ pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
                 } else {
                     "policies"
                 },
-                crate::units::format_size(c.memory_budget(&node)),
+                crate::units::format_size(c.memory_reserve(&node)),
                 c.cpu_budget(&node)
             );
             Ok(ExitCode::SUCCESS)
@@ -118,6 +165,14 @@ pub struct Managed {
     /// The limit before the agent first changed it (from the state file if the agent managed
     /// this cgroup before a restart).
     pub original: Setting,
+    /// The original is not known (the state file and its copy were lost or damaged when the
+    /// agent started, with this cgroup already there).
+    pub original_unknown: bool,
+    /// Where the engine marks its writes to this cgroup's limit (see [`WriteMark`]).
+    pub mark: Arc<WriteMark>,
+    /// The limit adopted from its owner at the mark's sequence number: what the cgroup holds
+    /// until the engine writes again.
+    pub adopted: Option<(u64, Setting)>,
     /// The pod and container, for Kubernetes cgroups.
     pub pod: Option<PodCgroup>,
     /// Its metric labels.
@@ -153,6 +208,9 @@ pub struct AgentState {
     pub state: Mutex<StateFile>,
     pub info: Mutex<AgentInfo>,
     pub started: Instant,
+    /// Cgroups a policy selects that the agent does not protect, by path, per resource
+    /// (indexed like `managed`).
+    pub unprotected: Mutex<[HashMap<String, capacity::Unprotected>; 2]>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -183,11 +241,39 @@ impl AgentState {
     }
 }
 
+/// Says (an error) when a policy requires a `trusted.` opt-in attribute the agent cannot read
+/// (without CAP_SYS_ADMIN it reads as absent, and no cgroup would ever opt in).
+fn check_opt_in_readable(config: &Config) {
+    if !(config.uses_opt_in() && config.agent.opt_in_is_trusted_name()) {
+        return;
+    }
+    let has = crate::privilege::ProcessCaps::current()
+        .map(|c| c.effective.has(crate::privilege::Capability::SysAdmin))
+        .unwrap_or(false);
+    if !has {
+        tracing::error!(
+            xattr = %config.agent.opt_in_xattr,
+            "a policy requires the opt-in attribute {}, which only CAP_SYS_ADMIN can read: \
+             without it no cgroup opts in (grant CAP_SYS_ADMIN at start, or use a user. \
+             attribute, which counts on directories owned by root or agent.opt_in_owners)",
+            config.agent.opt_in_xattr
+        );
+    }
+}
+
 /// What the main loop reacts to.
 enum AgentMsg {
     Stop(&'static str),
     Reload,
     Tree(Vec<TreeChange>),
+    /// The health monitor found the engine thread dead or stalled (why).
+    EngineFailed(String),
+}
+
+/// Why the main loop ended.
+enum Exit {
+    Signal(&'static str),
+    EngineFailed(String),
 }
 
 fn signal_thread(tx: Sender<AgentMsg>) -> anyhow::Result<()> {
@@ -260,6 +346,27 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         config.agent.dry_run = true;
     }
+    if let Some(a) = args.metrics_addr {
+        config.agent.metrics_addr = a.resolve(config.agent.metrics_addr);
+    }
+    // A panic in any thread is logged as an event (the health monitor acts on the engine's).
+    std::panic::set_hook(Box::new(|info| {
+        let t = std::thread::current();
+        tracing::error!(thread = t.name().unwrap_or("?"), "panic: {info}");
+    }));
+    // Hidden, for tests only: a fault the engine thread injects into itself.
+    let fault = std::env::var(crate::engine::EngineFault::ENV)
+        .ok()
+        .and_then(|v| crate::engine::EngineFault::parse(&v));
+    if let Some(f) = &fault {
+        tracing::warn!(
+            "{}: injecting {f:?} (a test-only fault; never set it in production)",
+            crate::engine::EngineFault::ENV
+        );
+    }
+    for w in config.warnings() {
+        tracing::warn!(key = %w.key, "{}", w.message);
+    }
     crate::privilege::check_startup(crate::privilege::Role::Agent, None)?;
     // Block the signals first: every thread inherits the mask, so only the signal thread
     // (started once the programs are loaded) takes them, and one sent meanwhile waits for it.
@@ -272,19 +379,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         set.thread_block()?;
     }
     let hierarchy = Hierarchy::discover(Path::new("/"), Controller::Memory)?;
-    let state_file = match StateFile::load(&config.agent.state_file) {
-        Ok(s) => s,
-        Err(e @ (state::StateError::Parse { .. } | state::StateError::Version { .. })) => {
-            let aside = config.agent.state_file.with_extension("json.bad");
-            tracing::error!(
-                "{e}; moved to {} and starting without history",
-                aside.display()
-            );
-            let _ = std::fs::rename(&config.agent.state_file, &aside);
-            StateFile::empty(&config.agent.state_file)
-        }
-        Err(e) => return Err(e).context("the state file (agent.state_file)"),
-    };
+    let state_file = open_state(&config.agent.state_file)?;
     let known = state_file.records().len();
     let metrics = Arc::new(Metrics::new());
     let metrics_context = || {
@@ -304,24 +399,31 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     // The scheduler programs cost every context switch something: attach them only when a
     // policy manages CPU.
     let wants_cpu = config.manages_cpu();
+    // Room for agent.max_cgroups cgroups: descriptors now, kernel map entries at load.
+    capacity::raise_nofile(config.agent.max_cgroups, if wants_cpu { 2 } else { 1 });
     let mut pipeline = Pipeline::load_with_cpu(
         &PipelineOptions {
             watch_all: config.agent.observe_all,
             default_headroom_bytes: 0,
             early_warning: true,
+            max_watched: config.agent.max_cgroups,
         },
         wants_cpu,
     )?;
     // In the only thread so far: every thread started from here on inherits the reduced sets.
-    crate::privilege::after_load(crate::privilege::Role::Agent);
+    // A `trusted.` opt-in attribute reads as absent without CAP_SYS_ADMIN: keep it while a
+    // policy requires the opt-in.
+    let opt_in_caps = if config.uses_opt_in() && config.agent.opt_in_is_trusted_name() {
+        crate::privilege::CapSet::of(&[crate::privilege::Capability::SysAdmin])
+    } else {
+        crate::privilege::CapSet::EMPTY
+    };
+    crate::privilege::after_load_keeping(crate::privilege::Role::Agent, opt_in_caps);
+    check_opt_in_readable(&config);
     let (tx, rx) = channel();
     signal_thread(tx.clone())?;
-    let metrics_addr = match metrics_listener {
-        Some(l) => {
-            let a = metrics::serve(l, metrics.clone()).with_context(metrics_context)?;
-            tracing::info!(addr = %a, "serving Prometheus metrics at http://{a}/metrics");
-            Some(a.to_string())
-        }
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr().with_context(metrics_context)?),
         None => None,
     };
     if wants_cpu && !pipeline.cpu_enabled() {
@@ -330,26 +432,41 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
              samples alone (every agent.sample_interval), without quota-near or run-queue events"
         );
     }
+    let mut not_attached = Vec::new();
     for p in pipeline.programs() {
         if !p.attached {
-            tracing::warn!(
-                program = p.program,
-                "not attached: {}",
-                p.note.as_deref().unwrap_or("?")
-            );
+            let note = p.note.as_deref().unwrap_or("?");
+            tracing::warn!(program = p.program, "not attached: {note}");
+            not_attached.push(format!("{} not attached: {note}", p.program));
         }
     }
     let ring = pipeline.take_events().context("event ring buffer")?;
+    // What raises may spend until the first sample (the sampler refreshes it).
+    let memory_available = match crate::config::mem_available() {
+        Ok(a) => config.memory_room(&node, a),
+        Err(e) => {
+            tracing::warn!(
+                "reading MemAvailable from /proc/meminfo: {e}; raises are bounded by MemTotal \
+                 minus node.memory_reserve until a sample succeeds"
+            );
+            config.memory_budget(&node)
+        }
+    };
     let mut engine = Engine::start(
         ring,
         EngineConfig {
-            memory_budget: config.memory_budget(&node),
+            memory_available,
             cpu_budget_cores: config.cpu_budget(&node),
             dry_run: config.agent.dry_run,
+            fault,
             ..EngineConfig::default()
         },
     )?;
     let records = engine.take_records().context("records")?;
+    let health = Arc::new(health::Health::new(engine.stats().clone()));
+    for n in not_attached {
+        health.note(n);
+    }
     let state = Arc::new(AgentState {
         managed: Default::default(),
         counters: AgentCounters::default(),
@@ -361,9 +478,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             restore_on_exit: config.agent.restore_on_exit,
             memory_hierarchy: format!("{} at {}", hierarchy.version, hierarchy.mount.display()),
             state_file: config.agent.state_file.display().to_string(),
-            metrics_addr,
+            metrics_addr: metrics_addr.map(|a| a.to_string()),
         }),
         started: Instant::now(),
+        unprotected: Default::default(),
     });
     let index = CgroupIndex::new(hierarchy.clone());
     let recorder = {
@@ -374,10 +492,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             .spawn(move || consume(records, &state, index_h))?
     };
     {
-        let state = state.clone();
+        let st = state.clone();
         let (commands, wake) = engine.command_sender();
         let stats = engine.stats().clone();
-        status::serve(status_listener, move || {
+        let doc: endpoints::StatusFn = Arc::new(move || {
             let snapshots = resource::ALL
                 .iter()
                 .map(|r| {
@@ -385,8 +503,24 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                     (res, snapshot_via(&commands, &wake, res))
                 })
                 .collect();
-            status_doc(&state, &snapshots, &stats)
-        })?;
+            status_doc(&st, &snapshots, &stats)
+        });
+        let http = metrics_listener.map(|listener| endpoints::Http {
+            listener,
+            metrics: state.metrics.clone(),
+            health: health.clone(),
+        });
+        endpoints::start(
+            http,
+            Some(endpoints::Status {
+                listener: status_listener,
+                doc,
+            }),
+        )
+        .with_context(metrics_context)?;
+        if let Some(a) = metrics_addr {
+            tracing::info!(addr = %a, "serving Prometheus metrics at http://{a}/metrics (health: /healthz, /readyz)");
+        }
     }
     let mut agent = Agent {
         config,
@@ -398,11 +532,29 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         pipeline,
         engine,
         state,
+        kept: Default::default(),
+        refused: Default::default(),
     };
     agent.reconcile();
     agent.drop_stale_state();
     discovery_thread(agent.hierarchy.mount.clone(), tx.clone());
+    let notifier = health::Notifier::from_env().map(Arc::new);
+    {
+        let tx = tx.clone();
+        health::monitor(
+            health.clone(),
+            notifier.clone(),
+            health::watchdog_from_env(),
+            move |why| {
+                let _ = tx.send(AgentMsg::EngineFailed(why));
+            },
+        )?;
+    }
     drop(tx);
+    health.set_ready();
+    if let Some(n) = &notifier {
+        n.send("READY=1\nSTATUS=managing cgroups");
+    }
     tracing::info!(
         memory = %format!("{} at {}", agent.hierarchy.version, agent.hierarchy.mount.display()),
         managed = lock(agent.state.managed(Resource::Memory)).len(),
@@ -412,30 +564,31 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         known_from_state = known,
         observe_all = agent.config.agent.observe_all,
         dry_run = agent.config.agent.dry_run,
-        budget = %crate::units::format_size(agent.config.memory_budget(&agent.node)),
+        memory_reserve = %crate::units::format_size(agent.config.memory_reserve(&agent.node)),
+        memory_room = %crate::units::format_size(memory_available),
         "agent running"
     );
     let mut next_discovery = Instant::now() + DISCOVERY_INTERVAL;
     let mut next_sample = Instant::now();
-    let stop_reason = loop {
+    // Tree changes are coalesced: a reconcile (a walk of the whole hierarchy) at most every
+    // RECONCILE_MIN_INTERVAL however fast cgroups come and go (an unprivileged mkdir/rmdir
+    // storm in a delegated subtree), the first after a quiet spell at once.
+    let mut last_reconcile = Instant::now();
+    let mut tree = TreeBacklog::default();
+    let exit = loop {
         let tick = agent.config.agent.sample_interval.0;
-        let wait = next_sample.saturating_duration_since(Instant::now());
+        let mut until = next_sample;
+        if tree.pending() {
+            until = until.min(last_reconcile + RECONCILE_MIN_INTERVAL);
+        }
+        let wait = until.saturating_duration_since(Instant::now());
+        let mut pending = None;
         match rx.recv_timeout(wait) {
-            Ok(AgentMsg::Stop(sig)) => break sig,
-            Ok(AgentMsg::Reload) => agent.reload(args.config.as_deref()),
             Ok(AgentMsg::Tree(changes)) => {
-                // Coalesce a burst (a pod start creates several cgroups at once).
-                let mut overflow = false;
-                let mut n = 0;
-                let mut pending = None;
-                let mut handle = |c: Vec<TreeChange>| {
-                    overflow |= c.contains(&TreeChange::Overflow);
-                    n += c.len();
-                };
-                handle(changes);
+                tree.add(&changes);
                 loop {
                     match rx.try_recv() {
-                        Ok(AgentMsg::Tree(c)) => handle(c),
+                        Ok(AgentMsg::Tree(c)) => tree.add(&c),
                         Ok(other) => {
                             pending = Some(other);
                             break;
@@ -443,17 +596,32 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                         Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                     }
                 }
-                tracing::debug!(changes = n, overflow, "cgroup tree changed");
-                agent.reconcile();
-                next_discovery = Instant::now() + DISCOVERY_INTERVAL;
-                match pending {
-                    Some(AgentMsg::Stop(sig)) => break sig,
-                    Some(AgentMsg::Reload) => agent.reload(args.config.as_deref()),
-                    _ => {}
-                }
             }
+            Ok(other) => pending = Some(other),
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break "signal thread gone",
+            Err(RecvTimeoutError::Disconnected) => break Exit::Signal("signal thread gone"),
+        }
+        match pending {
+            Some(AgentMsg::Stop(sig)) => break Exit::Signal(sig),
+            Some(AgentMsg::EngineFailed(why)) => break Exit::EngineFailed(why),
+            Some(AgentMsg::Reload) => {
+                agent.reload(args.config.as_deref());
+                last_reconcile = Instant::now();
+            }
+            _ => {}
+        }
+        let now = Instant::now();
+        if tree.pending() && now >= last_reconcile + RECONCILE_MIN_INTERVAL {
+            tracing::debug!(
+                changes = tree.changes,
+                overflow = tree.overflow,
+                batches = tree.batches,
+                "cgroup tree changed"
+            );
+            tree = TreeBacklog::default();
+            agent.reconcile();
+            last_reconcile = Instant::now();
+            next_discovery = last_reconcile + DISCOVERY_INTERVAL;
         }
         if Instant::now() >= next_sample {
             agent.sample();
@@ -461,11 +629,30 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             next_sample = Instant::now() + tick;
         }
         if Instant::now() >= next_discovery {
+            tree = TreeBacklog::default();
             agent.reconcile();
-            next_discovery = Instant::now() + DISCOVERY_INTERVAL;
+            last_reconcile = Instant::now();
+            next_discovery = last_reconcile + DISCOVERY_INTERVAL;
         }
     };
-    tracing::info!("{stop_reason}: detaching");
+    if let Some(n) = &notifier {
+        n.send("STOPPING=1");
+    }
+    let mut failed = match &exit {
+        Exit::Signal(sig) => {
+            tracing::info!("{sig}: detaching");
+            health.set_not_ready(format!("stopping ({sig})"));
+            false
+        }
+        Exit::EngineFailed(why) => {
+            tracing::error!(
+                "{why}: nothing protects the managed cgroups any more; restoring as configured \
+                 and exiting with status {EXIT_ENGINE_FAILED} (a supervisor restarts the agent)"
+            );
+            health.set_not_ready(why.clone());
+            true
+        }
+    };
     let hierarchies = agent.hierarchies();
     let Agent {
         engine,
@@ -474,14 +661,27 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         config,
         ..
     } = agent;
-    engine.stop()?;
+    // Every path from here restores: no early return.
+    let stopped = engine.stop_within(ENGINE_STOP_TIMEOUT);
+    if let Err(e) = &stopped {
+        tracing::error!("engine: {e}");
+        failed = true;
+    }
     let k = pipeline.kernel_stats();
     drop(pipeline);
-    let _ = recorder.join();
+    // The records thread ends when the engine's sender is gone; a stalled engine keeps it.
+    if stopped
+        .as_ref()
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+    {
+        tracing::warn!("the engine thread is stalled: not waiting for its last records");
+    } else {
+        let _ = recorder.join();
+    }
     state.save_state();
     let restore = lock(&state.info).restore_on_exit;
     if restore && !config.agent.dry_run {
-        // The engine is stopped: nothing races the restore.
+        // The engine is stopped (or stalled, and the process exits right after).
         restore_originals(&hierarchies, &state);
     }
     let _ = std::fs::remove_file(&config.agent.status_socket);
@@ -490,16 +690,96 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         dropped = k.ringbuf_dropped,
         "programs detached; exiting"
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(if failed {
+        ExitCode::from(EXIT_ENGINE_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// How long the shutdown waits for the engine thread to end.
+const ENGINE_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Opens the state file (`agent.state_file`), recovering from a damaged or missing one (see
+/// [`StateFile::open`]) with a loud log of what was wrong and what the agent does about it.
+fn open_state(path: &Path) -> anyhow::Result<StateFile> {
+    use state::Recovery;
+    let (s, recovery) = StateFile::open(path).context("the state file (agent.state_file)")?;
+    let copy = StateFile::copy_path(path);
+    let bad = |e: &Option<state::StateError>| match e {
+        Some(e) => format!("{e} (set aside as {}.bad)", e_path(e)),
+        None => "missing".into(),
+    };
+    fn e_path(e: &state::StateError) -> String {
+        use state::StateError::*;
+        match e {
+            Read { path, .. }
+            | Parse { path, .. }
+            | Version { path, .. }
+            | Untrusted { path, .. }
+            | Write { path, .. } => path.display().to_string(),
+        }
+    }
+    match recovery {
+        Recovery::Clean => {}
+        Recovery::FromCopy { problem } => tracing::error!(
+            state_file = %path.display(),
+            copy = %copy.display(),
+            "the state file: {}; the originals are recovered from its last-known-good copy",
+            bad(&problem)
+        ),
+        Recovery::Unknown { problem, copy: c } => tracing::error!(
+            state_file = %path.display(),
+            copy = %copy.display(),
+            "the state file: {}; its last-known-good copy: {}. Starting from the cgroups as \
+             they are: the original limits of the cgroups found now are UNKNOWN (a limit the \
+             agent had raised cannot be told from an original), restores leave them as they \
+             are, and `scaler status` and the metric scaler_cgroup_original_unknown list them",
+            bad(&problem),
+            bad(&c)
+        ),
+    }
+    Ok(s)
 }
 
 /// How often the cgroup tree is rescanned for new and removed cgroups (inotify reports them
 /// sooner; this is the safety net).
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The shortest time between two reconciles driven by tree changes (at most 5 a second): a
+/// burst of changes waits at most this long, and a storm costs at most 5 walks a second.
+const RECONCILE_MIN_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Tree changes not reconciled yet.
+#[derive(Debug, Default)]
+struct TreeBacklog {
+    changes: usize,
+    batches: usize,
+    overflow: bool,
+}
+
+impl TreeBacklog {
+    fn add(&mut self, c: &[TreeChange]) {
+        self.overflow |= c.contains(&TreeChange::Overflow);
+        self.changes += c.len();
+        self.batches += 1;
+    }
+
+    fn pending(&self) -> bool {
+        self.batches > 0
+    }
+}
+
 fn consume(records: Receiver<Record>, state: &AgentState, h: Hierarchy) {
     let mut index = CgroupIndex::new(h);
+    let mut refusals = HashMap::new();
     let mut handle = |r: Record| match r {
+        Record::Refused(rr) => {
+            let path = lock(state.managed(rr.resource))
+                .get(&rr.refusal.cgroup)
+                .map(|m| m.path.clone());
+            crate::cmd::log_refusal(&rr, path.as_deref(), &mut refusals);
+        }
         Record::Action(a) => {
             state.counters.actions.fetch_add(1, Ordering::Relaxed);
             if a.outcome == WriteOutcome::Failed {

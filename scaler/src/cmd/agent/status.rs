@@ -1,10 +1,11 @@
 //! `scaler status`: what the running agent manages, read over its status socket
 //! (`agent.status_socket`, a Unix socket of mode 0600 in a directory created 0700). The agent
-//! answers each connection with one JSON document ([`StatusDoc`]) and closes it.
+//! answers each connection with one JSON document ([`StatusDoc`]) and closes it (served by
+//! [`super::endpoints`], concurrently, each connection within a deadline).
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    io::{Read, Write},
+    io::Read,
     os::unix::{
         fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
         net::{UnixListener, UnixStream},
@@ -21,7 +22,7 @@ use super::state::StoredLimit;
 use crate::units::format_size;
 
 /// Format version of [`StatusDoc`].
-pub const STATUS_VERSION: u32 = 1;
+pub const STATUS_VERSION: u32 = crate::schema::SCHEMA_VERSION;
 
 /// How many recent actions the agent keeps for `scaler status`.
 pub const RECENT_ACTIONS: usize = 64;
@@ -43,7 +44,8 @@ pub struct StatusArgs {
 }
 
 /// One managed cgroup.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ManagedStatus {
     pub cgroup: String,
     pub id: u64,
@@ -56,6 +58,11 @@ pub struct ManagedStatus {
     pub limit: Option<StoredLimit>,
     /// The limit before the agent first changed it.
     pub original_limit: StoredLimit,
+    /// The original is not known: the agent started after its state file and the copy were
+    /// lost or damaged, and `original_limit` is only the limit it found (maybe one it had
+    /// raised). Restores leave the cgroup as it is.
+    #[serde(default)]
+    pub original_unknown: bool,
     pub usage_bytes: Option<u64>,
     /// usage / limit.
     pub utilization: Option<f64>,
@@ -63,9 +70,22 @@ pub struct ManagedStatus {
     pub allocation_rate: Option<f64>,
 }
 
+/// A cgroup a policy selects that the agent does not protect (see `capacity`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct UnprotectedStatus {
+    pub cgroup: String,
+    pub resource: String,
+    /// `descriptors`, `watch_map_full`, `watch_failed`, `replaced`, `engine_busy`,
+    /// `open_failed`.
+    pub reason: String,
+    pub error: String,
+}
+
 /// One cgroup whose CPU quota the agent manages (a cgroup of the cpu hierarchy: on cgroup v1
 /// a different directory, with a different id, from the memory cgroup of the same workload).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ManagedCpuStatus {
     pub cgroup: String,
     pub id: u64,
@@ -74,6 +94,9 @@ pub struct ManagedCpuStatus {
     pub quota_cores: Option<f64>,
     /// The quota before the agent first changed it, in cores (`None`: no quota).
     pub original_quota_cores: Option<f64>,
+    /// As [`ManagedStatus::original_unknown`].
+    #[serde(default)]
+    pub original_unknown: bool,
     /// CPU used over the last sample interval, in cores.
     pub usage_cores: Option<f64>,
     /// usage / quota.
@@ -81,7 +104,8 @@ pub struct ManagedCpuStatus {
 }
 
 /// One recent action.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ActionStatus {
     /// Wall-clock time the agent logged it (Unix seconds).
     pub time_unix: f64,
@@ -97,7 +121,8 @@ pub struct ActionStatus {
 }
 
 /// Reaction-latency percentiles over the last [`LATENCY_WINDOW`] actions.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct LatencySummary {
     /// Actions with a latency since the agent started.
     pub count: u64,
@@ -109,7 +134,8 @@ pub struct LatencySummary {
 }
 
 /// Counters since start.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct CounterStatus {
     pub events: BTreeMap<String, u64>,
     pub actions: u64,
@@ -119,9 +145,12 @@ pub struct CounterStatus {
 }
 
 /// The document the agent answers with.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct StatusDoc {
-    pub version: u32,
+    /// [`crate::schema::SCHEMA_VERSION`] (`version` in agents before it was renamed).
+    #[serde(alias = "version")]
+    pub schema_version: u32,
     pub pid: u32,
     pub uptime_seconds: f64,
     pub dry_run: bool,
@@ -133,6 +162,10 @@ pub struct StatusDoc {
     /// Cgroups whose CPU quota is managed (absent from agents that predate CPU management).
     #[serde(default)]
     pub managed_cpu: Vec<ManagedCpuStatus>,
+    /// Cgroups a policy selects that the agent does not protect, and why (absent from agents
+    /// that predate it).
+    #[serde(default)]
+    pub unprotected: Vec<UnprotectedStatus>,
     pub counters: CounterStatus,
     pub recent_actions: Vec<ActionStatus>,
     pub reaction_latency_us: LatencySummary,
@@ -215,28 +248,6 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
-/// Answers each connection on `listener` with `doc()`, from a background thread.
-pub fn serve(
-    listener: UnixListener,
-    doc: impl Fn() -> StatusDoc + Send + 'static,
-) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("status".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut s) = conn else { continue };
-                let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
-                let d = doc();
-                let mut body = serde_json::to_vec(&d).expect("status serializes");
-                body.push(b'\n');
-                if let Err(e) = s.write_all(&body) {
-                    tracing::debug!("status client: {e}");
-                }
-            }
-        })?;
-    Ok(())
-}
-
 /// Reads the agent's status document from `socket`.
 pub fn query(socket: &Path) -> anyhow::Result<StatusDoc> {
     let mut s = UnixStream::connect(socket).with_context(|| {
@@ -301,6 +312,9 @@ fn duration_str(secs: f64) -> String {
     }
 }
 
+/// Unprotected cgroups listed by the human-readable table (all of them in JSON).
+const UNPROTECTED_SHOWN: usize = 20;
+
 /// The human-readable table.
 pub fn render(d: &StatusDoc, now: f64) -> String {
     use std::fmt::Write as _;
@@ -343,6 +357,34 @@ pub fn render(d: &StatusDoc, now: f64) -> String {
         c.ringbuf_dropped,
         c.records_dropped
     );
+    if !d.unprotected.is_empty() {
+        let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+        for u in &d.unprotected {
+            *by_reason.entry(u.reason.as_str()).or_default() += 1;
+        }
+        let reasons: Vec<String> = by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        let _ = writeln!(
+            o,
+            "NOT PROTECTED: {} selected cgroup{} ({}):",
+            d.unprotected.len(),
+            if d.unprotected.len() == 1 { "" } else { "s" },
+            reasons.join(", ")
+        );
+        for u in d.unprotected.iter().take(UNPROTECTED_SHOWN) {
+            let _ = writeln!(
+                o,
+                "  {} [{}] {}: {}",
+                u.cgroup, u.resource, u.reason, u.error
+            );
+        }
+        if d.unprotected.len() > UNPROTECTED_SHOWN {
+            let _ = writeln!(
+                o,
+                "  ... and {} more (scaler status --json lists them all)",
+                d.unprotected.len() - UNPROTECTED_SHOWN
+            );
+        }
+    }
     let _ = writeln!(o);
     let mut rows = vec![[
         "CGROUP".to_string(),
@@ -364,7 +406,11 @@ pub fn render(d: &StatusDoc, now: f64) -> String {
             m.policy.clone(),
             pod,
             limit_str(m.limit),
-            limit_str(Some(m.original_limit)),
+            if m.original_unknown {
+                format!("{}?", limit_str(Some(m.original_limit)))
+            } else {
+                limit_str(Some(m.original_limit))
+            },
             m.usage_bytes.map_or("-".into(), format_size),
             m.utilization.map_or("-".into(), |u| format!("{u:.2}")),
         ]);
@@ -386,7 +432,11 @@ pub fn render(d: &StatusDoc, now: f64) -> String {
                 m.cgroup.clone(),
                 m.policy.clone(),
                 cores(m.quota_cores),
-                cores(m.original_quota_cores),
+                if m.original_unknown {
+                    format!("{}?", cores(m.original_quota_cores))
+                } else {
+                    cores(m.original_quota_cores)
+                },
                 m.usage_cores.map_or("-".into(), crate::units::format_cores),
                 m.utilization.map_or("-".into(), |u| format!("{u:.2}")),
             ]);
@@ -485,7 +535,7 @@ mod tests {
 
     fn doc() -> StatusDoc {
         StatusDoc {
-            version: STATUS_VERSION,
+            schema_version: STATUS_VERSION,
             pid: 42,
             uptime_seconds: 125.0,
             dry_run: false,
@@ -504,6 +554,7 @@ mod tests {
                 container_id: Some("0123456789abcdef00".into()),
                 limit: Some(StoredLimit::Bytes(96 << 20)),
                 original_limit: StoredLimit::Bytes(64 << 20),
+                original_unknown: false,
                 usage_bytes: Some(80 << 20),
                 utilization: Some(0.8333),
                 allocation_rate: None,
@@ -514,8 +565,15 @@ mod tests {
                 policy: "elastic".into(),
                 quota_cores: Some(1.5),
                 original_quota_cores: Some(0.2),
+                original_unknown: false,
                 usage_cores: Some(1.2),
                 utilization: Some(0.8),
+            }],
+            unprotected: vec![UnprotectedStatus {
+                cgroup: "/batch/late".into(),
+                resource: "memory".into(),
+                reason: "watch_map_full".into(),
+                error: "the kernel's watched-cgroups map is full".into(),
             }],
             counters: CounterStatus {
                 events: [("reclaim_begin".to_string(), 3)].into_iter().collect(),
@@ -556,6 +614,11 @@ mod tests {
         );
         assert!(t.contains("0.83"), "{t}");
         assert!(t.contains("RECENT ACTIONS"), "{t}");
+        assert!(
+            t.contains("NOT PROTECTED: 1 selected cgroup (watch_map_full 1):")
+                && t.contains("  /batch/late [memory] watch_map_full: the kernel's"),
+            "{t}"
+        );
         assert!(t.contains("10.0s"), "{t}");
         assert!(t.contains("42.5us"), "{t}");
         // The CPU table: quota, original, usage in cores and U.
@@ -575,8 +638,9 @@ mod tests {
     fn a_document_without_cpu_from_an_older_agent_still_reads() {
         let mut v = serde_json::to_value(doc()).unwrap();
         v.as_object_mut().unwrap().remove("managed_cpu");
+        v.as_object_mut().unwrap().remove("unprotected");
         let d: StatusDoc = serde_json::from_value(v).unwrap();
-        assert!(d.managed_cpu.is_empty());
+        assert!(d.managed_cpu.is_empty() && d.unprotected.is_empty());
         assert!(!render(&d, 1010.0).contains("\nCPU\n"));
     }
 
@@ -588,7 +652,14 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(path.parent().unwrap()), 0o700);
-        serve(l, doc).unwrap();
+        super::super::endpoints::start(
+            None,
+            Some(super::super::endpoints::Status {
+                listener: l,
+                doc: std::sync::Arc::new(doc),
+            }),
+        )
+        .unwrap();
         assert_eq!(query(&path).unwrap(), doc());
         // A live socket is not stolen.
         assert!(bind(&path)

@@ -138,6 +138,49 @@ fn max_holds_and_capping_is_reported_once() {
 }
 
 #[test]
+fn an_unlimited_quota_counts_by_its_usage_not_infinity() {
+    // Before: a new unlimited top-level quota counted as u64::MAX microcores until its first
+    // sample brought it to its max, and every other raise was refused for the budget meanwhile.
+    let mut l = Loop::new(1.5);
+    l.d.manage(1, None, policy(), None, PERIOD, T0);
+    l.d.manage(2, None, policy(), Some(q(0.5)), PERIOD, T0);
+    assert_eq!(
+        l.d.committed_microcores(),
+        500_000,
+        "unlimited, not sampled: nothing"
+    );
+    assert_eq!(only(&l.quota_near(2, T0 + S)).new, q(0.7));
+    // Its first sample brings it to its max (2 cores); until the kernel has that, it counts at
+    // its old value: unlimited, so its usage, which the next sample says is 0.3 cores.
+    l.d.on_signal(
+        1,
+        CpuSignal::Sample {
+            ts_ns: T0 + S,
+            usage_ns: 0,
+            nr_throttled: 0,
+            throttled_ns: 0,
+            quota_us: None,
+            period_us: PERIOD,
+        },
+        &mut l.out,
+    );
+    assert_eq!(only(&l.out).new, q(2.0));
+    l.d.on_signal(
+        1,
+        CpuSignal::Sample {
+            ts_ns: T0 + 2 * S,
+            usage_ns: 300_000_000,
+            nr_throttled: 0,
+            throttled_ns: 0,
+            quota_us: None,
+            period_us: PERIOD,
+        },
+        &mut l.out,
+    );
+    assert_eq!(l.d.committed_microcores(), 300_000 + 700_000);
+}
+
+#[test]
 fn the_budget_holds_across_cgroups() {
     let mut l = Loop::new(1.3);
     l.d.manage(1, None, policy(), Some(q(0.5)), PERIOD, T0);

@@ -289,8 +289,9 @@ fn usage_above_max_gets_no_raise() {
 }
 
 #[test]
-fn the_budget_holds_across_cgroups() {
-    let mut l = Loop::new(900 * MIB);
+fn the_node_budget_bounds_raises_not_the_sum_of_limits() {
+    // The node can back 136 MiB beyond its reserve; the managed limits add up to far more.
+    let mut l = Loop::new(136 * MIB);
     for id in 1..=3 {
         l.d.manage(
             id,
@@ -301,23 +302,41 @@ fn the_budget_holds_across_cgroups() {
             T0,
         );
     }
-    // A nested cgroup does not count against the budget.
+    // An unlimited neighbour (a policy without max) takes what it uses, which the node's
+    // figure already shows: it locks nothing out.
+    let open = MemoryPolicy {
+        max: u64::MAX,
+        ..policy()
+    };
+    l.d.manage(4, None, open, Limit::Max, 8 * GIB, T0);
+    assert_eq!(l.d.committed(), (768 * MIB + 8 * GIB) as u128);
     l.d.manage(10, Some(1), policy(), Limit::from_bytes(128 * MIB), 0, T0);
-    assert_eq!(l.d.committed(), 768 * MIB as u128);
     let a = only(&l.reclaim(1, T0 + S, 256 * MIB, 256 * MIB));
     assert_eq!(a.new, 256 * MIB + 64 * MIB);
     let a = only(&l.reclaim(2, T0 + S, 256 * MIB, 256 * MIB));
     assert_eq!(a.new, 256 * MIB + 64 * MIB);
-    // 4 MiB left: cgroup 3 gets only that.
+    // Two raises between samples do not spend the same memory: 8 MiB left for cgroup 3.
+    assert_eq!((l.d.granted(), l.d.spare()), (128 * MIB, 8 * MIB));
     let a = only(&l.reclaim(3, T0 + S, 256 * MIB, 256 * MIB));
-    assert_eq!(a.new, 260 * MIB);
-    assert_eq!(l.d.committed(), 900 * MIB as u128);
+    assert_eq!(a.new, 264 * MIB);
+    assert_eq!(l.d.spare(), 0);
+    // Nothing left: refused, with what was asked and what the node allowed.
     let d = l.reclaim(1, T0 + 2 * S, 320 * MIB, 320 * MIB);
     assert_eq!(d.skip, Some(Skip::Capped(Cap::Budget)));
-    // Raising the nested cgroup does not touch the budget (its parent has room).
-    let a = only(&l.reclaim(10, T0 + 2 * S, 128 * MIB, 128 * MIB));
-    assert_eq!(a.cgroup, 10);
-    assert_eq!(l.d.committed(), 900 * MIB as u128);
+    let r = d.refusal.unwrap();
+    assert_eq!(
+        (r.cgroup, r.limit, r.allowed),
+        (1, 320 * MIB, Some(320 * MIB))
+    );
+    assert!(r.wanted.unwrap() > 320 * MIB);
+    // Nested cgroups are bounded by the node as well.
+    let d = l.reclaim(10, T0 + 2 * S, 128 * MIB, 128 * MIB);
+    assert_eq!(d.skip, Some(Skip::Capped(Cap::Budget)));
+    // A sample taken after those raises: the node's figure again, the charges dropped.
+    l.d.set_available(GIB, T0 + 3 * S);
+    assert_eq!((l.d.available(), l.d.granted()), (GIB, 0));
+    let a = only(&l.reclaim(1, T0 + 4 * S, 320 * MIB, 320 * MIB));
+    assert!(a.new > 320 * MIB);
 }
 
 #[test]
@@ -355,10 +374,18 @@ fn a_binding_parent_is_raised_first_within_its_own_max() {
     let [p, c] = d.actions() else { panic!("{d:?}") };
     assert_eq!(p.new, 700 * MIB, "clamped to the parent's max");
     assert_eq!(c.cgroup, 2);
-    // The parent is at its max: the child is still raised, alone.
+    // The parent is at its max: the child is raised alone, by what the parent can still back
+    // (its max less its usage), not by a step it could never use.
     l.sample(1, T0 + 2 * S + 500 * MS, 690 * MIB, 690 * MIB);
     let d = l.reclaim(2, T0 + 3 * S, c.new, c.new);
-    assert_eq!(only(&d).cgroup, 2);
+    let a = only(&d);
+    assert_eq!((a.cgroup, a.new), (2, c.new + 10 * MIB));
+    // Full: refused as capped by the ancestor, the child's limit untouched.
+    l.sample(1, T0 + 4 * S, 700 * MIB, 700 * MIB);
+    let d = l.reclaim(2, T0 + 5 * S, a.new, a.new);
+    assert!(d.is_empty());
+    assert_eq!(d.skip, Some(Skip::Capped(Cap::Ancestor)));
+    assert_eq!(l.d.limit(2), Some(a.new));
 }
 
 #[test]
@@ -379,7 +406,8 @@ fn a_parent_with_room_is_left_alone() {
 
 #[test]
 fn grandparents_are_raised_top_down_and_the_top_within_budget() {
-    let mut l = Loop::new(1100 * MIB);
+    // The node can back 76 MiB more.
+    let mut l = Loop::new(76 * MIB);
     l.d.manage(
         1,
         None,
@@ -409,10 +437,11 @@ fn grandparents_are_raised_top_down_and_the_top_within_budget() {
     assert_eq!(ids, [1, 2, 3]);
     assert_eq!(
         d.actions()[0].new,
-        1100 * MIB,
-        "top-level capped by the budget"
+        GIB + 76 * MIB,
+        "top-level capped by what the node can back"
     );
-    assert!(l.d.committed() <= 1100 * MIB as u128);
+    // The grandparent backs 86 MiB (its new limit less its usage): the 64 MiB raise fits.
+    assert_eq!(d.actions()[2].new, 256 * MIB + 64 * MIB);
 }
 
 #[test]
@@ -721,6 +750,64 @@ fn an_unlimited_cgroup_is_brought_to_max_by_the_first_sample() {
 }
 
 #[test]
+fn a_max_below_the_limit_is_reached_step_by_step_never_below_usage() {
+    let mut l = Loop::new(64 * GIB);
+    let p = MemoryPolicy {
+        max: 128 * MIB,
+        down_interval_ns: S,
+        down_fraction: 0.5,
+        min_change: 4 * MIB,
+        ..policy()
+    };
+    l.d.manage(1, None, p, Limit::from_bytes(256 * MIB), 32 * MIB, T0);
+    let mut t = T0;
+    let mut seen = vec![];
+    for _ in 0..20 {
+        t += S / 2;
+        for a in l.sample(1, t, 32 * MIB, 32 * MIB).actions() {
+            assert!(a.new < a.old && a.new >= 128 * MIB, "{a:?}");
+            assert_eq!(a.new % 4096, 0, "{a:?}");
+            seen.push(a.new);
+        }
+    }
+    assert_eq!(
+        seen.first(),
+        Some(&(192 * MIB)),
+        "half the way first: {seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&(128 * MIB)), "{seen:?}");
+    assert!(seen.len() >= 3, "{seen:?}");
+    // Usage above the max: the limit stops at usage + safety margin.
+    let mut l = Loop::new(64 * GIB);
+    l.d.manage(1, None, p, Limit::from_bytes(256 * MIB), 200 * MIB, T0);
+    let mut t = T0;
+    for _ in 0..20 {
+        t += S;
+        l.sample(1, t, 200 * MIB, 200 * MIB);
+    }
+    assert_eq!(l.d.limit(1), Some(216 * MIB));
+}
+
+#[test]
+fn a_max_that_is_not_page_aligned_caps_raises_at_a_whole_page_below_it() {
+    // `max = "100000001"` or `"0.1G"`: the kernel would keep the value rounded down to whole
+    // pages; the decider asks for exactly that, so its limit is what the kernel keeps.
+    for max in [100_000_001u64, (0.1 * GIB as f64) as u64] {
+        let mut l = Loop::new(64 * GIB);
+        let p = MemoryPolicy { max, ..policy() };
+        l.d.manage(1, None, p, Limit::from_bytes(64 * MIB), 60 * MIB, T0);
+        let a = only(&l.reclaim(1, T0 + S, 63 * MIB, 64 * MIB));
+        assert_eq!(a.new, max / 4096 * 4096, "{a:?}");
+        assert!(a.new <= max);
+    }
+    // The node's room too (a raise may add what the node can back: 36 MiB and a bit).
+    let mut l = Loop::new(36 * MIB + 1234);
+    l.d.manage(1, None, policy(), Limit::from_bytes(64 * MIB), 60 * MIB, T0);
+    let a = only(&l.reclaim(1, T0 + S, 63 * MIB, 64 * MIB));
+    assert_eq!(a.new, 100 * MIB);
+}
+
+#[test]
 fn unmanaged_and_forgotten_cgroups() {
     let mut l = Loop::new(64 * GIB);
     let d = l.reclaim(9, T0, 1, 1);
@@ -738,7 +825,9 @@ fn unmanaged_and_forgotten_cgroups() {
 
 mod invariants {
     //! Property tests: whatever the signals, no emitted limit is below the latest known usage
-    //! of its cgroup or above its max, and no raise pushes the top-level sum over the budget.
+    //! of its cgroup or above its max, the raises charged between two node samples never add
+    //! up to more than the node could back, and no raise exceeds what the cgroup's managed
+    //! ancestors can back.
 
     use super::*;
     use proptest::prelude::*;
@@ -774,7 +863,7 @@ mod invariants {
     struct Cg {
         id: CgId,
         max: u64,
-        top: bool,
+        parent: Option<usize>,
         kernel_limit: u64,
         old_limit: u64,
         usage: u64,
@@ -797,13 +886,16 @@ mod invariants {
         ) {
             let budget = budget_mib * MIB;
             let mut d = MemoryDecider::new(budget);
+            // What the raises charged add up to (the ancestors' raises are not charged).
+            let mut granted: u64 = 0;
             // Cgroups 0..3 top-level; 3 is a child of 0 and 4 a child of 3.
             let parents = [None, None, None, Some(0usize), Some(3usize)];
             let mut cgs: Vec<Cg> = Vec::new();
             let mut t = T0;
             let start = 32 * MIB;
             for (i, parent) in parents.iter().enumerate() {
-                let max = maxes[i] * MIB;
+                // Some maxes not page aligned (`max = "0.1G"`).
+                let max = maxes[i] * MIB + i as u64 * 1001;
                 let p = MemoryPolicy {
                     min: 16 * MIB,
                     max,
@@ -816,10 +908,10 @@ mod invariants {
                 };
                 let limit = start.min(max);
                 d.manage(i as u64 + 1, parent.map(|p| p as u64 + 1), p, Limit::from_bytes(limit), 0, t);
-                cgs.push(Cg { id: i as u64 + 1, max, top: parent.is_none(), kernel_limit: limit,
+                cgs.push(Cg { id: i as u64 + 1, max, parent: *parent, kernel_limit: limit,
                               old_limit: limit, usage: 0, known_usage: 0, applied_ts: t });
             }
-            prop_assume!(3 * start <= budget);
+
             let mut out = Decision::new();
             let mut pending: std::collections::VecDeque<Action> = Default::default();
             for op in ops {
@@ -856,9 +948,11 @@ mod invariants {
                                 c.kernel_limit = a.new;
                                 c.applied_ts = t;
                             }
+                            if outcome == WriteOutcome::Failed && a.is_raise() && a.reason != Reason::Ancestor {
+                                granted -= a.new - a.old;
+                            }
                             d.applied(&a, t, outcome);
-                            let kernel_sum: u64 = cgs.iter().filter(|c| c.top).map(|c| c.kernel_limit).sum();
-                            prop_assert!(kernel_sum <= budget, "limits in force {kernel_sum} over budget {budget}");
+                            prop_assert_eq!(granted, d.granted());
                         }
                         continue;
                     }
@@ -871,18 +965,23 @@ mod invariants {
                 for a in out.actions() {
                     let c = cgs.iter().find(|c| c.id == a.cgroup).unwrap();
                     prop_assert!(a.new <= c.max, "{a:?} above max {}", c.max);
+                    prop_assert!(a.new % 4096 == 0, "{a:?} not page aligned");
                     prop_assert!(a.new >= c.known_usage, "{a:?} below usage {}", c.known_usage);
+                    if a.is_raise() && a.reason != Reason::Ancestor {
+                        granted += a.new - a.old;
+                        // Within what every managed ancestor backs after its own raise.
+                        let mut up = c.parent;
+                        while let Some(p) = up {
+                            let slack = d.limit(cgs[p].id).unwrap().saturating_sub(cgs[p].known_usage);
+                            prop_assert!(a.new - a.old <= slack, "{a:?} beyond ancestor {}'s {slack}", cgs[p].id);
+                            up = cgs[p].parent;
+                        }
+                    }
                     pending.push_back(*a);
                 }
-                if out.actions().iter().any(|a| a.is_raise()) {
-                    let sum: u64 = cgs.iter().filter(|c| c.top).map(|c| d.limit(c.id).unwrap()).sum();
-                    prop_assert!(sum <= budget, "sum {sum} over budget {budget}");
-                    prop_assert!(d.committed() <= u128::from(budget));
-                }
+                prop_assert_eq!(granted, d.granted());
+                prop_assert!(granted <= budget, "granted {granted} beyond what the node backs, {budget}");
             }
-            let sum: u128 = cgs.iter().filter(|c| c.top).map(|c| u128::from(d.limit(c.id).unwrap())).sum();
-            prop_assert!(sum <= d.committed());
-            prop_assert!(d.committed() <= u128::from(budget));
         }
     }
 }
