@@ -24,6 +24,9 @@ pub const DOC_PACKAGES: &[&str] = &["groff-base", "man-db"];
 pub const DIST_PACKAGES: &[&str] = &["podman", "crun", "binutils", "python3-venv"];
 /// The PyPI package that validates the Kubernetes manifests, pinned (pip caches the wheel).
 pub const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+/// The PyPI package the root tests validate JSON output with against docs/schemas, pinned; it
+/// lives in the same virtual environment.
+pub const CHECK_JSONSCHEMA: &str = "check-jsonschema==0.39.0";
 /// Debian packages the VM tests need (qemu, the initramfs tools, module decompressors).
 pub const VM_PACKAGES: &[&str] = &[
     "qemu-system-x86",
@@ -92,7 +95,7 @@ impl std::fmt::Display for Missing {
             Self::Rustup => write!(f, "rustup not found on PATH"),
             Self::KubernetesValidate => write!(
                 f,
-                "{KUBERNETES_VALIDATE} (PyPI) not installed in {}",
+                "{KUBERNETES_VALIDATE} or {CHECK_JSONSCHEMA} (PyPI) not installed in {}",
                 dist_venv().display()
             ),
         }
@@ -265,7 +268,8 @@ fn install(missing: &[Missing], vm: bool) -> Result<()> {
     Ok(())
 }
 
-/// The virtual environment that holds kubernetes-validate (`~/.cache/scaler-dist/venv`).
+/// The virtual environment that holds kubernetes-validate and check-jsonschema
+/// (`~/.cache/scaler-dist/venv`; tests/src/schema.rs looks there too).
 pub fn dist_venv() -> PathBuf {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
@@ -291,7 +295,10 @@ pub fn check_dist() -> Vec<Missing> {
         missing.push(Missing::Packages(packages));
     }
     let kv = dist_venv().join("bin/kubernetes-validate");
-    if util::probe_output(Command::new(kv).arg("--version")).is_none() {
+    let cj = dist_venv().join("bin/check-jsonschema");
+    if util::probe_output(Command::new(kv).arg("--version")).is_none()
+        || util::probe_output(Command::new(cj).arg("--version")).is_none()
+    {
         missing.push(Missing::KubernetesValidate);
     }
     missing
@@ -300,7 +307,7 @@ pub fn check_dist() -> Vec<Missing> {
 fn install_kubernetes_validate() -> Result<()> {
     let venv = dist_venv();
     println!(
-        "setup: installing {KUBERNETES_VALIDATE} into {}",
+        "setup: installing {KUBERNETES_VALIDATE} and {CHECK_JSONSCHEMA} into {}",
         venv.display()
     );
     if !venv.join("bin/pip").exists() {
@@ -310,9 +317,9 @@ fn install_kubernetes_validate() -> Result<()> {
     util::run(
         Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
-            .arg(KUBERNETES_VALIDATE),
+            .args([KUBERNETES_VALIDATE, CHECK_JSONSCHEMA]),
     )
-    .context("pip install kubernetes-validate")
+    .context("pip install kubernetes-validate check-jsonschema")
 }
 
 /// Makes sure the packages stage's tools are installed (called by `cargo xtask test`).
@@ -336,7 +343,7 @@ pub fn setup(opts: &Options) -> Result<()> {
         let dist = check_dist();
         if dist.is_empty() {
             println!(
-                "setup: [ok]      podman, crun, binutils, python3-venv, {KUBERNETES_VALIDATE}"
+                "setup: [ok]      podman, crun, binutils, python3-venv, {KUBERNETES_VALIDATE}, {CHECK_JSONSCHEMA}"
             );
         }
         for m in &dist {

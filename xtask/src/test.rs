@@ -85,6 +85,9 @@ pub fn test(opts: &Options) -> Result<()> {
 
     let setup_ok = report.stage("setup check", |_| {
         setup::ensure(vm_wanted)?;
+        // The root tests validate JSON output with check-jsonschema, from the packages
+        // stage's virtual environment.
+        setup::ensure_dist()?;
         Ok(Outcome::Passed)
     });
     if !setup_ok {
