@@ -202,9 +202,12 @@ fn an_owners_write_between_samples_is_adopted_at_once_and_not_overridden_by_a_ra
 /// limit.
 fn raise_and_record(a: &TestAgent, g: &CgroupGuard, path: &str) -> u64 {
     grow(g, "96M");
-    let raised = wait_raise(a, path);
+    wait_raise(a, path);
+    // The limit the raises left (under emulation the cushion may take more than one).
+    let Limit::Bytes(raised) = limit_of(g) else {
+        panic!("a raised limit, not max");
+    };
     wait_state(a, path, "the raise recorded", |r| r["current"] == raised);
-    assert_eq!(limit_of(g), Limit::Bytes(raised));
     raised
 }
 
