@@ -307,9 +307,14 @@ fn a_kubepods_tree_below_a_user_prefix_is_no_pod() {
     assert!(!managed(&a, &fake), "{s}");
     let scrape = a.scrape();
     assert_eq!(
-        scrape.with_label("pod_uid", UID_FAKE).len(),
+        scrape.with_label("uid", UID_FAKE).len(),
         0,
         "no pod labels for the look-alike"
+    );
+    assert!(
+        !scrape.with_label("uid", UID_REAL).is_empty(),
+        "the pod's series carry its UID:\n{}",
+        scrape.text
     );
     assert_eq!(a.stop(Signal::SIGTERM).code(), Some(0));
     a.assert_only_json_on_stderr();

@@ -55,6 +55,7 @@ pub fn test(opts: &Options) -> Result<()> {
 
     let setup_ok = report.stage("setup check", |_| {
         setup::ensure(vm_wanted)?;
+        setup::ensure_test_tools()?;
         Ok(Outcome::Passed)
     });
     if !setup_ok {
