@@ -674,15 +674,11 @@ impl TestAgent {
         Scrape::parse(&body)
     }
 
-    /// `/metrics` as `curl` and `promtool check metrics` get it (no `Accept`): the Prometheus
-    /// text format 0.0.4.
-    pub fn scrape_text(&self) -> String {
-        let (content_type, body) = self.get_metrics("");
-        assert!(
-            content_type.starts_with("text/plain; version=0.0.4"),
-            "Content-Type {content_type:?}"
-        );
-        body
+    /// `/metrics` as `curl` and `promtool check metrics` get it (no `Accept`): the
+    /// Content-Type (the Prometheus text format 0.0.4 is `text/plain; version=0.0.4`) and the
+    /// body.
+    pub fn scrape_text(&self) -> (String, String) {
+        self.get_metrics("")
     }
 
     /// `GET /metrics` with `headers` (each ending in CRLF): the Content-Type and the body.

@@ -79,11 +79,15 @@ fn promtool_check_metrics(text: &str) -> String {
 
 /// Asserts promtool has nothing to say about the text scrape and that no sample is infinite
 /// (the histogram's `le="+Inf"` bucket bound is a label, not a sample).
-fn assert_clean(text: &str, when: &str) {
+fn assert_clean((content_type, text): &(String, String), when: &str) {
     let complaints = promtool_check_metrics(text);
     assert!(
         complaints.is_empty(),
         "promtool check metrics on the {when} scrape: {complaints}\n{text}"
+    );
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "a client that does not ask for OpenMetrics gets the text format: {content_type:?}"
     );
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let value = line.rsplit(' ').next().unwrap_or_default();
@@ -137,8 +141,9 @@ fn promtool_finds_the_metrics_clean_idle_and_after_an_action() {
 
     // Idle: nothing managed. Every family dashboards and alerts need has its series.
     let mut agent = AgentConfig::new(body(&["/scaler-test-prom-nothing-*".into()])).start();
-    let text = agent.scrape_text();
-    assert_clean(&text, "idle");
+    let scraped = agent.scrape_text();
+    assert_clean(&scraped, "idle");
+    let text = scraped.1;
     let idle = agent.scrape();
     for (m, labels) in [
         (metric::REACTION_LATENCY_COUNT, [("resource", "memory")]),
@@ -183,8 +188,7 @@ fn promtool_finds_the_metrics_clean_idle_and_after_an_action() {
     assert!(st.success(), "the workload survived under the agent: {st}");
     // The per-cgroup series are refreshed every sample interval (200 ms).
     std::thread::sleep(Duration::from_millis(600));
-    let text = agent.scrape_text();
-    assert_clean(&text, "after an action");
+    assert_clean(&agent.scrape_text(), "after an action");
     let s = agent.scrape();
     assert!(
         s.sum(metric::ACTIONS, &[("outcome", "written")]).unwrap() >= 1.0,
