@@ -209,7 +209,7 @@ fn an_opt_in_counts_only_where_an_unprivileged_user_cannot_have_set_it() {
     );
     assert_eq!(
         a.scrape()
-            .value(metric::CGROUPS_REFUSED, &[("reason", "untrusted_opt_in")]),
+            .sum(metric::CGROUPS_REFUSED, &[("reason", "untrusted_opt_in")]),
         Some(2.0),
         "each ignored opt-in counted once"
     );
@@ -353,7 +353,7 @@ fn a_policy_matching_the_agents_own_cgroup_does_not_manage_it() {
     }
     assert_eq!(
         a.scrape()
-            .value(metric::CGROUPS_REFUSED, &[("reason", "agent_cgroup")]),
+            .sum(metric::CGROUPS_REFUSED, &[("reason", "agent_cgroup")]),
         Some(2.0)
     );
     assert_eq!(a.stop(Signal::SIGTERM).code(), Some(0));
