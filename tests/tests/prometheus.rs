@@ -181,7 +181,10 @@ fn promtool_finds_the_metrics_clean_idle_and_after_an_action() {
     agent.wait_managed(&rpath, true, Duration::from_secs(5));
     agent.wait_managed(&upath, true, Duration::from_secs(5));
     let cg = raised.cgroup(Controller::Memory).unwrap();
-    let mut p = RaceWorkload::steps(1).spawn_in(cg.dir());
+    // Kept until the workload ends: it owns the workload's temp dir (the emulated race's
+    // cushion file).
+    let w = RaceWorkload::steps(1);
+    let mut p = w.spawn_in(cg.dir());
     let st = p
         .wait_timeout(Duration::from_secs(120))
         .expect("workload ended");
