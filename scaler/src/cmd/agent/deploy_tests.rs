@@ -206,6 +206,16 @@ fn the_daemonset_is_valid_and_consistent_with_its_configmap() {
 /// Every metric name (sample names, with the `_total`/`_bucket`/... suffixes) the agent
 /// exports once each family has a sample.
 fn exported_names() -> BTreeSet<String> {
+    populated()
+        .encode()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
+        .collect()
+}
+
+/// Metrics with a series in every family.
+fn populated() -> Metrics {
     let m = Metrics::new();
     m.record_action(&ActionRecord {
         action: Action {
@@ -249,11 +259,40 @@ fn exported_names() -> BTreeSet<String> {
     m.reloads
         .get_or_create(&ResultLabels { result: "ok" })
         .inc();
-    m.encode()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
-        .collect()
+    m.set_limit(
+        &LimitLabels::new(&CgroupLabels::new("/b", "p", None), &crate::resource::Cpu),
+        f64::INFINITY,
+    );
+    m
+}
+
+#[test]
+fn every_family_is_clean_for_promtool() {
+    use std::io::Write as _;
+    let text = populated().encode_text();
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("promtool not run: `apt-get install prometheus` to check the exposition");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Every metric name a text exposition has (families and samples).
