@@ -1,9 +1,11 @@
 //! The `scaler` binary: the agent's subcommands and, with the `tools` feature (on by default),
 //! the tools' (`bench` and the hidden `workload`, `overhead`, `load-test`).
 
+mod docs;
+
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,6 +27,12 @@ enum Command {
     #[cfg(feature = "tools")]
     #[command(flatten)]
     Tools(scaler_tools::Command),
+    /// Print the completion script for a shell (the Debian package installs them).
+    #[command(hide = true)]
+    Completions(docs::CompletionsArgs),
+    /// Print the manual page scaler(1), or write every page into a directory.
+    #[command(hide = true)]
+    Manpage(docs::ManpageArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,8 +54,29 @@ fn main() -> ExitCode {
         Command::Agent(c) => scaler::cli::run(c),
         #[cfg(feature = "tools")]
         Command::Tools(c) => scaler_tools::run(c),
+        Command::Completions(a) => {
+            docs::completions(Cli::command(), a.shell, &mut std::io::stdout().lock());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpage(a) => manpage(a),
     };
     scaler::cli::exit_code(result)
+}
+
+fn manpage(args: docs::ManpageArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    match args.out_dir {
+        Some(dir) => {
+            for page in docs::write_pages(Cli::command(), &dir)
+                .with_context(|| format!("writing manual pages into {}", dir.display()))?
+            {
+                println!("{}", page.display());
+            }
+        }
+        None => docs::render_main(Cli::command(), &mut std::io::stdout().lock())
+            .context("writing the manual page to stdout")?,
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Real output checked against the committed JSON Schemas (`docs/schemas/`, generated from the
 //! types by schemars) with an independent validator: check-jsonschema, from PyPI (`cargo xtask
-//! setup` installs it). In the VMs there is no Python: there the check is left to the host
+//! setup --dist` installs it, as `cargo xtask test` does). In the VMs there is no Python: there the check is left to the host
 //! stage, and says so.
 
 use std::{path::PathBuf, process::Command};
@@ -8,6 +8,23 @@ use std::{path::PathBuf, process::Command};
 use serde_json::Value;
 
 use crate::{note, tempdir};
+
+/// check-jsonschema: on PATH, or in the virtual environment `cargo xtask setup --dist` makes
+/// (`~/.cache/scaler-dist/venv`, as xtask's `setup::dist_venv`).
+fn validator() -> PathBuf {
+    let on_path = Command::new("check-jsonschema")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if on_path {
+        return PathBuf::from("check-jsonschema");
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("scaler-dist/venv/bin/check-jsonschema")
+}
 
 /// `docs/schemas/<name>.schema.json`.
 pub fn schema_file(name: &str) -> PathBuf {
@@ -36,7 +53,7 @@ pub fn assert_valid(name: &str, docs: &[Value]) {
             f
         })
         .collect();
-    let out = Command::new("check-jsonschema")
+    let out = Command::new(validator())
         .arg("--schemafile")
         .arg(schema_file(name))
         .args(&files)
@@ -44,7 +61,7 @@ pub fn assert_valid(name: &str, docs: &[Value]) {
         .unwrap_or_else(|e| {
             panic!(
                 "check-jsonschema ({e}) is needed to validate JSON output: \
-                 `pip install check-jsonschema` (cargo xtask setup installs it)"
+                 `cargo xtask setup --dist` installs it (or `pip install check-jsonschema`)"
             )
         });
     let report = format!(

@@ -61,20 +61,44 @@ fn limit_of(g: &CgroupGuard) -> Limit {
 /// long before reclaim), then exits; asserts it was not OOM-killed.
 fn grow(g: &CgroupGuard, total: &str) {
     let cg = g.cgroup(Controller::Memory).unwrap();
-    let args = [
-        "workload",
-        "steps",
-        "--total",
-        total,
-        "--step",
-        "8M",
-        "--interval",
-        "50ms",
-    ];
-    let mut p = spawn_in_cgroup(cg.dir(), &scaler_bin(), &args);
+    let bin = scaler_bin();
+    // Natively the bare 8 MiB steps race the OOM killer; under emulation (where the engine's
+    // wakeup takes milliseconds) a page-cache cushion first and smaller steps paced from the
+    // measured reaction latency, as RaceWorkload does.
+    let cushion = tempdir();
+    let mut p = if emulated() {
+        let interval = emulated_calibration().interval;
+        let script = format!(
+            "dd if=/dev/zero of='{}' bs=1M count=32 conv=fsync status=none && exec \"$0\" \
+             workload steps --total {total} --step 2M --interval {}ms",
+            cushion.join("cushion").display(),
+            interval.as_millis()
+        );
+        spawn_in_cgroup(
+            cg.dir(),
+            Path::new("sh"),
+            &["-c", &script, &bin.display().to_string()],
+        )
+    } else {
+        spawn_in_cgroup(
+            cg.dir(),
+            &bin,
+            &[
+                "workload",
+                "steps",
+                "--total",
+                total,
+                "--step",
+                "8M",
+                "--interval",
+                "50ms",
+            ],
+        )
+    };
     let status = p
-        .wait_timeout(Duration::from_secs(60))
+        .wait_timeout(Duration::from_secs(120))
         .expect("workload ended");
+    let _ = std::fs::remove_dir_all(&cushion);
     assert!(status.success(), "the workload survived: {status}");
     assert_eq!(cg.oom_kills().unwrap().unwrap_or(0), 0, "no OOM kill");
 }

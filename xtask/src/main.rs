@@ -6,9 +6,11 @@
 //! - `run [-- ARGS]`: setup check, build, `scaler agent ARGS`;
 //! - `test [--no-vm|--host-only] [--kernel K] [-- FILTER]`: the whole suite;
 //! - `vm-test [--kernel 6.1|6.12|6.18|all] [-- FILTER]`: integration tests on cgroup v2 kernels;
+//! - `dist [--no-image]`: the Debian package and the OCI image, built offline (target/dist);
 //! - `lint`: rustfmt and clippy on the userspace crates.
 
 mod cargo;
+mod dist;
 mod report;
 mod setup;
 mod test;
@@ -43,6 +45,8 @@ enum Cmd {
     Test(test::Options),
     /// Run the integration tests in VMs on cgroup v2 kernels.
     VmTest(vm::Options),
+    /// The Debian package and the OCI image (FROM scratch), built offline into target/dist.
+    Dist(dist::Options),
     /// rustfmt --check and clippy on the userspace crates.
     Lint,
 }
@@ -70,6 +74,15 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Run { args } => run(&args),
         Cmd::Test(opts) => test::test(&opts),
         Cmd::VmTest(opts) => vm::vm_test(&opts),
+        Cmd::Dist(opts) => {
+            let d = dist::dist(&opts)?;
+            println!("dist: package {}", d.deb.display());
+            println!("dist: image build context {}", d.image_context.display());
+            if let Some(a) = d.oci_archive {
+                println!("dist: OCI archive {}", a.display());
+            }
+            Ok(())
+        }
         Cmd::Lint => lint(),
     }
 }

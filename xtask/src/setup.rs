@@ -5,7 +5,10 @@
 //! its `rust-web-src` and `cargo-web`, `llvm-22-dev`, and `bpf-linker` 0.13.0 built against that
 //! LLVM. The agent's build.rs runs the nested eBPF build with `rustup run /usr cargo`.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{bail, Context as _, Result};
 
@@ -13,6 +16,17 @@ use crate::util;
 
 /// Debian packages of the eBPF toolchain.
 pub const EBPF_PACKAGES: &[&str] = &["rustc-web", "rust-web-src", "cargo-web", "llvm-22-dev"];
+/// Debian packages the manual-page tests need (groff renders, man(1) reads; scaler-cli/tests/docs.rs).
+pub const DOC_PACKAGES: &[&str] = &["groff-base", "man-db"];
+/// Debian packages the packages stage needs (`cargo xtask dist` and tests/tests/dist.rs):
+/// podman and crun build and run the image, binutils strips the binary and reads its symbol
+/// versions, python3-venv holds kubernetes-validate.
+pub const DIST_PACKAGES: &[&str] = &["podman", "crun", "binutils", "python3-venv"];
+/// The PyPI package that validates the Kubernetes manifests, pinned (pip caches the wheel).
+pub const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+/// The PyPI package the root tests validate JSON output with against docs/schemas, pinned; it
+/// lives in the same virtual environment.
+pub const CHECK_JSONSCHEMA: &str = "check-jsonschema==0.39.0";
 /// Debian packages the VM tests need (qemu, the initramfs tools, module decompressors).
 pub const VM_PACKAGES: &[&str] = &[
     "qemu-system-x86",
@@ -36,6 +50,10 @@ pub struct Options {
     /// Also install what `cargo xtask vm-test` needs (qemu, busybox-static, cpio, ...).
     #[arg(long)]
     pub vm: bool,
+    /// Also install what `cargo xtask dist` and the packages stage need (podman, crun,
+    /// binutils, kubernetes-validate from PyPI in a virtual environment).
+    #[arg(long)]
+    pub dist: bool,
     /// Only report what is missing; exit non-zero if anything is.
     #[arg(long)]
     pub check: bool,
@@ -54,6 +72,8 @@ pub enum Missing {
     BpfLinker(Option<String>),
     /// rustup (which the agent's build.rs uses to run `/usr`'s cargo) is missing.
     Rustup,
+    /// kubernetes-validate is not installed in the packages stage's virtual environment.
+    KubernetesValidate,
 }
 
 impl std::fmt::Display for Missing {
@@ -73,6 +93,11 @@ impl std::fmt::Display for Missing {
                 )
             }
             Self::Rustup => write!(f, "rustup not found on PATH"),
+            Self::KubernetesValidate => write!(
+                f,
+                "{KUBERNETES_VALIDATE} or {CHECK_JSONSCHEMA} (PyPI) not installed in {}",
+                dist_venv().display()
+            ),
         }
     }
 }
@@ -117,6 +142,7 @@ fn bpf_linker_command() -> Command {
 pub fn check(vm: bool) -> Vec<Missing> {
     let mut missing = Vec::new();
     let mut wanted: Vec<&str> = EBPF_PACKAGES.to_vec();
+    wanted.extend(DOC_PACKAGES);
     if vm {
         wanted.extend(VM_PACKAGES);
     }
@@ -225,9 +251,13 @@ fn install(missing: &[Missing], vm: bool) -> Result<()> {
                  for the eBPF build); install it from https://rustup.rs"
             ),
             Missing::BpfLinker(_) => install_bpf_linker()?,
+            Missing::KubernetesValidate => install_kubernetes_validate()?,
         }
     }
-    let still = check(vm);
+    let mut still = check(vm);
+    if missing.iter().any(is_dist) {
+        still.extend(check_dist());
+    }
     if !still.is_empty() {
         let list: Vec<String> = still.iter().map(ToString::to_string).collect();
         bail!(
@@ -238,13 +268,92 @@ fn install(missing: &[Missing], vm: bool) -> Result<()> {
     Ok(())
 }
 
+/// The virtual environment that holds kubernetes-validate and check-jsonschema
+/// (`~/.cache/scaler-dist/venv`; tests/src/schema.rs looks there too).
+pub fn dist_venv() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    cache.join("scaler-dist/venv")
+}
+
+/// Whether `m` is one of the packages stage's needs.
+fn is_dist(m: &Missing) -> bool {
+    match m {
+        Missing::KubernetesValidate => true,
+        Missing::Packages(p) => p.iter().any(|p| DIST_PACKAGES.contains(&p.as_str())),
+        _ => false,
+    }
+}
+
+/// What the packages stage needs and is missing.
+pub fn check_dist() -> Vec<Missing> {
+    let mut missing = Vec::new();
+    let packages = missing_packages(DIST_PACKAGES);
+    if !packages.is_empty() {
+        missing.push(Missing::Packages(packages));
+    }
+    let kv = dist_venv().join("bin/kubernetes-validate");
+    let cj = dist_venv().join("bin/check-jsonschema");
+    if util::probe_output(Command::new(kv).arg("--version")).is_none()
+        || util::probe_output(Command::new(cj).arg("--version")).is_none()
+    {
+        missing.push(Missing::KubernetesValidate);
+    }
+    missing
+}
+
+fn install_kubernetes_validate() -> Result<()> {
+    let venv = dist_venv();
+    println!(
+        "setup: installing {KUBERNETES_VALIDATE} and {CHECK_JSONSCHEMA} into {}",
+        venv.display()
+    );
+    if !venv.join("bin/pip").exists() {
+        util::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+            .context("python3 -m venv (Debian: python3-venv)")?;
+    }
+    util::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args([KUBERNETES_VALIDATE, CHECK_JSONSCHEMA]),
+    )
+    .context("pip install kubernetes-validate check-jsonschema")
+}
+
+/// Makes sure the packages stage's tools are installed (called by `cargo xtask test`).
+pub fn ensure_dist() -> Result<()> {
+    let missing = check_dist();
+    if missing.is_empty() {
+        println!("setup: podman, crun, binutils and kubernetes-validate present");
+        return Ok(());
+    }
+    for m in &missing {
+        println!("setup: [missing] {m}");
+    }
+    install(&missing, false)
+}
+
 /// `cargo xtask setup`.
 pub fn setup(opts: &Options) -> Result<()> {
     if !opts.check {
         ensure_test_tools()?;
     }
-    let missing = check(opts.vm);
+    let mut missing = check(opts.vm);
     report(&missing, opts.vm);
+    if opts.dist {
+        let dist = check_dist();
+        if dist.is_empty() {
+            println!(
+                "setup: [ok]      podman, crun, binutils, python3-venv, {KUBERNETES_VALIDATE}, {CHECK_JSONSCHEMA}"
+            );
+        }
+        for m in &dist {
+            println!("setup: [missing] {m}");
+        }
+        missing.extend(dist);
+    }
     if missing.is_empty() {
         println!("setup: nothing to do");
         return Ok(());
@@ -263,6 +372,7 @@ pub fn setup(opts: &Options) -> Result<()> {
 fn report(missing: &[Missing], vm: bool) {
     let pkgs: Vec<&str> = EBPF_PACKAGES
         .iter()
+        .chain(DOC_PACKAGES)
         .chain(if vm { VM_PACKAGES } else { &[] })
         .copied()
         .collect();

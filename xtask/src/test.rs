@@ -6,14 +6,17 @@
 //! 3. the root integration tests (`scaler-tests`) on the host, with `SCALER_BIN` set;
 //! 4. the same tests in VMs on cgroup v2 kernels (`vm-test`; 6.1, 6.12 and 6.18 by default);
 //! 5. `scaler bench --quick` (once the agent has a `bench` command);
-//! 6. (after the unit tests) the cargo-fuzz targets, bounded (`fuzz/run.sh`).
+//! 6. (after the unit tests) the cargo-fuzz targets, bounded (`fuzz/run.sh`);
+//! 7. (after the host integration tests) the packages: `cargo xtask dist --no-image`, then
+//!    tests/tests/dist.rs with `SCALER_DIST_DIR` (the .deb installed with dpkg, the image built
+//!    and run with podman, the Kubernetes manifests through kubernetes-validate).
 
 use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::Result;
 
 use crate::{
-    cargo,
+    cargo, dist,
     report::{run_counted, run_host_integration, Outcome, Report},
     setup, util, vm,
 };
@@ -47,6 +50,33 @@ fn default_kernels() -> vm::KernelChoice {
     vm::KernelChoice::All
 }
 
+/// The packages stage: dist (the .deb and the image context), then the dist test binary with
+/// `SCALER_DIST_DIR` and kubernetes-validate's virtual environment on PATH.
+fn packages_stage(
+    agent: &Path,
+    executables: &[std::path::PathBuf],
+    filter: &[String],
+    counts: &mut crate::report::Counts,
+) -> Result<Outcome> {
+    let Some(exe) = executables.iter().find(|e| {
+        e.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("dist-"))
+    }) else {
+        return Ok(Outcome::Skipped("scaler-tests has no `dist` test".into()));
+    };
+    setup::ensure_dist()?;
+    let out = dist::dist(&dist::Options { no_image: true })?;
+    let mut cmd = cargo::test_command(exe, agent, filter);
+    let mut path = std::ffi::OsString::from(setup::dist_venv().join("bin"));
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    cmd.env("SCALER_DIST_DIR", dist::dist_dir())
+        .env("PATH", path);
+    println!("packages: {}", out.deb.display());
+    run_counted(&mut cmd, counts)
+}
+
 /// `cargo xtask test`.
 pub fn test(opts: &Options) -> Result<()> {
     let vm_wanted = !(opts.no_vm || opts.host_only);
@@ -55,6 +85,10 @@ pub fn test(opts: &Options) -> Result<()> {
 
     let setup_ok = report.stage("setup check", |_| {
         setup::ensure(vm_wanted)?;
+        // The root tests validate JSON output with check-jsonschema, from the packages
+        // stage's virtual environment.
+        setup::ensure_dist()?;
+        // ... and the metrics and the example alerts with promtool.
         setup::ensure_test_tools()?;
         Ok(Outcome::Passed)
     });
@@ -102,6 +136,9 @@ pub fn test(opts: &Options) -> Result<()> {
                     return Ok(Outcome::Skipped("scaler-tests has no test targets".into()));
                 }
                 run_host_integration(&executables, agent, &opts.filter, counts)
+            });
+            report.stage("packages (.deb, image, manifests)", |counts| {
+                packages_stage(agent, &executables, &opts.filter, counts)
             });
             if vm_wanted {
                 let choice = opts.kernel.unwrap_or_else(default_kernels);
