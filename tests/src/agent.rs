@@ -665,11 +665,34 @@ impl TestAgent {
     /// `GET /metrics`, checked to be a 200 with the OpenMetrics content type, parsed.
     #[track_caller]
     pub fn scrape(&self) -> Scrape {
+        let (content_type, body) =
+            self.get_metrics("Accept: application/openmetrics-text;version=1.0.0\r\n");
+        assert!(
+            content_type.starts_with("application/openmetrics-text"),
+            "Content-Type {content_type:?}"
+        );
+        Scrape::parse(&body)
+    }
+
+    /// `/metrics` as `curl` and `promtool check metrics` get it (no `Accept`): the
+    /// Content-Type (the Prometheus text format 0.0.4 is `text/plain; version=0.0.4`) and the
+    /// body.
+    pub fn scrape_text(&self) -> (String, String) {
+        self.get_metrics("")
+    }
+
+    /// `GET /metrics` with `headers` (each ending in CRLF): the Content-Type and the body.
+    fn get_metrics(&self, headers: &str) -> (String, String) {
         let addr = self.metrics_addr();
         let mut s = TcpStream::connect(&addr)
             .unwrap_or_else(|e| panic!("connecting to the metrics address {addr}: {e}"));
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .expect("sending the request");
+        s.write_all(
+            format!(
+                "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n"
+            )
+            .as_bytes(),
+        )
+        .expect("sending the request");
         let mut resp = String::new();
         s.read_to_string(&mut resp).expect("reading the response");
         let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
@@ -681,11 +704,7 @@ impl TestAgent {
             .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-type"))
             .map(|(_, v)| v.trim().to_owned())
             .unwrap_or_default();
-        assert!(
-            content_type.starts_with("application/openmetrics-text"),
-            "Content-Type {content_type:?}"
-        );
-        Scrape::parse(body)
+        (content_type, body.to_owned())
     }
 }
 

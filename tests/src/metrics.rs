@@ -55,11 +55,25 @@ pub mod metric {
     pub const REACTION_LATENCY_SUM: Metric = Metric::named("scaler_reaction_latency_seconds_sum");
     pub const REACTION_LATENCY_BUCKET: Metric =
         Metric::named("scaler_reaction_latency_seconds_bucket");
-    /// Per managed cgroup, `{cgroup, policy, qos, pod_uid, container_id, resource, unit}`:
-    /// the memory limit in bytes.
+    /// Per managed cgroup, `{cgroup, policy, qos, namespace, pod, uid, container,
+    /// container_id, resource, unit}`: the memory limit in bytes (no sample while unlimited).
     pub const MEMORY_LIMIT: Metric = Metric {
         name: "scaler_cgroup_limit",
         labels: &[("resource", "memory"), ("unit", "byte")],
+    };
+    /// 1 while the managed memory cgroup has no limit, else 0.
+    pub const MEMORY_LIMIT_UNLIMITED: Metric = Metric {
+        name: "scaler_cgroup_limit_unlimited",
+        labels: &[("resource", "memory"), ("unit", "byte")],
+    };
+    pub const MEMORY_ORIGINAL_LIMIT_UNLIMITED: Metric = Metric {
+        name: "scaler_cgroup_original_limit_unlimited",
+        labels: &[("resource", "memory"), ("unit", "byte")],
+    };
+    /// U = usage/limit of a managed memory cgroup.
+    pub const MEMORY_UTILIZATION: Metric = Metric {
+        name: "scaler_cgroup_utilization_ratio",
+        labels: &[("resource", "memory")],
     };
     pub const MEMORY_ORIGINAL_LIMIT: Metric = Metric {
         name: "scaler_cgroup_original_limit",
@@ -75,6 +89,17 @@ pub mod metric {
         name: "scaler_cgroup_limit",
         labels: &[("resource", "cpu"), ("unit", "core")],
     };
+    /// 1 while the managed cpu cgroup has no quota, else 0.
+    pub const CPU_QUOTA_UNLIMITED: Metric = Metric {
+        name: "scaler_cgroup_limit_unlimited",
+        labels: &[("resource", "cpu"), ("unit", "core")],
+    };
+    pub const CPU_ORIGINAL_QUOTA_UNLIMITED: Metric = Metric {
+        name: "scaler_cgroup_original_limit_unlimited",
+        labels: &[("resource", "cpu"), ("unit", "core")],
+    };
+    /// `cpu.stat` throttled time of a managed cpu cgroup, in seconds (a counter).
+    pub const CPU_THROTTLED: Metric = Metric::named("scaler_cgroup_cpu_throttled_seconds_total");
     pub const CPU_ORIGINAL_QUOTA: Metric = Metric {
         name: "scaler_cgroup_original_limit",
         labels: &[("resource", "cpu"), ("unit", "core")],
@@ -83,6 +108,9 @@ pub mod metric {
         name: "scaler_managed_cgroups",
         labels: &[("resource", "memory")],
     };
+    /// `{version, kernel, arch}`, always 1.
+    pub const BUILD_INFO: Metric = Metric::named("scaler_build_info");
+    pub const FAILED_WRITES: Metric = Metric::named("scaler_failed_writes_total");
     pub const RINGBUF_DROPPED: Metric = Metric::named("scaler_ringbuf_dropped_total");
     pub const RECORDS_DROPPED: Metric = Metric::named("scaler_records_dropped_total");
     pub const DECODE_ERRORS: Metric = Metric::named("scaler_decode_errors_total");

@@ -637,6 +637,19 @@ fn agent_cpu_policy_raises_the_quota_in_bursts_and_restores_it() {
         "{}",
         scrape.text
     );
+    assert_eq!(
+        scrape.value(metric::CPU_ORIGINAL_QUOTA_UNLIMITED, &cgroup_label(&path)),
+        Some(0.0),
+        "{}",
+        scrape.text
+    );
+    assert!(
+        scrape
+            .value(metric::CPU_THROTTLED, &cgroup_label(&path))
+            .is_some_and(|t| t >= 0.0),
+        "throttled time is a counter per cpu cgroup:\n{}",
+        scrape.text
+    );
     let status = agent.status();
     assert_eq!(
         status.managed_cpu(&path).unwrap()["original_quota_cores"],

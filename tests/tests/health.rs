@@ -100,7 +100,10 @@ fn scrapes_succeed_beside_idle_and_half_request_clients() {
     let scrape = |ok_us: &mut Vec<u64>, failures: &mut Vec<String>| {
         let t = Instant::now();
         match http_get(&addr, "/metrics", Duration::from_secs(5)) {
-            Ok((200, body)) if body.contains("# EOF") => ok_us.push(t.elapsed().as_micros() as u64),
+            // The whole exposition (Prometheus text format: the last family is the agent's RSS).
+            Ok((200, body)) if body.contains("\nprocess_resident_memory_bytes ") => {
+                ok_us.push(t.elapsed().as_micros() as u64)
+            }
             Ok((code, body)) => failures.push(format!("HTTP {code}: {body:.200}")),
             Err(e) => failures.push(e),
         }

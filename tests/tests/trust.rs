@@ -209,7 +209,7 @@ fn an_opt_in_counts_only_where_an_unprivileged_user_cannot_have_set_it() {
     );
     assert_eq!(
         a.scrape()
-            .value(metric::CGROUPS_REFUSED, &[("reason", "untrusted_opt_in")]),
+            .sum(metric::CGROUPS_REFUSED, &[("reason", "untrusted_opt_in")]),
         Some(2.0),
         "each ignored opt-in counted once"
     );
@@ -307,9 +307,14 @@ fn a_kubepods_tree_below_a_user_prefix_is_no_pod() {
     assert!(!managed(&a, &fake), "{s}");
     let scrape = a.scrape();
     assert_eq!(
-        scrape.with_label("pod_uid", UID_FAKE).len(),
+        scrape.with_label("uid", UID_FAKE).len(),
         0,
         "no pod labels for the look-alike"
+    );
+    assert!(
+        !scrape.with_label("uid", UID_REAL).is_empty(),
+        "the pod's series carry its UID:\n{}",
+        scrape.text
     );
     assert_eq!(a.stop(Signal::SIGTERM).code(), Some(0));
     a.assert_only_json_on_stderr();
@@ -348,7 +353,7 @@ fn a_policy_matching_the_agents_own_cgroup_does_not_manage_it() {
     }
     assert_eq!(
         a.scrape()
-            .value(metric::CGROUPS_REFUSED, &[("reason", "agent_cgroup")]),
+            .sum(metric::CGROUPS_REFUSED, &[("reason", "agent_cgroup")]),
         Some(2.0)
     );
     assert_eq!(a.stop(Signal::SIGTERM).code(), Some(0));

@@ -337,6 +337,9 @@ pub fn ensure_dist() -> Result<()> {
 
 /// `cargo xtask setup`.
 pub fn setup(opts: &Options) -> Result<()> {
+    if !opts.check {
+        ensure_test_tools()?;
+    }
     let mut missing = check(opts.vm);
     report(&missing, opts.vm);
     if opts.dist {
@@ -420,6 +423,24 @@ pub fn ensure(vm: bool) -> Result<()> {
     }
     report(&missing, vm);
     install(&missing, vm)
+}
+
+/// Debian packages the root tests run: `promtool` (package `prometheus`) checks the agent's
+/// `/metrics` and the example alerts (`tests/tests/prometheus.rs`).
+pub const TEST_TOOL_PACKAGES: &[&str] = &["prometheus"];
+
+/// Installs the test tools of [`TEST_TOOL_PACKAGES`] that are missing (called by `setup` and
+/// `cargo xtask test`).
+pub fn ensure_test_tools() -> Result<()> {
+    let missing = missing_packages(TEST_TOOL_PACKAGES);
+    if missing.is_empty() {
+        println!(
+            "setup: [ok]      test tools ({})",
+            TEST_TOOL_PACKAGES.join(" ")
+        );
+        return Ok(());
+    }
+    install_packages(&missing)
 }
 
 #[cfg(test)]

@@ -88,6 +88,8 @@ pub fn test(opts: &Options) -> Result<()> {
         // The root tests validate JSON output with check-jsonschema, from the packages
         // stage's virtual environment.
         setup::ensure_dist()?;
+        // ... and the metrics and the example alerts with promtool.
+        setup::ensure_test_tools()?;
         Ok(Outcome::Passed)
     });
     if !setup_ok {

@@ -98,7 +98,7 @@ pub trait ManagedResource: Send + Sync + fmt::Debug {
     fn restore(&self, cg: &Cgroup, id: CgId, original: Setting) -> Result<Restored, ActuatorError>;
     /// The policy's bounds, for logs: `(min, max)`.
     fn bounds(&self, policy: &Policy) -> (String, String);
-    /// A setting as a metric value in [`unit`](Self::unit) (`+Inf`: no limit).
+    /// A setting as a metric value in [`unit`](Self::unit) (`+Inf`: no limit; the metrics export no sample then, see `Metrics::set_limit`).
     fn gauge(&self, setting: Setting) -> f64;
     /// The unit of its metric values (the `unit` label, as kube-state-metrics names them).
     fn unit(&self) -> &'static str;

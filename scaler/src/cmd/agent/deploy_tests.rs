@@ -206,6 +206,16 @@ fn the_daemonset_is_valid_and_consistent_with_its_configmap() {
 /// Every metric name (sample names, with the `_total`/`_bucket`/... suffixes) the agent
 /// exports once each family has a sample.
 fn exported_names() -> BTreeSet<String> {
+    populated()
+        .encode()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
+        .collect()
+}
+
+/// Metrics with a series in every family.
+fn populated() -> Metrics {
     let m = Metrics::new();
     m.record_action(&ActionRecord {
         action: Action {
@@ -231,8 +241,10 @@ fn exported_names() -> BTreeSet<String> {
         &CgroupLabels::new("/a", "p", None),
         &crate::resource::Memory,
     );
-    m.limit.get_or_create(&l).set(1.0);
-    m.original_limit.get_or_create(&l).set(1.0);
+    m.set_limit(&l, 1.0);
+    m.set_original_limit(&l, 1.0);
+    m.original_unknown.get_or_create(&l).set(0.0);
+    Metrics::set_total_f64(&m.cpu_throttled_seconds.get_or_create(&l.cgroup), 1.0);
     m.usage.get_or_create(&l).set(1.0);
     m.utilization.get_or_create(&l.utilization()).set(0.5);
     m.managed
@@ -247,10 +259,52 @@ fn exported_names() -> BTreeSet<String> {
     m.reloads
         .get_or_create(&ResultLabels { result: "ok" })
         .inc();
-    m.encode()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
+    m.set_limit(
+        &LimitLabels::new(&CgroupLabels::new("/b", "p", None), &crate::resource::Cpu),
+        f64::INFINITY,
+    );
+    m
+}
+
+#[test]
+fn every_family_is_clean_for_promtool() {
+    use std::io::Write as _;
+    let text = populated().encode_text();
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("promtool not run: `apt-get install prometheus` to check the exposition");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every metric name a text exposition has (families and samples).
+fn names_of(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| match l.strip_prefix("# TYPE ") {
+            Some(t) => t.split(' ').next(),
+            None if l.starts_with('#') => None,
+            None => l.split(['{', ' ']).next(),
+        })
+        .map(str::to_owned)
         .collect()
 }
 
@@ -307,6 +361,7 @@ fn the_dashboard_is_valid_json_over_exported_metrics() {
         "scaler_events_total",
         "scaler_actions_total",
         "scaler_cgroup_limit",
+        "scaler_cgroup_utilization_ratio",
         "scaler_ringbuf_dropped_total",
         "scaler_bpf_program_run_seconds_total",
         "process_cpu_seconds_total",
@@ -316,6 +371,78 @@ fn the_dashboard_is_valid_json_over_exported_metrics() {
     // Unique panel ids.
     let ids: BTreeSet<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
     assert_eq!(ids.len(), panels.len());
+}
+
+#[test]
+fn the_example_alerts_are_rules_over_exported_metrics() {
+    let text = deploy("prometheus/alerts.yaml");
+    let docs = yaml_docs(&text);
+    assert_eq!(docs.len(), 1);
+    let exported = exported_names();
+    let mut alerts = BTreeSet::new();
+    let mut used = BTreeSet::new();
+    for g in docs[0]["groups"].as_sequence().unwrap() {
+        for r in g["rules"].as_sequence().unwrap() {
+            let name = r["alert"].as_str().expect("alerting rules only");
+            let expr = r["expr"].as_str().unwrap();
+            for n in names_in(expr) {
+                assert!(
+                    exported.contains(&n),
+                    "alert {name}: {n} is not exported (exported: {exported:?})"
+                );
+                used.insert(n);
+            }
+            assert!(r["annotations"]["summary"].is_string(), "{name}");
+            alerts.insert(name.to_owned());
+        }
+    }
+    // What the issue promises: reaction p99, write failures, ring-buffer drops, agent down.
+    for n in [
+        "scaler_reaction_latency_seconds_bucket",
+        "scaler_failed_writes_total",
+        "scaler_ringbuf_dropped_total",
+    ] {
+        assert!(used.contains(n), "no alert uses {n}");
+    }
+    assert!(alerts.contains("ScalerAgentDown"), "{alerts:?}");
+    // promtool validates it too where it is installed (the root tests require it).
+    match std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/alerts.yaml"))
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool check rules: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => {
+            eprintln!("promtool not run ({e}): `apt-get install prometheus` to check the rules")
+        }
+    }
+}
+
+#[test]
+fn every_family_is_exported_in_both_formats() {
+    // The same names whether the client asks for OpenMetrics or not.
+    let m = Metrics::new();
+    let l = LimitLabels::new(
+        &CgroupLabels::new("/a", "p", None),
+        &crate::resource::Memory,
+    );
+    m.set_limit(&l, f64::INFINITY);
+    let om = names_of(&m.encode());
+    let text = names_of(&m.encode_text());
+    for n in &text {
+        let family = n.strip_suffix("_total").unwrap_or(n);
+        assert!(
+            om.contains(n) || om.contains(family),
+            "{n} only in the text format"
+        );
+    }
+    assert!(text.contains("scaler_cgroup_limit_unlimited"), "{text:?}");
+    assert!(!text.contains("scaler_cgroup_limit"), "{text:?}");
 }
 
 #[test]

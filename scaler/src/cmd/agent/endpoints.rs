@@ -43,6 +43,25 @@ pub const MAX_HEADERS: usize = 32;
 const BLOCKING_THREADS: usize = 4;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The Prometheus text format, for a client that does not ask for OpenMetrics.
+const PROMETHEUS_TEXT: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Whether the request's `Accept` names OpenMetrics (Prometheus' scrapes do); anything else
+/// (`curl`, `promtool check metrics`) gets the Prometheus text format, as Go's promhttp does.
+fn wants_openmetrics(headers: &header::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let mut params = t.split(';').map(str::trim);
+            let media = params.next().unwrap_or_default();
+            // `q=0` means "not acceptable".
+            media.eq_ignore_ascii_case("application/openmetrics-text")
+                && !params.any(|p| p.replace(' ', "") == "q=0")
+        })
+}
 const TEXT: &str = "text/plain; charset=utf-8";
 
 /// Builds the status document (runs on the blocking pool: it waits for the engine).
@@ -169,8 +188,17 @@ impl App {
         match route(req.method(), req.uri().path()) {
             Route::Metrics => {
                 let m = self.metrics.clone();
-                match tokio::task::spawn_blocking(move || m.encode()).await {
-                    Ok(text) => response(StatusCode::OK, OPENMETRICS, text),
+                let openmetrics = wants_openmetrics(req.headers());
+                let encoded = tokio::task::spawn_blocking(move || {
+                    if openmetrics {
+                        (OPENMETRICS, m.encode())
+                    } else {
+                        (PROMETHEUS_TEXT, m.encode_text())
+                    }
+                })
+                .await;
+                match encoded {
+                    Ok((ctype, text)) => response(StatusCode::OK, ctype, text),
                     Err(e) => response(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         TEXT,
@@ -299,13 +327,28 @@ mod tests {
         assert_eq!(route(&Method::GET, "/healthz"), Route::Healthz);
         assert_eq!(route(&Method::GET, "/readyz"), Route::Readyz);
         assert_eq!(route(&Method::POST, "/metrics"), Route::MethodNotAllowed);
+        let accept = |v: &'static str| {
+            let mut h = header::HeaderMap::new();
+            h.insert(header::ACCEPT, header::HeaderValue::from_static(v));
+            wants_openmetrics(&h)
+        };
+        // What Prometheus 2.x sends, and what curl sends.
+        assert!(accept("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"));
+        assert!(!accept("*/*"));
+        assert!(!accept("text/plain"));
+        assert!(!accept("application/openmetrics-text; q=0, text/plain"));
+        assert!(!wants_openmetrics(&header::HeaderMap::new()));
         assert_eq!(route(&Method::GET, "/nope"), Route::NotFound);
     }
 
     fn get(addr: SocketAddr, path: &str) -> String {
+        get_with(addr, path, "")
+    }
+
+    fn get_with(addr: SocketAddr, path: &str, headers: &str) -> String {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n").unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
@@ -340,7 +383,11 @@ mod tests {
         let mut half = TcpStream::connect(addr).unwrap();
         half.write_all(b"GET /metrics HTTP/1.1\r\nHost").unwrap();
         held.push(half);
-        let r = get(addr, "/metrics");
+        let r = get_with(
+            addr,
+            "/metrics",
+            "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n",
+        );
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
         assert!(
             r.contains("scaler_events_total{kind=\"reclaim_begin\"} 7"),
@@ -349,6 +396,18 @@ mod tests {
         assert!(r
             .to_ascii_lowercase()
             .contains("content-type: application/openmetrics-text"));
+        assert!(r.contains("# TYPE scaler_events counter") && r.ends_with("# EOF\n"));
+        // A client that does not ask for OpenMetrics (curl, promtool) gets the text format.
+        let r = get(addr, "/metrics");
+        assert!(r
+            .to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"));
+        assert!(
+            r.contains("# TYPE scaler_events_total counter")
+                && r.contains("scaler_events_total{kind=\"reclaim_begin\"} 7")
+                && !r.contains("# EOF"),
+            "{r}"
+        );
         let r = get(addr, "/healthz");
         assert!(
             r.starts_with("HTTP/1.1 200 OK\r\n") && r.contains("ok: engine alive"),

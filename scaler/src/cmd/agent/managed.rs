@@ -499,11 +499,8 @@ impl Agent {
             if let Some(old) = managed.get(&id).map(|m| m.labels.clone()) {
                 metrics.forget(&old);
             }
-            metrics
-                .original_limit
-                .get_or_create(&labels)
-                .set(r.gauge(original));
-            metrics.limit.get_or_create(&labels).set(r.gauge(current));
+            metrics.set_original_limit(&labels, r.gauge(original));
+            metrics.set_limit(&labels, r.gauge(current));
             metrics
                 .original_unknown
                 .get_or_create(&labels)
@@ -682,18 +679,18 @@ impl Agent {
                     m.original_unknown = false;
                     m.adopted = ours.map(|(seq, _)| (seq, s.observed));
                     let metrics = &self.state.metrics;
-                    metrics
-                        .original_limit
-                        .get_or_create(&m.labels)
-                        .set(r.gauge(s.observed));
+                    metrics.set_original_limit(&m.labels, r.gauge(s.observed));
                     metrics.original_unknown.get_or_create(&m.labels).set(0.0);
                 }
                 if let Some(t) = s.throttled_seconds {
-                    self.state
-                        .metrics
-                        .cpu_throttled_seconds
-                        .get_or_create(&m.labels.cgroup)
-                        .set(t);
+                    Metrics::set_total_f64(
+                        &self
+                            .state
+                            .metrics
+                            .cpu_throttled_seconds
+                            .get_or_create(&m.labels.cgroup),
+                        t,
+                    );
                 }
                 // A refused sample is counted by the engine; the next comes an interval later.
                 let _ = self.engine.send(Command::Signal(*id, s.signal));
@@ -717,7 +714,7 @@ impl Agent {
                 let Some(c) = managed.get(&s.id) else {
                     continue;
                 };
-                m.limit.get_or_create(&c.labels).set(r.gauge(s.limit));
+                m.set_limit(&c.labels, r.gauge(s.limit));
                 if let Some(u) = s.usage {
                     m.usage.get_or_create(&c.labels).set(u);
                 }

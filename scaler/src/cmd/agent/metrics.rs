@@ -1,5 +1,14 @@
-//! The agent's Prometheus metrics (OpenMetrics text through `prometheus-client`), served on
-//! `agent.metrics_addr` (`GET /metrics`) by [`super::endpoints`].
+//! The agent's Prometheus metrics (through `prometheus-client`), served on
+//! `agent.metrics_addr` (`GET /metrics`) by [`super::endpoints`]: OpenMetrics text to a
+//! client that asks for it (Prometheus does), the Prometheus text format 0.0.4 otherwise
+//! (`curl`, `promtool check metrics`).
+//!
+//! The families follow the exposition conventions `promtool check metrics` checks: every one
+//! has HELP text, counters end in `_total`, times are seconds, ratios end in `_ratio`, and no
+//! sample is infinite (an unlimited limit has no `scaler_cgroup_limit` sample and a
+//! `scaler_cgroup_limit_unlimited` of 1). Every family without a per-cgroup label has its
+//! series from start-up (zeros for each known label value), so dashboards and alerts see them
+//! on an idle node.
 //!
 //! Counters fed by the engine's records (events, actions, latencies) move as the records
 //! arrive; totals owned by the kernel or the engine thread (ring-buffer drops, BPF run time)
@@ -9,7 +18,7 @@
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::{
-    encoding::{text::encode, EncodeLabelSet},
+    encoding::{prometheus_text, text::encode, EncodeLabelSet},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
@@ -55,13 +64,24 @@ pub struct ProgramLabels {
 }
 
 /// Labels of a managed cgroup: its path, the policy managing it, and for Kubernetes cgroups
-/// the pod's QoS class, pod UID and container id (empty otherwise).
+/// the pod's QoS class, `namespace`, `pod` (name), `uid` (pod UID), `container` (name) and
+/// `container_id`, named as kube-state-metrics names them (`kube_pod_info{namespace,pod,uid}`,
+/// `kube_pod_container_info{container,container_id}`), so `on(uid)` joins work.
+///
+/// Every series carries every label; one not known is empty, as kube-state-metrics leaves an
+/// unknown value empty rather than dropping the label (PromQL treats `x=""` as absent). The
+/// pod UID and container id come from the cgroup path and are set for every pod/container
+/// cgroup; the namespace, pod and container names are not in the path and stay empty until
+/// the agent reads them from the API server.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CgroupLabels {
     pub cgroup: String,
     pub policy: String,
     pub qos: String,
-    pub pod_uid: String,
+    pub namespace: String,
+    pub pod: String,
+    pub uid: String,
+    pub container: String,
     pub container_id: String,
 }
 
@@ -73,10 +93,24 @@ impl CgroupLabels {
             cgroup: path.to_owned(),
             policy: policy.to_owned(),
             qos: pod.map(|p| p.qos.as_str().to_owned()).unwrap_or_default(),
-            pod_uid: pod.and_then(|p| p.pod_uid.clone()).unwrap_or_default(),
+            namespace: String::new(),
+            pod: String::new(),
+            uid: pod.and_then(|p| p.pod_uid.clone()).unwrap_or_default(),
+            container: String::new(),
             container_id: pod.and_then(|p| p.container_id.clone()).unwrap_or_default(),
         }
     }
+}
+
+/// `{version, kernel, revision}` of `scaler_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// The crate version (`scaler --version`).
+    pub version: &'static str,
+    /// The running kernel's release (`uname -r`).
+    pub kernel: String,
+    /// The Rust target the agent was built for.
+    pub arch: &'static str,
 }
 
 type LatencyFamily = Family<ResourceLabels, Histogram, fn() -> Histogram>;
@@ -125,11 +159,17 @@ pub struct Metrics {
     pub actions: Family<ActionLabels, Counter>,
     /// `scaler_managed_cgroups{resource}`.
     pub managed: Family<ResourceLabels, Gauge>,
-    /// `scaler_cgroup_limit{cgroup,policy,qos,pod_uid,container_id,resource,unit}`: bytes of
-    /// memory, cores of CPU quota (+Inf: no limit).
+    /// `scaler_cgroup_limit{cgroup,policy,qos,namespace,pod,uid,container,container_id,
+    /// resource,unit}`: bytes of memory, cores of CPU quota; no sample while unlimited (see
+    /// [`Metrics::set_limit`]).
     pub limit: Family<LimitLabels, F64Gauge>,
-    /// `scaler_cgroup_original_limit{...}`: before the agent first changed it (+Inf: none).
+    /// `scaler_cgroup_limit_unlimited{...}`: 1 while the cgroup has no limit, else 0.
+    pub limit_unlimited: Family<LimitLabels, Gauge>,
+    /// `scaler_cgroup_original_limit{...}`: before the agent first changed it (no sample:
+    /// unlimited).
     pub original_limit: Family<LimitLabels, F64Gauge>,
+    /// `scaler_cgroup_original_limit_unlimited{...}`: 1 while the original is no limit.
+    pub original_limit_unlimited: Family<LimitLabels, Gauge>,
     /// `scaler_cgroup_original_unknown{...}`: 1 while the original is unknown (the state
     /// file and its copy were lost; restores leave the cgroup as it is).
     pub original_unknown: Family<LimitLabels, F64Gauge>,
@@ -163,10 +203,10 @@ pub struct Metrics {
     pub resident_bytes: Gauge,
     /// `scaler_config_reloads_total{result}`.
     pub reloads: Family<ResultLabels, Counter>,
-    /// `scaler_cgroup_cpu_throttled_seconds{...}`: `cpu.stat` throttled time, as read.
-    pub cpu_throttled_seconds: Family<CgroupLabels, F64Gauge>,
-    /// `scaler_cgroup_utilization{...,resource}`: U = R/C, usage over limit (memory) or CPU
-    /// used over quota (cpu), as the decider sees it.
+    /// `scaler_cgroup_cpu_throttled_seconds_total{...}`: `cpu.stat` throttled time.
+    pub cpu_throttled_seconds: Family<CgroupLabels, F64Counter>,
+    /// `scaler_cgroup_utilization_ratio{...,resource}`: U = R/C, usage over limit (memory) or
+    /// CPU used over quota (cpu), as the decider sees it.
     pub utilization: Family<CgroupResourceLabels, F64Gauge>,
     /// `scaler_cgroups_unprotected{resource,reason}`: cgroups a policy selects that the agent
     /// does not protect now (see `capacity::reason`).
@@ -175,6 +215,8 @@ pub struct Metrics {
     pub cgroups_refused: Family<RefusedLabels, Counter>,
     /// `scaler_engine_commands_refused_total`: commands the engine's full channel refused.
     pub commands_refused: Counter,
+    /// `scaler_build_info{version,kernel,arch}`: always 1.
+    pub build_info: Family<BuildLabels, Gauge>,
 }
 
 /// A managed cgroup's labels plus the resource (`memory`, `cpu`).
@@ -213,7 +255,9 @@ impl Metrics {
             actions: Family::default(),
             managed: Family::default(),
             limit: Family::default(),
+            limit_unlimited: Family::default(),
             original_limit: Family::default(),
+            original_limit_unlimited: Family::default(),
             original_unknown: Family::default(),
             usage: Family::default(),
             ringbuf_dropped: Counter::default(),
@@ -234,6 +278,7 @@ impl Metrics {
             cgroups_unprotected: Family::default(),
             cgroups_refused: Family::default(),
             commands_refused: Counter::default(),
+            build_info: Family::default(),
         };
         {
             let r = root.sub_registry_with_prefix("scaler");
@@ -259,16 +304,35 @@ impl Metrics {
                 m.managed.clone(),
             );
             r.register(
+                "build_info",
+                "Always 1; the labels name the agent's version, the running kernel and the \
+                 architecture",
+                m.build_info.clone(),
+            );
+            r.register(
                 "cgroup_limit",
                 "Current limit of a managed cgroup as the decider sees it, in the unit label's \
-                 unit: memory in bytes, CPU quota in cores (+Inf: unlimited)",
+                 unit: memory in bytes, CPU quota in cores (no sample while unlimited: see \
+                 scaler_cgroup_limit_unlimited)",
                 m.limit.clone(),
+            );
+            r.register(
+                "cgroup_limit_unlimited",
+                "1 while a managed cgroup has no limit of this resource (memory max, CPU quota \
+                 max), else 0",
+                m.limit_unlimited.clone(),
             );
             r.register(
                 "cgroup_original_limit",
                 "Limit of a managed cgroup before the agent first changed it, in the unit \
-                 label's unit (+Inf: unlimited)",
+                 label's unit (no sample while it was unlimited: see \
+                 scaler_cgroup_original_limit_unlimited)",
                 m.original_limit.clone(),
+            );
+            r.register(
+                "cgroup_original_limit_unlimited",
+                "1 while a managed cgroup's original limit is no limit, else 0",
+                m.original_limit_unlimited.clone(),
             );
             r.register(
                 "cgroup_original_unknown",
@@ -339,13 +403,14 @@ impl Metrics {
             );
             r.register_with_unit(
                 "cgroup_cpu_throttled",
-                "Throttled time of a managed cpu cgroup (cpu.stat), as last read",
+                "Time a managed cpu cgroup spent throttled (cpu.stat), as of the last sample",
                 Unit::Seconds,
                 m.cpu_throttled_seconds.clone(),
             );
-            r.register(
+            r.register_with_unit(
                 "cgroup_utilization",
                 "Utilization U = R/C of a managed cgroup: memory usage over limit, CPU used over quota",
+                Unit::Other("ratio".into()),
                 m.utilization.clone(),
             );
             r.register(
@@ -389,9 +454,120 @@ impl Metrics {
                 m.resident_bytes.clone(),
             );
         }
+        m.build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                kernel: nix::sys::utsname::uname()
+                    .map(|u| u.release().to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                arch: std::env::consts::ARCH,
+            })
+            .set(1);
+        m.init_label_values();
         Metrics {
             registry: root,
             ..m
+        }
+    }
+
+    /// Creates the series of every known label value of the families without a per-cgroup
+    /// label, at zero, so that they exist from start-up (`rate()`, `histogram_quantile()` and
+    /// alerts see them on an idle node). BPF programs are added at the first sample.
+    fn init_label_values(&self) {
+        use crate::decider::{Resource, REFUSAL_REASONS};
+        for resource in [Resource::Memory, Resource::Cpu] {
+            let r = resource.as_str();
+            let _ = self
+                .reaction_latency
+                .get_or_create(&ResourceLabels { resource: r });
+            let _ = self.managed.get_or_create(&ResourceLabels { resource: r });
+            for reason in ACTION_REASONS
+                .iter()
+                .filter(|x| Self::reason_resource(**x) == resource)
+            {
+                for outcome in [
+                    WriteOutcome::Written,
+                    WriteOutcome::DryRun,
+                    WriteOutcome::Failed,
+                ] {
+                    let _ = self.actions.get_or_create(&ActionLabels {
+                        resource: r,
+                        reason: reason.as_str(),
+                        outcome: outcome_str(outcome),
+                    });
+                }
+            }
+            for reason in REFUSAL_REASONS {
+                let _ = self.raises_refused.get_or_create(&RefusedLabels {
+                    resource: r,
+                    reason,
+                });
+            }
+            for reason in super::capacity::reason::ALL {
+                let _ = self.cgroups_unprotected.get_or_create(&RefusedLabels {
+                    resource: r,
+                    reason,
+                });
+            }
+            for reason in super::capacity::reason::ALL
+                .into_iter()
+                .chain(REFUSED_ONLY_REASONS)
+            {
+                let _ = self.cgroups_refused.get_or_create(&RefusedLabels {
+                    resource: r,
+                    reason,
+                });
+            }
+        }
+        for kind in (1..=u32::MAX).map_while(scaler_common::EventKind::from_u32) {
+            let _ = self.events.get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            });
+        }
+        for result in ["ok", "rejected"] {
+            let _ = self.reloads.get_or_create(&ResultLabels { result });
+        }
+    }
+
+    /// The resource whose decider takes actions for `reason`.
+    fn reason_resource(reason: crate::decider::Reason) -> crate::decider::Resource {
+        use crate::decider::{Reason::*, Resource};
+        match reason {
+            Pressure | EarlyWarning | OomRecovery | LimitHits | ScaleDown | Ancestor => {
+                Resource::Memory
+            }
+            CpuQuotaNear | CpuThrottled | CpuRunqLatency | CpuScaleDown => Resource::Cpu,
+        }
+    }
+
+    /// Sets `labels`' current limit: `value` (in the resource's unit) when finite; none (and
+    /// `scaler_cgroup_limit_unlimited` 1) when unlimited.
+    pub fn set_limit(&self, labels: &LimitLabels, value: f64) {
+        Self::set_limit_in(&self.limit, &self.limit_unlimited, labels, value);
+    }
+
+    /// The same for the original limit.
+    pub fn set_original_limit(&self, labels: &LimitLabels, value: f64) {
+        Self::set_limit_in(
+            &self.original_limit,
+            &self.original_limit_unlimited,
+            labels,
+            value,
+        );
+    }
+
+    fn set_limit_in(
+        values: &Family<LimitLabels, F64Gauge>,
+        unlimited: &Family<LimitLabels, Gauge>,
+        labels: &LimitLabels,
+        value: f64,
+    ) {
+        if value.is_finite() {
+            values.get_or_create(labels).set(value);
+            unlimited.get_or_create(labels).set(0);
+        } else {
+            values.remove(labels);
+            unlimited.get_or_create(labels).set(1);
         }
     }
 
@@ -403,6 +579,9 @@ impl Metrics {
             &self.original_unknown,
             &self.usage,
         ] {
+            f.remove(labels);
+        }
+        for f in [&self.limit_unlimited, &self.original_limit_unlimited] {
             f.remove(labels);
         }
         if labels.resource == crate::decider::Resource::Cpu.as_str() {
@@ -461,7 +640,36 @@ impl Metrics {
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
+
+    /// The Prometheus text exposition (format 0.0.4), for clients that do not ask for
+    /// OpenMetrics: `curl`, `promtool check metrics`.
+    pub fn encode_text(&self) -> String {
+        self.refresh_process();
+        let mut out = String::new();
+        prometheus_text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
 }
+
+/// Every reason of an action, for the series created at start.
+const ACTION_REASONS: [crate::decider::Reason; 10] = {
+    use crate::decider::Reason::*;
+    [
+        Pressure,
+        EarlyWarning,
+        OomRecovery,
+        LimitHits,
+        ScaleDown,
+        Ancestor,
+        CpuQuotaNear,
+        CpuThrottled,
+        CpuRunqLatency,
+        CpuScaleDown,
+    ]
+};
+
+/// Reasons of `scaler_cgroups_refused_total` beyond those of `scaler_cgroups_unprotected`.
+pub const REFUSED_ONLY_REASONS: [&str; 2] = ["untrusted_opt_in", "agent_cgroup"];
 
 /// `written`, `dry_run` or `failed`.
 pub fn outcome_str(o: WriteOutcome) -> &'static str {
@@ -618,7 +826,7 @@ mod tests {
         let t = m.encode();
         assert!(
             t.contains(
-                "scaler_cgroup_limit{cgroup=\"/kubepods/burstable/pod0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d/0123456789abcdef\",policy=\"elastic\",qos=\"burstable\",pod_uid=\"0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d\",container_id=\"0123456789abcdef\",resource=\"memory\",unit=\"byte\"} 67108864.0"
+                "scaler_cgroup_limit{cgroup=\"/kubepods/burstable/pod0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d/0123456789abcdef\",policy=\"elastic\",qos=\"burstable\",namespace=\"\",pod=\"\",uid=\"0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d\",container=\"\",container_id=\"0123456789abcdef\",resource=\"memory\",unit=\"byte\"} 67108864.0"
             ),
             "{t}"
         );
@@ -633,16 +841,17 @@ mod tests {
         let cpu = LimitLabels::new(&c, &crate::resource::Cpu);
         let mem = LimitLabels::new(&c, &crate::resource::Memory);
         m.limit.get_or_create(&cpu).set(0.2);
-        m.original_limit
-            .get_or_create(&cpu)
-            .set(crate::resource::Cpu.gauge(crate::actuator::Setting::Cpu(
+        m.set_original_limit(
+            &cpu,
+            crate::resource::Cpu.gauge(crate::actuator::Setting::Cpu(
                 crate::cgroupfs::CpuQuota::Max,
-            )));
+            )),
+        );
         m.utilization.get_or_create(&cpu.utilization()).set(0.75);
-        m.cpu_throttled_seconds.get_or_create(&c).set(1.5);
-        m.limit.get_or_create(&mem).set(1024.0);
+        Metrics::set_total_f64(&m.cpu_throttled_seconds.get_or_create(&c), 1.5);
+        m.set_limit(&mem, 1024.0);
         let t = m.encode();
-        let labels = r#"cgroup="/batch/job",policy="elastic",qos="",pod_uid="",container_id="""#;
+        let labels = r#"cgroup="/batch/job",policy="elastic",qos="",namespace="",pod="",uid="",container="",container_id="""#;
         assert_eq!(
             sample(
                 &t,
@@ -659,26 +868,57 @@ mod tests {
             Some(1024.0),
             "{t}"
         );
-        // prometheus-client writes infinity as `inf`, which Prometheus parses (Go ParseFloat).
-        assert!(
-            t.contains(&format!(
-                "scaler_cgroup_original_limit{{{labels},resource=\"cpu\",unit=\"core\"}} inf"
-            )),
+        // An unlimited original has no sample: a separate gauge says so.
+        assert!(!t.contains("scaler_cgroup_original_limit{"), "{t}");
+        assert_eq!(
+            sample(
+                &t,
+                &format!("scaler_cgroup_original_limit_unlimited{{{labels},resource=\"cpu\",unit=\"core\"}}")
+            ),
+            Some(1.0),
             "{t}"
         );
         assert_eq!(
             sample(
                 &t,
-                &format!("scaler_cgroup_utilization{{{labels},resource=\"cpu\"}}")
+                &format!(
+                    "scaler_cgroup_limit_unlimited{{{labels},resource=\"memory\",unit=\"byte\"}}"
+                )
+            ),
+            Some(0.0),
+            "{t}"
+        );
+        assert!(!t.contains(" inf") && !t.contains("Inf\n"), "{t}");
+        assert_eq!(
+            sample(
+                &t,
+                &format!("scaler_cgroup_utilization_ratio{{{labels},resource=\"cpu\"}}")
             ),
             Some(0.75),
             "{t}"
         );
+        assert_eq!(
+            sample(
+                &t,
+                &format!("scaler_cgroup_cpu_throttled_seconds_total{{{labels}}}")
+            ),
+            Some(1.5),
+            "{t}"
+        );
+        // A limit that becomes unlimited loses its sample.
+        m.set_limit(&mem, f64::INFINITY);
+        assert!(!m
+            .encode()
+            .contains("scaler_cgroup_limit{cgroup=\"/batch/job\",policy=\"elastic\",qos=\"\",namespace=\"\",pod=\"\",uid=\"\",container=\"\",container_id=\"\",resource=\"memory\""));
+        m.set_limit(&mem, 1024.0);
         m.forget(&cpu);
         let t = m.encode();
         assert!(!t.contains("resource=\"cpu\",unit"), "{t}");
-        assert!(!t.contains("scaler_cgroup_utilization{"), "{t}");
-        assert!(!t.contains("scaler_cgroup_cpu_throttled_seconds{"), "{t}");
+        assert!(!t.contains("scaler_cgroup_utilization_ratio{"), "{t}");
+        assert!(
+            !t.contains("scaler_cgroup_cpu_throttled_seconds_total{"),
+            "{t}"
+        );
         assert!(t.contains("resource=\"memory\",unit=\"byte\"} 1024"), "{t}");
     }
 
@@ -690,6 +930,86 @@ mod tests {
         assert_eq!(m.ringbuf_dropped.get(), 5);
         Metrics::set_total(&m.ringbuf_dropped, 9);
         assert_eq!(m.ringbuf_dropped.get(), 9);
+    }
+
+    /// Family names (`# TYPE` lines) and sample names of a text exposition.
+    fn families(text: &str) -> (Vec<(String, String)>, Vec<String>) {
+        let types = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| {
+                let (n, t) = l.split_once(' ').unwrap();
+                (n.to_owned(), t.to_owned())
+            })
+            .collect();
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
+            .collect();
+        (types, samples)
+    }
+
+    #[test]
+    fn the_text_format_follows_the_exposition_conventions() {
+        let m = Metrics::new();
+        let t = m.encode_text();
+        let (types, samples) = families(&t);
+        for (name, ty) in &types {
+            assert!(
+                t.contains(&format!("# HELP {name} ")),
+                "{name} has HELP text:\n{t}"
+            );
+            assert_eq!(
+                ty == "counter",
+                name.ends_with("_total"),
+                "{name} ({ty}): counters and only counters end in _total"
+            );
+            assert!(samples.iter().any(|s| s.starts_with(name.as_str())));
+        }
+        assert!(!t.contains("# EOF"));
+        // Zeros for each known label value.
+        for s in [
+            r#"scaler_reaction_latency_seconds_count{resource="memory"} 0"#,
+            r#"scaler_reaction_latency_seconds_count{resource="cpu"} 0"#,
+            r#"scaler_actions_total{resource="memory",reason="pressure",outcome="written"} 0"#,
+            r#"scaler_actions_total{resource="cpu",reason="cpu_throttled",outcome="failed"} 0"#,
+            r#"scaler_events_total{kind="reclaim_begin"} 0"#,
+            r#"scaler_events_total{kind="runq_latency"} 0"#,
+            r#"scaler_managed_cgroups{resource="cpu"} 0"#,
+            r#"scaler_raises_refused_total{resource="memory",reason="budget"} 0"#,
+            r#"scaler_cgroups_refused_total{resource="memory",reason="untrusted_opt_in"} 0"#,
+            r#"scaler_config_reloads_total{result="rejected"} 0"#,
+        ] {
+            assert!(t.contains(&format!("{s}\n")), "{s}:\n{t}");
+        }
+        assert!(
+            !t.contains("resource=\"memory\",reason=\"cpu_"),
+            "no CPU reasons under memory"
+        );
+        let build = t
+            .lines()
+            .find(|l| l.starts_with("scaler_build_info{"))
+            .unwrap();
+        assert!(
+            build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+                && build.contains("kernel=\"")
+                && !build.contains("kernel=\"\"")
+                && build.ends_with("} 1"),
+            "{build}"
+        );
+        // The OpenMetrics form has HELP text for each family too; all but the per-cgroup and
+        // per-program families have series at start.
+        let om = m.encode();
+        let (om_types, om_samples) = families(&om);
+        for (name, _) in &om_types {
+            assert!(om.contains(&format!("# HELP {name} ")), "{name}");
+            let later = name.starts_with("scaler_cgroup_") || name.starts_with("scaler_bpf_");
+            assert!(
+                later || om_samples.iter().any(|s| s.starts_with(name.as_str())),
+                "{name} has series from start-up:\n{om}"
+            );
+        }
     }
 
     #[test]

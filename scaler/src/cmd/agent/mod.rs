@@ -798,9 +798,7 @@ fn consume(records: Receiver<Record>, state: &AgentState, h: Hierarchy) {
                 lock(&state.state).changed_setting(p, new);
                 state
                     .metrics
-                    .limit
-                    .get_or_create(labels)
-                    .set(resource::of(res).gauge(new));
+                    .set_limit(labels, resource::of(res).gauge(new));
             }
             let path = managed.map(|(p, _)| p);
             let path = path.or_else(|| index.path_of(a.action.cgroup).map(str::to_owned));
