@@ -108,6 +108,23 @@ pub const EVENT_FLAG_ANCESTOR: u32 = 2;
 /// load-test`, [`inject`]), never by the pressure programs. It is decoded and decided on like
 /// any other event; the flag lets it be told apart and counted separately.
 pub const EVENT_FLAG_INJECTED: u32 = 4;
+/// `Event::flags`: an observe-only event: no level of its cgroup up to the binding one is in
+/// `WATCHED` (the agent does not manage it); it is reported only because of
+/// `Settings::watch_all`. Such events never wake the consumer and are shed in the kernel
+/// under load (see [`OBSERVE_MAX_PENDING_BYTES`], [`OBSERVE_BUDGET`]).
+pub const EVENT_FLAG_OBSERVED: u32 = 8;
+
+/// Observe-only events (see [`EVENT_FLAG_OBSERVED`]) are submitted only while the ring buffer
+/// holds less unread data than this: an eighth of it. The other seven eighths (1.75 MiB, about
+/// 20,800 records) stay free for the events of watched (managed) cgroups whatever the
+/// cgroups nobody manages do, and a managed cgroup's event waits behind at most about 3,000
+/// observe-only records (a fraction of a millisecond to drain).
+pub const OBSERVE_MAX_PENDING_BYTES: u64 = RING_BUF_BYTES as u64 / 8;
+/// Observe-only events each CPU may submit per [`OBSERVE_WINDOW_NS`] (6,400 a second per CPU:
+/// plenty for metrics and `scaler watch`, a small fraction of what one reclaim storm makes).
+pub const OBSERVE_BUDGET: u64 = 64;
+/// The window of [`OBSERVE_BUDGET`]: 10 ms.
+pub const OBSERVE_WINDOW_NS: u64 = 10_000_000;
 
 /// One ring-buffer record. 80 bytes, no padding, the same layout in kernel and user code.
 #[repr(C)]
@@ -318,6 +335,11 @@ pub mod stat {
     pub const CPU_ACCOUNTED: u32 = 9;
     /// Quota-near or run-queue crossings not reported because one was already sent this period.
     pub const CPU_SUPPRESSED: u32 = 10;
+    /// Observe-only events (cgroups seen only through `watch_all`, see
+    /// [`super::EVENT_FLAG_OBSERVED`]) dropped in the kernel, not submitted: the ring buffer
+    /// held [`super::OBSERVE_MAX_PENDING_BYTES`] or more, or the CPU's
+    /// [`super::OBSERVE_BUDGET`] for the window was spent.
+    pub const OBSERVE_SHED: u32 = 11;
     pub const COUNT: u32 = 12;
 
     pub const NAMES: [&str; COUNT as usize] = [
@@ -332,7 +354,7 @@ pub mod stat {
         "runq_samples",
         "cpu_accounted",
         "cpu_suppressed",
-        "reserved",
+        "observe_shed",
     ];
 }
 

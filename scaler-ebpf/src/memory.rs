@@ -12,7 +12,10 @@ use scaler_common::{
     MAX_ANCESTOR_LEVELS, MAX_WATCHED, REWAKE_NS, WATCH_USAGE_HIGH,
 };
 
-use crate::helpers::{count, css_id, fill_current, offsets, read, read_error, submit, task_css};
+use crate::helpers::{
+    count, css_id, fill_current, observe_admit, offsets, read, read_error, submit, submit_observed,
+    task_css,
+};
 
 /// Watched cgroups by kernfs id. Unwatched cgroups cost one lookup here.
 #[map]
@@ -42,7 +45,8 @@ struct ReclaimStart {
     cgroup_id: u64,
     target_id: u64,
     kind: u32,
-    _pad: u32,
+    /// Non-zero: an observe-only reclaim (its end is admitted and submitted as such).
+    observed: u32,
 }
 
 /// Usage and limit, in pages, of a memory cgroup's `memory` page counter.
@@ -75,14 +79,16 @@ struct Chain {
     usage_pages: u64,
     max_pages: u64,
     target_is_ancestor: bool,
-    /// Some level up to and including the target is watched.
-    watched: bool,
+    /// Some level up to and including the target is in `WATCHED` (explicitly watched: the
+    /// agent manages it). Otherwise the chain's events are observe-only: reported only with
+    /// `watch_all`, never with a wakeup, and shed under load (see [`observe_only`]).
+    managed: bool,
 }
 
 /// Walks from a memory cgroup up its page-counter parents, looking for the level whose limit
 /// binds and for a watched level.
 #[inline(always)]
-fn walk(memcg_css: u64, o: &KernelOffsets, watch_all: bool) -> Result<Chain, i64> {
+fn walk(memcg_css: u64, o: &KernelOffsets) -> Result<Chain, i64> {
     let mut memcg = memcg_css - o.memcg_css as u64;
     let id = css_id(memcg_css, o)?;
     let (usage, max) = memcg_usage_max(memcg, o)?;
@@ -92,7 +98,7 @@ fn walk(memcg_css: u64, o: &KernelOffsets, watch_all: bool) -> Result<Chain, i64
         usage_pages: usage,
         max_pages: max,
         target_is_ancestor: false,
-        watched: watch_all || watched(id).is_some(),
+        managed: watched(id).is_some(),
     };
     if usage + BINDING_SLACK_PAGES >= max {
         return Ok(chain);
@@ -112,8 +118,7 @@ fn walk(memcg_css: u64, o: &KernelOffsets, watch_all: bool) -> Result<Chain, i64
         memcg = parent_pc - o.memcg_memory as u64;
         let lid = css_id(memcg + o.memcg_css as u64, o)?;
         let (u, m) = memcg_usage_max(memcg, o)?;
-        let w = watched(lid).is_some();
-        chain.watched |= w;
+        chain.managed |= watched(lid).is_some();
         if u + BINDING_SLACK_PAGES >= m {
             chain.target_id = lid;
             chain.usage_pages = u;
@@ -133,6 +138,8 @@ fn walk(memcg_css: u64, o: &KernelOffsets, watch_all: bool) -> Result<Chain, i64
     }
     Ok(chain)
 }
+
+/// Pages to bytes, saturating (an unlimited counter holds PAGE_COUNTER_MAX pages). No 128-bit
 /// multiply: BPF has none.
 #[inline(always)]
 fn pages_to_bytes(pages: u64, page_shift: u32) -> u64 {
@@ -166,11 +173,31 @@ fn new_event(kind: EventKind, chain: &Chain, page_shift: u32) -> Event {
 
 /// The current task's memory-cgroup chain.
 #[inline(always)]
-fn current_chain(o: &KernelOffsets, watch_all: bool) -> Result<Chain, i64> {
+fn current_chain(o: &KernelOffsets) -> Result<Chain, i64> {
     // SAFETY: the helper returns the current task pointer; it is only ever probe-read.
     let task = unsafe { bpf_get_current_task() };
     let css = task_css(task, o, o.memory_cgrp_id)?;
-    walk(css, o, watch_all)
+    walk(css, o)
+}
+
+/// What to do with an event of `chain`: `Some(false)` report it as a watched (managed) one,
+/// `Some(true)` as an observe-only one (its admission already taken: see
+/// [`observe_admit`]), `None` nothing (filtered: unwatched without `watch_all`, counted; or
+/// shed: counted by `observe_admit`).
+#[inline(always)]
+fn observe_only(chain: &Chain, s: &Settings) -> Option<bool> {
+    if chain.managed {
+        return Some(false);
+    }
+    if s.watch_all == 0 {
+        count(stat::FILTERED);
+        return None;
+    }
+    if observe_admit() {
+        Some(true)
+    } else {
+        None
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -186,11 +213,22 @@ pub fn memcg_reclaim_begin(ctx: BtfTracePointContext) -> u32 {
 fn try_reclaim_begin(ctx: &BtfTracePointContext, kind: EventKind) -> Result<u32, i64> {
     let o = offsets();
     let s = settings();
-    let chain = current_chain(&o, s.watch_all != 0)?;
-    if !chain.watched {
+    let chain = current_chain(&o)?;
+    // An observe-only global direct reclaim is admitted at its end, where it is reported; a
+    // memory-cgroup one here (a shed begin takes its end with it: counted once).
+    let observed = if kind == EventKind::ReclaimBegin {
+        match observe_only(&chain, &s) {
+            Some(obs) => obs,
+            None => return Ok(0),
+        }
+    } else if chain.managed {
+        false
+    } else if s.watch_all != 0 {
+        true
+    } else {
         count(stat::FILTERED);
         return Ok(0);
-    }
+    };
     let now = unsafe { bpf_ktime_get_ns() };
     let tid = bpf_get_current_pid_tgid() as u32;
     let start = ReclaimStart {
@@ -198,7 +236,7 @@ fn try_reclaim_begin(ctx: &BtfTracePointContext, kind: EventKind) -> Result<u32,
         cgroup_id: chain.id,
         target_id: chain.target_id,
         kind: kind as u32,
-        _pad: 0,
+        observed: observed as u32,
     };
     let _ = RECLAIM_START.insert(&tid, &start, 0);
     if kind != EventKind::ReclaimBegin {
@@ -210,6 +248,11 @@ fn try_reclaim_begin(ctx: &BtfTracePointContext, kind: EventKind) -> Result<u32,
     let order: u32 = ctx.arg(0);
     ev.value = order as u64;
     fill_current(&mut ev);
+    if observed {
+        // Never a wakeup, no coalescing state: nobody acts on it.
+        submit_observed(&mut ev);
+        return Ok(0);
+    }
     // One storm, one wakeup: wake for the first reclaim at this limit, and again only if the
     // limit has not changed REWAKE_NS later (a raise that failed or was undone).
     let limit = ev.limit;
@@ -254,6 +297,9 @@ fn try_reclaim_end() -> Result<u32, i64> {
         return Ok(0);
     };
     let _ = RECLAIM_START.remove(&tid);
+    if start.observed != 0 && !observe_admit() {
+        return Ok(0);
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     let o = offsets();
     let kind = if start.kind == EventKind::DirectReclaim as u32 {
@@ -272,7 +318,11 @@ fn try_reclaim_end() -> Result<u32, i64> {
     // The target's usage and limit after the reclaim are not needed by the consumer; the
     // begin event carried them.
     fill_current(&mut ev);
-    submit(&ev, false);
+    if start.observed != 0 {
+        submit_observed(&mut ev);
+    } else {
+        submit(&ev, false);
+    }
     Ok(0)
 }
 
@@ -302,14 +352,15 @@ fn try_mark_victim(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     let o = offsets();
     let s = settings();
     let mut ev;
+    let observed;
     if o.mark_victim_has_task != 0 {
         let task: u64 = ctx.arg(0);
         let css = task_css(task, &o, o.memory_cgrp_id)?;
-        let chain = walk(css, &o, s.watch_all != 0)?;
-        if !chain.watched {
-            count(stat::FILTERED);
-            return Ok(0);
-        }
+        let chain = walk(css, &o)?;
+        observed = match observe_only(&chain, &s) {
+            Some(obs) => obs,
+            None => return Ok(0),
+        };
         ev = new_event(EventKind::OomKill, &chain, o.page_shift);
         let tgid: i32 = read(task, o.task_tgid)?;
         let pid: i32 = read(task, o.task_pid)?;
@@ -318,16 +369,20 @@ fn try_mark_victim(ctx: &BtfTracePointContext) -> Result<u32, i64> {
         ev.comm = read(task, o.task_comm).unwrap_or([0u8; 16]);
     } else {
         let pid: u64 = ctx.arg(0);
-        let chain = current_chain(&o, s.watch_all != 0)?;
-        if !chain.watched {
-            count(stat::FILTERED);
-            return Ok(0);
-        }
+        let chain = current_chain(&o)?;
+        observed = match observe_only(&chain, &s) {
+            Some(obs) => obs,
+            None => return Ok(0),
+        };
         ev = new_event(EventKind::OomKill, &chain, o.page_shift);
         ev.pid = pid as u32;
         ev.tid = pid as u32;
     }
-    submit(&ev, true);
+    if observed {
+        submit_observed(&mut ev);
+    } else {
+        submit(&ev, true);
+    }
     // Rare and off the hot path: also reported through aya-log (forwarded into tracing), with
     // the crate's name as its target (the default would be this module's path).
     aya_log_ebpf::info!(
@@ -357,15 +412,15 @@ fn try_count_memcg_events(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     let memcg: u64 = ctx.arg(0);
     let o = offsets();
     let id = css_id(memcg + o.memcg_css as u64, &o)?;
-    let headroom = match watched(id) {
-        Some(w) if w.flags & WATCH_USAGE_HIGH != 0 => w.headroom_bytes,
+    let (headroom, observed) = match watched(id) {
+        Some(w) if w.flags & WATCH_USAGE_HIGH != 0 => (w.headroom_bytes, false),
         Some(_) => return Ok(0),
         None => {
             let s = settings();
             if s.watch_all == 0 || s.default_headroom_bytes == 0 {
                 return Ok(0);
             }
-            s.default_headroom_bytes
+            (s.default_headroom_bytes, true)
         }
     };
     count(stat::USAGE_CHECKS);
@@ -405,11 +460,20 @@ fn try_count_memcg_events(ctx: &BtfTracePointContext) -> Result<u32, i64> {
         usage_pages: usage,
         max_pages: max,
         target_is_ancestor: false,
-        watched: true,
+        managed: !observed,
     };
+    // An observe-only warning is admitted here, after the once-per-limit filter: a shed one is
+    // counted, and warned again at the same limit after REWARN_NS.
+    if observed && !observe_admit() {
+        return Ok(0);
+    }
     let mut ev = new_event(EventKind::UsageHigh, &chain, o.page_shift);
     ev.value = headroom;
     fill_current(&mut ev);
-    submit(&ev, true);
+    if observed {
+        submit_observed(&mut ev);
+    } else {
+        submit(&ev, true);
+    }
     Ok(0)
 }

@@ -60,6 +60,8 @@ pub struct AgentConfig {
     /// Period of the slow path (samples of usage, working set, PSI, cpu.stat).
     pub sample_interval: HumanDuration,
     /// Report events of every cgroup (observe-all); only policy-selected ones are managed.
+    /// Events of cgroups the agent does not manage are observe-only: they never wake the
+    /// engine and the kernel sheds them under load (`scaler_observe_shed_total`).
     pub observe_all: bool,
     /// Name of the cgroup extended attribute that opts a cgroup in (see `require_xattr`).
     /// A `trusted.` name counts wherever it is set; any other (`user.`, `security.`) only on

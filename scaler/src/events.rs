@@ -5,7 +5,9 @@
 //! the `bytes` crate rather than casting, so a short or corrupt record is an error, never UB.
 
 use bytes::Buf;
-use scaler_common::{Event, EventKind, EVENT_FLAG_ANCESTOR, EVENT_FLAG_WAKEUP, EVENT_SIZE};
+use scaler_common::{
+    Event, EventKind, EVENT_FLAG_ANCESTOR, EVENT_FLAG_OBSERVED, EVENT_FLAG_WAKEUP, EVENT_SIZE,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -41,6 +43,10 @@ pub struct MemEvent {
     pub woke: bool,
     /// The binding limit is an ancestor's.
     pub ancestor: bool,
+    /// An observe-only event: no watched level covers its cgroup, the kernel reported it only
+    /// because every cgroup is observed (`agent.observe_all`, `scaler watch` without
+    /// `--cgroup`). Never submitted with a wakeup; shed in the kernel under load.
+    pub observed: bool,
 }
 
 impl MemEvent {
@@ -146,6 +152,7 @@ pub fn decode(mut buf: &[u8]) -> Result<MemEvent, DecodeError> {
         comm,
         woke: flags & EVENT_FLAG_WAKEUP != 0,
         ancestor: flags & EVENT_FLAG_ANCESTOR != 0,
+        observed: flags & EVENT_FLAG_OBSERVED != 0,
     })
 }
 
@@ -216,6 +223,20 @@ mod tests {
         let d = decode(&encode(&ev)).unwrap();
         assert_eq!(d.stall_ns(), Some(5_000));
         assert!(!d.woke && !d.ancestor && !d.is_pressure());
+        assert!(!d.observed);
+    }
+
+    #[test]
+    fn observe_only_flag_decodes_without_a_wakeup() {
+        let mut ev = sample();
+        ev.flags = EVENT_FLAG_OBSERVED;
+        let d = decode(&encode(&ev)).unwrap();
+        assert!(d.observed && !d.woke && !d.ancestor);
+        // The flags are independent bits.
+        ev.flags = EVENT_FLAG_OBSERVED | EVENT_FLAG_ANCESTOR;
+        let d = decode(&encode(&ev)).unwrap();
+        assert!(d.observed && d.ancestor && !d.woke);
+        assert!(!decode(&encode(&sample())).unwrap().observed);
     }
 
     #[test]

@@ -176,7 +176,8 @@ pub fn spawn_in_cgroup(cgroup_dir: &Path, program: &Path, args: &[&str]) -> Proc
 
 /// The message `scaler watch` logs once it has attached.
 pub const WATCH_ATTACHED: &str = "attached; streaming events (Ctrl-C detaches)";
-/// The message `scaler watch` logs at exit, with its kernel counters (`submitted`, `dropped`).
+/// The message `scaler watch` logs at exit, with its kernel counters (`submitted`, `dropped`,
+/// `observe_shed`).
 pub const WATCH_DETACHED: &str = "detached";
 
 /// `scaler --log-json watch --json ...`, with its stdout lines parsed as they come and its JSON

@@ -112,6 +112,8 @@ pub mod metric {
     pub const BUILD_INFO: Metric = Metric::named("scaler_build_info");
     pub const FAILED_WRITES: Metric = Metric::named("scaler_failed_writes_total");
     pub const RINGBUF_DROPPED: Metric = Metric::named("scaler_ringbuf_dropped_total");
+    /// Observe-only events (cgroups the agent does not manage) shed in the kernel.
+    pub const OBSERVE_SHED: Metric = Metric::named("scaler_observe_shed_total");
     pub const RECORDS_DROPPED: Metric = Metric::named("scaler_records_dropped_total");
     pub const DECODE_ERRORS: Metric = Metric::named("scaler_decode_errors_total");
     /// `{program}`.

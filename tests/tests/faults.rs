@@ -534,16 +534,24 @@ fn ring_buffer_overflow_is_counted_reported_and_the_stream_goes_on() {
     ) else {
         return;
     };
-    // `scaler watch` on every cgroup, whose stdout nobody reads for a while: the printer blocks
-    // on the full pipe, the consumer stops, and the 2 MiB ring buffer fills.
-    let mut watch = Watch::start_unread(&[]);
-
     // The storm: page-cache workloads in tight cgroups reclaim continuously.
     let tmp = tempdir();
     let storm_parent = memory_cgroup(&env, "scaler-fault-storm");
     let tight: Vec<CgroupGuard> = (0..4)
         .map(|i| child_cgroup(&env, &storm_parent, &format!("tight{i}")))
         .collect();
+    let oom = memory_cgroup(&env, "scaler-fault-after");
+    // `scaler watch` on the storm's cgroups and the probe's, named (watched: events of cgroups
+    // seen only through watch-all are shed in the kernel long before the ring fills, see
+    // storms.rs), whose stdout nobody reads for a while: the printer blocks on the full pipe,
+    // the consumer stops, and the 2 MiB ring buffer fills.
+    let mut args = Vec::new();
+    for g in tight.iter().chain([&oom]) {
+        args.push("--cgroup".to_string());
+        args.push(path_of(g));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut watch = Watch::start_unread(&args);
     let mut procs = Vec::new();
     for (i, g) in tight.iter().enumerate() {
         g.set_memory_limit(Limit::Bytes(16 << 20)).unwrap();
@@ -574,7 +582,6 @@ fn ring_buffer_overflow_is_counted_reported_and_the_stream_goes_on() {
 
     // Now read: first what was queued, then a fresh event proves the stream goes on.
     watch.read_stdout();
-    let oom = memory_cgroup(&env, "scaler-fault-after");
     oom.set_memory_limit(Limit::Bytes(32 << 20)).unwrap();
     let oom_id = oom.cgroup(Controller::Memory).unwrap().id().unwrap().0;
     let mut victim = spawn(&dir_of(&oom), &steps("128M"));
@@ -612,6 +619,11 @@ fn ring_buffer_overflow_is_counted_reported_and_the_stream_goes_on() {
     assert!(
         dropped > 0,
         "the storm overflowed the ring buffer and the drops were counted: {detached}"
+    );
+    assert_eq!(
+        detached.u64("observe_shed"),
+        Some(0),
+        "events of watched cgroups are never shed, even with the ring buffer full: {detached}"
     );
     drop(tight);
     let _ = std::fs::remove_dir_all(&tmp);

@@ -488,6 +488,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<std::process::ExitCode> {
     tracing::info!(
         submitted = k.submitted,
         dropped = k.ringbuf_dropped,
+        observe_shed = k.observe_shed,
         filtered = k.filtered,
         read_errors = k.read_errors,
         "detached"

@@ -143,6 +143,31 @@ pub struct KernelStats {
     pub cpu_accounted: u64,
     /// CPU crossings not reported again within the same period.
     pub cpu_suppressed: u64,
+    /// Observe-only events (cgroups no watched level covers, seen only through `watch_all`)
+    /// shed in the kernel: the ring buffer was an eighth full or the CPU's budget was spent
+    /// (see `scaler_common::OBSERVE_MAX_PENDING_BYTES`). Events of watched cgroups are never
+    /// shed.
+    pub observe_shed: u64,
+}
+
+impl KernelStats {
+    /// The counters from the `STATS` map, `get(index)` being one counter summed over CPUs.
+    pub fn from_counters(get: impl Fn(u32) -> u64) -> Self {
+        KernelStats {
+            ringbuf_dropped: get(stat::RINGBUF_DROPPED),
+            submitted: get(stat::SUBMITTED),
+            woken: get(stat::WOKEN),
+            filtered: get(stat::FILTERED),
+            read_errors: get(stat::READ_ERRORS),
+            unmatched_end: get(stat::UNMATCHED_END),
+            usage_checks: get(stat::USAGE_CHECKS),
+            task_resolves: get(stat::TASK_RESOLVES),
+            runq_samples: get(stat::RUNQ_SAMPLES),
+            cpu_accounted: get(stat::CPU_ACCOUNTED),
+            cpu_suppressed: get(stat::CPU_SUPPRESSED),
+            observe_shed: get(stat::OBSERVE_SHED),
+        }
+    }
 }
 
 /// A program that was attached, or why it was not.
@@ -354,25 +379,12 @@ impl Pipeline {
 
     /// The kernel-side counters, summed over CPUs.
     pub fn kernel_stats(&self) -> KernelStats {
-        let get = |i: u32| -> u64 {
+        KernelStats::from_counters(|i| {
             self.stats
                 .get(&i, 0)
                 .map(|v| v.iter().copied().sum())
                 .unwrap_or(0)
-        };
-        KernelStats {
-            ringbuf_dropped: get(stat::RINGBUF_DROPPED),
-            submitted: get(stat::SUBMITTED),
-            woken: get(stat::WOKEN),
-            filtered: get(stat::FILTERED),
-            read_errors: get(stat::READ_ERRORS),
-            unmatched_end: get(stat::UNMATCHED_END),
-            usage_checks: get(stat::USAGE_CHECKS),
-            task_resolves: get(stat::TASK_RESOLVES),
-            runq_samples: get(stat::RUNQ_SAMPLES),
-            cpu_accounted: get(stat::CPU_ACCOUNTED),
-            cpu_suppressed: get(stat::CPU_SUPPRESSED),
-        }
+        })
     }
 
     /// Turns the kernel's BPF run-time statistics on or off for this pipeline (they are on
@@ -451,6 +463,41 @@ pub use crate::clock::monotonic_ns;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_stats_take_each_counter_from_its_index() {
+        // Counter i holds 100 + i: each field must come from its own index, the new
+        // observe-only shed count included.
+        let k = KernelStats::from_counters(|i| 100 + u64::from(i));
+        assert_eq!(k.ringbuf_dropped, 100 + u64::from(stat::RINGBUF_DROPPED));
+        assert_eq!(k.submitted, 100 + u64::from(stat::SUBMITTED));
+        assert_eq!(k.cpu_suppressed, 100 + u64::from(stat::CPU_SUPPRESSED));
+        assert_eq!(k.observe_shed, 100 + u64::from(stat::OBSERVE_SHED));
+        assert_eq!(stat::NAMES[stat::OBSERVE_SHED as usize], "observe_shed");
+        assert!(stat::OBSERVE_SHED < stat::COUNT);
+        // Every index is a distinct counter, and each named.
+        let json = serde_json::to_value(k).unwrap();
+        let obj = json.as_object().unwrap();
+        for (i, name) in stat::NAMES.iter().enumerate() {
+            assert_eq!(obj[*name], 100 + i as u64, "{name}");
+        }
+        assert_eq!(obj.len(), stat::COUNT as usize);
+    }
+
+    #[test]
+    fn observe_only_events_leave_most_of_the_ring_to_watched_ones() {
+        use scaler_common::{
+            OBSERVE_BUDGET, OBSERVE_MAX_PENDING_BYTES, OBSERVE_WINDOW_NS, RING_BUF_BYTES,
+        };
+        // Records are the event plus the ring buffer's 8-byte header.
+        let record = (scaler_common::EVENT_SIZE + 8) as u64;
+        let free_for_watched = (u64::from(RING_BUF_BYTES) - OBSERVE_MAX_PENDING_BYTES) / record;
+        assert!(free_for_watched > 20_000, "{free_for_watched}");
+        assert!(OBSERVE_MAX_PENDING_BYTES / record < 3_000);
+        // A small budget: a few thousand a second per CPU.
+        let per_sec = OBSERVE_BUDGET * 1_000_000_000 / OBSERVE_WINDOW_NS;
+        assert!((1_000..=10_000).contains(&per_sec), "{per_sec}");
+    }
 
     #[test]
     fn a_missing_required_tracepoint_is_named_with_what_to_do() {

@@ -725,6 +725,7 @@ impl Agent {
         }
         let k = self.pipeline.kernel_stats();
         Metrics::set_total(&m.ringbuf_dropped, k.ringbuf_dropped);
+        Metrics::set_total(&m.observe_shed, k.observe_shed);
         let e: &EngineStats = self.engine.stats();
         Metrics::set_total(
             &m.ringbuf_records,

@@ -177,6 +177,10 @@ pub struct Metrics {
     pub usage: Family<LimitLabels, F64Gauge>,
     /// `scaler_ringbuf_dropped_total`: events the kernel could not submit (ring buffer full).
     pub ringbuf_dropped: Counter,
+    /// `scaler_observe_shed_total`: observe-only events (cgroups the agent does not manage,
+    /// seen through `agent.observe_all`) the kernel shed to keep the ring buffer for managed
+    /// ones.
+    pub observe_shed: Counter,
     /// `scaler_ringbuf_records_total`: records the engine read.
     pub ringbuf_records: Counter,
     /// `scaler_records_dropped_total`: engine records the agent's slow side missed.
@@ -261,6 +265,7 @@ impl Metrics {
             original_unknown: Family::default(),
             usage: Family::default(),
             ringbuf_dropped: Counter::default(),
+            observe_shed: Counter::default(),
             ringbuf_records: Counter::default(),
             records_dropped: Counter::default(),
             decode_errors: Counter::default(),
@@ -350,6 +355,14 @@ impl Metrics {
                 "ringbuf_dropped",
                 "Events the kernel programs could not submit because the ring buffer was full",
                 m.ringbuf_dropped.clone(),
+            );
+            r.register(
+                "observe_shed",
+                "Events of cgroups the agent does not manage (reported only because of \
+                 agent.observe_all) that the kernel programs dropped without submitting, to keep \
+                 the ring buffer for managed cgroups: the ring buffer was an eighth full or the \
+                 CPU's budget (64 per 10 ms) was spent. Events of managed cgroups are never shed",
+                m.observe_shed.clone(),
             );
             r.register(
                 "ringbuf_records",
@@ -920,6 +933,28 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("resource=\"memory\",unit=\"byte\"} 1024"), "{t}");
+    }
+
+    #[test]
+    fn the_observe_only_shed_count_is_a_counter_with_help_next_to_the_ring_drops() {
+        let m = Metrics::new();
+        Metrics::set_total(&m.observe_shed, 1234);
+        let t = m.encode();
+        assert!(t.contains("# TYPE scaler_observe_shed counter"), "{t}");
+        assert!(
+            t.contains("# HELP scaler_observe_shed Events of cgroups the agent does not manage"),
+            "{t}"
+        );
+        assert!(t.contains("scaler_observe_shed_total 1234\n"), "{t}");
+        let drops = t.find("scaler_ringbuf_dropped_total").unwrap();
+        let shed = t.find("scaler_observe_shed_total").unwrap();
+        assert!(
+            drops < shed,
+            "registered next to the ring-buffer drops:\n{t}"
+        );
+        // A total from the kernel never goes backwards.
+        Metrics::set_total(&m.observe_shed, 1000);
+        assert_eq!(m.observe_shed.get(), 1234);
     }
 
     #[test]

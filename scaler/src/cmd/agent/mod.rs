@@ -688,6 +688,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(
         submitted = k.submitted,
         dropped = k.ringbuf_dropped,
+        observe_shed = k.observe_shed,
         "programs detached; exiting"
     );
     Ok(if failed {
