@@ -256,13 +256,16 @@ fn a_cgroup_recreated_at_the_same_path_is_managed_fresh_and_never_written_by_the
     let new_id = recreated.id().unwrap().0;
     assert_ne!(new_id, old_id);
 
-    // Managed fresh: its own id, its own original, its own limit.
+    // Managed fresh: its own id, its own original, its own limit. Discovery may see the new
+    // directory before its limit is written (as with a container runtime): the limit written
+    // then is the owner's, adopted as the original by the next sample.
     let s = agent.wait_status(
-        "the recreated cgroup managed under its new id",
+        "the recreated cgroup managed under its new id with its own original",
         Duration::from_secs(15),
         |s| {
-            s.managed(&path)
-                .is_some_and(|m| m["id"].as_u64() == Some(new_id))
+            s.managed(&path).is_some_and(|m| {
+                m["id"].as_u64() == Some(new_id) && m["original_limit"].as_u64() == Some(32 * MIB)
+            })
         },
     );
     let m = s.managed(&path).unwrap();
