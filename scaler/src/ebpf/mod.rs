@@ -474,7 +474,7 @@ mod tests {
         assert_eq!(k.cpu_suppressed, 100 + u64::from(stat::CPU_SUPPRESSED));
         assert_eq!(k.observe_shed, 100 + u64::from(stat::OBSERVE_SHED));
         assert_eq!(stat::NAMES[stat::OBSERVE_SHED as usize], "observe_shed");
-        assert!(stat::OBSERVE_SHED < stat::COUNT);
+        const _: () = assert!(stat::OBSERVE_SHED < stat::COUNT);
         // Every index is a distinct counter, and each named.
         let json = serde_json::to_value(k).unwrap();
         let obj = json.as_object().unwrap();
