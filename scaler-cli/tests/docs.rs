@@ -148,6 +148,20 @@ fn the_manual_renders_without_warnings_and_names_every_subcommand() {
         std::fs::read(dir.join("scaler.1")).unwrap()
     );
 
+    // Rendering needs groff and man-db: `cargo xtask setup` installs them (CI always has
+    // them); a plain `cargo test` elsewhere says loudly that it did not render.
+    let have = |tool: &str| Command::new(tool).arg("--version").output().is_ok();
+    if !(have("groff") && have("man")) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "groff and man are needed in CI: cargo xtask setup installs groff-base and man-db"
+        );
+        eprintln!(
+            "SKIPPED rendering: groff or man is not installed (cargo xtask setup installs \
+             groff-base and man-db); the pages were generated and checked for completeness"
+        );
+        return;
+    }
     for page in &written {
         // groff: every warning category on, no output, nothing on stderr.
         let g = run(Command::new("groff").args(["-man", "-ww", "-z"]).arg(page));
