@@ -29,7 +29,7 @@ use std::{
 };
 
 pub use scaler::actuator::GuardLimits;
-use scaler::cgroupfs::{CgroupGuard, Controller, Hierarchy};
+use scaler::cgroupfs::{CgroupGuard, Controller, Hierarchy, Limit};
 
 /// The scaler binary under test: `$SCALER_BIN`, else `target/<profile>/scaler` next to the test
 /// executable's `deps/` directory (built by `cargo build -p scaler-cli`, package of the binary).
@@ -680,4 +680,31 @@ pub fn emulated_calibration() -> Calibration {
         ));
         Calibration { reaction, interval }
     })
+}
+
+/// Escapes glob metacharacters of a literal path (for a policy `match` that selects exactly
+/// one cgroup).
+pub fn glob_literal(p: &str) -> String {
+    p.chars()
+        .map(|c| {
+            if matches!(c, '*' | '?' | '[' | ']') {
+                format!("[{c}]")
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// The memory cgroup's path from the hierarchy root.
+pub fn memory_path(g: &CgroupGuard) -> String {
+    g.path(Controller::Memory).unwrap().to_string()
+}
+
+/// The memory limit of the guard's cgroup, as read now.
+pub fn limit_of(g: &CgroupGuard) -> Limit {
+    g.cgroup(Controller::Memory)
+        .unwrap()
+        .memory_limit()
+        .unwrap()
 }

@@ -18,19 +18,6 @@ use scaler_tests::*;
 
 const M: u64 = 1 << 20;
 
-/// Escapes glob metacharacters of a literal path.
-fn glob_literal(p: &str) -> String {
-    p.chars()
-        .map(|c| {
-            if matches!(c, '*' | '?' | '[' | ']') {
-                format!("[{c}]")
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 /// The policy of these tests: the cgroups matching `matches`, memory 16M to 512M, and with
 /// `cpu` a `[policy.cpu]` (0.2 to 2 cores, short cooldown) with the whole node's CPUs as the
 /// budget (the workload's 2-core bursts must fit).
@@ -68,17 +55,6 @@ fn conf(matches: &[String]) -> AgentConfig {
 /// A managed cgroup's label in the per-cgroup metrics.
 fn cgroup_label(path: &str) -> [(&'static str, &str); 1] {
     [("cgroup", path)]
-}
-
-fn memory_path(g: &CgroupGuard) -> String {
-    g.path(Controller::Memory).unwrap().to_string()
-}
-
-fn limit_of(g: &CgroupGuard) -> Limit {
-    g.cgroup(Controller::Memory)
-        .unwrap()
-        .memory_limit()
-        .unwrap()
 }
 
 /// Runs the race workload (256 MiB; natively 8 MiB steps every 10 ms, under emulation cushioned

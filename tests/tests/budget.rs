@@ -21,35 +21,11 @@ use scaler_tests::*;
 
 const M: u64 = 1 << 20;
 
-/// Escapes glob metacharacters of a literal path.
-fn glob_literal(p: &str) -> String {
-    p.chars()
-        .map(|c| {
-            if matches!(c, '*' | '?' | '[' | ']') {
-                format!("[{c}]")
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 /// A `[[policy]]` managing the memory of the cgroups matching `glob`, up to `max` (`None`: no
 /// max, an unbounded limit).
 fn policy(name: &str, glob: &str, max: Option<&str>) -> String {
     let max = max.map_or(String::new(), |m| format!("max = {m:?}\n"));
     format!("[[policy]]\nname = {name:?}\nmatch = [{glob:?}]\n\n[policy.memory]\nmin = \"16M\"\n{max}\n")
-}
-
-fn memory_path(g: &CgroupGuard) -> String {
-    g.path(Controller::Memory).unwrap().to_string()
-}
-
-fn limit_of(g: &CgroupGuard) -> Limit {
-    g.cgroup(Controller::Memory)
-        .unwrap()
-        .memory_limit()
-        .unwrap()
 }
 
 /// `MemTotal` of this machine (bytes).

@@ -17,19 +17,6 @@ use scaler_tests::*;
 
 const M: u64 = 1 << 20;
 
-/// Escapes glob metacharacters of a literal path.
-fn glob_literal(p: &str) -> String {
-    p.chars()
-        .map(|c| {
-            if matches!(c, '*' | '?' | '[' | ']') {
-                format!("[{c}]")
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 /// A policy selecting `path` with the given `[policy.memory]` keys (a 16 MiB early warning, so
 /// a gentle workload is raised before reclaim).
 fn body(path: &str, memory: &str) -> String {
@@ -44,17 +31,6 @@ fn agent(path: &str, memory: &str) -> AgentConfig {
     AgentConfig::new(body(path, memory))
         .log_filter(AGENT_DEBUG_LOG)
         .agent_key("restore_on_exit", "true")
-}
-
-fn memory_path(g: &CgroupGuard) -> String {
-    g.path(Controller::Memory).unwrap().to_string()
-}
-
-fn limit_of(g: &CgroupGuard) -> Limit {
-    g.cgroup(Controller::Memory)
-        .unwrap()
-        .memory_limit()
-        .unwrap()
 }
 
 /// Touches `total` bytes in 8 MiB steps every 50 ms (160 MiB/s: raised by the early warning

@@ -20,19 +20,6 @@ use scaler_tests::*;
 
 const M: u64 = 1 << 20;
 
-/// Escapes glob metacharacters of a literal path.
-fn glob_literal(p: &str) -> String {
-    p.chars()
-        .map(|c| {
-            if matches!(c, '*' | '?' | '[' | ']') {
-                format!("[{c}]")
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 fn body(matches: &[String]) -> String {
     let matches: Vec<String> = matches.iter().map(|m| format!("{m:?}")).collect();
     format!(

@@ -35,19 +35,6 @@ const STORM_FILE: &str = "384M";
 /// Limit hits of the storm's cgroups after which the managed race starts.
 const STORM_HITS: u64 = 20_000;
 
-/// Escapes glob metacharacters of a literal path.
-fn glob_literal(p: &str) -> String {
-    p.chars()
-        .map(|c| {
-            if matches!(c, '*' | '?' | '[' | ']') {
-                format!("[{c}]")
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 fn path_of(g: &CgroupGuard) -> String {
     g.path(Controller::Memory).unwrap().to_string()
 }

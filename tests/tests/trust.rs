@@ -38,19 +38,6 @@ const WORKS: usize = 5;
 /// The unprivileged user of the delegated subtrees (`nobody`).
 const NOBODY: u32 = 65534;
 
-/// Escapes glob metacharacters of a literal path.
-fn glob_literal(p: &str) -> String {
-    p.chars()
-        .map(|c| {
-            if matches!(c, '*' | '?' | '[' | ']') {
-                format!("[{c}]")
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 /// One `[[policy]]` managing memory (16M..512M) of the cgroups matching `matches`.
 fn policy(name: &str, matches: &[String], extra: &str) -> String {
     let matches: Vec<String> = matches.iter().map(|m| format!("{m:?}")).collect();
