@@ -209,6 +209,8 @@ pub struct PolicyConfig {
     /// Unique name (also the xattr value that selects this policy).
     pub name: String,
     /// Globs on the cgroup path relative to the hierarchy root (`/batch/*`, `/jobs/**`).
+    /// May be left out when `kubernetes` names the roles the policy selects (then, if given,
+    /// a cgroup must match both).
     #[serde(rename = "match")]
     pub matches: Vec<String>,
     /// Select only cgroups carrying `agent.opt_in_xattr` = `1` or this policy's name.
@@ -216,6 +218,11 @@ pub struct PolicyConfig {
     /// Select only Kubernetes pod and container cgroups of these QoS classes
     /// (`"guaranteed"`, `"burstable"`, `"besteffort"`; see [`crate::k8s`]). Empty: any cgroup.
     pub qos: Vec<crate::k8s::QosClass>,
+    /// Select Kubernetes cgroups by role (`"pods"`, `"containers"`), wherever the kubelet's
+    /// cgroup root is (`agent.kubelet_cgroup_roots`, either cgroup driver), rather than by
+    /// path globs. A pod sandbox (pause) container is never selected (see
+    /// [`crate::k8s::is_sandbox`]). Empty: roles play no part.
+    pub kubernetes: Vec<crate::k8s::Role>,
     /// `[policy.memory]`: manage the memory limit (absent: memory is only observed).
     pub memory: Option<MemoryPolicyConfig>,
     /// `[policy.cpu]`: manage the CPU quota (absent: CPU is only observed).
@@ -245,6 +252,9 @@ pub struct MemoryPolicyConfig {
     pub min_change: ByteSize,
     pub max_raises_per_sec: u32,
     pub psi_threshold: f64,
+    /// Write a limit on a selected cgroup that has none (bring it to `max`). Off by default:
+    /// a cgroup found unlimited (a BestEffort pod, a pause container) is left unlimited.
+    pub limit_unlimited: bool,
 }
 
 impl Default for MemoryPolicyConfig {
@@ -269,6 +279,7 @@ impl Default for MemoryPolicyConfig {
             min_change: ByteSize(d.min_change),
             max_raises_per_sec: d.max_raises_per_sec,
             psi_threshold: d.psi_threshold,
+            limit_unlimited: d.limit_unlimited,
         }
     }
 }
@@ -292,6 +303,7 @@ impl MemoryPolicyConfig {
             min_change: self.min_change.0,
             max_raises_per_sec: self.max_raises_per_sec,
             psi_threshold: self.psi_threshold,
+            limit_unlimited: self.limit_unlimited,
         }
     }
 }
@@ -775,10 +787,19 @@ impl Config {
                     format!("{:?} is used by an earlier policy", p.name),
                 );
             }
-            if p.matches.is_empty() {
+            if p.matches.is_empty() && p.kubernetes.is_empty() {
                 bad(
                     key("match"),
-                    "empty: list the cgroup paths (globs) this policy selects, e.g. [\"/batch/*\"]"
+                    "empty: list the cgroup paths (globs) this policy selects, e.g. \
+                     [\"/batch/*\"], or the Kubernetes roles it selects (kubernetes = \
+                     [\"containers\"])"
+                        .into(),
+                );
+            }
+            if p.limit_unlimited_requested() && p.memory.as_ref().is_some_and(|m| m.max.is_none()) {
+                bad(
+                    key("memory.limit_unlimited"),
+                    "needs a max: the limit written on an unlimited cgroup is the policy's max"
                         .into(),
                 );
             }
@@ -974,10 +995,15 @@ impl PolicyConfig {
             require_literal_separator: true,
             require_literal_leading_dot: false,
         };
-        if !self.qos.is_empty() {
-            match crate::k8s::parse_under(path, kubelet_roots) {
-                Some(pod) if pod.pod_uid.is_some() && self.qos.contains(&pod.qos) => {}
-                _ => return false,
+        if !self.qos.is_empty() || !self.kubernetes.is_empty() {
+            let Some(pod) = crate::k8s::parse_under(path, kubelet_roots) else {
+                return false;
+            };
+            if pod.pod_uid.is_none() || (!self.qos.is_empty() && !self.qos.contains(&pod.qos)) {
+                return false;
+            }
+            if !self.kubernetes.is_empty() && !self.kubernetes.contains(&pod.role()) {
+                return false;
             }
         }
         if self.require_xattr {
@@ -986,7 +1012,18 @@ impl PolicyConfig {
                 _ => return false,
             }
         }
-        self.patterns.iter().any(|p| p.matches_with(path, OPTS))
+        (self.patterns.is_empty() && !self.kubernetes.is_empty())
+            || self.patterns.iter().any(|p| p.matches_with(path, OPTS))
+    }
+
+    /// Whether the policy asks for limits on unlimited cgroups (`memory.limit_unlimited`).
+    fn limit_unlimited_requested(&self) -> bool {
+        self.memory.as_ref().is_some_and(|m| m.limit_unlimited)
+    }
+
+    /// Whether this policy selects by Kubernetes role (then pod sandboxes are never selected).
+    pub fn selects_kubernetes_roles(&self) -> bool {
+        !self.kubernetes.is_empty()
     }
 
     /// The memory policy, if this policy manages memory.

@@ -54,6 +54,40 @@ impl fmt::Display for QosClass {
     }
 }
 
+/// What a Kubernetes cgroup is, for policies that select by role (`kubernetes = [...]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A pod cgroup (`pod<uid>`, `kubepods-...-pod<uid>.slice`): the kubelet sets the pod's
+    /// limit there, the sum of its containers' limits.
+    Pods,
+    /// A container cgroup below a pod (the runtime sets the container's limit there). The pod
+    /// sandbox (pause) container is never selected ([`is_sandbox`]).
+    Containers,
+}
+
+/// Whether a container cgroup is a pod's sandbox (its "pause" container), from the names
+/// (`/proc/<pid>/comm`) of the processes in it: it has some, and every one is `pause` (the
+/// binary of the `registry.k8s.io/pause` image that containerd, CRI-O and Docker run as the
+/// sandbox; its only process). A cgroup with no process yet is not known to be one.
+///
+/// A process may rename itself (`prctl(PR_SET_NAME)`), so a workload can make its own
+/// container look like a sandbox: that only takes the agent's protection away from it (it is
+/// then never written), never makes the agent write a cgroup it should not.
+pub fn is_sandbox<'a>(comms: impl IntoIterator<Item = &'a str>) -> bool {
+    let mut any = false;
+    for c in comms {
+        if c.trim_end() != SANDBOX_COMM {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
+/// The process name of the pod sandbox (pause) container.
+pub const SANDBOX_COMM: &str = "pause";
+
 /// Which cgroup driver laid out the path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -95,6 +129,16 @@ pub struct PodCgroup {
 }
 
 impl PodCgroup {
+    /// Pod or container (QoS-level cgroups, which have no pod, read as pods; policies only
+    /// ask for the role of cgroups with a pod UID).
+    pub fn role(&self) -> Role {
+        if self.container_id.is_some() {
+            Role::Containers
+        } else {
+            Role::Pods
+        }
+    }
+
     /// `pod/<uid>` or `pod/<uid>/container/<short id>` for logs.
     pub fn display_name(&self) -> String {
         match (&self.pod_uid, &self.container_id) {
@@ -516,5 +560,99 @@ mod policy_tests {
         let e = Config::from_toml_str("[[policy]]\nname = \"a\"\nmatch = [\"/a\"]\nqos = [\"best-effort\"]\n[policy.memory]\n")
             .unwrap_err();
         assert!(e.to_string().contains("best-effort"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod role_tests {
+    use super::*;
+    use crate::config::Config;
+
+    const UID: &str = "0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    const UID_: &str = "0f3b1c2d_4e5f_4a6b_8c7d_9e0f1a2b3c4d";
+    const CID: &str = "5d41402abc4b2a76b9719d911017c592a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5";
+
+    fn config(extra_agent: &str, policy: &str) -> Config {
+        Config::from_toml_str(&format!(
+            "[agent]\n{extra_agent}\n[[policy]]\nname = \"k8s\"\n{policy}\n[policy.memory]\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn policies_select_containers_and_pods_by_role_under_any_kubelet_root() {
+        let c = config(
+            "kubelet_cgroup_roots = [\"/\", \"/test/k8s\"]",
+            "kubernetes = [\"containers\"]",
+        );
+        let sel = |p: &str| c.policy_for(p, None).is_some();
+        for root in ["", "/test/k8s"] {
+            assert!(sel(&format!("{root}/kubepods/burstable/pod{UID}/{CID}")));
+            assert!(sel(&format!("{root}/kubepods/pod{UID}/{CID}")));
+            assert!(sel(&format!(
+                "{root}/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/cri-containerd-{CID}.scope"
+            )));
+            assert!(sel(&format!(
+                "{root}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/crio-{CID}.scope"
+            )));
+            // Pods, QoS levels and the kubelet's root are not containers.
+            assert!(!sel(&format!("{root}/kubepods/burstable/pod{UID}")));
+            assert!(!sel(&format!("{root}/kubepods/burstable")));
+            assert!(!sel(&format!("{root}/kubepods")));
+        }
+        // A look-alike outside the configured roots is an ordinary cgroup.
+        assert!(!sel(&format!(
+            "/user.slice/kubepods/burstable/pod{UID}/{CID}"
+        )));
+        let both = config(
+            "",
+            "kubernetes = [\"pods\", \"containers\"]\nqos = [\"burstable\"]",
+        );
+        let sel = |p: &str| both.policy_for(p, None).is_some();
+        assert!(sel(&format!("/kubepods/burstable/pod{UID}")));
+        assert!(sel(&format!("/kubepods/burstable/pod{UID}/{CID}")));
+        assert!(
+            !sel(&format!("/kubepods/besteffort/pod{UID}/{CID}")),
+            "qos too"
+        );
+        // With a match as well, a cgroup must satisfy both.
+        let narrowed = config(
+            "",
+            "kubernetes = [\"pods\"]\nmatch = [\"/kubepods/burstable/*\"]",
+        );
+        assert!(narrowed
+            .policy_for(&format!("/kubepods/burstable/pod{UID}"), None)
+            .is_some());
+        assert!(narrowed
+            .policy_for(&format!("/kubepods/besteffort/pod{UID}"), None)
+            .is_none());
+    }
+
+    #[test]
+    fn an_unknown_role_and_a_policy_that_selects_nothing_are_rejected() {
+        let e = Config::from_toml_str(
+            "[[policy]]\nname = \"a\"\nkubernetes = [\"pod\"]\n[policy.memory]\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("pod"), "{e}");
+        let e = Config::from_toml_str("[[policy]]\nname = \"a\"\n[policy.memory]\n").unwrap_err();
+        assert!(e.to_string().contains("kubernetes"), "{e}");
+        let e = Config::from_toml_str(
+            "[[policy]]\nname = \"a\"\nkubernetes = [\"pods\"]\n[policy.memory]\nlimit_unlimited = true\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("policy[0].memory.limit_unlimited"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_sandbox_is_a_cgroup_of_pause_processes_only() {
+        assert!(is_sandbox(["pause\n"]));
+        assert!(is_sandbox(["pause", "pause"]));
+        assert!(!is_sandbox(Vec::<&str>::new()), "no process yet: not known");
+        assert!(!is_sandbox(["pause", "nginx"]));
+        assert!(!is_sandbox(["pause-helper"]));
     }
 }

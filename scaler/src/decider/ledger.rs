@@ -78,6 +78,13 @@
 //! raise is refused as [`Cap::Ancestor`]. When the kernel reports that an ancestor's limit is
 //! what binds, the engine passes that ancestor's id and the decision is made for it.
 //!
+//! Ancestors the agent does not manage bound a raise as well (their limit is one it may not
+//! raise: the kubelet's `kubepods` holds node allocatable): the slow side samples, for each
+//! managed cgroup, the least room (limit minus working set) among the unmanaged ancestors
+//! between it and its nearest managed ancestor ([`Ledger::set_outer_room`]), and the raise
+//! never exceeds the room of any of them along the walk, less what raises granted below them
+//! since that sample.
+//!
 //! # Scale down
 //! A cgroup's limit is lowered only after `cooldown` without any sign of pressure, and at most
 //! once per `down_interval` (counted from its last change, raise or lowering); the resource
@@ -221,6 +228,14 @@ pub(super) struct Entry<X: Ext> {
     last_change_ns: u64,
     /// The limit at which `Capped` was last reported (once per storm).
     capped_reported_at: Option<u64>,
+    /// How much the cgroup's subtree may grow under the limits of its *unmanaged* ancestors
+    /// (those between it and its nearest managed ancestor, or the root), as last sampled by
+    /// the slow side (`u64::MAX`: none of them is limited). See [`Ledger::set_outer_room`].
+    outer_room: u64,
+    /// What raises at or below the cgroup granted since `outer_room` was sampled.
+    outer_granted: u64,
+    /// Latest decision time of such a grant.
+    outer_grant_ns: u64,
 }
 
 impl<X: Ext> Entry<X> {
@@ -259,6 +274,16 @@ impl<X: Ext> Entry<X> {
             u64::MAX
         } else {
             self.ext.weight(self.limit)
+        }
+    }
+
+    /// What the unmanaged ancestors can still back: the sampled room less what raises granted
+    /// since (`u64::MAX`: unbounded).
+    pub fn outer_spare(&self) -> u64 {
+        if self.outer_room == u64::MAX {
+            u64::MAX
+        } else {
+            self.outer_room.saturating_sub(self.outer_granted)
         }
     }
 
@@ -455,6 +480,9 @@ impl<X: Ext> Ledger<X> {
             last_change_ns: 0,
             capped_reported_at: None,
             counted_w: 0,
+            outer_room: u64::MAX,
+            outer_granted: 0,
+            outer_grant_ns: 0,
         });
         if st.policy.pacing().max_raises_per_sec != rate {
             st.limiter = RateLimiter::new(rate);
@@ -467,6 +495,21 @@ impl<X: Ext> Ledger<X> {
         st.counted_w = st.counted_now();
         if parent.is_none() {
             self.top_level_sum += u128::from(st.counted_w);
+        }
+    }
+
+    /// How much the cgroup's subtree may grow under the limits of its unmanaged ancestors
+    /// (between it and its nearest managed ancestor, or the root): the least of their limit
+    /// minus their working set, sampled at `measured_ns` by the slow side (`u64::MAX`: none is
+    /// limited). Replaces the figure, and drops the charges of the raises granted before (a
+    /// raise decided at or after `measured_ns` may not be in the figure yet: then its charge
+    /// is kept until the next sample). Allocates nothing.
+    pub fn set_outer_room(&mut self, id: CgId, room: u64, measured_ns: u64) {
+        if let Some(st) = self.entries.get_mut(&id) {
+            st.outer_room = room;
+            if st.outer_grant_ns < measured_ns {
+                st.outer_granted = 0;
+            }
         }
     }
 
@@ -749,7 +792,9 @@ impl<X: Ext> Ledger<X> {
         // Walk up: the ancestors to raise, `(cgroup, old, new)`, and the least slack.
         let mut chain = [(0, 0, 0); MAX_ACTIONS - 1];
         let mut n = 0;
-        let mut backed = u64::MAX;
+        // The unmanaged ancestors of the cgroup and of each managed ancestor bound the growth
+        // of the whole subtree too (a limit we may not raise: kubelet's `kubepods`).
+        let mut backed = st.outer_spare();
         let mut need = delta;
         let mut up = st.parent;
         for _ in 0..MAX_DEPTH {
@@ -773,7 +818,7 @@ impl<X: Ext> Ledger<X> {
                 n += 1;
                 need = padded;
             }
-            backed = backed.min(b.slack);
+            backed = backed.min(b.slack).min(ps.outer_spare());
             up = ps.parent;
         }
         let mut new = new;
@@ -812,6 +857,24 @@ impl<X: Ext> Ledger<X> {
         st.escalation = escalation;
         st.last_round_ns = Some(ts);
         out.push(Self::action(id, old, new, reason, ts));
+        // The growth it allows (in the raise's terms, like `delta`) is charged to the room of
+        // every unmanaged ancestor above it.
+        let added = if old == UNLIMITED {
+            0
+        } else {
+            new.saturating_sub(old)
+        };
+        let mut up = Some(id);
+        for _ in 0..MAX_DEPTH {
+            let Some(e) = up.and_then(|c| entries.get_mut(&c)) else {
+                break;
+            };
+            if e.outer_room != u64::MAX {
+                e.outer_granted = e.outer_granted.saturating_add(added);
+                e.outer_grant_ns = e.outer_grant_ns.max(ts);
+            }
+            up = e.parent;
+        }
     }
 
     /// Decides a raise of `st` to `new`: the limit changes now, the write is in flight.

@@ -48,8 +48,9 @@
 //! (usage minus working set) first, and the next sample's lower usage lets the limit follow.
 //! A limit above the policy `max` (a max lowered by a reload, a cgroup opted in with a higher
 //! limit) is brought down to `max` step by step like a scale-down, without the cooldown (at most
-//! once per `down_interval`, never below `usage + safety_margin`); an unlimited one goes to
-//! `max` at the first sample. Every limit decided is a whole number of 4 KiB pages, bounds
+//! once per `down_interval`, never below `usage + safety_margin`). An unlimited one is left
+//! unlimited (nothing is written on a cgroup that had no limit) unless the policy says
+//! `limit_unlimited`: then it goes to `max` at the first sample. Every limit decided is a whole number of 4 KiB pages, bounds
 //! (`max`, the budget) rounded down. A sample's limit that differs from ours is
 //! [adopted](super::ledger#external-changes-and-failed-writes) when no write of ours explains
 //! it.
@@ -134,6 +135,9 @@ pub struct MemoryPolicy {
     pub max_raises_per_sec: u32,
     /// PSI `some` stall, as a fraction of the sample interval, that counts as pressure.
     pub psi_threshold: f64,
+    /// Bring a cgroup found without a limit to `max` (otherwise an unlimited cgroup is never
+    /// given a limit: nothing is written on it).
+    pub limit_unlimited: bool,
 }
 
 impl Default for MemoryPolicy {
@@ -141,7 +145,8 @@ impl Default for MemoryPolicy {
     /// give memory back slowly: no bounds beyond the node budget (`min` 16 MiB, `max`
     /// unlimited), steps of at least 64 MiB or 25% of the limit, 200 ms lookahead, 64 MiB
     /// headroom, 16 MiB safety margin, escalation within 2 s up to 16x, 30 s cooldown, then a
-    /// quarter of the excess every 5 s, 4 MiB hysteresis, 20 raises/s, PSI 1%.
+    /// quarter of the excess every 5 s, 4 MiB hysteresis, 20 raises/s, PSI 1%; an unlimited
+    /// cgroup stays unlimited.
     fn default() -> Self {
         Self {
             min: 16 * MIB,
@@ -159,6 +164,7 @@ impl Default for MemoryPolicy {
             min_change: 4 * MIB,
             max_raises_per_sec: 20,
             psi_threshold: 0.01,
+            limit_unlimited: false,
         }
     }
 }
@@ -274,6 +280,13 @@ impl MemoryDecider {
     /// `measured_ns` (see the [ledger](super::ledger#node-budget)).
     pub fn set_available(&mut self, available: u64, measured_ns: u64) {
         self.ledger.set_available(available, measured_ns);
+    }
+
+    /// A new sample of how much the cgroup's subtree may grow under its unmanaged ancestors
+    /// limits (bytes; `u64::MAX`: none is limited), taken at `measured_ns` (see the
+    /// [ledger](super::ledger#hierarchy)).
+    pub fn set_outer_room(&mut self, id: CgId, room: u64, measured_ns: u64) {
+        self.ledger.set_outer_room(id, room, measured_ns);
     }
 
     /// Sum of the limits of managed cgroups without a managed ancestor, unlimited ones at their
@@ -556,6 +569,11 @@ impl MemoryDecider {
         }
 
         let (p, limit) = (st.policy, st.limit());
+        if limit == u64::MAX && !p.limit_unlimited {
+            // No limit was set by its owner, and the policy does not ask for one: nothing is
+            // ever written on it (it cannot bind, so it never needs a raise either).
+            return;
+        }
         let hard_floor = p.min.max(usage.saturating_add(p.safety_margin));
         // A lower limit would put today's usage inside the early-warning band (`limit -
         // headroom`): the kernel would warn at once, the limit would go up again and the

@@ -124,6 +124,15 @@ pub enum Command {
     /// Reply with a snapshot of the resource's decider.
     Snapshot(Resource, SyncSender<Vec<Snapshot>>),
     SetBudget(Budget),
+    /// Memory: how much the managed cgroup's subtree may still grow under the limits of its
+    /// unmanaged ancestors (the least of their limit minus working set, bytes; `u64::MAX`:
+    /// none is limited), sampled at `measured_ns` (CLOCK_MONOTONIC). Bounds its raises (see
+    /// the [ledger](crate::decider::ledger#hierarchy)).
+    AncestorRoom {
+        id: CgId,
+        bytes: u64,
+        measured_ns: u64,
+    },
 }
 
 /// The decider's view of one managed cgroup, for one resource.
@@ -168,6 +177,8 @@ trait ResourceDecider: Decide + Send + 'static {
     fn signal_of(s: Signal) -> Option<Self::Signal>;
     fn register(&mut self, req: &ManageRequest, now_ns: u64);
     fn set_budget(&mut self, b: Budget);
+    /// The room under the cgroup's unmanaged ancestors (memory only).
+    fn set_ancestor_room(&mut self, _id: CgId, _bytes: u64, _measured_ns: u64) {}
     /// What the decider holds about `id`.
     fn view(&self, id: CgId) -> Option<View>;
 }
@@ -202,6 +213,10 @@ impl ResourceDecider for MemoryDecider {
         if let Budget::MemoryAvailable { bytes, measured_ns } = b {
             MemoryDecider::set_available(self, bytes, measured_ns);
         }
+    }
+
+    fn set_ancestor_room(&mut self, id: CgId, bytes: u64, measured_ns: u64) {
+        MemoryDecider::set_outer_room(self, id, bytes, measured_ns);
     }
 
     fn view(&self, id: CgId) -> Option<View> {
@@ -286,6 +301,7 @@ trait SlotOps: Send {
     fn applied(&mut self, a: &Action, done_ns: u64, outcome: WriteOutcome);
     fn writer(&self, id: CgId) -> Option<(&dyn LimitWriter, Option<&WriteMark>)>;
     fn set_budget(&mut self, b: Budget);
+    fn set_ancestor_room(&mut self, id: CgId, bytes: u64, measured_ns: u64);
     fn snapshot(&self) -> Vec<Snapshot>;
 }
 
@@ -333,6 +349,10 @@ impl<D: ResourceDecider> SlotOps for Slot<D> {
 
     fn set_budget(&mut self, b: Budget) {
         self.decider.set_budget(b);
+    }
+
+    fn set_ancestor_room(&mut self, id: CgId, bytes: u64, measured_ns: u64) {
+        self.decider.set_ancestor_room(id, bytes, measured_ns);
     }
 
     fn snapshot(&self) -> Vec<Snapshot> {
@@ -725,6 +745,13 @@ impl ScalingHandler {
                 let _ = reply.try_send(self.slot(r).snapshot());
             }
             Command::SetBudget(b) => self.slot(b.resource()).set_budget(b),
+            Command::AncestorRoom {
+                id,
+                bytes,
+                measured_ns,
+            } => self
+                .slot(Resource::Memory)
+                .set_ancestor_room(id, bytes, measured_ns),
         }
     }
 

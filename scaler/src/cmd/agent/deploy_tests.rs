@@ -62,10 +62,31 @@ fn the_daemonset_is_valid_and_consistent_with_its_configmap() {
             nproc: 4,
         })
         .expect("ConfigMap TOML validates");
-    // It manages Burstable and BestEffort pods of both drivers, and not Guaranteed ones.
+    // It manages Burstable and BestEffort pods of both drivers and their containers, and not
+    // Guaranteed ones.
     let uid = "0f3b1c2d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
     let uid_ = uid.replace('-', "_");
+    let cid = "5d41402abc4b2a76b9719d911017c592a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5";
+    let burstable_slice =
+        format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice");
     for (path, managed) in [
+        (format!("/kubepods/burstable/pod{uid}/{cid}"), true),
+        (format!("/kubepods/besteffort/pod{uid}/crio-{cid}"), true),
+        (
+            format!("{burstable_slice}/cri-containerd-{cid}.scope"),
+            true,
+        ),
+        (format!("{burstable_slice}/crio-{cid}.scope"), true),
+        (format!("{burstable_slice}/docker-{cid}.scope"), true),
+        // The QoS-level and kubelet-level cgroups are not pods.
+        ("/kubepods/burstable".to_string(), false),
+        ("/kubepods".to_string(), false),
+        (
+            "/kubepods.slice/kubepods-burstable.slice".to_string(),
+            false,
+        ),
+        // CRI-O's monitor is no container.
+        (format!("{burstable_slice}/crio-conmon-{cid}.scope"), false),
         (format!("/kubepods/burstable/pod{uid}"), true),
         (format!("/kubepods/besteffort/pod{uid}"), true),
         (
@@ -86,6 +107,31 @@ fn the_daemonset_is_valid_and_consistent_with_its_configmap() {
             .policy_for(&path, None)
             .is_some_and(|p| p.memory.is_some());
         assert_eq!(selected, managed, "{path}");
+        // Under a kubelet cgroup root the node names (--cgroup-root), the same, and only there.
+        let mut nested = config.clone();
+        nested.agent.kubelet_cgroup_roots = vec!["/kubelet.slice".into()];
+        let under = format!("/kubelet.slice{path}");
+        let selected = nested
+            .policy_for(&under, None)
+            .is_some_and(|p| p.memory.is_some());
+        assert_eq!(
+            selected,
+            managed && path != "/system.slice/kubelet.service",
+            "{under}"
+        );
+        assert!(
+            nested.policy_for(&path, None).is_none(),
+            "{path}: not below the root"
+        );
+    }
+    // No limit is ever written on a cgroup found unlimited (BestEffort pods, pause
+    // containers): no policy asks for it.
+    for p in &config.policies {
+        assert!(
+            p.memory.as_ref().is_none_or(|m| !m.limit_unlimited),
+            "{}",
+            p.name
+        );
     }
 
     // Metrics: loopback in the ConfigMap, the pod IP from the downward API (never 0.0.0.0),

@@ -81,6 +81,27 @@ struct Selection<P> {
     /// Cgroups a policy selects that hold the agent itself (its own cgroup, or an ancestor of
     /// it), with the policy's name: never managed.
     own: Vec<(String, String)>,
+    /// Kubernetes pod sandbox (pause) containers a policy selects, with the policy's name:
+    /// never managed.
+    sandbox: Vec<(String, String)>,
+}
+
+/// Whether the cgroup at `path` is a Kubernetes pod sandbox (pause) container: a container
+/// cgroup of a pod below one of the kubelet's roots whose processes are all `pause`
+/// ([`crate::k8s::is_sandbox`]). Read from `/proc/<pid>/comm` (the agent runs with the host's
+/// PID namespace); a process that exits meanwhile is skipped.
+fn is_pod_sandbox(config: &Config, hierarchy: &Hierarchy, path: &str) -> bool {
+    if config.pod_of(path).is_none_or(|p| p.container_id.is_none()) {
+        return false;
+    }
+    let Ok(pids) = hierarchy.cgroup(path).and_then(|c| c.procs()) else {
+        return false;
+    };
+    let comms: Vec<String> = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok())
+        .collect();
+    crate::k8s::is_sandbox(comms.iter().map(String::as_str))
 }
 
 /// True if `path` is `own` or one of its ancestors (both paths from the hierarchy root).
@@ -107,6 +128,7 @@ fn selected<P>(
         wanted: Vec::new(),
         untrusted: Vec::new(),
         own: Vec::new(),
+        sandbox: Vec::new(),
     };
     for (id, path) in index.iter() {
         let xattr = if needs_xattr {
@@ -138,6 +160,10 @@ fn selected<P>(
                     out.own.push((path.to_string(), p.name.clone()));
                     continue;
                 }
+                if is_pod_sandbox(config, hierarchy, path) {
+                    out.sandbox.push((path.to_string(), p.name.clone()));
+                    continue;
+                }
                 out.wanted.push((id.0, path.to_string(), p.name.clone(), v));
             }
         }
@@ -145,6 +171,39 @@ fn selected<P>(
     out.wanted
         .sort_by_key(|(_, path, _, _)| path.matches('/').count());
     out
+}
+
+/// How much the cgroup at `path` may grow under the limits of its unmanaged ancestors: the
+/// least of their limit minus working set (usage less inactive file pages, the kubelet's
+/// measure) over the ancestors between it and its nearest ancestor in `managed` (exclusive),
+/// not counting the hierarchy root; `u64::MAX` when none is limited. `cache` keeps each
+/// ancestor's figure (`None`: unlimited or unreadable) for one sample pass.
+fn outer_room(
+    h: &Hierarchy,
+    path: &str,
+    managed: &HashSet<String>,
+    cache: &mut HashMap<String, Option<u64>>,
+) -> u64 {
+    let mut room = u64::MAX;
+    for a in ancestors(path) {
+        if a == "/" || managed.contains(a) {
+            break;
+        }
+        let r = *cache.entry(a.to_owned()).or_insert_with(|| {
+            let cg = h.cgroup(a).ok()?;
+            let limit = cg.memory_limit().ok()?.as_u64_saturating();
+            if limit == u64::MAX {
+                return None;
+            }
+            let usage = cg.memory_usage().ok()?;
+            let inactive = cg.memory_stat().map_or(0, |s| s.inactive_file);
+            Some(limit.saturating_sub(usage.saturating_sub(inactive)))
+        });
+        if let Some(r) = r {
+            room = room.min(r);
+        }
+    }
+    room
 }
 
 /// `/a/b/c` -> `/a/b`, `/a`, `/`.
@@ -243,6 +302,7 @@ impl Agent {
         res: Resource,
         untrusted: &[(String, Untrusted)],
         own: &[(String, String)],
+        sandbox: &[(String, String)],
     ) {
         let metrics = &self.state.metrics;
         let count = |reason| {
@@ -313,6 +373,20 @@ impl Agent {
             }
             now.insert(key);
         }
+        for (path, policy) in sandbox {
+            let key = holder(path);
+            if !self.refused.contains(&key) {
+                count("pod_sandbox");
+                tracing::info!(
+                    cgroup = %path,
+                    resource = res.as_str(),
+                    policy = %policy,
+                    "not managed: a Kubernetes pod sandbox (pause) container; its limits are \
+                     never written"
+                );
+            }
+            now.insert(key);
+        }
         // Forget what this pass no longer refuses (so that it is said again if it comes back).
         self.refused.retain(|r| {
             r.mount != h.mount || r.resource.is_some_and(|x| x != res) || now.contains(r)
@@ -361,7 +435,7 @@ impl Agent {
             let sel = selected(&self.config, &h, index, own.as_deref(), |p| {
                 r.policy(p, &node)
             });
-            self.report_refused(&h, res, &sel.untrusted, &sel.own);
+            self.report_refused(&h, res, &sel.untrusted, &sel.own, &sel.sandbox);
             wanted = sel.wanted;
         }
         let wanted_ids: HashSet<CgId> = wanted.iter().map(|w| w.0).collect();
@@ -644,10 +718,27 @@ impl Agent {
                 continue;
             };
             let mut managed = lock(self.state.managed(res));
+            // Memory: the room under each managed cgroup's unmanaged ancestors (kubelet's
+            // `kubepods`), each ancestor read once per sample.
+            let managed_paths: HashSet<String> = if res == Resource::Memory {
+                managed.values().map(|m| m.path.clone()).collect()
+            } else {
+                HashSet::new()
+            };
+            let mut rooms: HashMap<String, Option<u64>> = HashMap::new();
             for (id, m) in managed.iter_mut() {
                 let Ok(cg) = h.cgroup(&m.path) else {
                     continue;
                 };
+                if res == Resource::Memory {
+                    let measured_ns = crate::clock::monotonic_ns();
+                    let bytes = outer_room(h, &m.path, &managed_paths, &mut rooms);
+                    let _ = self.engine.send(Command::AncestorRoom {
+                        id: *id,
+                        bytes,
+                        measured_ns,
+                    });
+                }
                 // What the agent had written, read around the sample (see WriteMark).
                 let before = m.mark.read();
                 let Some(s) = r.sample(&cg, Some((&self.pipeline, *id))) else {

@@ -191,6 +191,10 @@ pub struct Metrics {
     pub failed_writes: Counter,
     /// `scaler_unmanaged_ancestor_binds_total`.
     pub unmanaged_ancestor_binds: Counter,
+    /// `scaler_unmanaged_binding_total{resource,reason}`: pressure signals whose binding limit
+    /// is one the agent does not manage, next to one it does (`ancestor`: above a managed
+    /// cgroup; `descendant`: below one, such as a container of a managed pod).
+    pub unmanaged_binding: Family<RefusedLabels, Counter>,
     /// `scaler_raises_refused_total{resource,reason}`: raises a cgroup under pressure did not
     /// get (`at_max`, `budget`, `ancestor`, `rate_limited`, `below_hysteresis`).
     pub raises_refused: Family<RefusedLabels, Counter>,
@@ -271,6 +275,7 @@ impl Metrics {
             decode_errors: Counter::default(),
             failed_writes: Counter::default(),
             unmanaged_ancestor_binds: Counter::default(),
+            unmanaged_binding: Family::default(),
             raises_refused: Family::default(),
             node_memory_room: Gauge::default(),
             bpf_run_seconds: Family::default(),
@@ -388,6 +393,14 @@ impl Metrics {
                 "unmanaged_ancestor_binds",
                 "Pressure on a managed cgroup whose binding limit belongs to an unmanaged ancestor",
                 m.unmanaged_ancestor_binds.clone(),
+            );
+            r.register(
+                "unmanaged_binding",
+                "Pressure signals whose binding limit is one the agent does not manage, next to \
+                 one it does, by resource and reason (ancestor: the limit of an unmanaged \
+                 ancestor of a managed cgroup; descendant: the limit of an unmanaged cgroup \
+                 below a managed one, such as a container of a managed pod)",
+                m.unmanaged_binding.clone(),
             );
             r.register(
                 "raises_refused",

@@ -56,6 +56,7 @@ use crate::{
     decider::{CgId, Resource, WriteOutcome},
     ebpf::{Pipeline, PipelineOptions},
     engine::{snapshot_via, Engine, EngineConfig, Record},
+    events::MemEvent,
     k8s::PodCgroup,
     resource,
 };
@@ -771,9 +772,104 @@ impl TreeBacklog {
     }
 }
 
+/// Why a pressure signal's binding cgroup, which the agent does not manage, matters: it lies
+/// above a managed cgroup (`ancestor`: the kernel's walk passed a watched level on its way up,
+/// so the event was not observe-only) or below one (`descendant`: a container of a managed
+/// pod; seen only with `agent.observe_all`). `None`: no managed cgroup is involved, or the
+/// binding cgroup is managed.
+fn binding_reason(
+    ev: &MemEvent,
+    managed: &HashMap<CgId, Managed>,
+    index: &mut CgroupIndex,
+) -> Option<&'static str> {
+    if !ev.is_pressure() || ev.cpu().is_some() || managed.contains_key(&ev.target_id) {
+        return None;
+    }
+    if !ev.observed {
+        return Some("ancestor");
+    }
+    let path = index.path_of(ev.target_id)?.to_owned();
+    let below_managed = managed::ancestors(&path)
+        .any(|a| index.id_of(a).is_some_and(|id| managed.contains_key(&id.0)));
+    below_managed.then_some("descendant")
+}
+
+/// How often a pressure signal at an unmanaged binding limit is logged, per cgroup.
+const BINDING_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Counts (`scaler_unmanaged_binding_total{resource,reason}`) and logs, at most once per
+/// cgroup every [`BINDING_LOG_INTERVAL`] (with how many were not logged), a pressure signal
+/// whose binding limit is one the agent does not manage, next to one it does.
+fn unmanaged_binding(
+    ev: &MemEvent,
+    state: &AgentState,
+    index: &mut CgroupIndex,
+    logged: &mut HashMap<CgId, (std::time::Instant, u64)>,
+) {
+    let reason = {
+        let managed = lock(state.managed(Resource::Memory));
+        binding_reason(ev, &managed, index)
+    };
+    let Some(reason) = reason else {
+        return;
+    };
+    state
+        .metrics
+        .unmanaged_binding
+        .get_or_create(&metrics::RefusedLabels {
+            resource: Resource::Memory.as_str(),
+            reason,
+        })
+        .inc();
+    let now = std::time::Instant::now();
+    let suppressed = match logged.get_mut(&ev.target_id) {
+        Some((at, n)) if now.duration_since(*at) < BINDING_LOG_INTERVAL => {
+            *n += 1;
+            return;
+        }
+        Some((at, n)) => {
+            *at = now;
+            std::mem::take(n)
+        }
+        None => {
+            if logged.len() >= 65536 {
+                logged.retain(|_, (at, _)| now.duration_since(*at) < BINDING_LOG_INTERVAL);
+            }
+            logged.insert(ev.target_id, (now, 0));
+            0
+        }
+    };
+    let path = index.path_of(ev.target_id).unwrap_or("?").to_owned();
+    let task = index.path_of(ev.cgroup_id).unwrap_or("?").to_owned();
+    tracing::warn!(
+        cgroup = %path,
+        task_cgroup = %task,
+        resource = Resource::Memory.as_str(),
+        reason,
+        kind = ev.kind.as_str(),
+        usage = ev.usage,
+        limit = ev.limit,
+        suppressed,
+        "{}",
+        msg_unmanaged_binding(reason)
+    );
+}
+
+/// The log message of [`unmanaged_binding`].
+fn msg_unmanaged_binding(reason: &str) -> &'static str {
+    if reason == "ancestor" {
+        "pressure at the limit of an unmanaged ancestor of a managed cgroup: no limit the agent \
+         may change can help (manage the ancestor, or raise its limit)"
+    } else {
+        "pressure at the limit of an unmanaged cgroup below a managed one: select it (for \
+         Kubernetes containers: kubernetes = [\"pods\", \"containers\"])"
+    }
+}
+
 fn consume(records: Receiver<Record>, state: &AgentState, h: Hierarchy) {
     let mut index = CgroupIndex::new(h);
     let mut refusals = HashMap::new();
+    let mut binding_logged = HashMap::new();
     let mut handle = |r: Record| match r {
         Record::Refused(rr) => {
             let path = lock(state.managed(rr.resource))
@@ -830,6 +926,7 @@ fn consume(records: Receiver<Record>, state: &AgentState, h: Hierarchy) {
                     kind: ev.kind.as_str(),
                 })
                 .inc();
+            unmanaged_binding(&ev, state, &mut index, &mut binding_logged);
             if matches!(ev.kind, EventKind::OomKill) {
                 let path = index.path_of(ev.target_id).unwrap_or("?").to_string();
                 tracing::warn!(cgroup = %path, pid = ev.pid, comm = ev.comm(), "OOM kill");

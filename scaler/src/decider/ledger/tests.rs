@@ -624,3 +624,73 @@ fn a_raise_never_exceeds_what_its_ancestors_can_back() {
     );
     assert_eq!(out.actions().len(), 1);
 }
+
+/// Raises cgroup `id` of `l` toward `new` at `t`, recording what the shrink rule was given.
+fn raise_backed(l: &mut Ledger<Half>, id: CgId, new: u64, t: u64) -> (Decision, Option<u64>) {
+    let mut out = Decision::new();
+    let e = l.open_round(id, t, false, &mut out).unwrap();
+    let delta = new - l.get(id).unwrap().limit();
+    let mut backed_seen = None;
+    l.raise(
+        id,
+        new,
+        delta,
+        e,
+        Reason::Pressure,
+        t,
+        &mut out,
+        backs,
+        |st, backed| {
+            backed_seen = Some(backed);
+            if backed >= 10 {
+                Ok(st.limit() + backed)
+            } else {
+                Err(st.limit())
+            }
+        },
+    );
+    (out, backed_seen)
+}
+
+#[test]
+fn unmanaged_ancestors_bound_a_raise_less_what_raises_granted_since_their_sample() {
+    // 3 under 2 under 1, every managed level with room to spare; an unmanaged ancestor above
+    // the top (kubelet's kubepods) has 120 left, sampled at T0.
+    let mut l = chain([10_000, 9_000, 100], [100, 100, 100]);
+    l.set_outer_room(1, 120, T0);
+    let t = T0 + S;
+    let (out, backed) = raise_backed(&mut l, 3, 400, t);
+    assert_eq!(
+        backed,
+        Some(120),
+        "the unmanaged ancestor's room, seen through 1"
+    );
+    let [a] = out.actions() else {
+        panic!("{out:?}")
+    };
+    assert_eq!((a.cgroup, a.old, a.new), (3, 100, 220));
+    l.applied(a, t + MS, WriteOutcome::Written);
+    // That growth is charged: before a new sample, a second raise (of a sibling under 2, or
+    // of 3 again) finds what is left.
+    let t2 = t + 3 * S;
+    let (out, backed) = raise_backed(&mut l, 3, 600, t2);
+    assert_eq!(backed, Some(0));
+    assert!(out.is_empty());
+    assert_eq!(out.skip, Some(Skip::Capped(Cap::Ancestor)));
+    // A new sample taken after the raise replaces the figure and drops the charge.
+    l.set_outer_room(1, 500, t2 + MS);
+    let t3 = t2 + 3 * S;
+    let (out, backed) = raise_backed(&mut l, 3, 500, t3);
+    assert_eq!(backed, None, "280 fits in 500: no shrink");
+    assert_eq!(out.actions().len(), 1);
+    // The room of unmanaged ancestors between a cgroup and its managed parent counts too
+    // (a QoS-level cgroup between a pod and kubepods), and unbounded is no bound.
+    let mut l = chain([10_000, 9_000, 100], [100, 100, 100]);
+    l.set_outer_room(3, 50, T0);
+    l.set_outer_room(1, u64::MAX, T0);
+    let (out, backed) = raise_backed(&mut l, 3, 400, t);
+    assert_eq!(backed, Some(50));
+    assert_eq!(out.actions()[0].new, 150);
+    // Unknown cgroups are ignored.
+    l.set_outer_room(99, 0, T0);
+}

@@ -737,10 +737,32 @@ fn samples_adopt_a_limit_changed_behind_the_deciders_back() {
 }
 
 #[test]
-fn an_unlimited_cgroup_is_brought_to_max_by_the_first_sample() {
+fn an_unlimited_cgroup_is_left_unlimited_unless_the_policy_says_so() {
     let mut l = Loop::new(64 * GIB);
     let p = MemoryPolicy {
         max: 4 * GIB,
+        cooldown_ns: 0,
+        down_interval_ns: 0,
+        ..policy()
+    };
+    assert!(!p.limit_unlimited, "the default");
+    l.d.manage(1, None, p, Limit::from_bytes(u64::MAX), 100 * MIB, T0);
+    for i in 1..5 {
+        let d = l.sample(1, T0 + i * S, 100 * MIB, 100 * MIB);
+        assert!(d.actions().is_empty(), "nothing written: {:?}", d.actions());
+    }
+    // Pressure cannot bind an unlimited cgroup, and is not answered with a limit either.
+    let d = l.reclaim(1, T0 + 6 * S, 100 * MIB, u64::MAX);
+    assert!(d.actions().is_empty(), "{:?}", d.actions());
+    assert_eq!(l.d.limit(1), Some(u64::MAX));
+}
+
+#[test]
+fn an_unlimited_cgroup_is_brought_to_max_by_the_first_sample_when_asked() {
+    let mut l = Loop::new(64 * GIB);
+    let p = MemoryPolicy {
+        max: 4 * GIB,
+        limit_unlimited: true,
         ..policy()
     };
     l.d.manage(1, None, p, Limit::from_bytes(u64::MAX), 100 * MIB, T0);
