@@ -58,6 +58,15 @@ pub mod msg {
     /// A raise a cgroup under pressure did not get (`cgroup`, `resource`, `reason`, `limit`,
     /// `wanted`, `allowed`, `room`, `suppressed`), at most once per 10 s per cgroup.
     pub const RAISE_REFUSED: &str = "raise refused";
+    /// A Kubernetes pod sandbox (pause) container a policy selects, never managed (`cgroup`,
+    /// `resource`, `policy`).
+    pub const POD_SANDBOX: &str =
+        "not managed: a Kubernetes pod sandbox (pause) container; its limits are never written";
+    /// Pressure at the limit of an unmanaged ancestor of a managed cgroup (`cgroup`,
+    /// `task_cgroup`, `resource`, `reason`, `kind`, `usage`, `limit`, `suppressed`).
+    pub const UNMANAGED_ANCESTOR_BINDS: &str = "pressure at the limit of an unmanaged ancestor of \
+         a managed cgroup: no limit the agent may change can help (manage the ancestor, or raise \
+         its limit)";
 }
 
 /// The audit trail's target.
@@ -220,6 +229,10 @@ pub struct AgentConfig {
     pub env: Vec<(String, String)>,
     /// The agent binary, when not [`scaler_bin`] (a comparison with an older build).
     pub binary: Option<PathBuf>,
+    /// A whole configuration file (a shipped one) used instead of `body` and the fixture's
+    /// `[agent]` keys: only the keys the fixture owns (`status_socket`, `state_file`,
+    /// `metrics_addr`) are replaced, then `agent_keys` added (see [`AgentConfig::file`]).
+    pub file: Option<String>,
 }
 
 impl AgentConfig {
@@ -237,6 +250,19 @@ impl AgentConfig {
             quiet: Vec::new(),
             env: Vec::new(),
             binary: None,
+            file: None,
+        }
+    }
+
+    /// Runs the agent on `text`, a whole configuration file with an `[agent]` table (a shipped
+    /// one): its `status_socket`, `state_file` and `metrics_addr` are replaced by the
+    /// fixture's (the test's own directory, a port the kernel picks; `metrics` as the file
+    /// says), and [`agent_key`](Self::agent_key)s are added to its `[agent]` table. Nothing
+    /// else changes.
+    pub fn file(text: &str) -> AgentConfig {
+        AgentConfig {
+            file: Some(text.to_owned()),
+            ..AgentConfig::new("")
         }
     }
 
@@ -390,6 +416,34 @@ impl TestAgent {
     /// The configuration file's text for the current [`AgentConfig`].
     pub fn config_text(&self) -> String {
         let c = &self.conf;
+        if let Some(text) = &c.file {
+            let owned = ["status_socket", "state_file", "metrics_addr"];
+            let mut out = String::new();
+            for line in text.lines() {
+                let key = line.split('=').next().unwrap_or("").trim();
+                if owned.contains(&key) {
+                    continue;
+                }
+                out.push_str(line);
+                out.push('\n');
+                if line.trim() == "[agent]" {
+                    out.push_str(&format!(
+                        "status_socket = \"{}\"\nstate_file = \"{}\"\nmetrics_addr = \"127.0.0.1:0\"\n",
+                        self.status_socket().display(),
+                        self.state_file().display(),
+                    ));
+                    for k in &c.agent_keys {
+                        out.push_str(k);
+                        out.push('\n');
+                    }
+                }
+            }
+            assert!(
+                out.lines().any(|l| l.trim() == "[agent]"),
+                "AgentConfig::file needs an [agent] table"
+            );
+            return out;
+        }
         let mut s = format!(
             "[agent]\nstatus_socket = \"{}\"\nstate_file = \"{}\"\nsample_interval = \"{}\"\nobserve_all = {}\n",
             self.status_socket().display(),

@@ -115,6 +115,8 @@ pub mod metric {
     /// Observe-only events (cgroups the agent does not manage) shed in the kernel.
     pub const OBSERVE_SHED: Metric = Metric::named("scaler_observe_shed_total");
     pub const RECORDS_DROPPED: Metric = Metric::named("scaler_records_dropped_total");
+    /// `{resource, reason}`: pressure at a binding limit the agent does not manage.
+    pub const UNMANAGED_BINDING: Metric = Metric::named("scaler_unmanaged_binding_total");
     pub const DECODE_ERRORS: Metric = Metric::named("scaler_decode_errors_total");
     /// `{program}`.
     pub const BPF_PROGRAM_RUNS: Metric = Metric::named("scaler_bpf_program_runs_total");

@@ -83,7 +83,8 @@
 //! managed cgroup, the least room (limit minus working set) among the unmanaged ancestors
 //! between it and its nearest managed ancestor ([`Ledger::set_outer_room`]), and the raise
 //! never exceeds the room of any of them along the walk, less what raises granted below them
-//! since that sample.
+//! since that sample and less what the raised cgroup itself grew since its own sample (a
+//! cgroup's growth is its ancestors' growth: the figure stays conservative between samples).
 //!
 //! # Scale down
 //! A cgroup's limit is lowered only after `cooldown` without any sign of pressure, and at most
@@ -232,6 +233,8 @@ pub(super) struct Entry<X: Ext> {
     /// (those between it and its nearest managed ancestor, or the root), as last sampled by
     /// the slow side (`u64::MAX`: none of them is limited). See [`Ledger::set_outer_room`].
     outer_room: u64,
+    /// The cgroup's own usage when `outer_room` was sampled (weight units).
+    outer_base: u64,
     /// What raises at or below the cgroup granted since `outer_room` was sampled.
     outer_granted: u64,
     /// Latest decision time of such a grant.
@@ -277,14 +280,22 @@ impl<X: Ext> Entry<X> {
         }
     }
 
-    /// What the unmanaged ancestors can still back: the sampled room less what raises granted
-    /// since (`u64::MAX`: unbounded).
-    pub fn outer_spare(&self) -> u64 {
+    /// What the unmanaged ancestors can still back when a cgroup below (or this one) has grown
+    /// by `grown` since its sample: the sampled room less what raises granted since and less
+    /// that growth (`u64::MAX`: unbounded).
+    pub fn outer_spare(&self, grown: u64) -> u64 {
         if self.outer_room == u64::MAX {
             u64::MAX
         } else {
-            self.outer_room.saturating_sub(self.outer_granted)
+            self.outer_room
+                .saturating_sub(self.outer_granted)
+                .saturating_sub(grown)
         }
+    }
+
+    /// How much the cgroup's usage grew since its last room sample (weight units).
+    fn outer_grown(&self) -> u64 {
+        self.ext.usage_weight().saturating_sub(self.outer_base)
     }
 
     /// A sign of pressure at `ts` that leads to no raise (it restarts the cooldown).
@@ -481,6 +492,7 @@ impl<X: Ext> Ledger<X> {
             capped_reported_at: None,
             counted_w: 0,
             outer_room: u64::MAX,
+            outer_base: 0,
             outer_granted: 0,
             outer_grant_ns: 0,
         });
@@ -492,6 +504,10 @@ impl<X: Ext> Ledger<X> {
         st.limit = limit;
         st.inflight = None;
         renew(&mut st.ext);
+        if st.outer_room == u64::MAX {
+            // Growth under unmanaged ancestors counts from here until their first sample.
+            st.outer_base = st.ext.usage_weight();
+        }
         st.counted_w = st.counted_now();
         if parent.is_none() {
             self.top_level_sum += u128::from(st.counted_w);
@@ -504,9 +520,10 @@ impl<X: Ext> Ledger<X> {
     /// limited). Replaces the figure, and drops the charges of the raises granted before (a
     /// raise decided at or after `measured_ns` may not be in the figure yet: then its charge
     /// is kept until the next sample). Allocates nothing.
-    pub fn set_outer_room(&mut self, id: CgId, room: u64, measured_ns: u64) {
+    pub fn set_outer_room(&mut self, id: CgId, room: u64, usage: u64, measured_ns: u64) {
         if let Some(st) = self.entries.get_mut(&id) {
             st.outer_room = room;
+            st.outer_base = usage;
             if st.outer_grant_ns < measured_ns {
                 st.outer_granted = 0;
             }
@@ -794,7 +811,8 @@ impl<X: Ext> Ledger<X> {
         let mut n = 0;
         // The unmanaged ancestors of the cgroup and of each managed ancestor bound the growth
         // of the whole subtree too (a limit we may not raise: kubelet's `kubepods`).
-        let mut backed = st.outer_spare();
+        let grown = st.outer_grown();
+        let mut backed = st.outer_spare(grown);
         let mut need = delta;
         let mut up = st.parent;
         for _ in 0..MAX_DEPTH {
@@ -818,7 +836,7 @@ impl<X: Ext> Ledger<X> {
                 n += 1;
                 need = padded;
             }
-            backed = backed.min(b.slack).min(ps.outer_spare());
+            backed = backed.min(b.slack).min(ps.outer_spare(grown));
             up = ps.parent;
         }
         let mut new = new;

@@ -283,10 +283,11 @@ impl MemoryDecider {
     }
 
     /// A new sample of how much the cgroup's subtree may grow under its unmanaged ancestors
-    /// limits (bytes; `u64::MAX`: none is limited), taken at `measured_ns` (see the
+    /// limits (bytes; `u64::MAX`: none is limited), taken at `measured_ns` when the cgroup
+    /// used `usage` bytes (see the
     /// [ledger](super::ledger#hierarchy)).
-    pub fn set_outer_room(&mut self, id: CgId, room: u64, measured_ns: u64) {
-        self.ledger.set_outer_room(id, room, measured_ns);
+    pub fn set_outer_room(&mut self, id: CgId, room: u64, usage: u64, measured_ns: u64) {
+        self.ledger.set_outer_room(id, room, usage, measured_ns);
     }
 
     /// Sum of the limits of managed cgroups without a managed ancestor, unlimited ones at their

@@ -126,11 +126,13 @@ pub enum Command {
     SetBudget(Budget),
     /// Memory: how much the managed cgroup's subtree may still grow under the limits of its
     /// unmanaged ancestors (the least of their limit minus working set, bytes; `u64::MAX`:
-    /// none is limited), sampled at `measured_ns` (CLOCK_MONOTONIC). Bounds its raises (see
-    /// the [ledger](crate::decider::ledger#hierarchy)).
+    /// none is limited), sampled at `measured_ns` (CLOCK_MONOTONIC) when the cgroup itself
+    /// used `usage` bytes. Bounds its raises (see the
+    /// [ledger](crate::decider::ledger#hierarchy)).
     AncestorRoom {
         id: CgId,
         bytes: u64,
+        usage: u64,
         measured_ns: u64,
     },
 }
@@ -178,7 +180,7 @@ trait ResourceDecider: Decide + Send + 'static {
     fn register(&mut self, req: &ManageRequest, now_ns: u64);
     fn set_budget(&mut self, b: Budget);
     /// The room under the cgroup's unmanaged ancestors (memory only).
-    fn set_ancestor_room(&mut self, _id: CgId, _bytes: u64, _measured_ns: u64) {}
+    fn set_ancestor_room(&mut self, _id: CgId, _bytes: u64, _usage: u64, _measured_ns: u64) {}
     /// What the decider holds about `id`.
     fn view(&self, id: CgId) -> Option<View>;
 }
@@ -215,8 +217,8 @@ impl ResourceDecider for MemoryDecider {
         }
     }
 
-    fn set_ancestor_room(&mut self, id: CgId, bytes: u64, measured_ns: u64) {
-        MemoryDecider::set_outer_room(self, id, bytes, measured_ns);
+    fn set_ancestor_room(&mut self, id: CgId, bytes: u64, usage: u64, measured_ns: u64) {
+        MemoryDecider::set_outer_room(self, id, bytes, usage, measured_ns);
     }
 
     fn view(&self, id: CgId) -> Option<View> {
@@ -301,7 +303,7 @@ trait SlotOps: Send {
     fn applied(&mut self, a: &Action, done_ns: u64, outcome: WriteOutcome);
     fn writer(&self, id: CgId) -> Option<(&dyn LimitWriter, Option<&WriteMark>)>;
     fn set_budget(&mut self, b: Budget);
-    fn set_ancestor_room(&mut self, id: CgId, bytes: u64, measured_ns: u64);
+    fn set_ancestor_room(&mut self, id: CgId, bytes: u64, usage: u64, measured_ns: u64);
     fn snapshot(&self) -> Vec<Snapshot>;
 }
 
@@ -351,8 +353,9 @@ impl<D: ResourceDecider> SlotOps for Slot<D> {
         self.decider.set_budget(b);
     }
 
-    fn set_ancestor_room(&mut self, id: CgId, bytes: u64, measured_ns: u64) {
-        self.decider.set_ancestor_room(id, bytes, measured_ns);
+    fn set_ancestor_room(&mut self, id: CgId, bytes: u64, usage: u64, measured_ns: u64) {
+        self.decider
+            .set_ancestor_room(id, bytes, usage, measured_ns);
     }
 
     fn snapshot(&self) -> Vec<Snapshot> {
@@ -748,10 +751,11 @@ impl ScalingHandler {
             Command::AncestorRoom {
                 id,
                 bytes,
+                usage,
                 measured_ns,
             } => self
                 .slot(Resource::Memory)
-                .set_ancestor_room(id, bytes, measured_ns),
+                .set_ancestor_room(id, bytes, usage, measured_ns),
         }
     }
 

@@ -732,10 +732,12 @@ impl Agent {
                 };
                 if res == Resource::Memory {
                     let measured_ns = crate::clock::monotonic_ns();
+                    let usage = cg.memory_usage().unwrap_or(0);
                     let bytes = outer_room(h, &m.path, &managed_paths, &mut rooms);
                     let _ = self.engine.send(Command::AncestorRoom {
                         id: *id,
                         bytes,
+                        usage,
                         measured_ns,
                     });
                 }

@@ -657,7 +657,7 @@ fn unmanaged_ancestors_bound_a_raise_less_what_raises_granted_since_their_sample
     // 3 under 2 under 1, every managed level with room to spare; an unmanaged ancestor above
     // the top (kubelet's kubepods) has 120 left, sampled at T0.
     let mut l = chain([10_000, 9_000, 100], [100, 100, 100]);
-    l.set_outer_room(1, 120, T0);
+    l.set_outer_room(1, 120, 100, T0);
     let t = T0 + S;
     let (out, backed) = raise_backed(&mut l, 3, 400, t);
     assert_eq!(
@@ -678,7 +678,7 @@ fn unmanaged_ancestors_bound_a_raise_less_what_raises_granted_since_their_sample
     assert!(out.is_empty());
     assert_eq!(out.skip, Some(Skip::Capped(Cap::Ancestor)));
     // A new sample taken after the raise replaces the figure and drops the charge.
-    l.set_outer_room(1, 500, t2 + MS);
+    l.set_outer_room(1, 500, 100, t2 + MS);
     let t3 = t2 + 3 * S;
     let (out, backed) = raise_backed(&mut l, 3, 500, t3);
     assert_eq!(backed, None, "280 fits in 500: no shrink");
@@ -686,11 +686,18 @@ fn unmanaged_ancestors_bound_a_raise_less_what_raises_granted_since_their_sample
     // The room of unmanaged ancestors between a cgroup and its managed parent counts too
     // (a QoS-level cgroup between a pod and kubepods), and unbounded is no bound.
     let mut l = chain([10_000, 9_000, 100], [100, 100, 100]);
-    l.set_outer_room(3, 50, T0);
-    l.set_outer_room(1, u64::MAX, T0);
+    l.set_outer_room(3, 50, 100, T0);
+    l.set_outer_room(1, u64::MAX, 100, T0);
     let (out, backed) = raise_backed(&mut l, 3, 400, t);
     assert_eq!(backed, Some(50));
     assert_eq!(out.actions()[0].new, 150);
+    // What the raised cgroup grew since its own sample is growth under its ancestors too:
+    // sampled at a usage weighing 50 (Half counts half), it now uses 160 (80), 30 more.
+    let mut l = chain([10_000, 9_000, 100], [100, 100, 160]);
+    l.set_outer_room(3, 10_000, 50, T0);
+    l.set_outer_room(1, 120, 100, T0);
+    let (_, backed) = raise_backed(&mut l, 3, 400, t);
+    assert_eq!(backed, Some(90), "120 less the 30 the cgroup grew");
     // Unknown cgroups are ignored.
-    l.set_outer_room(99, 0, T0);
+    l.set_outer_room(99, 0, 0, T0);
 }
