@@ -779,18 +779,18 @@ impl TreeBacklog {
 /// binding cgroup is managed.
 fn binding_reason(
     ev: &MemEvent,
-    managed: &HashMap<CgId, Managed>,
+    managed: impl Fn(CgId) -> bool,
     index: &mut CgroupIndex,
 ) -> Option<&'static str> {
-    if !ev.is_pressure() || ev.cpu().is_some() || managed.contains_key(&ev.target_id) {
+    if !ev.is_pressure() || ev.cpu().is_some() || managed(ev.target_id) {
         return None;
     }
     if !ev.observed {
         return Some("ancestor");
     }
     let path = index.path_of(ev.target_id)?.to_owned();
-    let below_managed = managed::ancestors(&path)
-        .any(|a| index.id_of(a).is_some_and(|id| managed.contains_key(&id.0)));
+    let below_managed =
+        managed::ancestors(&path).any(|a| index.id_of(a).is_some_and(|id| managed(id.0)));
     below_managed.then_some("descendant")
 }
 
@@ -808,7 +808,7 @@ fn unmanaged_binding(
 ) {
     let reason = {
         let managed = lock(state.managed(Resource::Memory));
-        binding_reason(ev, &managed, index)
+        binding_reason(ev, |id| managed.contains_key(&id), index)
     };
     let Some(reason) = reason else {
         return;
@@ -943,5 +943,75 @@ fn consume(records: Receiver<Record>, state: &AgentState, h: Hierarchy) {
             handle(r);
         }
         state.save_state();
+    }
+}
+
+#[cfg(test)]
+mod binding_tests {
+    use std::{collections::HashSet, fs, os::unix::fs::MetadataExt};
+
+    use super::*;
+    use crate::cgroupfs::CgroupVersion;
+
+    fn event(kind: EventKind, cgroup_id: u64, target_id: u64, observed: bool) -> MemEvent {
+        MemEvent {
+            kind,
+            ts_ns: 1,
+            cgroup_id,
+            target_id,
+            usage: 64 << 20,
+            limit: 64 << 20,
+            value: 0,
+            pid: 1,
+            tid: 1,
+            comm: [0; 16],
+            woke: !observed,
+            ancestor: cgroup_id != target_id,
+            observed,
+        }
+    }
+
+    #[test]
+    fn pressure_at_an_unmanaged_binding_limit_beside_a_managed_cgroup_has_a_reason() {
+        // kubepods / pod / ctr, plus an unrelated cgroup.
+        let tmp = tempfile::tempdir().unwrap();
+        let mount = tmp.path().join("memory");
+        for d in ["kubepods/pod/ctr", "other"] {
+            fs::create_dir_all(mount.join(d)).unwrap();
+        }
+        let ino = |d: &str| fs::metadata(mount.join(d)).unwrap().ino();
+        let (kubepods, pod, ctr, other) = (
+            ino("kubepods"),
+            ino("kubepods/pod"),
+            ino("kubepods/pod/ctr"),
+            ino("other"),
+        );
+        let h = Hierarchy {
+            controller: Controller::Memory,
+            version: CgroupVersion::V1,
+            mount: mount.clone(),
+            mount_root: "/".into(),
+            root: tmp.path().to_path_buf(),
+        };
+        let mut index = CgroupIndex::build(h).unwrap();
+        let managed: HashSet<u64> = [pod].into();
+        let is = |id: CgId| managed.contains(&id);
+        let reason = |ev: MemEvent, index: &mut CgroupIndex| binding_reason(&ev, is, index);
+        // kubepods binds above the managed pod: the kernel reported it as watched.
+        let e = event(EventKind::ReclaimBegin, ctr, kubepods, false);
+        assert_eq!(reason(e, &mut index), Some("ancestor"));
+        // The container binds below the managed pod (pods-only policy): observe-only.
+        let e = event(EventKind::ReclaimBegin, ctr, ctr, true);
+        assert_eq!(reason(e, &mut index), Some("descendant"));
+        let e = event(EventKind::OomKill, ctr, ctr, true);
+        assert_eq!(reason(e, &mut index), Some("descendant"));
+        // The managed cgroup itself binds: the engine answers it.
+        let e = event(EventKind::UsageHigh, pod, pod, false);
+        assert_eq!(reason(e, &mut index), None);
+        // Nothing managed near it, or no pressure.
+        let e = event(EventKind::ReclaimBegin, other, other, true);
+        assert_eq!(reason(e, &mut index), None);
+        let e = event(EventKind::ReclaimEnd, ctr, kubepods, false);
+        assert_eq!(reason(e, &mut index), None);
     }
 }
