@@ -49,8 +49,9 @@ fn shipped_config() -> String {
 }
 
 /// The agent on the shipped configuration, with the kubelet's cgroup root at `root`. In a
-/// small VM (under 4 GiB) the ConfigMap's 2G `node.memory_reserve` would leave no budget at
-/// all: there, and only there, the reserve is lowered to 256M (said on the test's output).
+/// small VM (under 4 GiB) the ConfigMap's node-sized figures do not fit (its 2G
+/// `node.memory_reserve` would leave no budget, and an 8G `max` above physical memory is
+/// refused): there, and only there, they are lowered to 256M and 1G (said on the test's output).
 fn shipped_agent(root: &str) -> TestAgent {
     let mut text = shipped_config();
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
@@ -61,11 +62,17 @@ fn shipped_agent(root: &str) -> TestAgent {
         .unwrap();
     if total_kib < 4 << 20 {
         note(&format!(
-            "  node of {} MiB: the ConfigMap's memory_reserve = \"2G\" lowered to \"256M\"",
+            "  node of {} MiB: the ConfigMap's memory_reserve = \"2G\" and max = \"8G\" lowered \
+             to \"256M\" and \"1G\"",
             total_kib >> 10
         ));
-        assert!(text.contains("memory_reserve = \"2G\""));
-        text = text.replace("memory_reserve = \"2G\"", "memory_reserve = \"256M\"");
+        for (from, to) in [
+            ("memory_reserve = \"2G\"", "memory_reserve = \"256M\""),
+            ("max = \"8G\"", "max = \"1G\""),
+        ] {
+            assert!(text.contains(from), "the ConfigMap has {from}");
+            text = text.replace(from, to);
+        }
     }
     AgentConfig::file(&text)
         .agent_key("kubelet_cgroup_roots", &format!("[\"{root}\"]"))
@@ -395,9 +402,13 @@ fn a_raise_never_exceeds_what_kubepods_can_back() {
         .filter(AuditRecord::is_raise)
         .collect();
     assert!(!raises.is_empty(), "the container was raised ({st})");
+    // The room is kubepods' limit minus its working set: under emulation the workload's
+    // page-cache cushion (clean, inactive, reclaimable) is not in it, so the container's limit
+    // may go that much higher while its working set stays within kubepods.
+    let cushion = if emulated() { EMULATED_CUSHION } else { 0 };
     for r in &raises {
         assert!(
-            r.new <= 160 * M,
+            r.new <= 160 * M + cushion,
             "a container raise beyond what kubepods (160 MiB) can back: {r} (all: {raises:?})"
         );
     }

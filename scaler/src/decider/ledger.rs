@@ -82,9 +82,9 @@
 //! raise: the kubelet's `kubepods` holds node allocatable): the slow side samples, for each
 //! managed cgroup, the least room (limit minus working set) among the unmanaged ancestors
 //! between it and its nearest managed ancestor ([`Ledger::set_outer_room`]), and the raise
-//! never exceeds the room of any of them along the walk, less what raises granted below them
-//! since that sample and less what the raised cgroup itself grew since its own sample (a
-//! cgroup's growth is its ancestors' growth: the figure stays conservative between samples).
+//! never takes the raised cgroup's limit above its usage at that sample plus the room of any of
+//! them along the walk, less what raises granted below them since (conservative between
+//! samples: the cgroup's own earlier raises count too).
 //!
 //! # Scale down
 //! A cgroup's limit is lowered only after `cooldown` without any sign of pressure, and at most
@@ -233,7 +233,8 @@ pub(super) struct Entry<X: Ext> {
     /// (those between it and its nearest managed ancestor, or the root), as last sampled by
     /// the slow side (`u64::MAX`: none of them is limited). See [`Ledger::set_outer_room`].
     outer_room: u64,
-    /// The cgroup's own usage when `outer_room` was sampled (weight units).
+    /// The cgroup's own usage when `outer_room` was sampled ([`Action`] units: memory bytes;
+    /// at registration until the first sample).
     outer_base: u64,
     /// What raises at or below the cgroup granted since `outer_room` was sampled.
     outer_granted: u64,
@@ -280,22 +281,20 @@ impl<X: Ext> Entry<X> {
         }
     }
 
-    /// What the unmanaged ancestors can still back when a cgroup below (or this one) has grown
-    /// by `grown` since its sample: the sampled room less what raises granted since and less
-    /// that growth (`u64::MAX`: unbounded).
-    pub fn outer_spare(&self, grown: u64) -> u64 {
+    /// How much a raise of `leaf` (this entry or one below it) may add to its limit under this
+    /// entry's unmanaged ancestors (`u64::MAX`: unbounded). At the sample, the leaf used
+    /// `outer_base` and those ancestors had `outer_room` left, so the leaf's usage may reach
+    /// `outer_base + outer_room` before one of them binds, less what raises granted below
+    /// this entry since (a sibling's growth; the leaf's own earlier raises count too, which
+    /// keeps it conservative until the next sample). In [`Action`] units (memory: bytes).
+    fn outer_allows<Y: Ext>(&self, leaf: &Entry<Y>) -> u64 {
         if self.outer_room == u64::MAX {
-            u64::MAX
-        } else {
-            self.outer_room
-                .saturating_sub(self.outer_granted)
-                .saturating_sub(grown)
+            return u64::MAX;
         }
-    }
-
-    /// How much the cgroup's usage grew since its last room sample (weight units).
-    fn outer_grown(&self) -> u64 {
-        self.ext.usage_weight().saturating_sub(self.outer_base)
+        leaf.outer_base
+            .saturating_add(self.outer_room)
+            .saturating_sub(self.outer_granted)
+            .saturating_sub(leaf.limit)
     }
 
     /// A sign of pressure at `ts` that leads to no raise (it restarts the cooldown).
@@ -505,7 +504,8 @@ impl<X: Ext> Ledger<X> {
         st.inflight = None;
         renew(&mut st.ext);
         if st.outer_room == u64::MAX {
-            // Growth under unmanaged ancestors counts from here until their first sample.
+            // Growth under unmanaged ancestors counts from here until their first sample
+            // (memory's usage weight is its usage in bytes, the unit of these rooms).
             st.outer_base = st.ext.usage_weight();
         }
         st.counted_w = st.counted_now();
@@ -811,8 +811,7 @@ impl<X: Ext> Ledger<X> {
         let mut n = 0;
         // The unmanaged ancestors of the cgroup and of each managed ancestor bound the growth
         // of the whole subtree too (a limit we may not raise: kubelet's `kubepods`).
-        let grown = st.outer_grown();
-        let mut backed = st.outer_spare(grown);
+        let mut backed = st.outer_allows(st);
         let mut need = delta;
         let mut up = st.parent;
         for _ in 0..MAX_DEPTH {
@@ -836,7 +835,7 @@ impl<X: Ext> Ledger<X> {
                 n += 1;
                 need = padded;
             }
-            backed = backed.min(b.slack).min(ps.outer_spare(grown));
+            backed = backed.min(b.slack).min(ps.outer_allows(st));
             up = ps.parent;
         }
         let mut new = new;

@@ -655,8 +655,9 @@ fn raise_backed(l: &mut Ledger<Half>, id: CgId, new: u64, t: u64) -> (Decision, 
 #[test]
 fn unmanaged_ancestors_bound_a_raise_less_what_raises_granted_since_their_sample() {
     // 3 under 2 under 1, every managed level with room to spare; an unmanaged ancestor above
-    // the top (kubelet's kubepods) has 120 left, sampled at T0.
+    // the top (kubelet's kubepods) had 120 left when 3 used 100 (its limit), sampled at T0.
     let mut l = chain([10_000, 9_000, 100], [100, 100, 100]);
+    l.set_outer_room(3, u64::MAX, 100, T0);
     l.set_outer_room(1, 120, 100, T0);
     let t = T0 + S;
     let (out, backed) = raise_backed(&mut l, 3, 400, t);
@@ -670,18 +671,18 @@ fn unmanaged_ancestors_bound_a_raise_less_what_raises_granted_since_their_sample
     };
     assert_eq!((a.cgroup, a.old, a.new), (3, 100, 220));
     l.applied(a, t + MS, WriteOutcome::Written);
-    // That growth is charged: before a new sample, a second raise (of a sibling under 2, or
-    // of 3 again) finds what is left.
+    // That growth is charged: before a new sample, a second raise finds nothing left.
     let t2 = t + 3 * S;
     let (out, backed) = raise_backed(&mut l, 3, 600, t2);
     assert_eq!(backed, Some(0));
     assert!(out.is_empty());
     assert_eq!(out.skip, Some(Skip::Capped(Cap::Ancestor)));
-    // A new sample taken after the raise replaces the figure and drops the charge.
+    // A new sample taken after the raise replaces the figure and drops the charge: 3's usage
+    // may reach 100 + 500.
     l.set_outer_room(1, 500, 100, t2 + MS);
     let t3 = t2 + 3 * S;
     let (out, backed) = raise_backed(&mut l, 3, 500, t3);
-    assert_eq!(backed, None, "280 fits in 500: no shrink");
+    assert_eq!(backed, None, "220 -> 500 fits under 600: no shrink");
     assert_eq!(out.actions().len(), 1);
     // The room of unmanaged ancestors between a cgroup and its managed parent counts too
     // (a QoS-level cgroup between a pod and kubepods), and unbounded is no bound.
@@ -691,13 +692,13 @@ fn unmanaged_ancestors_bound_a_raise_less_what_raises_granted_since_their_sample
     let (out, backed) = raise_backed(&mut l, 3, 400, t);
     assert_eq!(backed, Some(50));
     assert_eq!(out.actions()[0].new, 150);
-    // What the raised cgroup grew since its own sample is growth under its ancestors too:
-    // sampled at a usage weighing 50 (Half counts half), it now uses 160 (80), 30 more.
-    let mut l = chain([10_000, 9_000, 100], [100, 100, 160]);
-    l.set_outer_room(3, 10_000, 50, T0);
+    // A cgroup below its limit at the sample (60 of 100): its usage, not its limit, may grow
+    // by the room, so its limit may go 80 higher.
+    let mut l = chain([10_000, 9_000, 100], [100, 100, 100]);
+    l.set_outer_room(3, u64::MAX, 60, T0);
     l.set_outer_room(1, 120, 100, T0);
     let (_, backed) = raise_backed(&mut l, 3, 400, t);
-    assert_eq!(backed, Some(90), "120 less the 30 the cgroup grew");
+    assert_eq!(backed, Some(80));
     // Unknown cgroups are ignored.
     l.set_outer_room(99, 0, 0, T0);
 }
