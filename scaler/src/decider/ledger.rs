@@ -503,11 +503,12 @@ impl<X: Ext> Ledger<X> {
         st.limit = limit;
         st.inflight = None;
         renew(&mut st.ext);
-        if st.outer_room == u64::MAX {
-            // Growth under unmanaged ancestors counts from here until their first sample
-            // (memory's usage weight is its usage in bytes, the unit of these rooms).
-            st.outer_base = st.ext.usage_weight();
-        }
+        // A (re-)registered cgroup starts unbounded by unmanaged ancestors: the slow side sends
+        // their room again at its next sample, with the usage it counts from (memory's usage
+        // weight is its usage in bytes, the unit of these rooms).
+        st.outer_room = u64::MAX;
+        st.outer_granted = 0;
+        st.outer_base = st.ext.usage_weight();
         st.counted_w = st.counted_now();
         if parent.is_none() {
             self.top_level_sum += u128::from(st.counted_w);

@@ -614,6 +614,7 @@ impl Agent {
                     original_unknown,
                     mark,
                     adopted: None,
+                    ancestor_room_bounded: false,
                     pod,
                     labels,
                 },
@@ -732,14 +733,21 @@ impl Agent {
                 };
                 if res == Resource::Memory {
                     let measured_ns = crate::clock::monotonic_ns();
-                    let usage = cg.memory_usage().unwrap_or(0);
                     let bytes = outer_room(h, &m.path, &managed_paths, &mut rooms);
-                    let _ = self.engine.send(Command::AncestorRoom {
-                        id: *id,
-                        bytes,
-                        usage,
-                        measured_ns,
-                    });
+                    // No command while nothing above it is limited (the usual case outside
+                    // Kubernetes): the engine's entry starts unbounded.
+                    if bytes != u64::MAX || m.ancestor_room_bounded {
+                        let usage = cg.memory_usage().unwrap_or(0);
+                        let sent = self.engine.send(Command::AncestorRoom {
+                            id: *id,
+                            bytes,
+                            usage,
+                            measured_ns,
+                        });
+                        if sent.is_ok() {
+                            m.ancestor_room_bounded = bytes != u64::MAX;
+                        }
+                    }
                 }
                 // What the agent had written, read around the sample (see WriteMark).
                 let before = m.mark.read();

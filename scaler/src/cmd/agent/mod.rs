@@ -178,6 +178,9 @@ pub struct Managed {
     pub pod: Option<PodCgroup>,
     /// Its metric labels.
     pub labels: LimitLabels,
+    /// Memory: the engine holds a bounded room under the cgroup's unmanaged ancestors (sent
+    /// with every sample while one of them is limited; once more, unbounded, when none is).
+    pub ancestor_room_bounded: bool,
 }
 
 /// Counters the agent keeps from the engine's records.
