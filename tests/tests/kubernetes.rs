@@ -338,9 +338,10 @@ fn rescue(driver: Driver, test: &str) {
     for other in [pod.pause.path(), pod.kubepods.path(), pod.qos.path()] {
         assert!(agent.audit_of(other).is_empty(), "{other} never written");
     }
+    let latencies: Vec<f64> = ctr_raises.iter().filter_map(|r| r.latency_us).collect();
     note(&format!(
         "  {driver:?} driver: container 64 MiB -> {} MiB, pod 96 MiB -> {} MiB; {} container \
-         raise(s), {} pod raise(s)",
+         raise(s) (event to limit written, us: {latencies:?}), {} pod raise(s)",
         ctr_raised.as_u64_saturating() >> 20,
         pod_raised.as_u64_saturating() >> 20,
         ctr_raises.iter().filter(|r| r.is_raise()).count(),
