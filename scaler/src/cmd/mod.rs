@@ -55,6 +55,7 @@ pub const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_
 pub fn log_refusal(
     r: &crate::engine::RefusalRecord,
     path: Option<&str>,
+    node_budget: Option<&str>,
     last: &mut std::collections::HashMap<
         (crate::decider::Resource, crate::decider::CgId),
         (std::time::Instant, u64),
@@ -91,8 +92,16 @@ pub fn log_refusal(
     let cgroup = path.map_or_else(|| format!("id:{}", f.cgroup), str::to_owned);
     // What the bound left: the room above the limit in force.
     let room = f.allowed.map(|a| a.saturating_sub(f.limit));
+    let budget_why;
     let why = match reason {
         "at_max" => "at the policy's max",
+        "budget" if node_budget.is_some() => {
+            budget_why = format!(
+                "the node cannot back it ({}, less raises granted since the sample)",
+                node_budget.unwrap_or_default()
+            );
+            &budget_why
+        }
         "budget" => {
             "the node cannot back it (memory: MemAvailable minus node.memory_reserve, less \
              raises granted since the sample; cpu: the CPU budget)"
@@ -110,6 +119,7 @@ pub fn log_refusal(
         allowed = f.allowed,
         room,
         suppressed,
+        node_budget,
         detail = %format!(
             "limit {}, wanted {}, allowed {}: {why}",
             fmt(f.limit),

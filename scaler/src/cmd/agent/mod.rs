@@ -24,6 +24,7 @@ pub mod endpoints;
 pub mod health;
 pub mod managed;
 pub mod metrics;
+pub mod node_budget;
 pub mod state;
 pub mod status;
 
@@ -211,6 +212,8 @@ pub struct AgentState {
     /// Cgroups a policy selects that the agent does not protect, by path, per resource
     /// (indexed like `managed`).
     pub unprotected: Mutex<[HashMap<String, capacity::Unprotected>; 2]>,
+    /// The node budget's inputs and last figures (see [`node_budget`]).
+    pub node: Mutex<node_budget::NodeState>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -442,12 +445,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
     let ring = pipeline.take_events().context("event ring buffer")?;
     // What raises may spend until the first sample (the sampler refreshes it).
-    let memory_available = match crate::config::mem_available() {
-        Ok(a) => config.memory_room(&node, a),
+    let mut node_state = node_budget::NodeState::new(config.kubelet_source());
+    let memory_available = match node_state.sample(&config, &node) {
+        Ok(f) => f.room,
         Err(e) => {
             tracing::warn!(
-                "reading MemAvailable from /proc/meminfo: {e}; raises are bounded by MemTotal \
-                 minus node.memory_reserve until a sample succeeds"
+                "reading /proc/meminfo: {e}; raises are bounded by MemTotal minus \
+                 node.memory_reserve until a sample succeeds"
             );
             config.memory_budget(&node)
         }
@@ -482,6 +486,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         }),
         started: Instant::now(),
         unprotected: Default::default(),
+        node: Mutex::new(node_state),
     });
     let index = CgroupIndex::new(hierarchy.clone());
     let recorder = {
@@ -779,7 +784,10 @@ fn consume(records: Receiver<Record>, state: &AgentState, h: Hierarchy) {
             let path = lock(state.managed(rr.resource))
                 .get(&rr.refusal.cgroup)
                 .map(|m| m.path.clone());
-            crate::cmd::log_refusal(&rr, path.as_deref(), &mut refusals);
+            let note = (rr.resource == Resource::Memory
+                && rr.skip == crate::decider::Skip::Capped(crate::decider::Cap::Budget))
+            .then(|| lock(&state.node).note.clone());
+            crate::cmd::log_refusal(&rr, path.as_deref(), note.as_deref(), &mut refusals);
         }
         Record::Action(a) => {
             state.counters.actions.fetch_add(1, Ordering::Relaxed);
