@@ -299,3 +299,38 @@ fn a_rewritten_kubelet_config_is_picked_up_and_a_bad_one_keeps_the_last_good() {
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn check_config_shows_the_kubelets_figures_and_names_a_bad_key() {
+    let dir = tempdir();
+    let kubelet = write_kubelet(&dir, "systemReserved:\n  memory: 1Gi\n");
+    let conf = dir.join("scaler.toml");
+    std::fs::write(&conf, config(&kubelet, "/nothing")).unwrap();
+    let check = || {
+        let out = std::process::Command::new(scaler_bin())
+            .arg("check-config")
+            .arg(&conf)
+            .output()
+            .expect("running scaler check-config");
+        assert!(out.status.success(), "{out:?}");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (out, _) = check();
+    assert!(
+        out.contains(&format!("kubelet configuration {}", kubelet.display()))
+            && out.contains("systemReserved.memory 1GiB"),
+        "{out}"
+    );
+    write_kubelet(&dir, "systemReserved:\n  memory: 1GB\n");
+    let (_, err) = check();
+    assert!(
+        err.contains("warning: the kubelet's configuration")
+            && err.contains("`systemReserved.memory`")
+            && err.contains("\"1GB\""),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -51,7 +51,8 @@ pub const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_
 
 /// Logs a refused raise, at most once per [`REFUSAL_LOG_INTERVAL`] per cgroup and resource (the
 /// ones in between are counted in `suppressed` of the next line, and all in
-/// `scaler_raises_refused_total`).
+/// `scaler_raises_refused_total`). `node_budget`, for a memory raise refused for the budget,
+/// says what gave the room (the agent's [`crate::node::NodeMemory::explain`]).
 pub fn log_refusal(
     r: &crate::engine::RefusalRecord,
     path: Option<&str>,
@@ -92,15 +93,11 @@ pub fn log_refusal(
     let cgroup = path.map_or_else(|| format!("id:{}", f.cgroup), str::to_owned);
     // What the bound left: the room above the limit in force.
     let room = f.allowed.map(|a| a.saturating_sub(f.limit));
-    let budget_why;
     let why = match reason {
         "at_max" => "at the policy's max",
         "budget" if node_budget.is_some() => {
-            budget_why = format!(
-                "the node cannot back it ({}, less raises granted since the sample)",
-                node_budget.unwrap_or_default()
-            );
-            &budget_why
+            "the node cannot back it (node_budget: what gives the room, less raises granted \
+             since the sample)"
         }
         "budget" => {
             "the node cannot back it (memory: MemAvailable minus node.memory_reserve, less \

@@ -144,6 +144,26 @@ pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
                 crate::units::format_size(c.memory_reserve(&node)),
                 c.cpu_budget(&node)
             );
+            // The kubelet's file as the agent would read it now.
+            let source = c.kubelet_source();
+            let path = source
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            match node_budget::load_once(&source) {
+                Ok(None) => {}
+                Ok(Some(k)) => println!(
+                    "{}: kubelet configuration {path}: {}",
+                    args.file.display(),
+                    k.describe()
+                ),
+                Err(e) => eprintln!(
+                    "scaler: warning: the kubelet's configuration {path}: `{}`: {}; the agent \
+                     would run with the kubelet's defaults (evictionHard 100Mi, no reservations) \
+                     until it is fixed",
+                    e.key, e.message
+                ),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

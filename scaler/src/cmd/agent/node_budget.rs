@@ -84,6 +84,36 @@ fn read(path: &Path) -> Read {
     }
 }
 
+fn parse(text: &[u8]) -> Result<KubeletMemory, kubelet::KubeletConfigError> {
+    std::str::from_utf8(text)
+        .map_err(|e| kubelet::KubeletConfigError {
+            key: "(file)".into(),
+            message: format!("is not UTF-8 text: {e}"),
+        })
+        .and_then(kubelet::parse_config)
+}
+
+/// Reads and parses `source` once, logging nothing (`scaler check-config`): `Ok(None)` when
+/// none is read (off, or the default path does not exist).
+pub fn load_once(source: &KubeletSource) -> Result<Option<KubeletMemory>, WatchError> {
+    let Some(path) = source.path() else {
+        return Ok(None);
+    };
+    let fail = |message: String| WatchError {
+        key: "(file)".into(),
+        message,
+    };
+    match read(path) {
+        Read::Missing if matches!(source, KubeletSource::Auto(_)) => Ok(None),
+        Read::Missing => Err(fail("does not exist".into())),
+        Read::Failed(e) => Err(fail(e)),
+        Read::Text(t) => parse(&t).map(Some).map_err(|e| WatchError {
+            key: e.key,
+            message: e.message,
+        }),
+    }
+}
+
 impl KubeletWatch {
     /// Watches `source` (nothing is read before the first [`KubeletWatch::poll`]).
     pub fn new(source: KubeletSource) -> Self {
@@ -159,32 +189,24 @@ impl KubeletWatch {
                 },
             ),
             Read::Failed(e) => self.fail(&path, "(file)", e.clone()),
-            Read::Text(t) => {
-                let parsed = std::str::from_utf8(t)
-                    .map_err(|e| kubelet::KubeletConfigError {
-                        key: "(file)".into(),
-                        message: format!("is not UTF-8 text: {e}"),
-                    })
-                    .and_then(kubelet::parse_config);
-                match parsed {
-                    Ok(k) => {
-                        if self.good.as_ref() != Some(&k) || self.error.is_some() {
-                            tracing::info!(
-                                kubelet_config = %path.display(),
-                                kube_reserved = k.kube_reserved,
-                                system_reserved = k.system_reserved,
-                                eviction_hard = %k.eviction_hard,
-                                eviction_soft = k.eviction_soft.map(tracing::field::display),
-                                figures = %k.describe(),
-                                "kubelet configuration read"
-                            );
-                        }
-                        self.good = Some(k);
-                        self.error = None;
+            Read::Text(t) => match parse(t) {
+                Ok(k) => {
+                    if self.good.as_ref() != Some(&k) || self.error.is_some() {
+                        tracing::info!(
+                            kubelet_config = %path.display(),
+                            kube_reserved = k.kube_reserved,
+                            system_reserved = k.system_reserved,
+                            eviction_hard = %k.eviction_hard,
+                            eviction_soft = k.eviction_soft.map(tracing::field::display),
+                            figures = %k.describe(),
+                            "kubelet configuration read"
+                        );
                     }
-                    Err(e) => self.fail(&path, &e.key, e.message),
+                    self.good = Some(k);
+                    self.error = None;
                 }
-            }
+                Err(e) => self.fail(&path, &e.key, e.message),
+            },
         }
         self.last = Some(now);
         before.as_ref() != self.current()
@@ -379,6 +401,30 @@ mod tests {
             .unwrap()
             .message
             .contains("does not exist any more"));
+    }
+
+    #[test]
+    fn load_once_reads_or_names_the_problem_without_logging() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("config.yaml");
+        assert_eq!(load_once(&KubeletSource::Off), Ok(None));
+        assert_eq!(load_once(&KubeletSource::Auto(missing.clone())), Ok(None));
+        let e = load_once(&KubeletSource::File(missing)).unwrap_err();
+        assert!(e.message.contains("does not exist"), "{e:?}");
+        if root() {
+            let p = write(
+                dir.path(),
+                &format!("{HEAD}kubeReserved: {{memory: 512Mi}}\n"),
+            );
+            let k = load_once(&KubeletSource::File(p.clone())).unwrap().unwrap();
+            assert_eq!(k.kube_reserved, 512 << 20);
+            write(
+                dir.path(),
+                &format!("{HEAD}kubeReserved: {{memory: 512MB}}\n"),
+            );
+            let e = load_once(&KubeletSource::Auto(p)).unwrap_err();
+            assert_eq!(e.key, "kubeReserved.memory");
+        }
     }
 
     #[test]
