@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target (or the ones named) for a bounded time each.
 #
-#   fuzz/run.sh                  # config and decode, FUZZ_SECONDS (default 20) each
+#   fuzz/run.sh                  # config, kubelet and decode, FUZZ_SECONDS (default 20) each
 #   FUZZ_SECONDS=300 fuzz/run.sh decode
 #
 # cargo-fuzz needs a nightly compiler (-Zsanitizer=address): rustup's nightly toolchain if it
@@ -13,7 +13,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 secs="${FUZZ_SECONDS:-20}"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config decode)
+[ ${#targets[@]} -gt 0 ] || targets=(config kubelet decode)
 
 # FUZZ_TOOLCHAIN=usr forces the Debian compiler even when rustup has a nightly.
 sanitizer=()

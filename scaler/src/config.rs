@@ -195,7 +195,39 @@ pub struct NodeConfig {
     pub cpu_reserve: Option<Cores>,
     /// Absolute CPU budget in cores (instead of a reserve).
     pub cpu_budget: Option<Cores>,
+    /// The kubelet's configuration file (a `KubeletConfiguration`, YAML or JSON), whose
+    /// `kubeReserved`, `systemReserved` and `memory.available` eviction thresholds bound raises
+    /// too (see [`crate::node`]); re-read at every sample. Default: `/var/lib/kubelet/config.yaml`
+    /// while that file exists; `""`: none is read.
+    pub kubelet_config: Option<PathBuf>,
+    /// Memory kept above the kubelet's eviction threshold (default 128 MiB): what unmanaged
+    /// processes may take within a sample interval.
+    pub kubelet_eviction_margin: Option<ByteSize>,
 }
+
+/// Where the kubelet's configuration is read from (`node.kubelet_config`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KubeletSource {
+    /// `node.kubelet_config = ""`.
+    Off,
+    /// Not configured: [`crate::kubelet::DEFAULT_KUBELET_CONFIG`], used while it exists.
+    Auto(PathBuf),
+    /// A configured file: one that cannot be read or used is an error (logged and counted).
+    File(PathBuf),
+}
+
+impl KubeletSource {
+    /// The file, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Self::Off => None,
+            Self::Auto(p) | Self::File(p) => Some(p),
+        }
+    }
+}
+
+/// Default `node.kubelet_eviction_margin`.
+pub const DEFAULT_KUBELET_EVICTION_MARGIN: u64 = 128 * MIB;
 
 /// Default `node.memory_reserve`.
 pub const DEFAULT_MEMORY_RESERVE: u64 = GIB;
@@ -406,7 +438,7 @@ fn parse_meminfo_total(meminfo: &str) -> Option<u64> {
 }
 
 /// The value of a `/proc/meminfo` line (`key` with its colon), in bytes.
-fn parse_meminfo(meminfo: &str, key: &str) -> Option<u64> {
+pub(crate) fn parse_meminfo(meminfo: &str, key: &str) -> Option<u64> {
     let line = meminfo.lines().find(|l| l.starts_with(key))?;
     let mut it = line[key.len()..].split_whitespace();
     let kib: u64 = it.next()?.parse().ok()?;
@@ -569,6 +601,22 @@ impl Config {
         mem_available.saturating_sub(self.memory_reserve(node))
     }
 
+    /// Where the kubelet's configuration is read from (`node.kubelet_config`).
+    pub fn kubelet_source(&self) -> KubeletSource {
+        match &self.node.kubelet_config {
+            None => KubeletSource::Auto(PathBuf::from(crate::kubelet::DEFAULT_KUBELET_CONFIG)),
+            Some(p) if p.as_os_str().is_empty() => KubeletSource::Off,
+            Some(p) => KubeletSource::File(p.clone()),
+        }
+    }
+
+    /// The margin kept above the kubelet's eviction threshold (bytes).
+    pub fn kubelet_eviction_margin(&self) -> u64 {
+        self.node
+            .kubelet_eviction_margin
+            .map_or(DEFAULT_KUBELET_EVICTION_MARGIN, |m| m.0)
+    }
+
     /// Things that are valid but probably not meant, each with its key: a `[policy.memory]`
     /// without a `max` gives unbounded limits (a cgroup it selects that has no limit stays
     /// unlimited, and raises go as far as the node can back).
@@ -715,6 +763,19 @@ impl Config {
                 "node.memory_budget".into(),
                 "give either memory_budget or memory_reserve, not both".into(),
             );
+        }
+        if let Some(p) = &n.kubelet_config {
+            if !p.as_os_str().is_empty() && !p.is_absolute() {
+                bad(
+                    "node.kubelet_config".into(),
+                    format!(
+                        "{:?} is not an absolute path: give the kubelet's configuration file \
+                         (e.g. \"{}\"), or \"\" to read none",
+                        p.display().to_string(),
+                        crate::kubelet::DEFAULT_KUBELET_CONFIG
+                    ),
+                );
+            }
         }
         if n.cpu_budget.is_some() && n.cpu_reserve.is_some() {
             bad(

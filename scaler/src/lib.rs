@@ -22,6 +22,8 @@ pub mod ebpf;
 pub mod engine;
 pub mod events;
 pub mod k8s;
+pub mod kubelet;
+pub mod node;
 pub mod privilege;
 pub mod resource;
 pub mod schema;

@@ -131,6 +131,15 @@ pub mod metric {
     /// `{resource, reason}`: refusals to manage a selected cgroup (`untrusted_opt_in`,
     /// `agent_cgroup`, and the reasons of `CGROUPS_UNPROTECTED`).
     pub const CGROUPS_REFUSED: Metric = Metric::named("scaler_cgroups_refused_total");
+    /// `{source}`: `config`, `kubelet_eviction`, `kubelet_reserved`: the parts of the node's
+    /// memory reserve.
+    pub const NODE_MEMORY_RESERVE: Metric = Metric::named("scaler_node_memory_reserve_bytes");
+    /// What raises may add at the last sample.
+    pub const NODE_MEMORY_ROOM: Metric = Metric::named("scaler_node_memory_room_bytes");
+    pub const NODE_MEMORY_CAPACITY: Metric = Metric::named("scaler_node_memory_capacity_bytes");
+    pub const NODE_MEMORY_UNMANAGED: Metric = Metric::named("scaler_node_memory_unmanaged_bytes");
+    /// Reads of the kubelet's configuration that could not be used.
+    pub const KUBELET_CONFIG_ERRORS: Metric = Metric::named("scaler_kubelet_config_errors_total");
 }
 
 /// One sample line.

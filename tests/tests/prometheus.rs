@@ -140,6 +140,10 @@ fn promtool_finds_the_metrics_clean_idle_and_after_an_action() {
         (metric::EVENTS, [("kind", "reclaim_begin")]),
         (metric::RAISES_REFUSED, [("reason", "budget")]),
         (metric::CONFIG_RELOADS, [("result", "rejected")]),
+        (
+            metric::NODE_MEMORY_RESERVE,
+            [("source", "kubelet_reserved")],
+        ),
     ] {
         assert_eq!(idle.sum(m, &labels), Some(0.0), "{m} {labels:?}:\n{text}");
     }
@@ -147,8 +151,12 @@ fn promtool_finds_the_metrics_clean_idle_and_after_an_action() {
         metric::RINGBUF_DROPPED,
         metric::FAILED_WRITES,
         metric::DECODE_ERRORS,
+        metric::KUBELET_CONFIG_ERRORS,
     ] {
         assert_eq!(idle.value(m, &[]), Some(0.0), "{m}");
+    }
+    for m in [metric::NODE_MEMORY_CAPACITY, metric::NODE_MEMORY_ROOM] {
+        assert!(idle.value(m, &[]).is_some_and(|v| v > 0.0), "{m}:\n{text}");
     }
     let build = idle.samples(metric::BUILD_INFO, &[]);
     assert_eq!(build.len(), 1, "{text}");

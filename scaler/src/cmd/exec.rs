@@ -405,7 +405,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
                             crate::decider::Resource::Cpu => cpu_audit_path.as_deref(),
                             crate::decider::Resource::Memory => Some(audit_path.as_str()),
                         };
-                        crate::cmd::log_refusal(&rr, path, &mut refusals);
+                        crate::cmd::log_refusal(&rr, path, None, &mut refusals);
                     }
                     Record::Action(a) => {
                         let path = match a.action.resource {

@@ -51,10 +51,12 @@ pub const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_
 
 /// Logs a refused raise, at most once per [`REFUSAL_LOG_INTERVAL`] per cgroup and resource (the
 /// ones in between are counted in `suppressed` of the next line, and all in
-/// `scaler_raises_refused_total`).
+/// `scaler_raises_refused_total`). `node_budget`, for a memory raise refused for the budget,
+/// says what gave the room (the agent's [`crate::node::NodeMemory::explain`]).
 pub fn log_refusal(
     r: &crate::engine::RefusalRecord,
     path: Option<&str>,
+    node_budget: Option<&str>,
     last: &mut std::collections::HashMap<
         (crate::decider::Resource, crate::decider::CgId),
         (std::time::Instant, u64),
@@ -93,6 +95,10 @@ pub fn log_refusal(
     let room = f.allowed.map(|a| a.saturating_sub(f.limit));
     let why = match reason {
         "at_max" => "at the policy's max",
+        "budget" if node_budget.is_some() => {
+            "the node cannot back it (node_budget: what gives the room, less raises granted \
+             since the sample)"
+        }
         "budget" => {
             "the node cannot back it (memory: MemAvailable minus node.memory_reserve, less \
              raises granted since the sample; cpu: the CPU budget)"
@@ -110,6 +116,7 @@ pub fn log_refusal(
         allowed = f.allowed,
         room,
         suppressed,
+        node_budget,
         detail = %format!(
             "limit {}, wanted {}, allowed {}: {why}",
             fmt(f.limit),

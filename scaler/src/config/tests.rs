@@ -112,6 +112,8 @@ fn the_example_documents_every_key() {
             memory_budget: Some(ByteSize::gib(1)),
             cpu_reserve: Some(Cores(1.0)),
             cpu_budget: Some(Cores(1.0)),
+            kubelet_config: Some("/var/lib/kubelet/config.yaml".into()),
+            kubelet_eviction_margin: Some(ByteSize::mib(128)),
         },
         ..Default::default()
     };
@@ -813,4 +815,30 @@ fn kubelet_cgroup_roots_are_plain_paths_and_select_qos_policies() {
         c.pod_of(&format!("/user.slice/kubepods/burstable/pod{uid}")),
         None
     );
+}
+
+#[test]
+fn the_kubelet_config_is_auto_detected_off_or_a_file() {
+    use crate::config::KubeletSource;
+    let c = Config::default();
+    assert_eq!(
+        c.kubelet_source(),
+        KubeletSource::Auto("/var/lib/kubelet/config.yaml".into())
+    );
+    assert_eq!(c.kubelet_eviction_margin(), 128 * MIB);
+    let c = Config::from_toml_str("[node]\nkubelet_config = \"\"").unwrap();
+    assert_eq!(c.kubelet_source(), KubeletSource::Off);
+    assert_eq!(c.kubelet_source().path(), None);
+    let c = Config::from_toml_str(
+        "[node]\nkubelet_config = \"/etc/kubernetes/kubelet.conf.yaml\"\nkubelet_eviction_margin = \"256M\"",
+    )
+    .unwrap();
+    assert_eq!(
+        c.kubelet_source(),
+        KubeletSource::File("/etc/kubernetes/kubelet.conf.yaml".into())
+    );
+    assert_eq!(c.kubelet_eviction_margin(), 256 * MIB);
+    let e = Config::from_toml_str("[node]\nkubelet_config = \"config.yaml\"").unwrap_err();
+    assert_eq!(e.problems()[0].key, "node.kubelet_config", "{e}");
+    assert!(e.to_string().contains("absolute"), "{e}");
 }

@@ -240,6 +240,18 @@ fn the_daemonset_is_valid_and_consistent_with_its_configmap() {
     let config_path = args[args.iter().position(|a| *a == "--config").unwrap() + 1];
     assert_eq!(mount(&dir(std::path::Path::new(config_path))), Some(true));
     let volumes = get(pod, "spec.volumes").as_sequence().unwrap();
+    // The kubelet's configuration: read-only, from the host file of the same path.
+    let kubelet = match config.kubelet_source() {
+        crate::config::KubeletSource::File(p) => p,
+        other => panic!("node.kubelet_config is set in the ConfigMap: {other:?}"),
+    };
+    let kubelet = kubelet.display().to_string();
+    assert_eq!(mount(&kubelet), Some(true), "{kubelet} mounted read-only");
+    let kubelet_vol = volumes
+        .iter()
+        .find(|v| get(v, "hostPath.path").as_str() == Some(kubelet.as_str()))
+        .expect("the kubelet's configuration from the host");
+    assert_eq!(str_of(kubelet_vol, "hostPath.type"), "File");
     let state_vol = volumes
         .iter()
         .find(|v| get(v, "hostPath.path").as_str() == Some("/var/lib/scaler"));

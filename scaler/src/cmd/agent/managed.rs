@@ -680,31 +680,51 @@ impl Agent {
         self.state.save_state();
     }
 
-    /// Samples what the node can back beyond the reserve (`MemAvailable` minus
-    /// `node.memory_reserve`) and hands it to the engine, which bounds every memory raise by it
-    /// (less what raises granted since).
+    /// Samples what the node can back beyond its reserves (see [`crate::node`]: `MemAvailable`
+    /// minus `node.memory_reserve`, and the kubelet's `memory.available` minus its reservations
+    /// where its configuration is read, re-read here when it changed) and hands it to the
+    /// engine, which bounds every memory raise by it (less what raises granted since).
     pub fn sample_node(&self) {
         let measured_ns = crate::clock::monotonic_ns();
-        match crate::config::mem_available() {
-            Ok(a) => {
-                let room = self.config.memory_room(&self.node, a);
-                self.state
-                    .metrics
-                    .node_memory_room
-                    .set(i64::try_from(room).unwrap_or(i64::MAX));
-                if let Err(e) = self
-                    .engine
-                    .send(Command::SetBudget(Budget::MemoryAvailable {
-                        bytes: room,
-                        measured_ns,
-                    }))
-                {
-                    tracing::warn!("the node's memory figure is not in force yet: {e}");
-                }
+        let mut node = lock(&self.state.node);
+        let sampled = node.sample(&self.config, &self.node);
+        let m = &self.state.metrics;
+        Metrics::set_total(&m.kubelet_config_errors, node.watch.errors());
+        drop(node);
+        let f = match sampled {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("reading /proc/meminfo: {e}; raises keep the last figure");
+                return;
             }
-            Err(e) => tracing::warn!(
-                "reading MemAvailable from /proc/meminfo: {e}; raises keep the last figure"
-            ),
+        };
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        m.node_memory_room.set(g(f.room));
+        m.node_memory_capacity.set(g(f.meminfo.total));
+        m.node_memory_available.set(g(f.meminfo.available));
+        let k = f.kubelet.unwrap_or(crate::node::KubeletReserve {
+            eviction: 0,
+            reserved: 0,
+            allocatable: 0,
+            available: 0,
+        });
+        for (source, v) in [
+            ("config", f.config_reserve),
+            ("kubelet_eviction", k.eviction),
+            ("kubelet_reserved", k.reserved),
+        ] {
+            m.node_memory_reserve
+                .get_or_create(&super::metrics::SourceLabels { source })
+                .set(g(v));
+        }
+        if let Err(e) = self
+            .engine
+            .send(Command::SetBudget(Budget::MemoryAvailable {
+                bytes: f.room,
+                measured_ns,
+            }))
+        {
+            tracing::warn!("the node's memory figure is not in force yet: {e}");
         }
     }
 
@@ -821,6 +841,13 @@ impl Agent {
                 }
                 if let Some(u) = s.utilization {
                     m.utilization.get_or_create(&c.labels.utilization()).set(u);
+                }
+            }
+            drop(managed);
+            if res == Resource::Memory {
+                if let Some((_, u)) = unmanaged_of(&self.state, &snapshot) {
+                    m.node_memory_unmanaged
+                        .set(i64::try_from(u).unwrap_or(i64::MAX));
                 }
             }
         }
@@ -1052,6 +1079,23 @@ pub fn put_back(
     }
 }
 
+/// The usage of the managed memory cgroups that have no managed ancestor, and the memory in
+/// use outside them (see [`crate::node::unmanaged_usage`]), from the engine's memory snapshots
+/// and the last node sample (`None` before one).
+fn unmanaged_of(state: &AgentState, snapshot: &[Snapshot]) -> Option<(u64, u64)> {
+    let f = lock(&state.node).figures?;
+    let usage: HashMap<CgId, u64> = snapshot
+        .iter()
+        .filter_map(|s| s.usage.map(|u| (s.id, u as u64)))
+        .collect();
+    let managed = lock(state.managed(Resource::Memory));
+    let top = super::node_budget::top_level_usage(
+        managed.iter().map(|(id, m)| (*id, m.path.as_str())),
+        &usage,
+    );
+    Some((top, crate::node::unmanaged_usage(&f.meminfo, top)))
+}
+
 /// Builds the status document from the shared state and the engine's snapshots.
 pub fn status_doc(
     state: &AgentState,
@@ -1130,6 +1174,12 @@ pub fn status_doc(
             (n > 0).then(|| (kind.as_str().to_owned(), n))
         })
         .collect();
+    let node = node_status(
+        state,
+        snapshots
+            .get(&Resource::Memory)
+            .map_or(&[][..], Vec::as_slice),
+    );
     StatusDoc {
         schema_version: status::STATUS_VERSION,
         pid: std::process::id(),
@@ -1151,7 +1201,85 @@ pub fn status_doc(
         },
         recent_actions: recent.actions(),
         reaction_latency_us: recent.latency(),
+        node,
     }
+}
+
+/// The node's figures for `scaler status` (`None` before the first sample).
+fn node_status(state: &AgentState, memory: &[Snapshot]) -> Option<super::status::NodeStatus> {
+    use super::status::{KubeletStatus, NodeStatus, ReservePart};
+    let usage = unmanaged_of(state, memory);
+    let node = lock(&state.node);
+    let f = node.figures?;
+    let w = &node.watch;
+    let path = w
+        .source()
+        .path()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let mut reserve = vec![ReservePart {
+        source: "config".into(),
+        bytes: f.config_reserve,
+        from: "node.memory_reserve (or MemTotal minus node.memory_budget), out of MemAvailable"
+            .into(),
+    }];
+    let kubelet = match (w.current(), f.kubelet) {
+        (Some(k), Some(r)) => {
+            let whence = if w.from_file() {
+                path.clone()
+            } else {
+                "the kubelet's defaults".to_owned()
+            };
+            reserve.push(ReservePart {
+                source: "kubelet_eviction".into(),
+                bytes: r.eviction,
+                from: format!(
+                    "{whence}: evictionHard {} / evictionSoft {} memory.available, plus \
+                     node.kubelet_eviction_margin, out of the kubelet's memory.available",
+                    k.eviction_hard,
+                    k.eviction_soft
+                        .map_or_else(|| "unset".to_owned(), |s| s.to_string())
+                ),
+            });
+            reserve.push(ReservePart {
+                source: "kubelet_reserved".into(),
+                bytes: r.reserved,
+                from: format!(
+                    "{whence}: kubeReserved.memory plus systemReserved.memory, out of the \
+                     kubelet's memory.available"
+                ),
+            });
+            Some(KubeletStatus {
+                config: path,
+                in_force: match (w.from_file(), w.error()) {
+                    (true, None) => "file",
+                    (true, Some(_)) => "last_good",
+                    (false, _) => "defaults",
+                }
+                .into(),
+                error: w.error().map(|e| format!("`{}`: {}", e.key, e.message)),
+                errors: w.errors(),
+                memory_available_bytes: r.available,
+                eviction_threshold_bytes: k.eviction_threshold(f.meminfo.total),
+                kube_reserved_bytes: k.kube_reserved,
+                system_reserved_bytes: k.system_reserved,
+                allocatable_bytes: r.allocatable,
+                enforce_node_allocatable: k.enforce_node_allocatable.clone(),
+            })
+        }
+        _ => None,
+    };
+    Some(NodeStatus {
+        capacity_bytes: f.meminfo.total,
+        mem_available_bytes: f.meminfo.available,
+        reserve_bytes: f.reserve(),
+        reserve,
+        room_bytes: f.room,
+        room_bound: f.bound.as_str().into(),
+        managed_usage_bytes: usage.map(|u| u.0),
+        unmanaged_usage_bytes: usage.map(|u| u.1),
+        kubelet,
+    })
 }
 
 #[cfg(test)]

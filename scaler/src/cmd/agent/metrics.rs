@@ -198,9 +198,21 @@ pub struct Metrics {
     /// `scaler_raises_refused_total{resource,reason}`: raises a cgroup under pressure did not
     /// get (`at_max`, `budget`, `ancestor`, `rate_limited`, `below_hysteresis`).
     pub raises_refused: Family<RefusedLabels, Counter>,
-    /// `scaler_node_memory_room_bytes`: what the node can back beyond `node.memory_reserve`
-    /// at the last sample (`MemAvailable` minus the reserve).
+    /// `scaler_node_memory_room_bytes`: what raises may add at the last sample (see
+    /// [`crate::node`]).
     pub node_memory_room: Gauge,
+    /// `scaler_node_memory_capacity_bytes`: `MemTotal`.
+    pub node_memory_capacity: Gauge,
+    /// `scaler_node_memory_available_bytes`: `MemAvailable` at the last sample.
+    pub node_memory_available: Gauge,
+    /// `scaler_node_memory_reserve_bytes{source}`: each part of the reserve (see
+    /// [`RESERVE_SOURCES`]; the kubelet's are 0 while no kubelet configuration is read).
+    pub node_memory_reserve: Family<SourceLabels, Gauge>,
+    /// `scaler_node_memory_unmanaged_bytes`: memory in use outside the managed cgroups.
+    pub node_memory_unmanaged: Gauge,
+    /// `scaler_kubelet_config_errors_total`: reads of the kubelet's configuration that could
+    /// not be used.
+    pub kubelet_config_errors: Counter,
     /// `scaler_bpf_program_run_seconds_total{program}` (needs `kernel.bpf_stats_enabled`).
     pub bpf_run_seconds: Family<ProgramLabels, F64Counter>,
     /// `scaler_bpf_program_runs_total{program}`.
@@ -234,6 +246,16 @@ pub struct CgroupResourceLabels {
     pub cgroup: CgroupLabels,
     pub resource: &'static str,
 }
+
+/// `{source}` of a part of the node's memory reserve: `config`, `kubelet_eviction`,
+/// `kubelet_reserved`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+/// The sources of [`Metrics::node_memory_reserve`].
+pub const RESERVE_SOURCES: [&str; 3] = ["config", "kubelet_eviction", "kubelet_reserved"];
 
 /// `{result}` of a reload: `ok` or `rejected`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -278,6 +300,11 @@ impl Metrics {
             unmanaged_binding: Family::default(),
             raises_refused: Family::default(),
             node_memory_room: Gauge::default(),
+            node_memory_capacity: Gauge::default(),
+            node_memory_available: Gauge::default(),
+            node_memory_reserve: Family::default(),
+            node_memory_unmanaged: Gauge::default(),
+            kubelet_config_errors: Counter::default(),
             bpf_run_seconds: Family::default(),
             bpf_runs: Family::default(),
             cpu_seconds: F64Counter::default(),
@@ -411,10 +438,46 @@ impl Metrics {
             );
             r.register_with_unit(
                 "node_memory_room",
-                "Memory the node can back beyond node.memory_reserve at the last sample \
-                 (MemAvailable minus the reserve): the most a raise may add",
+                "Memory the node can back beyond its reserves at the last sample (MemAvailable \
+                 minus node.memory_reserve, and the kubelet's memory.available minus its \
+                 reservations where its configuration is read): the most a raise may add",
                 Unit::Bytes,
                 m.node_memory_room.clone(),
+            );
+            r.register_with_unit(
+                "node_memory_capacity",
+                "The node's memory (MemTotal), the capacity the kubelet's percentages are of",
+                Unit::Bytes,
+                m.node_memory_capacity.clone(),
+            );
+            r.register_with_unit(
+                "node_memory_available",
+                "MemAvailable of /proc/meminfo at the last sample",
+                Unit::Bytes,
+                m.node_memory_available.clone(),
+            );
+            r.register_with_unit(
+                "node_memory_reserve",
+                "The parts of the memory no raise takes, by source: config (node.memory_reserve, \
+                 out of MemAvailable), kubelet_eviction (the kubelet's memory.available eviction \
+                 threshold plus node.kubelet_eviction_margin) and kubelet_reserved \
+                 (kubeReserved plus systemReserved), the kubelet's two out of its \
+                 memory.available; 0 while no kubelet configuration is read",
+                Unit::Bytes,
+                m.node_memory_reserve.clone(),
+            );
+            r.register_with_unit(
+                "node_memory_unmanaged",
+                "Memory in use (MemTotal minus MemFree) outside the managed cgroups that have \
+                 no managed ancestor: unmanaged processes and cgroups, the kernel, page cache",
+                Unit::Bytes,
+                m.node_memory_unmanaged.clone(),
+            );
+            r.register(
+                "kubelet_config_errors",
+                "Reads of the kubelet's configuration (node.kubelet_config) that could not be \
+                 used: the last good figures, or the kubelet's defaults, stay in force",
+                m.kubelet_config_errors.clone(),
             );
             r.register_with_unit(
                 "bpf_program_run",
@@ -501,6 +564,11 @@ impl Metrics {
     /// alerts see them on an idle node). BPF programs are added at the first sample.
     fn init_label_values(&self) {
         use crate::decider::{Resource, REFUSAL_REASONS};
+        for source in RESERVE_SOURCES {
+            let _ = self
+                .node_memory_reserve
+                .get_or_create(&SourceLabels { source });
+        }
         for resource in [Resource::Memory, Resource::Cpu] {
             let r = resource.as_str();
             let _ = self

@@ -24,6 +24,7 @@ pub mod endpoints;
 pub mod health;
 pub mod managed;
 pub mod metrics;
+pub mod node_budget;
 pub mod state;
 pub mod status;
 
@@ -144,6 +145,26 @@ pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
                 crate::units::format_size(c.memory_reserve(&node)),
                 c.cpu_budget(&node)
             );
+            // The kubelet's file as the agent would read it now.
+            let source = c.kubelet_source();
+            let path = source
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            match node_budget::load_once(&source) {
+                Ok(None) => {}
+                Ok(Some(k)) => println!(
+                    "{}: kubelet configuration {path}: {}",
+                    args.file.display(),
+                    k.describe()
+                ),
+                Err(e) => eprintln!(
+                    "scaler: warning: the kubelet's configuration {path}: `{}`: {}; the agent \
+                     would run with the kubelet's defaults (evictionHard 100Mi, no reservations) \
+                     until it is fixed",
+                    e.key, e.message
+                ),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -215,6 +236,8 @@ pub struct AgentState {
     /// Cgroups a policy selects that the agent does not protect, by path, per resource
     /// (indexed like `managed`).
     pub unprotected: Mutex<[HashMap<String, capacity::Unprotected>; 2]>,
+    /// The node budget's inputs and last figures (see [`node_budget`]).
+    pub node: Mutex<node_budget::NodeState>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -446,12 +469,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
     let ring = pipeline.take_events().context("event ring buffer")?;
     // What raises may spend until the first sample (the sampler refreshes it).
-    let memory_available = match crate::config::mem_available() {
-        Ok(a) => config.memory_room(&node, a),
+    let mut node_state = node_budget::NodeState::new(config.kubelet_source());
+    let memory_available = match node_state.sample(&config, &node) {
+        Ok(f) => f.room,
         Err(e) => {
             tracing::warn!(
-                "reading MemAvailable from /proc/meminfo: {e}; raises are bounded by MemTotal \
-                 minus node.memory_reserve until a sample succeeds"
+                "reading /proc/meminfo: {e}; raises are bounded by MemTotal minus \
+                 node.memory_reserve until a sample succeeds"
             );
             config.memory_budget(&node)
         }
@@ -486,6 +510,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         }),
         started: Instant::now(),
         unprotected: Default::default(),
+        node: Mutex::new(node_state),
     });
     let index = CgroupIndex::new(hierarchy.clone());
     let recorder = {
@@ -878,7 +903,10 @@ fn consume(records: Receiver<Record>, state: &AgentState, h: Hierarchy) {
             let path = lock(state.managed(rr.resource))
                 .get(&rr.refusal.cgroup)
                 .map(|m| m.path.clone());
-            crate::cmd::log_refusal(&rr, path.as_deref(), &mut refusals);
+            let note = (rr.resource == Resource::Memory
+                && rr.skip == crate::decider::Skip::Capped(crate::decider::Cap::Budget))
+            .then(|| lock(&state.node).note.clone());
+            crate::cmd::log_refusal(&rr, path.as_deref(), note.as_deref(), &mut refusals);
         }
         Record::Action(a) => {
             state.counters.actions.fetch_add(1, Ordering::Relaxed);

@@ -144,6 +144,71 @@ pub struct CounterStatus {
     pub ringbuf_dropped: u64,
 }
 
+/// One part of the node's memory reserve.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ReservePart {
+    /// `config` (`node.memory_reserve`, out of `MemAvailable`), `kubelet_eviction` (the
+    /// kubelet's `memory.available` eviction threshold plus `node.kubelet_eviction_margin`) or
+    /// `kubelet_reserved` (`kubeReserved` plus `systemReserved`), the kubelet's two out of its
+    /// `memory.available`.
+    pub source: String,
+    pub bytes: u64,
+    /// Where it comes from, in words.
+    pub from: String,
+}
+
+/// The kubelet's configuration as the agent reads it (`node.kubelet_config`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct KubeletStatus {
+    /// The file.
+    pub config: String,
+    /// `file` (its figures are in force), `last_good` (it cannot be used now; the last good
+    /// figures are in force) or `defaults` (none could be used yet; the kubelet's defaults are
+    /// in force).
+    pub in_force: String,
+    /// Why the file cannot be used now.
+    pub error: Option<String>,
+    /// Reads of the file that could not be used, since start.
+    pub errors: u64,
+    /// The kubelet's `memory.available` as the agent bounds it (at most `MemFree +
+    /// Inactive(file)`).
+    pub memory_available_bytes: u64,
+    /// The larger of `evictionHard` and `evictionSoft` `memory.available`, in bytes.
+    pub eviction_threshold_bytes: u64,
+    pub kube_reserved_bytes: u64,
+    pub system_reserved_bytes: u64,
+    /// Node allocatable: capacity minus the reservations and the hard eviction threshold.
+    pub allocatable_bytes: u64,
+    pub enforce_node_allocatable: Vec<String>,
+}
+
+/// The node's memory at the last sample (see the `node` module of the library).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct NodeStatus {
+    /// `MemTotal`.
+    pub capacity_bytes: u64,
+    /// `MemAvailable`.
+    pub mem_available_bytes: u64,
+    /// The largest reserve in force.
+    pub reserve_bytes: u64,
+    /// Each part of the reserve and where it comes from.
+    pub reserve: Vec<ReservePart>,
+    /// What raises may add (less what they granted since the sample).
+    pub room_bytes: u64,
+    /// The bound that gives the room: `config` or `kubelet`.
+    pub room_bound: String,
+    /// Usage of the managed memory cgroups that have no managed ancestor.
+    pub managed_usage_bytes: Option<u64>,
+    /// Memory in use (`MemTotal - MemFree`) outside them: unmanaged processes and cgroups, the
+    /// kernel, page cache.
+    pub unmanaged_usage_bytes: Option<u64>,
+    /// The kubelet's configuration, when one is read.
+    pub kubelet: Option<KubeletStatus>,
+}
+
 /// The document the agent answers with.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[schemars(deny_unknown_fields)]
@@ -169,6 +234,9 @@ pub struct StatusDoc {
     pub counters: CounterStatus,
     pub recent_actions: Vec<ActionStatus>,
     pub reaction_latency_us: LatencySummary,
+    /// The node's memory figures at the last sample (absent from agents that predate them).
+    #[serde(default)]
+    pub node: Option<NodeStatus>,
 }
 
 /// The agent's record of recent actions and latencies.
@@ -357,6 +425,39 @@ pub fn render(d: &StatusDoc, now: f64) -> String {
         c.ringbuf_dropped,
         c.records_dropped
     );
+    if let Some(n) = &d.node {
+        let parts: Vec<String> = n
+            .reserve
+            .iter()
+            .filter(|p| p.bytes > 0 || p.source == "config")
+            .map(|p| format!("{} {}", p.source, format_size(p.bytes)))
+            .collect();
+        let _ = writeln!(
+            o,
+            "node memory: capacity {}, available {}, reserve {} ({}), room for raises {} \
+             (bound: {}), unmanaged usage {}",
+            format_size(n.capacity_bytes),
+            format_size(n.mem_available_bytes),
+            format_size(n.reserve_bytes),
+            parts.join(", "),
+            format_size(n.room_bytes),
+            n.room_bound,
+            n.unmanaged_usage_bytes.map_or("-".into(), format_size),
+        );
+        if let Some(k) = &n.kubelet {
+            let _ = writeln!(
+                o,
+                "kubelet config {} ({}): allocatable {}, memory.available {}{}",
+                k.config,
+                k.in_force,
+                format_size(k.allocatable_bytes),
+                format_size(k.memory_available_bytes),
+                k.error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!("; ERROR: {e}")),
+            );
+        }
+    }
     if !d.unprotected.is_empty() {
         let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
         for u in &d.unprotected {
@@ -588,6 +689,39 @@ mod tests {
                 p99: Some(42.5),
                 max: Some(42.5),
             },
+            node: Some(NodeStatus {
+                capacity_bytes: 32 << 30,
+                mem_available_bytes: 20 << 30,
+                reserve_bytes: 3 << 30,
+                reserve: vec![
+                    ReservePart {
+                        source: "config".into(),
+                        bytes: 1 << 30,
+                        from: "node.memory_reserve".into(),
+                    },
+                    ReservePart {
+                        source: "kubelet_reserved".into(),
+                        bytes: 2 << 30,
+                        from: "/var/lib/kubelet/config.yaml".into(),
+                    },
+                ],
+                room_bytes: 9 << 30,
+                room_bound: "kubelet".into(),
+                managed_usage_bytes: Some(80 << 20),
+                unmanaged_usage_bytes: Some(11 << 30),
+                kubelet: Some(KubeletStatus {
+                    config: "/var/lib/kubelet/config.yaml".into(),
+                    in_force: "last_good".into(),
+                    error: Some("`evictionHard[memory.available]`: bad".into()),
+                    errors: 1,
+                    memory_available_bytes: 12 << 30,
+                    eviction_threshold_bytes: 100 << 20,
+                    kube_reserved_bytes: 1 << 30,
+                    system_reserved_bytes: 1 << 30,
+                    allocatable_bytes: (30 << 30) - (100 << 20),
+                    enforce_node_allocatable: vec!["pods".into()],
+                }),
+            }),
         }
     }
 
@@ -632,6 +766,28 @@ mod tests {
             ["/batch/job", "elastic", "1.5", "0.2", "1.2", "0.80"],
             "{t}"
         );
+    }
+
+    #[test]
+    fn the_table_shows_the_node_figures_and_the_kubelet_config() {
+        let t = render(&doc(), 1010.0);
+        assert!(
+            t.contains(
+                "node memory: capacity 32GiB, available 20GiB, reserve 3GiB (config 1GiB, \
+                 kubelet_reserved 2GiB), room for raises 9GiB (bound: kubelet), unmanaged usage \
+                 11GiB"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("kubelet config /var/lib/kubelet/config.yaml (last_good)")
+                && t.contains("ERROR: `evictionHard[memory.available]`: bad"),
+            "{t}"
+        );
+        let mut v = serde_json::to_value(doc()).unwrap();
+        v.as_object_mut().unwrap().remove("node");
+        let d: StatusDoc = serde_json::from_value(v).unwrap();
+        assert!(!render(&d, 1010.0).contains("node memory"));
     }
 
     #[test]
