@@ -38,21 +38,55 @@ impl CpuActuator {
         let dir = cgroup.dir().to_path_buf();
         let (quota, period) = match cgroup.version() {
             CgroupVersion::V1 => (
-                ControlFile::open_at(&d, "cpu.cfs_quota_us")?,
-                Some(ControlFile::open_at(&d, "cpu.cfs_period_us")?),
+                ControlFile::open_rw_at(&d, "cpu.cfs_quota_us")?,
+                Some(ControlFile::open_rw_at(&d, "cpu.cfs_period_us")?),
             ),
-            CgroupVersion::V2 => (ControlFile::open_at(&d, "cpu.max")?, None),
+            CgroupVersion::V2 => (ControlFile::open_rw_at(&d, "cpu.max")?, None),
         };
-        let state = cgroup.cpu_max()?;
-        // Read by path: this cgroup's values if it is still there.
-        d.verify()?;
-        Ok(CpuActuator {
+        let act = CpuActuator {
             dir,
             version: cgroup.version(),
             quota,
             period,
-            state: Mutex::new(state),
-        })
+            state: Mutex::new((CpuQuota::Max, 0)),
+        };
+        // Read through the descriptors of this very directory.
+        let now = act.read_files()?;
+        *act.lock() = now;
+        Ok(act)
+    }
+
+    /// One `pread` of the bandwidth files: (quota, period µs).
+    fn read_files(&self) -> Result<(CpuQuota, u64), ActuatorError> {
+        let mut buf = [0u8; 64];
+        let line = self.quota.read_line(&mut buf)?;
+        match &self.period {
+            None => CpuQuota::parse_v2(line).map_err(|r| self.quota.parse_error(line.as_bytes(), r)),
+            Some(pf) => {
+                let quota: i64 = line
+                    .trim()
+                    .parse()
+                    .map_err(|_| self.quota.parse_error(line.as_bytes(), "expected a signed number"))?;
+                let mut pbuf = [0u8; 64];
+                let pline = pf.read_line(&mut pbuf)?;
+                let period: u64 = pline
+                    .trim()
+                    .parse()
+                    .map_err(|_| pf.parse_error(pline.as_bytes(), "expected an unsigned number"))?;
+                Ok((CpuQuota::from_v1(quota, period), period))
+            }
+        }
+    }
+
+    /// Re-reads the bandwidth files (one `pread` each on the open descriptors; no
+    /// allocation) and takes what they hold as what the next write starts from (a period its
+    /// owner changed is kept). Returns the quota before and now.
+    pub fn refresh(&self) -> Result<(CpuQuota, CpuQuota), ActuatorError> {
+        let now = self.read_files()?;
+        let mut st = self.lock();
+        let before = st.0;
+        *st = now;
+        Ok((before, now.0))
     }
 
     /// The cgroup's directory.
@@ -166,6 +200,19 @@ impl LimitWriter for CpuActuator {
 
     fn write(&self, new: u64) -> Result<u64, ActuatorError> {
         self.set_quota_us(new).map(|o| o.completed_ns)
+    }
+
+    fn refresh(&self) -> Result<(Setting, Setting), ActuatorError> {
+        let (before, now) = CpuActuator::refresh(self)?;
+        Ok((Setting::Cpu(before), Setting::Cpu(now)))
+    }
+
+    fn holds(&self, found: Setting, believed: u64) -> bool {
+        match found {
+            Setting::Cpu(CpuQuota::Max) => believed == u64::MAX,
+            Setting::Cpu(CpuQuota::Quota { quota_us, .. }) => quota_us == believed,
+            Setting::Memory(_) => false,
+        }
     }
 }
 

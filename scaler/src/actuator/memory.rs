@@ -1,6 +1,12 @@
 //! The memory limit writer: v1 `memory.limit_in_bytes` (with `memory.memsw.limit_in_bytes`
-//! kept above it), v2 `memory.max` (with `memory.high` at a fraction of it, and
-//! `memory.reclaim`).
+//! kept above it at its owner's gap), v2 `memory.max` (with an owner's `memory.high` kept at
+//! its gap below it, or at a fraction of it, and `memory.reclaim`).
+//!
+//! Every file the kernel enforces together with the limit is managed with it, from what its
+//! owner last wrote: the files are opened read-write whether or not they are limited at open,
+//! and [`MemoryActuator::refresh`] re-reads them (one `pread` each on the open descriptors) so
+//! that a memsw limit or a `memory.high` the owner sets or changes later is followed from the
+//! owner's new values, never from the ones seen at open.
 
 use std::{
     path::{Path, PathBuf},
@@ -18,8 +24,14 @@ use crate::cgroupfs::{Cgroup, CgroupVersion, Limit};
 /// How `memory.high` is managed on cgroup v2.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum HighPolicy {
-    /// Never written.
+    /// An owner's `memory.high` below `memory.max` follows the limit at the owner's gap: a
+    /// raise of `memory.max` by `d` raises `memory.high` by `d` (so the owner's throttle never
+    /// binds below a raised limit), a lowering lowers it by as much but never below the
+    /// owner's own value (capped at the new limit). An unlimited `memory.high` is left alone;
+    /// a new value the owner writes is followed from then on (its gap re-derived).
     #[default]
+    FollowOwner,
+    /// Never written.
     Unmanaged,
     /// Kept at `max` (no throttling below the hard limit).
     Max,
@@ -30,7 +42,7 @@ pub enum HighPolicy {
 impl HighPolicy {
     fn target(self, limit: Limit) -> Option<Limit> {
         match self {
-            HighPolicy::Unmanaged => None,
+            HighPolicy::Unmanaged | HighPolicy::FollowOwner => None,
             HighPolicy::Max => Some(Limit::Max),
             HighPolicy::Fraction(f) => Some(match limit {
                 Limit::Max => Limit::Max,
@@ -69,6 +81,59 @@ pub(crate) struct MemState {
     pub(crate) memsw: Option<(Limit, u64)>,
     /// The managed `memory.high`, `None` when unmanaged.
     pub(crate) high: Option<Limit>,
+    /// [`HighPolicy::FollowOwner`]: the owner's gap between `memory.max` and `memory.high`,
+    /// and the owner's `memory.high` itself (the floor of a lowering).
+    pub(crate) high_gap: Option<(u64, u64)>,
+}
+
+impl MemState {
+    /// The memsw limit believed in force (unlimited when unmanaged).
+    fn memsw_limit(&self) -> Limit {
+        self.memsw.map_or(Limit::Max, |m| m.0)
+    }
+
+    /// Takes what the files hold now (`limit`, and the memsw / high values when those files
+    /// are open) as the cgroup's state. A memsw or high value that differs from what is
+    /// believed, or a limit that does, means their owner wrote them: the gaps are re-derived
+    /// from the values found. Returns whether anything differed.
+    pub(crate) fn take(
+        &mut self,
+        limit: Limit,
+        memsw: Option<Limit>,
+        high: Option<Limit>,
+        follow_high: bool,
+    ) -> bool {
+        let limit_changed = limit != self.limit;
+        let mut changed = limit_changed;
+        if let Some(m) = memsw {
+            if limit_changed || m != self.memsw_limit() {
+                changed |= m != self.memsw_limit();
+                // The owner's gap (memsw >= limit always holds in the kernel; guard anyway).
+                self.memsw = match m {
+                    Limit::Max => None,
+                    Limit::Bytes(b) => Some((m, b.saturating_sub(limit.bytes().unwrap_or(b)))),
+                };
+            }
+        }
+        if let Some(h) = high {
+            let believed = self.high.unwrap_or(Limit::Max);
+            if follow_high && (limit_changed || h != believed) {
+                changed |= h != believed;
+                (self.high, self.high_gap) = match (h, limit) {
+                    (Limit::Bytes(hb), Limit::Bytes(lb)) if hb < lb => {
+                        (Some(h), Some((lb - hb, hb)))
+                    }
+                    // Unlimited, or at or above the limit: it does not bind first.
+                    _ => (None, None),
+                };
+            } else if !follow_high && self.high.is_some() && h != believed {
+                changed = true;
+                self.high = Some(h);
+            }
+        }
+        self.limit = limit;
+        changed
+    }
 }
 
 /// Up to three ordered writes.
@@ -100,7 +165,16 @@ pub(crate) fn plan_memory(
     });
     // v2 high: only when managed and changing.
     let high_step = state.high.and_then(|cur| {
-        let target = high_policy.target(new)?;
+        let target = match (high_policy, state.high_gap) {
+            (HighPolicy::FollowOwner, Some((gap, owners))) => match new {
+                Limit::Max => Limit::Max,
+                // The owner's gap below the new limit, never below the owner's own value
+                // (unless the limit itself goes below it).
+                Limit::Bytes(b) => Limit::Bytes(b.saturating_sub(gap).max(owners.min(b))),
+            },
+            (HighPolicy::FollowOwner, None) => return None,
+            (p, _) => p.target(new)?,
+        };
         next.high = Some(target);
         (target != cur).then_some((MemFile::High, target))
     });
@@ -190,24 +264,19 @@ impl MemoryActuator {
             CgroupVersion::V1 => "memory.limit_in_bytes",
             CgroupVersion::V2 => "memory.max",
         };
-        let limit = ControlFile::open_at(&d, limit_name)?;
-        let limit_now = cgroup.memory_limit()?;
+        let limit = ControlFile::open_rw_at(&d, limit_name)?;
         let mut memsw = None;
-        let mut memsw_state = None;
         let mut high = None;
-        let mut high_state = None;
         let mut reclaim = None;
         match version {
             CgroupVersion::V1 => {
-                if let Some(Limit::Bytes(m)) = cgroup.memsw_limit()? {
-                    // memsw >= limit always holds in the kernel; guard anyway.
-                    let gap = m.saturating_sub(limit_now.bytes().unwrap_or(m));
-                    memsw = ControlFile::open_optional(&d, "memory.memsw.limit_in_bytes")?;
-                    if memsw.is_some() {
-                        memsw_state = Some((Limit::Bytes(m), gap));
-                    }
-                }
-                if options.high != HighPolicy::Unmanaged {
+                // Opened whether or not it is limited now: an owner that sets it later (a
+                // runtime writes it a few ms after the limit) is followed from then on.
+                memsw = ControlFile::open_optional(&d, "memory.memsw.limit_in_bytes")?;
+                if !matches!(
+                    options.high,
+                    HighPolicy::Unmanaged | HighPolicy::FollowOwner
+                ) {
                     tracing::warn!(
                         cgroup = %dir.display(),
                         "memory.high management requested on cgroup v1, which has no \
@@ -216,18 +285,17 @@ impl MemoryActuator {
                 }
             }
             CgroupVersion::V2 => {
-                if options.high != HighPolicy::Unmanaged {
-                    high = Some(ControlFile::open_at(&d, "memory.high")?);
-                    high_state = Some(cgroup.memory_high()?.unwrap_or(Limit::Max));
-                }
+                high = match options.high {
+                    HighPolicy::Unmanaged => None,
+                    HighPolicy::FollowOwner => ControlFile::open_optional(&d, "memory.high")?,
+                    _ => Some(ControlFile::open_rw_at(&d, "memory.high")?),
+                };
                 if options.reclaim {
                     reclaim = ControlFile::open_optional(&d, "memory.reclaim")?;
                 }
             }
         }
-        // The values above were read by path: they are this cgroup's if it is still there.
-        d.verify()?;
-        Ok(MemoryActuator {
+        let act = MemoryActuator {
             dir,
             id: d.id(),
             version,
@@ -237,12 +305,53 @@ impl MemoryActuator {
             high,
             reclaim,
             state: Mutex::new(MemState {
-                limit: limit_now,
-                memsw: memsw_state,
-                high: high_state,
+                limit: Limit::Max,
+                memsw: None,
+                high: None,
+                high_gap: None,
             }),
             page: page_size(),
-        })
+        };
+        // The values are read through the descriptors of this very directory.
+        {
+            let mut st = act.lock();
+            let (limit, memsw, high) = act.read_files()?;
+            if !matches!(options.high, HighPolicy::FollowOwner) {
+                // An explicit policy manages memory.high whatever its value.
+                st.high = high;
+            }
+            // Forces the gaps to be derived: the belief differs from anything but max.
+            st.limit = Limit::Bytes(0);
+            st.take(limit, memsw, high, options.high == HighPolicy::FollowOwner);
+        }
+        Ok(act)
+    }
+
+    /// One `pread` of each file the limit is managed with: the limit, v1 memsw (when the
+    /// file exists), v2 `memory.high` (when managed).
+    fn read_files(&self) -> Result<(Limit, Option<Limit>, Option<Limit>), ActuatorError> {
+        let limit = self.limit.read_limit()?;
+        let memsw = self.memsw.as_ref().map(|f| f.read_limit()).transpose()?;
+        let high = self.high.as_ref().map(|f| f.read_limit()).transpose()?;
+        Ok((limit, memsw, high))
+    }
+
+    /// Re-reads the limit and the files managed with it (one `pread` each on the open
+    /// descriptors; no allocation, no path lookup) and takes what they hold as the state the
+    /// next write starts from: a value its owner wrote is never overwritten by a plan made
+    /// from an older belief, and the memsw and `memory.high` gaps follow the owner's latest
+    /// values. Returns the limit before and the limit now.
+    pub fn refresh(&self) -> Result<(Limit, Limit), ActuatorError> {
+        let mut st = self.lock();
+        let before = st.limit;
+        let (limit, memsw, high) = self.read_files()?;
+        st.take(
+            limit,
+            memsw,
+            high,
+            self.high_policy == HighPolicy::FollowOwner,
+        );
+        Ok((before, limit))
     }
 
     /// The cgroup's directory.
@@ -255,9 +364,20 @@ impl MemoryActuator {
         self.lock().limit
     }
 
-    /// True when v1 memsw is managed alongside the limit.
+    /// True when v1 memsw is managed alongside the limit (limited now; an unlimited one
+    /// never binds and is left alone until its owner limits it).
     pub fn manages_memsw(&self) -> bool {
-        self.memsw.is_some()
+        self.memsw.is_some() && self.lock().memsw.is_some()
+    }
+
+    /// The v1 memsw limit and the gap kept above the limit, when managed.
+    pub fn memsw(&self) -> Option<(Limit, u64)> {
+        self.lock().memsw
+    }
+
+    /// The v2 `memory.high` the writer manages (`None`: left alone).
+    pub fn managed_high(&self) -> Option<Limit> {
+        self.lock().high
     }
 
     fn lock(&self) -> MutexGuard<'_, MemState> {
@@ -383,6 +503,16 @@ impl LimitWriter for MemoryActuator {
         Setting::Memory(self.current_limit())
     }
 
+    fn refresh(&self) -> Result<(Setting, Setting), ActuatorError> {
+        let (before, now) = MemoryActuator::refresh(self)?;
+        Ok((Setting::Memory(before), Setting::Memory(now)))
+    }
+
+    fn holds(&self, found: Setting, believed: u64) -> bool {
+        let believed = page_aligned(Limit::from_bytes(believed), self.page);
+        found == Setting::Memory(believed)
+    }
+
     fn write(&self, new: u64) -> Result<u64, ActuatorError> {
         self.set_memory_limit(Limit::from_bytes(new))
             .map(|o| o.completed_ns)
@@ -407,6 +537,7 @@ mod tests {
             limit: Limit::Bytes(100),
             memsw: Some((Limit::Bytes(150), 50)),
             high: None,
+            high_gap: None,
         };
         let (plan, next) = plan_memory(&state, Limit::Bytes(200), HighPolicy::Unmanaged);
         assert_eq!(
@@ -459,7 +590,7 @@ mod tests {
                 Limit::Max => Limit::Max,
                 Limit::Bytes(b) => Limit::from_bytes(b + gap),
             };
-            let state = MemState { limit: cur, memsw: Some((memsw, gap)), high: None };
+            let state = MemState { limit: cur, memsw: Some((memsw, gap)), high: None, high_gap: None };
             let (plan, next) = plan_memory(&state, new, HighPolicy::Unmanaged);
             let (mut limit, mut sw) = (cur, memsw);
             for (file, value) in plan.iter().flatten() {
@@ -482,6 +613,7 @@ mod tests {
             limit: Limit::Bytes(100),
             memsw: None,
             high: None,
+            high_gap: None,
         };
         for new in [
             Limit::Bytes(50),
@@ -500,6 +632,7 @@ mod tests {
             limit: Limit::Bytes(1000),
             memsw: None,
             high: Some(Limit::Bytes(900)),
+            high_gap: None,
         };
         let policy = HighPolicy::Fraction(0.9);
         let (plan, next) = plan_memory(&state, Limit::Bytes(2000), policy);

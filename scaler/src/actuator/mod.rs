@@ -112,6 +112,24 @@ pub struct WriteMark {
     /// CPU: period µs.
     b: std::sync::atomic::AtomicU64,
     resource: Resource,
+    /// Owner's writes the engine found when it re-read the limit (before a write, or on an
+    /// event that disagreed with its belief) and adopted instead of overwriting.
+    adoptions: std::sync::atomic::AtomicU64,
+    /// The latest of them: the setting the agent believed (encoded like `a`, `b`) ...
+    adopted_old: [std::sync::atomic::AtomicU64; 2],
+    /// ... and the owner's value found.
+    adopted_new: [std::sync::atomic::AtomicU64; 2],
+}
+
+/// An owner's write the engine adopted (see [`WriteMark::adopted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adoption {
+    /// How many the engine adopted so far (the slow side counts the difference).
+    pub count: u64,
+    /// The setting the agent believed in force.
+    pub old: Setting,
+    /// The owner's value it found and adopted.
+    pub new: Setting,
 }
 
 impl WriteMark {
@@ -123,7 +141,45 @@ impl WriteMark {
             a: a.into(),
             b: b.into(),
             resource: current.resource(),
+            adoptions: 0.into(),
+            adopted_old: [a.into(), b.into()],
+            adopted_new: [a.into(), b.into()],
         }
+    }
+
+    /// The engine: it re-read the limit and found `new`, an owner's value, where it believed
+    /// `old`, and adopted it (the limit the agent holds is `new` from now on). No allocation.
+    pub fn adopted(&self, old: Setting, new: Setting) {
+        use std::sync::atomic::Ordering;
+        self.begin();
+        let (oa, ob) = Self::encode(old);
+        let (na, nb) = Self::encode(new);
+        self.adopted_old[0].store(oa, Ordering::Release);
+        self.adopted_old[1].store(ob, Ordering::Release);
+        self.adopted_new[0].store(na, Ordering::Release);
+        self.adopted_new[1].store(nb, Ordering::Release);
+        self.adoptions.fetch_add(1, Ordering::AcqRel);
+        self.end(new);
+    }
+
+    /// The slow side: the engine's adoptions so far and the latest one, or `None` while a
+    /// write or an adoption is under way (look again later).
+    pub fn adoption(&self) -> Option<Adoption> {
+        use std::sync::atomic::Ordering;
+        let seq = self.seq.load(Ordering::Acquire);
+        if seq % 2 == 1 {
+            return None;
+        }
+        let count = self.adoptions.load(Ordering::Acquire);
+        let old = self.decode(
+            self.adopted_old[0].load(Ordering::Acquire),
+            self.adopted_old[1].load(Ordering::Acquire),
+        );
+        let new = self.decode(
+            self.adopted_new[0].load(Ordering::Acquire),
+            self.adopted_new[1].load(Ordering::Acquire),
+        );
+        (self.seq.load(Ordering::Acquire) == seq).then_some(Adoption { count, old, new })
     }
 
     fn encode(s: Setting) -> (u64, u64) {
@@ -200,6 +256,17 @@ pub trait LimitWriter: Send + fmt::Debug {
     /// is). Returns the `CLOCK_MONOTONIC` time (ns) at which the last write returned: the end of
     /// the reaction that the kernel's event timestamp began.
     fn write(&self, new: u64) -> Result<u64, ActuatorError>;
+
+    /// Re-reads the limit files through the open descriptors (one `pread` each: no
+    /// allocation, no path lookup) and takes what they hold as what the next write starts
+    /// from (v1 memsw and v2 `memory.high` gaps re-derived from their owner's values when they
+    /// changed). Returns the setting believed before and the one found.
+    fn refresh(&self) -> Result<(Setting, Setting), ActuatorError>;
+
+    /// Whether `found` (from [`refresh`](Self::refresh)) is `believed` (in the unit of
+    /// [`write`](Self::write)) as the kernel keeps it: a memory limit in whole pages, a CPU
+    /// quota (`u64::MAX`: none) at whatever period.
+    fn holds(&self, found: Setting, believed: u64) -> bool;
 
     /// Which limit it writes.
     fn resource(&self) -> Resource {
@@ -547,13 +614,24 @@ impl ControlFile {
         })
     }
 
-    /// Opens `name` in `dir` if it exists; `Ok(None)` when it does not (the cgroup must
-    /// still be there).
+    /// Opens `name` in `dir` for reading and writing (`openat`, `O_RDWR`): the engine re-reads
+    /// the file through the same descriptor before it writes ([`read_line`](Self::read_line)),
+    /// so that a value its owner wrote is seen, never overwritten.
+    pub fn open_rw_at(dir: &CgroupDir, name: &str) -> Result<Self, ActuatorError> {
+        let file = dir.open_file(name, OFlag::O_RDWR)?;
+        Ok(ControlFile {
+            file,
+            path: dir.path().join(name),
+        })
+    }
+
+    /// Opens `name` in `dir` (read-write) if it exists; `Ok(None)` when it does not (the
+    /// cgroup must still be there).
     pub(crate) fn open_optional(
         dir: &CgroupDir,
         name: &str,
     ) -> Result<Option<Self>, ActuatorError> {
-        match Self::open_at(dir, name) {
+        match Self::open_rw_at(dir, name) {
             Ok(f) => Ok(Some(f)),
             Err(ActuatorError::Open { source, .. })
                 if source.raw_os_error() == Some(libc::ENOENT) =>
@@ -568,6 +646,47 @@ impl ControlFile {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Re-reads the file's first line with one `pread` at offset 0 into `buf` (no
+    /// allocation): the value in force now, whoever wrote it. The file must have been opened
+    /// for reading ([`open_rw_at`](Self::open_rw_at)).
+    pub(crate) fn read_line<'b>(&self, buf: &'b mut [u8; 64]) -> Result<&'b str, ActuatorError> {
+        let n = self.file.read_at(buf, 0).map_err(|source| {
+            ActuatorError::Read(if crate::cgroupfs::io_is_gone(&source) {
+                CgroupError::Gone {
+                    path: self.path.clone(),
+                }
+            } else {
+                CgroupError::Read {
+                    path: self.path.clone(),
+                    source,
+                }
+            })
+        })?;
+        let text = &buf[..n];
+        // A fake (regular) file keeps an old, longer value's tail after the newline.
+        let line = text.split(|b| *b == b'\n').next().unwrap_or(&[]);
+        std::str::from_utf8(line).map_err(|_| self.parse_error(text, "not UTF-8"))
+    }
+
+    /// A parse error of what [`read_line`](Self::read_line) found.
+    pub(crate) fn parse_error(&self, text: &[u8], reason: &'static str) -> ActuatorError {
+        ActuatorError::Read(CgroupError::Parse {
+            path: self.path.clone(),
+            content: String::from_utf8_lossy(text).into_owned(),
+            reason,
+        })
+    }
+
+    /// Re-reads a memory limit file (`max`, `-1` or bytes; see [`Limit::parse`]).
+    pub(crate) fn read_limit(&self) -> Result<Limit, ActuatorError> {
+        let mut buf = [0u8; 64];
+        let line = self.read_line(&mut buf)?;
+        match line.trim() {
+            "-1" => Ok(Limit::Max),
+            t => Limit::parse(t).map_err(|reason| self.parse_error(t.as_bytes(), reason)),
+        }
     }
 
     /// One `pwrite(fd, value + "\n", 0)`, like `echo value > file` (every cgroup file strips

@@ -78,17 +78,30 @@ struct FakeWriter {
     current: Mutex<Setting>,
     writes: Writes,
     refuse: bool,
+    /// A value the limit's owner wrote to the "file", found by the next re-read.
+    owner: Owner,
 }
+
+/// A fake writer's file, as its owner writes it.
+type Owner = Arc<Mutex<Option<Setting>>>;
 
 impl FakeWriter {
     fn boxed(current: Setting, refuse: bool) -> (Box<dyn LimitWriter>, Writes) {
+        let (w, writes, _) = Self::with_owner(current, refuse);
+        (w, writes)
+    }
+
+    /// Like `boxed`, with a handle to write the "file" as its owner.
+    fn with_owner(current: Setting, refuse: bool) -> (Box<dyn LimitWriter>, Writes, Owner) {
         let writes = Writes::default();
+        let owner = Owner::default();
         let w = FakeWriter {
             current: Mutex::new(current),
             writes: writes.clone(),
             refuse,
+            owner: owner.clone(),
         };
-        (Box::new(w), writes)
+        (Box::new(w), writes, owner)
     }
 }
 
@@ -119,6 +132,23 @@ impl LimitWriter for FakeWriter {
             }),
         };
         Ok(monotonic_ns())
+    }
+
+    fn refresh(&self) -> Result<(Setting, Setting), ActuatorError> {
+        let mut cur = self.current.lock().unwrap();
+        let before = *cur;
+        if let Some(owner) = self.owner.lock().unwrap().take() {
+            *cur = owner;
+        }
+        Ok((before, *cur))
+    }
+
+    fn holds(&self, found: Setting, believed: u64) -> bool {
+        match found {
+            Setting::Memory(l) => l.as_u64_saturating() == believed,
+            Setting::Cpu(CpuQuota::Max) => believed == u64::MAX,
+            Setting::Cpu(CpuQuota::Quota { quota_us, .. }) => quota_us == believed,
+        }
     }
 }
 
@@ -473,6 +503,15 @@ impl LimitWriter for CountingWriter {
         self.writes.fetch_add(1, Ordering::Relaxed);
         *self.current.lock().unwrap() = Setting::Memory(Limit::from_bytes(new));
         Ok(monotonic_ns())
+    }
+
+    fn refresh(&self) -> Result<(Setting, Setting), ActuatorError> {
+        let cur = *self.current.lock().unwrap();
+        Ok((cur, cur))
+    }
+
+    fn holds(&self, found: Setting, believed: u64) -> bool {
+        found == Setting::Memory(Limit::from_bytes(believed))
     }
 }
 

@@ -540,6 +540,8 @@ impl Agent {
                     original_unknown,
                     mark,
                     adopted: None,
+                    adoptions_seen: 0,
+                    owner_value: None,
                     pod,
                     labels,
                 },
@@ -648,6 +650,9 @@ impl Agent {
                 let Ok(cg) = h.cgroup(&m.path) else {
                     continue;
                 };
+                // Owner's writes the engine found since (re-read before a write, or on an
+                // event that disagreed with what it believed).
+                take_adoption(&self.state, r, m);
                 // What the agent had written, read around the sample (see WriteMark).
                 let before = m.mark.read();
                 let Some(s) = r.sample(&cg, Some((&self.pipeline, *id))) else {
@@ -668,19 +673,9 @@ impl Agent {
                 if let Observed::Adopted { previous } =
                     lock(&self.state.state).observe_setting(&m.path, s.observed, ours.map(|o| o.1))
                 {
-                    tracing::info!(
-                        cgroup = %m.path,
-                        resource = res.as_str(),
-                        previous = %previous,
-                        original = %s.observed,
-                        "limit changed outside the agent: adopted as the original"
-                    );
-                    m.original = s.observed;
-                    m.original_unknown = false;
+                    let old = ours.map_or(previous, |o| o.1);
+                    owner_wrote(&self.state, r, m, previous, old, s.observed, "sample");
                     m.adopted = ours.map(|(seq, _)| (seq, s.observed));
-                    let metrics = &self.state.metrics;
-                    metrics.set_original_limit(&m.labels, r.gauge(s.observed));
-                    metrics.original_unknown.get_or_create(&m.labels).set(0.0);
                 }
                 if let Some(t) = s.throttled_seconds {
                     Metrics::set_total_f64(
@@ -857,6 +852,75 @@ impl Agent {
             })
             .collect()
     }
+}
+
+/// Takes the owner's writes the engine adopted since the last look ([`WriteMark::adoption`]):
+/// the latest becomes the original (state file, metrics), logged and counted like one a
+/// sample found, unless a sample already adopted that very value.
+pub fn take_adoption(state: &AgentState, r: &dyn resource::ManagedResource, m: &mut Managed) {
+    let Some(ad) = m.mark.adoption() else {
+        return;
+    };
+    if ad.count <= m.adoptions_seen {
+        return;
+    }
+    m.adoptions_seen = ad.count;
+    if m.owner_value == Some(ad.new) {
+        return;
+    }
+    let Some(previous) = lock(&state.state).owner_wrote_setting(&m.path, ad.new) else {
+        return;
+    };
+    owner_wrote(state, r, m, previous, ad.old, ad.new, "re-read");
+}
+
+/// An owner's write adopted as `m`'s original: logged (the cgroup, the limit the agent held
+/// and the owner's), counted in `scaler_external_changes_total{resource}`, and the original's
+/// metrics updated.
+fn owner_wrote(
+    state: &AgentState,
+    r: &dyn resource::ManagedResource,
+    m: &mut Managed,
+    previous: Setting,
+    old: Setting,
+    new: Setting,
+    seen_by: &'static str,
+) {
+    let res = r.resource();
+    tracing::info!(
+        cgroup = %m.path,
+        resource = res.as_str(),
+        previous = %previous,
+        original = %new,
+        old = %old,
+        new = %new,
+        seen_by,
+        "limit changed outside the agent: adopted as the original"
+    );
+    m.original = new;
+    m.original_unknown = false;
+    m.owner_value = Some(new);
+    let metrics = &state.metrics;
+    metrics.set_original_limit(&m.labels, r.gauge(new));
+    metrics.original_unknown.get_or_create(&m.labels).set(0.0);
+    metrics
+        .external_changes
+        .get_or_create(&super::metrics::ResourceLabels {
+            resource: res.as_str(),
+        })
+        .inc();
+}
+
+/// At shutdown, once the engine has stopped: the owner's writes it adopted since the last
+/// sample become originals before anything is restored.
+pub fn take_adoptions(state: &AgentState) {
+    for r in resource::ALL {
+        let mut managed = lock(state.managed(r.resource()));
+        for m in managed.values_mut() {
+            take_adoption(state, r, m);
+        }
+    }
+    state.save_state();
 }
 
 /// At shutdown with `restore_on_exit`: writes each changed cgroup's original limit back, for

@@ -191,6 +191,9 @@ pub struct Metrics {
     pub failed_writes: Counter,
     /// `scaler_unmanaged_ancestor_binds_total`.
     pub unmanaged_ancestor_binds: Counter,
+    /// `scaler_external_changes_total{resource}`: limits their owner (a runtime, the kubelet,
+    /// systemd, a person) wrote while the agent managed them, adopted as the new original.
+    pub external_changes: Family<ResourceLabels, Counter>,
     /// `scaler_raises_refused_total{resource,reason}`: raises a cgroup under pressure did not
     /// get (`at_max`, `budget`, `ancestor`, `rate_limited`, `below_hysteresis`).
     pub raises_refused: Family<RefusedLabels, Counter>,
@@ -272,6 +275,7 @@ impl Metrics {
             failed_writes: Counter::default(),
             unmanaged_ancestor_binds: Counter::default(),
             raises_refused: Family::default(),
+            external_changes: Family::default(),
             node_memory_room: Gauge::default(),
             bpf_run_seconds: Family::default(),
             bpf_runs: Family::default(),
@@ -390,6 +394,13 @@ impl Metrics {
                 m.unmanaged_ancestor_binds.clone(),
             );
             r.register(
+                "external_changes",
+                "Limits their owner (a container runtime, the kubelet, systemd, a person) wrote \
+                 while the agent managed them, by resource: adopted as the new original, never \
+                 overwritten",
+                m.external_changes.clone(),
+            );
+            r.register(
                 "raises_refused",
                 "Raises refused to a cgroup under pressure, by resource and reason (at_max, \
                  budget: the node cannot back it, ancestor: a managed ancestor cannot back it, \
@@ -494,6 +505,9 @@ impl Metrics {
                 .reaction_latency
                 .get_or_create(&ResourceLabels { resource: r });
             let _ = self.managed.get_or_create(&ResourceLabels { resource: r });
+            let _ = self
+                .external_changes
+                .get_or_create(&ResourceLabels { resource: r });
             for reason in ACTION_REASONS
                 .iter()
                 .filter(|x| Self::reason_resource(**x) == resource)

@@ -44,7 +44,7 @@ use scaler_common::EventKind;
 
 use self::{
     discovery::{TreeChange, TreeWatcher},
-    managed::{restore_originals, status_doc, Agent},
+    managed::{restore_originals, status_doc, take_adoptions, Agent},
     metrics::{LimitLabels, Metrics},
     state::StateFile,
     status::{ActionStatus, Recent},
@@ -173,6 +173,11 @@ pub struct Managed {
     /// The limit adopted from its owner at the mark's sequence number: what the cgroup holds
     /// until the engine writes again.
     pub adopted: Option<(u64, Setting)>,
+    /// The engine's adoptions of owner's writes already taken ([`WriteMark::adoption`]).
+    pub adoptions_seen: u64,
+    /// The owner's value adopted last (by a sample or from the engine), so that one owner's
+    /// write seen by both is logged and counted once.
+    pub owner_value: Option<Setting>,
     /// The pod and container, for Kubernetes cgroups.
     pub pod: Option<PodCgroup>,
     /// Its metric labels.
@@ -678,7 +683,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     } else {
         let _ = recorder.join();
     }
-    state.save_state();
+    take_adoptions(&state);
     let restore = lock(&state.info).restore_on_exit;
     if restore && !config.agent.dry_run {
         // The engine is stopped (or stalled, and the process exits right after).

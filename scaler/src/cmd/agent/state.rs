@@ -323,6 +323,19 @@ impl<L: Copy + PartialEq> Table<L> {
         Observed::Adopted { previous }
     }
 
+    /// The limit's owner wrote `value` (found by the engine when it re-read the limit before
+    /// a write, or on an event that disagreed with it): the new original and current. Returns
+    /// the previous original, `None` when `path` is not recorded.
+    pub fn owner_wrote(&mut self, path: &str, value: L) -> Option<L> {
+        let r = self.records.get_mut(path)?;
+        let previous = r.original;
+        r.original = value;
+        r.current = value;
+        r.unknown_original = false;
+        self.dirty = true;
+        Some(previous)
+    }
+
     /// Forgets `path` (removed, deselected or restored).
     pub fn forget(&mut self, path: &str) -> Option<Record<L>> {
         let r = self.records.remove(path);
@@ -773,6 +786,22 @@ impl StateFile {
                     .observe(path, q.into(), ours)
                     .map(|q| Setting::Cpu(q.into()))
             }
+        }
+    }
+
+    /// [`Table::owner_wrote`] of the resource of `value`.
+    pub fn owner_wrote_setting(&mut self, path: &str, value: Setting) -> Option<Setting> {
+        match value {
+            Setting::Memory(l) => self
+                .doc
+                .cgroups
+                .owner_wrote(path, l.into())
+                .map(|p| Setting::Memory(p.into())),
+            Setting::Cpu(q) => self
+                .doc
+                .cpu
+                .owner_wrote(path, q.into())
+                .map(|p| Setting::Cpu(p.into())),
         }
     }
 
