@@ -61,12 +61,14 @@ impl CpuActuator {
         let mut buf = [0u8; 64];
         let line = self.quota.read_line(&mut buf)?;
         match &self.period {
-            None => CpuQuota::parse_v2(line).map_err(|r| self.quota.parse_error(line.as_bytes(), r)),
+            None => {
+                CpuQuota::parse_v2(line).map_err(|r| self.quota.parse_error(line.as_bytes(), r))
+            }
             Some(pf) => {
-                let quota: i64 = line
-                    .trim()
-                    .parse()
-                    .map_err(|_| self.quota.parse_error(line.as_bytes(), "expected a signed number"))?;
+                let quota: i64 = line.trim().parse().map_err(|_| {
+                    self.quota
+                        .parse_error(line.as_bytes(), "expected a signed number")
+                })?;
                 let mut pbuf = [0u8; 64];
                 let pline = pf.read_line(&mut pbuf)?;
                 let period: u64 = pline

@@ -348,9 +348,10 @@ impl CpuDecider {
     /// The owner wrote `quota` at `period_us` (re-read from the files at `now`): adopted at
     /// once.
     pub fn owner_set(&mut self, id: CgId, now: u64, quota: Option<u64>, period_us: u64) {
-        self.ledger.owner_set(id, now, quota.unwrap_or(UNLIMITED), |c| {
-            c.period_us = period_us.max(1)
-        });
+        self.ledger
+            .owner_set(id, now, quota.unwrap_or(UNLIMITED), |c| {
+                c.period_us = period_us.max(1)
+            });
     }
 
     /// The engine found `quota` in the files just before performing `action` and did not

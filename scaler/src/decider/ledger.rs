@@ -641,13 +641,7 @@ impl<X: Ext> Ledger<X> {
     /// synchronously): adopted at once, with `ext` updating the extension. Signals from before
     /// `now` that report the older limit are explained by this change (they are not adopted
     /// again). Returns whether the cgroup is managed.
-    pub fn owner_set(
-        &mut self,
-        id: CgId,
-        now: u64,
-        limit: u64,
-        ext: impl FnOnce(&mut X),
-    ) -> bool {
+    pub fn owner_set(&mut self, id: CgId, now: u64, limit: u64, ext: impl FnOnce(&mut X)) -> bool {
         let Some(st) = self.entries.get_mut(&id) else {
             return false;
         };
