@@ -806,4 +806,149 @@ mod tests {
             (200u64 << 20).to_string()
         );
     }
+
+    /// Issue 16, item 3: memsw unlimited when the files were opened, then set by its owner
+    /// (a runtime writes it a few ms after the limit): followed at the owner's gap from the
+    /// next write on; and when the owner changes both again, the gap is re-derived from its
+    /// new values, not the ones seen at open.
+    #[test]
+    fn v1_memsw_set_by_its_owner_after_open_follows_the_limit_at_the_owners_gap() {
+        let (_t, cg) = v1_cgroup("67108864", Some("9223372036854771712"));
+        let act = MemoryActuator::open(&cg, MemoryOptions::default()).unwrap();
+        assert!(!act.manages_memsw(), "an unlimited memsw never binds");
+        fs::write(cg.file("memory.memsw.limit_in_bytes"), "134217728\n").unwrap();
+        assert_eq!(
+            act.refresh().unwrap(),
+            (Limit::Bytes(64 << 20), Limit::Bytes(64 << 20))
+        );
+        assert_eq!(act.memsw(), Some((Limit::Bytes(128 << 20), 64 << 20)));
+        let out = act.set_memory_limit(Limit::Bytes(200 << 20)).unwrap();
+        assert_eq!(out.writes, 2);
+        assert_eq!(
+            first_line(&cg.file("memory.memsw.limit_in_bytes")),
+            (264u64 << 20).to_string()
+        );
+        assert_eq!(
+            first_line(&cg.file("memory.limit_in_bytes")),
+            (200u64 << 20).to_string()
+        );
+        // `podman update --memory 100m`: limit 100M, memsw 200M.
+        fs::write(cg.file("memory.limit_in_bytes"), "104857600\n").unwrap();
+        fs::write(cg.file("memory.memsw.limit_in_bytes"), "209715200\n").unwrap();
+        assert_eq!(
+            act.refresh().unwrap(),
+            (Limit::Bytes(200 << 20), Limit::Bytes(100 << 20))
+        );
+        assert_eq!(act.memsw(), Some((Limit::Bytes(200 << 20), 100 << 20)));
+        act.set_memory_limit(Limit::Bytes(150 << 20)).unwrap();
+        assert_eq!(
+            first_line(&cg.file("memory.memsw.limit_in_bytes")),
+            (250u64 << 20).to_string()
+        );
+        // The owner lifts memsw again: left alone from then on.
+        fs::write(cg.file("memory.memsw.limit_in_bytes"), "-1\n").unwrap();
+        act.refresh().unwrap();
+        assert!(!act.manages_memsw());
+        let out = act.set_memory_limit(Limit::Bytes(300 << 20)).unwrap();
+        assert_eq!(out.writes, 1);
+    }
+
+    /// A refresh that finds what the writer believes changes nothing (the memsw gap the
+    /// writer keeps survives its own writes).
+    #[test]
+    fn a_refresh_after_the_writers_own_write_finds_nothing_new() {
+        let (_t, cg) = v1_cgroup("67108864", Some("134217728"));
+        let act = MemoryActuator::open(&cg, MemoryOptions::default()).unwrap();
+        act.set_memory_limit(Limit::Bytes(200 << 20)).unwrap();
+        assert_eq!(
+            act.refresh().unwrap(),
+            (Limit::Bytes(200 << 20), Limit::Bytes(200 << 20))
+        );
+        assert_eq!(act.memsw(), Some((Limit::Bytes(264 << 20), 64 << 20)));
+        assert!(act.holds(Setting::Memory(Limit::Bytes(200 << 20)), 200 << 20));
+        assert!(!act.holds(Setting::Memory(Limit::Bytes(100 << 20)), 200 << 20));
+        assert!(act.holds(Setting::Memory(Limit::Max), u64::MAX));
+    }
+
+    /// v2: an owner's memory.high below memory.max follows it at the owner's gap (a raise
+    /// never leaves the old throttle below the new limit), never below the owner's own value
+    /// when lowered; an unlimited memory.high is left alone.
+    #[test]
+    fn v2_an_owners_memory_high_follows_max_at_its_gap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cg");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("memory.max"), "67108864\n").unwrap();
+        fs::write(dir.join("memory.high"), "50331648\n").unwrap();
+        let cg = Cgroup::new(dir, "/cg".into(), CgroupVersion::V2);
+        let act = MemoryActuator::open(&cg, MemoryOptions::default()).unwrap();
+        assert_eq!(act.managed_high(), Some(Limit::Bytes(48 << 20)));
+        let out = act.set_memory_limit(Limit::Bytes(128 << 20)).unwrap();
+        assert_eq!(out.writes, 2);
+        assert_eq!(
+            first_line(&cg.file("memory.max")),
+            (128u64 << 20).to_string()
+        );
+        assert_eq!(
+            first_line(&cg.file("memory.high")),
+            (112u64 << 20).to_string()
+        );
+        // Lowered below the owner's 64M: high stays at the owner's 48M, capped at the limit.
+        act.set_memory_limit(Limit::Bytes(56 << 20)).unwrap();
+        assert_eq!(
+            first_line(&cg.file("memory.high")),
+            (48u64 << 20).to_string()
+        );
+        act.set_memory_limit(Limit::Bytes(40 << 20)).unwrap();
+        assert_eq!(
+            first_line(&cg.file("memory.high")),
+            (40u64 << 20).to_string()
+        );
+        // The owner lifts memory.high: left alone.
+        fs::write(cg.file("memory.high"), "max\n").unwrap();
+        act.refresh().unwrap();
+        assert_eq!(act.managed_high(), None);
+        let out = act.set_memory_limit(Limit::Bytes(256 << 20)).unwrap();
+        assert_eq!(out.writes, 1);
+        assert_eq!(first_line(&cg.file("memory.high")), "max");
+        // No memory.high at all (an old kernel, a fake tree): only memory.max.
+        let (_t2, v1) = v1_cgroup("67108864", None);
+        assert_eq!(
+            MemoryActuator::open(&v1, MemoryOptions::default())
+                .unwrap()
+                .managed_high(),
+            None
+        );
+    }
+
+    #[test]
+    fn follow_owner_plans_high_on_the_safe_side_of_max() {
+        let state = MemState {
+            limit: Limit::Bytes(1000),
+            memsw: None,
+            high: Some(Limit::Bytes(800)),
+            high_gap: Some((200, 800)),
+        };
+        let (plan, next) = plan_memory(&state, Limit::Bytes(3000), HighPolicy::FollowOwner);
+        assert_eq!(
+            steps(&plan),
+            vec![
+                (MemFile::Limit, Limit::Bytes(3000)),
+                (MemFile::High, Limit::Bytes(2800))
+            ]
+        );
+        let (plan, _) = plan_memory(&next, Limit::Bytes(900), HighPolicy::FollowOwner);
+        assert_eq!(
+            steps(&plan),
+            vec![
+                (MemFile::High, Limit::Bytes(800)),
+                (MemFile::Limit, Limit::Bytes(900))
+            ]
+        );
+        let (plan, _) = plan_memory(&state, Limit::Max, HighPolicy::FollowOwner);
+        assert_eq!(
+            steps(&plan),
+            vec![(MemFile::Limit, Limit::Max), (MemFile::High, Limit::Max)]
+        );
+    }
 }

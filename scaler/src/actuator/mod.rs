@@ -872,6 +872,50 @@ mod tests {
     }
 
     #[test]
+    fn a_write_mark_carries_the_engines_adoptions_of_owners_writes() {
+        let m = WriteMark::new(Setting::Memory(Limit::Max));
+        let a = m.adoption().unwrap();
+        assert_eq!(a.count, 0);
+        let (seq, _) = m.read().unwrap();
+        m.adopted(
+            Setting::Memory(Limit::Max),
+            Setting::Memory(Limit::Bytes(64 << 20)),
+        );
+        assert!(
+            !m.unchanged_since(seq),
+            "a sample around it is inconclusive"
+        );
+        let a = m.adoption().unwrap();
+        assert_eq!(a.count, 1);
+        assert_eq!(a.old, Setting::Memory(Limit::Max));
+        assert_eq!(a.new, Setting::Memory(Limit::Bytes(64 << 20)));
+        // What the agent holds from then on is the owner's value.
+        assert_eq!(m.read().unwrap().1, Setting::Memory(Limit::Bytes(64 << 20)));
+        m.begin();
+        assert_eq!(m.adoption(), None);
+        m.end(Setting::Memory(Limit::Bytes(128 << 20)));
+        assert_eq!(m.adoption().unwrap().count, 1);
+    }
+
+    #[test]
+    fn a_control_file_is_reread_through_its_descriptor() {
+        let (_t, cg) = v1_cgroup("9223372036854771712", None);
+        let d = CgroupDir::open(&cg, None).unwrap();
+        let f = ControlFile::open_rw_at(&d, "memory.limit_in_bytes").unwrap();
+        assert_eq!(f.read_limit().unwrap(), Limit::Max);
+        let mut v = ValueBuf::new();
+        v.push_u64(64 << 20);
+        f.write(&v, "").unwrap();
+        // A regular file keeps the old value's tail after the newline: the first line counts.
+        assert_eq!(f.read_limit().unwrap(), Limit::Bytes(64 << 20));
+        fs::write(cg.file("memory.limit_in_bytes"), "-1\n").unwrap();
+        assert_eq!(f.read_limit().unwrap(), Limit::Max);
+        fs::write(cg.file("memory.limit_in_bytes"), "garbage\n").unwrap();
+        let e = f.read_limit().unwrap_err().to_string();
+        assert!(e.contains("memory.limit_in_bytes"), "{e}");
+    }
+
+    #[test]
     fn errors_are_classified() {
         let (_t, cg) = v1_cgroup("100", None);
         let f = ControlFile::open(cg.file("memory.limit_in_bytes")).unwrap();

@@ -394,8 +394,9 @@ impl MemoryDecider {
         let Some(st) = self.ledger.get(id) else {
             return false;
         };
-        let ours = st.limit();
-        st.settled(ts_ns) && limit.abs_diff(ours) >= LIMIT_GRANULARITY
+        // The kernel reports an unlimited counter as a huge byte count: the same as ours.
+        let limit = Limit::from_bytes(limit).as_u64_saturating();
+        st.settled(ts_ns) && limit.abs_diff(st.limit()) >= LIMIT_GRANULARITY
     }
 
     /// The owner wrote `limit` (re-read from the file at `now`): adopted at once (see the

@@ -752,7 +752,10 @@ impl ScalingHandler {
         // A limit the decider does not believe (a cgroup found before its owner wrote its
         // limit; an owner's change since): the files are re-read and the owner's value
         // adopted before deciding.
-        slot.reread(id, &signal);
+        // (Not in a dry run: there the decider's limit is the one it would have written.)
+        if !self.dry_run {
+            slot.reread(id, &signal);
+        }
         slot.signal(id, signal, &mut self.decision);
         self.refused(resource);
         self.execute();

@@ -675,6 +675,7 @@ impl Agent {
                 {
                     let old = ours.map_or(previous, |o| o.1);
                     owner_wrote(&self.state, r, m, previous, old, s.observed, "sample");
+                    m.owner_value = Some(s.observed);
                     m.adopted = ours.map(|(seq, _)| (seq, s.observed));
                 }
                 if let Some(t) = s.throttled_seconds {
@@ -861,11 +862,14 @@ pub fn take_adoption(state: &AgentState, r: &dyn resource::ManagedResource, m: &
     let Some(ad) = m.mark.adoption() else {
         return;
     };
+    // A value a sample adopted is the engine's to find too, at most until the next look
+    // (the engine learns it from that sample): the same write, logged and counted once.
+    let sampled = m.owner_value.take();
     if ad.count <= m.adoptions_seen {
         return;
     }
     m.adoptions_seen = ad.count;
-    if m.owner_value == Some(ad.new) {
+    if sampled == Some(ad.new) {
         return;
     }
     let Some(previous) = lock(&state.state).owner_wrote_setting(&m.path, ad.new) else {
@@ -899,7 +903,6 @@ fn owner_wrote(
     );
     m.original = new;
     m.original_unknown = false;
-    m.owner_value = Some(new);
     let metrics = &state.metrics;
     metrics.set_original_limit(&m.labels, r.gauge(new));
     metrics.original_unknown.get_or_create(&m.labels).set(0.0);

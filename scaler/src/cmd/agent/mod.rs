@@ -175,8 +175,8 @@ pub struct Managed {
     pub adopted: Option<(u64, Setting)>,
     /// The engine's adoptions of owner's writes already taken ([`WriteMark::adoption`]).
     pub adoptions_seen: u64,
-    /// The owner's value adopted last (by a sample or from the engine), so that one owner's
-    /// write seen by both is logged and counted once.
+    /// The owner's value the last sample adopted, so that one owner's write seen by the
+    /// sample and by the engine is logged and counted once.
     pub owner_value: Option<Setting>,
     /// The pod and container, for Kubernetes cgroups.
     pub pod: Option<PodCgroup>,

@@ -1229,6 +1229,24 @@ mod tests {
     }
 
     #[test]
+    fn an_owners_write_the_engine_adopted_becomes_the_original() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = StateFile::load(&d.path().join("s.json")).unwrap();
+        assert_eq!(s.manage("/ctr", 1, "p", Limit::Max), known(Limit::Max));
+        s.changed("/ctr", Limit::Bytes(256 * M));
+        assert_eq!(
+            s.owner_wrote_setting("/ctr", Setting::Memory(Limit::Bytes(64 * M))),
+            Some(Setting::Memory(Limit::Max))
+        );
+        assert_eq!(s.records()["/ctr"].original, StoredLimit::Bytes(64 * M));
+        assert_eq!(s.records()["/ctr"].current, StoredLimit::Bytes(64 * M));
+        assert_eq!(
+            s.owner_wrote_setting("/nope", Setting::Memory(Limit::Max)),
+            None
+        );
+    }
+
+    #[test]
     fn cpu_quotas_are_recorded_beside_memory_and_old_files_still_load() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("s.json");
