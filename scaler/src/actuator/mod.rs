@@ -8,12 +8,17 @@
 //!
 //! Ordering rules the kernel enforces are handled here:
 //! - v1: `memory.memsw.limit_in_bytes` (memory+swap) must stay >= `memory.limit_in_bytes`.
-//!   When memsw is limited, the actuator keeps the swap allowance (memsw - limit) seen when it
-//!   was opened: raising writes memsw first, lowering writes the limit first. An unlimited memsw
-//!   never binds and is left alone.
-//! - v2: `memory.high` can be managed at a fraction of `memory.max` ([`HighPolicy`]); raising
-//!   writes `memory.max` first, lowering writes `memory.high` first (gentle reclaim before the
-//!   hard limit moves).
+//!   When memsw is limited, the actuator keeps its owner's swap allowance (memsw - limit, as
+//!   the owner last wrote them): raising writes memsw first, lowering writes the limit first.
+//!   An unlimited memsw never binds and is left alone until its owner limits it.
+//! - v2: an owner's `memory.high` below `memory.max` follows it at the owner's gap, or
+//!   `memory.high` is kept at a fraction of `memory.max` ([`HighPolicy`]); raising writes
+//!   `memory.max` first, lowering writes `memory.high` first (gentle reclaim before the hard
+//!   limit moves).
+//!
+//! Owners: the files are opened read-write, and [`LimitWriter::refresh`] re-reads them (one
+//! `pread` each) so that the engine never overwrites a value the limit's owner wrote after its
+//! decision, and follows memsw / `memory.high` from the owner's latest values.
 //!
 //! Every writer of limits goes through [`LimitWriter`]: the engine (agent and `scaler exec`),
 //! restores, the benchmark's competitors and the tests. Its implementations are

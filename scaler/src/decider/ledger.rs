@@ -87,7 +87,11 @@
 //! A limit the kernel reports that differs from ours, with no write of ours in flight and
 //! reported after our last write completed, was changed behind our back (or is the real one
 //! after a dry run): the ledger adopts it. A failed write is reverted: the limit goes back to
-//! the action's `old` value, unless a later decision has replaced it.
+//! the action's `old` value, unless a later decision has replaced it. The engine re-reads the
+//! limit files when a signal reports a limit the ledger does not believe (the resource's
+//! `disagrees`) and before every write: what its owner wrote is adopted at once
+//! ([`Ledger::owner_set`]), and a write decided from an older limit is not made
+//! ([`Ledger::yielded`]).
 
 use std::collections::{HashMap, HashSet};
 
