@@ -288,4 +288,50 @@ mod tests {
             );
         }
     }
+
+    /// An owner's quota (and period) written after open is what a re-read finds: the writer
+    /// starts from it, and `holds` tells it from the quota a decision started from.
+    #[test]
+    fn a_refresh_finds_the_owners_quota_and_period() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (version, file) in [
+            (CgroupVersion::V1, "cpu.cfs_quota_us"),
+            (CgroupVersion::V2, "cpu.max"),
+        ] {
+            let dir = tmp.path().join(format!("r{version}"));
+            fs::create_dir(&dir).unwrap();
+            let (unlimited, owners) = match version {
+                CgroupVersion::V1 => ("-1\n", "50000\n"),
+                CgroupVersion::V2 => ("max 100000\n", "50000 200000\n"),
+            };
+            fs::write(dir.join(file), unlimited).unwrap();
+            fs::write(dir.join("cpu.cfs_period_us"), "100000\n").unwrap();
+            let cg = Cgroup::new(dir, "/r".into(), version);
+            let w = CpuActuator::open(&cg).unwrap();
+            assert_eq!(w.current_quota(), CpuQuota::Max);
+            assert!(LimitWriter::holds(&w, w.current(), u64::MAX));
+            fs::write(cg.file(file), owners).unwrap();
+            if version == CgroupVersion::V1 {
+                fs::write(cg.file("cpu.cfs_period_us"), "200000\n").unwrap();
+            }
+            let (before, now) = LimitWriter::refresh(&w).unwrap();
+            assert_eq!(before, Setting::Cpu(CpuQuota::Max));
+            let owner = CpuQuota::Quota {
+                quota_us: 50000,
+                period_us: 200000,
+            };
+            assert_eq!(now, Setting::Cpu(owner), "{version}");
+            assert!(!LimitWriter::holds(&w, now, u64::MAX));
+            assert!(LimitWriter::holds(&w, now, 50000));
+            // The next write keeps the owner's period.
+            w.set_quota_us(80000).unwrap();
+            assert_eq!(
+                w.current_quota(),
+                CpuQuota::Quota {
+                    quota_us: 80000,
+                    period_us: 200000
+                }
+            );
+        }
+    }
 }

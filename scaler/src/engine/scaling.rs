@@ -489,10 +489,10 @@ pub struct EngineConfig {
 }
 
 /// A fault the engine thread injects into itself, for the tests of the agent's health
-/// checks: the agent reads it once at start from the hidden, test-only environment variable
-/// `SCALER_TEST_FAULT` (`engine-panic:WHEN` or `engine-stall:WHEN`, WHEN being milliseconds
-/// after the engine starts, or an absolute path: when that file exists). Never set it in
-/// production.
+/// checks and of refused writes: the agent reads it once at start from the hidden, test-only
+/// environment variable `SCALER_TEST_FAULT` (`engine-panic:WHEN`, `engine-stall:WHEN` or
+/// `refuse-writes:WHEN`, WHEN being milliseconds after the engine starts, or an absolute path:
+/// when (for `refuse-writes`: while) that file exists). Never set it in production.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineFault {
     pub kind: FaultKind,
@@ -506,6 +506,10 @@ pub enum FaultKind {
     Panic,
     /// The engine thread stops looping (sleeps for ever).
     Stall,
+    /// Every limit write fails as the kernel's EINVAL would, and nothing is written (the
+    /// refusal a v1 memory limit above an unmanaged memsw limit met before the agent managed
+    /// memsw with the limit; tests of how refusals are handled).
+    RefuseWrites,
 }
 
 /// When an [`EngineFault`] strikes.
@@ -527,6 +531,7 @@ impl EngineFault {
         let kind = match kind.trim() {
             "engine-panic" => FaultKind::Panic,
             "engine-stall" => FaultKind::Stall,
+            "refuse-writes" => FaultKind::RefuseWrites,
             _ => return None,
         };
         let when = when.trim();
@@ -704,19 +709,35 @@ impl ScalingHandler {
         }
     }
 
-    /// Strikes the injected fault when its time has come (tests only; see [`EngineFault`]).
-    fn inject_fault(&self) {
+    /// Whether the injected fault's time has come (tests only; see [`EngineFault`]).
+    fn fault_due(&self) -> bool {
         let Some((f, armed_ns)) = &self.fault else {
-            return;
+            return false;
         };
-        let due = match &f.when {
+        match &f.when {
             FaultTrigger::After(d) => monotonic_ns() >= armed_ns + d.as_nanos() as u64,
             FaultTrigger::FileExists(p) => p.exists(),
+        }
+    }
+
+    /// True while writes are to be refused (an injected `refuse-writes`; tests only).
+    fn refusing_writes(&self) -> bool {
+        self.fault
+            .as_ref()
+            .is_some_and(|(f, _)| f.kind == FaultKind::RefuseWrites)
+            && self.fault_due()
+    }
+
+    /// Strikes the injected fault when its time has come (tests only; see [`EngineFault`]).
+    fn inject_fault(&self) {
+        let Some((f, _)) = &self.fault else {
+            return;
         };
-        if !due {
+        if !self.fault_due() {
             return;
         }
         match f.kind {
+            FaultKind::RefuseWrites => {}
             FaultKind::Panic => {
                 panic!(
                     "injected fault ({}): engine thread panics",
@@ -783,10 +804,13 @@ impl ScalingHandler {
     fn execute(&mut self) {
         for i in 0..self.decision.actions().len() {
             let a = self.decision.actions()[i];
+            let refusing = self.fault.is_some() && self.refusing_writes();
             let slot = &mut *self.slots[slot_index(a.resource)];
             let mut written = None;
             let (outcome, errno, done_ns) = if self.dry_run {
                 (WriteOutcome::DryRun, None, monotonic_ns())
+            } else if refusing {
+                (WriteOutcome::Failed, Some(libc::EINVAL), monotonic_ns())
             } else {
                 // The writer stamps its completion; the clock is not read a second time.
                 // The mark brackets the write, so the slow side never takes this write for
