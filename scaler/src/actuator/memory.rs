@@ -10,7 +10,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard},
+    sync::{Mutex, MutexGuard, OnceLock},
     time::Instant,
 };
 
@@ -200,7 +200,8 @@ pub(crate) fn plan_memory(
 }
 
 /// Pre-opened memory limit files of one cgroup: one descriptor (the limit) unless v1 memsw is
-/// limited or v2 `memory.high`/`memory.reclaim` are asked for.
+/// limited (or was limited by its owner since), or v2 `memory.high`/`memory.reclaim` are
+/// managed.
 #[derive(Debug)]
 pub struct MemoryActuator {
     dir: PathBuf,
@@ -208,7 +209,10 @@ pub struct MemoryActuator {
     version: CgroupVersion,
     high_policy: HighPolicy,
     limit: ControlFile,
-    memsw: Option<ControlFile>,
+    /// v1 memsw: held from open when it is limited then; otherwise opened the first time it
+    /// may bind (a limit its owner changed, or a raise the kernel refused with EINVAL), so
+    /// that a cgroup whose memsw never binds costs one descriptor, not two.
+    memsw: OnceLock<ControlFile>,
     high: Option<ControlFile>,
     reclaim: Option<ControlFile>,
     state: Mutex<MemState>,
@@ -240,6 +244,7 @@ pub(crate) const LIMIT_HINT_V1: &str =
                              reclaim enough, and a limit above memory.memsw.limit_in_bytes with \
                              EINVAL";
 const LIMIT_HINT_V2: &str = "memory.max rejects malformed values with EINVAL";
+const MEMSW: &str = "memory.memsw.limit_in_bytes";
 const MEMSW_HINT: &str = "memory.memsw.limit_in_bytes must be >= memory.limit_in_bytes (EINVAL) \
                           and >= memory+swap usage (EBUSY)";
 const HIGH_HINT: &str = "memory.high rejects malformed values with EINVAL";
@@ -265,14 +270,18 @@ impl MemoryActuator {
             CgroupVersion::V2 => "memory.max",
         };
         let limit = ControlFile::open_rw_at(&d, limit_name)?;
-        let mut memsw = None;
+        let memsw = OnceLock::new();
         let mut high = None;
         let mut reclaim = None;
         match version {
             CgroupVersion::V1 => {
-                // Opened whether or not it is limited now: an owner that sets it later (a
-                // runtime writes it a few ms after the limit) is followed from then on.
-                memsw = ControlFile::open_optional(&d, "memory.memsw.limit_in_bytes")?;
+                // Held when it is limited now; an owner that limits it later (a runtime
+                // writes it a few ms after the limit) is followed from then on (`follow`).
+                if let Some(f) = ControlFile::open_optional(&d, MEMSW)? {
+                    if f.read_limit()? != Limit::Max {
+                        let _ = memsw.set(f);
+                    }
+                }
                 if !matches!(
                     options.high,
                     HighPolicy::Unmanaged | HighPolicy::FollowOwner
@@ -331,7 +340,7 @@ impl MemoryActuator {
     /// file exists), v2 `memory.high` (when managed).
     fn read_files(&self) -> Result<(Limit, Option<Limit>, Option<Limit>), ActuatorError> {
         let limit = self.limit.read_limit()?;
-        let memsw = self.memsw.as_ref().map(|f| f.read_limit()).transpose()?;
+        let memsw = self.memsw.get().map(|f| f.read_limit()).transpose()?;
         let high = self.high.as_ref().map(|f| f.read_limit()).transpose()?;
         Ok((limit, memsw, high))
     }
@@ -344,7 +353,11 @@ impl MemoryActuator {
     pub fn refresh(&self) -> Result<(Limit, Limit), ActuatorError> {
         let mut st = self.lock();
         let before = st.limit;
-        let (limit, memsw, high) = self.read_files()?;
+        let (limit, mut memsw, high) = self.read_files()?;
+        if limit != st.limit && memsw.is_none() && self.follow_memsw() {
+            // The owner changed the limit: it may have limited memsw with it.
+            memsw = self.memsw.get().map(|f| f.read_limit()).transpose()?;
+        }
         st.take(
             limit,
             memsw,
@@ -367,7 +380,30 @@ impl MemoryActuator {
     /// True when v1 memsw is managed alongside the limit (limited now; an unlimited one
     /// never binds and is left alone until its owner limits it).
     pub fn manages_memsw(&self) -> bool {
-        self.memsw.is_some() && self.lock().memsw.is_some()
+        self.memsw.get().is_some() && self.lock().memsw.is_some()
+    }
+
+    /// Opens v1 memsw when it is not held yet (the owner may have limited it since the files
+    /// were opened): through the cgroup's directory, only if it is still this cgroup. Returns
+    /// whether it is held now. Rare (an owner's change of the limit, a refused raise): it may
+    /// allocate.
+    fn follow_memsw(&self) -> bool {
+        if self.version != CgroupVersion::V1 {
+            return false;
+        }
+        if self.memsw.get().is_some() {
+            return true;
+        }
+        let opened = CgroupDir::open_path(&self.dir, Some(self.id))
+            .and_then(|d| ControlFile::open_optional(&d, MEMSW));
+        match opened {
+            Ok(Some(f)) => {
+                let _ = self.memsw.set(f);
+                true
+            }
+            // No swap accounting, or the cgroup is gone: nothing to follow.
+            Ok(None) | Err(_) => false,
+        }
     }
 
     /// The v1 memsw limit and the gap kept above the limit, when managed.
@@ -407,9 +443,36 @@ impl MemoryActuator {
         let new = page_aligned(new, self.page);
         let mut state = self.lock();
         let previous = state.limit;
-        let raising = new > previous;
-        let (plan, mut next) = plan_memory(&state, new, self.high_policy);
         let start = Instant::now();
+        match self.write_plan(&mut state, new) {
+            Ok(writes) => Ok(WriteOutcome::done(previous, new, writes, start)),
+            // v1: a raise above a memsw limit its owner set after the files were opened (and
+            // the limit unchanged since, so no re-read found it): the kernel says EINVAL.
+            // memsw is opened, re-read, and the raise planned again with it, once.
+            Err(ActuatorError::Refused {
+                errno: Errno::EINVAL,
+                ..
+            }) if new > state.limit && self.memsw.get().is_none() && self.follow_memsw() => {
+                let (limit, memsw, high) = self.read_files()?;
+                state.take(
+                    limit,
+                    memsw,
+                    high,
+                    self.high_policy == HighPolicy::FollowOwner,
+                );
+                let writes = self.write_plan(&mut state, new)?;
+                Ok(WriteOutcome::done(previous, new, writes, start))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The writes of [`set_memory_limit`](Self::set_memory_limit), from `state`; returns how
+    /// many were made.
+    fn write_plan(&self, state: &mut MemState, new: Limit) -> Result<u8, ActuatorError> {
+        let previous = state.limit;
+        let raising = new > previous;
+        let (plan, mut next) = plan_memory(state, new, self.high_policy);
         let mut writes = 0u8;
         for (file, value) in plan.into_iter().flatten() {
             let mut buf = ValueBuf::new();
@@ -422,7 +485,7 @@ impl MemoryActuator {
                         CgroupVersion::V2 => LIMIT_HINT_V2,
                     },
                 ),
-                MemFile::Memsw => match &self.memsw {
+                MemFile::Memsw => match self.memsw.get() {
                     Some(f) => (f, MEMSW_HINT),
                     None => continue,
                 },
@@ -452,7 +515,7 @@ impl MemoryActuator {
             }
         }
         *state = next;
-        Ok(WriteOutcome::done(previous, new, writes, start))
+        Ok(writes)
     }
 
     /// The cgroup's kernfs id, as checked when the files were opened.
@@ -767,7 +830,7 @@ mod tests {
         let act = MemoryActuator::open_expecting(&cg, Some(id), MemoryOptions::default()).unwrap();
         assert_eq!(act.id(), id);
         // Only the limit file is held.
-        assert!(act.memsw.is_none() && act.high.is_none() && act.reclaim.is_none());
+        assert!(act.memsw.get().is_none() && act.high.is_none() && act.reclaim.is_none());
         drop(act);
         // Removed and recreated at the same path: the old id is refused, nothing written.
         let keep = cg.dir().with_extension("old");
@@ -813,14 +876,14 @@ mod tests {
     /// new values, not the ones seen at open.
     #[test]
     fn v1_memsw_set_by_its_owner_after_open_follows_the_limit_at_the_owners_gap() {
-        let (_t, cg) = v1_cgroup("67108864", Some("9223372036854771712"));
+        let (_t, cg) = v1_cgroup("9223372036854771712", Some("9223372036854771712"));
         let act = MemoryActuator::open(&cg, MemoryOptions::default()).unwrap();
         assert!(!act.manages_memsw(), "an unlimited memsw never binds");
+        assert!(act.memsw.get().is_none(), "and costs no descriptor");
+        // The runtime writes the limit, then memsw.
+        fs::write(cg.file("memory.limit_in_bytes"), "67108864\n").unwrap();
         fs::write(cg.file("memory.memsw.limit_in_bytes"), "134217728\n").unwrap();
-        assert_eq!(
-            act.refresh().unwrap(),
-            (Limit::Bytes(64 << 20), Limit::Bytes(64 << 20))
-        );
+        assert_eq!(act.refresh().unwrap(), (Limit::Max, Limit::Bytes(64 << 20)));
         assert_eq!(act.memsw(), Some((Limit::Bytes(128 << 20), 64 << 20)));
         let out = act.set_memory_limit(Limit::Bytes(200 << 20)).unwrap();
         assert_eq!(out.writes, 2);

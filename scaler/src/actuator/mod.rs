@@ -335,7 +335,12 @@ pub struct CgroupDir {
 impl CgroupDir {
     /// Opens `cgroup`'s directory; with `expected`, refuses another cgroup found at the path.
     pub fn open(cgroup: &Cgroup, expected: Option<u64>) -> Result<Self, ActuatorError> {
-        let dir = cgroup.dir().to_path_buf();
+        Self::open_path(cgroup.dir(), expected)
+    }
+
+    /// [`open`](Self::open) by the directory's path.
+    pub fn open_path(dir: &Path, expected: Option<u64>) -> Result<Self, ActuatorError> {
+        let dir = dir.to_path_buf();
         let file = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
