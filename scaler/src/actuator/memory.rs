@@ -3,10 +3,11 @@
 //! its gap below it, or at a fraction of it, and `memory.reclaim`).
 //!
 //! Every file the kernel enforces together with the limit is managed with it, from what its
-//! owner last wrote: the files are opened read-write whether or not they are limited at open,
-//! and [`MemoryActuator::refresh`] re-reads them (one `pread` each on the open descriptors) so
-//! that a memsw limit or a `memory.high` the owner sets or changes later is followed from the
-//! owner's new values, never from the ones seen at open.
+//! owner last wrote: the files are opened read-write, and [`MemoryActuator::refresh`] re-reads
+//! them (one `pread` each on the open descriptors) so that a memsw limit or a `memory.high` the
+//! owner sets or changes later is followed from the owner's new values, never from the ones
+//! seen at open. v1 memsw is held only while it can bind: an unlimited one is opened when the
+//! owner changes the limit, or when a raise meets EINVAL (then the raise is planned again).
 
 use std::{
     path::{Path, PathBuf},
