@@ -214,7 +214,10 @@ pub struct MemoryActuator {
     /// may bind (a limit its owner changed, or a raise the kernel refused with EINVAL), so
     /// that a cgroup whose memsw never binds costs one descriptor, not two.
     memsw: OnceLock<ControlFile>,
-    high: Option<ControlFile>,
+    /// v2 `memory.high`: under [`HighPolicy::FollowOwner`] held like memsw (when the owner's
+    /// value is limited at open, or from the owner's next change of the limit); from open
+    /// under an explicit policy.
+    high: OnceLock<ControlFile>,
     reclaim: Option<ControlFile>,
     state: Mutex<MemState>,
     /// The kernel's page size: limits are kept in whole pages.
@@ -246,6 +249,7 @@ pub(crate) const LIMIT_HINT_V1: &str =
                              EINVAL";
 const LIMIT_HINT_V2: &str = "memory.max rejects malformed values with EINVAL";
 const MEMSW: &str = "memory.memsw.limit_in_bytes";
+const HIGH: &str = "memory.high";
 const MEMSW_HINT: &str = "memory.memsw.limit_in_bytes must be >= memory.limit_in_bytes (EINVAL) \
                           and >= memory+swap usage (EBUSY)";
 const HIGH_HINT: &str = "memory.high rejects malformed values with EINVAL";
@@ -272,7 +276,7 @@ impl MemoryActuator {
         };
         let limit = ControlFile::open_rw_at(&d, limit_name)?;
         let memsw = OnceLock::new();
-        let mut high = None;
+        let high = OnceLock::new();
         let mut reclaim = None;
         match version {
             CgroupVersion::V1 => {
@@ -295,11 +299,19 @@ impl MemoryActuator {
                 }
             }
             CgroupVersion::V2 => {
-                high = match options.high {
-                    HighPolicy::Unmanaged => None,
-                    HighPolicy::FollowOwner => ControlFile::open_optional(&d, "memory.high")?,
-                    _ => Some(ControlFile::open_rw_at(&d, "memory.high")?),
-                };
+                match options.high {
+                    HighPolicy::Unmanaged => {}
+                    HighPolicy::FollowOwner => {
+                        if let Some(f) = ControlFile::open_optional(&d, HIGH)? {
+                            if f.read_limit()? != Limit::Max {
+                                let _ = high.set(f);
+                            }
+                        }
+                    }
+                    _ => {
+                        let _ = high.set(ControlFile::open_rw_at(&d, HIGH)?);
+                    }
+                }
                 if options.reclaim {
                     reclaim = ControlFile::open_optional(&d, "memory.reclaim")?;
                 }
@@ -342,7 +354,7 @@ impl MemoryActuator {
     fn read_files(&self) -> Result<(Limit, Option<Limit>, Option<Limit>), ActuatorError> {
         let limit = self.limit.read_limit()?;
         let memsw = self.memsw.get().map(|f| f.read_limit()).transpose()?;
-        let high = self.high.as_ref().map(|f| f.read_limit()).transpose()?;
+        let high = self.high.get().map(|f| f.read_limit()).transpose()?;
         Ok((limit, memsw, high))
     }
 
@@ -354,10 +366,15 @@ impl MemoryActuator {
     pub fn refresh(&self) -> Result<(Limit, Limit), ActuatorError> {
         let mut st = self.lock();
         let before = st.limit;
-        let (limit, mut memsw, high) = self.read_files()?;
-        if limit != st.limit && memsw.is_none() && self.follow_memsw() {
-            // The owner changed the limit: it may have limited memsw with it.
-            memsw = self.memsw.get().map(|f| f.read_limit()).transpose()?;
+        let (limit, mut memsw, mut high) = self.read_files()?;
+        if limit != st.limit {
+            // The owner changed the limit: it may have limited memsw or memory.high with it.
+            if memsw.is_none() && self.follow_memsw() {
+                memsw = self.memsw.get().map(|f| f.read_limit()).transpose()?;
+            }
+            if high.is_none() && self.follow_high() {
+                high = self.high.get().map(|f| f.read_limit()).transpose()?;
+            }
         }
         st.take(
             limit,
@@ -389,20 +406,29 @@ impl MemoryActuator {
     /// whether it is held now. Rare (an owner's change of the limit, a refused raise): it may
     /// allocate.
     fn follow_memsw(&self) -> bool {
-        if self.version != CgroupVersion::V1 {
-            return false;
-        }
-        if self.memsw.get().is_some() {
+        self.version == CgroupVersion::V1 && self.follow(&self.memsw, MEMSW)
+    }
+
+    /// Like [`follow_memsw`](Self::follow_memsw), for an owner's v2 `memory.high`.
+    fn follow_high(&self) -> bool {
+        self.version == CgroupVersion::V2
+            && self.high_policy == HighPolicy::FollowOwner
+            && self.follow(&self.high, HIGH)
+    }
+
+    /// Opens `name` into `cell` unless it is held already; whether it is held now.
+    fn follow(&self, cell: &OnceLock<ControlFile>, name: &str) -> bool {
+        if cell.get().is_some() {
             return true;
         }
         let opened = CgroupDir::open_path(&self.dir, Some(self.id))
-            .and_then(|d| ControlFile::open_optional(&d, MEMSW));
+            .and_then(|d| ControlFile::open_optional(&d, name));
         match opened {
             Ok(Some(f)) => {
-                let _ = self.memsw.set(f);
+                let _ = cell.set(f);
                 true
             }
-            // No swap accounting, or the cgroup is gone: nothing to follow.
+            // No such file (no swap accounting, an old kernel), or the cgroup is gone.
             Ok(None) | Err(_) => false,
         }
     }
@@ -490,7 +516,7 @@ impl MemoryActuator {
                     Some(f) => (f, MEMSW_HINT),
                     None => continue,
                 },
-                MemFile::High => match &self.high {
+                MemFile::High => match self.high.get() {
                     Some(f) => (f, HIGH_HINT),
                     None => continue,
                 },
@@ -831,7 +857,7 @@ mod tests {
         let act = MemoryActuator::open_expecting(&cg, Some(id), MemoryOptions::default()).unwrap();
         assert_eq!(act.id(), id);
         // Only the limit file is held.
-        assert!(act.memsw.get().is_none() && act.high.is_none() && act.reclaim.is_none());
+        assert!(act.memsw.get().is_none() && act.high.get().is_none() && act.reclaim.is_none());
         drop(act);
         // Removed and recreated at the same path: the old id is refused, nothing written.
         let keep = cg.dir().with_extension("old");
@@ -975,6 +1001,24 @@ mod tests {
         let out = act.set_memory_limit(Limit::Bytes(256 << 20)).unwrap();
         assert_eq!(out.writes, 1);
         assert_eq!(first_line(&cg.file("memory.high")), "max");
+        // Unlimited at open: no descriptor held; the owner's next change of the limit (a
+        // runtime writing memory.max and memory.high a few ms after mkdir) brings it in.
+        let dir2 = tmp.path().join("cg2");
+        fs::create_dir(&dir2).unwrap();
+        fs::write(dir2.join("memory.max"), "max\n").unwrap();
+        fs::write(dir2.join("memory.high"), "max\n").unwrap();
+        let cg2 = Cgroup::new(dir2, "/cg2".into(), CgroupVersion::V2);
+        let act = MemoryActuator::open(&cg2, MemoryOptions::default()).unwrap();
+        assert!(act.high.get().is_none());
+        fs::write(cg2.file("memory.max"), "67108864\n").unwrap();
+        fs::write(cg2.file("memory.high"), "50331648\n").unwrap();
+        act.refresh().unwrap();
+        assert_eq!(act.managed_high(), Some(Limit::Bytes(48 << 20)));
+        act.set_memory_limit(Limit::Bytes(128 << 20)).unwrap();
+        assert_eq!(
+            first_line(&cg2.file("memory.high")),
+            (112u64 << 20).to_string()
+        );
         // No memory.high at all (an old kernel, a fake tree): only memory.max.
         let (_t2, v1) = v1_cgroup("67108864", None);
         assert_eq!(
