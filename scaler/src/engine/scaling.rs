@@ -419,10 +419,15 @@ impl<D: ResourceDecider> SlotOps for Slot<D> {
             return;
         };
         // A cgroup that vanished is noticed by the write or by discovery.
-        let Ok((_, found)) = w.writer.refresh() else {
+        let Ok((before, found)) = w.writer.refresh() else {
             return;
         };
         if w.writer.holds(found, believed) {
+            if before != found {
+                // The limit the decider believes, at settings it does not (a CFS period its
+                // owner changed): the decider follows, so the disagreement ends here.
+                self.decider.owner_set(id, monotonic_ns(), found);
+            }
             return;
         }
         self.decider.owner_set(id, monotonic_ns(), found);
