@@ -674,7 +674,7 @@ impl Agent {
                     lock(&self.state.state).observe_setting(&m.path, s.observed, ours.map(|o| o.1))
                 {
                     let old = ours.map_or(previous, |o| o.1);
-                    owner_wrote(&self.state, r, m, previous, old, s.observed, "sample");
+                    owner_wrote(&self.state, r, m, previous, old, s.observed, "sample", 1);
                     m.owner_value = Some(s.observed);
                     m.adopted = ours.map(|(seq, _)| (seq, s.observed));
                 }
@@ -868,19 +868,22 @@ pub fn take_adoption(state: &AgentState, r: &dyn resource::ManagedResource, m: &
     if ad.count <= m.adoptions_seen {
         return;
     }
+    // Several owner's writes between two looks: the latest is the original, each is counted.
+    let n = ad.count - m.adoptions_seen - u64::from(sampled == Some(ad.new));
     m.adoptions_seen = ad.count;
-    if sampled == Some(ad.new) {
+    if n == 0 {
         return;
     }
     let Some(previous) = lock(&state.state).owner_wrote_setting(&m.path, ad.new) else {
         return;
     };
-    owner_wrote(state, r, m, previous, ad.old, ad.new, "re-read");
+    owner_wrote(state, r, m, previous, ad.old, ad.new, "re-read", n);
 }
 
 /// An owner's write adopted as `m`'s original: logged (the cgroup, the limit the agent held
 /// and the owner's), counted in `scaler_external_changes_total{resource}`, and the original's
-/// metrics updated.
+/// metrics updated. `writes`: how many owner's writes it stands for (counted).
+#[allow(clippy::too_many_arguments)]
 fn owner_wrote(
     state: &AgentState,
     r: &dyn resource::ManagedResource,
@@ -889,6 +892,7 @@ fn owner_wrote(
     old: Setting,
     new: Setting,
     seen_by: &'static str,
+    writes: u64,
 ) {
     let res = r.resource();
     tracing::info!(
@@ -911,7 +915,7 @@ fn owner_wrote(
         .get_or_create(&super::metrics::ResourceLabels {
             resource: res.as_str(),
         })
-        .inc();
+        .inc_by(writes);
 }
 
 /// At shutdown, once the engine has stopped: the owner's writes it adopted since the last
