@@ -124,6 +124,7 @@ pub mod metric {
     pub const CONFIG_RELOADS: Metric = Metric::named("scaler_config_reloads_total");
     /// `{resource, reason}`: raises refused to a cgroup under pressure.
     pub const RAISES_REFUSED: Metric = Metric::named("scaler_raises_refused_total");
+    pub const EXTERNAL_CHANGES: Metric = Metric::named("scaler_external_changes_total");
     pub const PROCESS_RESIDENT_MEMORY: Metric = Metric::named("process_resident_memory_bytes");
     pub const PROCESS_CPU: Metric = Metric::named("process_cpu_seconds_total");
     /// `{resource, reason}`: selected cgroups the agent does not protect now.

@@ -414,30 +414,33 @@ fn a_refused_limit_write_is_an_error_naming_the_file_and_changes_nothing() {
     assert_eq!(err.kind(), ErrorKind::Gone, "{err}");
 }
 
-/// End to end through the agent: raises the kernel refuses (v1: a memory limit above the
-/// cgroup's memory+swap limit is EINVAL) are logged as failed writes with the errno, nothing is
-/// half-applied, the agent keeps running, and it keeps managing the cgroup: once the obstacle
-/// is gone (and the limit moved, see the ignored test below), the cgroup is rescued.
+/// End to end through the agent: raises the kernel refuses are logged as failed writes with
+/// the errno, nothing is half-applied, the agent keeps running, and it keeps managing the
+/// cgroup: once the obstacle is gone (and the limit moved, see the ignored test below), the
+/// cgroup is rescued.
+///
+/// The refusal is injected (`SCALER_TEST_FAULT=refuse-writes:PATH`: while PATH exists every
+/// write fails with EINVAL and nothing is written). The kernel's refusal these tests used to
+/// provoke (v1: a memory limit above a memsw limit set behind the agent's back) cannot happen
+/// any more: the agent re-reads memsw before every write and moves it with the limit at its
+/// owner's gap (`owners.rs::memsw_unlimited_when_opened_follows_the_limit_once_its_owner_sets_it`).
 fn refused_raises(env: &TestEnv, same_limit_retry: bool) {
     let g = memory_cgroup(env, "scaler-fault-einval");
     let cg = g.cgroup(Controller::Memory).unwrap().clone();
-    if cg
-        .read_optional("memory.memsw.limit_in_bytes")
-        .ok()
-        .flatten()
-        .is_none()
-    {
-        eprintln!("SKIP: no memory.memsw.limit_in_bytes (cgroup v2 or swap accounting off); the actuator test covers refusals");
-        return;
-    }
     g.set_memory_limit(Limit::Bytes(64 << 20)).unwrap();
     let path = path_of(&g);
-    let mut agent = start_agent(&policy("einval", &path, "16M", "1G", "16M"), None);
+    let dir = tempdir();
+    let refuse = dir.join("refuse-writes");
+    let mut agent = AgentConfig::new(policy("einval", &path, "16M", "1G", "16M"))
+        .metrics(false)
+        .env(
+            "SCALER_TEST_FAULT",
+            format!("refuse-writes:{}", refuse.display()),
+        )
+        .start();
     wait_managing(&agent, &path);
-    // Behind the agent's back (its actuator opened memsw as unlimited, so it does not move it):
-    // memory+swap capped at the current limit. Every raise is now EINVAL.
-    cg.write("memory.memsw.limit_in_bytes", &(64u64 << 20).to_string())
-        .unwrap();
+    // From now on every raise is refused with EINVAL.
+    std::fs::write(&refuse, "").unwrap();
     let mut w = spawn(cg.dir(), &steps("256M"));
     let status = w
         .wait_timeout(Duration::from_secs(60))
@@ -463,7 +466,8 @@ fn refused_raises(env: &TestEnv, same_limit_retry: bool) {
         Limit::Bytes(64 << 20),
         "nothing was half-applied"
     );
-    cg.write("memory.memsw.limit_in_bytes", "-1").unwrap();
+    std::fs::remove_file(&refuse).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
     if !same_limit_retry {
         // A new limit (as an operator or a restart would set) clears the kernel programs'
         // once-per-limit state; the agent adopts it from the next sample.

@@ -38,21 +38,57 @@ impl CpuActuator {
         let dir = cgroup.dir().to_path_buf();
         let (quota, period) = match cgroup.version() {
             CgroupVersion::V1 => (
-                ControlFile::open_at(&d, "cpu.cfs_quota_us")?,
-                Some(ControlFile::open_at(&d, "cpu.cfs_period_us")?),
+                ControlFile::open_rw_at(&d, "cpu.cfs_quota_us")?,
+                Some(ControlFile::open_rw_at(&d, "cpu.cfs_period_us")?),
             ),
-            CgroupVersion::V2 => (ControlFile::open_at(&d, "cpu.max")?, None),
+            CgroupVersion::V2 => (ControlFile::open_rw_at(&d, "cpu.max")?, None),
         };
-        let state = cgroup.cpu_max()?;
-        // Read by path: this cgroup's values if it is still there.
-        d.verify()?;
-        Ok(CpuActuator {
+        let act = CpuActuator {
             dir,
             version: cgroup.version(),
             quota,
             period,
-            state: Mutex::new(state),
-        })
+            state: Mutex::new((CpuQuota::Max, 0)),
+        };
+        // Read through the descriptors of this very directory.
+        let now = act.read_files()?;
+        *act.lock() = now;
+        Ok(act)
+    }
+
+    /// One `pread` of the bandwidth files: (quota, period µs).
+    fn read_files(&self) -> Result<(CpuQuota, u64), ActuatorError> {
+        let mut buf = [0u8; 64];
+        let line = self.quota.read_line(&mut buf)?;
+        match &self.period {
+            None => {
+                CpuQuota::parse_v2(line).map_err(|r| self.quota.parse_error(line.as_bytes(), r))
+            }
+            Some(pf) => {
+                let quota: i64 = line.trim().parse().map_err(|_| {
+                    self.quota
+                        .parse_error(line.as_bytes(), "expected a signed number")
+                })?;
+                let mut pbuf = [0u8; 64];
+                let pline = pf.read_line(&mut pbuf)?;
+                let period: u64 = pline
+                    .trim()
+                    .parse()
+                    .map_err(|_| pf.parse_error(pline.as_bytes(), "expected an unsigned number"))?;
+                Ok((CpuQuota::from_v1(quota, period), period))
+            }
+        }
+    }
+
+    /// Re-reads the bandwidth files (one `pread` each on the open descriptors; no
+    /// allocation) and takes what they hold as what the next write starts from (a period its
+    /// owner changed is kept). Returns the quota before and now.
+    pub fn refresh(&self) -> Result<(CpuQuota, CpuQuota), ActuatorError> {
+        let now = self.read_files()?;
+        let mut st = self.lock();
+        let before = st.0;
+        *st = now;
+        Ok((before, now.0))
     }
 
     /// The cgroup's directory.
@@ -167,6 +203,19 @@ impl LimitWriter for CpuActuator {
     fn write(&self, new: u64) -> Result<u64, ActuatorError> {
         self.set_quota_us(new).map(|o| o.completed_ns)
     }
+
+    fn refresh(&self) -> Result<(Setting, Setting), ActuatorError> {
+        let (before, now) = CpuActuator::refresh(self)?;
+        Ok((Setting::Cpu(before), Setting::Cpu(now)))
+    }
+
+    fn holds(&self, found: Setting, believed: u64) -> bool {
+        match found {
+            Setting::Cpu(CpuQuota::Max) => believed == u64::MAX,
+            Setting::Cpu(CpuQuota::Quota { quota_us, .. }) => quota_us == believed,
+            Setting::Memory(_) => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -236,6 +285,52 @@ mod tests {
                     quota_us: 30000,
                     period_us: 50000
                 })
+            );
+        }
+    }
+
+    /// An owner's quota (and period) written after open is what a re-read finds: the writer
+    /// starts from it, and `holds` tells it from the quota a decision started from.
+    #[test]
+    fn a_refresh_finds_the_owners_quota_and_period() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (version, file) in [
+            (CgroupVersion::V1, "cpu.cfs_quota_us"),
+            (CgroupVersion::V2, "cpu.max"),
+        ] {
+            let dir = tmp.path().join(format!("r{version}"));
+            fs::create_dir(&dir).unwrap();
+            let (unlimited, owners) = match version {
+                CgroupVersion::V1 => ("-1\n", "50000\n"),
+                CgroupVersion::V2 => ("max 100000\n", "50000 200000\n"),
+            };
+            fs::write(dir.join(file), unlimited).unwrap();
+            fs::write(dir.join("cpu.cfs_period_us"), "100000\n").unwrap();
+            let cg = Cgroup::new(dir, "/r".into(), version);
+            let w = CpuActuator::open(&cg).unwrap();
+            assert_eq!(w.current_quota(), CpuQuota::Max);
+            assert!(LimitWriter::holds(&w, w.current(), u64::MAX));
+            fs::write(cg.file(file), owners).unwrap();
+            if version == CgroupVersion::V1 {
+                fs::write(cg.file("cpu.cfs_period_us"), "200000\n").unwrap();
+            }
+            let (before, now) = LimitWriter::refresh(&w).unwrap();
+            assert_eq!(before, Setting::Cpu(CpuQuota::Max));
+            let owner = CpuQuota::Quota {
+                quota_us: 50000,
+                period_us: 200000,
+            };
+            assert_eq!(now, Setting::Cpu(owner), "{version}");
+            assert!(!LimitWriter::holds(&w, now, u64::MAX));
+            assert!(LimitWriter::holds(&w, now, 50000));
+            // The next write keeps the owner's period.
+            w.set_quota_us(80000).unwrap();
+            assert_eq!(
+                w.current_quota(),
+                CpuQuota::Quota {
+                    quota_us: 80000,
+                    period_us: 200000
+                }
             );
         }
     }

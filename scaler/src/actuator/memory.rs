@@ -1,10 +1,17 @@
 //! The memory limit writer: v1 `memory.limit_in_bytes` (with `memory.memsw.limit_in_bytes`
-//! kept above it), v2 `memory.max` (with `memory.high` at a fraction of it, and
-//! `memory.reclaim`).
+//! kept above it at its owner's gap), v2 `memory.max` (with an owner's `memory.high` kept at
+//! its gap below it, or at a fraction of it, and `memory.reclaim`).
+//!
+//! Every file the kernel enforces together with the limit is managed with it, from what its
+//! owner last wrote: the files are opened read-write, and [`MemoryActuator::refresh`] re-reads
+//! them (one `pread` each on the open descriptors) so that a memsw limit or a `memory.high` the
+//! owner sets or changes later is followed from the owner's new values, never from the ones
+//! seen at open. v1 memsw is held only while it can bind: an unlimited one is opened when the
+//! owner changes the limit, or when a raise meets EINVAL (then the raise is planned again).
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard},
+    sync::{Mutex, MutexGuard, OnceLock},
     time::Instant,
 };
 
@@ -18,8 +25,14 @@ use crate::cgroupfs::{Cgroup, CgroupVersion, Limit};
 /// How `memory.high` is managed on cgroup v2.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum HighPolicy {
-    /// Never written.
+    /// An owner's `memory.high` below `memory.max` follows the limit at the owner's gap: a
+    /// raise of `memory.max` by `d` raises `memory.high` by `d` (so the owner's throttle never
+    /// binds below a raised limit), a lowering lowers it by as much but never below the
+    /// owner's own value (capped at the new limit). An unlimited `memory.high` is left alone;
+    /// a new value the owner writes is followed from then on (its gap re-derived).
     #[default]
+    FollowOwner,
+    /// Never written.
     Unmanaged,
     /// Kept at `max` (no throttling below the hard limit).
     Max,
@@ -30,7 +43,7 @@ pub enum HighPolicy {
 impl HighPolicy {
     fn target(self, limit: Limit) -> Option<Limit> {
         match self {
-            HighPolicy::Unmanaged => None,
+            HighPolicy::Unmanaged | HighPolicy::FollowOwner => None,
             HighPolicy::Max => Some(Limit::Max),
             HighPolicy::Fraction(f) => Some(match limit {
                 Limit::Max => Limit::Max,
@@ -69,6 +82,59 @@ pub(crate) struct MemState {
     pub(crate) memsw: Option<(Limit, u64)>,
     /// The managed `memory.high`, `None` when unmanaged.
     pub(crate) high: Option<Limit>,
+    /// [`HighPolicy::FollowOwner`]: the owner's gap between `memory.max` and `memory.high`,
+    /// and the owner's `memory.high` itself (the floor of a lowering).
+    pub(crate) high_gap: Option<(u64, u64)>,
+}
+
+impl MemState {
+    /// The memsw limit believed in force (unlimited when unmanaged).
+    fn memsw_limit(&self) -> Limit {
+        self.memsw.map_or(Limit::Max, |m| m.0)
+    }
+
+    /// Takes what the files hold now (`limit`, and the memsw / high values when those files
+    /// are open) as the cgroup's state. A memsw or high value that differs from what is
+    /// believed, or a limit that does, means their owner wrote them: the gaps are re-derived
+    /// from the values found. Returns whether anything differed.
+    pub(crate) fn take(
+        &mut self,
+        limit: Limit,
+        memsw: Option<Limit>,
+        high: Option<Limit>,
+        follow_high: bool,
+    ) -> bool {
+        let limit_changed = limit != self.limit;
+        let mut changed = limit_changed;
+        if let Some(m) = memsw {
+            if limit_changed || m != self.memsw_limit() {
+                changed |= m != self.memsw_limit();
+                // The owner's gap (memsw >= limit always holds in the kernel; guard anyway).
+                self.memsw = match m {
+                    Limit::Max => None,
+                    Limit::Bytes(b) => Some((m, b.saturating_sub(limit.bytes().unwrap_or(b)))),
+                };
+            }
+        }
+        if let Some(h) = high {
+            let believed = self.high.unwrap_or(Limit::Max);
+            if follow_high && (limit_changed || h != believed) {
+                changed |= h != believed;
+                (self.high, self.high_gap) = match (h, limit) {
+                    (Limit::Bytes(hb), Limit::Bytes(lb)) if hb < lb => {
+                        (Some(h), Some((lb - hb, hb)))
+                    }
+                    // Unlimited, or at or above the limit: it does not bind first.
+                    _ => (None, None),
+                };
+            } else if !follow_high && self.high.is_some() && h != believed {
+                changed = true;
+                self.high = Some(h);
+            }
+        }
+        self.limit = limit;
+        changed
+    }
 }
 
 /// Up to three ordered writes.
@@ -100,7 +166,16 @@ pub(crate) fn plan_memory(
     });
     // v2 high: only when managed and changing.
     let high_step = state.high.and_then(|cur| {
-        let target = high_policy.target(new)?;
+        let target = match (high_policy, state.high_gap) {
+            (HighPolicy::FollowOwner, Some((gap, owners))) => match new {
+                Limit::Max => Limit::Max,
+                // The owner's gap below the new limit, never below the owner's own value
+                // (unless the limit itself goes below it).
+                Limit::Bytes(b) => Limit::Bytes(b.saturating_sub(gap).max(owners.min(b))),
+            },
+            (HighPolicy::FollowOwner, None) => return None,
+            (p, _) => p.target(new)?,
+        };
         next.high = Some(target);
         (target != cur).then_some((MemFile::High, target))
     });
@@ -126,7 +201,8 @@ pub(crate) fn plan_memory(
 }
 
 /// Pre-opened memory limit files of one cgroup: one descriptor (the limit) unless v1 memsw is
-/// limited or v2 `memory.high`/`memory.reclaim` are asked for.
+/// limited (or was limited by its owner since), or v2 `memory.high`/`memory.reclaim` are
+/// managed.
 #[derive(Debug)]
 pub struct MemoryActuator {
     dir: PathBuf,
@@ -134,8 +210,14 @@ pub struct MemoryActuator {
     version: CgroupVersion,
     high_policy: HighPolicy,
     limit: ControlFile,
-    memsw: Option<ControlFile>,
-    high: Option<ControlFile>,
+    /// v1 memsw: held from open when it is limited then; otherwise opened the first time it
+    /// may bind (a limit its owner changed, or a raise the kernel refused with EINVAL), so
+    /// that a cgroup whose memsw never binds costs one descriptor, not two.
+    memsw: OnceLock<ControlFile>,
+    /// v2 `memory.high`: under [`HighPolicy::FollowOwner`] held like memsw (when the owner's
+    /// value is limited at open, or from the owner's next change of the limit); from open
+    /// under an explicit policy.
+    high: OnceLock<ControlFile>,
     reclaim: Option<ControlFile>,
     state: Mutex<MemState>,
     /// The kernel's page size: limits are kept in whole pages.
@@ -166,6 +248,8 @@ pub(crate) const LIMIT_HINT_V1: &str =
                              reclaim enough, and a limit above memory.memsw.limit_in_bytes with \
                              EINVAL";
 const LIMIT_HINT_V2: &str = "memory.max rejects malformed values with EINVAL";
+const MEMSW: &str = "memory.memsw.limit_in_bytes";
+const HIGH: &str = "memory.high";
 const MEMSW_HINT: &str = "memory.memsw.limit_in_bytes must be >= memory.limit_in_bytes (EINVAL) \
                           and >= memory+swap usage (EBUSY)";
 const HIGH_HINT: &str = "memory.high rejects malformed values with EINVAL";
@@ -190,24 +274,23 @@ impl MemoryActuator {
             CgroupVersion::V1 => "memory.limit_in_bytes",
             CgroupVersion::V2 => "memory.max",
         };
-        let limit = ControlFile::open_at(&d, limit_name)?;
-        let limit_now = cgroup.memory_limit()?;
-        let mut memsw = None;
-        let mut memsw_state = None;
-        let mut high = None;
-        let mut high_state = None;
+        let limit = ControlFile::open_rw_at(&d, limit_name)?;
+        let memsw = OnceLock::new();
+        let high = OnceLock::new();
         let mut reclaim = None;
         match version {
             CgroupVersion::V1 => {
-                if let Some(Limit::Bytes(m)) = cgroup.memsw_limit()? {
-                    // memsw >= limit always holds in the kernel; guard anyway.
-                    let gap = m.saturating_sub(limit_now.bytes().unwrap_or(m));
-                    memsw = ControlFile::open_optional(&d, "memory.memsw.limit_in_bytes")?;
-                    if memsw.is_some() {
-                        memsw_state = Some((Limit::Bytes(m), gap));
+                // Held when it is limited now; an owner that limits it later (a runtime
+                // writes it a few ms after the limit) is followed from then on (`follow`).
+                if let Some(f) = ControlFile::open_optional(&d, MEMSW)? {
+                    if f.read_limit()? != Limit::Max {
+                        let _ = memsw.set(f);
                     }
                 }
-                if options.high != HighPolicy::Unmanaged {
+                if !matches!(
+                    options.high,
+                    HighPolicy::Unmanaged | HighPolicy::FollowOwner
+                ) {
                     tracing::warn!(
                         cgroup = %dir.display(),
                         "memory.high management requested on cgroup v1, which has no \
@@ -216,18 +299,25 @@ impl MemoryActuator {
                 }
             }
             CgroupVersion::V2 => {
-                if options.high != HighPolicy::Unmanaged {
-                    high = Some(ControlFile::open_at(&d, "memory.high")?);
-                    high_state = Some(cgroup.memory_high()?.unwrap_or(Limit::Max));
+                match options.high {
+                    HighPolicy::Unmanaged => {}
+                    HighPolicy::FollowOwner => {
+                        if let Some(f) = ControlFile::open_optional(&d, HIGH)? {
+                            if f.read_limit()? != Limit::Max {
+                                let _ = high.set(f);
+                            }
+                        }
+                    }
+                    _ => {
+                        let _ = high.set(ControlFile::open_rw_at(&d, HIGH)?);
+                    }
                 }
                 if options.reclaim {
                     reclaim = ControlFile::open_optional(&d, "memory.reclaim")?;
                 }
             }
         }
-        // The values above were read by path: they are this cgroup's if it is still there.
-        d.verify()?;
-        Ok(MemoryActuator {
+        let act = MemoryActuator {
             dir,
             id: d.id(),
             version,
@@ -237,12 +327,62 @@ impl MemoryActuator {
             high,
             reclaim,
             state: Mutex::new(MemState {
-                limit: limit_now,
-                memsw: memsw_state,
-                high: high_state,
+                limit: Limit::Max,
+                memsw: None,
+                high: None,
+                high_gap: None,
             }),
             page: page_size(),
-        })
+        };
+        // The values are read through the descriptors of this very directory.
+        {
+            let mut st = act.lock();
+            let (limit, memsw, high) = act.read_files()?;
+            if !matches!(options.high, HighPolicy::FollowOwner) {
+                // An explicit policy manages memory.high whatever its value.
+                st.high = high;
+            }
+            // Forces the gaps to be derived: the belief differs from anything but max.
+            st.limit = Limit::Bytes(0);
+            st.take(limit, memsw, high, options.high == HighPolicy::FollowOwner);
+        }
+        Ok(act)
+    }
+
+    /// One `pread` of each file the limit is managed with: the limit, v1 memsw (when the
+    /// file exists), v2 `memory.high` (when managed).
+    fn read_files(&self) -> Result<(Limit, Option<Limit>, Option<Limit>), ActuatorError> {
+        let limit = self.limit.read_limit()?;
+        let memsw = self.memsw.get().map(|f| f.read_limit()).transpose()?;
+        let high = self.high.get().map(|f| f.read_limit()).transpose()?;
+        Ok((limit, memsw, high))
+    }
+
+    /// Re-reads the limit and the files managed with it (one `pread` each on the open
+    /// descriptors; no allocation, no path lookup) and takes what they hold as the state the
+    /// next write starts from: a value its owner wrote is never overwritten by a plan made
+    /// from an older belief, and the memsw and `memory.high` gaps follow the owner's latest
+    /// values. Returns the limit before and the limit now.
+    pub fn refresh(&self) -> Result<(Limit, Limit), ActuatorError> {
+        let mut st = self.lock();
+        let before = st.limit;
+        let (limit, mut memsw, mut high) = self.read_files()?;
+        if limit != st.limit {
+            // The owner changed the limit: it may have limited memsw or memory.high with it.
+            if memsw.is_none() && self.follow_memsw() {
+                memsw = self.memsw.get().map(|f| f.read_limit()).transpose()?;
+            }
+            if high.is_none() && self.follow_high() {
+                high = self.high.get().map(|f| f.read_limit()).transpose()?;
+            }
+        }
+        st.take(
+            limit,
+            memsw,
+            high,
+            self.high_policy == HighPolicy::FollowOwner,
+        );
+        Ok((before, limit))
     }
 
     /// The cgroup's directory.
@@ -255,9 +395,52 @@ impl MemoryActuator {
         self.lock().limit
     }
 
-    /// True when v1 memsw is managed alongside the limit.
+    /// True when v1 memsw is managed alongside the limit (limited now; an unlimited one
+    /// never binds and is left alone until its owner limits it).
     pub fn manages_memsw(&self) -> bool {
-        self.memsw.is_some()
+        self.memsw.get().is_some() && self.lock().memsw.is_some()
+    }
+
+    /// Opens v1 memsw when it is not held yet (the owner may have limited it since the files
+    /// were opened): through the cgroup's directory, only if it is still this cgroup. Returns
+    /// whether it is held now. Rare (an owner's change of the limit, a refused raise): it may
+    /// allocate.
+    fn follow_memsw(&self) -> bool {
+        self.version == CgroupVersion::V1 && self.follow(&self.memsw, MEMSW)
+    }
+
+    /// Like [`follow_memsw`](Self::follow_memsw), for an owner's v2 `memory.high`.
+    fn follow_high(&self) -> bool {
+        self.version == CgroupVersion::V2
+            && self.high_policy == HighPolicy::FollowOwner
+            && self.follow(&self.high, HIGH)
+    }
+
+    /// Opens `name` into `cell` unless it is held already; whether it is held now.
+    fn follow(&self, cell: &OnceLock<ControlFile>, name: &str) -> bool {
+        if cell.get().is_some() {
+            return true;
+        }
+        let opened = CgroupDir::open_path(&self.dir, Some(self.id))
+            .and_then(|d| ControlFile::open_optional(&d, name));
+        match opened {
+            Ok(Some(f)) => {
+                let _ = cell.set(f);
+                true
+            }
+            // No such file (no swap accounting, an old kernel), or the cgroup is gone.
+            Ok(None) | Err(_) => false,
+        }
+    }
+
+    /// The v1 memsw limit and the gap kept above the limit, when managed.
+    pub fn memsw(&self) -> Option<(Limit, u64)> {
+        self.lock().memsw
+    }
+
+    /// The v2 `memory.high` the writer manages (`None`: left alone).
+    pub fn managed_high(&self) -> Option<Limit> {
+        self.lock().high
     }
 
     fn lock(&self) -> MutexGuard<'_, MemState> {
@@ -287,9 +470,36 @@ impl MemoryActuator {
         let new = page_aligned(new, self.page);
         let mut state = self.lock();
         let previous = state.limit;
-        let raising = new > previous;
-        let (plan, mut next) = plan_memory(&state, new, self.high_policy);
         let start = Instant::now();
+        match self.write_plan(&mut state, new) {
+            Ok(writes) => Ok(WriteOutcome::done(previous, new, writes, start)),
+            // v1: a raise above a memsw limit its owner set after the files were opened (and
+            // the limit unchanged since, so no re-read found it): the kernel says EINVAL.
+            // memsw is opened, re-read, and the raise planned again with it, once.
+            Err(ActuatorError::Refused {
+                errno: Errno::EINVAL,
+                ..
+            }) if new > state.limit && self.memsw.get().is_none() && self.follow_memsw() => {
+                let (limit, memsw, high) = self.read_files()?;
+                state.take(
+                    limit,
+                    memsw,
+                    high,
+                    self.high_policy == HighPolicy::FollowOwner,
+                );
+                let writes = self.write_plan(&mut state, new)?;
+                Ok(WriteOutcome::done(previous, new, writes, start))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The writes of [`set_memory_limit`](Self::set_memory_limit), from `state`; returns how
+    /// many were made.
+    fn write_plan(&self, state: &mut MemState, new: Limit) -> Result<u8, ActuatorError> {
+        let previous = state.limit;
+        let raising = new > previous;
+        let (plan, mut next) = plan_memory(state, new, self.high_policy);
         let mut writes = 0u8;
         for (file, value) in plan.into_iter().flatten() {
             let mut buf = ValueBuf::new();
@@ -302,11 +512,11 @@ impl MemoryActuator {
                         CgroupVersion::V2 => LIMIT_HINT_V2,
                     },
                 ),
-                MemFile::Memsw => match &self.memsw {
+                MemFile::Memsw => match self.memsw.get() {
                     Some(f) => (f, MEMSW_HINT),
                     None => continue,
                 },
-                MemFile::High => match &self.high {
+                MemFile::High => match self.high.get() {
                     Some(f) => (f, HIGH_HINT),
                     None => continue,
                 },
@@ -332,7 +542,7 @@ impl MemoryActuator {
             }
         }
         *state = next;
-        Ok(WriteOutcome::done(previous, new, writes, start))
+        Ok(writes)
     }
 
     /// The cgroup's kernfs id, as checked when the files were opened.
@@ -383,6 +593,16 @@ impl LimitWriter for MemoryActuator {
         Setting::Memory(self.current_limit())
     }
 
+    fn refresh(&self) -> Result<(Setting, Setting), ActuatorError> {
+        let (before, now) = MemoryActuator::refresh(self)?;
+        Ok((Setting::Memory(before), Setting::Memory(now)))
+    }
+
+    fn holds(&self, found: Setting, believed: u64) -> bool {
+        let believed = page_aligned(Limit::from_bytes(believed), self.page);
+        found == Setting::Memory(believed)
+    }
+
     fn write(&self, new: u64) -> Result<u64, ActuatorError> {
         self.set_memory_limit(Limit::from_bytes(new))
             .map(|o| o.completed_ns)
@@ -407,6 +627,7 @@ mod tests {
             limit: Limit::Bytes(100),
             memsw: Some((Limit::Bytes(150), 50)),
             high: None,
+            high_gap: None,
         };
         let (plan, next) = plan_memory(&state, Limit::Bytes(200), HighPolicy::Unmanaged);
         assert_eq!(
@@ -459,7 +680,7 @@ mod tests {
                 Limit::Max => Limit::Max,
                 Limit::Bytes(b) => Limit::from_bytes(b + gap),
             };
-            let state = MemState { limit: cur, memsw: Some((memsw, gap)), high: None };
+            let state = MemState { limit: cur, memsw: Some((memsw, gap)), high: None, high_gap: None };
             let (plan, next) = plan_memory(&state, new, HighPolicy::Unmanaged);
             let (mut limit, mut sw) = (cur, memsw);
             for (file, value) in plan.iter().flatten() {
@@ -482,6 +703,7 @@ mod tests {
             limit: Limit::Bytes(100),
             memsw: None,
             high: None,
+            high_gap: None,
         };
         for new in [
             Limit::Bytes(50),
@@ -500,6 +722,7 @@ mod tests {
             limit: Limit::Bytes(1000),
             memsw: None,
             high: Some(Limit::Bytes(900)),
+            high_gap: None,
         };
         let policy = HighPolicy::Fraction(0.9);
         let (plan, next) = plan_memory(&state, Limit::Bytes(2000), policy);
@@ -634,7 +857,7 @@ mod tests {
         let act = MemoryActuator::open_expecting(&cg, Some(id), MemoryOptions::default()).unwrap();
         assert_eq!(act.id(), id);
         // Only the limit file is held.
-        assert!(act.memsw.is_none() && act.high.is_none() && act.reclaim.is_none());
+        assert!(act.memsw.get().is_none() && act.high.get().is_none() && act.reclaim.is_none());
         drop(act);
         // Removed and recreated at the same path: the old id is refused, nothing written.
         let keep = cg.dir().with_extension("old");
@@ -671,6 +894,169 @@ mod tests {
         assert_eq!(
             first_line(&keep.join("memory.limit_in_bytes")),
             (200u64 << 20).to_string()
+        );
+    }
+
+    /// Issue 16, item 3: memsw unlimited when the files were opened, then set by its owner
+    /// (a runtime writes it a few ms after the limit): followed at the owner's gap from the
+    /// next write on; and when the owner changes both again, the gap is re-derived from its
+    /// new values, not the ones seen at open.
+    #[test]
+    fn v1_memsw_set_by_its_owner_after_open_follows_the_limit_at_the_owners_gap() {
+        let (_t, cg) = v1_cgroup("9223372036854771712", Some("9223372036854771712"));
+        let act = MemoryActuator::open(&cg, MemoryOptions::default()).unwrap();
+        assert!(!act.manages_memsw(), "an unlimited memsw never binds");
+        assert!(act.memsw.get().is_none(), "and costs no descriptor");
+        // The runtime writes the limit, then memsw.
+        fs::write(cg.file("memory.limit_in_bytes"), "67108864\n").unwrap();
+        fs::write(cg.file("memory.memsw.limit_in_bytes"), "134217728\n").unwrap();
+        assert_eq!(act.refresh().unwrap(), (Limit::Max, Limit::Bytes(64 << 20)));
+        assert_eq!(act.memsw(), Some((Limit::Bytes(128 << 20), 64 << 20)));
+        let out = act.set_memory_limit(Limit::Bytes(200 << 20)).unwrap();
+        assert_eq!(out.writes, 2);
+        assert_eq!(
+            first_line(&cg.file("memory.memsw.limit_in_bytes")),
+            (264u64 << 20).to_string()
+        );
+        assert_eq!(
+            first_line(&cg.file("memory.limit_in_bytes")),
+            (200u64 << 20).to_string()
+        );
+        // `podman update --memory 100m`: limit 100M, memsw 200M.
+        fs::write(cg.file("memory.limit_in_bytes"), "104857600\n").unwrap();
+        fs::write(cg.file("memory.memsw.limit_in_bytes"), "209715200\n").unwrap();
+        assert_eq!(
+            act.refresh().unwrap(),
+            (Limit::Bytes(200 << 20), Limit::Bytes(100 << 20))
+        );
+        assert_eq!(act.memsw(), Some((Limit::Bytes(200 << 20), 100 << 20)));
+        act.set_memory_limit(Limit::Bytes(150 << 20)).unwrap();
+        assert_eq!(
+            first_line(&cg.file("memory.memsw.limit_in_bytes")),
+            (250u64 << 20).to_string()
+        );
+        // The owner lifts memsw again: left alone from then on.
+        fs::write(cg.file("memory.memsw.limit_in_bytes"), "-1\n").unwrap();
+        act.refresh().unwrap();
+        assert!(!act.manages_memsw());
+        let out = act.set_memory_limit(Limit::Bytes(300 << 20)).unwrap();
+        assert_eq!(out.writes, 1);
+    }
+
+    /// A refresh that finds what the writer believes changes nothing (the memsw gap the
+    /// writer keeps survives its own writes).
+    #[test]
+    fn a_refresh_after_the_writers_own_write_finds_nothing_new() {
+        let (_t, cg) = v1_cgroup("67108864", Some("134217728"));
+        let act = MemoryActuator::open(&cg, MemoryOptions::default()).unwrap();
+        act.set_memory_limit(Limit::Bytes(200 << 20)).unwrap();
+        assert_eq!(
+            act.refresh().unwrap(),
+            (Limit::Bytes(200 << 20), Limit::Bytes(200 << 20))
+        );
+        assert_eq!(act.memsw(), Some((Limit::Bytes(264 << 20), 64 << 20)));
+        assert!(act.holds(Setting::Memory(Limit::Bytes(200 << 20)), 200 << 20));
+        assert!(!act.holds(Setting::Memory(Limit::Bytes(100 << 20)), 200 << 20));
+        assert!(act.holds(Setting::Memory(Limit::Max), u64::MAX));
+    }
+
+    /// v2: an owner's memory.high below memory.max follows it at the owner's gap (a raise
+    /// never leaves the old throttle below the new limit), never below the owner's own value
+    /// when lowered; an unlimited memory.high is left alone.
+    #[test]
+    fn v2_an_owners_memory_high_follows_max_at_its_gap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cg");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("memory.max"), "67108864\n").unwrap();
+        fs::write(dir.join("memory.high"), "50331648\n").unwrap();
+        let cg = Cgroup::new(dir, "/cg".into(), CgroupVersion::V2);
+        let act = MemoryActuator::open(&cg, MemoryOptions::default()).unwrap();
+        assert_eq!(act.managed_high(), Some(Limit::Bytes(48 << 20)));
+        let out = act.set_memory_limit(Limit::Bytes(128 << 20)).unwrap();
+        assert_eq!(out.writes, 2);
+        assert_eq!(
+            first_line(&cg.file("memory.max")),
+            (128u64 << 20).to_string()
+        );
+        assert_eq!(
+            first_line(&cg.file("memory.high")),
+            (112u64 << 20).to_string()
+        );
+        // Lowered below the owner's 64M: high stays at the owner's 48M, capped at the limit.
+        act.set_memory_limit(Limit::Bytes(56 << 20)).unwrap();
+        assert_eq!(
+            first_line(&cg.file("memory.high")),
+            (48u64 << 20).to_string()
+        );
+        act.set_memory_limit(Limit::Bytes(40 << 20)).unwrap();
+        assert_eq!(
+            first_line(&cg.file("memory.high")),
+            (40u64 << 20).to_string()
+        );
+        // The owner lifts memory.high: left alone.
+        fs::write(cg.file("memory.high"), "max\n").unwrap();
+        act.refresh().unwrap();
+        assert_eq!(act.managed_high(), None);
+        let out = act.set_memory_limit(Limit::Bytes(256 << 20)).unwrap();
+        assert_eq!(out.writes, 1);
+        assert_eq!(first_line(&cg.file("memory.high")), "max");
+        // Unlimited at open: no descriptor held; the owner's next change of the limit (a
+        // runtime writing memory.max and memory.high a few ms after mkdir) brings it in.
+        let dir2 = tmp.path().join("cg2");
+        fs::create_dir(&dir2).unwrap();
+        fs::write(dir2.join("memory.max"), "max\n").unwrap();
+        fs::write(dir2.join("memory.high"), "max\n").unwrap();
+        let cg2 = Cgroup::new(dir2, "/cg2".into(), CgroupVersion::V2);
+        let act = MemoryActuator::open(&cg2, MemoryOptions::default()).unwrap();
+        assert!(act.high.get().is_none());
+        fs::write(cg2.file("memory.max"), "67108864\n").unwrap();
+        fs::write(cg2.file("memory.high"), "50331648\n").unwrap();
+        act.refresh().unwrap();
+        assert_eq!(act.managed_high(), Some(Limit::Bytes(48 << 20)));
+        act.set_memory_limit(Limit::Bytes(128 << 20)).unwrap();
+        assert_eq!(
+            first_line(&cg2.file("memory.high")),
+            (112u64 << 20).to_string()
+        );
+        // No memory.high at all (an old kernel, a fake tree): only memory.max.
+        let (_t2, v1) = v1_cgroup("67108864", None);
+        assert_eq!(
+            MemoryActuator::open(&v1, MemoryOptions::default())
+                .unwrap()
+                .managed_high(),
+            None
+        );
+    }
+
+    #[test]
+    fn follow_owner_plans_high_on_the_safe_side_of_max() {
+        let state = MemState {
+            limit: Limit::Bytes(1000),
+            memsw: None,
+            high: Some(Limit::Bytes(800)),
+            high_gap: Some((200, 800)),
+        };
+        let (plan, next) = plan_memory(&state, Limit::Bytes(3000), HighPolicy::FollowOwner);
+        assert_eq!(
+            steps(&plan),
+            vec![
+                (MemFile::Limit, Limit::Bytes(3000)),
+                (MemFile::High, Limit::Bytes(2800))
+            ]
+        );
+        let (plan, _) = plan_memory(&next, Limit::Bytes(900), HighPolicy::FollowOwner);
+        assert_eq!(
+            steps(&plan),
+            vec![
+                (MemFile::High, Limit::Bytes(800)),
+                (MemFile::Limit, Limit::Bytes(900))
+            ]
+        );
+        let (plan, _) = plan_memory(&state, Limit::Max, HighPolicy::FollowOwner);
+        assert_eq!(
+            steps(&plan),
+            vec![(MemFile::Limit, Limit::Max), (MemFile::High, Limit::Max)]
         );
     }
 }

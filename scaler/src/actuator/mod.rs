@@ -8,12 +8,17 @@
 //!
 //! Ordering rules the kernel enforces are handled here:
 //! - v1: `memory.memsw.limit_in_bytes` (memory+swap) must stay >= `memory.limit_in_bytes`.
-//!   When memsw is limited, the actuator keeps the swap allowance (memsw - limit) seen when it
-//!   was opened: raising writes memsw first, lowering writes the limit first. An unlimited memsw
-//!   never binds and is left alone.
-//! - v2: `memory.high` can be managed at a fraction of `memory.max` ([`HighPolicy`]); raising
-//!   writes `memory.max` first, lowering writes `memory.high` first (gentle reclaim before the
-//!   hard limit moves).
+//!   When memsw is limited, the actuator keeps its owner's swap allowance (memsw - limit, as
+//!   the owner last wrote them): raising writes memsw first, lowering writes the limit first.
+//!   An unlimited memsw never binds and is left alone until its owner limits it.
+//! - v2: an owner's `memory.high` below `memory.max` follows it at the owner's gap, or
+//!   `memory.high` is kept at a fraction of `memory.max` ([`HighPolicy`]); raising writes
+//!   `memory.max` first, lowering writes `memory.high` first (gentle reclaim before the hard
+//!   limit moves).
+//!
+//! Owners: the files are opened read-write, and [`LimitWriter::refresh`] re-reads them (one
+//! `pread` each) so that the engine never overwrites a value the limit's owner wrote after its
+//! decision, and follows memsw / `memory.high` from the owner's latest values.
 //!
 //! Every writer of limits goes through [`LimitWriter`]: the engine (agent and `scaler exec`),
 //! restores, the benchmark's competitors and the tests. Its implementations are
@@ -112,6 +117,24 @@ pub struct WriteMark {
     /// CPU: period µs.
     b: std::sync::atomic::AtomicU64,
     resource: Resource,
+    /// Owner's writes the engine found when it re-read the limit (before a write, or on an
+    /// event that disagreed with its belief) and adopted instead of overwriting.
+    adoptions: std::sync::atomic::AtomicU64,
+    /// The latest of them: the setting the agent believed (encoded like `a`, `b`) ...
+    adopted_old: [std::sync::atomic::AtomicU64; 2],
+    /// ... and the owner's value found.
+    adopted_new: [std::sync::atomic::AtomicU64; 2],
+}
+
+/// An owner's write the engine adopted (see [`WriteMark::adopted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adoption {
+    /// How many the engine adopted so far (the slow side counts the difference).
+    pub count: u64,
+    /// The setting the agent believed in force.
+    pub old: Setting,
+    /// The owner's value it found and adopted.
+    pub new: Setting,
 }
 
 impl WriteMark {
@@ -123,7 +146,45 @@ impl WriteMark {
             a: a.into(),
             b: b.into(),
             resource: current.resource(),
+            adoptions: 0.into(),
+            adopted_old: [a.into(), b.into()],
+            adopted_new: [a.into(), b.into()],
         }
+    }
+
+    /// The engine: it re-read the limit and found `new`, an owner's value, where it believed
+    /// `old`, and adopted it (the limit the agent holds is `new` from now on). No allocation.
+    pub fn adopted(&self, old: Setting, new: Setting) {
+        use std::sync::atomic::Ordering;
+        self.begin();
+        let (oa, ob) = Self::encode(old);
+        let (na, nb) = Self::encode(new);
+        self.adopted_old[0].store(oa, Ordering::Release);
+        self.adopted_old[1].store(ob, Ordering::Release);
+        self.adopted_new[0].store(na, Ordering::Release);
+        self.adopted_new[1].store(nb, Ordering::Release);
+        self.adoptions.fetch_add(1, Ordering::AcqRel);
+        self.end(new);
+    }
+
+    /// The slow side: the engine's adoptions so far and the latest one, or `None` while a
+    /// write or an adoption is under way (look again later).
+    pub fn adoption(&self) -> Option<Adoption> {
+        use std::sync::atomic::Ordering;
+        let seq = self.seq.load(Ordering::Acquire);
+        if seq % 2 == 1 {
+            return None;
+        }
+        let count = self.adoptions.load(Ordering::Acquire);
+        let old = self.decode(
+            self.adopted_old[0].load(Ordering::Acquire),
+            self.adopted_old[1].load(Ordering::Acquire),
+        );
+        let new = self.decode(
+            self.adopted_new[0].load(Ordering::Acquire),
+            self.adopted_new[1].load(Ordering::Acquire),
+        );
+        (self.seq.load(Ordering::Acquire) == seq).then_some(Adoption { count, old, new })
     }
 
     fn encode(s: Setting) -> (u64, u64) {
@@ -201,6 +262,17 @@ pub trait LimitWriter: Send + fmt::Debug {
     /// the reaction that the kernel's event timestamp began.
     fn write(&self, new: u64) -> Result<u64, ActuatorError>;
 
+    /// Re-reads the limit files through the open descriptors (one `pread` each: no
+    /// allocation, no path lookup) and takes what they hold as what the next write starts
+    /// from (v1 memsw and v2 `memory.high` gaps re-derived from their owner's values when they
+    /// changed). Returns the setting believed before and the one found.
+    fn refresh(&self) -> Result<(Setting, Setting), ActuatorError>;
+
+    /// Whether `found` (from [`refresh`](Self::refresh)) is `believed` (in the unit of
+    /// [`write`](Self::write)) as the kernel keeps it: a memory limit in whole pages, a CPU
+    /// quota (`u64::MAX`: none) at whatever period.
+    fn holds(&self, found: Setting, believed: u64) -> bool;
+
     /// Which limit it writes.
     fn resource(&self) -> Resource {
         self.current().resource()
@@ -263,7 +335,12 @@ pub struct CgroupDir {
 impl CgroupDir {
     /// Opens `cgroup`'s directory; with `expected`, refuses another cgroup found at the path.
     pub fn open(cgroup: &Cgroup, expected: Option<u64>) -> Result<Self, ActuatorError> {
-        let dir = cgroup.dir().to_path_buf();
+        Self::open_path(cgroup.dir(), expected)
+    }
+
+    /// [`open`](Self::open) by the directory's path.
+    pub fn open_path(dir: &Path, expected: Option<u64>) -> Result<Self, ActuatorError> {
+        let dir = dir.to_path_buf();
         let file = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
@@ -547,13 +624,24 @@ impl ControlFile {
         })
     }
 
-    /// Opens `name` in `dir` if it exists; `Ok(None)` when it does not (the cgroup must
-    /// still be there).
+    /// Opens `name` in `dir` for reading and writing (`openat`, `O_RDWR`): the engine re-reads
+    /// the file through the same descriptor before it writes ([`read_line`](Self::read_line)),
+    /// so that a value its owner wrote is seen, never overwritten.
+    pub fn open_rw_at(dir: &CgroupDir, name: &str) -> Result<Self, ActuatorError> {
+        let file = dir.open_file(name, OFlag::O_RDWR)?;
+        Ok(ControlFile {
+            file,
+            path: dir.path().join(name),
+        })
+    }
+
+    /// Opens `name` in `dir` (read-write) if it exists; `Ok(None)` when it does not (the
+    /// cgroup must still be there).
     pub(crate) fn open_optional(
         dir: &CgroupDir,
         name: &str,
     ) -> Result<Option<Self>, ActuatorError> {
-        match Self::open_at(dir, name) {
+        match Self::open_rw_at(dir, name) {
             Ok(f) => Ok(Some(f)),
             Err(ActuatorError::Open { source, .. })
                 if source.raw_os_error() == Some(libc::ENOENT) =>
@@ -568,6 +656,47 @@ impl ControlFile {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Re-reads the file's first line with one `pread` at offset 0 into `buf` (no
+    /// allocation): the value in force now, whoever wrote it. The file must have been opened
+    /// for reading ([`open_rw_at`](Self::open_rw_at)).
+    pub(crate) fn read_line<'b>(&self, buf: &'b mut [u8; 64]) -> Result<&'b str, ActuatorError> {
+        let n = self.file.read_at(buf, 0).map_err(|source| {
+            ActuatorError::Read(if crate::cgroupfs::io_is_gone(&source) {
+                CgroupError::Gone {
+                    path: self.path.clone(),
+                }
+            } else {
+                CgroupError::Read {
+                    path: self.path.clone(),
+                    source,
+                }
+            })
+        })?;
+        let text = &buf[..n];
+        // A fake (regular) file keeps an old, longer value's tail after the newline.
+        let line = text.split(|b| *b == b'\n').next().unwrap_or(&[]);
+        std::str::from_utf8(line).map_err(|_| self.parse_error(text, "not UTF-8"))
+    }
+
+    /// A parse error of what [`read_line`](Self::read_line) found.
+    pub(crate) fn parse_error(&self, text: &[u8], reason: &'static str) -> ActuatorError {
+        ActuatorError::Read(CgroupError::Parse {
+            path: self.path.clone(),
+            content: String::from_utf8_lossy(text).into_owned(),
+            reason,
+        })
+    }
+
+    /// Re-reads a memory limit file (`max`, `-1` or bytes; see [`Limit::parse`]).
+    pub(crate) fn read_limit(&self) -> Result<Limit, ActuatorError> {
+        let mut buf = [0u8; 64];
+        let line = self.read_line(&mut buf)?;
+        match line.trim() {
+            "-1" => Ok(Limit::Max),
+            t => Limit::parse(t).map_err(|reason| self.parse_error(t.as_bytes(), reason)),
+        }
     }
 
     /// One `pwrite(fd, value + "\n", 0)`, like `echo value > file` (every cgroup file strips
@@ -750,6 +879,50 @@ mod tests {
         c.begin();
         c.end(Setting::Cpu(CpuQuota::Max));
         assert_eq!(c.read().unwrap().1, Setting::Cpu(CpuQuota::Max));
+    }
+
+    #[test]
+    fn a_write_mark_carries_the_engines_adoptions_of_owners_writes() {
+        let m = WriteMark::new(Setting::Memory(Limit::Max));
+        let a = m.adoption().unwrap();
+        assert_eq!(a.count, 0);
+        let (seq, _) = m.read().unwrap();
+        m.adopted(
+            Setting::Memory(Limit::Max),
+            Setting::Memory(Limit::Bytes(64 << 20)),
+        );
+        assert!(
+            !m.unchanged_since(seq),
+            "a sample around it is inconclusive"
+        );
+        let a = m.adoption().unwrap();
+        assert_eq!(a.count, 1);
+        assert_eq!(a.old, Setting::Memory(Limit::Max));
+        assert_eq!(a.new, Setting::Memory(Limit::Bytes(64 << 20)));
+        // What the agent holds from then on is the owner's value.
+        assert_eq!(m.read().unwrap().1, Setting::Memory(Limit::Bytes(64 << 20)));
+        m.begin();
+        assert_eq!(m.adoption(), None);
+        m.end(Setting::Memory(Limit::Bytes(128 << 20)));
+        assert_eq!(m.adoption().unwrap().count, 1);
+    }
+
+    #[test]
+    fn a_control_file_is_reread_through_its_descriptor() {
+        let (_t, cg) = v1_cgroup("9223372036854771712", None);
+        let d = CgroupDir::open(&cg, None).unwrap();
+        let f = ControlFile::open_rw_at(&d, "memory.limit_in_bytes").unwrap();
+        assert_eq!(f.read_limit().unwrap(), Limit::Max);
+        let mut v = ValueBuf::new();
+        v.push_u64(64 << 20);
+        f.write(&v, "").unwrap();
+        // A regular file keeps the old value's tail after the newline: the first line counts.
+        assert_eq!(f.read_limit().unwrap(), Limit::Bytes(64 << 20));
+        fs::write(cg.file("memory.limit_in_bytes"), "-1\n").unwrap();
+        assert_eq!(f.read_limit().unwrap(), Limit::Max);
+        fs::write(cg.file("memory.limit_in_bytes"), "garbage\n").unwrap();
+        let e = f.read_limit().unwrap_err().to_string();
+        assert!(e.contains("memory.limit_in_bytes"), "{e}");
     }
 
     #[test]

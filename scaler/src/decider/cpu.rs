@@ -57,7 +57,7 @@
 //! never exceeds what every managed ancestor can back (its quota minus its usage), or is
 //! refused as [`Cap::Ancestor`].
 
-use super::ledger::{decider_api, Backing, Entry, Ext, Ledger};
+use super::ledger::{decider_api, Backing, Entry, Ext, Ledger, UNLIMITED};
 use super::{mul_frac, Cap, CgId, Decision, Reason, Resource, Skip};
 #[cfg(test)]
 use super::{Action, WriteOutcome};
@@ -327,6 +327,48 @@ impl CpuDecider {
     }
 
     /// Decides what to do about `signal` for cgroup `id`; writes into `out` (cleared first).
+    /// True when a quota-near signal reports a quota other than the one the decider believes,
+    /// and no write of ours can explain it: the bandwidth files are to be re-read.
+    pub fn disagrees(&self, id: CgId, signal: &CpuSignal) -> bool {
+        let CpuSignal::QuotaNear {
+            ts_ns,
+            quota_ns,
+            period_ns,
+            ..
+        } = *signal
+        else {
+            return false;
+        };
+        let Some(st) = self.ledger.get(id) else {
+            return false;
+        };
+        st.settled(ts_ns) && quota_to_microcores(quota_ns, period_ns) != st.weight()
+    }
+
+    /// The owner wrote `quota` at `period_us` (re-read from the files at `now`): adopted at
+    /// once.
+    pub fn owner_set(&mut self, id: CgId, now: u64, quota: Option<u64>, period_us: u64) {
+        self.ledger
+            .owner_set(id, now, quota.unwrap_or(UNLIMITED), |c| {
+                c.period_us = period_us.max(1)
+            });
+    }
+
+    /// The engine found `quota` in the files just before performing `action` and did not
+    /// write: the owner's value is adopted instead.
+    pub fn yielded(
+        &mut self,
+        action: &super::Action,
+        now: u64,
+        quota: Option<u64>,
+        period_us: u64,
+    ) {
+        self.ledger
+            .yielded(action, now, quota.unwrap_or(UNLIMITED), |c| {
+                c.period_us = period_us.max(1)
+            });
+    }
+
     /// Does not allocate.
     pub fn on_signal(&mut self, id: CgId, signal: CpuSignal, out: &mut Decision) {
         let Some(st) = self.ledger.receive(id, out) else {

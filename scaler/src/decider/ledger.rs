@@ -95,7 +95,11 @@
 //! A limit the kernel reports that differs from ours, with no write of ours in flight and
 //! reported after our last write completed, was changed behind our back (or is the real one
 //! after a dry run): the ledger adopts it. A failed write is reverted: the limit goes back to
-//! the action's `old` value, unless a later decision has replaced it.
+//! the action's `old` value, unless a later decision has replaced it. The engine re-reads the
+//! limit files when a signal reports a limit the ledger does not believe (the resource's
+//! `disagrees`) and before every write: what its owner wrote is adopted at once
+//! ([`Ledger::owner_set`]), and a write decided from an older limit is not made
+//! ([`Ledger::yielded`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -695,6 +699,50 @@ impl<X: Ext> Ledger<X> {
             ext(&mut st.ext);
         });
         true
+    }
+
+    /// The limit's owner (a runtime, the kubelet, a person) wrote `limit`, re-read from the
+    /// file at `now` by the engine (no write of ours in flight: the engine thread writes
+    /// synchronously): adopted at once, with `ext` updating the extension. Signals from before
+    /// `now` that report the older limit are explained by this change (they are not adopted
+    /// again). Returns whether the cgroup is managed.
+    pub fn owner_set(&mut self, id: CgId, now: u64, limit: u64, ext: impl FnOnce(&mut X)) -> bool {
+        let Some(st) = self.entries.get_mut(&id) else {
+            return false;
+        };
+        update(&mut self.top_level_sum, st, |st| {
+            st.limit = limit;
+            ext(&mut st.ext);
+        });
+        st.last_write_done_ns = st.last_write_done_ns.max(now);
+        true
+    }
+
+    /// The engine did not perform `action`: re-read just before the write, the file held
+    /// `found`, a value its owner wrote after the decision was made. The action is undone
+    /// (like a failed write, without counting one) and `found` adopted ([`owner_set`]): the
+    /// owner's write is never overwritten by a decision made from an older limit.
+    ///
+    /// [`owner_set`]: Self::owner_set
+    pub fn yielded(&mut self, action: &Action, now: u64, found: u64, ext: impl FnOnce(&mut X)) {
+        if action.resource != X::RESOURCE {
+            return;
+        }
+        let Some(st) = self.entries.get_mut(&action.cgroup) else {
+            return;
+        };
+        let this_write = st.inflight == Some((action.old, action.new));
+        let charged = action.is_raise() && action.reason != Reason::Ancestor;
+        if charged && this_write {
+            let added = grant(&st.ext, action.old, action.new);
+            self.granted = self.granted.saturating_sub(added);
+        }
+        update(&mut self.top_level_sum, st, |st| {
+            if this_write {
+                st.inflight = None;
+            }
+        });
+        self.owner_set(action.cgroup, now, found, ext);
     }
 
     /// Opens a pressure round for the cgroup at `ts`: notes the pressure, then coalesces the

@@ -395,6 +395,38 @@ impl MemoryDecider {
         }
     }
 
+    /// True when a pressure signal at `ts` reports a `limit` other than the one the decider
+    /// believes, and no write of ours can explain it: the limit files are to be re-read (a
+    /// cgroup found before its owner wrote its limit, an owner's change since). Signals from
+    /// before our last write report the limit it replaced and are not re-read for.
+    pub fn disagrees(&self, id: CgId, signal: &MemorySignal) -> bool {
+        let (MemorySignal::Reclaim { ts_ns, limit, .. }
+        | MemorySignal::UsageHigh { ts_ns, limit, .. }) = *signal
+        else {
+            return false;
+        };
+        let Some(st) = self.ledger.get(id) else {
+            return false;
+        };
+        // The kernel reports an unlimited counter as a huge byte count: the same as ours.
+        let limit = Limit::from_bytes(limit).as_u64_saturating();
+        st.settled(ts_ns) && limit.abs_diff(st.limit()) >= LIMIT_GRANULARITY
+    }
+
+    /// The owner wrote `limit` (re-read from the file at `now`): adopted at once (see the
+    /// [ledger](super::ledger#external-changes-and-failed-writes)).
+    pub fn owner_set(&mut self, id: CgId, now: u64, limit: Limit) {
+        self.ledger
+            .owner_set(id, now, limit.as_u64_saturating(), |_| {});
+    }
+
+    /// The engine found `found` in the file just before performing `action` and did not
+    /// write: the owner's value is adopted instead.
+    pub fn yielded(&mut self, action: &super::Action, now: u64, found: Limit) {
+        self.ledger
+            .yielded(action, now, found.as_u64_saturating(), |_| {});
+    }
+
     fn pressure(
         &mut self,
         id: CgId,

@@ -183,6 +183,41 @@ trait ResourceDecider: Decide + Send + 'static {
     fn set_ancestor_room(&mut self, _id: CgId, _bytes: u64, _usage: u64, _measured_ns: u64) {}
     /// What the decider holds about `id`.
     fn view(&self, id: CgId) -> Option<View>;
+    /// The limit the decider believes in force, in action units.
+    fn believed(&self, id: CgId) -> Option<u64>;
+    /// Whether the signal reports a limit the decider does not believe (and no write of ours
+    /// explains): the files are re-read before deciding.
+    fn disagrees(&self, id: CgId, s: &Self::Signal) -> bool;
+    /// The owner's value, re-read from the files at `now`, adopted.
+    fn owner_set(&mut self, id: CgId, now: u64, found: Setting);
+    /// `action` not performed: the file held the owner's `found`, adopted instead.
+    fn yielded(&mut self, action: &Action, now: u64, found: Setting);
+}
+
+/// `units` (an action's `old`) as a setting like `like` (a CPU quota keeps `like`'s period).
+fn setting_of(units: u64, like: Setting) -> Setting {
+    match like {
+        Setting::Memory(_) => Setting::Memory(Limit::from_bytes(units)),
+        Setting::Cpu(_) if units == u64::MAX => Setting::Cpu(CpuQuota::Max),
+        Setting::Cpu(q) => Setting::Cpu(CpuQuota::Quota {
+            quota_us: units,
+            period_us: match q {
+                CpuQuota::Quota { period_us, .. } => period_us,
+                CpuQuota::Max => DEFAULT_CFS_PERIOD_US,
+            },
+        }),
+    }
+}
+
+/// A CPU setting as the decider holds it: the quota (`None`: unlimited) and the period.
+fn quota_period(q: CpuQuota) -> (Option<u64>, u64) {
+    match q {
+        CpuQuota::Max => (None, DEFAULT_CFS_PERIOD_US),
+        CpuQuota::Quota {
+            quota_us,
+            period_us,
+        } => (Some(quota_us), period_us),
+    }
 }
 
 /// A decider's view of one cgroup (see [`Snapshot`]).
@@ -219,6 +254,26 @@ impl ResourceDecider for MemoryDecider {
 
     fn set_ancestor_room(&mut self, id: CgId, bytes: u64, usage: u64, measured_ns: u64) {
         MemoryDecider::set_outer_room(self, id, bytes, usage, measured_ns);
+    }
+
+    fn believed(&self, id: CgId) -> Option<u64> {
+        self.limit(id)
+    }
+
+    fn disagrees(&self, id: CgId, s: &MemorySignal) -> bool {
+        MemoryDecider::disagrees(self, id, s)
+    }
+
+    fn owner_set(&mut self, id: CgId, now: u64, found: Setting) {
+        if let Setting::Memory(l) = found {
+            MemoryDecider::owner_set(self, id, now, l);
+        }
+    }
+
+    fn yielded(&mut self, action: &Action, now: u64, found: Setting) {
+        if let Setting::Memory(l) = found {
+            MemoryDecider::yielded(self, action, now, l);
+        }
     }
 
     fn view(&self, id: CgId) -> Option<View> {
@@ -264,6 +319,28 @@ impl ResourceDecider for CpuDecider {
         }
     }
 
+    fn believed(&self, id: CgId) -> Option<u64> {
+        self.quota_us(id).map(|q| q.unwrap_or(u64::MAX))
+    }
+
+    fn disagrees(&self, id: CgId, s: &CpuSignal) -> bool {
+        CpuDecider::disagrees(self, id, s)
+    }
+
+    fn owner_set(&mut self, id: CgId, now: u64, found: Setting) {
+        if let Setting::Cpu(q) = found {
+            let (quota, period_us) = quota_period(q);
+            CpuDecider::owner_set(self, id, now, quota, period_us);
+        }
+    }
+
+    fn yielded(&mut self, action: &Action, now: u64, found: Setting) {
+        if let Setting::Cpu(q) = found {
+            let (quota, period_us) = quota_period(q);
+            CpuDecider::yielded(self, action, now, quota, period_us);
+        }
+    }
+
     fn view(&self, id: CgId) -> Option<View> {
         let quota = match self.quota_us(id)? {
             None => CpuQuota::Max,
@@ -301,6 +378,12 @@ trait SlotOps: Send {
     fn is_managed(&self, id: CgId) -> bool;
     fn signal(&mut self, id: CgId, s: Signal, out: &mut Decision);
     fn applied(&mut self, a: &Action, done_ns: u64, outcome: WriteOutcome);
+    /// Re-reads `id`'s limit files when `s` reports a limit the decider does not believe, and
+    /// adopts an owner's value found there (marked for the slow side). Hot path: one `pread`
+    /// per file, only on disagreement; no allocation.
+    fn reread(&mut self, id: CgId, s: &Signal);
+    /// `a` was not written: the file held the owner's `found`, adopted instead.
+    fn yielded(&mut self, a: &Action, now: u64, found: Setting);
     fn writer(&self, id: CgId) -> Option<(&dyn LimitWriter, Option<&WriteMark>)>;
     fn set_budget(&mut self, b: Budget);
     fn set_ancestor_room(&mut self, id: CgId, bytes: u64, usage: u64, measured_ns: u64);
@@ -341,6 +424,38 @@ impl<D: ResourceDecider> SlotOps for Slot<D> {
 
     fn applied(&mut self, a: &Action, done_ns: u64, outcome: WriteOutcome) {
         self.decider.applied(a, done_ns, outcome);
+    }
+
+    fn reread(&mut self, id: CgId, s: &Signal) {
+        let Some(sig) = D::signal_of(*s) else {
+            return;
+        };
+        if !self.decider.disagrees(id, &sig) {
+            return;
+        }
+        let (Some(w), Some(believed)) = (self.writers.get(&id), self.decider.believed(id)) else {
+            return;
+        };
+        // A cgroup that vanished is noticed by the write or by discovery.
+        let Ok((before, found)) = w.writer.refresh() else {
+            return;
+        };
+        if w.writer.holds(found, believed) {
+            if before != found {
+                // The limit the decider believes, at settings it does not (a CFS period its
+                // owner changed): the decider follows, so the disagreement ends here.
+                self.decider.owner_set(id, monotonic_ns(), found);
+            }
+            return;
+        }
+        self.decider.owner_set(id, monotonic_ns(), found);
+        if let Some(m) = &w.mark {
+            m.adopted(setting_of(believed, found), found);
+        }
+    }
+
+    fn yielded(&mut self, a: &Action, now: u64, found: Setting) {
+        self.decider.yielded(a, now, found);
     }
 
     fn writer(&self, id: CgId) -> Option<(&dyn LimitWriter, Option<&WriteMark>)> {
@@ -402,10 +517,10 @@ pub struct EngineConfig {
 }
 
 /// A fault the engine thread injects into itself, for the tests of the agent's health
-/// checks: the agent reads it once at start from the hidden, test-only environment variable
-/// `SCALER_TEST_FAULT` (`engine-panic:WHEN` or `engine-stall:WHEN`, WHEN being milliseconds
-/// after the engine starts, or an absolute path: when that file exists). Never set it in
-/// production.
+/// checks and of refused writes: the agent reads it once at start from the hidden, test-only
+/// environment variable `SCALER_TEST_FAULT` (`engine-panic:WHEN`, `engine-stall:WHEN` or
+/// `refuse-writes:WHEN`, WHEN being milliseconds after the engine starts, or an absolute path:
+/// when (for `refuse-writes`: while) that file exists). Never set it in production.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineFault {
     pub kind: FaultKind,
@@ -419,6 +534,10 @@ pub enum FaultKind {
     Panic,
     /// The engine thread stops looping (sleeps for ever).
     Stall,
+    /// Every limit write fails as the kernel's EINVAL would, and nothing is written (the
+    /// refusal a v1 memory limit above an unmanaged memsw limit met before the agent managed
+    /// memsw with the limit; tests of how refusals are handled).
+    RefuseWrites,
 }
 
 /// When an [`EngineFault`] strikes.
@@ -440,6 +559,7 @@ impl EngineFault {
         let kind = match kind.trim() {
             "engine-panic" => FaultKind::Panic,
             "engine-stall" => FaultKind::Stall,
+            "refuse-writes" => FaultKind::RefuseWrites,
             _ => return None,
         };
         let when = when.trim();
@@ -617,19 +737,35 @@ impl ScalingHandler {
         }
     }
 
-    /// Strikes the injected fault when its time has come (tests only; see [`EngineFault`]).
-    fn inject_fault(&self) {
+    /// Whether the injected fault's time has come (tests only; see [`EngineFault`]).
+    fn fault_due(&self) -> bool {
         let Some((f, armed_ns)) = &self.fault else {
-            return;
+            return false;
         };
-        let due = match &f.when {
+        match &f.when {
             FaultTrigger::After(d) => monotonic_ns() >= armed_ns + d.as_nanos() as u64,
             FaultTrigger::FileExists(p) => p.exists(),
+        }
+    }
+
+    /// True while writes are to be refused (an injected `refuse-writes`; tests only).
+    fn refusing_writes(&self) -> bool {
+        self.fault
+            .as_ref()
+            .is_some_and(|(f, _)| f.kind == FaultKind::RefuseWrites)
+            && self.fault_due()
+    }
+
+    /// Strikes the injected fault when its time has come (tests only; see [`EngineFault`]).
+    fn inject_fault(&self) {
+        let Some((f, _)) = &self.fault else {
+            return;
         };
-        if !due {
+        if !self.fault_due() {
             return;
         }
         match f.kind {
+            FaultKind::RefuseWrites => {}
             FaultKind::Panic => {
                 panic!(
                     "injected fault ({}): engine thread panics",
@@ -662,6 +798,13 @@ impl ScalingHandler {
     fn decide(&mut self, id: CgId, signal: Signal) {
         let resource = signal.resource();
         let slot = &mut *self.slots[slot_index(resource)];
+        // A limit the decider does not believe (a cgroup found before its owner wrote its
+        // limit; an owner's change since): the files are re-read and the owner's value
+        // adopted before deciding.
+        // (Not in a dry run: there the decider's limit is the one it would have written.)
+        if !self.dry_run {
+            slot.reread(id, &signal);
+        }
         slot.signal(id, signal, &mut self.decision);
         self.refused(resource);
         self.execute();
@@ -689,15 +832,32 @@ impl ScalingHandler {
     fn execute(&mut self) {
         for i in 0..self.decision.actions().len() {
             let a = self.decision.actions()[i];
+            let refusing = self.fault.is_some() && self.refusing_writes();
             let slot = &mut *self.slots[slot_index(a.resource)];
             let mut written = None;
             let (outcome, errno, done_ns) = if self.dry_run {
                 (WriteOutcome::DryRun, None, monotonic_ns())
+            } else if refusing {
+                (WriteOutcome::Failed, Some(libc::EINVAL), monotonic_ns())
             } else {
                 // The writer stamps its completion; the clock is not read a second time.
                 // The mark brackets the write, so the slow side never takes this write for
                 // someone else's (whether or not this action's record reaches it).
+                //
+                // Before every write the file is re-read (one `pread` per file on the open
+                // descriptors): a value other than the one the decision started from was
+                // written by the limit's owner since, and is adopted, not overwritten.
                 let result = slot.writer(a.cgroup).map(|(w, mark)| {
+                    match w.refresh() {
+                        Ok((_, found)) if !w.holds(found, a.old) => {
+                            if let Some(m) = mark {
+                                m.adopted(setting_of(a.old, found), found);
+                            }
+                            return Done::Yielded(found);
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Done::Failed(errno_of(&e)),
+                    }
                     if let Some(m) = mark {
                         m.begin();
                     }
@@ -705,18 +865,25 @@ impl ScalingHandler {
                     if let Some(m) = mark {
                         m.end(w.current());
                     }
-                    (w, r)
+                    match r {
+                        Ok(ns) => Done::Written(ns, w.current()),
+                        Err(e) => Done::Failed(errno_of(&e)),
+                    }
                 });
                 match result {
-                    Some((w, Ok(ns))) => {
-                        written = Some(w.current());
+                    Some(Done::Written(ns, now)) => {
+                        written = Some(now);
                         (WriteOutcome::Written, None, ns)
                     }
-                    Some((_, Err(e))) => (
-                        WriteOutcome::Failed,
-                        Some(e.errno().map_or(0, |e| e as i32)),
-                        monotonic_ns(),
-                    ),
+                    Some(Done::Yielded(found)) => {
+                        // Not an action: the owner's write stands (the slow side learns it
+                        // from the mark, logs and counts it).
+                        slot.yielded(&a, monotonic_ns(), found);
+                        continue;
+                    }
+                    Some(Done::Failed(errno)) => {
+                        (WriteOutcome::Failed, Some(errno), monotonic_ns())
+                    }
                     None => (WriteOutcome::Failed, Some(libc::ENOENT), monotonic_ns()),
                 }
             };
@@ -800,6 +967,24 @@ impl ScalingHandler {
         };
         // Decide for the cgroup whose limit binds (the event's figures are that cgroup's).
         Some((ev.target_id, Signal::Memory(signal)))
+    }
+}
+
+/// How a write of [`ScalingHandler::execute`] ended.
+enum Done {
+    /// Written, at this time (ns), leaving this setting.
+    Written(u64, Setting),
+    /// Not written: the file held this owner's value, adopted instead.
+    Yielded(Setting),
+    /// The write (or the re-read before it) failed with this errno (0: not a write error).
+    Failed(i32),
+}
+
+fn errno_of(e: &crate::actuator::ActuatorError) -> i32 {
+    match e.errno() {
+        Some(n) => n as i32,
+        None if e.kind() == crate::actuator::ErrorKind::Gone => libc::ENODEV,
+        None => 0,
     }
 }
 

@@ -78,17 +78,30 @@ struct FakeWriter {
     current: Mutex<Setting>,
     writes: Writes,
     refuse: bool,
+    /// A value the limit's owner wrote to the "file", found by the next re-read.
+    owner: Owner,
 }
+
+/// A fake writer's file, as its owner writes it.
+type Owner = Arc<Mutex<Option<Setting>>>;
 
 impl FakeWriter {
     fn boxed(current: Setting, refuse: bool) -> (Box<dyn LimitWriter>, Writes) {
+        let (w, writes, _) = Self::with_owner(current, refuse);
+        (w, writes)
+    }
+
+    /// Like `boxed`, with a handle to write the "file" as its owner.
+    fn with_owner(current: Setting, refuse: bool) -> (Box<dyn LimitWriter>, Writes, Owner) {
         let writes = Writes::default();
+        let owner = Owner::default();
         let w = FakeWriter {
             current: Mutex::new(current),
             writes: writes.clone(),
             refuse,
+            owner: owner.clone(),
         };
-        (Box::new(w), writes)
+        (Box::new(w), writes, owner)
     }
 }
 
@@ -119,6 +132,23 @@ impl LimitWriter for FakeWriter {
             }),
         };
         Ok(monotonic_ns())
+    }
+
+    fn refresh(&self) -> Result<(Setting, Setting), ActuatorError> {
+        let mut cur = self.current.lock().unwrap();
+        let before = *cur;
+        if let Some(owner) = self.owner.lock().unwrap().take() {
+            *cur = owner;
+        }
+        Ok((before, *cur))
+    }
+
+    fn holds(&self, found: Setting, believed: u64) -> bool {
+        match found {
+            Setting::Memory(l) => l.as_u64_saturating() == believed,
+            Setting::Cpu(CpuQuota::Max) => believed == u64::MAX,
+            Setting::Cpu(CpuQuota::Quota { quota_us, .. }) => quota_us == believed,
+        }
     }
 }
 
@@ -474,6 +504,15 @@ impl LimitWriter for CountingWriter {
         *self.current.lock().unwrap() = Setting::Memory(Limit::from_bytes(new));
         Ok(monotonic_ns())
     }
+
+    fn refresh(&self) -> Result<(Setting, Setting), ActuatorError> {
+        let cur = *self.current.lock().unwrap();
+        Ok((cur, cur))
+    }
+
+    fn holds(&self, found: Setting, believed: u64) -> bool {
+        found == Setting::Memory(Limit::from_bytes(believed))
+    }
 }
 
 /// The hot path — an event in, the decision, the limit write, the feedback and the record
@@ -680,4 +719,100 @@ fn commands_are_taken_in_bounded_batches() {
         [1],
         "every storm cgroup forgotten, the parent kept"
     );
+}
+
+/// Manages a memory cgroup at `limit` with a fake writer whose "file" the test writes as the
+/// limit's owner, and a write mark: (writes, owner, mark).
+fn manage_owned(e: &Engine, id: u64, limit: Limit) -> (Writes, Owner, Arc<WriteMark>) {
+    let (writer, writes, owner) = FakeWriter::with_owner(Setting::Memory(limit), false);
+    let mark = Arc::new(WriteMark::new(Setting::Memory(limit)));
+    e.send(Command::Manage(Box::new(ManageRequest {
+        id,
+        path: Arc::from(format!("/test/{id}").as_str()),
+        parent: None,
+        policy: Policy::Memory(memory_policy()),
+        writer,
+        usage: 16 * MIB,
+        sampled_ns: crate::clock::monotonic_ns(),
+        mark: Some(mark.clone()),
+    })))
+    .unwrap();
+    (writes, owner, mark)
+}
+
+/// Item 4 of issue 16, "before every write": the owner wrote the limit after the decision was
+/// made from the old one; the engine re-reads the file before writing, finds the owner's value
+/// and adopts it instead of overwriting it (marked for the slow side), and the next pressure
+/// is answered from the owner's value.
+#[test]
+fn an_owners_write_found_just_before_a_write_is_adopted_not_overwritten() {
+    let ring = FakeRing::new();
+    let (e, rx) = start(&ring, false);
+    let (writes, owner, mark) = manage_owned(&e, 21, Limit::Bytes(64 * MIB));
+    sync(&e);
+    // The event saw 64M (what the decider believes); the owner writes 100M meanwhile.
+    *owner.lock().unwrap() = Some(Setting::Memory(Limit::Bytes(100 * MIB)));
+    ring.push(reclaim(21, 21, 64 * MIB, 64 * MIB));
+    let snap = drained(&e, 1);
+    assert!(writes.lock().unwrap().is_empty(), "nothing written over it");
+    assert_eq!(snap[0].limit, Setting::Memory(Limit::Bytes(100 * MIB)));
+    let ad = mark.adoption().unwrap();
+    assert_eq!(ad.count, 1);
+    assert_eq!(ad.old, Setting::Memory(Limit::Bytes(64 * MIB)));
+    assert_eq!(ad.new, Setting::Memory(Limit::Bytes(100 * MIB)));
+    assert_eq!(e.stats().failed_writes.load(Ordering::Relaxed), 0);
+    // Pressure at the owner's limit: raised from it.
+    ring.push(reclaim(21, 21, 100 * MIB, 100 * MIB));
+    let a = next_action(&rx);
+    assert_eq!(a.action.old, 100 * MIB);
+    assert!(a.action.new > 100 * MIB);
+    assert_eq!(*writes.lock().unwrap(), vec![a.action.new]);
+    assert_eq!(
+        mark.adoption().unwrap().count,
+        1,
+        "its own write is no adoption"
+    );
+    assert_eq!(
+        mark.read().unwrap().1,
+        Setting::Memory(Limit::Bytes(a.action.new))
+    );
+    e.stop().unwrap();
+}
+
+/// Item 2 of issue 16: a cgroup found while its limit was still `max`; its owner then wrote
+/// 64M. The first pressure event reports 64M, which the decider does not believe: the engine
+/// re-reads the file, adopts the owner's 64M and raises from it at once (before, the event
+/// was taken for a stale one and coalesced until the next sample, too late).
+#[test]
+fn an_event_that_disagrees_with_the_decider_rereads_the_limit_and_raises_from_the_owners() {
+    let ring = FakeRing::new();
+    let (e, rx) = start(&ring, false);
+    let (writes, owner, mark) = manage_owned(&e, 22, Limit::Max);
+    sync(&e);
+    *owner.lock().unwrap() = Some(Setting::Memory(Limit::Bytes(64 * MIB)));
+    ring.push(reclaim(22, 22, 64 * MIB, 64 * MIB));
+    let a = next_action(&rx);
+    assert_eq!(a.action.old, 64 * MIB, "{a:?}");
+    assert!(a.action.new > 64 * MIB);
+    assert_eq!(*writes.lock().unwrap(), vec![a.action.new]);
+    let ad = mark.adoption().unwrap();
+    assert_eq!(ad.count, 1);
+    assert_eq!(ad.old, Setting::Memory(Limit::Max));
+    assert_eq!(ad.new, Setting::Memory(Limit::Bytes(64 * MIB)));
+    e.stop().unwrap();
+}
+
+/// A dry run re-reads nothing: its decider's limit is the one it would have written.
+#[test]
+fn a_dry_run_adopts_nothing_from_a_reread() {
+    let ring = FakeRing::new();
+    let (e, _rx) = start(&ring, true);
+    let (writes, owner, mark) = manage_owned(&e, 23, Limit::Max);
+    sync(&e);
+    *owner.lock().unwrap() = Some(Setting::Memory(Limit::Bytes(64 * MIB)));
+    ring.push(reclaim(23, 23, 64 * MIB, 64 * MIB));
+    drained(&e, 1);
+    assert!(writes.lock().unwrap().is_empty());
+    assert_eq!(mark.adoption().unwrap().count, 0);
+    e.stop().unwrap();
 }

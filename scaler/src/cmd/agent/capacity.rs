@@ -1,8 +1,8 @@
 //! How many cgroups the agent can protect, and the loud refusal of those it cannot.
 //!
 //! Each managed cgroup costs a kernel map entry (sized at load by `agent.max_cgroups`) and one
-//! or two descriptors (its limit file; v1 memsw or the v1 CPU period is the second). At start
-//! RLIMIT_NOFILE's soft limit is raised to the hard limit, and when even the hard limit cannot
+//! or two descriptors (its limit file; v1 memsw, v2 `memory.high` or the v1 CPU period is the
+//! second). At start RLIMIT_NOFILE's soft limit is raised to the hard limit, and when even the hard limit cannot
 //! hold two descriptors per cgroup the agent says so, with the numbers. A cgroup a policy
 //! selects that cannot be protected (no descriptor left, the kernel map full, its path
 //! recreated under it, the engine too busy to take it) is refused: an error log the first

@@ -343,5 +343,9 @@ mod tests {
         assert_eq!(EngineFault::parse("engine-panic"), None);
         assert_eq!(EngineFault::parse("engine-panic:soon"), None);
         assert_eq!(EngineFault::parse("nope:1"), None);
+        assert_eq!(
+            EngineFault::parse("refuse-writes:/tmp/r").map(|f| f.kind),
+            Some(crate::engine::FaultKind::RefuseWrites)
+        );
     }
 }

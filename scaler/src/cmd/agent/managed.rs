@@ -615,6 +615,8 @@ impl Agent {
                     mark,
                     adopted: None,
                     ancestor_room_bounded: false,
+                    adoptions_seen: 0,
+                    owner_value: None,
                     pod,
                     labels,
                 },
@@ -769,6 +771,9 @@ impl Agent {
                         }
                     }
                 }
+                // Owner's writes the engine found since (re-read before a write, or on an
+                // event that disagreed with what it believed).
+                take_adoption(&self.state, r, m);
                 // What the agent had written, read around the sample (see WriteMark).
                 let before = m.mark.read();
                 let Some(s) = r.sample(&cg, Some((&self.pipeline, *id))) else {
@@ -789,19 +794,10 @@ impl Agent {
                 if let Observed::Adopted { previous } =
                     lock(&self.state.state).observe_setting(&m.path, s.observed, ours.map(|o| o.1))
                 {
-                    tracing::info!(
-                        cgroup = %m.path,
-                        resource = res.as_str(),
-                        previous = %previous,
-                        original = %s.observed,
-                        "limit changed outside the agent: adopted as the original"
-                    );
-                    m.original = s.observed;
-                    m.original_unknown = false;
+                    let old = ours.map_or(previous, |o| o.1);
+                    owner_wrote(&self.state, r, m, previous, old, s.observed, "sample", 1);
+                    m.owner_value = Some(s.observed);
                     m.adopted = ours.map(|(seq, _)| (seq, s.observed));
-                    let metrics = &self.state.metrics;
-                    metrics.set_original_limit(&m.labels, r.gauge(s.observed));
-                    metrics.original_unknown.get_or_create(&m.labels).set(0.0);
                 }
                 if let Some(t) = s.throttled_seconds {
                     Metrics::set_total_f64(
@@ -985,6 +981,81 @@ impl Agent {
             })
             .collect()
     }
+}
+
+/// Takes the owner's writes the engine adopted since the last look ([`WriteMark::adoption`]):
+/// the latest becomes the original (state file, metrics), logged and counted like one a
+/// sample found, unless a sample already adopted that very value.
+pub fn take_adoption(state: &AgentState, r: &dyn resource::ManagedResource, m: &mut Managed) {
+    let Some(ad) = m.mark.adoption() else {
+        return;
+    };
+    // A value a sample adopted is the engine's to find too, at most until the next look
+    // (the engine learns it from that sample): the same write, logged and counted once.
+    let sampled = m.owner_value.take();
+    if ad.count <= m.adoptions_seen {
+        return;
+    }
+    // Several owner's writes between two looks: the latest is the original, each is counted.
+    let n = ad.count - m.adoptions_seen - u64::from(sampled == Some(ad.new));
+    m.adoptions_seen = ad.count;
+    if n == 0 {
+        return;
+    }
+    let Some(previous) = lock(&state.state).owner_wrote_setting(&m.path, ad.new) else {
+        return;
+    };
+    owner_wrote(state, r, m, previous, ad.old, ad.new, "re-read", n);
+}
+
+/// An owner's write adopted as `m`'s original: logged (the cgroup, the limit the agent held
+/// and the owner's), counted in `scaler_external_changes_total{resource}`, and the original's
+/// metrics updated. `writes`: how many owner's writes it stands for (counted).
+#[allow(clippy::too_many_arguments)]
+fn owner_wrote(
+    state: &AgentState,
+    r: &dyn resource::ManagedResource,
+    m: &mut Managed,
+    previous: Setting,
+    old: Setting,
+    new: Setting,
+    seen_by: &'static str,
+    writes: u64,
+) {
+    let res = r.resource();
+    tracing::info!(
+        cgroup = %m.path,
+        resource = res.as_str(),
+        previous = %previous,
+        original = %new,
+        old = %old,
+        new = %new,
+        seen_by,
+        "limit changed outside the agent: adopted as the original"
+    );
+    m.original = new;
+    m.original_unknown = false;
+    let metrics = &state.metrics;
+    metrics.set_original_limit(&m.labels, r.gauge(new));
+    metrics.original_unknown.get_or_create(&m.labels).set(0.0);
+    metrics
+        .external_changes
+        .get_or_create(&super::metrics::ResourceLabels {
+            resource: res.as_str(),
+        })
+        .inc_by(writes);
+}
+
+/// At shutdown, once the engine has stopped: the owner's writes it adopted since the last
+/// sample become originals before anything is restored.
+pub fn take_adoptions(state: &AgentState) {
+    for r in resource::ALL {
+        let mut managed = lock(state.managed(r.resource()));
+        for m in managed.values_mut() {
+            take_adoption(state, r, m);
+        }
+    }
+    state.save_state();
 }
 
 /// At shutdown with `restore_on_exit`: writes each changed cgroup's original limit back, for

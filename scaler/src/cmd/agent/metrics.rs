@@ -195,6 +195,9 @@ pub struct Metrics {
     /// is one the agent does not manage, next to one it does (`ancestor`: above a managed
     /// cgroup; `descendant`: below one, such as a container of a managed pod).
     pub unmanaged_binding: Family<RefusedLabels, Counter>,
+    /// `scaler_external_changes_total{resource}`: limits their owner (a runtime, the kubelet,
+    /// systemd, a person) wrote while the agent managed them, adopted as the new original.
+    pub external_changes: Family<ResourceLabels, Counter>,
     /// `scaler_raises_refused_total{resource,reason}`: raises a cgroup under pressure did not
     /// get (`at_max`, `budget`, `ancestor`, `rate_limited`, `below_hysteresis`).
     pub raises_refused: Family<RefusedLabels, Counter>,
@@ -299,6 +302,7 @@ impl Metrics {
             unmanaged_ancestor_binds: Counter::default(),
             unmanaged_binding: Family::default(),
             raises_refused: Family::default(),
+            external_changes: Family::default(),
             node_memory_room: Gauge::default(),
             node_memory_capacity: Gauge::default(),
             node_memory_available: Gauge::default(),
@@ -428,6 +432,13 @@ impl Metrics {
                  ancestor of a managed cgroup; descendant: the limit of an unmanaged cgroup \
                  below a managed one, such as a container of a managed pod)",
                 m.unmanaged_binding.clone(),
+            );
+            r.register(
+                "external_changes",
+                "Limits their owner (a container runtime, the kubelet, systemd, a person) wrote \
+                 while the agent managed them, by resource: adopted as the new original, never \
+                 overwritten",
+                m.external_changes.clone(),
             );
             r.register(
                 "raises_refused",
@@ -575,6 +586,9 @@ impl Metrics {
                 .reaction_latency
                 .get_or_create(&ResourceLabels { resource: r });
             let _ = self.managed.get_or_create(&ResourceLabels { resource: r });
+            let _ = self
+                .external_changes
+                .get_or_create(&ResourceLabels { resource: r });
             for reason in ACTION_REASONS
                 .iter()
                 .filter(|x| Self::reason_resource(**x) == resource)

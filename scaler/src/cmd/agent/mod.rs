@@ -45,7 +45,7 @@ use scaler_common::EventKind;
 
 use self::{
     discovery::{TreeChange, TreeWatcher},
-    managed::{restore_originals, status_doc, Agent},
+    managed::{restore_originals, status_doc, take_adoptions, Agent},
     metrics::{LimitLabels, Metrics},
     state::StateFile,
     status::{ActionStatus, Recent},
@@ -195,6 +195,11 @@ pub struct Managed {
     /// The limit adopted from its owner at the mark's sequence number: what the cgroup holds
     /// until the engine writes again.
     pub adopted: Option<(u64, Setting)>,
+    /// The engine's adoptions of owner's writes already taken ([`WriteMark::adoption`]).
+    pub adoptions_seen: u64,
+    /// The owner's value the last sample adopted, so that one owner's write seen by the
+    /// sample and by the engine is logged and counted once.
+    pub owner_value: Option<Setting>,
     /// The pod and container, for Kubernetes cgroups.
     pub pod: Option<PodCgroup>,
     /// Its metric labels.
@@ -707,7 +712,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     } else {
         let _ = recorder.join();
     }
-    state.save_state();
+    take_adoptions(&state);
     let restore = lock(&state.info).restore_on_exit;
     if restore && !config.agent.dry_run {
         // The engine is stopped (or stalled, and the process exits right after).

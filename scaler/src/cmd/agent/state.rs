@@ -323,6 +323,19 @@ impl<L: Copy + PartialEq> Table<L> {
         Observed::Adopted { previous }
     }
 
+    /// The limit's owner wrote `value` (found by the engine when it re-read the limit before
+    /// a write, or on an event that disagreed with it): the new original and current. Returns
+    /// the previous original, `None` when `path` is not recorded.
+    pub fn owner_wrote(&mut self, path: &str, value: L) -> Option<L> {
+        let r = self.records.get_mut(path)?;
+        let previous = r.original;
+        r.original = value;
+        r.current = value;
+        r.unknown_original = false;
+        self.dirty = true;
+        Some(previous)
+    }
+
     /// Forgets `path` (removed, deselected or restored).
     pub fn forget(&mut self, path: &str) -> Option<Record<L>> {
         let r = self.records.remove(path);
@@ -776,6 +789,22 @@ impl StateFile {
         }
     }
 
+    /// [`Table::owner_wrote`] of the resource of `value`.
+    pub fn owner_wrote_setting(&mut self, path: &str, value: Setting) -> Option<Setting> {
+        match value {
+            Setting::Memory(l) => self
+                .doc
+                .cgroups
+                .owner_wrote(path, l.into())
+                .map(|p| Setting::Memory(p.into())),
+            Setting::Cpu(q) => self
+                .doc
+                .cpu
+                .owner_wrote(path, q.into())
+                .map(|p| Setting::Cpu(p.into())),
+        }
+    }
+
     /// [`Table::forget`] of `resource`'s records.
     pub fn forget_setting(&mut self, resource: Resource, path: &str) {
         match resource {
@@ -1196,6 +1225,24 @@ mod tests {
         assert_eq!(
             s.observe("/nope", Limit::Max, Some(Limit::Max)),
             Observed::Unknown
+        );
+    }
+
+    #[test]
+    fn an_owners_write_the_engine_adopted_becomes_the_original() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = StateFile::load(&d.path().join("s.json")).unwrap();
+        assert_eq!(s.manage("/ctr", 1, "p", Limit::Max), known(Limit::Max));
+        s.changed("/ctr", Limit::Bytes(256 * M));
+        assert_eq!(
+            s.owner_wrote_setting("/ctr", Setting::Memory(Limit::Bytes(64 * M))),
+            Some(Setting::Memory(Limit::Max))
+        );
+        assert_eq!(s.records()["/ctr"].original, StoredLimit::Bytes(64 * M));
+        assert_eq!(s.records()["/ctr"].current, StoredLimit::Bytes(64 * M));
+        assert_eq!(
+            s.owner_wrote_setting("/nope", Setting::Memory(Limit::Max)),
+            None
         );
     }
 
