@@ -804,6 +804,28 @@ fn the_shipped_runtime_policies_select_the_runtimes_layouts_and_nothing_else() {
 // ---------------------------------------------------------------------------------------------
 // The tests' body, the same for both runtimes
 
+/// The directory the containers see at /ctl (triggers, exit statuses), removed on drop.
+struct CtlDir(PathBuf);
+
+impl CtlDir {
+    fn new() -> CtlDir {
+        CtlDir(tempdir())
+    }
+}
+
+impl std::ops::Deref for CtlDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for CtlDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A container's script: wait for `/ctl/<go>` (if any), burst, record the workload's exit
 /// status in `/ctl/<name>.rc`.
 fn burst_script(name: &str, go: Option<&str>) -> String {
@@ -863,7 +885,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// 5 containers started before the agent, 5 after it; all must survive their burst.
 fn bursts_survive(test: &str, env: &TestEnv, rt: &dyn Runtime, root: &RuntimeRoot, file: &str) {
-    let ctl = tempdir();
+    let ctl = CtlDir::new();
     // Started before the agent: each waits (limit written) until the agent manages it.
     let before = start_containers(rt, &ctl, "b", BEFORE_AGENT, Some("go"));
     for (_, path) in &before {
@@ -935,7 +957,6 @@ fn bursts_survive(test: &str, env: &TestEnv, rt: &dyn Runtime, root: &RuntimeRoo
         note(r);
     }
     a.stop_cleanly(Signal::SIGTERM);
-    let _ = std::fs::remove_dir_all(&ctl);
     assert_eq!(
         survived,
         [BEFORE_AGENT, AFTER_AGENT],
@@ -947,7 +968,7 @@ fn bursts_survive(test: &str, env: &TestEnv, rt: &dyn Runtime, root: &RuntimeRoo
 /// The owner rewrites the limit mid-run: adopted as the original, not fought, and restored at
 /// SIGTERM.
 fn owner_update_adopted(env: &TestEnv, rt: &dyn Runtime, root: &RuntimeRoot, file: &str) {
-    let ctl = tempdir();
+    let ctl = CtlDir::new();
     let name = unique("scaler-rt-owner");
     let script = format!(
         "for i in 1 2; do until [ -e /ctl/go$i ]; do sleep 0.02; done; {BURST}; \
@@ -1037,7 +1058,6 @@ fn owner_update_adopted(env: &TestEnv, rt: &dyn Runtime, root: &RuntimeRoot, fil
     if let Some(view) = rt.owners_view(&name) {
         assert_eq!(view, OWNER_LIMIT, "{}'s view", rt.name());
     }
-    let _ = std::fs::remove_dir_all(&ctl);
 }
 
 // ---------------------------------------------------------------------------------------------
