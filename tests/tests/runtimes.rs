@@ -282,7 +282,9 @@ trait Runtime: Sync {
     fn start(&self, name: &str, ctl: &Path, script: &str) -> String;
     /// The owner's update of the container's memory limit.
     fn update_memory(&self, name: &str, bytes: u64);
-    /// The limit the owner believes the container has, where it says (podman inspect).
+    /// The limit the owner reports for the container, where it says (`podman inspect`; podman
+    /// 4.3 keeps the value of `podman run` there even after its own `podman update`, so it is
+    /// printed, not asserted).
     fn owners_view(&self, _name: &str) -> Option<u64> {
         None
     }
@@ -1056,7 +1058,12 @@ fn owner_update_adopted(env: &TestEnv, rt: &dyn Runtime, root: &RuntimeRoot, fil
         "the owner's memsw restored"
     );
     if let Some(view) = rt.owners_view(&name) {
-        assert_eq!(view, OWNER_LIMIT, "{}'s view", rt.name());
+        note(&format!(
+            "  {} reports a limit of {} MiB (the limit file holds {} MiB)",
+            rt.name(),
+            view / M,
+            OWNER_LIMIT / M
+        ));
     }
 }
 
