@@ -781,12 +781,22 @@ fn the_shipped_runtime_policies_select_the_runtimes_layouts_and_nothing_else() {
     for (file, managed, not) in cases {
         let config = scaler::config::Config::from_toml_str(&shipped(file))
             .unwrap_or_else(|e| panic!("config/{file}: {e}"));
-        config.validate(&node).expect("valid");
+        // Valid on any node, however small (a policy max above the node's memory would not be).
+        let small = scaler::config::NodeInfo {
+            mem_total: 2 << 30,
+            ..node
+        };
+        config.validate(&node).expect("valid here");
+        config.validate(&small).expect("valid on a 2 GiB node");
+        // No max, deliberately: the only warning says so.
+        let warnings = config.warnings();
         assert!(
-            config.warnings().is_empty(),
-            "{file}: {:?}",
-            config.warnings()
+            warnings.len() == 1 && warnings[0].key == "policy[0].memory.max",
+            "{file}: {warnings:?}"
         );
+        for p in config.policies.iter().filter_map(|p| p.memory.as_ref()) {
+            assert!(p.max.is_none(), "config/{file}: no max");
+        }
         for p in managed.iter().map(|p| p.replace("ID", &id)) {
             let policy = config.policy_for(&p, None);
             assert!(
