@@ -1022,12 +1022,20 @@ fn owner_update_adopted(env: &TestEnv, rt: &dyn Runtime, root: &RuntimeRoot, fil
         },
     );
     note(&format!("  status: {}", status.managed(&path).unwrap()));
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(a.state_file()).unwrap()).unwrap();
-    assert_eq!(
-        state["cgroups"][&path]["original"], OWNER_LIMIT,
-        "state file: {state}"
-    );
+    // The state file is saved after the status is updated: wait for it.
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(a.state_file()).unwrap_or_default();
+        let state: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if state["cgroups"][&path]["original"] == OWNER_LIMIT {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "state file: the owner's original: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Not fought: samples later, the limit file still holds the owner's value, and no write
     // of the agent's came in between.
     let writes = a.audit_of(&path).len();
