@@ -74,10 +74,10 @@ fn on_path(program: &str) -> bool {
 fn runtime_env(test: &str, runtime: &str, programs: &[&str]) -> Option<TestEnv> {
     if emulated() {
         note(&format!(
-            "SKIP {test}: {runtime} does not run in the cgroup v2 test VMs (kernel {}): their \
-             root is the host's, read-only over 9p, with a busybox init, no container store or \
-             runtime state, and container starts under software emulation take seconds each; \
-             this test runs on the host stage of `cargo xtask test`",
+            "SKIP {test}: {runtime} is not run in the cgroup v2 test VMs (kernel {}): their \
+             root is the host's, read-only over 9p, with a busybox init and no container store, \
+             runtime state or daemon set up, and the containers' bursts would race under \
+             software emulation; this test runs on the host stage of `cargo xtask test`",
             std::env::var("SCALER_VM_KERNEL").unwrap_or_default()
         ));
         return None;
