@@ -311,7 +311,10 @@ impl Podman {
 
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new("unshare");
-        c.args(["-m", "--propagation", "private", "sh", "-c"])
+        // conmon writes an `oom` file into its working directory when a container is
+        // OOM-killed: keep it in ours.
+        c.current_dir(&self.dir)
+            .args(["-m", "--propagation", "private", "sh", "-c"])
             // crun refuses the hybrid layout: hide the v2 mount from this namespace only.
             .arg("umount /sys/fs/cgroup/unified 2>/dev/null; exec podman \"$@\"")
             .arg("podman")
