@@ -133,6 +133,17 @@ fn the_deb_installs_with_dpkg_and_runs() {
         fs::read(repo().join("config/scaler.example.toml")).unwrap()
     );
 
+    // The container runtime policies, as examples that check.
+    for example in ["podman.toml", "containerd.toml"] {
+        let path = root.join("usr/share/doc/scaler/examples").join(example);
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            fs::read(repo().join("config").join(example)).unwrap()
+        );
+        let checked = ok(Command::new(&bin).arg("check-config").arg(&path));
+        assert!(stdout(&checked).contains(": OK ("), "{checked:?}");
+    }
+
     // The unit runs the binary where the package put it.
     let unit = fs::read_to_string(root.join("usr/lib/systemd/system/scaler.service")).unwrap();
     for key in ["ExecStartPre=", "ExecStart="] {

@@ -29,6 +29,10 @@ use crate::{cargo, setup, util};
 pub const DEB_BIN: &str = "/usr/bin/scaler";
 /// Where the binary goes in the image (the DaemonSet's command runs it from there).
 pub const IMAGE_BIN: &str = "/usr/local/bin/scaler";
+/// The container runtime policies of config/, installed as examples under
+/// /usr/share/doc/scaler/examples/.
+pub const RUNTIME_EXAMPLES: &[&str] = &["podman.toml", "containerd.toml"];
+
 /// The configuration path of the unit, the DaemonSet and the image.
 pub const CONFIG: &str = "/etc/scaler/scaler.toml";
 
@@ -286,6 +290,14 @@ fn build_deb(bin: &Path, version: &str, out: &Path) -> Result<PathBuf> {
         &under(&stage, "/usr/share/doc/scaler/scaler.example.toml"),
         0o644,
     )?;
+    // The container runtime policies (README, "Running with podman/containerd").
+    for example in RUNTIME_EXAMPLES {
+        install(
+            &root_dir.join("config").join(example),
+            &under(&stage, &format!("/usr/share/doc/scaler/examples/{example}")),
+            0o644,
+        )?;
+    }
     install(
         &root_dir.join("README.md"),
         &under(&stage, "/usr/share/doc/scaler/README.md"),

@@ -22,6 +22,22 @@ pub const DOC_PACKAGES: &[&str] = &["groff-base", "man-db"];
 /// podman and crun build and run the image, binutils strips the binary and reads its symbol
 /// versions, python3-venv holds kubernetes-validate.
 pub const DIST_PACKAGES: &[&str] = &["podman", "crun", "binutils", "python3-venv"];
+/// Debian packages of the real container runtimes the root tests run containers with
+/// (tests/tests/runtimes.rs): containerd and runc beside podman and crun above, and
+/// busybox-static for the OCI image the containerd test builds offline. Installed with the
+/// packages stage's tools (bookworm: containerd 1.6.20, runc 1.1.5). Debian's containerd
+/// package enables a system service; the tests never use it (they start their own daemon from
+/// a private directory).
+pub const RUNTIME_PACKAGES: &[&str] = &["containerd", "runc", "busybox-static"];
+
+/// Everything `--dist` installs with apt: [`DIST_PACKAGES`] and [`RUNTIME_PACKAGES`].
+pub fn dist_packages() -> Vec<&'static str> {
+    DIST_PACKAGES
+        .iter()
+        .chain(RUNTIME_PACKAGES)
+        .copied()
+        .collect()
+}
 /// The PyPI package that validates the Kubernetes manifests, pinned (pip caches the wheel).
 pub const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 /// The PyPI package the root tests validate JSON output with against docs/schemas, pinned; it
@@ -50,8 +66,9 @@ pub struct Options {
     /// Also install what `cargo xtask vm-test` needs (qemu, busybox-static, cpio, ...).
     #[arg(long)]
     pub vm: bool,
-    /// Also install what `cargo xtask dist` and the packages stage need (podman, crun,
-    /// binutils, kubernetes-validate from PyPI in a virtual environment).
+    /// Also install what `cargo xtask dist`, the packages stage and the container runtime
+    /// tests need (podman, crun, containerd, runc, busybox-static, binutils,
+    /// kubernetes-validate from PyPI in a virtual environment).
     #[arg(long)]
     pub dist: bool,
     /// Only report what is missing; exit non-zero if anything is.
@@ -282,7 +299,7 @@ pub fn dist_venv() -> PathBuf {
 fn is_dist(m: &Missing) -> bool {
     match m {
         Missing::KubernetesValidate => true,
-        Missing::Packages(p) => p.iter().any(|p| DIST_PACKAGES.contains(&p.as_str())),
+        Missing::Packages(p) => p.iter().any(|p| dist_packages().contains(&p.as_str())),
         _ => false,
     }
 }
@@ -290,7 +307,7 @@ fn is_dist(m: &Missing) -> bool {
 /// What the packages stage needs and is missing.
 pub fn check_dist() -> Vec<Missing> {
     let mut missing = Vec::new();
-    let packages = missing_packages(DIST_PACKAGES);
+    let packages = missing_packages(&dist_packages());
     if !packages.is_empty() {
         missing.push(Missing::Packages(packages));
     }
@@ -326,7 +343,10 @@ fn install_kubernetes_validate() -> Result<()> {
 pub fn ensure_dist() -> Result<()> {
     let missing = check_dist();
     if missing.is_empty() {
-        println!("setup: podman, crun, binutils and kubernetes-validate present");
+        println!(
+            "setup: podman, crun, containerd, runc, busybox-static, binutils and \
+             kubernetes-validate present"
+        );
         return Ok(());
     }
     for m in &missing {
@@ -346,7 +366,8 @@ pub fn setup(opts: &Options) -> Result<()> {
         let dist = check_dist();
         if dist.is_empty() {
             println!(
-                "setup: [ok]      podman, crun, binutils, python3-venv, {KUBERNETES_VALIDATE}, {CHECK_JSONSCHEMA}"
+                "setup: [ok]      {}, {KUBERNETES_VALIDATE}, {CHECK_JSONSCHEMA}",
+                dist_packages().join(", ")
             );
         }
         for m in &dist {
@@ -462,6 +483,16 @@ mod tests {
         assert_eq!(bpf_linker_version_of("bpf-linker 0.13.0\n"), Some("0.13.0"));
         assert_eq!(bpf_linker_version_of("bpf-linker 0.9.13"), Some("0.9.13"));
         assert_eq!(bpf_linker_version_of(""), None);
+    }
+
+    #[test]
+    fn dist_installs_the_container_runtimes() {
+        let all = dist_packages();
+        for p in ["podman", "crun", "containerd", "runc", "busybox-static"] {
+            assert!(all.contains(&p), "{p} in {all:?}");
+        }
+        assert!(is_dist(&Missing::Packages(vec!["containerd".into()])));
+        assert!(is_dist(&Missing::Packages(vec!["runc".into()])));
     }
 
     #[test]
