@@ -22,6 +22,7 @@ pub mod ebpf;
 pub mod engine;
 pub mod events;
 pub mod k8s;
+pub mod kube;
 pub mod privilege;
 pub mod resource;
 pub mod schema;
