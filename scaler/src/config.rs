@@ -789,7 +789,12 @@ impl Config {
             );
         }
         if let Some(name) = &k.node_name {
-            if name.is_empty() || name.len() > 253 || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.') {
+            if name.is_empty()
+                || name.len() > 253
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            {
                 bad(
                     "kubernetes.node_name".into(),
                     format!("{name:?} is not a node name (a DNS subdomain: lowercase letters, digits, '-' and '.')"),

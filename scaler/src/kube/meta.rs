@@ -74,9 +74,11 @@ impl PodInfo {
                     .chain(s.init_container_statuses.iter().flatten())
             })
             .collect();
-        let specs = spec
-            .into_iter()
-            .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()));
+        let specs = spec.into_iter().flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        });
         let containers = specs
             .map(|c| container_info(c, &statuses))
             .collect::<Vec<_>>();
@@ -113,7 +115,12 @@ fn container_info(c: &Container, statuses: &[&ContainerStatus]) -> ContainerInfo
         .map(|id| id.split_once("://").map_or(id, |(_, rest)| rest).to_owned())
         .filter(|id| !id.is_empty());
     let res = c.resources.as_ref();
-    let mem = |m: Option<&std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+    let mem = |m: Option<
+        &std::collections::BTreeMap<
+            String,
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+        >,
+    >| {
         m.and_then(|m| m.get("memory"))
             .and_then(|q| parse_quantity(&q.0).ok())
     };
@@ -122,9 +129,11 @@ fn container_info(c: &Container, statuses: &[&ContainerStatus]) -> ContainerInfo
         id,
         memory_limit: mem(res.and_then(|r| r.limits.as_ref())),
         memory_request: mem(res.and_then(|r| r.requests.as_ref())),
-        restart_on_memory_resize: c.resize_policy.iter().flatten().any(|p| {
-            p.resource_name == "memory" && p.restart_policy == "RestartContainer"
-        }),
+        restart_on_memory_resize: c
+            .resize_policy
+            .iter()
+            .flatten()
+            .any(|p| p.resource_name == "memory" && p.restart_policy == "RestartContainer"),
     }
 }
 
@@ -171,7 +180,8 @@ impl Annotations {
 /// binary (`Ki`, `Mi`, `Gi`, `Ti`, `Pi`, `Ei`) or decimal (`k`, `M`, `G`, `T`, `P`, `E`), or an
 /// exponent (`1e9`). Fractions of a byte round up, as the API server does for memory.
 pub fn parse_quantity(s: &str) -> Result<u64, &'static str> {
-    const FORM: &str = "not a Kubernetes quantity (e.g. \"512Mi\", \"1Gi\", \"1G\", \"1073741824\")";
+    const FORM: &str =
+        "not a Kubernetes quantity (e.g. \"512Mi\", \"1Gi\", \"1G\", \"1073741824\")";
     let s = s.trim();
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -219,7 +229,12 @@ pub fn parse_quantity(s: &str) -> Result<u64, &'static str> {
 
 /// A byte count as a Kubernetes quantity: `Ki`/`Mi`/`Gi`/`Ti` when exact, else plain bytes.
 pub fn format_quantity(b: u64) -> String {
-    for (suffix, unit) in [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+    for (suffix, unit) in [
+        ("Ti", 1u64 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ] {
         if b >= unit && b % unit == 0 {
             return format!("{}{suffix}", b / unit);
         }
@@ -363,7 +378,11 @@ pub fn resize_body(limits: &[(String, u64)]) -> serde_json::Value {
 
 /// Whether the container `id` of `pod` can be resized to `bytes`: `Ok(None)` when its spec
 /// already says so, `Ok(Some(name))` to patch the container `name`.
-pub fn resize_plan(pod: Option<&PodInfo>, id: &str, bytes: u64) -> Result<Option<String>, NoResize> {
+pub fn resize_plan(
+    pod: Option<&PodInfo>,
+    id: &str,
+    bytes: u64,
+) -> Result<Option<String>, NoResize> {
     let pod = pod.ok_or(NoResize::Unknown)?;
     let c = pod.container(id).ok_or(NoResize::Unknown)?;
     if pod.qos_class.as_deref() != Some("Burstable") {

@@ -49,13 +49,13 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::Pod;
 use ::kube::{
     api::{Api, Patch, PatchParams},
     runtime::{watcher, WatchStreamExt as _},
     Client,
 };
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::Notify;
 
 pub use self::meta::{Annotations, NoResize, PodInfo};
@@ -251,7 +251,10 @@ pub fn start(
     let (endpoint, api) = match config.api {
         KubeApi::Off => return Ok(None),
         KubeApi::InCluster => (Endpoint::InCluster, "in-cluster"),
-        KubeApi::Kubeconfig => (Endpoint::Kubeconfig(config.kubeconfig.clone()), "kubeconfig"),
+        KubeApi::Kubeconfig => (
+            Endpoint::Kubeconfig(config.kubeconfig.clone()),
+            "kubeconfig",
+        ),
     };
     let node = config.node_name().ok_or(StartError::NoNodeName { api })?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -273,8 +276,9 @@ pub fn start(
 /// A client for `endpoint` (reads the token, CA and address; connects nothing yet).
 pub async fn client_for(endpoint: &Endpoint) -> Result<Client, StartError> {
     let config = match endpoint {
-        Endpoint::InCluster => ::kube::Config::incluster()
-            .map_err(|source| StartError::InCluster { source })?,
+        Endpoint::InCluster => {
+            ::kube::Config::incluster().map_err(|source| StartError::InCluster { source })?
+        }
         Endpoint::Kubeconfig(path) => {
             let shown = path.as_ref().map_or_else(
                 || "$KUBECONFIG or ~/.kube/config".to_owned(),
@@ -328,6 +332,12 @@ async fn watch_pods(kube: &Kube, client: Client, node: &str, on_change: &impl Fn
                     tracing::info!("the Kubernetes API answers again");
                 }
                 ev
+            }
+            // The API's word that the resourceVersion the watch resumed from is too old (410
+            // Gone): the ordinary end of a long watch; the watcher relists.
+            Err(watcher::Error::WatchError(s)) if s.code == 410 => {
+                tracing::debug!("pod watch expired ({}): relisting", s.message);
+                continue;
             }
             Err(e) => {
                 kube.counters.watch_errors.fetch_add(1, Ordering::Relaxed);
@@ -407,8 +417,11 @@ async fn resize_loop(kube: &Kube, client: Client) {
             let mut pending = lock(&kube.pending);
             let mut ready_pods = HashMap::new();
             for ((uid, _), p) in pending.iter() {
-                let at = (p.since + RESIZE_SETTLE)
-                    .max(last_sent.get(uid).map_or(now, |t| *t + kube.resize_interval));
+                let at = (p.since + RESIZE_SETTLE).max(
+                    last_sent
+                        .get(uid)
+                        .map_or(now, |t| *t + kube.resize_interval),
+                );
                 let e = ready_pods.entry(uid.clone()).or_insert(at);
                 *e = (*e).max(at);
             }
@@ -434,10 +447,9 @@ async fn resize_loop(kube: &Kube, client: Client) {
                 // next interval.
                 let mut pending = lock(&kube.pending);
                 for (cid, bytes) in retry {
-                    pending.entry((uid.clone(), cid)).or_insert(Pending {
-                        bytes,
-                        since: now,
-                    });
+                    pending
+                        .entry((uid.clone(), cid))
+                        .or_insert(Pending { bytes, since: now });
                 }
                 let at = now + kube.resize_interval;
                 next = Some(next.map_or(at, |n| n.min(at)));
@@ -503,7 +515,10 @@ async fn resize_pod(
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
-    match api.patch_resize(&pod.name, &pp, &Patch::Strategic(&body)).await {
+    match api
+        .patch_resize(&pod.name, &pp, &Patch::Strategic(&body))
+        .await
+    {
         Ok(p) => {
             kube.counters.resized.fetch_add(1, Ordering::Relaxed);
             {
