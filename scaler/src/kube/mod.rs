@@ -347,9 +347,8 @@ async fn watch_pods(kube: &Kube, client: Client, node: &str, on_change: &impl Fn
                     failing = true;
                     tracing::warn!(
                         error = %e,
-                        "watching this node's pods failed (retried with backoff; pods are \
-                         named by their cgroup paths until it works; see \
-                         scaler_kubernetes_api_errors_total): {e}"
+                        "watching this node's pods failed: retried with backoff, pods are known \
+                         by their cgroup paths until it works (scaler_kubernetes_api_errors_total)"
                     );
                 }
                 continue;
@@ -496,8 +495,8 @@ async fn resize_pod(
                         container_id = %crate::k8s::short_id(cid),
                         limit = %crate::units::format_size(*bytes),
                         reason = why.as_str(),
-                        "not patching the pod's resize subresource: {}",
-                        why.why()
+                        why = why.why(),
+                        "resize patch skipped"
                     );
                 } else {
                     tracing::debug!(pod = %pod_name, reason = why.as_str(), "resize skipped");
@@ -556,9 +555,9 @@ async fn resize_pod(
                 uid = %uid,
                 code = s.code,
                 reason = %s.reason,
-                "the API refused the resize patch: {}{hint}; not retried (the cgroup keeps the \
-                 agent's limit; the pod's spec says the old one)",
-                s.message
+                error = %format!("{}{hint}", s.message),
+                "resize patch refused by the API: not retried (the cgroup keeps the agent's \
+                 limit, the pod's spec the old one)"
             );
             None
         }
@@ -567,8 +566,9 @@ async fn resize_pod(
             tracing::warn!(
                 pod = %pod.display(),
                 uid = %uid,
-                "the resize patch failed: {e}; tried again in {:?}",
-                kube.resize_interval
+                error = %e,
+                retry_in = ?kube.resize_interval,
+                "resize patch failed: tried again after the interval"
             );
             Some(changes.to_vec())
         }

@@ -928,7 +928,8 @@ fn report_annotations(
             pod = %pod.display(),
             annotation = %key,
             value = %value,
-            "annotation ignored: {why}"
+            why = %why,
+            "pod annotation ignored"
         );
     }
     for c in clamps {
@@ -943,7 +944,9 @@ fn report_annotations(
             annotation = c.annotation,
             asked = c.asked,
             applied = c.applied,
-            "annotation clamped: {c}"
+            bound = c.bound,
+            why = %c,
+            "pod annotation clamped to the policy"
         );
     }
 }

@@ -718,9 +718,10 @@ fn start_kube(config: &Config, tx: Sender<AgentMsg>) -> Option<Arc<crate::kube::
         Ok(k) => k,
         Err(e) => {
             tracing::error!(
-                "{e}; running without the Kubernetes API: pods and containers are known by the \
-                 UID and id in their cgroup paths, no scaler.io/ annotation applies and no \
-                 resize is patched"
+                error = %e,
+                "running without the Kubernetes API: pods and containers are known by the UID \
+                 and id in their cgroup paths, no scaler.io/ annotation applies and no resize \
+                 is patched"
             );
             None
         }
