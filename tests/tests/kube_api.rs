@@ -246,16 +246,16 @@ fn agent(l: &Layout, kube: &str) -> AgentConfig {
         .agent_key("restore_on_exit", "true")
 }
 
-/// Touches 150 MiB in the container (64 MiB limit) in 8 MiB steps every 50 ms (paced from the
+/// Touches `total` in the container (64 MiB limit) in 8 MiB steps every 50 ms (paced from the
 /// measured reaction latency under emulation); asserts it was not OOM-killed.
-fn burst(dir: &Path) {
+fn burst_to(dir: &Path, total: &str) {
     let bin = scaler_bin();
     let cushion = tempdir();
     let mut p = if emulated() {
         let interval = emulated_calibration().interval;
         let script = format!(
             "dd if=/dev/zero of='{}' bs=1M count=32 conv=fsync status=none && exec \"$0\" \
-             workload steps --total 150M --step 2M --interval {}ms",
+             workload steps --total {total} --step 2M --interval {}ms",
             cushion.join("cushion").display(),
             interval.as_millis()
         );
@@ -272,7 +272,7 @@ fn burst(dir: &Path) {
                 "workload",
                 "steps",
                 "--total",
-                "150M",
+                total,
                 "--step",
                 "8M",
                 "--interval",
@@ -287,8 +287,30 @@ fn burst(dir: &Path) {
     assert!(status.success(), "the container's burst survived: {status}");
 }
 
+/// [`burst_to`] 150 MiB.
+fn burst(dir: &Path) {
+    burst_to(dir, "150M");
+}
+
 fn kube_metric(name: &'static str) -> Metric {
     Metric { name, labels: &[] }
+}
+
+/// Waits until the container's series carry the pod's name (what the API said is in force).
+fn wait_names(a: &TestAgent) -> Scrape {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = a.scrape();
+        if !s.with_label("pod", "web-0").is_empty() {
+            return s;
+        }
+        assert!(
+            Instant::now() < end,
+            "no pod names from the API:\n{}",
+            s.text
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -405,6 +427,12 @@ fn names_and_annotations_from_the_api_reach_the_containers_labels_and_a_burst_is
         |m| m.parse::<u64>().unwrap() * M,
     );
     assert!(raised.contains(&bytes), "{mem} is one of {raised:?}");
+    note(&format!(
+        "  {} raises of the container ({:?} MiB), {} resize patch ({mem})",
+        raised.len(),
+        raised.iter().map(|b| b / M).collect::<Vec<_>>(),
+        patches.len()
+    ));
     let scrape = a.scrape();
     assert_eq!(
         scrape.value(
@@ -430,6 +458,64 @@ fn names_and_annotations_from_the_api_reach_the_containers_labels_and_a_burst_is
         (64 * M).to_string(),
         "the original back"
     );
+    a.assert_only_json_on_stderr();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_annotation_within_the_policy_bounds_the_containers_raises() {
+    let Some(env) = env_race("kube_api_bound", "a container's burst") else {
+        return;
+    };
+    let l = layout(&env, "scaler-kube-bound");
+    // 96Mi, below the policy's 512M: the bound the engine gets for this container.
+    let api = StandIn::start(pod(json!({"scaler.io/memory-max": "96Mi"})));
+    let dir = tempdir();
+    let kc = kubeconfig(&dir, &format!("http://127.0.0.1:{}", api.port));
+    let mut a = agent(
+        &l,
+        &format!(
+            "api = \"kubeconfig\"\nkubeconfig = {:?}\nnode_name = {NODE:?}",
+            kc.display().to_string()
+        ),
+    )
+    .start();
+    a.wait_managed(&l.container, true, Duration::from_secs(5));
+    wait_names(&a);
+    // The bound the engine was given with the container (its Manage command, logged).
+    let ev = a.wait_event(
+        &LogQuery::message("managing")
+            .field("cgroup", &l.container)
+            .field("max", "96MiB"),
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        ev.field("pod")
+            .and_then(Value::as_str)
+            .map(|p| p.contains(UID)),
+        Some(true),
+        "{ev:?}"
+    );
+    // A burst past the early warning (64 MiB less 16 MiB headroom): the raise's step (64 MiB)
+    // would take the limit to 128 MiB; the annotation caps it at 96Mi, which the burst fits in.
+    burst_to(&l.container_dir, "72M");
+    let raise = a.wait_audit("a raise", Duration::from_secs(10), |r| {
+        r.cgroup == l.container && r.is_raise()
+    });
+    assert_eq!(raise.new, 96 * M, "capped at the annotation: {raise}");
+    std::thread::sleep(Duration::from_millis(500));
+    let over: Vec<_> = a
+        .audit_of(&l.container)
+        .into_iter()
+        .filter(|r| r.new > 96 * M)
+        .collect();
+    assert!(over.is_empty(), "nothing above the annotation: {over:?}");
+    assert!(
+        !a.logged(&LogQuery::message("pod annotation clamped to the policy")),
+        "within the policy: taken as written"
+    );
+    assert!(api.patches().is_empty(), "resize is off");
+    assert_eq!(a.stop(Signal::SIGTERM).code(), Some(0));
     a.assert_only_json_on_stderr();
     let _ = std::fs::remove_dir_all(&dir);
 }

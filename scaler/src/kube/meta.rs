@@ -91,7 +91,7 @@ impl PodInfo {
             annotations: md
                 .annotations
                 .as_ref()
-                .map(|a| Annotations::parse(a))
+                .map(Annotations::parse)
                 .unwrap_or_default(),
         })
     }
@@ -235,7 +235,7 @@ pub fn format_quantity(b: u64) -> String {
         ("Mi", 1 << 20),
         ("Ki", 1 << 10),
     ] {
-        if b >= unit && b % unit == 0 {
+        if b >= unit && b.is_multiple_of(unit) {
             return format!("{}{suffix}", b / unit);
         }
     }
