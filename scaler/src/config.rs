@@ -36,6 +36,8 @@ pub struct Config {
     pub agent: AgentConfig,
     /// `[node]`: node-wide budgets.
     pub node: NodeConfig,
+    /// `[kubernetes]`: pod metadata and resize patches from the Kubernetes API.
+    pub kubernetes: KubernetesConfig,
     /// `[[policy]]`: which cgroups are managed, and how. First match wins.
     #[serde(rename = "policy")]
     pub policies: Vec<PolicyConfig>,
@@ -226,8 +228,72 @@ impl KubeletSource {
     }
 }
 
+/// `[kubernetes]`: whether and how the agent talks to the Kubernetes API (see
+/// [`crate::kube`]). Everything the agent needs to protect a container comes from its cgroup
+/// path; the API adds names (namespace, pod, container), the pods' `scaler.io/` annotations
+/// (which only tighten a policy) and, with `resize`, keeps the pod's spec in step with raises.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// `"off"` (the default), `"in-cluster"` (the pod's service account token, CA and
+    /// `KUBERNETES_SERVICE_HOST`/`_PORT`), or `"kubeconfig"` (the file `kubeconfig`, else
+    /// `$KUBECONFIG` or `~/.kube/config`).
+    pub api: KubeApi,
+    /// The kubeconfig file for `api = "kubeconfig"` (default: `$KUBECONFIG`, `~/.kube/config`).
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name: only its pods are watched (`fieldSelector=spec.nodeName=...`). Default:
+    /// the `NODE_NAME` environment variable (the DaemonSet sets it from `spec.nodeName`).
+    pub node_name: Option<String>,
+    /// After the agent changes a container's memory limit, patch the pod's `resize`
+    /// subresource (Kubernetes 1.33+) with the new limit, so that the pod's spec says what the
+    /// cgroup holds.
+    pub resize: bool,
+    /// The least time between two resize patches of one pod (the latest limit wins).
+    pub resize_interval: HumanDuration,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            api: KubeApi::Off,
+            kubeconfig: None,
+            node_name: None,
+            resize: false,
+            resize_interval: HumanDuration::secs(10),
+        }
+    }
+}
+
 /// Default `node.kubelet_eviction_margin`.
 pub const DEFAULT_KUBELET_EVICTION_MARGIN: u64 = 128 * MIB;
+
+impl KubernetesConfig {
+    /// The environment variable the node name is read from by default.
+    pub const NODE_NAME_ENV: &'static str = "NODE_NAME";
+
+    /// `node_name`, or the `NODE_NAME` environment variable (`None`: neither is set).
+    pub fn node_name(&self) -> Option<String> {
+        self.node_name.clone().or_else(|| {
+            std::env::var(Self::NODE_NAME_ENV)
+                .ok()
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        })
+    }
+}
+
+/// `kubernetes.api`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KubeApi {
+    /// No API calls: names and ids come from cgroup paths only.
+    #[default]
+    Off,
+    /// The pod's service account (a DaemonSet).
+    InCluster,
+    /// A kubeconfig file (an agent run outside the cluster, or a test).
+    Kubeconfig,
+}
 
 /// Default `node.memory_reserve`.
 pub const DEFAULT_MEMORY_RESERVE: u64 = GIB;
@@ -755,6 +821,45 @@ impl Config {
                     a.max_cgroups
                 ),
             );
+        }
+
+        let k = &self.kubernetes;
+        if k.resize_interval.0 < std::time::Duration::from_secs(1) {
+            bad(
+                "kubernetes.resize_interval".into(),
+                format!(
+                    "{} is too short: give at least 1s (default 10s), one patch per pod per \
+                     interval",
+                    k.resize_interval
+                ),
+            );
+        }
+        if k.resize && k.api == KubeApi::Off {
+            bad(
+                "kubernetes.resize".into(),
+                "resize patches need the API: set kubernetes.api = \"in-cluster\" (or \
+                 \"kubeconfig\")"
+                    .into(),
+            );
+        }
+        if k.kubeconfig.is_some() && k.api != KubeApi::Kubeconfig {
+            bad(
+                "kubernetes.kubeconfig".into(),
+                "only used with kubernetes.api = \"kubeconfig\"".into(),
+            );
+        }
+        if let Some(name) = &k.node_name {
+            if name.is_empty()
+                || name.len() > 253
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            {
+                bad(
+                    "kubernetes.node_name".into(),
+                    format!("{name:?} is not a node name (a DNS subdomain: lowercase letters, digits, '-' and '.')"),
+                );
+            }
         }
 
         let n = &self.node;

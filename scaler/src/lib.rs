@@ -24,6 +24,7 @@ pub mod events;
 pub mod k8s;
 pub mod kubelet;
 pub mod node;
+pub mod kube;
 pub mod privilege;
 pub mod resource;
 pub mod schema;

@@ -490,10 +490,30 @@ fn the_kubernetes_manifests_validate() {
     assert_eq!(s(&subject["kind"]), "ServiceAccount");
     assert_eq!(s(&subject["name"]), s(&sa["metadata"]["name"]));
     assert_eq!(s(&subject["namespace"]), ns);
-    // Read-only: no rule grants a verb that changes anything.
+    // Pods read (the watch of this node's pods), and nothing written but pods/resize (the
+    // resize patches of [kubernetes] resize): no other resource, no other verb.
     for rule in role["rules"].as_sequence().unwrap() {
-        for verb in rule["verbs"].as_sequence().unwrap() {
-            assert!(["get", "list", "watch"].contains(&s(verb)), "{verb:?}");
+        let groups: Vec<&str> = rule["apiGroups"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(s)
+            .collect();
+        assert_eq!(groups, [""], "the core group only: {rule:?}");
+        let resources: Vec<&str> = rule["resources"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(s)
+            .collect();
+        let verbs: Vec<&str> = rule["verbs"].as_sequence().unwrap().iter().map(s).collect();
+        match resources.as_slice() {
+            ["pods"] => assert!(
+                verbs.iter().all(|v| ["get", "list", "watch"].contains(v)),
+                "{verbs:?}"
+            ),
+            ["pods/resize"] => assert_eq!(verbs, ["patch"]),
+            other => panic!("an unexpected rule for {other:?}"),
         }
     }
 

@@ -261,6 +261,72 @@ fn the_daemonset_is_valid_and_consistent_with_its_configmap() {
     );
 }
 
+#[test]
+fn the_daemonset_gives_the_api_client_what_it_needs() {
+    use crate::config::KubeApi;
+    let docs = yaml_docs(&deploy("kubernetes/daemonset.yaml"));
+    let (cm, ds) = (&docs[1], &docs[2]);
+    let config = Config::from_toml_str(get(cm, "data")["scaler.toml"].as_str().unwrap()).unwrap();
+    let k = &config.kubernetes;
+    assert_eq!(
+        k.api,
+        KubeApi::InCluster,
+        "the shipped DaemonSet uses the API"
+    );
+    let pod = get(ds, "spec.template.spec");
+    // The service account's token (kube-rs' in-cluster config reads it) ...
+    assert_eq!(
+        get(pod, "automountServiceAccountToken").as_bool(),
+        Some(true),
+        "api = in-cluster needs the token"
+    );
+    // ... and this node's name, for the field selector.
+    assert!(k.node_name.is_none(), "node_name comes from NODE_NAME");
+    let env = get(pod, "containers.0.env").as_sequence().unwrap();
+    let node = env
+        .iter()
+        .find(|e| str_of(e, "name") == crate::config::KubernetesConfig::NODE_NAME_ENV)
+        .expect("NODE_NAME in the container's env");
+    assert_eq!(
+        str_of(node, "valueFrom.fieldRef.fieldPath"),
+        "spec.nodeName"
+    );
+    // The RBAC grants what the client does, to the DaemonSet's service account.
+    let rbac = yaml_docs(&deploy("kubernetes/rbac.yaml"));
+    let role = rbac
+        .iter()
+        .find(|d| str_of(d, "kind") == "ClusterRole")
+        .unwrap();
+    let grants = |resource: &str, verb: &str| {
+        get(role, "rules").as_sequence().unwrap().iter().any(|r| {
+            let has = |key: &str, v: &str| {
+                get(r, key)
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x.as_str() == Some(v))
+            };
+            has("apiGroups", "") && has("resources", resource) && has("verbs", verb)
+        })
+    };
+    for verb in ["list", "watch"] {
+        assert!(grants("pods", verb), "pods {verb}");
+    }
+    assert_eq!(
+        grants("pods/resize", "patch"),
+        k.resize,
+        "pods/resize patch iff resize"
+    );
+    let sa = rbac
+        .iter()
+        .find(|d| str_of(d, "kind") == "ServiceAccount")
+        .unwrap();
+    assert_eq!(
+        str_of(pod, "serviceAccountName"),
+        str_of(sa, "metadata.name")
+    );
+}
+
 /// Every metric name (sample names, with the `_total`/`_bucket`/... suffixes) the agent
 /// exports once each family has a sample.
 fn exported_names() -> BTreeSet<String> {

@@ -21,7 +21,7 @@ use crate::{
     actuator::{Setting, WriteMark},
     cgroupfs::{CgroupIndex, Hierarchy},
     config::{Config, NodeInfo, PolicyConfig, Untrusted},
-    decider::{CgId, Resource},
+    decider::{CgId, Policy, Resource},
     ebpf::Pipeline,
     engine::{Budget, Command, Engine, EngineStats, ManageRequest, Snapshot},
     resource::{self, ManagedResource, Restored},
@@ -437,6 +437,7 @@ impl Agent {
             });
             self.report_refused(&h, res, &sel.untrusted, &sel.own, &sel.sandbox);
             wanted = sel.wanted;
+            self.leave_opted_out(res, &mut wanted);
         }
         let wanted_ids: HashSet<CgId> = wanted.iter().map(|w| w.0).collect();
         let wanted_paths: Vec<String> = wanted.iter().map(|w| w.1.clone()).collect();
@@ -504,8 +505,21 @@ impl Agent {
             unprotected.insert(path.to_owned(), u);
         };
         for (id, path, policy_name, policy) in wanted {
+            // The API's names and the pod's scaler.io/ annotations (which only tighten the
+            // policy); path data alone without the API.
+            let pod = self.config.pod_of(&path);
+            let info = self.pod_info(pod.as_ref());
+            let (policy, clamps) = match &info {
+                Some(i) => crate::kube::meta::tighten(policy, &i.annotations),
+                None => (policy, Vec::new()),
+            };
+            let cgroup_labels =
+                CgroupLabels::new(&path, &policy_name, pod.as_ref()).with_names(info.as_ref());
             if let Some(m) = managed.get(&id) {
-                if m.policy == policy && m.policy_name == policy_name {
+                if m.policy == policy
+                    && m.policy_name == policy_name
+                    && m.labels.cgroup == cgroup_labels
+                {
                     continue;
                 }
             }
@@ -568,8 +582,10 @@ impl Agent {
             }
             let (original, original_unknown) =
                 lock(&self.state.state).manage_setting(&path, id, &policy_name, current);
-            let pod = self.config.pod_of(&path);
-            let labels = LimitLabels::new(&CgroupLabels::new(&path, &policy_name, pod.as_ref()), r);
+            let labels = LimitLabels::new(&cgroup_labels, r);
+            if let Some(i) = &info {
+                report_annotations(&path, res, i, &clamps, metrics);
+            }
             if let Some(old) = managed.get(&id).map(|m| m.labels.clone()) {
                 metrics.forget(&old);
             }
@@ -673,6 +689,37 @@ impl Agent {
                 self.kept.insert(key);
             }
         }
+    }
+
+    /// What the Kubernetes API says of the pod of a cgroup (`None`: not a pod's cgroup, the
+    /// API is off, or the pod is not known yet).
+    fn pod_info(&self, pod: Option<&crate::k8s::PodCgroup>) -> Option<crate::kube::PodInfo> {
+        let k = self.state.kube.as_ref()?;
+        k.pod(pod?.pod_uid.as_deref()?)
+    }
+
+    /// Drops from `wanted` the cgroups of pods annotated `scaler.io/enabled: "false"` (their
+    /// limits go back to the originals, as for a deselected cgroup).
+    fn leave_opted_out(&self, res: Resource, wanted: &mut Vec<(CgId, String, String, Policy)>) {
+        if self.state.kube.is_none() {
+            return;
+        }
+        let managed = lock(self.state.managed(res));
+        wanted.retain(|(id, path, policy, _)| {
+            let out = self
+                .pod_info(self.config.pod_of(path).as_ref())
+                .is_some_and(|i| i.annotations.enabled == Some(false));
+            if out && managed.contains_key(id) {
+                tracing::info!(
+                    cgroup = %path,
+                    resource = res.as_str(),
+                    policy = %policy,
+                    annotation = crate::kube::meta::ENABLED,
+                    "the pod opted out (scaler.io/enabled: \"false\"): no longer managed"
+                );
+            }
+            !out
+        });
     }
 
     /// After the first reconcile: the cgroups that existed at start are managed, and those
@@ -846,6 +893,9 @@ impl Agent {
                         .set(i64::try_from(u).unwrap_or(i64::MAX));
                 }
             }
+        }
+        if let Some(k) = &self.state.kube {
+            m.set_kube(k);
         }
         let k = self.pipeline.kernel_stats();
         Metrics::set_total(&m.ringbuf_dropped, k.ringbuf_dropped);
@@ -1056,6 +1106,48 @@ pub fn take_adoptions(state: &AgentState) {
         }
     }
     state.save_state();
+}
+
+/// Says (and counts) the pod's `scaler.io/` annotations that were malformed or bounded by the
+/// policy, when a cgroup of the pod is (re)managed.
+fn report_annotations(
+    path: &str,
+    res: Resource,
+    pod: &crate::kube::PodInfo,
+    clamps: &[crate::kube::meta::Clamp],
+    metrics: &Metrics,
+) {
+    for (key, value, why) in &pod.annotations.invalid {
+        metrics
+            .kubernetes_annotations_rejected
+            .get_or_create(&ResultLabels { result: "invalid" })
+            .inc();
+        tracing::warn!(
+            cgroup = %path,
+            pod = %pod.display(),
+            annotation = %key,
+            value = %value,
+            why = %why,
+            "pod annotation ignored"
+        );
+    }
+    for c in clamps {
+        metrics
+            .kubernetes_annotations_rejected
+            .get_or_create(&ResultLabels { result: "clamped" })
+            .inc();
+        tracing::warn!(
+            cgroup = %path,
+            resource = res.as_str(),
+            pod = %pod.display(),
+            annotation = c.annotation,
+            asked = c.asked,
+            applied = c.applied,
+            bound = c.bound,
+            why = %c,
+            "pod annotation clamped to the policy"
+        );
+    }
 }
 
 /// At shutdown with `restore_on_exit`: writes each changed cgroup's original limit back, for

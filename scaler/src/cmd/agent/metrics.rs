@@ -102,6 +102,36 @@ impl CgroupLabels {
     }
 }
 
+impl CgroupLabels {
+    /// The same labels with the namespace, pod and container names the API gave for this
+    /// cgroup's pod (see [`crate::kube`]); unchanged without them.
+    pub fn with_names(mut self, pod: Option<&crate::kube::PodInfo>) -> Self {
+        if let Some(p) = pod {
+            self.namespace = p.namespace.clone();
+            self.pod = p.name.clone();
+            if let Some(c) = p.container(&self.container_id) {
+                self.container = c.name.clone();
+            }
+        }
+        self
+    }
+}
+
+/// `{op}` of a Kubernetes API error: `watch` (the list and watch of this node's pods) or
+/// `resize` (a resize patch).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubeOpLabels {
+    pub op: &'static str,
+}
+
+/// `{result, reason}` of a resize: `patched`, `refused` (by the API), `failed` (transport or
+/// 5xx, retried), or `skipped` with the reason (see [`crate::kube::NoResize`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResizeLabels {
+    pub result: &'static str,
+    pub reason: &'static str,
+}
+
 /// `{version, kernel, revision}` of `scaler_build_info`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
@@ -240,6 +270,16 @@ pub struct Metrics {
     pub commands_refused: Counter,
     /// `scaler_build_info{version,kernel,arch}`: always 1.
     pub build_info: Family<BuildLabels, Gauge>,
+    /// `scaler_kubernetes_api_errors_total{op}`: failed Kubernetes API requests (`watch`,
+    /// `resize`).
+    pub kubernetes_api_errors: Family<KubeOpLabels, Counter>,
+    /// `scaler_kubernetes_pods`: this node's pods known from the API.
+    pub kubernetes_pods: Gauge,
+    /// `scaler_kubernetes_resizes_total{result,reason}`.
+    pub kubernetes_resizes: Family<ResizeLabels, Counter>,
+    /// `scaler_kubernetes_annotations_rejected_total{reason}`: `scaler.io/` annotations not
+    /// taken as written: `invalid` (ignored), `clamped` (bounded by the policy).
+    pub kubernetes_annotations_rejected: Family<ResultLabels, Counter>,
 }
 
 /// A managed cgroup's labels plus the resource (`memory`, `cpu`).
@@ -320,6 +360,10 @@ impl Metrics {
             cgroups_refused: Family::default(),
             commands_refused: Counter::default(),
             build_info: Family::default(),
+            kubernetes_api_errors: Family::default(),
+            kubernetes_pods: Gauge::default(),
+            kubernetes_resizes: Family::default(),
+            kubernetes_annotations_rejected: Family::default(),
         };
         {
             let r = root.sub_registry_with_prefix("scaler");
@@ -538,6 +582,29 @@ impl Metrics {
                 "Commands to the engine refused because its bounded channel stayed full",
                 m.commands_refused.clone(),
             );
+            r.register(
+                "kubernetes_api_errors",
+                "Failed Kubernetes API requests, by op: watch (the list and watch of this \
+                 node's pods, retried with backoff) and resize (resize patches)",
+                m.kubernetes_api_errors.clone(),
+            );
+            r.register(
+                "kubernetes_pods",
+                "This node's pods known from the Kubernetes API",
+                m.kubernetes_pods.clone(),
+            );
+            r.register(
+                "kubernetes_resizes",
+                "Resize patches of pods after a limit change, by result (patched, refused, \
+                 failed, skipped) and the reason of a skip",
+                m.kubernetes_resizes.clone(),
+            );
+            r.register(
+                "kubernetes_annotations_rejected",
+                "scaler.io/ pod annotations not taken as written, by result: invalid (ignored) \
+                 or clamped (bounded by the operator's policy)",
+                m.kubernetes_annotations_rejected.clone(),
+            );
         }
         {
             let p = root.sub_registry_with_prefix("process");
@@ -723,6 +790,38 @@ impl Metrics {
         if total > cur {
             counter.inc_by(total - cur);
         }
+    }
+
+    /// Copies the Kubernetes client's counters.
+    pub fn set_kube(&self, k: &crate::kube::Kube) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &k.counters;
+        let errors = |op| {
+            self.kubernetes_api_errors
+                .get_or_create(&KubeOpLabels { op })
+        };
+        Self::set_total(&errors("watch"), c.watch_errors.load(Relaxed));
+        Self::set_total(&errors("resize"), c.resize_errors.load(Relaxed));
+        let resizes = |result, reason| {
+            self.kubernetes_resizes
+                .get_or_create(&ResizeLabels { result, reason })
+        };
+        Self::set_total(&resizes("patched", ""), c.resized.load(Relaxed));
+        Self::set_total(&resizes("refused", ""), c.resize_refused.load(Relaxed));
+        Self::set_total(
+            &resizes("failed", ""),
+            c.resize_errors
+                .load(Relaxed)
+                .saturating_sub(c.resize_refused.load(Relaxed)),
+        );
+        for (i, why) in crate::kube::NO_RESIZE.iter().enumerate() {
+            let n = c.resize_skipped[i].load(Relaxed);
+            if n > 0 {
+                Self::set_total(&resizes("skipped", why.as_str()), n);
+            }
+        }
+        self.kubernetes_pods
+            .set(i64::try_from(k.pod_count()).unwrap_or(i64::MAX));
     }
 
     /// Same, for a float counter.

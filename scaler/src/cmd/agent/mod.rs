@@ -243,6 +243,9 @@ pub struct AgentState {
     pub unprotected: Mutex<[HashMap<String, capacity::Unprotected>; 2]>,
     /// The node budget's inputs and last figures (see [`node_budget`]).
     pub node: Mutex<node_budget::NodeState>,
+    /// The Kubernetes API's view of this node's pods (`[kubernetes] api`; `None`: off, or it
+    /// did not start).
+    pub kube: Option<Arc<crate::kube::Kube>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -300,6 +303,8 @@ enum AgentMsg {
     Tree(Vec<TreeChange>),
     /// The health monitor found the engine thread dead or stalled (why).
     EngineFailed(String),
+    /// What the Kubernetes API says of this node's pods changed (names, annotations).
+    Pods,
 }
 
 /// Why the main loop ended.
@@ -454,6 +459,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     check_opt_in_readable(&config);
     let (tx, rx) = channel();
     signal_thread(tx.clone())?;
+    let kube = start_kube(&config, tx.clone());
     let metrics_addr = match &metrics_listener {
         Some(l) => Some(l.local_addr().with_context(metrics_context)?),
         None => None,
@@ -516,6 +522,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         started: Instant::now(),
         unprotected: Default::default(),
         node: Mutex::new(node_state),
+        kube,
     });
     let index = CgroupIndex::new(hierarchy.clone());
     let recorder = {
@@ -623,6 +630,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                 loop {
                     match rx.try_recv() {
                         Ok(AgentMsg::Tree(c)) => tree.add(&c),
+                        Ok(AgentMsg::Pods) => tree.add(&[]),
                         Ok(other) => {
                             pending = Some(other);
                             break;
@@ -631,6 +639,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            // New pod names or annotations: a reconcile, paced like tree changes.
+            Ok(AgentMsg::Pods) => tree.add(&[]),
             Ok(other) => pending = Some(other),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break Exit::Signal("signal thread gone"),
@@ -730,6 +740,26 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Starts the Kubernetes API client when `[kubernetes] api` says so; a failure is logged with
+/// what is missing and the agent runs on what cgroup paths say.
+fn start_kube(config: &Config, tx: Sender<AgentMsg>) -> Option<Arc<crate::kube::Kube>> {
+    let tx = Mutex::new(tx);
+    match crate::kube::start(&config.kubernetes, move || {
+        let _ = lock(&tx).send(AgentMsg::Pods);
+    }) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(
+                error = %e,
+                "running without the Kubernetes API: pods and containers are known by the UID \
+                 and id in their cgroup paths, no scaler.io/ annotation applies and no resize \
+                 is patched"
+            );
+            None
+        }
+    }
 }
 
 /// How long the shutdown waits for the engine thread to end.
@@ -932,6 +962,15 @@ fn consume(records: Receiver<Record>, state: &AgentState, h: Hierarchy) {
                 state
                     .metrics
                     .set_limit(labels, resource::of(res).gauge(new));
+                // The pod's spec follows (a resize patch, queued for the kubernetes thread).
+                if let (Some(k), Setting::Memory(crate::cgroupfs::Limit::Bytes(b))) =
+                    (&state.kube, new)
+                {
+                    let c = &labels.cgroup;
+                    if !c.uid.is_empty() && !c.container_id.is_empty() {
+                        k.limit_changed(&c.uid, &c.container_id, b);
+                    }
+                }
             }
             let path = managed.map(|(p, _)| p);
             let path = path.or_else(|| index.path_of(a.action.cgroup).map(str::to_owned));
