@@ -20,11 +20,12 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
-    cargo, setup,
+    cargo,
     report::{Counts, Outcome, Report},
+    setup,
 };
 
-pub use kernel::Kernel;
+pub use kernel::{Kernel, KERNELS};
 
 /// Which kernel(s) to boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
