@@ -408,6 +408,13 @@ impl RateLimiter {
     fn commit(&mut self, now_ns: u64) {
         self.tat_ns = self.tat_ns.max(now_ns) + self.interval_ns;
     }
+
+    /// Gives back the token of a committed raise that changed nothing (the kernel refused the
+    /// write, or it was not made): the limit guards against changing limits too often, and a
+    /// write that changed nothing does not count. Never more generous than a full bucket.
+    fn refund(&mut self) {
+        self.tat_ns = self.tat_ns.saturating_sub(self.interval_ns);
+    }
 }
 
 /// Allocation-rate / usage-rate estimator over successive (time, value) observations:
@@ -485,6 +492,20 @@ pub(crate) mod tests {
         assert!(!rl.allows(t0), "fifth raise in the same instant is refused");
         assert!(!rl.allows(t0 + 200_000_000));
         assert!(rl.allows(t0 + 250_000_000), "one more after 1/rate");
+        // A refunded raise gives its token back: one more at once.
+        rl.commit(t0 + 250_000_000);
+        assert!(!rl.allows(t0 + 250_000_000));
+        rl.refund();
+        assert!(rl.allows(t0 + 250_000_000), "a refunded token is back");
+        // Refunds never fill more than the burst.
+        let mut rl = RateLimiter::new(4);
+        rl.refund();
+        rl.refund();
+        for i in 0..4 {
+            assert!(rl.allows(t0), "burst raise {i}");
+            rl.commit(t0);
+        }
+        assert!(!rl.allows(t0), "still at most the burst");
     }
 
     #[test]

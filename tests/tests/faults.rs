@@ -466,14 +466,24 @@ fn refused_raises(env: &TestEnv, same_limit_retry: bool) {
         Limit::Bytes(64 << 20),
         "nothing was half-applied"
     );
-    std::fs::remove_file(&refuse).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     if !same_limit_retry {
         // A new limit (as an operator or a restart would set) clears the kernel programs'
         // once-per-limit state; the agent adopts it from the next sample.
         g.set_memory_limit(Limit::Bytes(80 << 20)).unwrap();
     }
+    // The obstacle stays while the agent sees the last of the first run: its samples (the
+    // limit hits the refused raises left behind) and the reclaim events read at its next tick
+    // are refused too, so the limit the workload comes back to is the one that was refused,
+    // not one a late signal of the first run raised once writes were accepted again.
     std::thread::sleep(Duration::from_millis(600));
+    std::fs::remove_file(&refuse).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let before = if same_limit_retry { 64 << 20 } else { 80 << 20 };
+    assert_eq!(
+        cg.memory_limit().unwrap(),
+        Limit::Bytes(before),
+        "the workload comes back to the limit it was refused at (or its owner's new one)"
+    );
     let mut w = spawn(cg.dir(), &steps("256M"));
     let status = w
         .wait_timeout(Duration::from_secs(60))
@@ -485,7 +495,9 @@ fn refused_raises(env: &TestEnv, same_limit_retry: bool) {
     assert!(matches!(cg.memory_limit().unwrap(), Limit::Bytes(b) if b > 80 << 20));
     agent.stop_cleanly(Signal::SIGINT);
     if same_limit_retry {
-        // The rescue came ahead of reclaim: the early warning was re-armed by the OOM kill.
+        // The rescue came ahead of reclaim: a fresh early warning at the same limit
+        // (REWARN_NS after the last one), and the raise it asked for was not refused by the
+        // rate limit for the first run's refused attempts (they gave their tokens back).
         let audit = agent.audit_of(&path);
         let rescue = audit
             .iter()
@@ -511,10 +523,12 @@ fn refused_raises_are_logged_with_the_errno_and_the_agent_keeps_managing() {
 
 /// After refused raises and the OOM kill they could not prevent, the same workload at the
 /// *same* limit is rescued once the obstacle is gone. The kernel programs warn and wake once
-/// per limit value; the OOM kill re-arms that state (`rearm` in the kernel programs), so the
-/// retry comes from an early warning, ahead of reclaim. Before it did, the only signal left at
-/// the same limit was the first reclaim, a 0.76 ms race from reclaim to OOM kill, which an
-/// engine thread delayed on a busy 2-core machine lost about one run in five.
+/// per limit value, and warn again at the same limit after `REWARN_NS`, so the retry comes
+/// from an early warning, ahead of reclaim. Before they did, the only signal left at the same
+/// limit was the first reclaim, a 0.76 ms race from reclaim to OOM kill, which an engine thread
+/// delayed on a busy 2-core machine lost about one run in five. The first run's refused
+/// attempts give their rate-limit tokens back (they changed nothing), so however many there
+/// were, the retry is not refused as `rate_limited`.
 #[test]
 fn a_refused_raise_is_retried_in_time_at_the_same_limit() {
     let Some(env) = env_native(

@@ -35,7 +35,12 @@
 //! # Rate limit
 //! Each cgroup's raises (its own and those as an ancestor) go through a token bucket of
 //! `max_raises_per_sec` with bursts of the same size; a refused raise is
-//! [`Skip::RateLimited`].
+//! [`Skip::RateLimited`]. The bucket bounds how often a limit *changes*: a raise whose write
+//! failed (the kernel refused it: nothing was written) or was not made (its owner's value was
+//! found instead, [`Ledger::yielded`]) gives its token back, so a retry once the obstacle is
+//! gone is not refused for the attempts that changed nothing. Failed attempts stay bounded by
+//! the signals that prompt them (each one a kernel event, which the kernel programs send once
+//! per limit, again only after a pause).
 //!
 //! # Node budget
 //! Two bounds, each optional (`u64::MAX`: none); a resource uses one or both.
@@ -651,6 +656,10 @@ impl<X: Ext> Ledger<X> {
                 }
             }
             WriteOutcome::Failed => {
+                if action.is_raise() {
+                    // Nothing was written: the raise's token is given back.
+                    st.limiter.refund();
+                }
                 if charged && this_write {
                     let added = grant(&st.ext, action.old, action.new);
                     self.granted = self.granted.saturating_sub(added);
@@ -733,6 +742,9 @@ impl<X: Ext> Ledger<X> {
         };
         let this_write = st.inflight == Some((action.old, action.new));
         let charged = action.is_raise() && action.reason != Reason::Ancestor;
+        if action.is_raise() {
+            st.limiter.refund();
+        }
         if charged && this_write {
             let added = grant(&st.ext, action.old, action.new);
             self.granted = self.granted.saturating_sub(added);

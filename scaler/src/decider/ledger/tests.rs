@@ -329,6 +329,50 @@ fn the_rate_limit_refuses_raises_past_the_burst_and_rounds_escalate() {
     assert_eq!(l.stats().raises, 5);
 }
 
+/// A raise the kernel refused (or that was not made: its owner's value was found) changed
+/// nothing, and gives its rate-limit token back: however many were refused, the retry once the
+/// obstacle is gone is not refused by the rate limit; written raises still are.
+#[test]
+fn raises_that_changed_nothing_give_their_rate_limit_token_back() {
+    let mut l = Ledger::new(u64::MAX, u64::MAX);
+    let p = MemoryPolicy {
+        max_raises_per_sec: 2,
+        ..MemoryPolicy::default()
+    };
+    manage_with(&mut l, 1, None, 1000, p);
+    let t = T0 + S;
+    // Ten refused raises within 10 ms: each one is attempted (none rate-limited).
+    for i in 0..10 {
+        let ts = t + i * MS;
+        let out = press(&mut l, 1, ts, 2000);
+        assert_eq!(out.skip, None, "refused raise {i} is attempted");
+        let a = out.actions()[0];
+        l.applied(&a, ts + MS / 2, WriteOutcome::Failed);
+        assert_eq!(l.get(1).unwrap().limit(), 1000);
+    }
+    // One not made: its owner's 1500 was found just before the write.
+    let out = press(&mut l, 1, t + 20 * MS, 2000);
+    l.yielded(&out.actions()[0], t + 20 * MS + MS / 2, 1500, |_| {});
+    assert_eq!(l.get(1).unwrap().limit(), 1500);
+    // The obstacle is gone: the retry is made, and so is the burst's second raise; a third
+    // within the second is rate-limited, as ever.
+    assert_eq!(press_applied(&mut l, 1, t + 30 * MS, 2000, MS).skip, None);
+    assert_eq!(press_applied(&mut l, 1, t + 40 * MS, 3000, MS).skip, None);
+    assert_eq!(
+        press(&mut l, 1, t + 50 * MS, 4000).skip,
+        Some(Skip::RateLimited)
+    );
+    let st = l.get(1).unwrap();
+    assert_eq!(
+        (
+            st.stats.raises,
+            st.stats.failed_writes,
+            st.stats.rate_limited
+        ),
+        (13, 10, 1)
+    );
+}
+
 /// A ledger whose cgroup 1 was raised from 1000 to 1100 at `T0 + S`: the write (returned)
 /// is in flight.
 fn raised_in_flight() -> (Ledger<Half>, Action) {
