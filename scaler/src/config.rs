@@ -353,6 +353,10 @@ pub struct MemoryPolicyConfig {
     /// Write a limit on a selected cgroup that has none (bring it to `max`). Off by default:
     /// a cgroup found unlimited (a BestEffort pod, a pause container) is left unlimited.
     pub limit_unlimited: bool,
+    /// Bring a limit its owner set above `max` down to `max` (step by step, never below
+    /// usage). Off by default: `max` bounds the agent's raises only, and an owner's higher
+    /// limit is left as it is.
+    pub lower_to_max: bool,
 }
 
 impl Default for MemoryPolicyConfig {
@@ -378,6 +382,7 @@ impl Default for MemoryPolicyConfig {
             max_raises_per_sec: d.max_raises_per_sec,
             psi_threshold: d.psi_threshold,
             limit_unlimited: d.limit_unlimited,
+            lower_to_max: d.lower_to_max,
         }
     }
 }
@@ -402,6 +407,7 @@ impl MemoryPolicyConfig {
             max_raises_per_sec: self.max_raises_per_sec,
             psi_threshold: self.psi_threshold,
             limit_unlimited: self.limit_unlimited,
+            lower_to_max: self.lower_to_max,
         }
     }
 }

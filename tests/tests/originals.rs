@@ -370,7 +370,7 @@ fn a_max_below_the_limit_is_reached_step_by_step_never_below_usage() {
     }
     let mut a = agent(
         &path,
-        "max = \"128M\"\ndown_interval = \"300ms\"\ndown_fraction = 0.5\nmin_change = \"4M\"",
+        "max = \"128M\"\nlower_to_max = true\ndown_interval = \"300ms\"\ndown_fraction = 0.5\nmin_change = \"4M\"",
     )
     .sample_interval("100ms")
     .start();
@@ -394,4 +394,47 @@ fn a_max_below_the_limit_is_reached_step_by_step_never_below_usage() {
     assert!(steps.iter().all(|s| s.new >= 128 * M && s.new > usage));
     assert_eq!(limit_of(&g), Limit::Bytes(128 * M));
     a.stop_cleanly(Signal::SIGTERM);
+}
+
+#[test]
+fn an_owners_limit_above_the_max_is_never_lowered_to_it_by_default() {
+    let Some(env) = env("originals_owner_above_max") else {
+        return;
+    };
+    let g = memory_cgroup(&env, "scaler-test-orig-abovemax");
+    g.set_memory_limit(Limit::Bytes(256 * M)).unwrap();
+    let path = memory_path(&g);
+    let mut a = agent(
+        &path,
+        "max = \"128M\"\ndown_interval = \"100ms\"\ndown_fraction = 0.5\nmin_change = \"4M\"",
+    )
+    .sample_interval("100ms")
+    .start();
+    a.wait_managed(&path, true, Duration::from_secs(5));
+    // Ten samples, each of which would have taken a step toward the max (see the test above).
+    std::thread::sleep(Duration::from_millis(1000));
+    // The owner (a runtime, the kubelet) writes a higher limit still: adopted, left alone too.
+    g.set_memory_limit(Limit::Bytes(320 * M)).unwrap();
+    a.wait_event(
+        &LogQuery::message("limit changed outside the agent: adopted as the original")
+            .field("cgroup", &path),
+        Duration::from_secs(5),
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    let writes = a.audit_of(&path);
+    assert!(
+        writes.is_empty(),
+        "nothing written on the owner's limit: {writes:?}"
+    );
+    assert_eq!(
+        limit_of(&g),
+        Limit::Bytes(320 * M),
+        "the owner's limit stays"
+    );
+    a.stop_cleanly(Signal::SIGTERM);
+    assert_eq!(
+        limit_of(&g),
+        Limit::Bytes(320 * M),
+        "and is what SIGTERM leaves"
+    );
 }

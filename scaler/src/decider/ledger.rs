@@ -249,12 +249,20 @@ pub(super) struct Entry<X: Ext> {
     outer_granted: u64,
     /// Latest decision time of such a grant.
     outer_grant_ns: u64,
+    /// The limit its owner set: the limit found when the cgroup was first registered, or the
+    /// last one adopted from its owner since ([`Ledger::adopt`], [`Ledger::owner_set`]).
+    owner_limit: u64,
 }
 
 impl<X: Ext> Entry<X> {
     /// The limit in force or being written.
     pub fn limit(&self) -> u64 {
         self.limit
+    }
+
+    /// The limit its owner set (see the field).
+    pub fn owner_limit(&self) -> u64 {
+        self.owner_limit
     }
 
     /// The limit's weight ([`Ext::weight`]).
@@ -503,6 +511,7 @@ impl<X: Ext> Ledger<X> {
             outer_base: 0,
             outer_granted: 0,
             outer_grant_ns: 0,
+            owner_limit: limit,
         });
         if st.policy.pacing().max_raises_per_sec != rate {
             st.limiter = RateLimiter::new(rate);
@@ -707,6 +716,7 @@ impl<X: Ext> Ledger<X> {
             st.limit = limit;
             ext(&mut st.ext);
         });
+        st.owner_limit = limit;
         true
     }
 
@@ -723,6 +733,7 @@ impl<X: Ext> Ledger<X> {
             st.limit = limit;
             ext(&mut st.ext);
         });
+        st.owner_limit = limit;
         st.last_write_done_ns = st.last_write_done_ns.max(now);
         true
     }

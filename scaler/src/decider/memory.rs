@@ -138,6 +138,11 @@ pub struct MemoryPolicy {
     /// Bring a cgroup found without a limit to `max` (otherwise an unlimited cgroup is never
     /// given a limit: nothing is written on it).
     pub limit_unlimited: bool,
+    /// Bring a limit its owner set above `max` down to `max`. Off by default: `max` bounds the
+    /// agent's raises, and a limit its owner set above it (at discovery, or written later) is
+    /// left as the owner set it (never fought); a raise of the agent's above a `max` lowered by
+    /// a reload still comes down, to the owner's limit at the lowest.
+    pub lower_to_max: bool,
 }
 
 impl Default for MemoryPolicy {
@@ -165,6 +170,7 @@ impl Default for MemoryPolicy {
             max_raises_per_sec: 20,
             psi_threshold: 0.01,
             limit_unlimited: false,
+            lower_to_max: false,
         }
     }
 }
@@ -623,7 +629,12 @@ impl MemoryDecider {
             // `down_interval`) but without waiting for the cooldown, and never below usage +
             // safety margin. An unlimited cgroup has no distance to take a fraction of: it
             // goes to the goal at once.
-            let goal = page_floor(p.max).max(page_ceil(hard_floor));
+            let mut goal = page_floor(p.max).max(page_ceil(hard_floor));
+            if !p.lower_to_max && !(limit == u64::MAX && p.limit_unlimited) {
+                // The owner's limit is never lowered to the max, only the agent's raises (an
+                // unlimited one is given the max only where `limit_unlimited` asks for it).
+                goal = goal.max(st.owner_limit());
+            }
             if goal >= limit {
                 return;
             }

@@ -396,10 +396,12 @@ fn samples_drive_scale_down_through_the_same_path() {
     let (e, rx) = start(&ring, false);
     let writes = manage_memory(&e, 8, 1 << 30, false);
     sync(&e);
-    // A policy max below the limit: the first sample steps toward it, cooldown or not (a
-    // quarter of the way, as a scale-down does).
+    // A policy max below the limit, which the policy says to bring the owner's limit down to:
+    // the first sample steps toward it, cooldown or not (a quarter of the way, as a scale-down
+    // does).
     let mut p = memory_policy();
     p.max = 512 * MIB;
+    p.lower_to_max = true;
     let (writer, writes2) = FakeWriter::boxed(Setting::Memory(Limit::Bytes(1 << 30)), false);
     let mark = Arc::new(WriteMark::new(Setting::Memory(Limit::Bytes(1 << 30))));
     e.send(Command::Manage(Box::new(ManageRequest {

@@ -776,6 +776,7 @@ fn a_max_below_the_limit_is_reached_step_by_step_never_below_usage() {
     let mut l = Loop::new(64 * GIB);
     let p = MemoryPolicy {
         max: 128 * MIB,
+        lower_to_max: true,
         down_interval_ns: S,
         down_fraction: 0.5,
         min_change: 4 * MIB,
@@ -1065,4 +1066,45 @@ fn limit_hits_that_a_raise_answered_are_not_answered_twice() {
     assert_eq!(l.actions.len(), 1);
     // A count that went backwards (a recreated cgroup) is a new baseline, not pressure.
     assert!(l.sample_hits(1, T0 + 3 * S, 70 * MIB, 3).is_empty());
+}
+
+#[test]
+fn an_owners_limit_above_max_is_left_alone_and_only_the_agents_raises_come_down() {
+    let mut l = Loop::new(64 * GIB);
+    let p = MemoryPolicy {
+        max: 128 * MIB,
+        down_interval_ns: S,
+        cooldown_ns: 0,
+        down_fraction: 0.5,
+        ..policy()
+    };
+    assert!(!p.lower_to_max, "the default");
+    // Found at 256 MiB, its owner's: the max bounds raises, it does not lower the owner's limit.
+    l.d.manage(1, None, p, Limit::from_bytes(256 * MIB), 32 * MIB, T0);
+    for i in 1..6 {
+        let d = l.sample(1, T0 + i * S, 32 * MIB, 32 * MIB);
+        assert!(
+            d.actions().is_empty(),
+            "the owner's limit stays: {:?}",
+            d.actions()
+        );
+    }
+    assert_eq!(l.d.limit(1), Some(256 * MIB));
+    // The owner writes 512 MiB: adopted, and left alone too.
+    let at = |ts_ns, limit| MemorySignal::Sample {
+        ts_ns,
+        usage: 32 * MIB,
+        limit: Limit::from_bytes(limit),
+        working_set: 32 * MIB,
+        psi_some_total_us: None,
+        limit_hits: None,
+    };
+    let d = l.signal(1, at(T0 + 7 * S, 512 * MIB));
+    assert!(d.actions().is_empty(), "{:?}", d.actions());
+    assert_eq!(l.d.limit(1), Some(512 * MIB));
+    // The owner lowers it to 96 MiB, below the max: the agent's raises stop at the max...
+    l.signal(1, at(T0 + 8 * S, 96 * MIB));
+    assert_eq!(l.d.limit(1), Some(96 * MIB));
+    let a = only(&l.reclaim(1, T0 + 9 * S, 96 * MIB, 96 * MIB));
+    assert_eq!(a.new, 128 * MIB, "raised to the max, not beyond: {a:?}");
 }
