@@ -481,6 +481,11 @@ pub struct RaceWorkload {
 impl RaceWorkload {
     /// The 256 MiB workload with `threads` allocating threads.
     pub fn steps(threads: u32) -> RaceWorkload {
+        Self::steps_to(threads, "256M")
+    }
+
+    /// The same workload touching `total` (a size `scaler workload steps` takes).
+    pub fn steps_to(threads: u32, total: &str) -> RaceWorkload {
         let dir = tempdir();
         let bin = scaler_bin().display().to_string();
         let threads = threads.to_string();
@@ -490,13 +495,13 @@ impl RaceWorkload {
             let cache = dir.join("cushion");
             let script = format!(
                 "dd if=/dev/zero of='{}' bs=1M count={} conv=fsync status=none && exec \"$0\" \
-                 workload steps --total 256M --step {}M --interval {ms} --threads {threads}",
+                 workload steps --total {total} --step {}M --interval {ms} --threads {threads}",
                 cache.display(),
                 EMULATED_CUSHION >> 20,
                 EMULATED_STEP >> 20,
             );
             let description = format!(
-                "emulated race: {} MiB page-cache cushion, then 256 MiB anonymous in {} MiB steps every {ms} ({threads} threads)",
+                "emulated race: {} MiB page-cache cushion, then {total} anonymous in {} MiB steps every {ms} ({threads} threads)",
                 EMULATED_CUSHION >> 20,
                 EMULATED_STEP >> 20
             );
@@ -506,7 +511,7 @@ impl RaceWorkload {
                 "workload",
                 "steps",
                 "--total",
-                "256M",
+                total,
                 "--step",
                 "8M",
                 "--interval",
@@ -520,7 +525,7 @@ impl RaceWorkload {
             (
                 argv,
                 format!(
-                    "native race: 256 MiB anonymous in 8 MiB steps every 10 ms ({threads} threads)"
+                    "native race: {total} anonymous in 8 MiB steps every 10 ms ({threads} threads)"
                 ),
             )
         };

@@ -244,20 +244,9 @@ impl Pod {
 /// `scaler workload steps` to `total` (the race workload of the other tests, natively 8 MiB
 /// every 10 ms; paced under emulation), in `dir`.
 fn burst(total: &str, dir: &Path) -> (RaceWorkload, Proc) {
-    let w = RaceWorkload::steps(1);
-    let argv: Vec<String> = w
-        .argv()
-        .iter()
-        .map(|a| a.replace("--total 256M", &format!("--total {total}")))
-        .map(|a| if a == "256M" { total.to_owned() } else { a })
-        .collect();
-    let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
-    assert!(
-        args.iter().any(|a| a.contains(total)),
-        "the burst's total is {total}: {args:?}"
-    );
+    let w = RaceWorkload::steps_to(1, total);
     note(&format!("  the container bursts to {total}"));
-    let p = spawn_in_cgroup(dir, Path::new(&argv[0]), &args);
+    let p = w.spawn_in(dir);
     (w, p)
 }
 
