@@ -630,7 +630,8 @@ impl MemoryDecider {
             // safety margin. An unlimited cgroup has no distance to take a fraction of: it
             // goes to the goal at once.
             let mut goal = page_floor(p.max).max(page_ceil(hard_floor));
-            if !p.lower_to_max && !(limit == u64::MAX && p.limit_unlimited) {
+            let max_asked = p.lower_to_max || (limit == u64::MAX && p.limit_unlimited);
+            if !max_asked {
                 // The owner's limit is never lowered to the max, only the agent's raises (an
                 // unlimited one is given the max only where `limit_unlimited` asks for it).
                 goal = goal.max(st.owner_limit());
