@@ -173,8 +173,11 @@ pub const WATCH_USAGE_HIGH: u32 = 2;
 pub struct WatchConfig {
     /// `WATCH_*` bits.
     pub flags: u32,
-    pub _pad: u32,
-    /// Early warning when `usage >= limit - headroom_bytes`.
+    /// The early-warning distance is at most this many thousandths of the limit (0: always
+    /// `headroom_bytes`).
+    pub headroom_permille: u32,
+    /// Early warning when `usage >= limit - min(headroom_bytes, limit / 1000 *
+    /// headroom_permille)`.
     pub headroom_bytes: u64,
 }
 

@@ -412,21 +412,36 @@ fn try_count_memcg_events(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     let memcg: u64 = ctx.arg(0);
     let o = offsets();
     let id = css_id(memcg + o.memcg_css as u64, &o)?;
-    let (headroom, observed) = match watched(id) {
-        Some(w) if w.flags & WATCH_USAGE_HIGH != 0 => (w.headroom_bytes, false),
+    let (headroom, permille, observed) = match watched(id) {
+        Some(w) if w.flags & WATCH_USAGE_HIGH != 0 => {
+            (w.headroom_bytes, w.headroom_permille, false)
+        }
         Some(_) => return Ok(0),
         None => {
             let s = settings();
             if s.watch_all == 0 || s.default_headroom_bytes == 0 {
                 return Ok(0);
             }
-            (s.default_headroom_bytes, true)
+            (s.default_headroom_bytes, 0, true)
         }
     };
     count(stat::USAGE_CHECKS);
     let (usage, max) = memcg_usage_max(memcg, &o)?;
     let usage_b = usage << o.page_shift;
     let max_b = pages_to_bytes(max, o.page_shift);
+    // At most `permille` thousandths of the limit: a small or right-sized limit is not all
+    // warning band (the decider sizes its floors with the same rule).
+    let headroom = if permille > 0 {
+        // permille <= 1000: no overflow (and no 128-bit multiply, which BPF lacks).
+        let scaled = (max_b / 1000).wrapping_mul(permille as u64);
+        if scaled < headroom {
+            scaled
+        } else {
+            headroom
+        }
+    } else {
+        headroom
+    };
     if usage_b.saturating_add(headroom) < max_b {
         return Ok(0);
     }

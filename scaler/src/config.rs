@@ -340,7 +340,9 @@ pub struct MemoryPolicyConfig {
     pub step_min: ByteSize,
     pub step_fraction: f64,
     pub lookahead: HumanDuration,
+    pub step_max_fraction: f64,
     pub headroom: ByteSize,
+    pub headroom_fraction: f64,
     pub safety_margin: ByteSize,
     pub escalation_window: HumanDuration,
     pub max_escalation: u32,
@@ -369,7 +371,9 @@ impl Default for MemoryPolicyConfig {
             step_min: ByteSize(d.step_min),
             step_fraction: d.step_fraction,
             lookahead: HumanDuration(std::time::Duration::from_nanos(d.lookahead_ns)),
+            step_max_fraction: d.step_max_fraction,
             headroom: ByteSize(d.headroom),
+            headroom_fraction: d.headroom_fraction,
             safety_margin: ByteSize(d.safety_margin),
             escalation_window: HumanDuration(std::time::Duration::from_nanos(
                 d.escalation_window_ns,
@@ -396,7 +400,9 @@ impl MemoryPolicyConfig {
             step_min: self.step_min.0,
             step_fraction: self.step_fraction,
             lookahead_ns: self.lookahead.as_nanos_u64(),
+            step_max_fraction: self.step_max_fraction,
             headroom: self.headroom.0,
+            headroom_fraction: self.headroom_fraction,
             safety_margin: self.safety_margin.0,
             escalation_window_ns: self.escalation_window.as_nanos_u64(),
             max_escalation: self.max_escalation,
@@ -1044,6 +1050,22 @@ fn check_memory(
         bad(
             key("step_fraction"),
             format!("{} is outside 0..=4", m.step_fraction),
+        );
+    }
+    if !fraction_in(m.step_max_fraction, 0.0, 16.0) {
+        bad(
+            key("step_max_fraction"),
+            format!("{} is outside 0..=16 (0: no cap)", m.step_max_fraction),
+        );
+    }
+    if !fraction_in(m.headroom_fraction, 0.0, 0.5) {
+        bad(
+            key("headroom_fraction"),
+            format!(
+                "{} is outside 0..=0.5 (0: always `headroom`; above half the limit, a lowered \
+                 limit would warn at once)",
+                m.headroom_fraction
+            ),
         );
     }
     if !fraction_in(m.down_fraction, f64::MIN_POSITIVE, 1.0) {

@@ -620,6 +620,7 @@ pub(crate) mod tests {
                         working_set: 1 << 20,
                         psi_some_total_us: Some(round),
                         limit_hits: None,
+                        refaulted: None,
                     },
                     &mut out,
                 );

@@ -147,7 +147,10 @@ impl KernelObserver {
         self.pipeline
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .watch(id, scaler::resource::memory::watch_config(headroom, true))
+            .watch(
+                id,
+                scaler::resource::memory::watch_config(headroom, 0, true),
+            )
             .map_err(|e| KernelObserverError::Watch {
                 id,
                 source: Box::new(e),

@@ -85,6 +85,10 @@ pub(crate) struct MemState {
     /// [`HighPolicy::FollowOwner`]: the owner's gap between `memory.max` and `memory.high`,
     /// and the owner's `memory.high` itself (the floor of a lowering).
     pub(crate) high_gap: Option<(u64, u64)>,
+    /// The limit its owner last set (found at open, or changed behind our back since): an
+    /// owner's memsw limit found later (a raise met EINVAL) keeps its gap above this, not
+    /// above the limit our raises reached meanwhile.
+    pub(crate) owner: Limit,
 }
 
 impl MemState {
@@ -105,14 +109,22 @@ impl MemState {
         follow_high: bool,
     ) -> bool {
         let limit_changed = limit != self.limit;
+        if limit_changed {
+            self.owner = limit;
+        }
         let mut changed = limit_changed;
         if let Some(m) = memsw {
             if limit_changed || m != self.memsw_limit() {
                 changed |= m != self.memsw_limit();
-                // The owner's gap (memsw >= limit always holds in the kernel; guard anyway).
+                // The owner's gap above the owner's limit (memsw >= limit always holds in the
+                // kernel; guard anyway).
+                let base = match (self.owner, limit) {
+                    (Limit::Bytes(o), _) if o <= m.bytes().unwrap_or(u64::MAX) => o,
+                    (_, l) => l.bytes().unwrap_or(u64::MAX),
+                };
                 self.memsw = match m {
                     Limit::Max => None,
-                    Limit::Bytes(b) => Some((m, b.saturating_sub(limit.bytes().unwrap_or(b)))),
+                    Limit::Bytes(b) => Some((m, b.saturating_sub(base.min(b)))),
                 };
             }
         }
@@ -219,6 +231,9 @@ pub struct MemoryActuator {
     /// under an explicit policy.
     high: OnceLock<ControlFile>,
     reclaim: Option<ControlFile>,
+    /// The warning band of the policy ([`LimitWriter::set_warning_band`]): `(headroom bytes,
+    /// permille of the limit)`; `(0, 0)` until set.
+    band: Mutex<(u64, u32)>,
     state: Mutex<MemState>,
     /// The kernel's page size: limits are kept in whole pages.
     page: u64,
@@ -326,11 +341,13 @@ impl MemoryActuator {
             memsw,
             high,
             reclaim,
+            band: Mutex::new((0, 0)),
             state: Mutex::new(MemState {
                 limit: Limit::Max,
                 memsw: None,
                 high: None,
                 high_gap: None,
+                owner: Limit::Max,
             }),
             page: page_size(),
         };
@@ -471,6 +488,11 @@ impl MemoryActuator {
         let mut state = self.lock();
         let previous = state.limit;
         let start = Instant::now();
+        if new < previous {
+            if let Limit::Bytes(b) = new {
+                self.reclaim_for(&mut state, b)?;
+            }
+        }
         match self.write_plan(&mut state, new) {
             Ok(writes) => Ok(WriteOutcome::done(previous, new, writes, start)),
             // v1: a raise above a memsw limit its owner set after the files were opened (and
@@ -492,6 +514,75 @@ impl MemoryActuator {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Before a lowering to `new` bytes: when usage is above where the new limit's warning
+    /// band begins (`new - band`), usage is brought below it first, so that the lowered limit
+    /// neither warns at once (a raise straight back) nor leaves the kernel nothing to reclaim
+    /// but the working set. The decider lowers to no less than the working set plus its
+    /// safety margin above the band, so what is reclaimed here is inactive page cache.
+    ///
+    /// v2: `memory.reclaim` (which never OOM-kills; EAGAIN when it got less); then, with usage
+    /// still above `new`, the lowering is refused (EBUSY, nothing written): writing
+    /// `memory.max` below usage makes the kernel reclaim and, failing that, OOM-kill.
+    /// v1: the limit itself is first written at `new - band` (the kernel reclaims down to
+    /// it, or refuses with EBUSY and keeps the old limit: never an OOM kill), then at `new`.
+    /// Slow path (lowerings come from samples): usage is read by path.
+    fn reclaim_for(&self, state: &mut MemState, new: u64) -> Result<(), ActuatorError> {
+        let (headroom, permille) = *self.band.lock().unwrap_or_else(|e| e.into_inner());
+        let mut band = headroom;
+        if permille > 0 {
+            band = band.min(new / 1000 * u64::from(permille));
+        }
+        let below = page_aligned(Limit::Bytes(new.saturating_sub(band)), self.page)
+            .bytes()
+            .unwrap_or(0);
+        let usage_file = match self.version {
+            CgroupVersion::V1 => "memory.usage_in_bytes",
+            CgroupVersion::V2 => "memory.current",
+        };
+        let usage = || -> Option<u64> {
+            std::fs::read_to_string(self.dir.join(usage_file))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let Some(now) = usage() else {
+            return Ok(());
+        };
+        if now <= below || below == 0 {
+            return Ok(());
+        }
+        match self.version {
+            CgroupVersion::V2 => {
+                if let Some(file) = &self.reclaim {
+                    let mut buf = ValueBuf::new();
+                    buf.push_u64(now - below);
+                    // EAGAIN: it reclaimed less than asked; usage says how much.
+                    let _ = file.write(&buf, "memory.reclaim");
+                }
+                if usage().is_some_and(|u| u > new) {
+                    return Err(ActuatorError::Refused {
+                        path: self.dir.join("memory.max"),
+                        errno: Errno::EBUSY,
+                        value: new.to_string(),
+                        hint: "not lowered: usage stays above the new limit after \
+                               memory.reclaim (writing memory.max below usage would OOM-kill)",
+                    });
+                }
+            }
+            CgroupVersion::V1 => {
+                // Reclaim by the limit; a refusal keeps the old limit, and the lowering to
+                // `new` below still goes ahead (the kernel reclaims as far as it can).
+                if let Err(e) = self.write_plan(state, Limit::Bytes(below)) {
+                    if e.kind() != ErrorKind::Refused {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The writes of [`set_memory_limit`](Self::set_memory_limit), from `state`; returns how
@@ -603,6 +694,10 @@ impl LimitWriter for MemoryActuator {
         found == Setting::Memory(believed)
     }
 
+    fn set_warning_band(&self, headroom: u64, permille: u32) {
+        *self.band.lock().unwrap_or_else(|e| e.into_inner()) = (headroom, permille);
+    }
+
     fn write(&self, new: u64) -> Result<u64, ActuatorError> {
         self.set_memory_limit(Limit::from_bytes(new))
             .map(|o| o.completed_ns)
@@ -628,6 +723,7 @@ mod tests {
             memsw: Some((Limit::Bytes(150), 50)),
             high: None,
             high_gap: None,
+            owner: Limit::Max,
         };
         let (plan, next) = plan_memory(&state, Limit::Bytes(200), HighPolicy::Unmanaged);
         assert_eq!(
@@ -680,7 +776,7 @@ mod tests {
                 Limit::Max => Limit::Max,
                 Limit::Bytes(b) => Limit::from_bytes(b + gap),
             };
-            let state = MemState { limit: cur, memsw: Some((memsw, gap)), high: None, high_gap: None };
+            let state = MemState { limit: cur, memsw: Some((memsw, gap)), high: None, high_gap: None, owner: cur };
             let (plan, next) = plan_memory(&state, new, HighPolicy::Unmanaged);
             let (mut limit, mut sw) = (cur, memsw);
             for (file, value) in plan.iter().flatten() {
@@ -704,6 +800,7 @@ mod tests {
             memsw: None,
             high: None,
             high_gap: None,
+            owner: Limit::Max,
         };
         for new in [
             Limit::Bytes(50),
@@ -723,6 +820,7 @@ mod tests {
             memsw: None,
             high: Some(Limit::Bytes(900)),
             high_gap: None,
+            owner: Limit::Max,
         };
         let policy = HighPolicy::Fraction(0.9);
         let (plan, next) = plan_memory(&state, Limit::Bytes(2000), policy);
@@ -819,6 +917,60 @@ mod tests {
         assert_eq!(first_line(&cg.file("memory.high")), "524288");
         assert_eq!(act.reclaim(1 << 20).unwrap(), ReclaimOutcome::Reclaimed);
         assert_eq!(first_line(&cg.file("memory.reclaim")), "1048576");
+    }
+
+    #[test]
+    fn a_lowering_below_usage_reclaims_below_the_new_band_first_or_is_refused() {
+        const M: u64 = 1 << 20;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cg");
+        fs::create_dir(&dir).unwrap();
+        for (f, c) in [
+            ("memory.max", "1073741824\n".to_string()),
+            ("memory.current", format!("{}\n", 300 * M)),
+            ("memory.reclaim", String::new()),
+        ] {
+            fs::write(dir.join(f), c).unwrap();
+        }
+        let cg = Cgroup::new(dir, "/cg".into(), CgroupVersion::V2);
+        let act = MemoryActuator::open(
+            &cg,
+            MemoryOptions {
+                reclaim: true,
+                ..MemoryOptions::default()
+            },
+        )
+        .unwrap();
+        act.set_warning_band(64 * M, 125);
+        // 1 GiB -> 256 MiB (band 32 MiB): memory.reclaim is asked for 300 - 224 MiB; the fake
+        // usage stays at 300 MiB, above the new limit: refused, memory.max never written below
+        // usage (the kernel would OOM-kill what it cannot reclaim).
+        let e = act.set_memory_limit(Limit::Bytes(256 * M)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+        assert_eq!(first_line(&cg.file("memory.reclaim")), (76 * M).to_string());
+        assert_eq!(first_line(&cg.file("memory.max")), "1073741824");
+        assert_eq!(act.current_limit(), Limit::Bytes(1 << 30));
+        // Reclaimed (usage now 240 MiB: under the limit, if not under the band): written.
+        fs::write(cg.file("memory.current"), format!("{}\n", 240 * M)).unwrap();
+        act.set_memory_limit(Limit::Bytes(256 * M)).unwrap();
+        assert_eq!(first_line(&cg.file("memory.max")), (256 * M).to_string());
+        // Usage below the band: no reclaim at all.
+        fs::write(cg.file("memory.reclaim"), "").unwrap();
+        fs::write(cg.file("memory.current"), format!("{}\n", 100 * M)).unwrap();
+        act.set_memory_limit(Limit::Bytes(200 * M)).unwrap();
+        assert_eq!(fs::read_to_string(cg.file("memory.reclaim")).unwrap(), "");
+
+        // v1: the limit itself reclaims (the kernel refuses with EBUSY rather than OOM-kill);
+        // the lowering ends at the decided value.
+        let (_tmp, cg) = v1_cgroup("1073741824", None);
+        fs::write(cg.file("memory.usage_in_bytes"), format!("{}\n", 300 * M)).unwrap();
+        let act = MemoryActuator::open(&cg, MemoryOptions::default()).unwrap();
+        act.set_warning_band(64 * M, 125);
+        act.set_memory_limit(Limit::Bytes(256 * M)).unwrap();
+        assert_eq!(
+            first_line(&cg.file("memory.limit_in_bytes")),
+            (256 * M).to_string()
+        );
     }
 
     #[test]
@@ -1036,6 +1188,7 @@ mod tests {
             memsw: None,
             high: Some(Limit::Bytes(800)),
             high_gap: Some((200, 800)),
+            owner: Limit::Max,
         };
         let (plan, next) = plan_memory(&state, Limit::Bytes(3000), HighPolicy::FollowOwner);
         assert_eq!(

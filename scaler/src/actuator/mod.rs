@@ -277,6 +277,11 @@ pub trait LimitWriter: Send + fmt::Debug {
     fn resource(&self) -> Resource {
         self.current().resource()
     }
+
+    /// The early-warning band of the limit's policy (memory: `headroom` bytes, at most
+    /// `permille` thousandths of the limit): a lowering below usage reclaims usage to below
+    /// the new limit's band, so that it does not warn at once. Others ignore it.
+    fn set_warning_band(&self, _headroom: u64, _permille: u32) {}
 }
 
 /// Limit setters of the cgroups a [`CgroupGuard`] created (tests, `scaler exec`, the
@@ -316,7 +321,11 @@ pub fn open(
         Resource::Memory => Box::new(MemoryActuator::open_expecting(
             cgroup,
             expected,
-            MemoryOptions::default(),
+            MemoryOptions {
+                // v2: a lowering below usage asks memory.reclaim first (5.19+).
+                reclaim: true,
+                ..MemoryOptions::default()
+            },
         )?),
         Resource::Cpu => Box::new(CpuActuator::open_expecting(cgroup, expected)?),
     })

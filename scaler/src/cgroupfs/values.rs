@@ -199,6 +199,10 @@ pub struct MemoryStat {
     pub active_file: u64,
     /// Major page faults (a count, not bytes).
     pub pgmajfault: u64,
+    /// Refaults: evicted pages faulted back in (a count of pages; v2 `workingset_refault_anon`
+    /// plus `workingset_refault_file`, or `workingset_refault` before 5.9). `None` where the
+    /// file has no such key (cgroup v1).
+    pub refaults: Option<u64>,
 }
 
 impl MemoryStat {
@@ -207,8 +211,8 @@ impl MemoryStat {
     pub fn parse(text: &str, version: CgroupVersion) -> Result<MemoryStat, &'static str> {
         // Slots: anon, file, inactive_file, active_file (required), shmem, inactive_anon,
         // active_anon, pgmajfault. For v1 a `total_` key wins over the local one.
-        let mut local = [None::<u64>; 8];
-        let mut total = [None::<u64>; 8];
+        let mut local = [None::<u64>; 11];
+        let mut total = [None::<u64>; 11];
         for line in text.lines() {
             let Some((key, value)) = line.split_once(' ') else {
                 continue;
@@ -232,11 +236,14 @@ impl MemoryStat {
                 (_, "inactive_anon") => 5,
                 (_, "active_anon") => 6,
                 (_, "pgmajfault") => 7,
+                (CgroupVersion::V2, "workingset_refault_anon") => 8,
+                (CgroupVersion::V2, "workingset_refault_file") => 9,
+                (CgroupVersion::V2, "workingset_refault") => 10,
                 _ => continue,
             };
             table[slot] = Some(value);
         }
-        let v: [Option<u64>; 8] = std::array::from_fn(|i| total[i].or(local[i]));
+        let v: [Option<u64>; 11] = std::array::from_fn(|i| total[i].or(local[i]));
         if v[..4].iter().any(Option::is_none) {
             return Err(match version {
                 CgroupVersion::V1 => "missing one of rss, cache, inactive_file, active_file",
@@ -253,6 +260,10 @@ impl MemoryStat {
             inactive_anon: get(5),
             active_anon: get(6),
             pgmajfault: get(7),
+            refaults: match (v[8], v[9], v[10]) {
+                (None, None, old) => old,
+                (a, f, _) => Some(a.unwrap_or(0).saturating_add(f.unwrap_or(0))),
+            },
         })
     }
 

@@ -45,8 +45,8 @@ pub struct ExecArgs {
     /// Lowest memory limit scale-down may set (default 16M).
     #[arg(long, value_parser = units::parse_size)]
     pub memory_min: Option<u64>,
-    /// Early-warning distance below the limit (default: a quarter of the starting limit, at
-    /// most 64M).
+    /// Early-warning distance below the limit (default 64M, at most an eighth of the limit in
+    /// force).
     #[arg(long, value_parser = units::parse_size)]
     pub headroom: Option<u64>,
     /// Rely on reclaim events alone (no early warnings below the limit): for comparisons.
@@ -299,11 +299,9 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     if let Some(d) = args.down_interval {
         policy.down_interval_ns = d.as_nanos() as u64;
     }
-    let start_limit = args.memory;
-    let headroom = args
-        .headroom
-        .unwrap_or_else(|| start_limit.map_or(policy.headroom, |l| (l / 4).min(policy.headroom)));
-    policy.headroom = headroom;
+    if let Some(h) = args.headroom {
+        policy.headroom = h;
+    }
     if let Some(m) = args.memory {
         anyhow::ensure!(
             policy.max >= m,
@@ -316,7 +314,11 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let managed = args.memory.is_some();
     pipeline.watch(
         id,
-        resource::memory::watch_config(headroom, managed && !args.no_early_warning),
+        resource::memory::watch_config(
+            policy.headroom,
+            policy.headroom_permille(),
+            managed && !args.no_early_warning,
+        ),
     )?;
     // CPU: a cgroup in the cpu hierarchy (under our own cpu cgroup, which on v1 may be at a
     // different path from our memory cgroup), its starting quota, and the kernel watch.
@@ -627,7 +629,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         oom_kills: oom_kills_file.unwrap_or(oom_events),
         oom_kill_events: oom_events,
         peak_usage_bytes: peak,
-        start_limit_bytes: start_limit,
+        start_limit_bytes: args.memory,
         final_limit_bytes: final_limit,
         max_limit_bytes: managed.then_some(policy.max),
         peak_utilization: match (peak, final_limit) {

@@ -445,7 +445,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<std::process::ExitCode> {
             id,
             WatchConfig {
                 flags,
-                _pad: 0,
+                headroom_permille: 0,
                 headroom_bytes: args.headroom,
             },
         )?;

@@ -6,9 +6,12 @@
 //! round*. The new limit is `max(usage, limit) + step`, where
 //!
 //! ```text
-//! step = max(step_min, step_fraction * limit, allocation_rate * lookahead) * 2^escalation
+//! step = max(step_min, step_fraction * limit, allocation_rate * lookahead)
+//! new  = min(max(usage, limit) + step, max(limit + step_min, (1 + step_max_fraction) * usage))
 //! ```
 //!
+//! and, when the round shows that the previous raise was outrun (reclaim, limit hits, an OOM
+//! kill: not an early warning, the designed path), the step is multiplied by `2^escalation`.
 //! `allocation_rate` (bytes/s) is estimated from the successive usage values of events and
 //! samples; `escalation` counts consecutive rounds less than `escalation_window` apart (capped
 //! at `max_escalation`) and resets after a quiet window (see the
@@ -17,12 +20,19 @@
 //! The result is clamped to the policy's `max`, to what the node can back (the
 //! [node budget](super::ledger#node-budget)) and to what the managed ancestors can back.
 //!
-//! The defaults ([`MemoryPolicy::default`]) are sized for the workload of the issue: 8 MiB
-//! touched every 10 ms (800 MiB/s) from a 64 MiB limit, where the OOM kill comes 0.76 ms after
-//! the first reclaim. The first raise is at least 64 MiB (80 ms of growth at that rate: a
-//! decision costs ~100 us), the rate estimate then makes later steps 160 MiB (200 ms of growth)
-//! and escalation doubles them; the 64 MiB early-warning headroom means a raise usually comes
-//! before reclaim starts at all.
+//! Right-sizing: the rate sizes a raise for what the allocation under way needs next, and the
+//! cap keeps the new limit within `1 + step_max_fraction` (1.5x by default) of the usage that
+//! asked for it. However the burst ends, the limit it leaves is at most 1.5x its peak: a
+//! single large allocation gets a limit just above it, not the maximum. The price is raises
+//! in geometric steps (about 1.3x per raise with the default warning band): from 64 MiB to a
+//! 600 MiB peak, eight raises of ~100 µs each, instead of the two oversized ones a doubling
+//! step made.
+//!
+//! The defaults ([`MemoryPolicy::default`]) still win the race of the issue that set them: 8
+//! MiB touched every 10 ms (800 MiB/s) from a 64 MiB limit, where the OOM kill comes 0.76 ms
+//! after the first reclaim. The early warning comes an eighth of the limit below it (8 MiB at
+//! 64 MiB: 10 ms of growth at that rate, against a decision of ~100 µs), and each raise comes
+//! before reclaim starts.
 //!
 //! # Coalescing (one storm, one decision)
 //! The [ledger's rules](super::ledger#coalescing-one-storm-one-decision) (a signal older than
@@ -36,16 +46,28 @@
 //! [reported once per storm](super::ledger#escalation-storms-and-capping) as [`Skip::Capped`].
 //!
 //! # Scale down
-//! After `cooldown` without any sign of pressure (pressure signals, coalesced or not, and PSI
-//! `some` stall above `psi_threshold` of the sample interval all count, and each restarts the
-//! cooldown), each [`MemorySignal::Sample`] may lower the limit by `down_fraction` of the
-//! distance to the goal `max(min, usage + headroom + safety_margin)` (at least `min_change`,
-//! at most once per `down_interval`: the [ledger's gating](super::ledger#scale-down)). Not
-//! lower: with the limit closer than `headroom` to the current usage, the kernel would send
-//! an early warning at once and the limit would bounce straight back up, restarting the
-//! cooldown (a slow oscillation). So the limit follows *usage* down, not the working set
-//! directly; to bring it toward the working set on v2, the engine can write `memory.reclaim`
-//! (usage minus working set) first, and the next sample's lower usage lets the limit follow.
+//! After `cooldown` without any sign of pressure (pressure signals, coalesced or not, a PSI
+//! `some` stall above `psi_threshold` of the sample interval, and refaults of more than
+//! [`REFAULT_PRESSURE`] of the working set since the previous sample all count, and each
+//! restarts the cooldown), each [`MemorySignal::Sample`] may lower the limit by
+//! `down_fraction` of the distance to the goal (at least `min_change`, at most once per
+//! `down_interval`: the [ledger's gating](super::ledger#scale-down)). The goal follows the
+//! *working set* (usage less inactive file cache): the lowest limit that keeps the working set
+//! plus a margin (`safety_margin`, at most an eighth of the working set) out of the
+//! early-warning band ([`MemoryPolicy::floor_above`]), and never below `min`. Not lower: with
+//! the working set inside the band, the kernel would warn at once and the limit would bounce
+//! straight back up, restarting the cooldown (a slow oscillation). With the defaults the goal
+//! is about 1.15x the working set plus 18 MiB, and a limit is within 1.3x of a working set of
+//! 48 MiB or more 30 s after the cooldown (30% of the excess every 2 s).
+//!
+//! The goal may be below usage: the difference is inactive page cache, and the actuator has
+//! the kernel reclaim it below the new limit's band before the limit comes down (v2
+//! `memory.reclaim`, then `memory.max` only if usage is under it: the lowering is refused
+//! otherwise, since the kernel OOM-kills what a `memory.max` write cannot reclaim; v1 the
+//! limit write itself, which the kernel refuses with EBUSY rather than OOM-kill). Each step
+//! reclaims at most `down_fraction` of the excess, so a scale-down is never a reclaim storm;
+//! refaults (v2) or a stall stop it at once.
+//!
 //! A limit above the policy `max` (a max lowered by a reload, a cgroup opted in with a higher
 //! limit) is brought down to `max` step by step like a scale-down, without the cooldown (at most
 //! once per `down_interval`, never below `usage + safety_margin`). An unlimited one is left
@@ -87,6 +109,9 @@ use crate::{cgroupfs::Limit, units::MIB};
 /// ppc64 kernels). The kernel truncates a written limit to whole pages, so a limit it reports
 /// back may be up to one page below what was written.
 pub const LIMIT_GRANULARITY: u64 = 64 * 1024;
+/// Refaults since the previous sample above this fraction of the working set (and above 1
+/// MiB) count as pressure: see [`MemorySignal::Sample`].
+pub const REFAULT_PRESSURE: f64 = 0.01;
 /// Limits are decided in whole 4 KiB pages, so that the kernel keeps exactly what was decided
 /// on the usual page size (the actuator rounds down to the running kernel's page size, which
 /// is what the kernel would keep, so a larger page costs less than a page).
@@ -113,9 +138,18 @@ pub struct MemoryPolicy {
     pub step_fraction: f64,
     /// How far ahead the allocation rate is extrapolated when sizing a raise (ns).
     pub lookahead_ns: u64,
+    /// Before escalation, a raise sets the limit to at most `1 + step_max_fraction` times the
+    /// usage the signal reports (or `step_min` above the limit, whichever is more), so the
+    /// limit a burst leaves behind is at most that many times its peak. 0: no cap.
+    pub step_max_fraction: f64,
     /// Early-warning distance below the limit (the engine programs it into the kernel side);
-    /// scale-down keeps at least this much above usage (bytes).
+    /// scale-down keeps at least this much above usage (bytes). At most `headroom_fraction`
+    /// of the limit (see [`MemoryPolicy::headroom_at`]).
     pub headroom: u64,
+    /// The early-warning distance is at most this fraction of the limit (the kernel side takes
+    /// the smaller of the two), so that a small or right-sized limit is not all warning band.
+    /// 0: always `headroom`.
+    pub headroom_fraction: f64,
     /// Scale-down keeps usage + headroom + this below the limit (bytes); a limit above `max`
     /// is cut to `max` but never below usage + this.
     pub safety_margin: u64,
@@ -147,30 +181,77 @@ pub struct MemoryPolicy {
 
 impl Default for MemoryPolicy {
     /// Defaults that win the 0.76 ms race of an 800 MiB/s workload (see the module docs) and
-    /// give memory back slowly: no bounds beyond the node budget (`min` 16 MiB, `max`
-    /// unlimited), steps of at least 64 MiB or 25% of the limit, 200 ms lookahead, 64 MiB
-    /// headroom, 16 MiB safety margin, escalation within 2 s up to 16x, 30 s cooldown, then a
-    /// quarter of the excess every 5 s, 4 MiB hysteresis, 20 raises/s, PSI 1%; an unlimited
-    /// cgroup stays unlimited.
+    /// leave a right-sized limit behind: no bounds beyond the node budget (`min` 16 MiB, `max`
+    /// unlimited), steps of at least 32 MiB, sized by 1 s of the allocation rate and at most
+    /// half the usage, 64 MiB headroom but at most an eighth of the limit, 16 MiB safety
+    /// margin, escalation (outrun raises only) within 2 s up to 16x, 30 s cooldown, then 30% of
+    /// the excess every 2 s, 4 MiB hysteresis, 20 raises/s, PSI 1%; an unlimited cgroup stays
+    /// unlimited.
     fn default() -> Self {
         Self {
             min: 16 * MIB,
             max: u64::MAX,
-            step_min: 64 * MIB,
-            step_fraction: 0.25,
-            lookahead_ns: 200_000_000,
+            step_min: 32 * MIB,
+            step_fraction: 0.0,
+            lookahead_ns: 1_000_000_000,
+            step_max_fraction: 0.5,
             headroom: 64 * MIB,
+            headroom_fraction: 0.125,
             safety_margin: 16 * MIB,
             escalation_window_ns: 2_000_000_000,
             max_escalation: 4,
             cooldown_ns: 30_000_000_000,
-            down_interval_ns: 5_000_000_000,
-            down_fraction: 0.25,
+            down_interval_ns: 2_000_000_000,
+            down_fraction: 0.3,
             min_change: 4 * MIB,
             max_raises_per_sec: 20,
             psi_threshold: 0.01,
             limit_unlimited: false,
             lower_to_max: false,
+        }
+    }
+}
+
+impl MemoryPolicy {
+    /// The early-warning distance below `limit`: `headroom`, at most `headroom_fraction` of
+    /// the limit (what the kernel side computes from the watch's two values).
+    pub fn headroom_at(&self, limit: u64) -> u64 {
+        if self.headroom_fraction > 0.0 {
+            self.headroom.min(mul_frac(limit, self.headroom_fraction))
+        } else {
+            self.headroom
+        }
+    }
+
+    /// The safety margin kept above `bytes` of usage: `safety_margin`, at most an eighth of
+    /// `bytes` (a small working set is not given a margin larger than itself).
+    pub fn margin_above(&self, bytes: u64) -> u64 {
+        self.safety_margin.min(bytes / 8)
+    }
+
+    /// The lowest limit that keeps `bytes` of usage out of the early-warning band with the
+    /// margin to spare: `bytes + margin_above(bytes) <= limit - headroom_at(limit)`, so a
+    /// limit lowered to it does not warn at once (which would raise it straight back).
+    pub fn floor_above(&self, bytes: u64) -> u64 {
+        let need = bytes.saturating_add(self.margin_above(bytes));
+        let fixed = need.saturating_add(self.headroom);
+        let f = self.headroom_fraction;
+        if f > 0.0 && f < 1.0 {
+            let scaled = (need as f64 / (1.0 - f)).ceil();
+            if scaled < fixed as f64 {
+                // `+ 1`: the kernel side rounds the fraction down.
+                return (scaled as u64).saturating_add(1);
+            }
+        }
+        fixed
+    }
+
+    /// The kernel-side form of `headroom_fraction`: thousandths (0: no fraction).
+    pub fn headroom_permille(&self) -> u32 {
+        if self.headroom_fraction > 0.0 {
+            ((self.headroom_fraction * 1000.0).round() as u32).clamp(1, 1000)
+        } else {
+            0
         }
     }
 }
@@ -188,7 +269,9 @@ pub enum MemorySignal {
     /// has (`Limit::Max`: none); `working_set` is usage minus inactive file pages; `psi_some_total_us`
     /// is the cgroup's cumulative PSI `some` stall (v2 `memory.pressure`), when available;
     /// `limit_hits` the kernel's cumulative count of charges that found usage at the limit
-    /// (v2 `memory.events` `max`, v1 `memory.failcnt`), when available.
+    /// (v2 `memory.events` `max`, v1 `memory.failcnt`), when available; `refaulted` the
+    /// cumulative bytes of evicted pages faulted back in (v2 `memory.stat` workingset
+    /// refaults), when available.
     Sample {
         ts_ns: u64,
         usage: u64,
@@ -196,6 +279,7 @@ pub enum MemorySignal {
         working_set: u64,
         psi_some_total_us: Option<u64>,
         limit_hits: Option<u64>,
+        refaulted: Option<u64>,
     },
 }
 
@@ -221,6 +305,8 @@ struct Mem {
     psi_prev: Option<(u64, u64)>,
     /// The previous limit-hit count: `(ts_ns, hits)`.
     hits_prev: Option<(u64, u64)>,
+    /// The previous refault total (bytes).
+    refaults_prev: Option<u64>,
 }
 
 impl Ext for Mem {
@@ -247,6 +333,7 @@ struct Sampled {
     working_set: u64,
     psi_total_us: Option<u64>,
     limit_hits: Option<u64>,
+    refaulted: Option<u64>,
 }
 
 /// The memory decider: registered cgroups and the node budget. See the module docs.
@@ -323,6 +410,7 @@ impl MemoryDecider {
             rate: RateEstimator::default(),
             psi_prev: None,
             hits_prev: None,
+            refaults_prev: None,
         };
         self.ledger
             .manage(id, parent, policy, current_limit, now_ns, fresh, |m| {
@@ -387,6 +475,7 @@ impl MemoryDecider {
                 working_set,
                 psi_some_total_us,
                 limit_hits,
+                refaulted,
             } => {
                 let s = Sampled {
                     ts: ts_ns,
@@ -395,6 +484,7 @@ impl MemoryDecider {
                     working_set,
                     psi_total_us: psi_some_total_us,
                     limit_hits,
+                    refaulted,
                 };
                 self.sample(id, s, out)
             }
@@ -476,7 +566,23 @@ impl MemoryDecider {
             .step_min
             .max(mul_frac(limit, p.step_fraction))
             .max(mul_frac(p.lookahead_ns, st.ext.rate.rate() / 1e9));
-        step = step.saturating_mul(1u64 << escalation.min(32));
+        if p.step_max_fraction > 0.0 {
+            // What the allocation rate says the next moments need, but the new limit never
+            // more than `1 + step_max_fraction` times what is used (or `step_min` above the
+            // limit): the limit a burst leaves behind stays within that of its peak, whenever
+            // the burst stops.
+            let base = usage.max(limit);
+            let cap = limit
+                .saturating_add(p.step_min)
+                .max(usage.saturating_add(mul_frac(usage, p.step_max_fraction)));
+            step = step.min(cap.saturating_sub(base)).max(p.min_change);
+        }
+        // An early warning is the designed path: the raise before it kept ahead, and the rate
+        // estimate sizes this one. Reclaim, limit hits and OOM kills mean a raise was outrun
+        // (or no warning came): those rounds escalate.
+        if reason != Reason::EarlyWarning {
+            step = step.saturating_mul(1u64 << escalation.min(32));
+        }
         if reason == Reason::OomRecovery {
             step = step.saturating_mul(2);
         }
@@ -556,6 +662,7 @@ impl MemoryDecider {
             working_set,
             psi_total_us,
             limit_hits,
+            refaulted,
         } = s;
         let Some(st) = self.ledger.get_mut(id) else {
             return;
@@ -583,6 +690,17 @@ impl MemoryDecider {
                 }
             }
             m.psi_prev = Some((ts, total));
+        }
+        // Refaults: pages the cgroup needed back after they were reclaimed. More than
+        // REFAULT_PRESSURE of the working set since the previous sample means reclaim (ours,
+        // after a lowering, or the kernel's at the limit) is cutting into what is used: as
+        // much a sign of pressure as a stall, and it stops a scale-down at once.
+        if let Some(total) = refaulted {
+            if let Some(prev) = m.refaults_prev {
+                let since = total.saturating_sub(prev);
+                stalled |= since > MIB.max(mul_frac(m.working_set, REFAULT_PRESSURE));
+            }
+            m.refaults_prev = Some(total);
         }
         if stalled {
             st.note_pressure(ts);
@@ -614,14 +732,6 @@ impl MemoryDecider {
             return;
         }
         let hard_floor = p.min.max(usage.saturating_add(p.safety_margin));
-        // A lower limit would put today's usage inside the early-warning band (`limit -
-        // headroom`): the kernel would warn at once, the limit would go up again and the
-        // cooldown start over, a slow oscillation. So a gradual step stays above it.
-        let floor = hard_floor.max(
-            usage
-                .saturating_add(p.headroom)
-                .saturating_add(p.safety_margin),
-        );
         let new = if limit > p.max {
             // A limit above the policy's max (a max lowered by a reload, a cgroup opted in
             // with a higher limit) is brought down to it step by step, like a scale-down
@@ -653,9 +763,12 @@ impl MemoryDecider {
             if !st.may_lower(ts) {
                 return;
             }
-            // The working set (<= usage) cannot bind below that floor: it reaches the limit
-            // through usage, once the engine has reclaimed the rest (v2 memory.reclaim).
-            let goal = floor;
+            // The goal follows the working set, not usage: what usage holds beyond it is
+            // inactive file cache, which the kernel reclaims when the limit comes down (v1: the
+            // write reclaims, and refuses with EBUSY rather than OOM-kill; v2: the actuator
+            // asks memory.reclaim first and does not lower memory.max below what is left).
+            // Never below the working set plus the margin, and clear of the warning band.
+            let goal = p.min.max(page_ceil(p.floor_above(working_set.min(usage))));
             if goal >= limit {
                 return;
             }

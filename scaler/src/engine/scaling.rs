@@ -396,6 +396,10 @@ impl<D: ResourceDecider> SlotOps for Slot<D> {
             return;
         }
         self.decider.register(&req, req.sampled_ns);
+        if let Policy::Memory(p) = &req.policy {
+            req.writer
+                .set_warning_band(p.headroom, p.headroom_permille());
+        }
         self.writers.insert(
             req.id,
             Writer {

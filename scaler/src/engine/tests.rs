@@ -402,6 +402,7 @@ fn samples_drive_scale_down_through_the_same_path() {
     let mut p = memory_policy();
     p.max = 512 * MIB;
     p.lower_to_max = true;
+    p.down_fraction = 0.25;
     let (writer, writes2) = FakeWriter::boxed(Setting::Memory(Limit::Bytes(1 << 30)), false);
     let mark = Arc::new(WriteMark::new(Setting::Memory(Limit::Bytes(1 << 30))));
     e.send(Command::Manage(Box::new(ManageRequest {
@@ -424,6 +425,7 @@ fn samples_drive_scale_down_through_the_same_path() {
             working_set: 16 * MIB,
             psi_some_total_us: None,
             limit_hits: None,
+            refaulted: None,
         }),
     ))
     .unwrap();
@@ -475,6 +477,7 @@ fn limit_hits_in_samples_raise_when_no_event_arrived() {
                 working_set: 64 * MIB,
                 psi_some_total_us: None,
                 limit_hits: Some(hits),
+                refaulted: None,
             }),
         )
     };

@@ -24,10 +24,13 @@ pub fn sample(cg: &Cgroup) -> Option<MemorySignal> {
     let ts_ns = monotonic_ns();
     let usage = cg.memory_usage().ok()?;
     let limit = cg.memory_limit().ok()?;
-    let working_set = cg
-        .memory_stat()
-        .map(|s| usage.saturating_sub(s.inactive_file))
-        .unwrap_or(usage);
+    let stat = cg.memory_stat().ok();
+    let working_set = stat
+        .as_ref()
+        .map_or(usage, |s| usage.saturating_sub(s.inactive_file));
+    let refaulted = stat
+        .and_then(|s| s.refaults)
+        .map(|pages| pages.saturating_mul(crate::actuator::memory::page_size()));
     let psi = cg.memory_pressure().ok().flatten().map(|p| p.some.total_us);
     let limit_hits = cg.memory_limit_hits().ok().flatten();
     Some(MemorySignal::Sample {
@@ -37,15 +40,19 @@ pub fn sample(cg: &Cgroup) -> Option<MemorySignal> {
         working_set,
         psi_some_total_us: psi,
         limit_hits,
+        refaulted,
     })
 }
 
 /// What the kernel programs are told about a managed memory cgroup: report its pressure, and
-/// warn when usage comes within `headroom` of its limit.
-pub fn watch_config(headroom: u64, early_warning: bool) -> WatchConfig {
+/// warn when usage comes within `headroom` of its limit, or `permille` thousandths of it when
+/// that is less (0: always `headroom`; see [`MemoryPolicy::headroom_at`]).
+///
+/// [`MemoryPolicy::headroom_at`]: crate::decider::MemoryPolicy::headroom_at
+pub fn watch_config(headroom: u64, permille: u32, early_warning: bool) -> WatchConfig {
     WatchConfig {
         flags: WATCH_MEMORY | if early_warning { WATCH_USAGE_HIGH } else { 0 },
-        _pad: 0,
+        headroom_permille: permille,
         headroom_bytes: headroom,
     }
 }
@@ -86,7 +93,7 @@ impl ManagedResource for Memory {
         let Policy::Memory(p) = policy else {
             return Ok(false);
         };
-        pipeline.watch(id, watch_config(p.headroom, true))?;
+        pipeline.watch(id, watch_config(p.headroom, p.headroom_permille(), true))?;
         Ok(true)
     }
 

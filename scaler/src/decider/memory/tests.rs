@@ -13,9 +13,21 @@ const T0: u64 = 100 * S;
 /// What a limit write costs the engine in these tests.
 const WRITE_NS: u64 = 100 * US;
 
+/// The sizing these tests were written for (the defaults before right-sizing): steps of at
+/// least 64 MiB or a quarter of the limit, 200 ms lookahead, no cap on a raise, a fixed 64 MiB
+/// warning band, a quarter of the excess every 5 s. The mechanics they check (coalescing,
+/// hierarchy, budget, escalation, floors) do not depend on it; the defaults' own sizing is
+/// tested with [`MemoryPolicy::default`] below.
 fn policy() -> MemoryPolicy {
     MemoryPolicy {
         max: 2 * GIB,
+        step_min: 64 * MIB,
+        step_fraction: 0.25,
+        lookahead_ns: 200 * MS,
+        step_max_fraction: 0.0,
+        headroom_fraction: 0.0,
+        down_interval_ns: 5 * S,
+        down_fraction: 0.25,
         ..MemoryPolicy::default()
     }
 }
@@ -62,6 +74,7 @@ impl Loop {
                 working_set,
                 psi_some_total_us: None,
                 limit_hits,
+                refaulted: None,
             },
         )
     }
@@ -461,7 +474,7 @@ fn pressure_on_an_ancestor_is_decided_for_the_ancestor() {
 }
 
 #[test]
-fn scale_down_waits_for_the_cooldown_then_goes_gradually_and_never_below_usage() {
+fn scale_down_waits_for_the_cooldown_then_goes_gradually_and_never_below_the_working_set() {
     let mut l = Loop::new(64 * GIB);
     let p = MemoryPolicy {
         cooldown_ns: 10 * S,
@@ -473,23 +486,25 @@ fn scale_down_waits_for_the_cooldown_then_goes_gradually_and_never_below_usage()
     for i in 1..10 {
         assert!(l.sample(1, T0 + i * S, 100 * MIB, 80 * MIB).is_empty());
     }
-    // Goal = usage 100 + headroom 64 + safety margin 16 = 180 MiB (the working set, 80 MiB,
-    // cannot be reached without reclaim: usage would sit in the early-warning band).
+    // Goal = working set 80 + headroom 64 + safety margin (16, at most an eighth of the working
+    // set: 10) = 154 MiB: the 20 MiB of usage
+    // above the working set is inactive cache, which the actuator has the kernel reclaim
+    // before the limit comes down past usage.
     let mut limits = vec![GIB];
     for i in 10..40 {
         let d = l.sample(1, T0 + i * S, 100 * MIB, 80 * MIB);
         if let Some(a) = d.actions().first() {
             assert_eq!(a.reason, Reason::ScaleDown);
-            assert!(a.new >= 180 * MIB && a.new < a.old);
+            assert!(a.new >= 154 * MIB && a.new < a.old);
             limits.push(a.new);
         }
     }
-    // A quarter of the gap per step: 1024 -> 804 -> 639 -> ...
-    assert_eq!(limits[1], GIB - (GIB - 180 * MIB) / 4);
+    // A quarter of the gap per step: 1024 -> 806 -> 643 -> ...
+    assert_eq!(limits[1], GIB - (GIB - 154 * MIB) / 4);
     assert!(limits.len() > 5, "gradual: {limits:?}");
     // Converges to the goal, to within the hysteresis (min_change, 4 MiB).
     let last = *limits.last().unwrap();
-    assert!(last >= 180 * MIB && last - 180 * MIB < 4 * MIB, "{last}");
+    assert!(last >= 154 * MIB && last - 154 * MIB < 4 * MIB, "{last}");
 }
 
 #[test]
@@ -514,7 +529,8 @@ fn scale_down_respects_the_interval_and_usage_floor_and_min() {
         (300 * MIB..304 * MIB).contains(&last),
         "stops at min: {last}"
     );
-    // Usage grew near the limit: the floor is usage + headroom + safety margin.
+    // The working set grew near the limit: the floor is the working set + headroom + safety
+    // margin.
     let mut l = Loop::new(64 * GIB);
     l.d.manage(
         2,
@@ -529,12 +545,12 @@ fn scale_down_respects_the_interval_and_usage_floor_and_min() {
         T0,
     );
     for i in 2..40 {
-        l.sample(2, T0 + i * S, 900 * MIB, 10 * MIB);
+        l.sample(2, T0 + i * S, 920 * MIB, 900 * MIB);
     }
     let last = l.d.limit(2).unwrap();
     assert!(
         (980 * MIB..984 * MIB).contains(&last),
-        "usage + 64 + 16: {last}"
+        "working set + 64 + 16: {last}"
     );
 }
 
@@ -588,6 +604,7 @@ fn psi_stall_counts_as_pressure_for_the_cooldown() {
                 working_set: 80 * MIB,
                 psi_some_total_us: Some(psi),
                 limit_hits: None,
+                refaulted: None,
             },
         );
         assert!(d.is_empty(), "stalling: no scale-down at {i}s");
@@ -601,6 +618,7 @@ fn psi_stall_counts_as_pressure_for_the_cooldown() {
             working_set: 80 * MIB,
             psi_some_total_us: Some(psi),
             limit_hits: None,
+            refaulted: None,
         },
     );
     assert_eq!(only(&d).reason, Reason::ScaleDown);
@@ -729,6 +747,7 @@ fn samples_adopt_a_limit_changed_behind_the_deciders_back() {
             working_set: 100 * MIB,
             psi_some_total_us: None,
             limit_hits: None,
+            refaulted: None,
         },
     );
     assert_eq!(l.d.limit(1), Some(512 * MIB));
@@ -892,6 +911,8 @@ mod invariants {
         usage: u64,
         /// The latest usage the decider was told about.
         known_usage: u64,
+        /// The working set the last sample reported (a lowering may reclaim down to it).
+        known_ws: u64,
         /// When the last write to it completed.
         applied_ts: u64,
     }
@@ -932,7 +953,7 @@ mod invariants {
                 let limit = start.min(max);
                 d.manage(i as u64 + 1, parent.map(|p| p as u64 + 1), p, Limit::from_bytes(limit), 0, t);
                 cgs.push(Cg { id: i as u64 + 1, max, parent: *parent, kernel_limit: limit,
-                              old_limit: limit, usage: 0, known_usage: 0, applied_ts: t });
+                              old_limit: limit, usage: 0, known_usage: 0, known_ws: 0, applied_ts: t });
             }
 
             let mut out = Decision::new();
@@ -953,6 +974,7 @@ mod invariants {
                         ts_ns: t, usage: cgs[i].usage, limit: Limit::from_bytes(cgs[i].kernel_limit),
                         working_set: cgs[i].usage * ws / 100, psi_some_total_us: Some(psi * (t / S)),
                         limit_hits: None,
+                        refaulted: None,
                     }),
                     // Kernel timestamps before the last write completed: it saw the old limit.
                     Op::Stale(i) => (i, MemorySignal::Reclaim {
@@ -969,6 +991,8 @@ mod invariants {
                             if outcome == WriteOutcome::Written {
                                 c.old_limit = c.kernel_limit;
                                 c.kernel_limit = a.new;
+                                // The kernel reclaimed down to a lowered limit.
+                                c.usage = c.usage.min(a.new);
                                 c.applied_ts = t;
                             }
                             if outcome == WriteOutcome::Failed && a.is_raise() && a.reason != Reason::Ancestor {
@@ -983,13 +1007,23 @@ mod invariants {
                 if let MemorySignal::Reclaim { usage, .. } | MemorySignal::UsageHigh { usage, .. }
                     | MemorySignal::Sample { usage, .. } = sig {
                     cgs[i].known_usage = usage;
+                    cgs[i].known_ws = match sig {
+                        MemorySignal::Sample { working_set, .. } => working_set.min(usage),
+                        _ => usage,
+                    };
                 }
                 d.on_signal(cgs[i].id, sig, &mut out);
                 for a in out.actions() {
                     let c = cgs.iter().find(|c| c.id == a.cgroup).unwrap();
                     prop_assert!(a.new <= c.max, "{a:?} above max {}", c.max);
                     prop_assert!(a.new % 4096 == 0, "{a:?} not page aligned");
-                    prop_assert!(a.new >= c.known_usage, "{a:?} below usage {}", c.known_usage);
+                    if a.reason == Reason::ScaleDown {
+                        // A lowering may take usage down to the working set (the actuator
+                        // reclaims the cache first), never into it.
+                        prop_assert!(a.new >= c.known_ws + (16 * MIB).min(c.known_ws / 8), "{a:?} below the working set {} + margin", c.known_ws);
+                    } else {
+                        prop_assert!(a.new >= c.known_usage, "{a:?} below usage {}", c.known_usage);
+                    }
                     if a.is_raise() && a.reason != Reason::Ancestor {
                         granted += a.new - a.old;
                         // Within what every managed ancestor backs after its own raise.
@@ -1010,8 +1044,9 @@ mod invariants {
 }
 
 #[test]
-fn scale_down_never_puts_usage_in_the_early_warning_band() {
-    // If it did, the kernel would warn at once and the limit would bounce back up.
+fn scale_down_never_puts_the_working_set_in_the_early_warning_band() {
+    // If it did, the kernel would warn at once and the limit would bounce back up (usage
+    // above the working set is cache, reclaimed by the actuator below the band first).
     let mut l = Loop::new(64 * GIB);
     let p = MemoryPolicy {
         cooldown_ns: S,
@@ -1023,7 +1058,11 @@ fn scale_down_never_puts_usage_in_the_early_warning_band() {
         let usage = usage * MIB;
         let d = l.sample(1, T0 + i * S, usage, usage / 2);
         for a in d.actions() {
-            assert!(a.new >= usage + p.headroom, "{a:?} usage {usage}");
+            let ws = usage / 2;
+            assert!(
+                a.new >= ws + p.headroom_at(a.new) + p.margin_above(ws),
+                "{a:?} working set {ws}"
+            );
         }
     }
     assert!(l.d.stats().scale_downs > 5);
@@ -1098,6 +1137,7 @@ fn an_owners_limit_above_max_is_left_alone_and_only_the_agents_raises_come_down(
         working_set: 32 * MIB,
         psi_some_total_us: None,
         limit_hits: None,
+        refaulted: None,
     };
     let d = l.signal(1, at(T0 + 7 * S, 512 * MIB));
     assert!(d.actions().is_empty(), "{:?}", d.actions());
@@ -1107,4 +1147,224 @@ fn an_owners_limit_above_max_is_left_alone_and_only_the_agents_raises_come_down(
     assert_eq!(l.d.limit(1), Some(96 * MIB));
     let a = only(&l.reclaim(1, T0 + 9 * S, 96 * MIB, 96 * MIB));
     assert_eq!(a.new, 128 * MIB, "raised to the max, not beyond: {a:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Right-sizing with the default policy: raises that follow the allocation, and a scale-down to
+// the working set.
+
+/// Grows a cgroup's usage along `usage_at(t_ns since start)` for `dur_ns` from a 64 MiB limit
+/// under `p`, with the kernel's early warnings (once per limit, at `limit - headroom_at(limit)`)
+/// answered `WRITE_NS` later. Returns `(usage never passed the limit, raises, final limit,
+/// peak usage)`.
+fn grow(p: MemoryPolicy, usage_at: impl Fn(u64) -> u64, dur_ns: u64) -> (bool, usize, u64, u64) {
+    let mut l = Loop::new(64 * GIB);
+    l.d.manage(1, None, p, Limit::from_bytes(64 * MIB), 0, T0);
+    let (mut limit, mut warned_at, mut pending) = (64 * MIB, 0, None::<(u64, u64)>);
+    let (mut ok, mut peak) = (true, 0);
+    let mut t = 0;
+    while t <= dur_ns {
+        let ts = T0 + t;
+        if let Some((done, new)) = pending {
+            if done <= ts {
+                limit = new;
+                pending = None;
+            }
+        }
+        let usage = usage_at(t);
+        peak = peak.max(usage);
+        ok &= usage <= limit;
+        if usage + p.headroom_at(limit) >= limit && warned_at != limit && pending.is_none() {
+            warned_at = limit;
+            let d = l.signal(
+                1,
+                MemorySignal::UsageHigh {
+                    ts_ns: ts,
+                    usage,
+                    limit,
+                },
+            );
+            if let Some(a) = d.actions().first() {
+                pending = Some((ts + WRITE_NS, a.new));
+            }
+        }
+        t += 20 * US;
+    }
+    let raises = l.actions.iter().filter(|a| a.is_raise()).count();
+    (ok, raises, pending.map_or(limit, |p| p.1), peak)
+}
+
+/// `rate` bytes/s up to `total`, then flat.
+fn ramp(rate: u64, total: u64) -> impl Fn(u64) -> u64 {
+    move |t| ((t as u128 * rate as u128 / S as u128) as u64).min(total)
+}
+
+#[test]
+fn raises_follow_the_allocation_and_leave_at_most_one_and_a_half_times_the_peak() {
+    let p = MemoryPolicy {
+        max: 4 * GIB,
+        ..MemoryPolicy::default()
+    };
+    // (what, rate, peak): the steps (800 MiB/s), a numpy-like spike, a stress-ng-like
+    // toucher, a slow ramp.
+    for (what, rate, total) in [
+        ("steps 800 MiB/s", 800 * MIB, 256 * MIB),
+        ("spike 3 GiB/s", 3 * GIB, 336 * MIB),
+        ("toucher 8 GiB/s", 8 * GIB, 283 * MIB),
+        ("ramp 20 MiB/s", 20 * MIB, 256 * MIB),
+        ("sort-like 1 GiB/s", GIB, 507 * MIB),
+    ] {
+        let (ok, raises, last, peak) = grow(p, ramp(rate, total), 20 * S);
+        assert!(ok, "{what}: usage passed the limit");
+        let ratio = last as f64 / peak as f64;
+        assert!(
+            ratio <= 1.5,
+            "{what}: final {last} / peak {peak} = {ratio:.2}"
+        );
+        assert!(raises <= 10, "{what}: {raises} raises");
+    }
+    // The sizing before (no cap, a 25% step, escalation on early warnings) overshoots the spike.
+    let (_, _, last, peak) = grow(policy(), ramp(3 * GIB, 336 * MIB), 20 * S);
+    assert!(last as f64 / peak as f64 > 1.5, "{last} / {peak}");
+}
+
+#[test]
+fn a_raise_adds_at_most_half_the_usage_however_fast_the_allocation() {
+    let mut l = Loop::new(64 * GIB);
+    let p = MemoryPolicy {
+        max: 4 * GIB,
+        ..MemoryPolicy::default()
+    };
+    l.d.manage(1, None, p, Limit::from_bytes(256 * MIB), 0, T0);
+    // 224 MiB in 20 ms: 11 GiB/s, 11 GiB of lookahead; capped at 1.5x the usage.
+    let a = only(&l.signal(
+        1,
+        MemorySignal::UsageHigh {
+            ts_ns: T0 + 20 * MS,
+            usage: 224 * MIB,
+            limit: 256 * MIB,
+        },
+    ));
+    assert_eq!(a.new, 224 * MIB + 112 * MIB);
+    // Early warnings in a row do not escalate: the next is sized the same way.
+    let a = only(&l.signal(
+        1,
+        MemorySignal::UsageHigh {
+            ts_ns: T0 + 30 * MS,
+            usage: 300 * MIB,
+            limit: 336 * MIB,
+        },
+    ));
+    assert_eq!(a.new, 450 * MIB);
+    // Reclaim means the raise was outrun: that round escalates (third round: 2^2).
+    let a = only(&l.reclaim(1, T0 + 40 * MS, 450 * MIB, 450 * MIB));
+    assert_eq!(a.reason, Reason::Pressure);
+    assert!(a.new - a.old > 2 * (450 * MIB / 2), "{a:?}");
+}
+
+#[test]
+fn the_warning_band_is_at_most_an_eighth_of_the_limit_and_floors_clear_it() {
+    let p = MemoryPolicy::default();
+    assert_eq!(p.headroom_at(GIB), 64 * MIB);
+    assert_eq!(p.headroom_at(256 * MIB), 32 * MIB);
+    assert_eq!(p.headroom_permille(), 125);
+    for ws in [0, 10 * MIB, 100 * MIB, 150 * MIB, 300 * MIB, 2 * GIB] {
+        let f = p.floor_above(ws);
+        // Out of the band with the margin to spare, and not more than needed.
+        assert!(ws + p.margin_above(ws) + p.headroom_at(f) <= f, "{ws}: {f}");
+        assert!(f <= ws + p.safety_margin + p.headroom, "{ws}: {f}");
+    }
+    // Right-sized: within 1.3x of a working set of 48 MiB or more.
+    for ws in [48 * MIB, 64 * MIB, 100 * MIB, 150 * MIB, 300 * MIB, 2 * GIB] {
+        assert!(p.floor_above(ws) as f64 <= 1.3 * ws as f64, "{ws}");
+    }
+    // Without the fraction: the fixed band.
+    let fixed = MemoryPolicy {
+        headroom_fraction: 0.0,
+        ..p
+    };
+    assert_eq!(fixed.headroom_at(64 * MIB), 64 * MIB);
+    assert_eq!(
+        fixed.floor_above(100 * MIB),
+        100 * MIB + 100 * MIB / 8 + 64 * MIB
+    );
+    assert_eq!(fixed.headroom_permille(), 0);
+}
+
+#[test]
+fn after_a_burst_the_limit_is_within_1_3x_of_the_working_set_30s_after_the_cooldown() {
+    let mut l = Loop::new(64 * GIB);
+    let p = MemoryPolicy {
+        max: 4 * GIB,
+        ..MemoryPolicy::default()
+    };
+    // A burst left 1.5 GiB; the working set is 200 MiB, usage 450 MiB (the rest cache).
+    l.d.manage(1, None, p, Limit::from_bytes(1536 * MIB), 450 * MIB, T0);
+    let cooldown_end = T0 + p.cooldown_ns;
+    let mut t = T0 + S;
+    let mut at = None;
+    while t <= cooldown_end + 60 * S {
+        let d = l.sample(1, t, 450 * MIB, 200 * MIB);
+        for a in d.actions() {
+            assert_eq!(a.reason, Reason::ScaleDown);
+            assert!(t >= cooldown_end, "lowered inside the cooldown");
+            assert!(a.new >= 200 * MIB + p.safety_margin + p.headroom_at(a.new));
+        }
+        if at.is_none() && (l.d.limit(1).unwrap() as f64) <= 1.3 * (200 * MIB) as f64 {
+            at = Some(t);
+        }
+        t += S;
+    }
+    let at = at.expect("never right-sized");
+    assert!(
+        at - cooldown_end <= 30 * S,
+        "{} s after the cooldown",
+        (at - cooldown_end) / S
+    );
+}
+
+#[test]
+fn refaults_while_lowering_stop_the_scale_down_and_restart_the_cooldown() {
+    let mut l = Loop::new(64 * GIB);
+    let p = MemoryPolicy {
+        max: 4 * GIB,
+        cooldown_ns: 5 * S,
+        ..MemoryPolicy::default()
+    };
+    l.d.manage(1, None, p, Limit::from_bytes(GIB), 300 * MIB, T0);
+    let sample = |l: &mut Loop, t, refaulted| {
+        let limit = l.d.limit(1).unwrap();
+        l.signal(
+            1,
+            MemorySignal::Sample {
+                ts_ns: t,
+                usage: 300 * MIB,
+                limit: Limit::from_bytes(limit),
+                working_set: 200 * MIB,
+                psi_some_total_us: None,
+                limit_hits: None,
+                refaulted: Some(refaulted),
+            },
+        )
+    };
+    assert!(sample(&mut l, T0 + S, 0).is_empty());
+    assert!(
+        !sample(&mut l, T0 + 6 * S, 0).is_empty(),
+        "lowers after the cooldown"
+    );
+    // 1 MiB of refaults is noise; 50 MiB (a quarter of the working set) is pressure.
+    assert!(!sample(&mut l, T0 + 8 * S, MIB).is_empty());
+    let before = l.d.limit(1).unwrap();
+    assert!(sample(&mut l, T0 + 10 * S, 51 * MIB).is_empty());
+    for i in 11..15 {
+        assert!(
+            sample(&mut l, T0 + i * S, 51 * MIB).is_empty(),
+            "cooldown restarted"
+        );
+    }
+    assert_eq!(l.d.limit(1).unwrap(), before);
+    assert!(
+        !sample(&mut l, T0 + 16 * S, 51 * MIB).is_empty(),
+        "and goes on after it"
+    );
 }
