@@ -682,7 +682,7 @@ pub fn write_report(
     let _ = writeln!(md, "\n## Workloads\n");
     for w in doc.workloads {
         let command = match &w.real {
-            None => format!("scaler workload {}", w.args.join(" ")),
+            None => format!("`scaler workload {}`", w.args.join(" ")),
             Some(r) => {
                 let quote = |a: &String| {
                     if a.contains('\n') {
@@ -693,21 +693,20 @@ pub fn write_report(
                         a.clone()
                     }
                 };
-                let mut c: Vec<String> = r.command.iter().map(quote).collect();
-                if let Some(d) = &r.driver {
-                    c.push(format!(
-                        "`, filled by `{}` (outside its cgroup)",
-                        d.iter().map(quote).collect::<Vec<_>>().join(" ")
-                    ));
-                    c.join(" ").trim_end_matches('`').to_owned()
-                } else {
-                    c.join(" ")
+                let line = |v: &[String]| v.iter().map(quote).collect::<Vec<_>>().join(" ");
+                match &r.driver {
+                    Some(d) => format!(
+                        "`{}`, filled by `{}` (outside its cgroup)",
+                        line(&r.command),
+                        line(d)
+                    ),
+                    None => format!("`{}`", line(&r.command)),
                 }
             }
         };
         let _ = writeln!(
             md,
-            "- `{}`: `{}`; start {}, max {}{}.",
+            "- `{}`: {}; start {}, max {}{}.",
             w.id,
             command,
             show(w, w.start),
