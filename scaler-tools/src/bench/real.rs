@@ -180,7 +180,7 @@ pub fn workloads(o: &BenchOptions) -> Vec<WorkloadSpec> {
     };
     let (vm_bytes, vm_ops) = if q { (128, 20_000) } else { (256, 100_000) };
     let redis_n: u64 = if q { 40_000 } else { 120_000 };
-    let xz_bytes = if q { 4 * MIB } else { 20 * MIB };
+    let xz_bytes = if q { 8 * MIB } else { 20 * MIB };
     let (sort_bytes, sort_buf) = if q { (24 * MIB, 100) } else { (80 * MIB, 300) };
     let (np_total, np_step) = if q { (160, 8) } else { (320, 8) };
     let (c_files, c_statements) = if q { (4, 500) } else { (24, 700) };
@@ -887,9 +887,9 @@ pub fn limit_at(tl: &[Sample], t_us: u64) -> Option<u64> {
 /// The time of the last limit increase at or before `t_us`.
 pub fn last_raise_before(tl: &[Sample], t_us: u64) -> Option<u64> {
     tl.windows(2)
-        .filter(|w| w[1].t_us <= t_us && w[1].limit > w[0].limit)
+        .rev()
+        .find(|w| w[1].t_us <= t_us && w[1].limit > w[0].limit)
         .map(|w| w[1].t_us)
-        .last()
 }
 
 /// The first sample at or after `from_us` that is right-sized.
