@@ -18,6 +18,9 @@
 //! - `pagecache`: writes then reads back a `--size` file to fill the page cache; removes it.
 //! - `cpu`: `--busy-threads` threads spinning for `--burst`, sleeping `--idle`, `--cycles` times.
 //! - `idle`: touches `--size` bytes, then sleeps for `--hold` (for scale-down tests).
+//! - `run`: not a shape of its own: runs a program (stdout to /dev/null), then writes its
+//!   [`DoneRecord`] to `--done` and sleeps until it is killed, so the cgroup (and `scaler exec`
+//!   around it) outlives a batch program: the benchmark's hold phase watches the limit come down.
 //!
 //! Durations and sizes are parsed by [`scaler::units`] (`10ms`, `1.5s`; `8M`, `256MiB`, `1G`, plain
 //! bytes); rates are a size per second (`20M/s`).
@@ -60,6 +63,81 @@ pub enum Shape {
     Cpu(CpuArgs),
     /// Touch `--size` bytes, then sleep for `--hold` (for scale-down tests).
     Idle(IdleArgs),
+    /// Run a program, write its completion record to `--done`, then sleep until killed.
+    Run(RunArgs),
+}
+
+/// Parameters of `run` (the benchmark's wrapper of a batch program).
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct RunArgs {
+    /// Where to write the [`DoneRecord`] (JSON, written to a temporary name and renamed).
+    #[arg(long)]
+    pub done: PathBuf,
+    /// The program and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// What `workload run` (or a workload of the benchmark's real suite) writes when its work is
+/// done: one JSON object.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[schemars(deny_unknown_fields)]
+pub struct DoneRecord {
+    /// The program's own time, start to exit (or to the end of its work), µs.
+    pub elapsed_us: u64,
+    /// CLOCK_MONOTONIC when the work ended, ns.
+    pub done_ns: u64,
+    /// Exit code, if it exited.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Signal, if it was killed.
+    #[serde(default)]
+    pub signal: Option<i32>,
+}
+
+impl DoneRecord {
+    /// Reads a done file; `None` while it does not exist (or is not complete JSON).
+    pub fn read(path: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(path).ok()?;
+        serde_json::from_str(text.trim()).ok()
+    }
+
+    /// Writes `self` to `path` atomically (a temporary name, then a rename).
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        std::fs::write(&tmp, serde_json::to_string(self).unwrap_or_default() + "\n")?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+/// `run`: runs `a.command` (stdout to /dev/null, stderr inherited), writes its [`DoneRecord`],
+/// then sleeps until a signal ends the process. Returns only on error.
+pub fn run_and_hold(a: &RunArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    use std::os::unix::process::ExitStatusExt;
+    let start = Instant::now();
+    let status = std::process::Command::new(&a.command[0])
+        .args(&a.command[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("cannot run {}", a.command[0]))?;
+    let rec = DoneRecord {
+        elapsed_us: elapsed_us(start),
+        done_ns: scaler::clock::monotonic_ns(),
+        exit_code: status.code(),
+        signal: status.signal(),
+    };
+    rec.write(&a.done)
+        .with_context(|| format!("cannot write {}", a.done.display()))?;
+    loop {
+        // SAFETY: pause has no preconditions; a signal's default action ends the process.
+        unsafe { libc::pause() };
+    }
 }
 
 /// Parameters of the `steps` shape.
@@ -245,6 +323,7 @@ pub enum WorkloadError {
 /// died of a signal (and 1 for a child that exited non-zero), with the reason on stderr.
 pub fn run(args: WorkloadArgs) -> anyhow::Result<ExitCode> {
     let (report, code) = match args.shape {
+        Shape::Run(a) => return run_and_hold(&a),
         Shape::Steps(a) => (steps(&a)?, ExitCode::SUCCESS),
         Shape::Spike(a) => (spike(&a)?, ExitCode::SUCCESS),
         Shape::Ramp(a) => (ramp(&a)?, ExitCode::SUCCESS),

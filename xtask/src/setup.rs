@@ -18,6 +18,19 @@ use crate::util;
 pub const EBPF_PACKAGES: &[&str] = &["rustc-web", "rust-web-src", "cargo-web", "llvm-22-dev"];
 /// Debian packages the manual-page tests need (groff renders, man(1) reads; scaler-cli/tests/docs.rs).
 pub const DOC_PACKAGES: &[&str] = &["groff-base", "man-db"];
+/// Debian packages of the benchmark's real-workload suite (`scaler bench --suite real`, and its
+/// smoke test in tests/tests/bench.rs): the programs it runs. The same list as the install
+/// line the benchmark prints for a missing one (scaler-tools/src/bench/real.rs `INSTALL_ALL`).
+pub const BENCH_PACKAGES: &[&str] = &[
+    "stress-ng",
+    "redis-server",
+    "redis-tools",
+    "python3-numpy",
+    "xz-utils",
+    "coreutils",
+    "make",
+    "gcc",
+];
 /// Debian packages the packages stage needs (`cargo xtask dist` and tests/tests/dist.rs):
 /// podman and crun build and run the image, binutils strips the binary and reads its symbol
 /// versions, python3-venv holds kubernetes-validate.
@@ -160,6 +173,7 @@ pub fn check(vm: bool) -> Vec<Missing> {
     let mut missing = Vec::new();
     let mut wanted: Vec<&str> = EBPF_PACKAGES.to_vec();
     wanted.extend(DOC_PACKAGES);
+    wanted.extend(BENCH_PACKAGES);
     if vm {
         wanted.extend(VM_PACKAGES);
     }
@@ -394,6 +408,7 @@ fn report(missing: &[Missing], vm: bool) {
     let pkgs: Vec<&str> = EBPF_PACKAGES
         .iter()
         .chain(DOC_PACKAGES)
+        .chain(BENCH_PACKAGES)
         .chain(if vm { VM_PACKAGES } else { &[] })
         .copied()
         .collect();
@@ -493,6 +508,26 @@ mod tests {
         }
         assert!(is_dist(&Missing::Packages(vec!["containerd".into()])));
         assert!(is_dist(&Missing::Packages(vec!["runc".into()])));
+    }
+
+    #[test]
+    fn bench_packages_match_the_benchmarks_install_line() {
+        let line = scaler_tools_install_line();
+        let listed: Vec<&str> = line.split_whitespace().skip(2).collect();
+        assert_eq!(listed, BENCH_PACKAGES);
+    }
+
+    /// The benchmark's install line, read from its source (xtask does not depend on it).
+    fn scaler_tools_install_line() -> String {
+        let src = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../scaler-tools/src/bench/real.rs"),
+        )
+        .unwrap();
+        let start = src
+            .find("\"apt-get install stress-ng")
+            .expect("INSTALL_ALL in real.rs");
+        let rest = &src[start + 1..];
+        rest[..rest.find('"').unwrap()].to_owned()
     }
 
     #[test]

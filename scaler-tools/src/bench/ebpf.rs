@@ -179,15 +179,15 @@ pub fn probe(exe: &Path) -> ExecSupport {
     ExecSupport { memory, cpu }
 }
 
-/// The arguments of `scaler exec` for one run.
+/// The arguments of `scaler exec` for one run of `command` (the program and its arguments).
 pub fn exec_args(
     start: &str,
     max: &str,
     headroom: &str,
     cpu: Option<(&str, &str)>,
+    cooldown: Option<&str>,
     summary: &Path,
-    exe: &Path,
-    workload: &[String],
+    command: &[String],
 ) -> Vec<String> {
     let mut v = vec!["exec".to_owned()];
     match cpu {
@@ -210,14 +210,15 @@ pub fn exec_args(
             ]);
         }
     }
+    if let Some(c) = cooldown {
+        v.extend(["--cooldown".into(), c.into()]);
+    }
     v.extend([
         "--json-summary".into(),
         summary.display().to_string(),
         "--".into(),
-        exe.display().to_string(),
-        "workload".into(),
     ]);
-    v.extend(workload.iter().cloned());
+    v.extend(command.iter().cloned());
     v
 }
 
@@ -253,14 +254,34 @@ mod tests {
             "2G",
             "16777216",
             None,
+            None,
             Path::new("/tmp/s.json"),
-            Path::new("/bin/scaler"),
-            &["steps".into(), "--total".into(), "256M".into()],
+            &[
+                "/bin/scaler".into(),
+                "workload".into(),
+                "steps".into(),
+                "--total".into(),
+                "256M".into(),
+            ],
         );
         assert_eq!(
             a.join(" "),
             "exec --memory 64M --memory-max 2G --headroom 16777216 --json-summary /tmp/s.json -- /bin/scaler \
              workload steps --total 256M"
+        );
+        let b = exec_args(
+            "64M",
+            "2G",
+            "16777216",
+            None,
+            Some("2000ms"),
+            Path::new("/tmp/s.json"),
+            &["/usr/bin/xz".into()],
+        );
+        assert_eq!(
+            b.join(" "),
+            "exec --memory 64M --memory-max 2G --headroom 16777216 --cooldown 2000ms --json-summary \
+             /tmp/s.json -- /usr/bin/xz"
         );
     }
 }

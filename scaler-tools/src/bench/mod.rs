@@ -16,6 +16,7 @@ pub mod competitors;
 pub mod ebpf;
 pub mod kobserver;
 pub mod observer;
+pub mod real;
 pub mod report;
 pub mod rule;
 pub mod runner;
@@ -34,6 +35,7 @@ use scaler::clock::monotonic_ns;
 use serde::Serialize;
 
 pub use competitors::{CompetitorId, Resource};
+pub use real::Suite;
 pub use runner::{RunRecord, WorkloadSpec};
 pub use stats::CaseSummary;
 
@@ -138,10 +140,14 @@ pub enum BenchError {
 /// Command-line arguments of `scaler bench` (flatten into the subcommand).
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 pub struct BenchArgs {
+    /// Which workloads: the project's own shapes (synthetic) or real programs (real:
+    /// stress-ng, redis, xz, sort, numpy, make; see docs/bench-json.md).
+    #[arg(long, value_enum, default_value_t = Suite::Synthetic)]
+    pub suite: Suite,
     /// Small sizes, one repeat, short CPU bursts: finishes in under two minutes.
     #[arg(long)]
     pub quick: bool,
-    /// Runs of each (workload, competitor) case [default: 5, or 1 with --quick].
+    /// Runs of each (workload, competitor) case [default: 5; 1 with --quick or --suite real].
     #[arg(long)]
     pub repeat: Option<u32>,
     /// Write every raw measurement as JSON to FILE (schema: docs/bench-json.md).
@@ -150,7 +156,8 @@ pub struct BenchArgs {
     /// Write a Markdown report with SVG plots into DIR.
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
-    /// Only these workloads (comma-separated: steps,spike,ramp,threads,procs,pagecache,cpu).
+    /// Only these workloads (comma-separated: steps,spike,ramp,threads,procs,pagecache,cpu;
+    /// real suite: stress-vm,redis,xz,sort,numpy-steps,numpy-spike,make).
     #[arg(long, value_delimiter = ',')]
     pub workloads: Vec<String>,
     /// Only these competitors (comma-separated: static,poll-1s,poll-100ms,psi,v1-threshold,
@@ -169,9 +176,18 @@ pub struct BenchArgs {
     /// Sampling interval of usage and limit (timelines, sampler onsets).
     #[arg(long, default_value = "1ms", value_parser = scaler::units::parse_duration)]
     pub sample_interval: Duration,
-    /// A run still going after this is ended (and recorded as timed out).
-    #[arg(long, default_value = "60s", value_parser = scaler::units::parse_duration)]
-    pub timeout: Duration,
+    /// A run whose work is still going after this is ended (and recorded as timed out)
+    /// [default: 60s (20s at most with --quick); real suite: 180s].
+    #[arg(long, value_parser = scaler::units::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Quiet time before the eBPF scaler lowers a limit (`scaler exec --cooldown`)
+    /// [default: the decider's, 30s].
+    #[arg(long, value_parser = scaler::units::parse_duration)]
+    pub cooldown: Option<Duration>,
+    /// Real suite: the longest hold after a workload's work, waiting for the eBPF scaler to
+    /// right-size the limit [default: the cooldown + 45s].
+    #[arg(long, value_parser = scaler::units::parse_duration)]
+    pub hold: Option<Duration>,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -184,6 +200,8 @@ pub struct BenchArgs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct BenchOptions {
+    /// `--suite`.
+    pub suite: Suite,
     /// `--quick`.
     pub quick: bool,
     /// Repeats per case.
@@ -206,6 +224,10 @@ pub struct BenchOptions {
     pub sample_interval: Duration,
     /// Per-run timeout.
     pub timeout: Duration,
+    /// `--cooldown` passed to `scaler exec` (`None`: its default).
+    pub cooldown: Option<Duration>,
+    /// The longest hold phase (real suite).
+    pub hold: Duration,
     /// Show a progress bar.
     pub progress: bool,
     /// The binary providing `workload` and `exec`.
@@ -214,9 +236,17 @@ pub struct BenchOptions {
 
 impl From<BenchArgs> for BenchOptions {
     fn from(a: BenchArgs) -> Self {
+        let real = a.suite == Suite::Real;
+        let cooldown = a.cooldown.unwrap_or(Duration::from_nanos(
+            scaler::decider::memory::MemoryPolicy::default().cooldown_ns,
+        ));
         Self {
+            suite: a.suite,
             quick: a.quick,
-            repeat: a.repeat.unwrap_or(if a.quick { 1 } else { 5 }).max(1),
+            repeat: a
+                .repeat
+                .unwrap_or(if a.quick || real { 1 } else { 5 })
+                .max(1),
             json: a.json,
             report: a.report,
             workloads: a.workloads,
@@ -225,11 +255,16 @@ impl From<BenchArgs> for BenchOptions {
             memory_max: a.memory_max,
             headroom: a.headroom,
             sample_interval: a.sample_interval,
-            timeout: if a.quick {
-                a.timeout.min(Duration::from_secs(20))
-            } else {
-                a.timeout
+            timeout: match (real, a.quick) {
+                (true, _) => a.timeout.unwrap_or(Duration::from_secs(180)),
+                (false, true) => a
+                    .timeout
+                    .unwrap_or(Duration::from_secs(60))
+                    .min(Duration::from_secs(20)),
+                (false, false) => a.timeout.unwrap_or(Duration::from_secs(60)),
             },
+            cooldown: a.cooldown,
+            hold: a.hold.unwrap_or(cooldown + real::HOLD_BEYOND_COOLDOWN),
             progress: !a.no_progress,
             exe: a.exe,
         }
@@ -239,8 +274,16 @@ impl From<BenchArgs> for BenchOptions {
 /// CFS period of the CPU runs, µs.
 const CPU_PERIOD_US: u64 = 100_000;
 
-/// The workloads of a run (full or `--quick`).
+/// The workloads of a run (full or `--quick`) of the suite asked for.
 pub fn workloads(o: &BenchOptions) -> Vec<WorkloadSpec> {
+    match o.suite {
+        Suite::Synthetic => synthetic_workloads(o),
+        Suite::Real => real::workloads(o),
+    }
+}
+
+/// The synthetic suite's workloads.
+fn synthetic_workloads(o: &BenchOptions) -> Vec<WorkloadSpec> {
     let mem = |id: &str, args: &str| WorkloadSpec {
         id: id.to_owned(),
         resource: Resource::Memory,
@@ -249,6 +292,7 @@ pub fn workloads(o: &BenchOptions) -> Vec<WorkloadSpec> {
         max: o.memory_max,
         headroom: o.headroom,
         period_us: CPU_PERIOD_US,
+        real: None,
     };
     let cpu = |args: &str| WorkloadSpec {
         id: "cpu".to_owned(),
@@ -258,6 +302,7 @@ pub fn workloads(o: &BenchOptions) -> Vec<WorkloadSpec> {
         max: 2 * CPU_PERIOD_US,
         headroom: 0,
         period_us: CPU_PERIOD_US,
+        real: None,
     };
     let all = if o.quick {
         vec![
@@ -460,8 +505,29 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
     let specs = workloads(&opts);
     if specs.is_empty() {
         anyhow::bail!(
-            "no workload selected; known: steps, spike, ramp, threads, procs, pagecache, cpu"
+            "no workload selected; known: {}",
+            match opts.suite {
+                Suite::Synthetic => "steps, spike, ramp, threads, procs, pagecache, cpu",
+                Suite::Real => real::NAMES,
+            }
         );
+    }
+    // A missing program skips its workloads, loudly, not the suite.
+    let (specs, skipped) = real::check_installed(specs);
+    for s in &skipped {
+        eprintln!(
+            "scaler bench: skipping workload {}: {}",
+            s.workload, s.reason
+        );
+    }
+    if !skipped.is_empty() {
+        eprintln!(
+            "scaler bench: the real suite's programs: {}",
+            real::INSTALL_ALL
+        );
+    }
+    if specs.is_empty() {
+        anyhow::bail!("every selected workload was skipped: its programs are missing (see above)");
     }
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
@@ -490,6 +556,7 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
         }
     };
     let scratch = Scratch::create()?;
+    real::prepare(&specs, &scratch.0).context("generating the real workloads' input")?;
     let node = scaler::config::NodeInfo::detect().context("reading /proc/meminfo")?;
     let memory_budget = scaler::config::Config::default().memory_budget(&node);
     let cpu_budget_cores = f64::from(node.nproc);
@@ -520,6 +587,8 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
         psi_window_us,
         sample_interval: opts.sample_interval,
         timeout: opts.timeout,
+        cooldown: opts.cooldown,
+        hold: opts.hold,
     };
 
     let mut plan = Vec::new();
@@ -560,7 +629,10 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
             break;
         }
         bar.set_message(format!("{} / {} #{}", w.id, c.name(), rep + 1));
-        let timeline = w.id == TIMELINE_WORKLOAD && timeline_done.insert(c);
+        // The synthetic suite plots one workload; the real suite every workload's first run of
+        // each competitor.
+        let timeline = (w.id == TIMELINE_WORKLOAD || w.real.is_some())
+            && timeline_done.insert((w.id.clone(), c));
         let rec = runner::run_one(&env, c, w, rep, timeline);
         if let Some(e) = &rec.error {
             bar.println(format!("{} / {} #{}: {e}", w.id, c.name(), rep + 1));
@@ -572,7 +644,15 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
 
     let avail = |c: CompetitorId, r: Resource| availability(&env, c, r);
     let summary = stats::summarize(&specs, &competitors, avail, &runs);
-    println!("{}", report::table(&summary, &specs, false));
+    match opts.suite {
+        Suite::Synthetic => println!("{}", report::table(&summary, &specs, false)),
+        Suite::Real => {
+            println!("{}", report::real_table(&summary, false));
+            for s in &skipped {
+                println!("skipped {}: {}", s.workload, s.reason);
+            }
+        }
+    }
 
     let doc = report::Document {
         schema_version: scaler::schema::SCHEMA_VERSION,
@@ -609,6 +689,7 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
             })
             .collect(),
         workloads: &specs,
+        skipped: &skipped,
         runs: &runs,
         summary: &summary,
     };
@@ -632,6 +713,20 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<ExitCode> {
 }
 
 #[cfg(test)]
+impl BenchOptions {
+    /// The options of a plain `scaler bench`.
+    pub(crate) fn test_default() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            b: BenchArgs,
+        }
+        Cli::try_parse_from(["b"]).unwrap().b.into()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
@@ -640,6 +735,41 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         b: BenchArgs,
+    }
+
+    #[test]
+    fn real_suite_options() {
+        let o: BenchOptions =
+            Cli::try_parse_from(["b", "--suite", "real", "--quick", "--cooldown", "2s"])
+                .unwrap()
+                .b
+                .into();
+        assert_eq!(o.suite, Suite::Real);
+        assert_eq!(o.repeat, 1);
+        assert_eq!(o.cooldown, Some(Duration::from_secs(2)));
+        assert_eq!(o.hold, Duration::from_secs(47));
+        assert_eq!(o.timeout, Duration::from_secs(180));
+        let full: BenchOptions = Cli::try_parse_from(["b", "--suite", "real", "--hold", "5s"])
+            .unwrap()
+            .b
+            .into();
+        assert_eq!((full.repeat, full.cooldown), (1, None));
+        assert_eq!(full.hold, Duration::from_secs(5));
+        let default: BenchOptions = Cli::try_parse_from(["b", "--suite", "real"])
+            .unwrap()
+            .b
+            .into();
+        assert_eq!(
+            default.hold,
+            Duration::from_secs(75),
+            "30 s cooldown + 45 s"
+        );
+        assert_eq!(workloads(&default).len(), 7);
+        // The synthetic defaults are unchanged.
+        let syn: BenchOptions = Cli::try_parse_from(["b"]).unwrap().b.into();
+        assert_eq!(syn.suite, Suite::Synthetic);
+        assert_eq!((syn.repeat, syn.timeout), (5, Duration::from_secs(60)));
+        assert!(workloads(&syn).iter().all(|w| w.real.is_none()));
     }
 
     #[test]

@@ -181,6 +181,22 @@ pub struct Sample {
     pub usage: u64,
     /// The limit in force (bytes, or quota µs per period).
     pub limit: u64,
+    /// Memory working set, bytes: usage minus inactive file pages (v1 `memory.stat`
+    /// `total_inactive_file`, v2 `inactive_file`); recorded by the real suite only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_set: Option<u64>,
+}
+
+/// What a [`Sampler`] keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recording {
+    /// Keep a timeline.
+    pub timeline: bool,
+    /// Keep a sample in the timeline only this long after the last one kept, or when the
+    /// limit changed (zero: every sample).
+    pub every: Duration,
+    /// Read the working set (memory.stat) for every sample kept.
+    pub working_set: bool,
 }
 
 /// What the sampler watches.
@@ -224,6 +240,7 @@ pub struct Sampled {
 pub struct Sampler {
     handle: JoinHandle<Sampled>,
     stop: Arc<EventFd>,
+    latest: Arc<std::sync::Mutex<Option<Sample>>>,
 }
 
 /// Finds the memory cgroup of the first child of `pid` (any thread's child).
@@ -252,15 +269,34 @@ impl Sampler {
         timeline: bool,
         t0_ns: u64,
     ) -> Result<Self, BenchError> {
+        let rec = Recording {
+            timeline,
+            ..Recording::default()
+        };
+        Self::start_with(target, interval, rec, t0_ns)
+    }
+
+    /// Starts sampling, keeping what `rec` asks for.
+    pub fn start_with(
+        target: SamplerTarget,
+        interval: Duration,
+        rec: Recording,
+        t0_ns: u64,
+    ) -> Result<Self, BenchError> {
         let stop = Arc::new(EventFd::new().map_err(|source| BenchError::Os {
             call: "eventfd",
             source,
         })?);
         let stop2 = Arc::clone(&stop);
+        let latest = Arc::new(std::sync::Mutex::new(None));
+        let latest2 = Arc::clone(&latest);
+        let timeline = rec.timeline;
         let handle = std::thread::Builder::new()
             .name("bench-sampler".into())
             .spawn(move || {
                 let mut out = Sampled::default();
+                let mut kept: Option<Sample> = None;
+                let mut foreign: Option<Cgroup> = None;
                 let mut usage_file: Option<NumberFile> = None;
                 let mut limit_file: Option<NumberFile> = None;
                 let mut psi_file: Option<FileWatch> = None;
@@ -296,6 +332,7 @@ impl Sampler {
                                 let found = memory
                                     .as_ref()
                                     .and_then(|m| foreign_memory_cgroup(*parent_pid, m));
+                                foreign.clone_from(&found);
                                 if let Some(cg) = &found {
                                     out.foreign_dir = Some(cg.dir().to_path_buf());
                                     usage_file = open_usage(cg).ok();
@@ -363,8 +400,32 @@ impl Sampler {
                         }
                     }
                     out.peak_usage = out.peak_usage.max(usage);
-                    if timeline {
-                        out.timeline.push(Sample { t_us, usage, limit });
+                    let keep = timeline
+                        && kept.is_none_or(|k| {
+                            k.limit != limit
+                                || t_us.saturating_sub(k.t_us) >= rec.every.as_micros() as u64
+                        });
+                    if keep {
+                        let stat_of = match &target {
+                            SamplerTarget::Memory { cgroup, .. } => Some(cgroup),
+                            SamplerTarget::ForeignMemory { .. } => foreign.as_ref(),
+                            SamplerTarget::Cpu { .. } => None,
+                        };
+                        let working_set = stat_of
+                            .filter(|_| rec.working_set)
+                            .and_then(|cg| cg.memory_stat().ok())
+                            .map(|st| st.working_set(usage));
+                        let smp = Sample {
+                            t_us,
+                            usage,
+                            limit,
+                            working_set,
+                        };
+                        out.timeline.push(smp);
+                        kept = Some(smp);
+                        if let Ok(mut l) = latest2.lock() {
+                            *l = Some(smp);
+                        }
                     }
                 }
                 out
@@ -373,7 +434,16 @@ impl Sampler {
                 call: "thread spawn",
                 source,
             })?;
-        Ok(Self { handle, stop })
+        Ok(Self {
+            handle,
+            stop,
+            latest,
+        })
+    }
+
+    /// The last sample kept in the timeline, if any.
+    pub fn latest(&self) -> Option<Sample> {
+        self.latest.lock().ok().and_then(|l| *l)
     }
 
     /// Stops the sampler and returns what it saw.

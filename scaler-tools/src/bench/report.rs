@@ -94,6 +94,8 @@ pub struct Document<'a> {
     pub competitors: Vec<CompetitorInfo>,
     /// Workloads.
     pub workloads: &'a [WorkloadSpec],
+    /// Workloads left out because a program they need is missing (real suite).
+    pub skipped: &'a [super::real::Skipped],
     /// Every run, in the order run.
     pub runs: &'a [RunRecord],
     /// Per workload and competitor.
@@ -249,6 +251,139 @@ pub fn table(summary: &[CaseSummary], workloads: &[WorkloadSpec], markdown: bool
     out
 }
 
+/// The real suite's columns.
+const REAL_HEAD: [&str; 14] = [
+    "workload",
+    "competitor",
+    "survived",
+    "OOM kills",
+    "raises",
+    "react p50",
+    "p99",
+    "peak",
+    "final limit",
+    "limit/peak",
+    "right-size",
+    "MiB*s over",
+    "completion",
+    "P = W/T",
+];
+
+/// A rate with its unit, compactly (`41.2k requests/s`).
+pub fn fmt_rate(v: Option<f64>, unit: Option<&str>) -> String {
+    let Some(v) = v else {
+        return "-".into();
+    };
+    let unit = unit.unwrap_or("");
+    if v >= 1e6 {
+        format!("{:.2}M {unit}/s", v / 1e6)
+    } else if v >= 1e4 {
+        format!("{:.1}k {unit}/s", v / 1e3)
+    } else if v >= 100.0 {
+        format!("{v:.0} {unit}/s")
+    } else {
+        format!("{v:.1} {unit}/s")
+    }
+}
+
+/// The real suite's table (terminal or Markdown): one row per (workload, competitor).
+pub fn real_table(summary: &[CaseSummary], markdown: bool) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for c in summary {
+        let r = c.real.clone().unwrap_or_default();
+        if !c.available || c.runs == 0 || c.failed_runs == c.runs {
+            let reason = c.reason.clone().unwrap_or_else(|| "not run".into());
+            rows.push(vec![
+                c.workload.clone(),
+                c.competitor.clone(),
+                format!("n/a: {reason}"),
+            ]);
+            continue;
+        }
+        let right_size = match (r.time_to_right_size_ms, &r.right_size_note) {
+            (_, Some(n)) if n.starts_with("n/a") => "n/a".to_owned(),
+            (Some(ms), None) => fmt_ms(Some(ms)),
+            (Some(ms), Some(n)) => format!("{} ({n} in some runs)", fmt_ms(Some(ms))),
+            (None, Some(n)) => n.clone(),
+            (None, None) => "-".to_owned(),
+        };
+        let mib_s = match (r.mib_s_above_usage_work, r.mib_s_above_usage_hold) {
+            (Some(w), Some(h)) => format!("{w:.0} +{h:.0} hold"),
+            (Some(w), None) => format!("{w:.0}"),
+            _ => "-".to_owned(),
+        };
+        rows.push(vec![
+            c.workload.clone(),
+            c.competitor.clone(),
+            format!("{}/{}", r.survived_runs, c.runs - c.failed_runs),
+            c.oom_kills_total.to_string(),
+            r.raises.map_or("-".into(), |v| format!("{v:.0}")),
+            lat(c, c.latency_p50_us),
+            lat(c, c.latency_p99_us),
+            fmt_mib(c.peak_usage_bytes),
+            fmt_mib(r.limit_at_completion),
+            r.limit_over_peak.map_or("-".into(), |v| format!("{v:.2}x")),
+            right_size,
+            mib_s,
+            fmt_ms(r.work_ms),
+            fmt_rate(r.rate_per_s, r.work_unit.as_deref()),
+        ]);
+    }
+    render(&REAL_HEAD, &rows, markdown)
+}
+
+/// A table: `rows` shorter than `head` end in a note spanning the rest.
+fn render(head: &[&str], rows: &[Vec<String>], markdown: bool) -> String {
+    let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in rows.iter().filter(|r| r.len() == head.len()) {
+        for (i, cell) in r.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: &[String], out: &mut String| {
+        if markdown {
+            let mut cells = cells.to_vec();
+            cells.resize(head.len(), String::new());
+            let _ = writeln!(out, "| {} |", cells.join(" | "));
+        } else {
+            let mut l = String::new();
+            for (i, c) in cells.iter().enumerate() {
+                if i + 1 == cells.len() && cells.len() < head.len() {
+                    l.push_str(c);
+                } else {
+                    let _ = write!(l, "{:<w$}  ", c, w = widths[i]);
+                }
+            }
+            let _ = writeln!(out, "{}", l.trim_end());
+        }
+    };
+    line(
+        &head.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+        &mut out,
+    );
+    if markdown {
+        let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
+    }
+    for r in rows {
+        line(r, &mut out);
+    }
+    out
+}
+
+/// What the real suite's columns mean (printed under the table).
+pub const REAL_NOTES: &str = "`survived`: runs whose work exited 0 with no OOM kill / runs. \
+`raises`: limit increases (median). `peak`: peak usage. `final limit`: the limit in force when \
+the work completed; `limit/peak` its ratio to the peak usage. `right-size`: from the \
+workload's last raise to the first sample, after the work, with limit <= max(1.3 x working \
+set, starting limit) (working set: usage minus inactive file pages); only the eBPF scaler \
+lowers limits, so only its runs hold the cgroup after the work (until right-sized, or the \
+cooldown + 45 s): static never changes its limit and the in-process competitors apply a \
+scale-up-only rule (n/a). `MiB*s over`: the integral of limit minus usage, from the start to \
+the work's completion (`+N hold`: during the hold). `completion`: the workload's own time T \
+(the program's start to exit; numpy: to all memory touched; redis: the load generator's run); \
+`P = W/T`: its work per second.";
+
 /// Writes the JSON document.
 pub fn write_json(path: &Path, doc: &Document<'_>) -> Result<(), BenchError> {
     let text = serde_json::to_string_pretty(doc).map_err(BenchError::Json)?;
@@ -365,6 +500,20 @@ pub fn latency_svg(title: &str, series: &[(String, Vec<f64>)]) -> String {
 
 /// Limit and usage over time, one panel per competitor.
 pub fn timeline_svg(title: &str, panels: &[(String, Vec<Sample>)], unit_bytes: bool) -> String {
+    let marked: Vec<(String, Vec<Sample>, Option<u64>)> = panels
+        .iter()
+        .map(|(n, s)| (n.clone(), s.clone(), None))
+        .collect();
+    timeline_svg_marked(title, &marked, unit_bytes)
+}
+
+/// [`timeline_svg`] with the working set (green) where samples carry it, and a dashed line
+/// at each panel's mark (µs since the run's start: the work's completion).
+pub fn timeline_svg_marked(
+    title: &str,
+    panels: &[(String, Vec<Sample>, Option<u64>)],
+    unit_bytes: bool,
+) -> String {
     let (left, right, panel_h, gap, top) = (70.0, 20.0, 120.0, 40.0, 40.0);
     let width = 860.0;
     let plot_w = width - left - right;
@@ -383,13 +532,20 @@ pub fn timeline_svg(title: &str, panels: &[(String, Vec<Sample>)], unit_bytes: b
     );
     let scale = if unit_bytes { (1u64 << 20) as f64 } else { 1.0 };
     let unit = if unit_bytes { "MiB" } else { "" };
-    for (i, (name, samples)) in panels.iter().enumerate() {
+    for (i, (name, samples, mark)) in panels.iter().enumerate() {
         let y0 = top + (panel_h + gap) * i as f64;
+        let has_ws = samples.iter().any(|x| x.working_set.is_some());
         let _ = writeln!(
             s,
-            r##"<rect x="{left}" y="{y0}" width="{plot_w}" height="{panel_h}" fill="none" stroke="#999"/><text x="{left}" y="{:.1}">{} (blue: usage, red: limit)</text>"##,
+            r##"<rect x="{left}" y="{y0}" width="{plot_w}" height="{panel_h}" fill="none" stroke="#999"/><text x="{left}" y="{:.1}">{} (blue: usage, {}red: limit{})</text>"##,
             y0 - 4.0,
-            esc(name)
+            esc(name),
+            if has_ws { "green: working set, " } else { "" },
+            if mark.is_some() {
+                "; dashed: work completed"
+            } else {
+                ""
+            }
         );
         if samples.is_empty() {
             let _ = writeln!(
@@ -419,10 +575,20 @@ pub fn timeline_svg(title: &str, panels: &[(String, Vec<Sample>)], unit_bytes: b
             .max(1) as f64;
         let px = |t: u64| left + plot_w * (t - t_first) as f64 / t_max;
         let py = |v: u64| y0 + panel_h - panel_h * (v as f64 / v_max);
-        for (pick, color) in [(0usize, "#1f77b4"), (1, "#d62728")] {
+        for (pick, color) in [(0usize, "#1f77b4"), (2, "#2ca02c"), (1, "#d62728")] {
+            if pick == 2 && !has_ws {
+                continue;
+            }
             let mut pts = String::new();
             for smp in samples {
-                let v = if pick == 0 { smp.usage } else { smp.limit };
+                let v = match pick {
+                    0 => smp.usage,
+                    1 => smp.limit,
+                    _ => match smp.working_set {
+                        Some(w) => w,
+                        None => continue,
+                    },
+                };
                 if !bounded(v) {
                     continue;
                 }
@@ -432,6 +598,14 @@ pub fn timeline_svg(title: &str, panels: &[(String, Vec<Sample>)], unit_bytes: b
                 s,
                 r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="1.5"/>"#,
                 pts.trim_end()
+            );
+        }
+        if let Some(m) = mark.filter(|m| *m >= t_first) {
+            let xx = px(m).min(left + plot_w);
+            let _ = writeln!(
+                s,
+                r#"<line x1="{xx:.1}" y1="{y0}" x2="{xx:.1}" y2="{:.1}" stroke="black" stroke-dasharray="4,3"/>"#,
+                y0 + panel_h
             );
         }
         let _ = writeln!(
@@ -507,11 +681,34 @@ pub fn write_report(
     }
     let _ = writeln!(md, "\n## Workloads\n");
     for w in doc.workloads {
+        let command = match &w.real {
+            None => format!("`scaler workload {}`", w.args.join(" ")),
+            Some(r) => {
+                let quote = |a: &String| {
+                    if a.contains('\n') {
+                        "'<the embedded program in scaler-tools/src/bench/real.rs>'".to_owned()
+                    } else if a.is_empty() || a.contains(char::is_whitespace) {
+                        format!("'{a}'")
+                    } else {
+                        a.clone()
+                    }
+                };
+                let line = |v: &[String]| v.iter().map(quote).collect::<Vec<_>>().join(" ");
+                match &r.driver {
+                    Some(d) => format!(
+                        "`{}`, filled by `{}` (outside its cgroup)",
+                        line(&r.command),
+                        line(d)
+                    ),
+                    None => format!("`{}`", line(&r.command)),
+                }
+            }
+        };
         let _ = writeln!(
             md,
-            "- `{}`: `scaler workload {}`; start {}, max {}{}.",
+            "- `{}`: {}; start {}, max {}{}.",
             w.id,
-            w.args.join(" "),
+            command,
             show(w, w.start),
             show(w, w.max),
             if w.resource == Resource::Memory {
@@ -521,7 +718,51 @@ pub fn write_report(
             }
         );
     }
+    for s in doc.skipped {
+        let _ = writeln!(md, "- `{}`: skipped: {}.", s.workload, s.reason);
+    }
     let _ = writeln!(md, "\n## Results\n");
+    if doc.options.suite == super::Suite::Real {
+        md.push_str(&real_table(doc.summary, true));
+        let _ = writeln!(md, "\n{REAL_NOTES}\n");
+        let _ = writeln!(
+            md,
+            "Reaction latencies (`react`) are measured as in the synthetic suite (see Method).\n"
+        );
+        let _ = writeln!(md, "## Limit and usage over time\n");
+        for w in doc.workloads {
+            let panels: Vec<(String, Vec<Sample>, Option<u64>)> = doc
+                .runs
+                .iter()
+                .filter(|r| r.workload == w.id)
+                .filter_map(|r| {
+                    let t = r.timeline.clone()?;
+                    Some((
+                        r.competitor.clone(),
+                        t,
+                        r.real.as_ref().and_then(|x| x.completed_at_us),
+                    ))
+                })
+                .collect();
+            if panels.is_empty() {
+                continue;
+            }
+            let name = format!("timeline-{}.svg", w.id);
+            let p = dir.join(&name);
+            std::fs::write(
+                &p,
+                timeline_svg_marked(
+                    &format!("{}: usage, working set and limit (first run)", w.id),
+                    &panels,
+                    true,
+                ),
+            )
+            .map_err(io(&p))?;
+            let _ = writeln!(md, "![{} usage and limit over time]({name})\n", w.id);
+        }
+        let p = dir.join("report.md");
+        return std::fs::write(&p, md).map_err(io(&p));
+    }
     md.push_str(&table(doc.summary, doc.workloads, true));
     let _ = writeln!(
         md,
@@ -645,11 +886,13 @@ mod tests {
                         t_us: 0,
                         usage: 0,
                         limit: 64 << 20,
+                        working_set: None,
                     },
                     Sample {
                         t_us: 1000,
                         usage: 60 << 20,
                         limit: 128 << 20,
+                        working_set: None,
                     },
                 ],
             )],
@@ -657,6 +900,105 @@ mod tests {
         );
         assert_eq!(t.matches("<polyline").count(), 2);
         assert!(t.contains("128MiB"));
+    }
+
+    #[test]
+    fn real_timeline_draws_the_working_set_and_the_completion() {
+        let smp = |t_us, ws| Sample {
+            t_us,
+            usage: 100 << 20,
+            limit: 200 << 20,
+            working_set: ws,
+        };
+        let t = timeline_svg_marked(
+            "real",
+            &[
+                (
+                    "ebpf".into(),
+                    vec![smp(0, Some(90 << 20)), smp(5000, Some(80 << 20))],
+                    Some(2000),
+                ),
+                ("static".into(), vec![smp(0, None), smp(10, None)], None),
+            ],
+            true,
+        );
+        // usage + working set + limit, then usage + limit.
+        assert_eq!(t.matches("<polyline").count(), 5);
+        assert_eq!(t.matches("stroke-dasharray=\"4,3\"").count(), 1);
+        assert!(t.contains("green: working set"));
+    }
+
+    #[test]
+    fn real_table_columns() {
+        use super::super::real::RealCase;
+        let rows = vec![
+            CaseSummary {
+                workload: "redis".into(),
+                competitor: "ebpf".into(),
+                available: true,
+                runs: 1,
+                latency_p50_us: Some(40.0),
+                latency_p99_us: Some(90.0),
+                peak_usage_bytes: Some((250u64 << 20) as f64),
+                real: Some(RealCase {
+                    survived_runs: 1,
+                    raises: Some(3.0),
+                    limit_at_completion: Some((300u64 << 20) as f64),
+                    limit_over_peak: Some(1.2),
+                    held_runs: 1,
+                    right_sized_runs: 1,
+                    time_to_right_size_ms: Some(34_500.0),
+                    mib_s_above_usage_work: Some(120.4),
+                    mib_s_above_usage_hold: Some(900.0),
+                    work_ms: Some(750.0),
+                    rate_per_s: Some(160_000.0),
+                    work_unit: Some("requests".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            CaseSummary {
+                workload: "redis".into(),
+                competitor: "static".into(),
+                available: true,
+                runs: 1,
+                oom_kills_total: 1,
+                real: Some(RealCase {
+                    right_size_note: Some("n/a: a static limit never changes".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            CaseSummary {
+                workload: "redis".into(),
+                competitor: "v2-memory-events".into(),
+                available: false,
+                reason: Some("needs cgroup v2".into()),
+                ..Default::default()
+            },
+        ];
+        let t = real_table(&rows, false);
+        let ebpf = t.lines().nth(1).unwrap();
+        for cell in [
+            "1/1", "3", "40us", "90us", "250M", "300M", "1.20x", "34.50s",
+        ] {
+            assert!(ebpf.contains(cell), "{cell} in {ebpf}");
+        }
+        assert!(ebpf.contains("120 +900 hold"), "{ebpf}");
+        assert!(
+            ebpf.contains("750.0ms") && ebpf.contains("160.0k requests/s"),
+            "{ebpf}"
+        );
+        let st = t.lines().nth(2).unwrap();
+        assert!(st.contains("0/1") && st.contains("n/a"), "{st}");
+        assert!(t.contains("n/a: needs cgroup v2"));
+        let m = real_table(&rows, true);
+        assert!(m.lines().all(|l| l.starts_with('|')));
+        assert!(m
+            .lines()
+            .all(|l| l.matches(" | ").count() == REAL_HEAD.len() - 1 || l.starts_with("|---")));
+        assert_eq!(fmt_rate(Some(12.34), Some("MiB")), "12.3 MiB/s");
+        assert_eq!(fmt_rate(None, None), "-");
     }
 
     #[test]

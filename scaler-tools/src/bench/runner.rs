@@ -20,8 +20,10 @@ use super::competitors::{
 use super::ebpf::{self, ExecSummary};
 use super::kobserver::{KernelObserver, KernelObserverError};
 use super::observer::{
-    match_latencies, Matched, Onset, OnsetMethod, Sample, Sampler, SamplerTarget, ThresholdObserver,
+    match_latencies, Matched, Onset, OnsetMethod, Recording, Sample, Sampler, SamplerTarget,
+    ThresholdObserver,
 };
+use super::real::{self, Progress, RealRun, RealSpec, RunPaths};
 use super::rule::{cpu_policy, memory_policy, DeciderRule, ScaleRule};
 use super::sys::{process_cpu_ns, EventFd};
 use super::BenchError;
@@ -45,6 +47,9 @@ pub struct WorkloadSpec {
     pub headroom: u64,
     /// CPU workloads: the CFS period (µs).
     pub period_us: u64,
+    /// A workload of the real suite: the program run instead of `scaler workload`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub real: Option<RealSpec>,
 }
 
 /// Everything set up once for all runs.
@@ -73,6 +78,10 @@ pub struct BenchEnv {
     pub cpu_budget_cores: f64,
     /// Per-run timeout.
     pub timeout: Duration,
+    /// `--cooldown` for `scaler exec` (its default if `None`).
+    pub cooldown: Option<Duration>,
+    /// The longest hold phase of a real workload (after its work).
+    pub hold: Duration,
 }
 
 /// How the workload process ended.
@@ -157,8 +166,12 @@ pub struct RunRecord {
     pub competitor_stats: Option<CompetitorStats>,
     /// The eBPF scaler's own summary.
     pub exec_summary: Option<ExecSummary>,
-    /// Usage and limit over time (one run per competitor of the timeline workload).
+    /// Usage and limit over time (one run per competitor of the timeline workload; real
+    /// suite: the first run of each case, thinned to about 1,500 samples).
     pub timeline: Option<Vec<Sample>>,
+    /// The real suite's figures (hold phase, right-sizing, MiB-seconds, P = W/T).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub real: Option<RealRun>,
 }
 
 impl RunRecord {
@@ -317,7 +330,8 @@ fn run_inner(
             actuator: Arc::clone(&actuator),
         },
     };
-    let sampler = match Sampler::start(target, env.sample_interval, timeline, t0) {
+    let recording = recording_for(w, timeline);
+    let sampler = match Sampler::start_with(target, env.sample_interval, recording, t0) {
         Ok(s) => s,
         Err(e) => {
             stop_running(running);
@@ -328,10 +342,38 @@ fn run_inner(
         }
     };
 
-    let mut argv = vec!["workload".to_owned()];
-    argv.extend(wl_args.iter().cloned());
-    let spawned = spawn(&env.exe, &argv, &cg.procs_fds());
-    let waited = spawned.and_then(|child| wait(child, env.timeout, None));
+    let mut progress = None;
+    let waited = match &w.real {
+        None => {
+            let mut argv = vec!["workload".to_owned()];
+            argv.extend(wl_args.iter().cloned());
+            let spawned = spawn(&env.exe, &argv, &cg.procs_fds());
+            spawned.and_then(|child| wait(child, env.timeout, None))
+        }
+        Some(r) => {
+            let paths = RunPaths::new(&env.scratch, w, &label);
+            let argv = real::command(&env.exe, r, &paths);
+            let spawned = spawn(Path::new(&argv[0]), &argv[1..], &cg.procs_fds());
+            let driven = spawned.and_then(|child| {
+                real::drive(
+                    r,
+                    &paths,
+                    child,
+                    None,
+                    &sampler,
+                    w.start,
+                    env.timeout,
+                    None,
+                    t0,
+                )
+            });
+            paths.remove();
+            driven.map(|(waited, p)| {
+                progress = Some(p);
+                waited
+            })
+        }
+    };
     // Stop everything before reading the results, whatever happened.
     let stats = stop_running(running);
     let sampled = sampler.stop();
@@ -378,9 +420,46 @@ fn run_inner(
         }
     }
     rec.competitor_stats = stats;
-    rec.timeline = timeline.then_some(sampled.timeline);
     collect_counters(&cgroup, cg.unified.as_ref(), w, rec, sampled.peak_usage);
+    let raises = rec.actions.iter().filter(|a| a.new > a.old).count() as u32;
+    finish_timeline(w, rec, progress, sampled.timeline, timeline, raises);
     Ok(())
+}
+
+/// What the sampler keeps: the synthetic suite's timeline workload keeps every sample; a real
+/// workload always keeps a timeline (its figures come from it) every 10 ms with the working set.
+fn recording_for(w: &WorkloadSpec, timeline: bool) -> Recording {
+    match w.real {
+        None => Recording {
+            timeline,
+            ..Recording::default()
+        },
+        Some(_) => Recording {
+            timeline: true,
+            every: real::KEEP_EVERY,
+            working_set: true,
+        },
+    }
+}
+
+/// Computes a real run's figures from its timeline; keeps the timeline (thinned, for a real
+/// workload) if `keep`.
+fn finish_timeline(
+    w: &WorkloadSpec,
+    rec: &mut RunRecord,
+    progress: Option<Progress>,
+    tl: Vec<Sample>,
+    keep: bool,
+    raises: u32,
+) {
+    match (&w.real, progress) {
+        (Some(r), Some(p)) => {
+            let figures = real::figures(r, rec, &p, &tl, raises);
+            rec.real = Some(figures);
+            rec.timeline = keep.then(|| real::thin(&tl, real::TIMELINE_POINTS));
+        }
+        _ => rec.timeline = keep.then_some(tl),
+    }
 }
 
 /// The PSI `some` total (µs) of `resource` in `unified`, if it has the file.
@@ -443,14 +522,23 @@ fn run_exec(
     let (start, max) = (fmt_limit(w, w.start), fmt_limit(w, w.max));
     let cpu = (w.resource == Resource::Cpu).then_some((start.as_str(), max.as_str()));
     let headroom = w.headroom.to_string();
+    let cooldown = env.cooldown.map(|d| format!("{}ms", d.as_millis()));
+    let paths = RunPaths::new(&env.scratch, w, &format!("{}-ebpf", w.id));
+    let command: Vec<String> = match &w.real {
+        None => [env.exe.display().to_string(), "workload".into()]
+            .into_iter()
+            .chain(wl_args.iter().cloned())
+            .collect(),
+        Some(r) => real::command(&env.exe, r, &paths),
+    };
     let args = ebpf::exec_args(
         &start,
         &max,
         &headroom,
         cpu,
+        cooldown.as_deref(),
         &summary_path,
-        &env.exe,
-        wl_args,
+        &command,
     );
     // exec makes its own memory and cpu cgroups under its own. With memory on v1 it goes into
     // the run's unified cgroup (for the PSI stall); on v2 that would leave it in a cgroup with
@@ -467,18 +555,39 @@ fn run_exec(
     let t0 = monotonic_ns();
     rec.t0_ns = t0;
     let sampler = match w.resource {
-        Resource::Memory => Some(Sampler::start(
+        Resource::Memory => Some(Sampler::start_with(
             SamplerTarget::ForeignMemory {
                 parent_pid: pid,
                 memory: env.hierarchies.memory.clone(),
             },
             env.sample_interval,
-            timeline,
+            recording_for(w, timeline),
             t0,
         )?),
         Resource::Cpu => None,
     };
-    let waited = wait(child, env.timeout, Some(pid));
+    let mut progress = None;
+    let waited = match (&w.real, &sampler) {
+        (Some(r), Some(s)) => {
+            let driven = real::drive(
+                r,
+                &paths,
+                child,
+                Some(pid),
+                s,
+                w.start,
+                env.timeout,
+                Some(env.hold),
+                t0,
+            );
+            driven.map(|(waited, p)| {
+                progress = Some(p);
+                waited
+            })
+        }
+        _ => wait(child, env.timeout, Some(pid)),
+    };
+    paths.remove();
     let sampled = sampler.map(Sampler::stop);
     let summary = ExecSummary::read(&summary_path);
     let _ = std::fs::remove_file(&summary_path);
@@ -488,10 +597,6 @@ fn run_exec(
     rec.workload_report = parse_report(&waited.stdout);
     rec.stderr_tail = tail(&waited.stderr);
     rec.onset_method = Some(OnsetMethod::EbpfSummary);
-    rec.timeline = sampled
-        .as_ref()
-        .filter(|_| timeline)
-        .map(|s| s.timeline.clone());
     rec.stall_some_us = if memory_v1 {
         stall_some_us(cg.unified.as_ref(), w.resource)
     } else {
@@ -505,6 +610,8 @@ fn run_exec(
                 competitors::causes(&e),
                 waited.stderr.lines().last().unwrap_or("")
             ));
+            let tl = sampled.map(|s| s.timeline).unwrap_or_default();
+            finish_timeline(w, rec, progress, tl, timeline, 0);
             return Ok(());
         }
     };
@@ -533,7 +640,15 @@ fn run_exec(
             );
         }
     }
+    let raises = summary
+        .actions
+        .iter()
+        .filter(|a| a.resource.as_deref().is_none_or(|r| r == "memory"))
+        .filter(|a| a.new.zip(a.old).is_some_and(|(n, o)| n > o))
+        .count() as u32;
     rec.exec_summary = Some(summary);
+    let tl = sampled.map(|s| s.timeline).unwrap_or_default();
+    finish_timeline(w, rec, progress, tl, timeline, raises);
     Ok(())
 }
 
@@ -564,83 +679,127 @@ fn spawn(exe: &Path, args: &[String], procs_fds: &[i32]) -> Result<Child, BenchE
     })
 }
 
-struct Waited {
-    exit: ExitInfo,
-    elapsed: Duration,
-    stdout: String,
-    stderr: String,
-    agent_cpu_ns: Option<u64>,
+/// How a process ended, and what it wrote.
+pub struct Waited {
+    /// Its exit (real workloads: the work's).
+    pub exit: ExitInfo,
+    /// Spawn (or the start of the watch) to exit.
+    pub elapsed: Duration,
+    /// Everything it wrote on stdout.
+    pub stdout: String,
+    /// Everything it wrote on stderr.
+    pub stderr: String,
+    /// CPU time of the process watched for it, ns.
+    pub agent_cpu_ns: Option<u64>,
+}
+
+/// A running child: its output drained by two threads, its CPU time sampled.
+pub struct Watch {
+    child: Child,
+    start: Instant,
+    out: std::thread::JoinHandle<String>,
+    err: std::thread::JoinHandle<String>,
+    cpu_of: Option<i32>,
+    cpu: Option<u64>,
+    ticks: u32,
+}
+
+impl Watch {
+    /// Starts draining `child`'s output; samples the CPU time of `cpu_of` (the exec process)
+    /// while it runs.
+    pub fn new(mut child: Child, cpu_of: Option<i32>) -> Self {
+        let drain = |r: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                if let Some(mut r) = r {
+                    let _ = r.read_to_string(&mut s);
+                }
+                s
+            })
+        };
+        let out = drain(
+            child
+                .stdout
+                .take()
+                .map(|r| Box::new(r) as Box<dyn Read + Send>),
+        );
+        let err = drain(
+            child
+                .stderr
+                .take()
+                .map(|r| Box::new(r) as Box<dyn Read + Send>),
+        );
+        Self {
+            child,
+            start: Instant::now(),
+            out,
+            err,
+            cpu_of,
+            cpu: None,
+            ticks: 0,
+        }
+    }
+
+    /// Its exit status, if it has exited (reaping it).
+    pub fn poll(&mut self) -> Result<Option<std::process::ExitStatus>, BenchError> {
+        let s = self.child.try_wait().map_err(|source| BenchError::Os {
+            call: "waitpid",
+            source,
+        })?;
+        if s.is_none() {
+            if let Some(pid) = self.cpu_of {
+                // Every 5 polls: /proc reads are not free.
+                if self.ticks.is_multiple_of(5) {
+                    self.cpu = process_cpu_ns(pid).or(self.cpu);
+                }
+            }
+            self.ticks = self.ticks.wrapping_add(1);
+        }
+        Ok(s)
+    }
+
+    /// Sends `signal` to the child (ours, by pid; only before it is reaped).
+    pub fn kill(&self, signal: i32) {
+        // SAFETY: our own child, by pid, not yet reaped (poll has not returned its status).
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Collects the output after `status`.
+    pub fn finish(self, status: std::process::ExitStatus, timed_out: bool) -> Waited {
+        Waited {
+            exit: ExitInfo {
+                code: status.code(),
+                signal: status.signal(),
+                timed_out,
+            },
+            elapsed: self.start.elapsed(),
+            stdout: self.out.join().unwrap_or_default(),
+            stderr: self.err.join().unwrap_or_default(),
+            agent_cpu_ns: self.cpu,
+        }
+    }
 }
 
 /// Waits for `child` (killing it by pid at the timeout), draining its output; samples the CPU
 /// time of `cpu_of` (the exec process) while it runs.
-fn wait(mut child: Child, timeout: Duration, cpu_of: Option<i32>) -> Result<Waited, BenchError> {
-    let start = Instant::now();
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_string(&mut s);
-            }
-            s
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
+pub fn wait(child: Child, timeout: Duration, cpu_of: Option<i32>) -> Result<Waited, BenchError> {
+    let mut w = Watch::new(child, cpu_of);
     let mut timed_out = false;
-    let mut cpu = None;
-    let mut ticks = 0u32;
     let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) => {}
-            Err(source) => {
-                return Err(BenchError::Os {
-                    call: "waitpid",
-                    source,
-                })
-            }
+        if let Some(s) = w.poll()? {
+            break s;
         }
-        if let Some(pid) = cpu_of {
-            // Every 5 ms: /proc reads are not free.
-            if ticks.is_multiple_of(5) {
-                cpu = process_cpu_ns(pid).or(cpu);
-            }
-        }
-        ticks = ticks.wrapping_add(1);
-        if !timed_out && (start.elapsed() > timeout || super::interrupted()) {
+        if !timed_out && (w.start.elapsed() > timeout || super::interrupted()) {
             timed_out = true;
-            // SAFETY: our own child, by pid.
-            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            w.kill(libc::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(1));
     };
-    let elapsed = start.elapsed();
-    Ok(Waited {
-        exit: ExitInfo {
-            code: status.code(),
-            signal: status.signal(),
-            timed_out,
-        },
-        elapsed,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-        agent_cpu_ns: cpu,
-    })
+    Ok(w.finish(status, timed_out))
 }
 
 /// The last 5 lines of `text`, if it has any.
-fn tail(text: &str) -> Option<String> {
+pub fn tail(text: &str) -> Option<String> {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     (!lines.is_empty()).then(|| lines[lines.len().saturating_sub(5)..].join("\n"))
 }

@@ -101,6 +101,9 @@ pub struct CaseSummary {
     pub ebpf_completion_ratio: Option<f64>,
     /// This competitor's OOM kills minus the eBPF scaler's.
     pub ebpf_oom_kills_saved: Option<i64>,
+    /// The real suite's figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub real: Option<super::real::RealCase>,
 }
 
 /// Summarizes the runs of every (workload, competitor) pair.
@@ -220,6 +223,9 @@ fn case(w: &WorkloadSpec, c: CompetitorId, a: Availability, rs: &[&RunRecord]) -
             .map(|v| v as f64),
     );
     s.agent_cpu_ms = median(ok.iter().filter_map(|r| r.agent_cpu_us.map(|v| v / 1000.0)));
+    if w.real.is_some() {
+        s.real = Some(super::real::summarize(w, c, &ok));
+    }
     s
 }
 
@@ -270,6 +276,7 @@ mod tests {
             max: 1024,
             headroom: 16,
             period_us: 100_000,
+            real: None,
         }
     }
 
