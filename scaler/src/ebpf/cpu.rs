@@ -426,6 +426,11 @@ mod tests {
     /// A fake kernel with the scheduler structs at made-up offsets; `sched_info` (with
     /// `last_queued`) only `with_sched_info` (CONFIG_SCHED_INFO).
     fn fake_sched_kernel(with_sched_info: bool) -> Vec<u8> {
+        fake_sched_kernel_with(with_sched_info, true)
+    }
+
+    /// Likewise; `cfs_bandwidth.runtime_snap` (5.14+) only `with_snap`.
+    fn fake_sched_kernel_with(with_sched_info: bool, with_snap: bool) -> Vec<u8> {
         let mut b = BtfBuilder::new();
         let void_ptr = b.ptr(0);
         let int = b.int("int", 4);
@@ -465,17 +470,16 @@ mod tests {
                 ("cfs_bandwidth", int, 320),
             ],
         );
-        b.strukt(
-            "cfs_bandwidth",
-            320,
-            &[
-                ("period", u64t, 8),
-                ("quota", u64t, 16),
-                ("runtime", u64t, 24),
-                ("runtime_snap", u64t, 40),
-                ("nr_periods", int, 200),
-            ],
-        );
+        let mut cfs_b = vec![
+            ("period", u64t, 8),
+            ("quota", u64t, 16),
+            ("runtime", u64t, 24),
+            ("nr_periods", int, 200),
+        ];
+        if with_snap {
+            cfs_b.push(("runtime_snap", u64t, 40));
+        }
+        b.strukt("cfs_bandwidth", 320, &cfs_b);
         let fp = b.func_proto(&[void_ptr, int, task_ptr, task_ptr, int]);
         let fpp = b.ptr(fp);
         b.typedef("btf_trace_sched_switch", fpp);
@@ -524,6 +528,16 @@ mod tests {
         let o = cpu_offsets(&k, &kernel_offsets()).unwrap();
         assert_eq!(o.task_last_queued, NO_OFFSET);
         assert_eq!(o.runq_source, RUNQ_FROM_WAKEUP);
+    }
+
+    /// Before 5.14 `cfs_bandwidth` has no `runtime_snap`: the pool is measured against the
+    /// quota (what a period starts with when no burst is configured).
+    #[test]
+    fn without_runtime_snap_the_pool_is_measured_against_the_quota() {
+        let k = KernelBtf::from_bytes(&fake_sched_kernel_with(true, false)).unwrap();
+        let o = cpu_offsets(&k, &kernel_offsets()).unwrap();
+        assert_eq!(o.cfs_b_runtime_snap, NO_OFFSET);
+        assert_eq!((o.cfs_b_runtime, o.cfs_b_nr_periods), (24, 200));
     }
 
     #[test]
