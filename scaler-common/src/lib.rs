@@ -207,21 +207,25 @@ pub struct CpuWatch {
 pub const RUNQ_BUCKETS: usize = 32;
 
 /// Per-cgroup CPU state the programs keep (`CPU_STATE`, hash keyed by cpu cgroup kernfs id).
-/// Created by the programs on the first event of a watched cgroup; read by userspace for
-/// histograms; removed by userspace when the cgroup is unwatched.
+/// Created by the programs when a CPU first meets a watched cgroup's task; read by userspace
+/// for histograms and CPU time; removed by userspace when the cgroup is unwatched.
 ///
-/// Periods are aligned on CLOCK_MONOTONIC (`now - now % period`), not on the phase of the
-/// kernel's CFS period timer, so "used in this period" can straddle two kernel periods: it
-/// may report a crossing up to one period early or late relative to the kernel's accounting.
+/// Quota: the programs read the kernel's own bandwidth pool (`cfs_bandwidth.runtime`, what is
+/// left of this period's quota, and `runtime_snap`, what the period started with), so a
+/// quota-near report follows the kernel's CFS periods (`cfs_bandwidth.nr_periods`). The
+/// run-queue figures use periods aligned on CLOCK_MONOTONIC (`now - now % period`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuState {
     /// Start of the current (monotonic-aligned) period, ns.
     pub period_start_ns: u64,
-    /// CPU time the cgroup's tasks used in the current period, ns.
+    /// CPU time drawn from the cgroup's quota pool in the kernel's current period at the
+    /// last check (`runtime_snap - runtime`), ns: what the cgroup's CPUs used or hold as local
+    /// slices (at most one slice, 5 ms by default, per CPU, more than used).
     pub used_ns: u64,
-    /// Period start of the last `CpuQuotaNear` sent (one per period and quota).
-    pub near_sent_period_ns: u64,
+    /// `cfs_bandwidth.nr_periods + 1` of the last `CpuQuotaNear` sent (one per kernel period
+    /// and quota; 0: none yet).
+    pub near_sent_period: u64,
     /// Quota (ns) at which that `CpuQuotaNear` was sent: a raised quota re-arms the report
     /// within the same period.
     pub near_sent_quota_ns: u64,
@@ -231,7 +235,9 @@ pub struct CpuState {
     pub runq_samples: u64,
     /// Of which above the target.
     pub runq_over: u64,
-    /// Total CPU time accounted since watched, ns.
+    /// Total CPU time of the cgroup's tasks since watched, ns: the kernel's own per-CPU figure
+    /// (`task_group.se[cpu]->sum_exec_runtime`), added up by the per-CPU tick (at most one
+    /// tick, 2 ms, behind on each CPU).
     pub total_ns: u64,
     /// Cumulative run-queue latency histogram (log2 µs buckets, see [`RUNQ_BUCKETS`]).
     pub runq_hist: [u64; RUNQ_BUCKETS],
@@ -241,7 +247,7 @@ impl CpuState {
     pub const ZERO: Self = Self {
         period_start_ns: 0,
         used_ns: 0,
-        near_sent_period_ns: 0,
+        near_sent_period: 0,
         near_sent_quota_ns: 0,
         runq_sent_period_ns: 0,
         runq_samples: 0,
@@ -334,7 +340,7 @@ pub mod stat {
     pub const TASK_RESOLVES: u32 = 7;
     /// Run-queue latency samples of watched cgroups.
     pub const RUNQ_SAMPLES: u32 = 8;
-    /// Run-time accounting updates of watched cgroups.
+    /// CPU-time updates of watched cgroups (per-CPU ticks that added the kernel's run time).
     pub const CPU_ACCOUNTED: u32 = 9;
     /// Quota-near or run-queue crossings not reported because one was already sent this period.
     pub const CPU_SUPPRESSED: u32 = 10;
@@ -454,6 +460,17 @@ pub struct CpuOffsets {
     pub cfs_b_period: u32,
     /// `cfs_bandwidth.quota` (ns; RUNTIME_INF = u64::MAX when unlimited).
     pub cfs_b_quota: u32,
+    /// `cfs_bandwidth.runtime` (ns of this period's quota not yet handed out to CPUs).
+    pub cfs_b_runtime: u32,
+    /// `cfs_bandwidth.runtime_snap` (the pool at the start of the period; 5.14+), else
+    /// `NO_OFFSET` (the quota is used instead).
+    pub cfs_b_runtime_snap: u32,
+    /// `cfs_bandwidth.nr_periods` (int: periods elapsed, the kernel's period count).
+    pub cfs_b_nr_periods: u32,
+    /// `task_group.se` (`struct sched_entity **`, one group entity per CPU).
+    pub tg_se: u32,
+    /// `sched_entity.sum_exec_runtime` (ns the entity ran; for a group entity, its tasks).
+    pub se_sum_exec_runtime: u32,
     /// `task_struct.sched_info` + `sched_info.last_queued` (rq clock when the task was last
     /// queued: woken or preempted; 0 once it runs); `NO_OFFSET` without CONFIG_SCHED_INFO.
     pub task_last_queued: u32,
@@ -478,6 +495,11 @@ impl CpuOffsets {
         tg_cfs_bandwidth: NO_OFFSET,
         cfs_b_period: NO_OFFSET,
         cfs_b_quota: NO_OFFSET,
+        cfs_b_runtime: NO_OFFSET,
+        cfs_b_runtime_snap: NO_OFFSET,
+        cfs_b_nr_periods: NO_OFFSET,
+        tg_se: NO_OFFSET,
+        se_sum_exec_runtime: NO_OFFSET,
         task_last_queued: NO_OFFSET,
         task_se_cfs_rq: NO_OFFSET,
         cfs_rq_rq: NO_OFFSET,

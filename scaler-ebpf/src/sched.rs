@@ -1,43 +1,55 @@
-//! Scheduler programs: CPU time per quota period and run-queue latency, per watched cpu cgroup.
+//! Scheduler programs: quota-near and run-queue latency, and CPU time, per watched cpu cgroup.
 //!
 //! The hot path is `sched_switch`, and what every task of the node pays there is kept to a few
-//! direct (BTF-typed, fault-tolerant) loads and one inlined array lookup: the task switched in
-//! has its cpu cgroup's kernfs id read live (`next->sched_task_group->css.cgroup->kn->id`, so a
-//! task that changes cgroup needs no invalidation) and tested against the `CPU_FILTER` bitmap;
-//! a per-CPU slot (`CPU_RUNNING`, an inlined per-CPU array lookup) says whether the task being
-//! switched out is a watched one. No clock read, no hash lookup, no counter update, no
-//! per-task state for unwatched tasks.
+//! direct (BTF-typed, fault-tolerant) loads and inlined array lookups: the task switched in
+//! has its `task_group` read (`next->sched_task_group`) and compared with the two this CPU
+//! last met (`CPU_RUNNING`, an inlined per-CPU array lookup): the last unwatched one and the
+//! last watched one. Only a task group met for the first time (or after the watched set
+//! changed) has its cpu cgroup's kernfs id read (`tg->css.cgroup->kn->id`) and tested
+//! against the `CPU_FILTER` bitmap. No clock read, no hash lookup, no counter update and no
+//! per-task state on the common path, for watched tasks too.
 //!
-//! CPU time: the per-CPU slot holds the watched task running on the CPU and since when; its
-//! run time is charged at switch-out and by `cpu_tick`, a per-CPU perf-event timer program
-//! (every 2 ms, userspace's CPU_TICK, independent of the switch rate), so a CPU-bound task that
-//! never switches out is still seen nearing its quota before the kernel throttles it. Charges
-//! and run-queue samples are batched in the slot and flushed into the cgroup's `CPU_STATE`
-//! entry by every tick, when the CPU turns to another cgroup, and every FLUSH_NS of run time,
-//! so switches between tasks of one watched cgroup need no hash lookup either. Where perf
-//! events are unavailable, `sched_stat_runtime` does the ticking instead (it fires at every
-//! update_curr, which costs the whole node one more program run per switch and tick).
+//! Nothing is charged per switch. CPU time and the quota come from the kernel's own
+//! accounting, read by `cpu_tick`, a per-CPU perf-event timer (every 2 ms, userspace's
+//! CPU_TICK), for the watched cgroup this CPU last ran:
+//!
+//! - quota: the kernel's bandwidth pool (`tg->cfs_bandwidth.runtime`: what is left of this
+//!   period's quota; the kernel hands it to CPUs in 5 ms slices and throttles a CPU whose
+//!   slice runs out with the pool empty). When the pool holds less than `1 - near` of the
+//!   quota, `CpuQuotaNear` is reported, once per kernel period (`nr_periods`) and quota.
+//!   Switch-ins of watched tasks test the pool too (one load), sampled (below), so a cgroup
+//!   whose tasks run between ticks is seen as well;
+//! - CPU time: the cgroup's group entity on this CPU (`tg->se[cpu]->sum_exec_runtime`, the
+//!   kernel's exact run time of the group there), its increase added to the cgroup's
+//!   `total_ns` by every tick and when the CPU turns to another watched cgroup.
 //!
 //! Run-queue latency (wakeup or preemption to running): at switch-in of a watched task, the
 //! run queue's clock minus the kernel's own `next->sched_info.last_queued` (CONFIG_SCHED_INFO;
-//! the same figure the kernel adds to run_delay just after the tracepoint). Without
-//! CONFIG_SCHED_INFO the `sched_wakeup(_new)` programs record wakeup times of watched tasks.
+//! the same figure the kernel adds to run_delay just after the tracepoint). Sampled: every
+//! switch-in of a watched cgroup's task while a CPU has seen fewer than SAMPLE_FIRST of them
+//! since its last tick, then one in SAMPLE_EVERY, so a workload switching a few hundred times
+//! per period is fully sampled and a switch-heavy one pays the sample on a few per cent of its
+//! switches. Samples are batched per CPU and flushed into the cgroup's `CPU_STATE` entry by
+//! every tick and when the CPU turns to another watched cgroup. Without CONFIG_SCHED_INFO the
+//! `sched_wakeup(_new)` programs record wakeup times of watched tasks (every switch-in is
+//! then sampled). Where perf events are unavailable, `sched_stat_runtime` does the ticking
+//! instead (rate-limited to one tick per TICK_MIN_NS per CPU).
 //!
 //! Nothing is submitted per scheduler event: quota-near and run-queue-latency crossings are
-//! reported at most once per (monotonic-aligned) period and cgroup, so the consumer's own
-//! wakeups cannot feed back.
+//! reported at most once per period and cgroup, so the consumer's own wakeups cannot feed
+//! back.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_task, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, perf_event},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{BtfTracePointContext, PerfEventContext},
 };
 use scaler_common::{
     cpu_filter_slot, stat, CpuOffsets, CpuState, CpuWatch, Event, EventKind, CPU_FILTER_GEN,
-    CPU_FILTER_WORDS, CPU_WATCH_QUOTA, CPU_WATCH_RUNQ, MAX_TASKS, MAX_WATCHED, RUNQ_BUCKETS,
-    RUNQ_FROM_SCHED_INFO, RUNQ_FROM_WAKEUP,
+    CPU_FILTER_WORDS, CPU_WATCH_QUOTA, CPU_WATCH_RUNQ, MAX_TASKS, MAX_WATCHED, NO_OFFSET,
+    RUNQ_BUCKETS, RUNQ_FROM_SCHED_INFO, RUNQ_FROM_WAKEUP,
 };
 
 use crate::helpers::{count, css_id, offsets, read, read_error, submit, OFFSETS};
@@ -72,25 +84,41 @@ static CPU_STATE_ZERO: CpuState = CpuState::ZERO;
 /// Period used when the kernel reports none (should not happen): the CFS default, 100 ms.
 const DEFAULT_PERIOD_NS: u64 = 100_000_000;
 
-/// The watched task running on a CPU (`cgroup_id == 0`: none), charged up to `since_ns`, and
-/// what it has used and waited since the last flush into its cgroup's `CPU_STATE` entry:
-/// charges and run-queue samples are batched per CPU and flushed by every tick, when the CPU
-/// turns to another cgroup's (or an unwatched) task, and when `FLUSH_NS` of run time are
-/// pending, so that a switch between two tasks of one watched cgroup needs no hash lookup.
+/// Switch-ins of the watched cgroup's tasks a CPU samples (run-queue latency, pool test) after
+/// each tick, all of them...
+const SAMPLE_FIRST: u64 = 16;
+/// ... then one in this many (a power of two).
+const SAMPLE_EVERY: u64 = 32;
+
+/// Least time between two ticks from `sched_stat_runtime` (that fallback fires at every
+/// update_curr of the CPU).
+const TICK_MIN_NS: u64 = 1_000_000;
+
+/// Per CPU: the watched cgroup this CPU last ran, what the programs know of it, its run-queue
+/// samples not yet flushed into its `CPU_STATE` entry, and the last unwatched task group met.
 #[repr(C)]
 struct Running {
-    /// `task_struct *` of the task.
-    task: u64,
-    /// Kernfs id of its (watched) cpu cgroup; 0 if the running task is not watched.
+    /// Kernfs id of the watched cpu cgroup last run here; 0: none.
     cgroup_id: u64,
-    /// Its `task_group *` (for the quota and period).
+    /// Its `task_group *`.
     tg: u64,
-    /// Run time up to here is charged.
-    since_ns: u64,
-    /// The cgroup's settings when the slot was filled (refreshed by every tick).
+    /// The filter generation when the slot took it (a change re-reads its settings).
+    gen: u64,
+    /// The last of its tasks switched in here (named by a tick's quota-near report when the
+    /// running task is not one of them).
+    task: u64,
+    /// Its settings (refreshed by every tick).
     watch: CpuWatch,
-    /// Run time charged, not yet flushed.
-    pend_ns: u64,
+    /// The pool (`cfs_bandwidth.runtime`, ns) below which it is near its quota; 0: never
+    /// (unlimited, or quota reports off). Refreshed by every tick.
+    near_below: u64,
+    /// `tg->se[this cpu]->sum_exec_runtime` up to which its CPU time is in `total_ns`
+    /// (`u64::MAX`: unknown; the next reading only sets it).
+    se_sum: u64,
+    /// Switch-ins of its tasks since the last tick (the sampling gate).
+    seen: u64,
+    /// When the last tick ran (the `sched_stat_runtime` fallback's rate limit).
+    tick_ns: u64,
     /// Run-queue samples not yet flushed, of which above the cgroup's target.
     pend_samples: u64,
     pend_over: u64,
@@ -100,13 +128,10 @@ struct Running {
     /// Their histogram.
     pend_hist: [u64; RUNQ_BUCKETS],
     /// The last task group found unwatched on this CPU, and the filter generation then: a
-    /// switch to a task of that group, from an unwatched one, costs two loads and returns.
+    /// switch to a task of that group costs two loads and returns.
     unwatched_tg: u64,
     unwatched_gen: u64,
 }
-
-/// Pending run time that forces a flush at switch time (between ticks).
-const FLUSH_NS: u64 = 500_000;
 
 /// One field of [`CPU_OFFSETS`] (the hot paths read single fields, not the whole struct;
 /// from a frozen read-only map, the verifier knows each value as a constant).
@@ -133,6 +158,13 @@ macro_rules! offset {
 fn kload(base: u64, off: u32) -> u64 {
     // SAFETY: see above; the kernel guards the access.
     unsafe { core::ptr::read_volatile((base + off as u64) as *const u64) }
+}
+
+/// [`kload`] of a 4-byte field (the verifier rejects a load wider than the member).
+#[inline(always)]
+fn kload32(base: u64, off: u32) -> u32 {
+    // SAFETY: as for kload.
+    unsafe { core::ptr::read_volatile((base + off as u64) as *const u32) }
 }
 
 /// Kernfs id of the cpu cgroup of `task` (a BTF-typed `task_struct *`), by direct loads;
@@ -165,9 +197,8 @@ fn maybe_watched(id: u64) -> bool {
 }
 
 /// Adds to a counter shared by CPUs. Rust's core has no atomic read-modify-write for the BPF
-/// target, so this is a plain load and store: two CPUs charging the same cgroup at the same
-/// instant may lose one of the two deltas (an undercount of at most one tick's run time, which
-/// delays a quota-near report by at most one tick).
+/// target, so this is a plain load and store: two CPUs adding to the same cgroup at the same
+/// instant may lose one of the two deltas (an undercount of at most one tick's run time).
 #[inline(always)]
 fn shared_add(p: *mut u64, v: u64) {
     // SAFETY: `p` points into a map value, 8-byte aligned.
@@ -185,29 +216,85 @@ fn cpu_state_or_insert(id: u64) -> Result<*mut CpuState, i64> {
     CPU_STATE.get_ptr_mut(&id).ok_or(-1)
 }
 
-/// `(quota_ns, period_ns)` from a `task_group *` read with bpf_probe_read_kernel (it came out
-/// of a map, so it is no longer BTF-typed); quota `u64::MAX` is unlimited.
-#[inline(always)]
-fn bandwidth_probe(tg: u64) -> Result<(u64, u64), i64> {
-    let cfs_b = tg + cpu_offset!(tg_cfs_bandwidth) as u64;
-    let period: u64 = read(cfs_b, cpu_offset!(cfs_b_period))?;
-    let quota: u64 = read(cfs_b, cpu_offset!(cfs_b_quota))?;
-    Ok((quota, period))
+/// The kernel's bandwidth state of a task group (`task_group.cfs_bandwidth`).
+#[derive(Clone, Copy)]
+struct Bandwidth {
+    /// ns per period; `u64::MAX` (RUNTIME_INF): unlimited.
+    quota: u64,
+    period: u64,
+    /// What is left in the pool this period, and what it started with.
+    runtime: u64,
+    snap: u64,
+    /// The kernel's period count.
+    periods: u64,
 }
 
-/// `(quota_ns, period_ns)` of a BTF-typed `task_struct *`'s task group, by direct loads.
+/// [`Bandwidth`] by direct loads from a BTF-typed `task_group *` (in `sched_switch`).
 #[inline(always)]
-fn bandwidth_direct(task: u64) -> (u64, u64) {
-    let tg = kload(task, cpu_offset!(task_sched_task_group));
-    let q = kload(tg, cpu_offset!(tg_cfs_bandwidth) + cpu_offset!(cfs_b_quota));
-    let p = kload(
-        tg,
-        cpu_offset!(tg_cfs_bandwidth) + cpu_offset!(cfs_b_period),
-    );
-    (q, p)
+fn bandwidth_direct(tg: u64) -> Bandwidth {
+    let b = cpu_offset!(tg_cfs_bandwidth);
+    let quota = kload(tg, b + cpu_offset!(cfs_b_quota));
+    let snap_off = cpu_offset!(cfs_b_runtime_snap);
+    Bandwidth {
+        quota,
+        period: kload(tg, b + cpu_offset!(cfs_b_period)),
+        runtime: kload(tg, b + cpu_offset!(cfs_b_runtime)),
+        snap: if snap_off == NO_OFFSET {
+            quota
+        } else {
+            kload(tg, b + snap_off)
+        },
+        periods: kload32(tg, b + cpu_offset!(cfs_b_nr_periods)) as u64,
+    }
 }
 
-/// Rolls the cgroup's period window forward if `now` is past it; returns the period start.
+/// [`Bandwidth`] of a `task_group *` read with bpf_probe_read_kernel (it came out of a map,
+/// so it is no longer BTF-typed).
+#[inline(always)]
+fn bandwidth_probe(tg: u64) -> Result<Bandwidth, i64> {
+    let b = tg + cpu_offset!(tg_cfs_bandwidth) as u64;
+    let quota: u64 = read(b, cpu_offset!(cfs_b_quota))?;
+    let snap_off = cpu_offset!(cfs_b_runtime_snap);
+    Ok(Bandwidth {
+        quota,
+        period: read(b, cpu_offset!(cfs_b_period))?,
+        runtime: read(b, cpu_offset!(cfs_b_runtime))?,
+        snap: if snap_off == NO_OFFSET {
+            quota
+        } else {
+            read(b, snap_off)?
+        },
+        periods: read::<u32>(b, cpu_offset!(cfs_b_nr_periods))? as u64,
+    })
+}
+
+/// The pool below which a cgroup with `quota` is near it (`1 - near` of the quota left); 0:
+/// never.
+#[inline(always)]
+fn near_below(quota: u64, w: &CpuWatch) -> u64 {
+    if w.flags & CPU_WATCH_QUOTA == 0 || quota == 0 || quota == u64::MAX {
+        return 0;
+    }
+    let left = 1000u64.saturating_sub(w.near_permille as u64);
+    quota / 1000 * left + 1
+}
+
+/// Run time of the task group `tg` on this CPU: its group entity's `sum_exec_runtime`, kept
+/// by the kernel at every update_curr (each switch and scheduler tick).
+#[inline(always)]
+fn group_runtime(tg: u64) -> Result<u64, i64> {
+    // SAFETY: no preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() } as u64;
+    let ses: u64 = read(tg, cpu_offset!(tg_se))?;
+    if ses == 0 {
+        return Err(-1);
+    }
+    let se: u64 = read(ses + cpu * 8, 0)?;
+    read(se, cpu_offset!(se_sum_exec_runtime))
+}
+
+/// Rolls the cgroup's run-queue period window forward if `now` is past it; returns the period
+/// start.
 #[inline(always)]
 fn roll_period(st: &mut CpuState, now: u64, period: u64) -> u64 {
     // Still in the window (the common case): no division.
@@ -219,34 +306,18 @@ fn roll_period(st: &mut CpuState, now: u64, period: u64) -> u64 {
     let start = now - now.checked_rem(period).unwrap_or(0);
     if st.period_start_ns != start {
         st.period_start_ns = start;
-        st.used_ns = 0;
         st.runq_samples = 0;
         st.runq_over = 0;
     }
     start
 }
 
-/// Charges the run time of the slot's task up to `now` (batched in the slot).
+/// Flushes the slot's cgroup: adds the CPU time its group entity ran here since the last
+/// flush to `total_ns`, and the pending run-queue samples to its state (reporting a crossing
+/// of the target). `period` is the cgroup's.
 #[inline(always)]
-fn charge(run: &mut Running, now: u64) {
-    run.pend_ns += now.saturating_sub(run.since_ns);
-    run.since_ns = now;
-}
-
-/// Flushes the slot's pending figures into its cgroup's state and reports the crossings:
-/// quota-near once per period and quota, naming the task charged (not always `current`);
-/// run-queue latency once per period when more than 1% of the period's samples exceeded the
-/// target, naming the task that waited longest in the batch. `quota`/`period` are the
-/// cgroup's. The slot's cgroup must be the one the figures belong to.
-#[inline(always)]
-fn flush(run: &mut Running, quota: u64, period: u64, now: u64) {
+fn flush(run: &mut Running, period: u64, now: u64) {
     let id = run.cgroup_id;
-    let (pend_ns, samples_new) = (run.pend_ns, run.pend_samples);
-    if pend_ns == 0 && samples_new == 0 {
-        return;
-    }
-    run.pend_ns = 0;
-    run.pend_samples = 0;
     // No state: the cgroup was unwatched meanwhile (never created from here).
     let Some(st) = CPU_STATE.get_ptr_mut(&id) else {
         clear_pending_runq(run);
@@ -255,35 +326,40 @@ fn flush(run: &mut Running, quota: u64, period: u64, now: u64) {
     // SAFETY: pointer into the map value; concurrent updates from other CPUs are plain adds
     // (see shared_add) or idempotent stores.
     let st = unsafe { &mut *st };
-    let w = run.watch;
-    let period = if period == 0 || period > i64::MAX as u64 {
-        DEFAULT_PERIOD_NS
-    } else {
-        period
-    };
-    let start = roll_period(st, now, period);
-    if pend_ns != 0 {
-        count(stat::CPU_ACCOUNTED);
-        shared_add(&mut st.used_ns, pend_ns);
-        shared_add(&mut st.total_ns, pend_ns);
-        quota_check(st, run.task, id, w, quota, period, start, now);
+    if let Ok(v) = group_runtime(run.tg) {
+        let last = run.se_sum;
+        run.se_sum = v;
+        if last != u64::MAX && v > last {
+            count(stat::CPU_ACCOUNTED);
+            shared_add(&mut st.total_ns, v - last);
+        }
     }
-    if samples_new != 0 {
+    if run.pend_samples != 0 {
+        run.pend_samples = 0;
+        let period = if period == 0 || period > i64::MAX as u64 {
+            DEFAULT_PERIOD_NS
+        } else {
+            period
+        };
+        let start = roll_period(st, now, period);
+        let w = run.watch;
         runq_flush(st, run, id, w, start, now);
     }
 }
 
-/// Empties the slot and its pending figures (invariant: an empty slot has none pending).
+/// Empties the slot and its pending figures.
 #[inline(always)]
 fn drop_slot(run: &mut Running) {
     run.cgroup_id = 0;
-    run.pend_ns = 0;
+    run.tg = 0;
+    run.near_below = 0;
     run.pend_samples = 0;
     clear_pending_runq(run);
 }
 
 #[inline(always)]
 fn clear_pending_runq(run: &mut Running) {
+    run.pend_samples = 0;
     run.pend_over = 0;
     run.pend_max_lat = 0;
     for b in 0..RUNQ_BUCKETS {
@@ -291,39 +367,75 @@ fn clear_pending_runq(run: &mut Running) {
     }
 }
 
+/// The slot takes the watched cgroup `id` (task group `tg`, settings `w`, `quota`), flushing
+/// the one it held.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn quota_check(
-    st: &mut CpuState,
-    task: u64,
+fn take(
+    run: &mut Running,
     id: u64,
+    tg: u64,
     w: CpuWatch,
+    gen: u64,
     quota: u64,
-    period: u64,
-    start: u64,
     now: u64,
-) {
-    if w.flags & CPU_WATCH_QUOTA == 0 || quota == u64::MAX || quota == 0 {
+) -> Result<(), i64> {
+    if run.cgroup_id != id || run.tg != tg {
+        if run.cgroup_id != 0 {
+            let period: u64 = read(
+                run.tg + cpu_offset!(tg_cfs_bandwidth) as u64,
+                cpu_offset!(cfs_b_period),
+            )
+            .unwrap_or(0);
+            flush(run, period, now);
+        }
+        drop_slot(run);
+        cpu_state_or_insert(id)?;
+        run.se_sum = group_runtime(tg).unwrap_or(u64::MAX);
+        run.cgroup_id = id;
+        run.tg = tg;
+    }
+    run.watch = w;
+    run.gen = gen;
+    run.near_below = near_below(quota, &w);
+    Ok(())
+}
+
+/// Reports `CpuQuotaNear` for the slot's cgroup if its pool (`bw`) is below the mark: once
+/// per kernel period and quota, naming `task` (one of its tasks that ran on this CPU).
+#[inline(always)]
+fn quota_near(run: &Running, bw: Bandwidth, task: u64, now: u64) {
+    // The mark of the quota in force (the slot's may be a tick old).
+    let below = near_below(bw.quota, &run.watch);
+    if below == 0 || bw.runtime >= below {
         return;
     }
-    // SAFETY: pointer into the map value; re-read after the add.
-    let used = unsafe { core::ptr::read_volatile(&st.used_ns) };
-    let mark = quota / 1000 * w.near_permille as u64;
-    if used < mark {
+    let id = run.cgroup_id;
+    let Some(st) = CPU_STATE.get_ptr_mut(&id) else {
         return;
-    }
-    if st.near_sent_period_ns == start && st.near_sent_quota_ns == quota {
+    };
+    // SAFETY: pointer into the map value (idempotent stores).
+    let st = unsafe { &mut *st };
+    let drawn = bw.snap.saturating_sub(bw.runtime);
+    st.used_ns = drawn;
+    let period_id = bw.periods + 1;
+    if st.near_sent_period == period_id && st.near_sent_quota_ns == bw.quota {
         count(stat::CPU_SUPPRESSED);
         return;
     }
-    st.near_sent_period_ns = start;
-    st.near_sent_quota_ns = quota;
+    st.near_sent_period = period_id;
+    st.near_sent_quota_ns = bw.quota;
+    let period = if bw.period == 0 || bw.period > i64::MAX as u64 {
+        DEFAULT_PERIOD_NS
+    } else {
+        bw.period
+    };
     let mut ev = Event {
         ts_ns: now,
         cgroup_id: id,
         target_id: id,
-        usage: used,
-        limit: quota,
+        usage: drawn,
+        limit: bw.quota,
         value: period,
         pid: 0,
         tid: 0,
@@ -372,8 +484,7 @@ fn runq_record(run: &mut Running, lat: u64, task: u64) {
     }
 }
 
-/// Adds the slot's run-queue batch to the cgroup's state (`samples` of them) and reports a
-/// crossing of the target.
+/// Adds the slot's run-queue batch to the cgroup's state and reports a crossing of the target.
 #[inline(always)]
 fn runq_flush(st: &mut CpuState, run: &mut Running, id: u64, w: CpuWatch, start: u64, now: u64) {
     // The caller zeroed pend_samples; the histogram holds the same count.
@@ -454,51 +565,43 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     let next: u64 = ctx.arg(2);
     let tg = kload(next, cpu_offset!(task_sched_task_group));
     let gen = filter_gen();
-    if run.cgroup_id == 0 && tg == run.unwatched_tg && gen == run.unwatched_gen {
-        // The commonest case on a node: from an unwatched task to one of a task group last
-        // found unwatched here, with the watched set unchanged since.
+    if cpu_offset!(runq_source) == RUNQ_FROM_WAKEUP && run.cgroup_id != 0 {
+        // The wakeup fallback: a task of the slot's cgroup preempted (or yielding) starts
+        // waiting now (tasks of other watched cgroups switched out are not seen here).
+        let prev: u64 = ctx.arg(1);
+        if kload(prev, cpu_offset!(task_sched_task_group)) == run.tg && still_runnable(ctx) {
+            let now = unsafe { bpf_ktime_get_ns() };
+            let _ = TASK_WAKEUP.insert(&prev, &now, 0);
+        }
+    }
+    if tg == run.unwatched_tg && gen == run.unwatched_gen {
+        // The commonest case on a node: a task group last found unwatched here, with the
+        // watched set unchanged since.
         return Ok(0);
     }
-    // Next is in the slot's (watched) cgroup: no need to read its id.
-    let same = run.cgroup_id != 0 && tg == run.tg;
-    let id = if same {
-        run.cgroup_id
-    } else {
-        tg_cgroup_id(tg)
-    };
-    let mut now = 0;
-    if run.cgroup_id != 0 {
-        let prev: u64 = ctx.arg(1);
-        now = unsafe { bpf_ktime_get_ns() };
-        if run.task == prev {
-            charge(run, now);
-            if cpu_offset!(runq_source) == RUNQ_FROM_WAKEUP && still_runnable(ctx) {
-                // Preempted (or yielded): its wait starts now.
-                let _ = TASK_WAKEUP.insert(&prev, &now, 0);
-            }
-            // Flush when the CPU turns to another cgroup, or enough is pending.
-            if id != run.cgroup_id || run.pend_ns >= FLUSH_NS {
-                let (quota, period) = bandwidth_direct(prev);
-                flush(run, quota, period, now);
-            }
-        } else {
-            // A stale slot (should not happen: every switch passes here): drop it.
-            drop_slot(run);
-        }
-        if id != run.cgroup_id {
-            run.cgroup_id = 0;
-        }
+    if tg == run.tg && gen == run.gen && run.cgroup_id != 0 {
+        // A task of the watched cgroup this CPU last ran.
+        return Ok(switch_in(run, next, tg));
     }
-    if !same && !maybe_watched(id) {
-        if run.cgroup_id != 0 {
-            // (Only if the cgroup was unwatched meanwhile: its pending figures are dropped.)
-            drop_slot(run);
-        }
+    // A task group met for the first time here (or since the watched set changed).
+    let id = tg_cgroup_id(tg);
+    if !maybe_watched(id) {
         run.unwatched_tg = tg;
         run.unwatched_gen = gen;
         return Ok(0);
     }
-    switch_in(run, next, id, tg, now, gen)
+    count(stat::TASK_RESOLVES);
+    // SAFETY: copied out at once.
+    let Some(w) = (unsafe { CPU_WATCHED.get(&id) }).copied() else {
+        // Its filter bit is another cgroup's.
+        run.unwatched_tg = tg;
+        run.unwatched_gen = gen;
+        return Ok(0);
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let quota = kload(tg, cpu_offset!(tg_cfs_bandwidth) + cpu_offset!(cfs_b_quota));
+    take(run, id, tg, w, gen, quota, now)?;
+    Ok(switch_in(run, next, tg))
 }
 
 /// Whether `prev` stays runnable (preempted, or switched out in TASK_RUNNING).
@@ -512,45 +615,32 @@ fn still_runnable(ctx: &BtfTracePointContext) -> bool {
         })
 }
 
-/// A task whose cgroup passed the filter is switched in: fill the slot if it is watched, and
-/// take its run-queue latency. If the slot still holds `id` (the task switched out was of the
-/// same cgroup), the cgroup is watched with the slot's settings and nothing is looked up.
+/// A task of the slot's watched cgroup (`tg`, BTF-typed) is switched in: remembered, and, on
+/// sampled switch-ins (see [`SAMPLE_FIRST`]), its cgroup's pool tested against the quota
+/// mark (one load) and its run-queue latency taken.
 #[inline(always)]
-fn switch_in(
-    run: &mut Running,
-    next: u64,
-    id: u64,
-    tg: u64,
-    now: u64,
-    gen: u64,
-) -> Result<u32, i64> {
-    if run.cgroup_id != id {
-        count(stat::TASK_RESOLVES);
-        // SAFETY: copied out at once.
-        let Some(w) = (unsafe { CPU_WATCHED.get(&id) }).copied() else {
-            // Its filter bit is another cgroup's.
-            run.cgroup_id = 0;
-            run.unwatched_tg = tg;
-            run.unwatched_gen = gen;
-            return Ok(0);
-        };
-        cpu_state_or_insert(id)?;
-        run.watch = w;
-        run.tg = tg;
-        run.cgroup_id = id;
-    }
-    let now = if now == 0 {
-        unsafe { bpf_ktime_get_ns() }
-    } else {
-        now
-    };
+fn switch_in(run: &mut Running, next: u64, tg: u64) -> u32 {
     run.task = next;
-    run.since_ns = now;
+    let seen = run.seen;
+    run.seen = seen + 1;
     let src = cpu_offset!(runq_source);
+    if seen >= SAMPLE_FIRST && seen & (SAMPLE_EVERY - 1) != 0 && src != RUNQ_FROM_WAKEUP {
+        return 0;
+    }
+    if run.near_below != 0 {
+        let left = kload(
+            tg,
+            cpu_offset!(tg_cfs_bandwidth) + cpu_offset!(cfs_b_runtime),
+        );
+        if left < run.near_below {
+            let now = unsafe { bpf_ktime_get_ns() };
+            quota_near(run, bandwidth_direct(tg), next, now);
+        }
+    }
     let lat = if src == RUNQ_FROM_SCHED_INFO {
         let queued = kload(next, cpu_offset!(task_last_queued));
         if queued == 0 {
-            return Ok(0);
+            return 0;
         }
         // The run queue's clock, updated by __schedule() just before: the clock of
         // last_queued (sched_clock based, not CLOCK_MONOTONIC).
@@ -558,29 +648,31 @@ fn switch_in(
         let rq = kload(cfs_rq, cpu_offset!(cfs_rq_rq));
         let clock = kload(rq, cpu_offset!(rq_clock));
         if clock == 0 {
-            return Ok(0);
+            return 0;
         }
         clock.saturating_sub(queued)
     } else if src == RUNQ_FROM_WAKEUP {
         // SAFETY: copied out at once.
         let Some(woken) = (unsafe { TASK_WAKEUP.get(&next) }).copied() else {
-            return Ok(0);
+            return 0;
         };
         let _ = TASK_WAKEUP.remove(&next);
+        let now = unsafe { bpf_ktime_get_ns() };
         now.saturating_sub(woken)
     } else {
-        return Ok(0);
+        return 0;
     };
     runq_record(run, lat, next);
-    Ok(0)
+    0
 }
 
-/// Charges and flushes the running watched task (if any), and rediscovers the running task
-/// when the slot does not hold it (programs just attached, or the cgroup just watched): the
-/// periodic part of CPU-time accounting. `task` is `current` (read with
-/// bpf_probe_read_kernel: not BTF-typed here).
+/// The periodic part: takes the running task's cgroup into the slot if it is watched and the
+/// slot does not hold it (programs just attached, a task that has not switched since, the
+/// cgroup just watched); then, for the slot's cgroup, refreshes its settings, adds its CPU
+/// time on this CPU, flushes its run-queue samples and reads the kernel's bandwidth pool for
+/// the quota mark. `task` is `current` (read with bpf_probe_read_kernel: not BTF-typed here).
 #[inline(always)]
-fn tick(task: u64) -> Result<u32, i64> {
+fn tick(task: u64, rate_limited: bool) -> Result<u32, i64> {
     let Some(run) = CPU_RUNNING.get_ptr_mut(0) else {
         return Ok(0);
     };
@@ -588,40 +680,56 @@ fn tick(task: u64) -> Result<u32, i64> {
     // interleave with this one on this CPU.
     let run = unsafe { &mut *run };
     let now = unsafe { bpf_ktime_get_ns() };
-    if run.cgroup_id != 0 && run.task == task {
-        // Settings may have changed, or the cgroup been unwatched, since the slot was filled.
+    if rate_limited && now.wrapping_sub(run.tick_ns) < TICK_MIN_NS {
+        return Ok(0);
+    }
+    run.tick_ns = now;
+    run.seen = 0;
+    let tg: u64 = read(task, cpu_offset!(task_sched_task_group)).unwrap_or(0);
+    let gen = filter_gen();
+    let mut current = tg != 0 && tg == run.tg && run.cgroup_id != 0;
+    if tg != 0 && !current && !(tg == run.unwatched_tg && gen == run.unwatched_gen) {
+        let id = css_id(tg + cpu_offset!(tg_css) as u64, &offsets()).unwrap_or(0);
         // SAFETY: copied out at once.
-        match unsafe { CPU_WATCHED.get(&run.cgroup_id) }.copied() {
-            Some(w) => run.watch = w,
+        let w = if id != 0 && maybe_watched(id) {
+            unsafe { CPU_WATCHED.get(&id) }.copied()
+        } else {
+            None
+        };
+        match w {
+            Some(w) => {
+                let quota: u64 = read(
+                    tg + cpu_offset!(tg_cfs_bandwidth) as u64,
+                    cpu_offset!(cfs_b_quota),
+                )?;
+                take(run, id, tg, w, gen, quota, now)?;
+                current = true;
+            }
             None => {
-                drop_slot(run);
-                return Ok(0);
+                run.unwatched_tg = tg;
+                run.unwatched_gen = gen;
             }
         }
-        charge(run, now);
-        let (quota, period) = bandwidth_probe(run.tg)?;
-        flush(run, quota, period, now);
+    }
+    if run.cgroup_id == 0 {
         return Ok(0);
     }
-    drop_slot(run);
-    let tg: u64 = read(task, cpu_offset!(task_sched_task_group))?;
-    let css = tg + cpu_offset!(tg_css) as u64;
-    let Ok(id) = css_id(css, &offsets()) else {
-        return Ok(0);
-    };
-    if !maybe_watched(id) {
-        return Ok(0);
-    }
+    // Settings may have changed, or the cgroup been unwatched, since the slot took it.
     // SAFETY: copied out at once.
-    let Some(w) = (unsafe { CPU_WATCHED.get(&id) }).copied() else {
-        return Ok(0);
-    };
-    cpu_state_or_insert(id)?;
-    run.task = task;
-    run.tg = tg;
-    run.since_ns = now;
-    run.watch = w;
-    run.cgroup_id = id;
+    match unsafe { CPU_WATCHED.get(&run.cgroup_id) }.copied() {
+        Some(w) => run.watch = w,
+        None => {
+            drop_slot(run);
+            return Ok(0);
+        }
+    }
+    if current {
+        run.task = task;
+    }
+    let bw = bandwidth_probe(run.tg)?;
+    run.near_below = near_below(bw.quota, &run.watch);
+    flush(run, bw.period, now);
+    quota_near(run, bw, run.task, now);
     Ok(0)
 }
 
@@ -630,7 +738,7 @@ fn tick(task: u64) -> Result<u32, i64> {
 pub fn cpu_tick(_ctx: PerfEventContext) -> u32 {
     // SAFETY: the current task pointer; only ever probe-read.
     let task = unsafe { bpf_get_current_task() };
-    tick(task).unwrap_or_else(|_| read_error())
+    tick(task, false).unwrap_or_else(|_| read_error())
 }
 
 // sched/sched_stat_runtime(struct task_struct *curr, u64 runtime[, u64 vruntime (< 6.8)]):
@@ -638,9 +746,9 @@ pub fn cpu_tick(_ctx: PerfEventContext) -> u32 {
 #[btf_tracepoint(function = "sched_stat_runtime")]
 pub fn sched_stat_runtime(_ctx: BtfTracePointContext) -> u32 {
     // SAFETY: as in cpu_tick. update_curr() also runs for remote run queues, where `curr` is
-    // not `current`; the tick only charges the slot of this CPU's running task.
+    // not `current`; the tick only looks at this CPU's running task.
     let task = unsafe { bpf_get_current_task() };
-    tick(task).unwrap_or_else(|_| read_error())
+    tick(task, true).unwrap_or_else(|_| read_error())
 }
 
 // sched/sched_switch, doing nothing: never attached by the agent, only by `scaler overhead`

@@ -84,7 +84,8 @@ enum Arm {
 }
 
 /// Figures of one arm in one placement.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ArmResult {
     /// µs per round trip of each run.
     pub runs_us: Vec<f64>,
@@ -101,7 +102,8 @@ pub struct ArmResult {
 }
 
 /// The four arms in one measure (wall-clock or CPU time per round trip).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Arms {
     pub without: ArmResult,
     /// Only an empty program on sched_switch.
@@ -113,7 +115,8 @@ pub struct Arms {
 }
 
 /// Figures of one placement.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct PlacementResult {
     pub placement: &'static str,
     /// µs per round trip as the benchmark reports it (wall-clock).
@@ -148,16 +151,25 @@ fn arm_result(runs: Vec<f64>, without: &[f64]) -> ArmResult {
 }
 
 /// Kernel BPF statistics of one program.
-#[derive(Debug, Serialize, Clone, Copy)]
+#[derive(Debug, Serialize, Clone, Copy, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ProgramCost {
     pub run_count: u64,
     pub run_time_ns: u64,
     pub ns_per_event: f64,
 }
 
-/// The whole report.
-#[derive(Debug, Serialize)]
+/// The JSON document's schema name and version (`docs/schemas/overhead.schema.json`).
+pub const SCHEMA: &str = "scaler-overhead/1";
+
+/// The whole report (`--json`).
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct OverheadReport {
+    /// [`scaler::schema::SCHEMA_VERSION`]: the same number as in [`SCHEMA`].
+    pub schema_version: u32,
+    /// [`SCHEMA`].
+    pub schema: &'static str,
     pub benchmark: String,
     pub kernel: String,
     pub cpus: usize,
@@ -165,7 +177,23 @@ pub struct OverheadReport {
     pub pinned_cpu: Option<usize>,
     pub rounds: u32,
     pub loops: u64,
+    /// `/proc/loadavg` (1, 5 and 15 minutes) before the first and after the last run: how
+    /// busy the machine was (the figures are noisy on a loaded one).
+    pub load_average_start: [f64; 3],
+    pub load_average_end: [f64; 3],
     pub placements: Vec<PlacementResult>,
+}
+
+/// The 1, 5 and 15-minute load averages (zeros if unreadable).
+fn load_average() -> [f64; 3] {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut v = text.split_whitespace().map(|x| x.parse().unwrap_or(0.0));
+    [(); 3].map(|()| v.next().unwrap_or(0.0))
+}
+
+/// The overhead document's JSON Schema, as committed in `docs/schemas/overhead.schema.json`.
+pub fn json_schema() -> schemars::Schema {
+    schemars::schema_for!(OverheadReport)
 }
 
 /// Errors of a benchmark run. A message leaves its `#[source]` out (the command prints the
@@ -386,6 +414,7 @@ pub fn run(args: OverheadArgs) -> anyhow::Result<ExitCode> {
         args.loops,
         args.rounds
     );
+    let load_average_start = load_average();
     // Warm up (page cache, CPU frequency).
     bench.run(args.loops / 4 + 1, &ucg, pin)?;
 
@@ -517,6 +546,10 @@ pub fn run(args: OverheadArgs) -> anyhow::Result<ExitCode> {
         });
     }
     let report = OverheadReport {
+        schema_version: scaler::schema::SCHEMA_VERSION,
+        schema: SCHEMA,
+        load_average_start,
+        load_average_end: load_average(),
         benchmark: bench.name(),
         kernel,
         cpus,
@@ -547,15 +580,19 @@ fn arm_name(arm: Arm) -> &'static str {
 }
 
 fn print_report(r: &OverheadReport) {
+    let la = |l: [f64; 3]| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]);
     println!(
-        "{} ({} round trips x {} rounds, arms interleaved), kernel {}, {} CPUs, {}",
+        "{} ({} round trips x {} rounds, arms interleaved), kernel {}, {} CPUs, {}; load \
+         average {} before, {} after",
         r.benchmark,
         r.loops,
         r.rounds,
         r.kernel,
         r.cpus,
         r.pinned_cpu
-            .map_or("not pinned".to_string(), |c| format!("pinned to CPU {c}"))
+            .map_or("not pinned".to_string(), |c| format!("pinned to CPU {c}")),
+        la(r.load_average_start),
+        la(r.load_average_end),
     );
     for p in &r.placements {
         println!(
@@ -625,6 +662,19 @@ mod tests {
         assert_eq!(m(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(m(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(m(&[]).is_nan());
+    }
+
+    #[test]
+    fn committed_overhead_schema_matches_the_types() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schemas");
+        scaler::schema::check_committed(&dir, &[("overhead", json_schema())]).unwrap();
+        assert!(SCHEMA.ends_with(&format!("/{}", scaler::schema::SCHEMA_VERSION)));
+    }
+
+    #[test]
+    fn load_average_reads_three_figures() {
+        let l = load_average();
+        assert!(l.iter().all(|v| *v >= 0.0), "{l:?}");
     }
 
     #[test]

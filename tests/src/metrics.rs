@@ -120,6 +120,8 @@ pub mod metric {
     pub const DECODE_ERRORS: Metric = Metric::named("scaler_decode_errors_total");
     /// `{program}`.
     pub const BPF_PROGRAM_RUNS: Metric = Metric::named("scaler_bpf_program_runs_total");
+    pub const BPF_PROGRAM_RUN_SECONDS: Metric =
+        Metric::named("scaler_bpf_program_run_seconds_total");
     /// `{result}`: `ok` or `rejected`.
     pub const CONFIG_RELOADS: Metric = Metric::named("scaler_config_reloads_total");
     /// `{resource, reason}`: raises refused to a cgroup under pressure.

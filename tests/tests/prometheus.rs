@@ -163,6 +163,16 @@ fn promtool_finds_the_metrics_clean_idle_and_after_an_action() {
     assert_eq!(build[0].value, 1.0);
     assert_eq!(build[0].labels["version"], env!("CARGO_PKG_VERSION"));
     assert!(!build[0].labels["kernel"].is_empty(), "{:?}", build[0]);
+    // The kernel's BPF statistics are off by default (they tax every BPF program of the
+    // node): the BPF program families are absent, even where someone else keeps the
+    // statistics on (the VMs do).
+    for m in [metric::BPF_PROGRAM_RUNS, metric::BPF_PROGRAM_RUN_SECONDS] {
+        assert!(idle.type_of(m).is_none(), "{m} without bpf_stats:\n{text}");
+        assert!(
+            idle.samples(m, &[]).is_empty(),
+            "{m} without bpf_stats:\n{text}"
+        );
+    }
     assert_eq!(agent.stop(Signal::SIGTERM).code(), Some(0));
 
     // After an action: one cgroup raised from 64M, one found with no limit at all.
@@ -172,7 +182,10 @@ fn promtool_finds_the_metrics_clean_idle_and_after_an_action() {
     unlimited.set_memory_limit(Limit::Max).unwrap();
     let rpath = raised.path(Controller::Memory).unwrap().to_string();
     let upath = unlimited.path(Controller::Memory).unwrap().to_string();
-    let mut agent = AgentConfig::new(body(&[glob_literal(&rpath), glob_literal(&upath)])).start();
+    // With `[agent] bpf_stats = true`, the BPF program series the dashboard plots.
+    let mut agent = AgentConfig::new(body(&[glob_literal(&rpath), glob_literal(&upath)]))
+        .agent_key("bpf_stats", "true")
+        .start();
     agent.wait_managed(&rpath, true, Duration::from_secs(5));
     agent.wait_managed(&upath, true, Duration::from_secs(5));
     let cg = raised.cgroup(Controller::Memory).unwrap();
@@ -188,6 +201,19 @@ fn promtool_finds_the_metrics_clean_idle_and_after_an_action() {
     std::thread::sleep(Duration::from_millis(600));
     assert_clean(&agent.scrape_text(), "after an action");
     let s = agent.scrape();
+    // bpf_stats = true: the kernel's per-program figures, and the HELP names the switch.
+    assert!(
+        !s.samples(metric::BPF_PROGRAM_RUNS, &[]).is_empty(),
+        "{}",
+        s.text
+    );
+    assert!(
+        s.text
+            .lines()
+            .any(|l| l.starts_with("# HELP scaler_bpf_program_runs") && l.contains("bpf_stats")),
+        "{}",
+        s.text
+    );
     assert!(
         s.sum(metric::ACTIONS, &[("outcome", "written")]).unwrap() >= 1.0,
         "{}",

@@ -64,8 +64,9 @@ pub enum CpuTrackingError {
 }
 
 /// Scheduler programs (attached with [`Pipeline::load_with_cpu`]): (program fn name, where it
-/// attaches). `sched_switch` does the work; `cpu_tick` (a per-CPU perf-event timer, every
-/// [`CPU_TICK`]) charges CPU time of tasks that run without switching; `sched_stat_runtime`
+/// attaches). `sched_switch` finds the watched cgroup each CPU runs and samples run-queue
+/// latency; `cpu_tick` (a per-CPU perf-event timer, every [`CPU_TICK`]) reads the kernel's
+/// own bandwidth pool and run time of that cgroup (quota-near, CPU time); `sched_stat_runtime`
 /// replaces `cpu_tick` only where perf events cannot be opened; the wakeup programs only give
 /// run-queue latency on kernels without CONFIG_SCHED_INFO.
 pub const SCHED_PROGRAMS: &[(&str, &str)] = &[
@@ -81,12 +82,12 @@ pub const SCHED_PROGRAMS: &[(&str, &str)] = &[
 /// kernel supports the cheaper paths, so that tests can exercise them.
 pub const FORCE_CPU_FALLBACKS: &str = "SCALER_FORCE_CPU_FALLBACKS";
 
-/// Period of the `cpu_tick` timer on each CPU: CPU time of a watched task that keeps running
-/// is charged at least this often, so a cgroup using `n` CPUs is seen at most `2n` ms of CPU
-/// time late against its quota (switches flush sooner). The kernel's own tick, with HZ=250,
-/// is every 4 ms; and it hands out quota in 5 ms slices per CPU. Each timer interrupt costs
-/// the CPU it fires on a few µs (measured: a 1 ms period cost a switch-heavy benchmark about
-/// 1.4% more than none, so 2 ms is the compromise).
+/// Period of the `cpu_tick` timer on each CPU: the kernel's bandwidth pool of the watched
+/// cgroup a CPU runs is read at least this often (switch-ins of its tasks test it too), so a
+/// cgroup is seen near its quota within 2 ms of CPU time per CPU. The kernel's own tick, with
+/// HZ=250, is every 4 ms; and it hands out quota in 5 ms slices per CPU. Each timer interrupt
+/// costs the CPU it fires on a few µs (measured: a 1 ms period cost a switch-heavy benchmark
+/// about 1.4% more than none, so 2 ms is the compromise).
 pub const CPU_TICK: Duration = Duration::from_millis(2);
 
 /// The scheduler programs' offsets from BTF. `None` (with the reason) when the kernel cannot
@@ -125,6 +126,12 @@ pub fn cpu_offsets(
         tg_cfs_bandwidth: off("task_group", "cfs_bandwidth")?,
         cfs_b_period: off("cfs_bandwidth", "period")?,
         cfs_b_quota: off("cfs_bandwidth", "quota")?,
+        cfs_b_runtime: off("cfs_bandwidth", "runtime")?,
+        // 5.14+ (cpu.cfs_burst_us); without it the pool starts each period at the quota.
+        cfs_b_runtime_snap: rq_off("cfs_bandwidth", "runtime_snap").unwrap_or(NO_OFFSET),
+        cfs_b_nr_periods: off("cfs_bandwidth", "nr_periods")?,
+        tg_se: off("task_group", "se")?,
+        se_sum_exec_runtime: off("sched_entity", "sum_exec_runtime")?,
         task_last_queued: last_queued.unwrap_or(NO_OFFSET),
         task_se_cfs_rq: off("task_struct", "se")? + off("sched_entity", "cfs_rq")?,
         cfs_rq_rq: off("cfs_rq", "rq")?,
@@ -419,6 +426,11 @@ mod tests {
     /// A fake kernel with the scheduler structs at made-up offsets; `sched_info` (with
     /// `last_queued`) only `with_sched_info` (CONFIG_SCHED_INFO).
     fn fake_sched_kernel(with_sched_info: bool) -> Vec<u8> {
+        fake_sched_kernel_with(with_sched_info, true)
+    }
+
+    /// Likewise; `cfs_bandwidth.runtime_snap` (5.14+) only `with_snap`.
+    fn fake_sched_kernel_with(with_sched_info: bool, with_snap: bool) -> Vec<u8> {
         let mut b = BtfBuilder::new();
         let void_ptr = b.ptr(0);
         let int = b.int("int", 4);
@@ -441,20 +453,33 @@ mod tests {
         b.strukt(
             "sched_entity",
             256,
-            &[("load", u64t, 0), ("cfs_rq", void_ptr, 168)],
+            &[
+                ("load", u64t, 0),
+                ("sum_exec_runtime", u64t, 72),
+                ("cfs_rq", void_ptr, 168),
+            ],
         );
         b.strukt("cfs_rq", 512, &[("load", u64t, 0), ("rq", void_ptr, 312)]);
         b.strukt("rq", 3584, &[("nr_running", int, 0), ("clock", u64t, 2776)]);
         b.strukt(
             "task_group",
             640,
-            &[("css", int, 0), ("cfs_bandwidth", int, 320)],
+            &[
+                ("css", int, 0),
+                ("se", void_ptr, 200),
+                ("cfs_bandwidth", int, 320),
+            ],
         );
-        b.strukt(
-            "cfs_bandwidth",
-            320,
-            &[("period", u64t, 8), ("quota", u64t, 16)],
-        );
+        let mut cfs_b = vec![
+            ("period", u64t, 8),
+            ("quota", u64t, 16),
+            ("runtime", u64t, 24),
+            ("nr_periods", int, 200),
+        ];
+        if with_snap {
+            cfs_b.push(("runtime_snap", u64t, 40));
+        }
+        b.strukt("cfs_bandwidth", 320, &cfs_b);
         let fp = b.func_proto(&[void_ptr, int, task_ptr, task_ptr, int]);
         let fpp = b.ptr(fp);
         b.typedef("btf_trace_sched_switch", fpp);
@@ -480,6 +505,12 @@ mod tests {
         assert_eq!((o.tg_css, o.tg_cfs_bandwidth), (0, 320));
         assert_eq!((o.cfs_b_period, o.cfs_b_quota), (8, 16));
         assert_eq!(
+            (o.cfs_b_runtime, o.cfs_b_runtime_snap, o.cfs_b_nr_periods),
+            (24, 40, 200),
+            "the kernel's bandwidth pool and period count"
+        );
+        assert_eq!((o.tg_se, o.se_sum_exec_runtime), (200, 72));
+        assert_eq!(
             o.task_last_queued,
             1008 + 40,
             "task_struct.sched_info.last_queued"
@@ -497,6 +528,16 @@ mod tests {
         let o = cpu_offsets(&k, &kernel_offsets()).unwrap();
         assert_eq!(o.task_last_queued, NO_OFFSET);
         assert_eq!(o.runq_source, RUNQ_FROM_WAKEUP);
+    }
+
+    /// Before 5.14 `cfs_bandwidth` has no `runtime_snap`: the pool is measured against the
+    /// quota (what a period starts with when no burst is configured).
+    #[test]
+    fn without_runtime_snap_the_pool_is_measured_against_the_quota() {
+        let k = KernelBtf::from_bytes(&fake_sched_kernel_with(true, false)).unwrap();
+        let o = cpu_offsets(&k, &kernel_offsets()).unwrap();
+        assert_eq!(o.cfs_b_runtime_snap, NO_OFFSET);
+        assert_eq!((o.cfs_b_runtime, o.cfs_b_nr_periods), (24, 200));
     }
 
     #[test]

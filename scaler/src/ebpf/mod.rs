@@ -111,6 +111,13 @@ pub struct PipelineOptions {
     /// Entries of the per-cgroup kernel maps (watched memory and cpu cgroups and their
     /// state), set at load: the most cgroups of each resource that can be watched at once.
     pub max_watched: u32,
+    /// Turn the kernel's BPF run-time statistics on while the pipeline is loaded
+    /// (`kernel.bpf_stats_enabled`, BPF_ENABLE_STATS): per-program run time and count, for
+    /// `scaler_bpf_program_*` and overhead figures. They cost two clock reads (about 28 ns
+    /// here) on every run of every BPF program of the node, ours or not, so they are off
+    /// unless asked for (`[agent] bpf_stats`; `scaler overhead` turns them on for its untimed
+    /// runs).
+    pub bpf_stats: bool,
 }
 
 impl Default for PipelineOptions {
@@ -120,6 +127,7 @@ impl Default for PipelineOptions {
             default_headroom_bytes: 0,
             early_warning: true,
             max_watched: scaler_common::MAX_WATCHED,
+            bpf_stats: false,
         }
     }
 }
@@ -221,7 +229,22 @@ pub struct Pipeline {
     programs: Vec<ProgramStatus>,
     max_watched: u32,
     _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    _stats_fd: Option<OwnedFd>,
+    /// Held while this pipeline keeps the kernel's BPF statistics on.
+    stats_fd: Option<OwnedFd>,
+}
+
+/// Turns the kernel's BPF run-time statistics on (until the descriptor is closed); `None`,
+/// after a warning saying why, where the kernel refuses.
+fn enable_bpf_stats() -> Option<OwnedFd> {
+    match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            tracing::warn!(
+                "cannot turn the kernel's BPF statistics on (BPF_ENABLE_STATS needs                  CAP_SYS_ADMIN and Linux 5.8+): {e}; scaler_bpf_program_* stay absent"
+            );
+            None
+        }
+    }
 }
 
 fn page_size() -> u64 {
@@ -260,8 +283,13 @@ impl Pipeline {
             None
         };
         let btf = Btf::from_sys_fs().ok();
-        // Kernel BPF stats (run time and count per program), for overhead figures; best effort.
-        let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+        // Kernel BPF stats (run time and count per program): only when asked for, they tax
+        // every BPF program of the node.
+        let stats_fd = if opts.bpf_stats {
+            enable_bpf_stats()
+        } else {
+            None
+        };
         let mut ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
             .override_global(names::OFFSETS, &offsets, true)
@@ -326,7 +354,7 @@ impl Pipeline {
             programs,
             max_watched: opts.max_watched.max(1),
             _logger: logger,
-            _stats_fd: stats_fd,
+            stats_fd,
         };
         p.set_settings(Settings {
             watch_all: u32::from(opts.watch_all),
@@ -387,17 +415,24 @@ impl Pipeline {
         })
     }
 
-    /// Turns the kernel's BPF run-time statistics on or off for this pipeline (they are on
-    /// after load). Measuring costs two clock reads per program run, so overhead benchmarks
-    /// measure slowdowns with them off. The kernel keeps them on while any process holds them.
+    /// Turns the kernel's BPF run-time statistics on or off for this pipeline (off after
+    /// load unless [`PipelineOptions::bpf_stats`]). Measuring costs two clock reads per
+    /// program run, on every BPF program of the node, so overhead benchmarks measure
+    /// slowdowns with them off. The kernel keeps them on while any process holds them.
     pub fn set_bpf_stats(&mut self, on: bool) {
         if on {
-            if self._stats_fd.is_none() {
-                self._stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+            if self.stats_fd.is_none() {
+                self.stats_fd = enable_bpf_stats();
             }
         } else {
-            self._stats_fd = None;
+            self.stats_fd = None;
         }
+    }
+
+    /// Whether this pipeline holds the kernel's BPF statistics on (so that
+    /// [`Pipeline::program_stats`] counts every run since then).
+    pub fn bpf_stats_on(&self) -> bool {
+        self.stats_fd.is_some()
     }
 
     /// Run time and run count per attached program (kernel BPF stats; zero when the kernel

@@ -935,7 +935,14 @@ impl Agent {
                 }
             }
         }
-        for (program, (run_time, runs)) in self.pipeline.program_stats() {
+        // Only while the agent holds the kernel's statistics on (`agent.bpf_stats`): otherwise
+        // the kernel's figures cover only the times someone else had them on.
+        let programs = if self.pipeline.bpf_stats_on() {
+            self.pipeline.program_stats()
+        } else {
+            Default::default()
+        };
+        for (program, (run_time, runs)) in programs {
             let l = ProgramLabels { program };
             Metrics::set_total_f64(&m.bpf_run_seconds.get_or_create(&l), run_time.as_secs_f64());
             Metrics::set_total(&m.bpf_runs.get_or_create(&l), runs);
@@ -969,6 +976,11 @@ impl Agent {
                         "state_file",
                         self.config.agent.state_file.display().to_string(),
                         c.agent.state_file.display().to_string(),
+                    ),
+                    (
+                        "bpf_stats",
+                        self.config.agent.bpf_stats.to_string(),
+                        c.agent.bpf_stats.to_string(),
                     ),
                 ] {
                     if old != new {

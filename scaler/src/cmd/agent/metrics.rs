@@ -246,7 +246,7 @@ pub struct Metrics {
     /// `scaler_kubelet_config_errors_total`: reads of the kubelet's configuration that could
     /// not be used.
     pub kubelet_config_errors: Counter,
-    /// `scaler_bpf_program_run_seconds_total{program}` (needs `kernel.bpf_stats_enabled`).
+    /// `scaler_bpf_program_run_seconds_total{program}` (only with `agent.bpf_stats`).
     pub bpf_run_seconds: Family<ProgramLabels, F64Counter>,
     /// `scaler_bpf_program_runs_total{program}`.
     pub bpf_runs: Family<ProgramLabels, Counter>,
@@ -536,13 +536,14 @@ impl Metrics {
             );
             r.register_with_unit(
                 "bpf_program_run",
-                "Time the kernel spent in each BPF program (kernel.bpf_stats_enabled=1)",
+                "Time the kernel spent in each BPF program; present only with [agent] \
+                 bpf_stats = true (the statistics tax every BPF program of the node)",
                 Unit::Seconds,
                 m.bpf_run_seconds.clone(),
             );
             r.register(
                 "bpf_program_runs",
-                "Runs of each BPF program (kernel.bpf_stats_enabled=1)",
+                "Runs of each BPF program; present only with [agent] bpf_stats = true",
                 m.bpf_runs.clone(),
             );
             r.register_with_unit(

@@ -444,6 +444,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             default_headroom_bytes: 0,
             early_warning: true,
             max_watched: config.agent.max_cgroups,
+            bpf_stats: config.agent.bpf_stats,
         },
         wants_cpu,
     )?;
