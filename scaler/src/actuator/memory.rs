@@ -702,6 +702,12 @@ impl LimitWriter for MemoryActuator {
         self.set_memory_limit(Limit::from_bytes(new))
             .map(|o| o.completed_ns)
     }
+
+    fn limit_only(&self) -> bool {
+        // Without a held memsw or memory.high file, `refresh` reads the limit alone (and
+        // looks for the others only when the limit changed).
+        self.memsw.get().is_none() && self.high.get().is_none()
+    }
 }
 
 #[cfg(test)]

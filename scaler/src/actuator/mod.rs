@@ -273,6 +273,13 @@ pub trait LimitWriter: Send + fmt::Debug {
     /// quota (`u64::MAX`: none) at whatever period.
     fn holds(&self, found: Setting, believed: u64) -> bool;
 
+    /// Whether [`refresh`](Self::refresh) reads the limit file alone (no v1 memsw or v2
+    /// `memory.high` managed with it), so that the limit a kernel event just reported says
+    /// everything a re-read would.
+    fn limit_only(&self) -> bool {
+        false
+    }
+
     /// Which limit it writes.
     fn resource(&self) -> Resource {
         self.current().resource()

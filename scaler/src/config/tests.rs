@@ -309,6 +309,11 @@ fn contradictions_and_out_of_range_values_are_rejected_naming_the_key() {
             "out of range",
         ),
         (
+            "[agent]\nrealtime_priority = 100".to_string(),
+            "agent.realtime_priority",
+            "SCHED_FIFO priority",
+        ),
+        (
             policy("memory", "min = \"2G\"\nmax = \"1G\""),
             "policy[0].memory.max",
             "below min",

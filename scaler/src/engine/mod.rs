@@ -8,6 +8,13 @@
 //!
 //! [`Engine`] runs that loop with the scaling handler ([`scaling`]): event -> decider -> limit
 //! writer -> feedback, for every resource through one set of [`Command`]s.
+//!
+//! Where the process may run on several CPUs, the engine runs one such thread per CPU, each
+//! pinned to its CPU and sharing one handler and one ring buffer under a lock
+//! ([`run_shared_loop`]): the kernel wakes every waiter of the ring buffer, and the one on the
+//! CPU where the event happened (the allocating task's, awake) runs first, without the
+//! inter-processor interrupt and the wake-up from idle that reaching another CPU costs (about
+//! 20-40 µs of the reaction on the VMs measured; see docs/architecture.md, "Reaction latency").
 
 mod scaling;
 #[cfg(test)]
@@ -19,13 +26,14 @@ pub use self::scaling::{
     snapshot_via, ActionRecord, Budget, Command, CommandRefused, CommandSender, Engine,
     EngineConfig, EngineFault, EngineStats, FaultKind, FaultTrigger, ManageRequest, Policy, Record,
     RefusalRecord, Signal, Snapshot, COMMAND_WAIT, DEFAULT_COMMAND_CAPACITY,
+    DEFAULT_REALTIME_PRIORITY, MAX_ENGINE_THREADS, REPORTED_LIMIT_FRESH_NS,
 };
 
 use std::{
     os::fd::{AsFd, BorrowedFd},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -68,11 +76,6 @@ impl StopHandle {
     /// Asks the loop to stop; it returns after the events already read are handled.
     pub fn stop(&self) {
         let _ = self.fd.write(1);
-    }
-
-    fn is_stopped(&self) -> bool {
-        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
-        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
     }
 }
 
@@ -142,6 +145,85 @@ pub trait Handler {
     }
 }
 
+/// Hands every event waiting in `source` to `handler` (counting them), then runs its tick;
+/// returns what the tick returned (work left over).
+fn drain_and_tick(
+    source: &mut impl RecordSource,
+    stats: &LoopStats,
+    handler: &mut impl Handler,
+) -> bool {
+    // Events submitted without a wakeup are read here too.
+    let mut n = 0u64;
+    while let Some(ev) = next_event(source) {
+        n += 1;
+        if n.is_multiple_of(HEARTBEAT_EVERY) {
+            stats.heartbeat_ns.store(monotonic_ns(), Ordering::Relaxed);
+        }
+        match ev {
+            Ok(ev) => handler.on_event(&ev),
+            Err(e) => {
+                stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                handler.on_decode_error(e);
+            }
+        }
+    }
+    if n > 0 {
+        stats.records.fetch_add(n, Ordering::Relaxed);
+    }
+    let more = handler.on_tick();
+    stats.heartbeat_ns.store(monotonic_ns(), Ordering::Relaxed);
+    more
+}
+
+/// Handles what is already in `source` before the loop stops.
+fn final_drain(source: &mut impl RecordSource, handler: &mut impl Handler) {
+    while let Some(ev) = next_event(source) {
+        if let Ok(ev) = ev {
+            handler.on_event(&ev);
+        }
+    }
+}
+
+/// What one `poll` of the loop found.
+struct Woken {
+    stop: bool,
+}
+
+/// Waits (up to `timeout`) for records, a stop or a wake; one `poll(2)`, whose result says
+/// all (no second system call on the way to the handler).
+fn wait(
+    ring: BorrowedFd<'_>,
+    stop: &StopHandle,
+    timeout: PollTimeout,
+    stats: &LoopStats,
+) -> std::io::Result<Woken> {
+    let mut fds = [
+        PollFd::new(ring, PollFlags::POLLIN),
+        PollFd::new(stop.fd.as_fd(), PollFlags::POLLIN),
+        PollFd::new(stop.wake.as_fd(), PollFlags::POLLIN),
+    ];
+    match poll(&mut fds, timeout) {
+        Ok(_) => {}
+        Err(nix::errno::Errno::EINTR) => return Ok(Woken { stop: false }),
+        Err(e) => return Err(e.into()),
+    }
+    let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
+    if ready(&fds[0]) {
+        stats.wakeups.fetch_add(1, Ordering::Relaxed);
+    }
+    if ready(&fds[2]) {
+        let _ = stop.wake.read();
+    }
+    Ok(Woken {
+        stop: ready(&fds[1]),
+    })
+}
+
+fn poll_timeout(tick: Duration) -> PollTimeout {
+    PollTimeout::try_from(tick.as_millis().min(i32::MAX as u128) as i32)
+        .unwrap_or(PollTimeout::NONE)
+}
+
 /// Reads `source` until `stop`, calling `handler` for each event.
 pub fn run_ring_loop(
     source: &mut impl RecordSource,
@@ -150,54 +232,64 @@ pub fn run_ring_loop(
     stats: &LoopStats,
     handler: &mut impl Handler,
 ) -> std::io::Result<()> {
-    let timeout = PollTimeout::try_from(tick.as_millis().min(i32::MAX as u128) as i32)
-        .unwrap_or(PollTimeout::NONE);
+    let timeout = poll_timeout(tick);
     loop {
-        // Drain first: events submitted without a wakeup are read here too.
-        let mut n = 0u64;
-        while let Some(ev) = next_event(source) {
-            n += 1;
-            if n.is_multiple_of(HEARTBEAT_EVERY) {
-                stats.heartbeat_ns.store(monotonic_ns(), Ordering::Relaxed);
-            }
-            match ev {
-                Ok(ev) => handler.on_event(&ev),
-                Err(e) => {
-                    stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-                    handler.on_decode_error(e);
-                }
-            }
-        }
-        if n > 0 {
-            stats.records.fetch_add(n, Ordering::Relaxed);
-        }
-        let more = handler.on_tick();
-        stats.heartbeat_ns.store(monotonic_ns(), Ordering::Relaxed);
-        let mut fds = [
-            PollFd::new(source.fd(), PollFlags::POLLIN),
-            PollFd::new(stop.fd.as_fd(), PollFlags::POLLIN),
-            PollFd::new(stop.wake.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, if more { PollTimeout::ZERO } else { timeout }) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-        let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
-        let stop_ready = ready(&fds[1]);
-        if ready(&fds[0]) {
-            stats.wakeups.fetch_add(1, Ordering::Relaxed);
-        }
-        if ready(&fds[2]) {
-            let _ = stop.wake.read();
-        }
-        if stop_ready || stop.is_stopped() {
+        let more = drain_and_tick(source, stats, handler);
+        let woken = wait(
+            source.fd(),
+            stop,
+            if more { PollTimeout::ZERO } else { timeout },
+            stats,
+        )?;
+        if woken.stop {
             // Handle what is already there, then stop.
-            while let Some(ev) = next_event(source) {
-                if let Ok(ev) = ev {
-                    handler.on_event(&ev);
-                }
-            }
+            final_drain(source, handler);
+            return Ok(());
+        }
+    }
+}
+
+/// A record source and its handler, shared by the threads of [`run_shared_loop`].
+pub struct Shared<S, H> {
+    pub source: S,
+    pub handler: H,
+}
+
+/// One of several threads reading one source into one handler (see the module's
+/// documentation): each waits in `poll(2)` on `ring` (the source's descriptor, which must stay
+/// open while `shared` lives) and, woken, takes the lock and drains. A thread woken after
+/// another drained finds nothing and waits again. `tick`: the thread that runs the periodic
+/// work (`None`: this one waits for records, commands or a stop only, so that idle threads
+/// cost no wake-ups). Ends with an error when another thread panicked holding the lock.
+pub fn run_shared_loop<S: RecordSource, H: Handler>(
+    shared: &Mutex<Shared<S, H>>,
+    ring: BorrowedFd<'_>,
+    stop: &StopHandle,
+    tick: Option<Duration>,
+    stats: &LoopStats,
+) -> std::io::Result<()> {
+    let timeout = tick.map_or(PollTimeout::NONE, poll_timeout);
+    let lock = || {
+        shared
+            .lock()
+            .map_err(|_| std::io::Error::other("another engine thread panicked"))
+    };
+    loop {
+        let more = {
+            let mut g = lock()?;
+            let Shared { source, handler } = &mut *g;
+            drain_and_tick(source, stats, handler)
+        };
+        let woken = wait(
+            ring,
+            stop,
+            if more { PollTimeout::ZERO } else { timeout },
+            stats,
+        )?;
+        if woken.stop {
+            let mut g = lock()?;
+            let Shared { source, handler } = &mut *g;
+            final_drain(source, handler);
             return Ok(());
         }
     }

@@ -19,7 +19,7 @@ use std::{
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{sync_channel, Receiver, SyncSender, TrySendError},
-        Arc,
+        Arc, Mutex,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -27,7 +27,7 @@ use std::{
 
 use scaler_common::EventKind;
 
-use super::{run_ring_loop, Handler, LoopStats, RecordSource, StopHandle};
+use super::{run_shared_loop, Handler, LoopStats, RecordSource, Shared, StopHandle};
 pub use crate::decider::{Policy, Signal};
 use crate::{
     actuator::{LimitWriter, Setting, WriteMark},
@@ -516,6 +516,16 @@ pub struct EngineConfig {
     pub tick: Duration,
     /// Run the engine thread SCHED_FIFO at this priority (best effort; None: normal).
     pub realtime_priority: Option<i32>,
+    /// One engine thread per CPU the process may run on, each pinned to its CPU, sharing the
+    /// handler under a lock: the one on the CPU of the event handles it (see
+    /// [`run_shared_loop`]). False, a single CPU or more than [`MAX_ENGINE_THREADS`]: one
+    /// unpinned thread.
+    pub wake_on_event_cpu: bool,
+    /// How old a kernel event's report of the limit may be and still stand for the re-read
+    /// before a write (ns; see [`REPORTED_LIMIT_FRESH_NS`]). 0, the default: every write is
+    /// preceded by its re-read, so that an owner's write is overwritten only if it lands in the
+    /// microseconds between the `pread` and the `pwrite`, never in the age of an event.
+    pub reported_limit_fresh_ns: u64,
     /// A fault to inject, for tests only (`SCALER_TEST_FAULT`; see [`EngineFault`]).
     pub fault: Option<EngineFault>,
 }
@@ -585,11 +595,25 @@ impl Default for EngineConfig {
             record_capacity: 65536,
             command_capacity: DEFAULT_COMMAND_CAPACITY,
             tick: Duration::from_millis(100),
-            realtime_priority: Some(10),
+            realtime_priority: Some(DEFAULT_REALTIME_PRIORITY),
+            wake_on_event_cpu: true,
+            reported_limit_fresh_ns: 0,
             fault: None,
         }
     }
 }
+
+/// Default [`EngineConfig::realtime_priority`] (`agent.realtime_priority`): SCHED_FIFO 10, above
+/// every SCHED_OTHER task and below the kernel's own realtime threads (priority 50 and up).
+pub const DEFAULT_REALTIME_PRIORITY: i32 = 10;
+
+/// [`EngineConfig::wake_on_event_cpu`] starts one thread per CPU only where the process may run
+/// on at most this many CPUs; beyond, one thread. The ring buffer's wakeup wakes every waiting
+/// thread inside the same interrupt, before the local one can run: each remote one costs that
+/// interrupt 1-2 µs on bare metal and 2-13 µs in the VMs measured, so on a larger node the
+/// wakeups of the other threads would cost more than the local one saves (20-40 µs), and an
+/// event has less chance to be on a CPU whose thread is pinned there.
+pub const MAX_ENGINE_THREADS: usize = 8;
 
 /// Counters of the engine thread, shared with the slow side.
 #[derive(Debug, Default)]
@@ -610,6 +634,9 @@ pub struct EngineStats {
     pub refused: [[AtomicU64; REFUSAL_REASONS.len()]; 2],
     /// Commands refused because the command channel stayed full for [`COMMAND_WAIT`].
     pub commands_refused: AtomicU64,
+    /// Writes made without the re-read before them: the kernel's event had just reported the
+    /// limit (see [`REPORTED_LIMIT_FRESH_NS`]).
+    pub rereads_skipped: AtomicU64,
 }
 
 impl EngineStats {
@@ -705,7 +732,37 @@ pub(super) struct ScalingHandler {
     stats: Arc<EngineStats>,
     /// An injected fault and when it was armed (CLOCK_MONOTONIC ns), for tests.
     fault: Option<(EngineFault, u64)>,
+    /// The limit the kernel reported in force with the event being handled (see
+    /// [`ReportedLimit`]); `None` outside the handling of a kernel memory event.
+    reported: Option<ReportedLimit>,
+    /// [`EngineConfig::reported_limit_fresh_ns`].
+    reported_fresh_ns: u64,
 }
+
+/// A memory limit the kernel read from its page counter when it emitted an event (the
+/// event's `limit`): the value a `pread` of the limit file would return, read microseconds
+/// earlier. When it is the limit an action starts from, and the writer manages no other file
+/// with the limit ([`LimitWriter::limit_only`]), the re-read before the write is skipped: it
+/// could tell nothing the event did not, and it costs a system call on the reaction (2-17 µs
+/// measured here: the first after the engine slept is slow). No check can close the window in
+/// which an owner's write lands just before the agent's: with the re-read it is the microseconds
+/// between the `pread` and the `pwrite`; without, the age of the event, at most
+/// [`REPORTED_LIMIT_FRESH_NS`] (an older event, from a backlog or a slow wake-up, is re-read).
+/// An owner's write older than the event is in the event's figure, and adopted as before.
+#[derive(Clone, Copy, Debug)]
+struct ReportedLimit {
+    cgroup: CgId,
+    limit: u64,
+    ts_ns: u64,
+}
+
+/// How old (from its kernel timestamp) an event's report of the limit may be and still stand
+/// for a re-read where [`EngineConfig::reported_limit_fresh_ns`] opts in: 250 µs, above a
+/// prompt reaction (about 30-100 µs) and at most the reaction goal of a busy node; an event
+/// read from a backlog, or after a slow wake-up, is re-read. Not the default: the owner of a
+/// limit comes first (an owner's write within an event's age would be overwritten), and the
+/// re-read costs 2-17 µs.
+pub const REPORTED_LIMIT_FRESH_NS: u64 = 250_000;
 
 const fn slot_index(r: Resource) -> usize {
     match r {
@@ -738,6 +795,8 @@ impl ScalingHandler {
             commands,
             stats,
             fault: cfg.fault.clone().map(|f| (f, monotonic_ns())),
+            reported: None,
+            reported_fresh_ns: cfg.reported_limit_fresh_ns,
         }
     }
 
@@ -851,8 +910,27 @@ impl ScalingHandler {
                 // Before every write the file is re-read (one `pread` per file on the open
                 // descriptors): a value other than the one the decision started from was
                 // written by the limit's owner since, and is adopted, not overwritten.
+                let reported = self.reported.filter(|r| {
+                    r.cgroup == a.cgroup
+                        && r.ts_ns == a.trigger_ts_ns
+                        && monotonic_ns().saturating_sub(r.ts_ns) < self.reported_fresh_ns
+                });
                 let result = slot.writer(a.cgroup).map(|(w, mark)| {
-                    match w.refresh() {
+                    // The kernel's report stands for the re-read (see `ReportedLimit`).
+                    // (The kernel, the decider and the writer all hold the same limit.)
+                    let known = reported.is_some_and(|r| {
+                        w.limit_only()
+                            && w.holds(Setting::Memory(Limit::from_bytes(r.limit)), a.old)
+                            && w.holds(w.current(), a.old)
+                    });
+                    if known {
+                        self.stats.rereads_skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match if known {
+                        Ok((w.current(), w.current()))
+                    } else {
+                        w.refresh()
+                    } {
                         Ok((_, found)) if !w.holds(found, a.old) => {
                             if let Some(m) = mark {
                                 m.adopted(setting_of(a.old, found), found);
@@ -1004,7 +1082,15 @@ impl Handler for ScalingHandler {
                 if r == Resource::Cpu {
                     self.stats.cpu_signals.fetch_add(1, Ordering::Relaxed);
                 }
+                if matches!(ev.kind, EventKind::ReclaimBegin | EventKind::UsageHigh) {
+                    self.reported = Some(ReportedLimit {
+                        cgroup: id,
+                        limit: ev.limit,
+                        ts_ns: ev.ts_ns,
+                    });
+                }
                 self.decide(id, signal);
+                self.reported = None;
             } else if r == Resource::Memory
                 && ev.target_id != ev.cgroup_id
                 && self.slot(r).is_managed(ev.cgroup_id)
@@ -1038,9 +1124,10 @@ impl Handler for ScalingHandler {
     }
 }
 
-/// The running engine: a thread that owns the record source, the deciders and the writers.
+/// The running engine: its threads (one, or one per CPU: [`EngineConfig::wake_on_event_cpu`])
+/// own the record source, the deciders and the writers.
 pub struct Engine {
-    thread: Option<JoinHandle<std::io::Result<()>>>,
+    threads: Vec<JoinHandle<std::io::Result<()>>>,
     control: StopHandle,
     commands: CommandSender,
     records: Option<Receiver<Record>>,
@@ -1048,31 +1135,67 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the engine thread on `source` (the BPF ring buffer).
+    /// Starts the engine thread(s) on `source` (the BPF ring buffer).
     pub fn start(
-        mut source: impl RecordSource + Send + 'static,
+        source: impl RecordSource + Send + 'static,
         cfg: EngineConfig,
     ) -> std::io::Result<Self> {
         let control = StopHandle::new()?;
         let (cmd_tx, cmd_rx) = sync_channel(cfg.command_capacity.max(1));
         let (rec_tx, rec_rx) = sync_channel(cfg.record_capacity);
         let stats = Arc::new(EngineStats::default());
-        let mut handler = ScalingHandler::new(&cfg, rec_tx, cmd_rx, stats.clone());
-        let ctl = control.clone();
-        let st = stats.clone();
-        let tick = cfg.tick;
-        let prio = cfg.realtime_priority;
-        let thread = std::thread::Builder::new()
-            .name("scaler-engine".into())
-            .spawn(move || {
+        let handler = ScalingHandler::new(&cfg, rec_tx, cmd_rx, stats.clone());
+        let ring = std::os::fd::AsRawFd::as_raw_fd(&source.fd());
+        let shared = Arc::new(Mutex::new(Shared { source, handler }));
+        let cpus = if cfg.wake_on_event_cpu {
+            allowed_cpus()
+        } else {
+            Vec::new()
+        };
+        // One unpinned thread, or one pinned to each CPU (the first runs the ticks).
+        let pins: Vec<Option<usize>> = if (2..=MAX_ENGINE_THREADS).contains(&cpus.len()) {
+            cpus.into_iter().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        let mut threads = Vec::with_capacity(pins.len());
+        for (i, pin) in pins.into_iter().enumerate() {
+            let ctl = control.clone();
+            let st = stats.clone();
+            let shared = shared.clone();
+            let tick = (i == 0).then_some(cfg.tick);
+            let prio = cfg.realtime_priority;
+            let name = match pin {
+                Some(cpu) if i > 0 => format!("scaler-engine{cpu}"),
+                _ => "scaler-engine".to_owned(),
+            };
+            let spawned = std::thread::Builder::new().name(name).spawn(move || {
                 let _exited = ExitGuard(st.clone());
+                if let Some(cpu) = pin {
+                    pin_to(cpu);
+                }
                 if let Some(p) = prio {
                     set_realtime(p);
                 }
-                run_ring_loop(&mut source, &ctl, tick, &st.loop_stats, &mut handler)
-            })?;
+                // SAFETY: the descriptor belongs to the source in `shared`, which this thread
+                // holds (and so keeps open) until it returns.
+                let ring = unsafe { std::os::fd::BorrowedFd::borrow_raw(ring) };
+                run_shared_loop(&shared, ring, &ctl, tick, &st.loop_stats)
+            });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    // Stop the threads already started before reporting.
+                    control.stop();
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(e);
+                }
+            }
+        }
         Ok(Self {
-            thread: Some(thread),
+            threads,
             commands: CommandSender {
                 tx: cmd_tx,
                 wake: control.clone(),
@@ -1082,6 +1205,11 @@ impl Engine {
             records: Some(rec_rx),
             stats,
         })
+    }
+
+    /// How many engine threads run (one, or one per CPU).
+    pub fn threads(&self) -> usize {
+        self.threads.len()
     }
 
     /// Sends a command; the engine handles it before its next poll. See [`CommandSender::send`].
@@ -1112,9 +1240,9 @@ impl Engine {
         &self.control
     }
 
-    /// Whether the engine thread is still running (false once it returned or panicked).
+    /// Whether the engine threads are still running (false once one returned or panicked).
     pub fn is_running(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+        !self.threads.is_empty() && self.threads.iter().all(|t| !t.is_finished())
     }
 
     /// Stops the thread after it handled what it already read.
@@ -1127,10 +1255,10 @@ impl Engine {
     pub fn stop_within(mut self, timeout: Duration) -> std::io::Result<()> {
         self.control.stop();
         let deadline = std::time::Instant::now() + timeout;
-        while self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+        while self.threads.iter().any(|t| !t.is_finished()) {
             if std::time::Instant::now() >= deadline {
-                // Dropping the handle detaches the thread; Drop finds nothing to join.
-                self.thread = None;
+                // Dropping the handles detaches the threads; Drop finds nothing to join.
+                self.threads.clear();
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("the engine thread did not stop within {timeout:?}"),
@@ -1143,12 +1271,17 @@ impl Engine {
 
     fn shutdown(&mut self) -> std::io::Result<()> {
         self.control.stop();
-        match self.thread.take() {
-            Some(t) => t
+        let mut result = Ok(());
+        for t in self.threads.drain(..) {
+            let r = t
                 .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("engine thread panicked"))),
-            None => Ok(()),
+                .unwrap_or_else(|_| Err(std::io::Error::other("engine thread panicked")));
+            // The first failure is the cause (the others end because a thread panicked).
+            if result.is_ok() {
+                result = r;
+            }
         }
+        result
     }
 }
 
@@ -1169,6 +1302,39 @@ pub fn snapshot_via(
 impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.shutdown();
+    }
+}
+
+/// The CPUs this process may run on (its affinity mask), in order; empty if unknown.
+pub(super) fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; the call fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer and size for the calling thread's mask.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+/// Best effort: pins the calling thread to `cpu` (a CPU taken away later, by hotplug or a
+/// cpuset change, makes the kernel move it; it then works as an unpinned thread).
+fn pin_to(cpu: usize) {
+    // SAFETY: as in `allowed_cpus`.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` came from the process's mask, below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: valid pointer and size, for the calling thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        tracing::debug!(
+            "engine thread not pinned to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

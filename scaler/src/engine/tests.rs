@@ -80,6 +80,10 @@ struct FakeWriter {
     refuse: bool,
     /// A value the limit's owner wrote to the "file", found by the next re-read.
     owner: Owner,
+    /// Re-reads made.
+    refreshes: Arc<std::sync::atomic::AtomicU64>,
+    /// What `LimitWriter::limit_only` answers.
+    limit_only: bool,
 }
 
 /// A fake writer's file, as its owner writes it.
@@ -100,6 +104,8 @@ impl FakeWriter {
             writes: writes.clone(),
             refuse,
             owner: owner.clone(),
+            refreshes: Arc::default(),
+            limit_only: false,
         };
         (Box::new(w), writes, owner)
     }
@@ -135,12 +141,17 @@ impl LimitWriter for FakeWriter {
     }
 
     fn refresh(&self) -> Result<(Setting, Setting), ActuatorError> {
+        self.refreshes.fetch_add(1, Ordering::Relaxed);
         let mut cur = self.current.lock().unwrap();
         let before = *cur;
         if let Some(owner) = self.owner.lock().unwrap().take() {
             *cur = owner;
         }
         Ok((before, *cur))
+    }
+
+    fn limit_only(&self) -> bool {
+        self.limit_only
     }
 
     fn holds(&self, found: Setting, believed: u64) -> bool {
@@ -820,4 +831,154 @@ fn a_dry_run_adopts_nothing_from_a_reread() {
     assert!(writes.lock().unwrap().is_empty());
     assert_eq!(mark.adoption().unwrap().count, 0);
     e.stop().unwrap();
+}
+
+/// A handler managing cgroup 1 at 64 MiB through a fake writer that manages the limit file
+/// alone (`limit_only`) or not; returns the handler, the writer's re-read count, its writes,
+/// its owner's handle and the stats.
+fn reread_handler(
+    limit_only: bool,
+) -> (
+    super::ScalingHandler,
+    Arc<std::sync::atomic::AtomicU64>,
+    Writes,
+    Owner,
+    Arc<EngineStats>,
+    Receiver<Record>,
+) {
+    let (rec_tx, rec_rx) = std::sync::mpsc::sync_channel(1 << 10);
+    let (_cmd_tx, cmd_rx) = std::sync::mpsc::channel();
+    let stats: Arc<EngineStats> = Arc::default();
+    let cfg = EngineConfig {
+        reported_limit_fresh_ns: super::REPORTED_LIMIT_FRESH_NS,
+        ..EngineConfig::default()
+    };
+    let mut h = super::ScalingHandler::new(&cfg, rec_tx, cmd_rx, stats.clone());
+    let refreshes: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+    let writes = Writes::default();
+    let owner = Owner::default();
+    h.command(Command::Manage(Box::new(ManageRequest {
+        id: 1,
+        path: Arc::from("/reread"),
+        parent: None,
+        policy: Policy::Memory(memory_policy()),
+        writer: Box::new(FakeWriter {
+            current: Mutex::new(Setting::Memory(Limit::Bytes(64 * MIB))),
+            writes: writes.clone(),
+            refuse: false,
+            owner: owner.clone(),
+            refreshes: refreshes.clone(),
+            limit_only,
+        }),
+        usage: 60 * MIB,
+        sampled_ns: monotonic_ns(),
+        mark: None,
+    })));
+    (h, refreshes, writes, owner, stats, rec_rx)
+}
+
+/// The re-read before a write is skipped when the kernel's event has just reported the limit
+/// the action starts from and the writer manages the limit file alone; it stays when the
+/// writer manages more files (v1 memsw, v2 memory.high), when the event is older than
+/// `REPORTED_LIMIT_FRESH_NS`, and for signals that are not kernel events (samples).
+#[test]
+fn a_fresh_event_reporting_the_limit_stands_for_the_reread() {
+    let on = |h: &mut super::ScalingHandler, age_ns: u64| {
+        let mut ev = reclaim(1, 1, 64 * MIB, 64 * MIB);
+        ev.ts_ns = monotonic_ns() - age_ns;
+        let decoded = crate::events::decode(&encode(&ev)).unwrap();
+        Handler::on_event(h, &decoded);
+    };
+    // Limit file alone, fresh event at the believed limit: written without a re-read.
+    let (mut h, refreshes, writes, _, stats, _rx) = reread_handler(true);
+    on(&mut h, 0);
+    assert_eq!(writes.lock().unwrap().len(), 1, "the raise is written");
+    assert_eq!(refreshes.load(Ordering::Relaxed), 0, "no re-read");
+    assert_eq!(stats.rereads_skipped.load(Ordering::Relaxed), 1);
+    // More files managed with the limit: re-read.
+    let (mut h, refreshes, writes, _, stats, _rx) = reread_handler(false);
+    on(&mut h, 0);
+    assert_eq!(writes.lock().unwrap().len(), 1);
+    assert_eq!(
+        refreshes.load(Ordering::Relaxed),
+        1,
+        "re-read before the write"
+    );
+    assert_eq!(stats.rereads_skipped.load(Ordering::Relaxed), 0);
+    // An event older than the bound: re-read, and an owner's value found then is adopted,
+    // not overwritten.
+    let (mut h, refreshes, writes, owner, stats, _rx) = reread_handler(true);
+    *owner.lock().unwrap() = Some(Setting::Memory(Limit::Bytes(96 * MIB)));
+    on(&mut h, 2 * super::REPORTED_LIMIT_FRESH_NS);
+    assert_eq!(
+        refreshes.load(Ordering::Relaxed),
+        1,
+        "a stale report is re-read"
+    );
+    assert!(
+        writes.lock().unwrap().is_empty(),
+        "the owner's write stands"
+    );
+    assert_eq!(stats.rereads_skipped.load(Ordering::Relaxed), 0);
+}
+
+/// With one engine thread per CPU, every record is read once, by one of them, and a stop
+/// ends them all.
+#[test]
+fn per_cpu_engine_threads_read_each_record_once_and_stop_together() {
+    let ring = FakeRing::new();
+    let (e, rx) = start(&ring, false);
+    let cpus = super::scaling::allowed_cpus().len();
+    assert_eq!(
+        e.threads(),
+        if (2..=super::MAX_ENGINE_THREADS).contains(&cpus) {
+            cpus
+        } else {
+            1
+        }
+    );
+    let n = 500u64;
+    for i in 0..n {
+        // Unmanaged cgroups: read and forwarded, nothing written.
+        ring.push(reclaim(1000 + i, 1000 + i, MIB, MIB));
+        if i % 50 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    drained(&e, n);
+    assert_eq!(e.stats().loop_stats.records.load(Ordering::Relaxed), n);
+    let events = rx
+        .try_iter()
+        .filter(|r| matches!(r, Record::Event(_)))
+        .count() as u64;
+    assert_eq!(events, n, "each record handled once");
+    assert!(e.is_running());
+    e.stop().unwrap();
+}
+
+/// A panic on one engine thread ends the engine: the others stop at their next turn, and the
+/// exit is reported (the agent's health check reads `exited`).
+#[test]
+fn a_panicking_engine_thread_ends_them_all() {
+    let ring = FakeRing::new();
+    let e = Engine::start(
+        ring.clone(),
+        EngineConfig {
+            realtime_priority: None,
+            tick: Duration::from_millis(10),
+            fault: Some(EngineFault {
+                kind: FaultKind::Panic,
+                when: FaultTrigger::After(Duration::ZERO),
+            }),
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while e.is_running() {
+        assert!(std::time::Instant::now() < end, "the engine still runs");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(e.stats().exited.load(Ordering::SeqCst));
+    assert!(e.stop().is_err());
 }

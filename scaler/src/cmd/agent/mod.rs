@@ -499,6 +499,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             cpu_budget_cores: config.cpu_budget(&node),
             dry_run: config.agent.dry_run,
             fault,
+            realtime_priority: (config.agent.realtime_priority > 0)
+                .then_some(i32::from(config.agent.realtime_priority)),
+            wake_on_event_cpu: config.agent.engine_per_cpu,
             ..EngineConfig::default()
         },
     )?;
