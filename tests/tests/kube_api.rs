@@ -422,10 +422,14 @@ fn names_and_annotations_from_the_api_reach_the_containers_labels_and_a_burst_is
         .map(|r| r.new)
         .collect();
     let mem = c["resources"]["limits"]["memory"].as_str().unwrap();
-    let bytes = mem.strip_suffix("Mi").map_or_else(
-        || mem.parse::<u64>().unwrap(),
-        |m| m.parse::<u64>().unwrap() * M,
-    );
+    // A Kubernetes quantity in the binary suffix that divides it (Gi, Mi, Ki) or plain bytes.
+    let bytes = [("Gi", 1u64 << 30), ("Mi", M), ("Ki", 1 << 10)]
+        .iter()
+        .find_map(|(suffix, unit)| {
+            mem.strip_suffix(suffix)
+                .map(|n| n.parse::<u64>().unwrap() * unit)
+        })
+        .unwrap_or_else(|| mem.parse::<u64>().unwrap());
     assert!(raised.contains(&bytes), "{mem} is one of {raised:?}");
     note(&format!(
         "  {} raises of the container ({:?} MiB), {} resize patch ({mem})",
