@@ -409,6 +409,21 @@ pub fn steps_interval() -> &'static str {
     }
 }
 
+/// `scaler workload` arguments for 256 MiB in 8 MiB steps every [`steps_interval`] (10 ms, or
+/// 100 ms under emulation), for the tests that do not race.
+pub fn steps_256m() -> Vec<&'static str> {
+    vec![
+        "workload",
+        "steps",
+        "--total",
+        "256M",
+        "--step",
+        "8M",
+        "--interval",
+        steps_interval(),
+    ]
+}
+
 /// Like [`env`], but also skips (loudly, with the reason) under software emulation: for tests
 /// whose subject is a raw speed or rate (event storms of 100k/s), which a VM running 10-50x
 /// slower than real time cannot reproduce. They run on real hardware (the host stage of

@@ -6,21 +6,6 @@ use std::{os::unix::process::ExitStatusExt, time::Duration};
 use scaler::cgroupfs::{Controller, Limit};
 use scaler_tests::*;
 
-/// 256 MiB in 8 MiB steps every 10 ms (100 ms under emulation: see `steps_interval`), for the
-/// tests that do not race.
-fn steps_256m() -> Vec<&'static str> {
-    vec![
-        "workload",
-        "steps",
-        "--total",
-        "256M",
-        "--step",
-        "8M",
-        "--interval",
-        steps_interval(),
-    ]
-}
-
 /// The race workload (natively the plain 8M/10ms steps; under emulation cushioned and paced
 /// from the measured reaction latency, see [`RaceWorkload`]).
 fn run_exec_race(args: &[&str], w: &RaceWorkload) -> (std::process::ExitStatus, serde_json::Value) {

@@ -33,19 +33,7 @@ fn a_spike_is_given_a_limit_just_above_it_not_the_maximum() {
     let size = if emulated() { "160M" } else { "320M" };
     for (what, workload) in [
         ("spike", vec!["workload", "spike", "--size", size]),
-        (
-            "steps",
-            vec![
-                "workload",
-                "steps",
-                "--total",
-                "256M",
-                "--step",
-                "8M",
-                "--interval",
-                steps_interval(),
-            ],
-        ),
+        ("steps", steps_256m()),
     ] {
         let (status, s) = exec_from_64m(&workload);
         assert!(status.success(), "{what}: {status} {s}");

@@ -207,48 +207,7 @@ pub fn table(summary: &[CaseSummary], workloads: &[WorkloadSpec], markdown: bool
             },
         ]);
     }
-    let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        if r.len() == head.len() {
-            for (i, cell) in r.iter().enumerate() {
-                widths[i] = widths[i].max(cell.chars().count());
-            }
-        }
-    }
-    let mut out = String::new();
-    let line = |cells: &[String], out: &mut String| {
-        if markdown {
-            let _ = writeln!(out, "| {} |", cells.join(" | "));
-        } else {
-            let mut l = String::new();
-            for (i, c) in cells.iter().enumerate() {
-                if i + 1 == cells.len() && cells.len() < head.len() {
-                    l.push_str(c);
-                } else {
-                    let _ = write!(l, "{:<w$}  ", c, w = widths[i]);
-                }
-            }
-            let _ = writeln!(out, "{}", l.trim_end());
-        }
-    };
-    line(&head.map(String::from), &mut out);
-    if markdown {
-        let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
-    }
-    for r in rows {
-        if markdown && r.len() < head.len() {
-            let mut r = r;
-            let note = r.pop().unwrap_or_default();
-            r.push(note);
-            while r.len() < head.len() {
-                r.push(String::new());
-            }
-            line(&r, &mut out);
-        } else {
-            line(&r, &mut out);
-        }
-    }
-    out
+    render(&head, &rows, markdown)
 }
 
 /// The real suite's columns.
