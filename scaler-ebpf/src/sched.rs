@@ -78,6 +78,20 @@ static CPU_RUNNING: PerCpuArray<Running> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static TASK_WAKEUP: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_TASKS, 0);
 
+/// Reports sent, keyed by (cgroup id, period, what): `[id, kernel period + 1, quota]` for
+/// quota-near, `[id, window start, u64::MAX]` for run-queue latency. Inserting with
+/// BPF_NOEXIST is atomic under the map's bucket lock, so of two CPUs that see the same crossing
+/// at the same instant (the per-cgroup `*_sent_*` fields, plain loads and stores, let both
+/// through) only one reports it. Old periods' keys are evicted as new ones come in.
+#[map]
+static CPU_SENT: LruHashMap<[u64; 3], u8> = LruHashMap::with_max_entries(MAX_WATCHED, 0);
+
+/// Claims the report `key` for this CPU; false if another CPU claimed it first.
+#[inline(always)]
+fn claim(key: &[u64; 3]) -> bool {
+    CPU_SENT.insert(key, &1u8, BPF_NOEXIST as u64).is_ok()
+}
+
 /// Initial value of a `CPU_STATE` entry (inserted from here: too big for the BPF stack twice).
 static CPU_STATE_ZERO: CpuState = CpuState::ZERO;
 
@@ -227,24 +241,32 @@ struct Bandwidth {
     snap: u64,
     /// The kernel's period count.
     periods: u64,
+    /// Whether `periods` read the same before and after `runtime`: if the period timer
+    /// refilled the pool between the loads, `runtime` may be the old period's (low) and
+    /// `periods` the new one's; such a reading is not used for a report (the next one is).
+    settled: bool,
 }
 
 /// [`Bandwidth`] by direct loads from a BTF-typed `task_group *` (in `sched_switch`).
 #[inline(always)]
 fn bandwidth_direct(tg: u64) -> Bandwidth {
     let b = cpu_offset!(tg_cfs_bandwidth);
+    let periods = kload32(tg, b + cpu_offset!(cfs_b_nr_periods));
     let quota = kload(tg, b + cpu_offset!(cfs_b_quota));
     let snap_off = cpu_offset!(cfs_b_runtime_snap);
+    let runtime = kload(tg, b + cpu_offset!(cfs_b_runtime));
+    let snap = if snap_off == NO_OFFSET {
+        quota
+    } else {
+        kload(tg, b + snap_off)
+    };
     Bandwidth {
         quota,
         period: kload(tg, b + cpu_offset!(cfs_b_period)),
-        runtime: kload(tg, b + cpu_offset!(cfs_b_runtime)),
-        snap: if snap_off == NO_OFFSET {
-            quota
-        } else {
-            kload(tg, b + snap_off)
-        },
-        periods: kload32(tg, b + cpu_offset!(cfs_b_nr_periods)) as u64,
+        runtime,
+        snap,
+        periods: periods as u64,
+        settled: kload32(tg, b + cpu_offset!(cfs_b_nr_periods)) == periods,
     }
 }
 
@@ -253,18 +275,22 @@ fn bandwidth_direct(tg: u64) -> Bandwidth {
 #[inline(always)]
 fn bandwidth_probe(tg: u64) -> Result<Bandwidth, i64> {
     let b = tg + cpu_offset!(tg_cfs_bandwidth) as u64;
+    let periods = read::<u32>(b, cpu_offset!(cfs_b_nr_periods))?;
     let quota: u64 = read(b, cpu_offset!(cfs_b_quota))?;
     let snap_off = cpu_offset!(cfs_b_runtime_snap);
+    let runtime = read(b, cpu_offset!(cfs_b_runtime))?;
+    let snap = if snap_off == NO_OFFSET {
+        quota
+    } else {
+        read(b, snap_off)?
+    };
     Ok(Bandwidth {
         quota,
         period: read(b, cpu_offset!(cfs_b_period))?,
-        runtime: read(b, cpu_offset!(cfs_b_runtime))?,
-        snap: if snap_off == NO_OFFSET {
-            quota
-        } else {
-            read(b, snap_off)?
-        },
-        periods: read::<u32>(b, cpu_offset!(cfs_b_nr_periods))? as u64,
+        runtime,
+        snap,
+        periods: periods as u64,
+        settled: read::<u32>(b, cpu_offset!(cfs_b_nr_periods))? == periods,
     })
 }
 
@@ -407,7 +433,7 @@ fn take(
 fn quota_near(run: &Running, bw: Bandwidth, task: u64, now: u64) {
     // The mark of the quota in force (the slot's may be a tick old).
     let below = near_below(bw.quota, &run.watch);
-    if below == 0 || bw.runtime >= below {
+    if below == 0 || bw.runtime >= below || !bw.settled {
         return;
     }
     let id = run.cgroup_id;
@@ -425,6 +451,10 @@ fn quota_near(run: &Running, bw: Bandwidth, task: u64, now: u64) {
     }
     st.near_sent_period = period_id;
     st.near_sent_quota_ns = bw.quota;
+    if !claim(&[id, period_id, bw.quota]) {
+        count(stat::CPU_SUPPRESSED);
+        return;
+    }
     let period = if bw.period == 0 || bw.period > i64::MAX as u64 {
         DEFAULT_PERIOD_NS
     } else {
@@ -530,6 +560,10 @@ fn runq_flush(st: &mut CpuState, run: &mut Running, id: u64, w: CpuWatch, start:
             break;
         }
         st.runq_sent_period_ns = start;
+        if !claim(&[id, start, u64::MAX]) {
+            count(stat::CPU_SUPPRESSED);
+            break;
+        }
         let mut ev = Event {
             ts_ns: now,
             cgroup_id: id,
