@@ -7,7 +7,9 @@
 # cargo-fuzz needs a nightly compiler (-Zsanitizer=address): rustup's nightly toolchain if it
 # is installed, else Debian's rustc-web at /usr with RUSTC_BOOTSTRAP=1 (see shared FACTS). The
 # eBPF object is not needed (SCALER_SKIP_EBPF=1). A crash leaves its input under
-# fuzz/artifacts/<target>/ and makes this script exit non-zero.
+# fuzz/artifacts/<target>/ and makes this script exit non-zero. The build goes to
+# FUZZ_TARGET_DIR, default fuzz/target (`cargo xtask test` sets ~/.cache/scaler-fuzz/target so
+# that CI, which clones afresh, rebuilds only what changed).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"

@@ -302,11 +302,7 @@ fn install(missing: &[Missing], vm: bool) -> Result<()> {
 /// The virtual environment that holds kubernetes-validate and check-jsonschema
 /// (`~/.cache/scaler-dist/venv`; tests/src/schema.rs looks there too).
 pub fn dist_venv() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    cache.join("scaler-dist/venv")
+    crate::util::user_cache().join("scaler-dist/venv")
 }
 
 /// Whether `m` is one of the packages stage's needs.

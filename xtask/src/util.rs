@@ -17,6 +17,21 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
+/// The user's cache folder: `$XDG_CACHE_HOME`, else `~/.cache`, else the temporary folder.
+/// What xtask keeps between runs lives in a folder of its own here, never in the repository
+/// (CI clones afresh; this folder persists).
+pub fn user_cache() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })
+        .unwrap_or_else(std::env::temp_dir)
+}
+
 /// The cargo that runs xtask (`$CARGO`, set by `cargo run`), or `cargo` from `PATH`.
 pub fn cargo() -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
