@@ -447,6 +447,44 @@ fn names_and_annotations_from_the_api_reach_the_containers_labels_and_a_burst_is
         "{}",
         scrape.text
     );
+
+    // The kubelet applies the patch seconds later, by when a second burst has raised the
+    // container past it: its write of the older patched limit is the agent's own (an echo),
+    // not an owner's change. Nothing is adopted as the original (restored exactly below) or
+    // counted as an external change, and the agent still manages it.
+    burst_to(&l.container_dir, "300M");
+    let latest = a.wait_audit("a raise past the patch", Duration::from_secs(10), |r| {
+        r.cgroup == l.container && r.is_raise() && r.new > bytes
+    });
+    let limit_file = l
+        .container_dir
+        .join(if env.memory.version == CgroupVersion::V2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        });
+    std::fs::write(&limit_file, bytes.to_string()).expect("the kubelet's write");
+    // Three samples (1 s apart) and the engine's re-read see it.
+    std::thread::sleep(Duration::from_secs(3));
+    let adopted = LogQuery::message("limit changed outside the agent: adopted as the original")
+        .field("cgroup", &l.container);
+    assert!(
+        !a.logged(&adopted),
+        "the kubelet's write of the agent's patch ({mem}) taken for an owner's: {:?}",
+        a.events(&adopted)
+    );
+    assert_eq!(
+        a.scrape()
+            .value(metric::EXTERNAL_CHANGES, &[("resource", "memory")])
+            .unwrap_or(0.0),
+        0.0,
+        "no external change"
+    );
+    note(&format!(
+        "  the kubelet's echo of the patch ({mem}) after a raise to {} MiB: the agent's own",
+        latest.new / M
+    ));
+    a.wait_managed(&l.container, true, Duration::from_secs(5));
     assert_eq!(a.stop(Signal::SIGTERM).code(), Some(0));
     assert_eq!(
         std::fs::read_to_string(

@@ -124,7 +124,29 @@ pub struct WriteMark {
     adopted_old: [std::sync::atomic::AtomicU64; 2],
     /// ... and the owner's value found.
     adopted_new: [std::sync::atomic::AtomicU64; 2],
+    /// Memory limits the agent asked another writer to set for it, each `[asked at (ns,
+    /// CLOCK_MONOTONIC; 0 while being stored), bytes]`, the latest [`ECHOES`]: a Kubernetes
+    /// resize patch, which the kubelet applies by writing the same value into the cgroup,
+    /// seconds later and possibly after the agent's own later writes (see [`is_echo`]).
+    ///
+    /// [`is_echo`]: Self::is_echo
+    echoes: [[std::sync::atomic::AtomicU64; 2]; ECHOES],
+    /// The next slot of `echoes`.
+    echo_next: std::sync::atomic::AtomicU64,
 }
+
+/// How many of the agent's asked-for limits a [`WriteMark`] remembers (one resize patch per
+/// pod per `kubernetes.resize_interval`: four cover the kubelet's lag by minutes).
+pub const ECHOES: usize = 4;
+
+/// How long an asked-for limit is recognised when the kubelet writes it: longer than the
+/// kubelet takes to apply a resize it can apply (its sync loop, seconds), shorter than an
+/// operator's unrelated resize to the same value is likely to come.
+pub const ECHO_TTL_NS: u64 = 10 * 60 * 1_000_000_000;
+
+/// Two memory limits within this many bytes are the same limit (the kernel keeps pages; the
+/// decider's granularity).
+const ECHO_GRANULARITY: u64 = 64 * 1024;
 
 /// An owner's write the engine adopted (see [`WriteMark::adopted`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +171,55 @@ impl WriteMark {
             adoptions: 0.into(),
             adopted_old: [a.into(), b.into()],
             adopted_new: [a.into(), b.into()],
+            echoes: Default::default(),
+            echo_next: 0.into(),
         }
+    }
+
+    /// The slow side: the agent asked another writer (the API, for the kubelet) to set the
+    /// memory limit `asked` at `now_ns`; when that writer does, it is the agent's value, not
+    /// an owner's change. CPU settings are never asked for (no-op).
+    pub fn asked(&self, asked: Setting, now_ns: u64) {
+        use std::sync::atomic::Ordering;
+        let Setting::Memory(l) = asked else {
+            return;
+        };
+        let slot = &self.echoes[(self.echo_next.fetch_add(1, Ordering::AcqRel) as usize) % ECHOES];
+        // Time 0 while the value changes: a reader in between sees no echo (never a torn one).
+        slot[0].store(0, Ordering::Release);
+        slot[1].store(l.as_u64_saturating(), Ordering::Release);
+        slot[0].store(now_ns.max(1), Ordering::Release);
+    }
+
+    /// Whether `found`, a limit that is not the agent's last write, is one the agent asked
+    /// another writer for (see [`asked`](Self::asked)) less than [`ECHO_TTL_NS`] before
+    /// `now_ns`: the kubelet applying one of the agent's resize patches, possibly an older one
+    /// than the agent's latest write. No allocation, no lock (engine thread).
+    pub fn is_echo(&self, found: Setting, now_ns: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        let Setting::Memory(l) = found else {
+            return false;
+        };
+        let found = l.as_u64_saturating();
+        if found == u64::MAX {
+            return false;
+        }
+        self.echoes.iter().any(|slot| {
+            let at = slot[0].load(Ordering::Acquire);
+            let bytes = slot[1].load(Ordering::Acquire);
+            at != 0
+                && slot[0].load(Ordering::Acquire) == at
+                && now_ns.saturating_sub(at) < ECHO_TTL_NS
+                && bytes.abs_diff(found) < ECHO_GRANULARITY
+        })
+    }
+
+    /// The engine: the limit files hold `now`, an echo of the agent's (see
+    /// [`is_echo`](Self::is_echo)), taken as the agent's own last write: the slow side's next
+    /// sample agrees with it instead of adopting it as an owner's change.
+    pub fn echoed(&self, now: Setting) {
+        self.begin();
+        self.end(now);
     }
 
     /// The engine: it re-read the limit and found `new`, an owner's value, where it believed

@@ -738,6 +738,20 @@ impl<X: Ext> Ledger<X> {
         true
     }
 
+    /// The limit files hold `limit`, written by another writer on the agent's behalf (the
+    /// kubelet applying one of the agent's resize patches, possibly older than its latest
+    /// write; see [`WriteMark::is_echo`](crate::actuator::WriteMark::is_echo)): the limit in
+    /// force from `now`, but not an owner's: the owner's limit (the floor of a scale-down, the
+    /// original) stays. Returns whether the cgroup is managed.
+    pub fn echoed(&mut self, id: CgId, now: u64, limit: u64) -> bool {
+        let Some(st) = self.entries.get_mut(&id) else {
+            return false;
+        };
+        update(&mut self.top_level_sum, st, |st| st.limit = limit);
+        st.last_write_done_ns = st.last_write_done_ns.max(now);
+        true
+    }
+
     /// The engine did not perform `action`: re-read just before the write, the file held
     /// `found`, a value its owner wrote after the decision was made. The action is undone
     /// (like a failed write, without counting one) and `found` adopted ([`owner_set`]): the

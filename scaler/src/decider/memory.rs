@@ -516,6 +516,12 @@ impl MemoryDecider {
             .owner_set(id, now, limit.as_u64_saturating(), |_| {});
     }
 
+    /// The file holds `limit`, the kubelet's echo of one of the agent's resize patches: the
+    /// limit in force, not an owner's (see [`Ledger::echoed`](super::ledger::Ledger::echoed)).
+    pub fn echoed(&mut self, id: CgId, now: u64, limit: Limit) {
+        self.ledger.echoed(id, now, limit.as_u64_saturating());
+    }
+
     /// The engine found `found` in the file just before performing `action` and did not
     /// write: the owner's value is adopted instead.
     pub fn yielded(&mut self, action: &super::Action, now: u64, found: Limit) {

@@ -190,6 +190,10 @@ trait ResourceDecider: Decide + Send + 'static {
     fn disagrees(&self, id: CgId, s: &Self::Signal) -> bool;
     /// The owner's value, re-read from the files at `now`, adopted.
     fn owner_set(&mut self, id: CgId, now: u64, found: Setting);
+    /// The files hold `found`, which another writer wrote on the agent's behalf (an echo,
+    /// [`WriteMark::is_echo`]): the limit in force, not an owner's. Only memory limits are
+    /// ever asked of another writer; the CPU decider has none.
+    fn echoed(&mut self, _id: CgId, _now: u64, _found: Setting) {}
     /// `action` not performed: the file held the owner's `found`, adopted instead.
     fn yielded(&mut self, action: &Action, now: u64, found: Setting);
 }
@@ -267,6 +271,12 @@ impl ResourceDecider for MemoryDecider {
     fn owner_set(&mut self, id: CgId, now: u64, found: Setting) {
         if let Setting::Memory(l) = found {
             MemoryDecider::owner_set(self, id, now, l);
+        }
+    }
+
+    fn echoed(&mut self, id: CgId, now: u64, found: Setting) {
+        if let Setting::Memory(l) = found {
+            MemoryDecider::echoed(self, id, now, l);
         }
     }
 
@@ -452,7 +462,15 @@ impl<D: ResourceDecider> SlotOps for Slot<D> {
             }
             return;
         }
-        self.decider.owner_set(id, monotonic_ns(), found);
+        let now = monotonic_ns();
+        if let Some(m) = w.mark.as_ref().filter(|m| m.is_echo(found, now)) {
+            // The kubelet applied one of the agent's resize patches (an older one than its
+            // latest write, or the cgroup would hold the same): in force, the agent's own.
+            self.decider.echoed(id, now, found);
+            m.echoed(found);
+            return;
+        }
+        self.decider.owner_set(id, now, found);
         if let Some(m) = &w.mark {
             m.adopted(setting_of(believed, found), found);
         }
@@ -931,7 +949,12 @@ impl ScalingHandler {
                     } else {
                         w.refresh()
                     } {
-                        Ok((_, found)) if !w.holds(found, a.old) => {
+                        // An echo of one of the agent's resize patches (the kubelet wrote
+                        // it) is the agent's: the decision stands and is written.
+                        Ok((_, found))
+                            if !w.holds(found, a.old)
+                                && !mark.is_some_and(|m| m.is_echo(found, monotonic_ns())) =>
+                        {
                             if let Some(m) = mark {
                                 m.adopted(setting_of(a.old, found), found);
                             }

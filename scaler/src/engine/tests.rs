@@ -818,6 +818,49 @@ fn an_event_that_disagrees_with_the_decider_rereads_the_limit_and_raises_from_th
     e.stop().unwrap();
 }
 
+/// The kubelet applies an older resize patch of the agent's (recorded in the mark as asked)
+/// just before the engine writes: an echo, the agent's own value; the decision is written
+/// over it, nothing is adopted.
+#[test]
+fn an_echo_of_an_older_patch_found_just_before_a_write_is_written_over() {
+    let ring = FakeRing::new();
+    let (e, rx) = start(&ring, false);
+    let (writes, owner, mark) = manage_owned(&e, 24, Limit::Bytes(64 * MIB));
+    sync(&e);
+    mark.asked(Setting::Memory(Limit::Bytes(48 * MIB)), monotonic_ns());
+    *owner.lock().unwrap() = Some(Setting::Memory(Limit::Bytes(48 * MIB)));
+    ring.push(reclaim(24, 24, 64 * MIB, 64 * MIB));
+    let a = next_action(&rx);
+    assert_eq!(a.action.old, 64 * MIB, "{a:?}");
+    assert_eq!(
+        *writes.lock().unwrap(),
+        vec![a.action.new],
+        "written over the echo"
+    );
+    assert_eq!(mark.adoption().unwrap().count, 0, "no owner's write");
+    e.stop().unwrap();
+}
+
+/// An event that reports a limit the decider does not believe, and the file holds an echo of
+/// one of the agent's patches: the limit in force (raised from at once), not an owner's
+/// write; the mark holds it as the agent's, so the slow side does not adopt it either.
+#[test]
+fn an_event_that_finds_an_echo_raises_from_it_without_adopting_it() {
+    let ring = FakeRing::new();
+    let (e, rx) = start(&ring, false);
+    let (writes, owner, mark) = manage_owned(&e, 25, Limit::Bytes(128 * MIB));
+    sync(&e);
+    mark.asked(Setting::Memory(Limit::Bytes(96 * MIB)), monotonic_ns());
+    *owner.lock().unwrap() = Some(Setting::Memory(Limit::Bytes(96 * MIB)));
+    ring.push(reclaim(25, 25, 96 * MIB, 96 * MIB));
+    let a = next_action(&rx);
+    assert_eq!(a.action.old, 96 * MIB, "{a:?}");
+    assert!(a.action.new > 96 * MIB);
+    assert_eq!(*writes.lock().unwrap(), vec![a.action.new]);
+    assert_eq!(mark.adoption().unwrap().count, 0, "no owner's write");
+    e.stop().unwrap();
+}
+
 /// A dry run re-reads nothing: its decider's limit is the one it would have written.
 #[test]
 fn a_dry_run_adopts_nothing_from_a_reread() {

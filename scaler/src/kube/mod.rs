@@ -27,9 +27,17 @@
 //!   counted, not retried; a transport error or 5xx is tried again at the next interval.
 //!
 //! What the kubelet does next: it applies the resize by writing the same value into the
-//! container's cgroup (and the pod's, as the sum of its containers). That write equals the
-//! agent's own: it is agreement, not an owner's change. [`Kube::patched`] says the last limit
-//! the agent asked the API for, per container, for the owner-change detection to recognise it.
+//! container's cgroup (and the pod's, as the sum of its containers), seconds later. By then
+//! the agent may have written the cgroup again (a later raise of the same burst, or a
+//! scale-down): the kubelet's write is then an older value of the agent's, not an owner's
+//! change. Every patched limit is recorded in the container cgroup's write mark
+//! ([`WriteMark::asked`]; the latest four, for ten minutes) before the patch is sent, and the
+//! engine and the slow side take a write of one of them ([`WriteMark::is_echo`]) as the
+//! limit in force but the agent's own: the original, the owner's floor and the external
+//! change count stay as they were, and the next pressure raises from it at once (the
+//! kubelet's write of an older, lower patch lowers the container until then; the kubelet
+//! itself defers a lowering below usage). [`Kube::patched`] says the last limit patched.
+//! A limit the agent never asked for (an operator's resize) is an owner's change as before.
 //!
 //! Failures never stop the agent: without a node name, a token or a reachable API it logs what
 //! is missing, counts `scaler_kubernetes_api_errors_total`, retries with backoff, and runs on
@@ -55,6 +63,11 @@ use ::kube::{
     Client,
 };
 use futures::StreamExt as _;
+
+use crate::{
+    actuator::{Setting, WriteMark},
+    cgroupfs::Limit,
+};
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::Notify;
 
@@ -127,10 +140,13 @@ fn no_resize_index(n: NoResize) -> usize {
 }
 
 /// A container's limit change waiting for its patch.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Pending {
     bytes: u64,
     since: tokio::time::Instant,
+    /// The container cgroup's write mark: a patched limit is recorded there as asked for
+    /// ([`WriteMark::asked`]), so that the kubelet's write of it is known as the agent's.
+    mark: Option<Arc<WriteMark>>,
 }
 
 /// The API's view of this node's pods, shared with the agent.
@@ -192,8 +208,15 @@ impl Kube {
 
     /// The agent changed the memory limit of container `container_id` of pod `pod_uid` to
     /// `bytes` (a raise, or a scale-down): queue a resize patch. Cheap, never blocks on I/O;
-    /// a later change before the patch replaces this one.
-    pub fn limit_changed(&self, pod_uid: &str, container_id: &str, bytes: u64) {
+    /// a later change before the patch replaces this one. Once patched, `bytes` is recorded
+    /// in `mark` (the container cgroup's) as asked of the kubelet.
+    pub fn limit_changed(
+        &self,
+        pod_uid: &str,
+        container_id: &str,
+        bytes: u64,
+        mark: Option<Arc<WriteMark>>,
+    ) {
         if !self.resize {
             return;
         }
@@ -201,15 +224,20 @@ impl Kube {
         let mut p = lock(&self.pending);
         let e = p
             .entry((pod_uid.to_owned(), container_id.to_owned()))
-            .or_insert(Pending { bytes, since: now });
+            .or_insert(Pending {
+                bytes,
+                since: now,
+                mark: None,
+            });
         e.bytes = bytes;
+        e.mark = mark;
         drop(p);
         self.wake.notify_one();
     }
 
-    /// The last memory limit the agent asked the API for, for container `container_id` of pod
-    /// `pod_uid`: a cgroup write of this value by the kubelet is the resize applied (agreement),
-    /// not an owner's change.
+    /// The last memory limit the API accepted for container `container_id` of pod `pod_uid`.
+    /// (The kubelet's writes of patched limits are told from owners' by the container cgroup's
+    /// write mark, which holds the latest few: [`WriteMark::is_echo`].)
     pub fn patched(&self, pod_uid: &str, container_id: &str) -> Option<u64> {
         lock(&self.patched)
             .get(&(pod_uid.to_owned(), container_id.to_owned()))
@@ -410,7 +438,7 @@ async fn resize_loop(kube: &Kube, client: Client) {
     loop {
         let now = tokio::time::Instant::now();
         // What is due: per pod, its changes once the settle time and the pod's interval passed.
-        let mut due: HashMap<String, Vec<(String, u64)>> = HashMap::new();
+        let mut due: HashMap<String, Vec<Change>> = HashMap::new();
         let mut next: Option<tokio::time::Instant> = None;
         {
             let mut pending = lock(&kube.pending);
@@ -433,7 +461,7 @@ async fn resize_loop(kube: &Kube, client: Client) {
             }
             pending.retain(|(uid, cid), p| match due.get_mut(uid) {
                 Some(v) => {
-                    v.push((cid.clone(), p.bytes));
+                    v.push((cid.clone(), p.bytes, p.mark.clone()));
                     false
                 }
                 None => true,
@@ -445,10 +473,12 @@ async fn resize_loop(kube: &Kube, client: Client) {
                 // A transport error or 5xx: the same changes (unless newer ones came) at the
                 // next interval.
                 let mut pending = lock(&kube.pending);
-                for (cid, bytes) in retry {
-                    pending
-                        .entry((uid.clone(), cid))
-                        .or_insert(Pending { bytes, since: now });
+                for (cid, bytes, mark) in retry {
+                    pending.entry((uid.clone(), cid)).or_insert(Pending {
+                        bytes,
+                        since: now,
+                        mark,
+                    });
                 }
                 let at = now + kube.resize_interval;
                 next = Some(next.map_or(at, |n| n.min(at)));
@@ -464,23 +494,26 @@ async fn resize_loop(kube: &Kube, client: Client) {
     }
 }
 
-/// Patches the pod `uid` for `changes` ((container id, bytes)). Returns the changes to try
+/// A queued limit change of one container: its runtime id, the limit, its cgroup's mark.
+type Change = (String, u64, Option<Arc<WriteMark>>);
+
+/// Patches the pod `uid` for `changes` ((container id, bytes, mark)). Returns the changes to try
 /// again (a transport error or a 5xx), `None` when done (patched, refused or nothing to do).
 async fn resize_pod(
     kube: &Kube,
     client: &Client,
     uid: &str,
-    changes: &[(String, u64)],
+    changes: &[Change],
     said: &mut std::collections::HashSet<(String, String, &'static str)>,
-) -> Option<Vec<(String, u64)>> {
+) -> Option<Vec<Change>> {
     let pod = kube.pod(uid);
     let mut limits = Vec::new();
     let mut ids = Vec::new();
-    for (cid, bytes) in changes {
+    for (cid, bytes, mark) in changes {
         match meta::resize_plan(pod.as_ref(), cid, *bytes) {
             Ok(Some(name)) => {
                 limits.push((name, *bytes));
-                ids.push((cid.clone(), *bytes));
+                ids.push((cid.clone(), *bytes, mark.clone()));
             }
             Ok(None) => {}
             Err(why) => {
@@ -514,6 +547,14 @@ async fn resize_pod(
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
+    // Recorded as asked before the patch is sent: the kubelet may apply it before the API's
+    // answer is read here. (A refused patch leaves a value the agent wrote itself anyway.)
+    let now = crate::clock::monotonic_ns();
+    for (_, bytes, mark) in &ids {
+        if let Some(m) = mark {
+            m.asked(Setting::Memory(Limit::from_bytes(*bytes)), now);
+        }
+    }
     match api
         .patch_resize(&pod.name, &pp, &Patch::Strategic(&body))
         .await
@@ -522,7 +563,7 @@ async fn resize_pod(
             kube.counters.resized.fetch_add(1, Ordering::Relaxed);
             {
                 let mut patched = lock(&kube.patched);
-                for (cid, bytes) in &ids {
+                for (cid, bytes, _) in &ids {
                     patched.insert((uid.to_owned(), cid.clone()), *bytes);
                 }
             }

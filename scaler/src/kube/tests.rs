@@ -408,7 +408,7 @@ fn an_unreachable_api_is_counted_and_retried_and_nothing_is_known() {
     assert!(!kube.synced());
     assert_eq!(kube.pod_count(), 0);
     // A limit change meanwhile is dropped as unknown, not retried hot.
-    kube.limit_changed(UID_A, CID, 128 * MIB);
+    kube.limit_changed(UID_A, CID, 128 * MIB, None);
     wait_for("the skip", || {
         kube.counters.resize_skipped[no_resize_index(NoResize::Unknown)].load(Ordering::Relaxed)
             == 1
@@ -479,8 +479,9 @@ fn a_burst_of_raises_is_one_resize_patch_with_the_last_limit_then_one_per_interv
     let interval = Duration::from_secs(2);
     let kube = seeded(interval, pod(UID_A, "web-0", "5", json!({})));
     run_in_thread(kube.clone(), api.url(), NODE, Arc::default());
+    let mark = Arc::new(WriteMark::new(Setting::Memory(Limit::from_bytes(64 * MIB))));
     for mib in [96, 128, 192, 256] {
-        kube.limit_changed(UID_A, CID, mib * MIB);
+        kube.limit_changed(UID_A, CID, mib * MIB, Some(mark.clone()));
     }
     wait_for("the patch", || {
         kube.counters.resized.load(Ordering::Relaxed) == 1
@@ -500,6 +501,15 @@ fn a_burst_of_raises_is_one_resize_patch_with_the_last_limit_then_one_per_interv
         Some(256 * MIB),
         "the echo the kubelet will write"
     );
+    // The container's mark knows the patched limit as the agent's, and only that one (the
+    // burst's earlier raises were never asked of the kubelet).
+    let now = crate::clock::monotonic_ns();
+    assert!(mark.is_echo(Setting::Memory(Limit::from_bytes(256 * MIB)), now));
+    assert!(!mark.is_echo(Setting::Memory(Limit::from_bytes(192 * MIB)), now));
+    assert!(!mark.is_echo(
+        Setting::Memory(Limit::from_bytes(256 * MIB)),
+        now + crate::actuator::ECHO_TTL_NS
+    ));
     assert_eq!(
         kube.pod(UID_A)
             .unwrap()
@@ -510,7 +520,7 @@ fn a_burst_of_raises_is_one_resize_patch_with_the_last_limit_then_one_per_interv
         "the answer updates what is known"
     );
     // The next change waits for the pod's interval.
-    kube.limit_changed(UID_A, CID, 320 * MIB);
+    kube.limit_changed(UID_A, CID, 320 * MIB, None);
     wait_for("the second patch", || {
         kube.counters.resized.load(Ordering::Relaxed) == 2
     });
@@ -524,7 +534,7 @@ fn a_burst_of_raises_is_one_resize_patch_with_the_last_limit_then_one_per_interv
         "320Mi"
     );
     // The same value again: the spec already says so, nothing is sent.
-    kube.limit_changed(UID_A, CID, 320 * MIB);
+    kube.limit_changed(UID_A, CID, 320 * MIB, None);
     std::thread::sleep(interval + RESIZE_SETTLE);
     assert_eq!(patches(&api).len(), 2);
 }
@@ -534,7 +544,7 @@ fn a_refused_resize_is_counted_and_not_retried() {
     let api = resize_api(403, pod(UID_A, "web-0", "5", json!({})));
     let kube = seeded(Duration::from_secs(1), pod(UID_A, "web-0", "5", json!({})));
     run_in_thread(kube.clone(), api.url(), NODE, Arc::default());
-    kube.limit_changed(UID_A, CID, 128 * MIB);
+    kube.limit_changed(UID_A, CID, 128 * MIB, None);
     wait_for("the refusal", || {
         kube.counters.resize_refused.load(Ordering::Relaxed) == 1
     });
@@ -550,7 +560,7 @@ fn containers_that_a_resize_would_harm_are_skipped_without_a_request() {
     let api = resize_api(200, guaranteed.clone());
     let kube = seeded(Duration::from_secs(1), guaranteed);
     run_in_thread(kube.clone(), api.url(), NODE, Arc::default());
-    kube.limit_changed(UID_A, CID, 128 * MIB);
+    kube.limit_changed(UID_A, CID, 128 * MIB, None);
     wait_for("the skip", || {
         kube.counters.resize_skipped[no_resize_index(NoResize::QosClass)].load(Ordering::Relaxed)
             == 1

@@ -836,6 +836,14 @@ impl Agent {
                         .filter(|(seq, _)| m.mark.unchanged_since(*seq))
                         .map(|(seq, written)| match m.adopted {
                             Some((at, adopted)) if at == seq => (seq, adopted),
+                            // The kubelet applied one of the agent's resize patches, older
+                            // than its latest write: the agent's value, not an owner's (the
+                            // engine takes it as the limit in force at this sample's signal).
+                            _ if written != s.observed
+                                && m.mark.is_echo(s.observed, crate::clock::monotonic_ns()) =>
+                            {
+                                (seq, s.observed)
+                            }
                             _ => (seq, written),
                         });
                 if let Observed::Adopted { previous } =

@@ -960,8 +960,8 @@ fn consume(records: Receiver<Record>, state: &AgentState, h: Hierarchy) {
             let res = a.action.resource;
             let managed = lock(state.managed(res))
                 .get(&a.action.cgroup)
-                .map(|m| (m.path.clone(), m.labels.clone()));
-            if let (Some(new), Some((p, labels))) = (a.written, &managed) {
+                .map(|m| (m.path.clone(), m.labels.clone(), m.mark.clone()));
+            if let (Some(new), Some((p, labels, mark))) = (a.written, &managed) {
                 lock(&state.state).changed_setting(p, new);
                 state
                     .metrics
@@ -972,11 +972,11 @@ fn consume(records: Receiver<Record>, state: &AgentState, h: Hierarchy) {
                 {
                     let c = &labels.cgroup;
                     if !c.uid.is_empty() && !c.container_id.is_empty() {
-                        k.limit_changed(&c.uid, &c.container_id, b);
+                        k.limit_changed(&c.uid, &c.container_id, b, Some(mark.clone()));
                     }
                 }
             }
-            let path = managed.map(|(p, _)| p);
+            let path = managed.map(|(p, ..)| p);
             let path = path.or_else(|| index.path_of(a.action.cgroup).map(str::to_owned));
             crate::cmd::audit(&a, path.as_deref());
             lock(&state.recent).push(

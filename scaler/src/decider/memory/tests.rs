@@ -1149,6 +1149,35 @@ fn an_owners_limit_above_max_is_left_alone_and_only_the_agents_raises_come_down(
     assert_eq!(a.new, 128 * MIB, "raised to the max, not beyond: {a:?}");
 }
 
+/// The kubelet applying an older resize patch of the agent's (an echo) puts that limit in
+/// force, but it is not the owner's: the owner's limit (what a lowered max never goes below)
+/// stays the original. The same value written by its owner replaces it.
+#[test]
+fn the_kubelets_echo_of_an_older_patch_is_in_force_but_not_the_owners_limit() {
+    for echo in [true, false] {
+        let mut l = Loop::new(64 * GIB);
+        l.d.manage(1, None, policy(), Limit::from_bytes(64 * MIB), 32 * MIB, T0);
+        let a = only(&l.reclaim(1, T0 + S, 64 * MIB, 64 * MIB));
+        assert!(a.new >= 128 * MIB, "{a:?}");
+        let written = Limit::from_bytes(96 * MIB);
+        if echo {
+            l.d.echoed(1, T0 + 2 * S, written);
+        } else {
+            l.d.owner_set(1, T0 + 2 * S, written);
+        }
+        assert_eq!(l.d.limit(1), Some(96 * MIB), "in force (echo: {echo})");
+        // Under pressure at it, raised from it at once (both).
+        let a = only(&l.reclaim(1, T0 + 3 * S, 96 * MIB, 96 * MIB));
+        assert_eq!(a.old, 96 * MIB, "{a:?}");
+        let owners = l.d.ledger.get(1).unwrap().owner_limit();
+        if echo {
+            assert_eq!(owners, 64 * MIB, "the original stays the owner's");
+        } else {
+            assert_eq!(owners, 96 * MIB, "the owner's write is the owner's");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Right-sizing with the default policy: raises that follow the allocation, and a scale-down to
 // the working set.
