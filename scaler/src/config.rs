@@ -55,7 +55,8 @@ pub struct AgentConfig {
     pub status_socket: PathBuf,
     /// Where the agent records the limits it changed (to restore them).
     pub state_file: PathBuf,
-    /// On exit, put back the limits managed cgroups had before the agent changed them.
+    /// On exit, put back the limits managed cgroups had before the agent changed them (and,
+    /// with `kubernetes.resize`, patch the pod specs it resized back to them).
     pub restore_on_exit: bool,
     /// Log each decision without writing anything.
     pub dry_run: bool,

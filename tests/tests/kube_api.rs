@@ -486,6 +486,19 @@ fn names_and_annotations_from_the_api_reach_the_containers_labels_and_a_burst_is
     ));
     a.wait_managed(&l.container, true, Duration::from_secs(5));
     assert_eq!(a.stop(Signal::SIGTERM).code(), Some(0));
+    // restore_on_exit: the cgroup gets its original back (below), and so does the pod's spec,
+    // at once (not after the 60 s interval): one more patch, with the original 64Mi.
+    let patches = api.patches();
+    assert_eq!(
+        patches.len(),
+        2,
+        "the burst's patch, then the original's: {patches:?}"
+    );
+    assert_eq!(
+        patches[1].2["spec"]["containers"][0]["resources"]["limits"]["memory"], "64Mi",
+        "the spec patched back to the original: {:?}",
+        patches[1]
+    );
     assert_eq!(
         std::fs::read_to_string(
             l.container_dir

@@ -147,6 +147,8 @@ struct Pending {
     /// The container cgroup's write mark: a patched limit is recorded there as asked for
     /// ([`WriteMark::asked`]), so that the kubelet's write of it is known as the agent's.
     mark: Option<Arc<WriteMark>>,
+    /// A change whose patch failed (transport error, 5xx) and waits for the next interval.
+    retry: bool,
 }
 
 /// The API's view of this node's pods, shared with the agent.
@@ -161,6 +163,10 @@ pub struct Kube {
     wake: Notify,
     /// The last memory limit patched, by (pod UID, container id).
     patched: Mutex<HashMap<(String, String), u64>>,
+    /// Set by [`Kube::flush`]: every queued change is due at once (no settle, no interval).
+    flushing: AtomicBool,
+    /// The changes (pod UID, container id) whose patch is being sent.
+    in_flight: Mutex<Vec<(String, String)>>,
     resize: bool,
     resize_interval: Duration,
     pub counters: KubeCounters,
@@ -175,9 +181,38 @@ impl Kube {
             pending: Mutex::default(),
             wake: Notify::new(),
             patched: Mutex::default(),
+            flushing: AtomicBool::new(false),
+            in_flight: Mutex::default(),
             resize,
             resize_interval,
             counters: KubeCounters::default(),
+        }
+    }
+
+    /// At shutdown: sends every queued change now (no settle time, no per-pod interval) and
+    /// waits for the patches, at most `within`. Returns the (pod UID, container id) of the
+    /// changes still not patched then, queued or being sent (the API slow, or failing: the
+    /// client retries a 5xx for a while, and a failed patch is not tried again here).
+    /// Blocking: not on the kubernetes thread.
+    pub fn flush(&self, within: Duration) -> Vec<(String, String)> {
+        if !self.resize {
+            return Vec::new();
+        }
+        self.flushing.store(true, Ordering::Release);
+        self.wake.notify_one();
+        let end = std::time::Instant::now() + within;
+        loop {
+            let left: Vec<(String, String)> = {
+                // The loop moves a change from pending to in flight under the pending lock.
+                let pending = lock(&self.pending);
+                let mut left: Vec<_> = pending.keys().cloned().collect();
+                left.extend(lock(&self.in_flight).iter().cloned());
+                left
+            };
+            if left.is_empty() || std::time::Instant::now() >= end {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -228,11 +263,19 @@ impl Kube {
                 bytes,
                 since: now,
                 mark: None,
+                retry: false,
             });
         e.bytes = bytes;
         e.mark = mark;
+        e.retry = false;
         drop(p);
         self.wake.notify_one();
+    }
+
+    /// Whether a limit change of container `container_id` of pod `pod_uid` waits for its
+    /// patch.
+    pub fn is_pending(&self, pod_uid: &str, container_id: &str) -> bool {
+        lock(&self.pending).contains_key(&(pod_uid.to_owned(), container_id.to_owned()))
     }
 
     /// The last memory limit the API accepted for container `container_id` of pod `pod_uid`.
@@ -443,12 +486,18 @@ async fn resize_loop(kube: &Kube, client: Client) {
         {
             let mut pending = lock(&kube.pending);
             let mut ready_pods = HashMap::new();
+            // At shutdown (flush) everything not failed before is due now.
+            let flushing = kube.flushing.load(Ordering::Acquire);
             for ((uid, _), p) in pending.iter() {
-                let at = (p.since + RESIZE_SETTLE).max(
-                    last_sent
-                        .get(uid)
-                        .map_or(now, |t| *t + kube.resize_interval),
-                );
+                let at = if flushing && !p.retry {
+                    now
+                } else {
+                    (p.since + RESIZE_SETTLE).max(
+                        last_sent
+                            .get(uid)
+                            .map_or(now, |t| *t + kube.resize_interval),
+                    )
+                };
                 let e = ready_pods.entry(uid.clone()).or_insert(at);
                 *e = (*e).max(at);
             }
@@ -466,10 +515,15 @@ async fn resize_loop(kube: &Kube, client: Client) {
                 }
                 None => true,
             });
+            lock(&kube.in_flight).extend(
+                due.iter()
+                    .flat_map(|(uid, v)| v.iter().map(|c| (uid.clone(), c.0.clone()))),
+            );
         }
         for (uid, changes) in due {
             last_sent.insert(uid.clone(), now);
-            if let Some(retry) = resize_pod(kube, &client, &uid, &changes, &mut said).await {
+            let retry = resize_pod(kube, &client, &uid, &changes, &mut said).await;
+            if let Some(retry) = retry {
                 // A transport error or 5xx: the same changes (unless newer ones came) at the
                 // next interval.
                 let mut pending = lock(&kube.pending);
@@ -478,11 +532,13 @@ async fn resize_loop(kube: &Kube, client: Client) {
                         bytes,
                         since: now,
                         mark,
+                        retry: true,
                     });
                 }
                 let at = now + kube.resize_interval;
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
+            lock(&kube.in_flight).retain(|(u, _)| *u != uid);
         }
         last_sent.retain(|_, t| now.duration_since(*t) < kube.resize_interval);
         match next {

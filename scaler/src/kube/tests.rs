@@ -553,6 +553,48 @@ fn a_refused_resize_is_counted_and_not_retried() {
     assert_eq!(kube.patched(UID_A, CID), None);
 }
 
+/// At shutdown the queued changes go out at once, whatever the interval, and `flush` waits
+/// for them; a failing API is waited for at most the given time and its changes reported.
+#[test]
+fn a_flush_sends_what_is_queued_at_once_and_reports_what_the_api_did_not_take() {
+    let api = resize_api(200, pod(UID_A, "web-0", "5", json!({})));
+    let kube = seeded(Duration::from_secs(60), pod(UID_A, "web-0", "5", json!({})));
+    run_in_thread(kube.clone(), api.url(), NODE, Arc::default());
+    kube.limit_changed(UID_A, CID, 128 * MIB, None);
+    wait_for("the first patch", || {
+        kube.counters.resized.load(Ordering::Relaxed) == 1
+    });
+    // Within the pod's 60 s interval: would wait a minute; the flush sends it now.
+    kube.limit_changed(UID_A, CID, 64 * MIB, None);
+    assert!(kube.is_pending(UID_A, CID));
+    let start = Instant::now();
+    let left = kube.flush(Duration::from_secs(10));
+    assert!(left.is_empty(), "{left:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    let p = patches(&api);
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert_eq!(
+        p[1].1["spec"]["containers"][0]["resources"]["limits"]["memory"],
+        "64Mi"
+    );
+    assert_eq!(kube.patched(UID_A, CID), Some(64 * MIB));
+
+    // An API that fails (503; the client retries it for a while): reported when the time is up.
+    let api = resize_api(503, pod(UID_A, "web-0", "5", json!({})));
+    let kube = seeded(Duration::from_secs(60), pod(UID_A, "web-0", "5", json!({})));
+    run_in_thread(kube.clone(), api.url(), NODE, Arc::default());
+    wait_for("the first list", || kube.synced());
+    // (Not the listed 64Mi: a change to the limit the spec has is no patch at all.)
+    kube.limit_changed(UID_A, CID, 128 * MIB, None);
+    let left = kube.flush(Duration::from_secs(2));
+    assert_eq!(left, vec![(UID_A.to_owned(), CID.to_owned())]);
+    assert_eq!(kube.counters.resized.load(Ordering::Relaxed), 0);
+}
+
 #[test]
 fn containers_that_a_resize_would_harm_are_skipped_without_a_request() {
     let mut guaranteed = pod(UID_A, "web-0", "5", json!({}));

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     actuator::{Setting, WriteMark},
-    cgroupfs::{CgroupIndex, Hierarchy},
+    cgroupfs::{CgroupIndex, Hierarchy, Limit},
     config::{Config, NodeInfo, PolicyConfig, Untrusted},
     decider::{CgId, Policy, Resource},
     ebpf::Pipeline,
@@ -1172,8 +1172,10 @@ fn report_annotations(
 
 /// At shutdown with `restore_on_exit`: writes each changed cgroup's original limit back, for
 /// every resource (memory never below its current usage). Restored cgroups leave the state
-/// file; the others stay (so the next start still knows their original).
+/// file; the others stay (so the next start still knows their original). With Kubernetes
+/// resize patches on, the pod specs the agent patched follow ([`patch_back`]).
 pub fn restore_originals(hierarchies: &HashMap<Resource, Hierarchy>, state: &AgentState) {
+    let mut restored = Vec::new();
     for r in resource::ALL {
         let res = r.resource();
         let Some(h) = hierarchies.get(&res) else {
@@ -1183,10 +1185,72 @@ pub fn restore_originals(hierarchies: &HashMap<Resource, Hierarchy>, state: &Age
         for rec in records {
             if put_back(r, h, &rec, "restore_on_exit", false) {
                 lock(&state.state).forget_setting(res, &rec.path);
+                restored.push(rec);
             }
         }
     }
     state.save_state();
+    if let Some(k) = &state.kube {
+        patch_back(k, state, &restored);
+    }
+}
+
+/// How long the agent waits at exit for the resize patches that put pod specs back.
+const PATCH_BACK_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// At shutdown, after the cgroups got their originals back: a container whose pod spec the
+/// agent resized (or was about to) is patched back to its original memory limit, so that
+/// the spec, the scheduler's view and the container's next start agree with the cgroup again
+/// (without it the spec keeps the agent's last limit, and a restarted container gets it).
+/// Sent at once, waited for at most [`PATCH_BACK_WITHIN`]; what the API did not take is
+/// logged with the pods, left as it is.
+fn patch_back(k: &crate::kube::Kube, state: &AgentState, restored: &[SettingRecord]) {
+    if !k.resizes() {
+        return;
+    }
+    let managed = lock(state.managed(Resource::Memory));
+    let mut queued = 0;
+    for rec in restored {
+        let Setting::Memory(Limit::Bytes(original)) = rec.original else {
+            continue;
+        };
+        let Some(m) = managed.values().find(|m| *m.path == *rec.path) else {
+            continue;
+        };
+        let c = &m.labels.cgroup;
+        if c.uid.is_empty() || c.container_id.is_empty() {
+            continue;
+        }
+        if k.patched(&c.uid, &c.container_id)
+            .is_none_or(|p| p == original)
+            && !k.is_pending(&c.uid, &c.container_id)
+        {
+            continue;
+        }
+        k.limit_changed(&c.uid, &c.container_id, original, None);
+        queued += 1;
+    }
+    drop(managed);
+    if queued == 0 {
+        return;
+    }
+    let left = k.flush(PATCH_BACK_WITHIN);
+    if left.is_empty() {
+        tracing::info!(
+            containers = queued,
+            "pod specs patched back to the original memory limits"
+        );
+    } else {
+        tracing::warn!(
+            containers = queued,
+            not_patched = left.len(),
+            pods = ?left.iter().map(|(uid, _)| uid.as_str()).collect::<Vec<_>>(),
+            within = ?PATCH_BACK_WITHIN,
+            "pod specs not all patched back to the original memory limits (the API did not \
+             answer in time or failed): their spec keeps the agent's last limit; set it with \
+             kubectl patch --subresource resize"
+        );
+    }
 }
 
 /// Writes a state record's original back into its cgroup (never below usage). Returns true
