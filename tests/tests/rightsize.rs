@@ -14,6 +14,25 @@ use scaler_tests::*;
 
 const MIB: u64 = 1 << 20;
 
+/// Whether the running kernel gives the early warning these bounds rest on (the
+/// `memcg/count_memcg_events` tracepoint). Without it (6.1 and 6.12 in the VMs) every raise
+/// answers reclaim and doubles, by design, and a burst leaves 2-3x its peak until the
+/// scale-down (measured and said in the README's architecture section): the test is skipped,
+/// loudly, rather than asserting bounds the design does not claim there.
+fn has_early_warnings(what: &str) -> bool {
+    let has = scaler::btf::KernelBtf::from_sys()
+        .map(|b| b.has_tracepoint("count_memcg_events"))
+        .unwrap_or(false);
+    if !has {
+        note(&format!(
+            "SKIP {what}: the running kernel has no memcg/count_memcg_events tracepoint (no \
+             early warning): raises answer reclaim and double, by design, so issue 17's 1.5x and \
+             1.3x bounds are not claimed here (README, Architecture)"
+        ));
+    }
+    has
+}
+
 /// `scaler exec` with the default policy from 64 MiB (max 2 GiB) around `workload`.
 fn exec_from_64m(workload: &[&str]) -> (std::process::ExitStatus, serde_json::Value) {
     let bin = scaler_bin().display().to_string();
@@ -30,6 +49,9 @@ fn a_spike_is_given_a_limit_just_above_it_not_the_maximum() {
     let Some(_env) = env_race("rightsize_spike", "a rescue") else {
         return;
     };
+    if !has_early_warnings("rightsize_spike") {
+        return;
+    }
     let size = if emulated() { "160M" } else { "320M" };
     for (what, workload) in [
         ("spike", vec!["workload", "spike", "--size", size]),
@@ -82,6 +104,9 @@ fn after_a_burst_the_limit_comes_down_to_the_working_set_and_the_cache_goes_firs
     let Some(env) = env("rightsize_scale_down") else {
         return;
     };
+    if !has_early_warnings("rightsize_scale_down") {
+        return;
+    }
     let dir = tempdir();
     let file = cold_file(&dir, 160 * MIB);
     let pidfile = dir.join("pid");

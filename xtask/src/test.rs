@@ -67,7 +67,7 @@ fn default_kernels() -> vm::KernelChoice {
 /// lowering, 5.19+) the newest kernel runs; the older ones run the same decider through the
 /// rescue and scale-down tests of `exec`. (Its 1.5x and 1.3x bounds need the early-warning
 /// tracepoint, which 6.1 and 6.12 lack: there every raise answers reclaim and doubles, by
-/// design; measured and said in the README's architecture section.)
+/// design, and the test skips, saying so; measured in the README's architecture section.)
 const NEWEST_VM_ONLY: [&str; 6] = [
     "kube_api",
     "node_budget",
