@@ -815,9 +815,13 @@ fn open_state(path: &Path) -> anyhow::Result<StateFile> {
 /// sooner; this is the safety net).
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The shortest time between two reconciles driven by tree changes (at most 5 a second): a
-/// burst of changes waits at most this long, and a storm costs at most 5 walks a second.
-const RECONCILE_MIN_INTERVAL: Duration = Duration::from_millis(200);
+/// The shortest time between two reconciles driven by tree changes (at most 50 a second): a
+/// burst of changes waits at most this long, and a storm costs at most 50 walks a second.
+/// 200 ms was too long: of five podman containers started together after the agent, the ones
+/// in the second batch were found after their burst had reached the limit and one was
+/// OOM-killed in about half the runs (runtimes.rs); a container bursting at once needs to be
+/// watched within tens of milliseconds of its mkdir.
+const RECONCILE_MIN_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Tree changes not reconciled yet.
 #[derive(Debug, Default)]
