@@ -173,20 +173,7 @@ fn a_raise_the_node_cannot_back_is_refused_logged_and_counted() {
     agent.wait_managed(&path, true, Duration::from_secs(5));
     // Outgrows its limit: without a raise, the kernel OOM-kills it.
     let cg = g.cgroup(Controller::Memory).unwrap();
-    let mut p = spawn_in_cgroup(
-        cg.dir(),
-        &scaler_bin(),
-        &[
-            "workload",
-            "steps",
-            "--total",
-            "256M",
-            "--step",
-            "8M",
-            "--interval",
-            steps_interval(),
-        ],
-    );
+    let mut p = spawn_in_cgroup(cg.dir(), &scaler_bin(), &steps_256m());
     let status = p
         .wait_timeout(Duration::from_secs(120))
         .expect("workload ended");

@@ -467,21 +467,7 @@ fn a_hundred_thousand_injected_events_per_second_while_real_pressure_is_rescued(
         wait_managing(&agent, &paths, Duration::from_secs(20));
         let mut ps: Vec<Proc> = hot
             .iter()
-            .map(|g| {
-                spawn_workload(
-                    g.cgroup(Controller::Memory).unwrap().dir(),
-                    &[
-                        "workload",
-                        "steps",
-                        "--total",
-                        "256M",
-                        "--step",
-                        "8M",
-                        "--interval",
-                        steps_interval(),
-                    ],
-                )
-            })
+            .map(|g| spawn_workload(g.cgroup(Controller::Memory).unwrap().dir(), &steps_256m()))
             .collect();
         for (i, p) in ps.iter_mut().enumerate() {
             match p.wait_timeout(Duration::from_secs(60)) {

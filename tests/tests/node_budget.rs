@@ -156,20 +156,7 @@ fn a_kubelet_reservation_that_leaves_no_room_refuses_the_raise() {
     assert_eq!(k["eviction_threshold_bytes"], total.div_ceil(2), "{status}");
     // Outgrows its limit: without a raise, the kernel OOM-kills it in its own cgroup.
     let cg = g.cgroup(Controller::Memory).unwrap();
-    let mut p = spawn_in_cgroup(
-        cg.dir(),
-        &scaler_bin(),
-        &[
-            "workload",
-            "steps",
-            "--total",
-            "256M",
-            "--step",
-            "8M",
-            "--interval",
-            steps_interval(),
-        ],
-    );
+    let mut p = spawn_in_cgroup(cg.dir(), &scaler_bin(), &steps_256m());
     let st = p
         .wait_timeout(Duration::from_secs(120))
         .expect("workload ended");
