@@ -1209,12 +1209,13 @@ fn patch_back(k: &crate::kube::Kube, state: &AgentState, restored: &[SettingReco
         return;
     }
     let managed = lock(state.managed(Resource::Memory));
+    let by_path: HashMap<&str, &Managed> = managed.values().map(|m| (&*m.path, m)).collect();
     let mut queued = 0;
     for rec in restored {
         let Setting::Memory(Limit::Bytes(original)) = rec.original else {
             continue;
         };
-        let Some(m) = managed.values().find(|m| *m.path == *rec.path) else {
+        let Some(m) = by_path.get(rec.path.as_str()) else {
             continue;
         };
         let c = &m.labels.cgroup;
@@ -1230,6 +1231,7 @@ fn patch_back(k: &crate::kube::Kube, state: &AgentState, restored: &[SettingReco
         k.limit_changed(&c.uid, &c.container_id, original, None);
         queued += 1;
     }
+    drop(by_path);
     drop(managed);
     if queued == 0 {
         return;
